@@ -1,0 +1,111 @@
+"""The flockrt error hierarchy.
+
+Every error raised by flockrt derives from :class:`FlockError`. Where an error has the same meaning
+as a builtin it also inherits that builtin (``AskTimeout`` is a ``TimeoutError``), so code that
+already handles the builtin keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flockrt.actors.ref import ActorRef
+
+__all__ = [
+    "ActorFailed",
+    "ActorNameTaken",
+    "ActorStartFailed",
+    "ActorStopped",
+    "AskTimeout",
+    "FlockError",
+    "MailboxFull",
+    "RestartIntensityExceeded",
+    "SystemStopped",
+]
+
+
+class FlockError(Exception):
+    """Base class of every error raised by flockrt."""
+
+
+class MailboxFull(FlockError):
+    """``tell`` found the bounded mailbox full; nothing was enqueued.
+
+    Use ``await ref.send(message)`` to wait for room instead (backpressure).
+    """
+
+    def __init__(self, ref: ActorRef[Any], capacity: int) -> None:
+        super().__init__(
+            f"mailbox of {ref.path} is full ({capacity} messages); use 'await ref.send(...)' to wait for room"
+        )
+        self.ref = ref
+        self.capacity = capacity
+
+
+class ActorStopped(FlockError):
+    """The actor is stopped (or stopped before it could answer)."""
+
+    def __init__(self, ref: ActorRef[Any], detail: str = "is stopped") -> None:
+        super().__init__(f"actor {ref.path} {detail}")
+        self.ref = ref
+
+
+class AskTimeout(FlockError, TimeoutError):
+    """No reply to an ``ask`` arrived within its timeout."""
+
+    def __init__(self, ref: ActorRef[Any], timeout: float) -> None:
+        super().__init__(f"no reply from {ref.path} within {timeout:g} s")
+        self.ref = ref
+        self.timeout = timeout
+
+
+class ActorFailed(FlockError):
+    """The actor's handler raised while processing the asked message.
+
+    The original exception is in :attr:`cause` (and ``__cause__``).
+    """
+
+    def __init__(self, ref: ActorRef[Any], cause: BaseException) -> None:
+        super().__init__(f"actor {ref.path} failed: {cause!r}")
+        self.ref = ref
+        self.cause = cause
+        self.__cause__ = cause
+
+
+class ActorStartFailed(FlockError):
+    """An actor's factory or ``on_start`` raised, so the actor never started."""
+
+    def __init__(self, path: str, cause: BaseException) -> None:
+        super().__init__(f"actor {path} failed to start: {cause!r}")
+        self.path = path
+        self.cause = cause
+        self.__cause__ = cause
+
+
+class ActorNameTaken(FlockError, ValueError):
+    """Another live actor already has this name under the same parent."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"an actor named {path} already exists; names are unique per parent")
+        self.path = path
+
+
+class RestartIntensityExceeded(FlockError):
+    """A supervisor saw more than ``max_restarts`` restarts within ``max_seconds``.
+
+    It stopped its children and failed to its own parent with this error; the last child
+    failure is the ``__cause__``.
+    """
+
+    def __init__(self, path: str, max_restarts: int, max_seconds: float) -> None:
+        super().__init__(
+            f"supervisor {path} gave up: more than {max_restarts} restarts within {max_seconds:g} s"
+        )
+        self.path = path
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+
+
+class SystemStopped(FlockError, RuntimeError):
+    """The actor system is shutting down or stopped; nothing new can be spawned."""

@@ -1,0 +1,26 @@
+"""Shared fixtures and helpers: no sleeps, only events and conditions with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+import flockrt
+
+
+@pytest.fixture
+async def system() -> AsyncIterator[flockrt.ActorSystem]:
+    async with flockrt.ActorSystem("test", shutdown_timeout=2.0) as sys:
+        yield sys
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` is true, yielding to the loop; fail after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0)
