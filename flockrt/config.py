@@ -1,0 +1,207 @@
+"""The flock's configuration: a TOML file decoded by msgspec into typed structs.
+
+Errors name the key path and what was expected, for example
+``agents[2].restart: expected one of permanent, transient, temporary, got "always"``.
+
+Sections so far: ``[runtime]``, ``[supervisor]`` (the root of the tree) and ``[[agents]]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import msgspec
+
+from flockrt.actors.actor import Actor
+from flockrt.errors import FlockError
+from flockrt.supervisor.spec import ChildSpec, Restart
+
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "FlockConfig",
+    "RuntimeConfig",
+    "SupervisorConfig",
+    "load_config",
+    "resolve_class",
+]
+
+BUILTIN_CLASSES = {
+    "echo": "flockrt.builtins:Echo",
+}
+
+
+class ConfigError(FlockError, ValueError):
+    """The configuration is invalid; the message names the key and what was expected."""
+
+
+class RuntimeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[runtime]``: the process itself."""
+
+    name: str = "flock"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    loop: Literal["asyncio", "uvloop"] = "asyncio"
+    mailbox_capacity: int = 1000
+    shutdown_timeout: float = 10.0
+    """Seconds a graceful stop (SIGINT/SIGTERM) may take before what is left is cancelled."""
+
+
+class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[supervisor]``: the root supervisor of the flock's tree."""
+
+    strategy: Literal["one_for_one", "one_for_all", "rest_for_one"] = "one_for_one"
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+
+
+class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[[agents]]``: ``count`` children of the root supervisor made from one class."""
+
+    id: str
+    class_: str = msgspec.field(name="class")
+    """A built-in name (``echo``) or ``package.module:Class``."""
+    count: int = 1
+    restart: Restart = "permanent"
+    shutdown: float = 5.0
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Keyword arguments for the class."""
+
+
+class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The whole file."""
+
+    runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    agents: list[AgentConfig] = msgspec.field(default_factory=list)
+
+    def child_specs(self) -> list[ChildSpec]:
+        """The root supervisor's children, in file order (``id-1``.. when count > 1)."""
+        specs = []
+        for agent in self.agents:
+            cls = resolve_class(agent.class_)
+            factory = functools.partial(cls, **agent.options) if agent.options else cls
+            ids = [agent.id] if agent.count == 1 else [f"{agent.id}-{i}" for i in range(1, agent.count + 1)]
+            specs += [
+                ChildSpec(id=i, factory=factory, restart=agent.restart, shutdown=agent.shutdown) for i in ids
+            ]
+        return specs
+
+
+def load_config(path: str | Path) -> FlockConfig:
+    """Read and validate a config file.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, or a value of the wrong type or range.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        config = msgspec.toml.decode(data, type=FlockConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_explain(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _check_ranges(config, path)
+    return config
+
+
+def _check_ranges(config: FlockConfig, path: Path) -> None:
+    problems = []
+    if config.runtime.mailbox_capacity < 1:
+        problems.append(f"runtime.mailbox_capacity: expected >= 1, got {config.runtime.mailbox_capacity}")
+    if config.runtime.shutdown_timeout <= 0:
+        problems.append(f"runtime.shutdown_timeout: expected > 0, got {config.runtime.shutdown_timeout}")
+    if config.supervisor.max_restarts < 0:
+        problems.append(f"supervisor.max_restarts: expected >= 0, got {config.supervisor.max_restarts}")
+    if config.supervisor.max_seconds <= 0:
+        problems.append(f"supervisor.max_seconds: expected > 0, got {config.supervisor.max_seconds}")
+    seen: set[str] = set()
+    for i, agent in enumerate(config.agents):
+        if agent.count < 1:
+            problems.append(f"agents[{i}].count: expected >= 1, got {agent.count}")
+        if agent.shutdown < 0:
+            problems.append(f"agents[{i}].shutdown: expected >= 0, got {agent.shutdown}")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", agent.id):
+            problems.append(f"agents[{i}].id: expected letters, digits, '_', '-' or '.', got {agent.id!r}")
+        if agent.id in seen:
+            problems.append(f"agents[{i}].id: {agent.id!r} is used twice")
+        seen.add(agent.id)
+        try:
+            resolve_class(agent.class_)
+        except ConfigError as exc:
+            problems.append(f"agents[{i}].class: {exc}")
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+
+
+def resolve_class(name: str) -> type[Actor[Any]]:
+    """Turn a built-in name or ``package.module:Class`` into an Actor subclass."""
+    target = BUILTIN_CLASSES.get(name, name)
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        builtins = ", ".join(sorted(BUILTIN_CLASSES))
+        raise ConfigError(f"expected a built-in name ({builtins}) or 'package.module:Class', got {name!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for {name!r}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Actor)):
+        raise ConfigError(f"{target!r} is not an Actor subclass")
+    return cls
+
+
+# ---------------------------------------------------------------------- error messages
+
+_PATH = re.compile(r"^(?P<what>.*) - at `\$(?P<path>.*)`$")
+
+
+def _explain(message: str) -> str:
+    """Rewrite msgspec's 'Invalid enum value 'x' - at `$.a[0].b`' as 'a[0].b: expected ...'."""
+    match = _PATH.match(message)
+    if match is None:
+        return message
+    what, path = match["what"], match["path"].lstrip(".")
+    enum = re.fullmatch(r"Invalid enum value (?P<value>.+)", what)
+    if enum is not None:
+        choices = _literal_choices(path)
+        if choices:
+            return (
+                f"{path}: expected one of {', '.join(choices)}, got {enum['value'].replace(chr(39), chr(34))}"
+            )
+    unknown = re.fullmatch(r"Object contains unknown field `(?P<field>.+)`", what)
+    if unknown is not None:
+        key = f"{path}.{unknown['field']}" if path else unknown["field"]
+        return f"{key}: unknown key (check its spelling and section)"
+    typed = re.fullmatch(r"Expected `(?P<want>.+)`, got `(?P<got>.+)`", what)
+    if typed is not None:
+        return f"{path}: expected {typed['want']}, got {typed['got']}"
+    return f"{path}: {what[0].lower()}{what[1:]}" if path else what
+
+
+def _literal_choices(path: str) -> list[str]:
+    """The allowed values of the Literal-typed field at ``path`` (like ``agents[2].restart``)."""
+    tp: Any = FlockConfig
+    for part in re.findall(r"[^.\[\]]+", path):
+        if part.isdigit():
+            args = typing.get_args(tp)
+            tp = args[0] if args else Any
+            continue
+        if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+            return []
+        fields = {field.encode_name: field.type for field in msgspec.structs.fields(tp)}
+        tp = fields.get(part)
+    while typing.get_origin(tp) in (Union, types.UnionType):
+        tp = next(arg for arg in typing.get_args(tp) if arg is not type(None))
+    if typing.get_origin(tp) is Literal:
+        return [str(arg) for arg in typing.get_args(tp)]
+    return []

@@ -1,0 +1,130 @@
+"""The flockrt command: check, run, signals, exit statuses and config errors."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flockrt.cli import main
+from flockrt.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "flock.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "flock.toml"
+    path.write_text(text)
+    return path
+
+
+def test_check_accepts_the_shipped_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(CONFIG)]) == 0
+    assert "ok (2 actors" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[[agents]]\nid="a"\nclass="echo"\n[[agents]]\nid="b"\nclass="echo"\n'
+            '[[agents]]\nid="c"\nclass="echo"\nrestart="always"\n',
+            'agents[2].restart: expected one of permanent, transient, temporary, got "always"',
+        ),
+        ('[runtime]\nloop="trio"\n', 'runtime.loop: expected one of asyncio, uvloop, got "trio"'),
+        ("[runtime]\nmailbox_capacity = 0\n", "runtime.mailbox_capacity: expected >= 1, got 0"),
+        ("[runtime]\nname = 3\n", "runtime.name: expected str, got int"),
+        ("[runtime]\nnmae = 'x'\n", "runtime.nmae: unknown key"),
+        ("[[agents]]\nclass='echo'\n", "missing required field `id`"),
+        ("[[agents]]\nid='x'\nclass='nope'\n", "agents[0].class: expected a built-in name (echo)"),
+        ("[[agents]]\nid='x'\nclass='tests.cli_actors:NotAnActor'\n", "is not an Actor subclass"),
+        ("[[agents]]\nid='x'\nclass='no.such.module:X'\n", "cannot import 'no.such.module'"),
+        ("[[agents]]\nid='x'\nclass='echo'\ncount=0\n", "agents[0].count: expected >= 1, got 0"),
+        ("[[agents]\n", "not valid TOML"),
+    ],
+)
+def test_bad_configs_name_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
+    with pytest.raises(ConfigError):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read the config file" in capsys.readouterr().err
+
+
+def test_bad_command_line_exits_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flockrt.cli", "fly"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+async def start_flock(config: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "flockrt.cli",
+        "run",
+        str(config),
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout: float = 20) -> str:
+    assert proc.stderr is not None
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            if not line:
+                raise AssertionError(f"process ended before {needle!r}:\n{''.join(seen)}")
+            seen.append(line)
+            if needle in line:
+                return "".join(seen)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_run_starts_the_tree_and_stops_cleanly_on_signal(signum: int) -> None:
+    proc = await start_flock(CONFIG)
+    try:
+        output = await read_until(proc, "ready")
+        assert "started /root/echo-1 (permanent)" in output
+        assert "started /root/echo-2 (permanent)" in output
+        proc.send_signal(signum)
+        output = await read_until(proc, "stopped cleanly")
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_run_exits_1_when_the_root_supervisor_gives_up(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        "[supervisor]\nmax_restarts = 1\n[[agents]]\nid = 'crasher'\nclass = 'tests.cli_actors:CrashSoon'\n",
+    )
+    proc = await start_flock(config)
+    try:
+        output = await read_until(proc, "stopped:")
+        assert "gave up: more than 1 restarts" in output
+        assert await asyncio.wait_for(proc.wait(), 20) == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
