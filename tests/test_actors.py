@@ -484,3 +484,46 @@ async def test_many_idle_actors_cost_little_memory(system: ActorSystem) -> None:
     tracemalloc.stop()
     per_actor = used / len(refs)
     assert per_actor < 1500, f"{per_actor:.0f} bytes per idle actor"
+
+
+async def test_ask_waits_for_room_within_its_timeout(system: ActorSystem) -> None:
+    gate = asyncio.Event()
+    ref = await system.spawn(AsyncRecorder, gate, mailbox_capacity=1)
+    ref.tell("wait")
+    await wait_for(lambda: ref._cell._task is not None and not ref._cell._mailbox)
+    ref.tell("fills the mailbox")
+    with pytest.raises(flockrt.AskTimeout):
+        await ref.ask("no room", timeout=0.01)
+    answer = asyncio.ensure_future(ref.ask("room later"))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.wait_for(answer, 2) == "room later"
+
+
+async def test_a_sender_waiting_for_room_sees_the_actor_stop(system: ActorSystem) -> None:
+    gate = asyncio.Event()
+    ref = await system.spawn(AsyncRecorder, gate, mailbox_capacity=1, shutdown_timeout=0.01)
+    ref.tell("wait")
+    await wait_for(lambda: ref._cell._task is not None and not ref._cell._mailbox)
+    ref.tell("fills the mailbox")
+    blocked = asyncio.ensure_future(ref.send("blocked"))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    await ref._cell._stop_and_wait("shutdown", 0)  # killed: the waiting sender must wake
+    await asyncio.wait_for(blocked, 2)
+    assert system.dead_letters == 2  # the queued message and the blocked one
+
+
+async def test_cancelled_sender_does_not_block_the_next_one(system: ActorSystem) -> None:
+    gate = asyncio.Event()
+    ref = await system.spawn(AsyncRecorder, gate, mailbox_capacity=1)
+    ref.tell("wait")
+    await wait_for(lambda: ref._cell._task is not None and not ref._cell._mailbox)
+    ref.tell("fills the mailbox")
+    first = asyncio.ensure_future(ref.send("first"))
+    second = asyncio.ensure_future(ref.send("second"))
+    await asyncio.sleep(0)
+    first.cancel()
+    gate.set()
+    await asyncio.wait_for(second, 2)
+    assert await ref.ask("seen") == ["fills the mailbox", "second"]
