@@ -99,8 +99,9 @@ class RestartIntensityExceeded(FlockError):
     """
 
     def __init__(self, path: str, max_restarts: int, max_seconds: float) -> None:
+        restarts = "restart" if max_restarts == 1 else "restarts"
         super().__init__(
-            f"supervisor {path} gave up: more than {max_restarts} restarts within {max_seconds:g} s"
+            f"supervisor {path} gave up: more than {max_restarts} {restarts} within {max_seconds:g} s"
         )
         self.path = path
         self.max_restarts = max_restarts

@@ -248,24 +248,6 @@ async def test_escalation_through_two_levels() -> None:
         assert system.failure is None
 
 
-async def test_a_plain_parent_fails_when_its_child_supervisor_gives_up(system: ActorSystem) -> None:
-    journal = Journal()
-
-    class Owner(Actor[Any]):
-        async def on_start(self) -> None:
-            await self.context.spawn(Supervisor, [worker(journal, "w")], name="sup")
-
-        def receive(self, message: Any) -> None:
-            pass
-
-    owner = await system.spawn(functools.partial(Owner), name="owner")
-    await crash(child_ref(system, "/owner/sup/w"))  # default intensity: 3 restarts allowed
-    for _ in range(3):
-        await crash(child_ref(system, "/owner/sup/w"))
-    reason = await owner.wait_stopped()
-    assert isinstance(reason, RestartIntensityExceeded)
-
-
 async def test_shutdown_timeout_cancels_a_stuck_child(system: ActorSystem) -> None:
     cancelled = asyncio.Event()
 
@@ -423,3 +405,71 @@ async def test_unexpected_message_to_a_supervisor_is_a_dead_letter(system: Actor
     assert await sup.ask("hello") is None
     assert system.dead_letters == 1
     assert sup.is_alive
+
+
+async def test_wrongly_typed_calls_fail_the_caller_not_the_supervisor(system: ActorSystem) -> None:
+    journal = Journal()
+    template = ChildSpec(id="agent", factory=Worker, args=(journal,))
+    pool = await system.spawn(DynamicSupervisor, template, name="pool")
+    static = await system.spawn(Supervisor, [worker(journal, "a")], name="static")
+    with pytest.raises(ValueError, match="no operation"):
+        await Supervisor.terminate_child(pool, "agent")  # a static call to a dynamic supervisor
+    with pytest.raises(TypeError, match="needs a ChildSpec"):
+        await Supervisor.start_child(static, "not a spec")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="child's ActorRef"):
+        await DynamicSupervisor.terminate_child(pool, "agent")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no operation"):
+        await DynamicSupervisor.start_child(static, "x")
+    assert pool.is_alive and static.is_alive
+    assert system.failure is None
+
+
+async def test_dynamic_supervisor_forgets_children_that_end_for_good(system: ActorSystem) -> None:
+    journal = Journal()
+    template = ChildSpec(id="agent", factory=Worker, args=(journal,), restart="transient")
+    pool = await system.spawn(functools.partial(DynamicSupervisor, template, max_children=1), name="pool")
+    first = await DynamicSupervisor.start_child(pool, "first")
+    first.tell("quit")  # a normal stop: transient, so not restarted, and not kept either
+    await first.wait_stopped()
+    assert await DynamicSupervisor.which_children(pool) == []
+    second = await DynamicSupervisor.start_child(pool, "second")  # room again under max_children
+    assert second.is_alive
+
+
+async def test_temporary_siblings_are_not_restarted_by_the_strategy(system: ActorSystem) -> None:
+    journal = Journal()
+    specs = [worker(journal, "a"), worker(journal, "temp", restart="temporary")]
+    sup = await system.spawn(functools.partial(Supervisor, specs, strategy="one_for_all"), name="sup")
+    temp = child_ref(system, "/sup/temp")
+    await crash(child_ref(system, "/sup/a"))
+    children = await settled(sup)
+    assert [(c.id, c.state, c.restarts) for c in children] == [("a", "running", 1)]
+    assert not temp.is_alive
+
+
+async def test_escalation_through_a_plain_top_level_actor_stops_the_system() -> None:
+    journal = Journal()
+
+    class Owner(Actor[Any]):
+        async def on_start(self) -> None:
+            await self.context.spawn(
+                functools.partial(Supervisor, [worker(journal, "w")], max_restarts=0), name="sup"
+            )
+
+        def receive(self, message: Any) -> None:
+            pass
+
+    system = ActorSystem()
+    owners: list[flockrt.ActorRef[Any]] = []
+
+    async def run() -> None:
+        async with system:
+            owners.append(await system.spawn(Owner, name="owner"))
+            await crash(child_ref(system, "/owner/sup/w"))
+            await system.wait()
+
+    with pytest.raises(RestartIntensityExceeded):
+        await run()
+    # Like a linked process: the plain parent failed with the supervisor's error, then the root.
+    assert isinstance(await owners[0].wait_stopped(), RestartIntensityExceeded)
+    assert system.stats().live == 0

@@ -106,6 +106,8 @@ class _SupervisorBase(Actor[Any]):
     """Restart bookkeeping shared by Supervisor and DynamicSupervisor."""
 
     _flockrt_supervises = True
+    # Whether a child that ended for good stays listed (as "terminated") for restart_child.
+    _keep_terminated = True
 
     def __init__(
         self,
@@ -234,12 +236,12 @@ class _SupervisorBase(Actor[Any]):
             return  # one we stopped ourselves
         child.cell = None
         restart = child.spec.restart
-        failed = isinstance(reason, BaseException)
-        if restart == "temporary":
+        error = reason if isinstance(reason, BaseException) else None
+        if restart == "permanent" or (restart == "transient" and error is not None):
+            await self._restart_for(child, error)
+        elif restart == "temporary" or not self._keep_terminated:
             self._forget(child)
-        elif restart == "permanent" or failed:
-            await self._restart_for(child, reason if isinstance(reason, BaseException) else None)
-        # a transient child that stopped normally stays terminated (its spec is kept)
+        # else: a transient child that stopped normally stays listed as terminated
 
     def _forget(self, child: _Child) -> None:
         if child in self._children:
@@ -286,6 +288,10 @@ class _SupervisorBase(Actor[Any]):
         for member in group:
             if member not in self._children:
                 continue  # removed while we were stopping the group
+            if member is not failed and member.spec.restart == "temporary":
+                await self._stop(member)  # ended by a sibling's failure: never restarted
+                self._forget(member)
+                continue
             try:
                 await self._revive_one(member, error if member is failed else None)
             except Exception as exc:
@@ -426,12 +432,16 @@ class Supervisor(_SupervisorBase):
         await self._revive(group, child, error)
 
     def _find(self, child_id: str) -> _Child:
+        if not isinstance(child_id, str):
+            raise TypeError(f"expected a child id (str), got {child_id!r}")
         for child in self._children:
             if child.spec.id == child_id:
                 return child
         raise KeyError(f"no child with id {child_id!r}")
 
     async def _op_start_child(self, spec: ChildSpec) -> ActorRef[Any]:
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"start_child needs a ChildSpec, got {spec!r}")
         if any(child.spec.id == spec.id for child in self._children):
             raise ValueError(f"a child with id {spec.id!r} already exists")
         child = _Child(spec)
@@ -523,6 +533,8 @@ class DynamicSupervisor(_SupervisorBase):
         self.max_children = max_children
         self._names: dict[_Child, str | None] = {}
 
+    _keep_terminated = False  # pool members that stop for good are forgotten
+
     def _child_name(self, child: _Child) -> str | None:
         return self._names.get(child)
 
@@ -530,7 +542,7 @@ class DynamicSupervisor(_SupervisorBase):
         super()._forget(child)
         self._names.pop(child, None)
 
-    async def _op_start_child(self, args: tuple[Any, ...], name: str | None) -> ActorRef[Any]:
+    async def _op_start_dynamic_child(self, args: tuple[Any, ...], name: str | None) -> ActorRef[Any]:
         if self.max_children is not None and len(self._children) >= self.max_children:
             raise ValueError(f"dynamic supervisor is at max_children={self.max_children}")
         spec = dataclasses.replace(self.template, args=self.template.args + args)
@@ -543,7 +555,9 @@ class DynamicSupervisor(_SupervisorBase):
             self._forget(child)
             raise
 
-    async def _op_terminate_child(self, ref: ActorRef[Any]) -> None:
+    async def _op_terminate_dynamic_child(self, ref: ActorRef[Any]) -> None:
+        if not isinstance(ref, ActorRef):
+            raise TypeError(f"terminate_child needs the child's ActorRef, got {ref!r}")
         child = self._by_cell.get(ref._cell)
         if child is None:
             raise KeyError(f"{ref.path} is not a child of this supervisor")
@@ -555,7 +569,7 @@ class DynamicSupervisor(_SupervisorBase):
         sup: ActorRef[Any], *args: Any, name: str | None = None, timeout: float | None = DEFAULT_ASK_TIMEOUT
     ) -> ActorRef[Any]:
         """Start a child from the template with ``args`` appended; returns its ref."""
-        ref: ActorRef[Any] = await _call(sup, "start_child", args, name, timeout=timeout)
+        ref: ActorRef[Any] = await _call(sup, "start_dynamic_child", args, name, timeout=timeout)
         return ref
 
     @staticmethod
@@ -563,4 +577,4 @@ class DynamicSupervisor(_SupervisorBase):
         sup: ActorRef[Any], child: ActorRef[Any], *, timeout: float | None = None
     ) -> None:
         """Stop ``child`` and forget it (it is not restarted)."""
-        await _call(sup, "terminate_child", child, timeout=timeout)
+        await _call(sup, "terminate_dynamic_child", child, timeout=timeout)
