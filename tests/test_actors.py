@@ -527,3 +527,26 @@ async def test_cancelled_sender_does_not_block_the_next_one(system: ActorSystem)
     gate.set()
     await asyncio.wait_for(second, 2)
     assert await ref.ask("seen") == ["fills the mailbox", "second"]
+
+
+async def test_ask_timeout_is_never_early_and_answered_asks_keep_nothing(system: ActorSystem) -> None:
+    gate = asyncio.Event()
+    ref = await system.spawn(AsyncRecorder, gate)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(flockrt.AskTimeout):
+        await ref.ask("wait", timeout=0.02)
+    assert loop.time() - started >= 0.02
+    gate.set()
+    for i in range(100):
+        assert await ref.ask(i, timeout=60) == i
+    # Answered asks left their deadline slots at once: nothing is held until the deadline.
+    assert sum(len(slot) for slot in system._ask_deadlines._slots.values()) == 0
+
+
+async def test_ask_rejects_a_negative_timeout(system: ActorSystem) -> None:
+    ref = await system.spawn(Counter)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="ask timeout"):
+            await ref.ask("get", timeout=bad)
+    assert await ref.ask("get", timeout=0.5) == 0

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from flockrt.actors.actor import Actor
 from flockrt.actors.messages import StopReason, Terminated, _Ask, _ChildExited, _ChildFailed
 from flockrt.actors.ref import ActorRef
-from flockrt.errors import ActorFailed, ActorStopped
+from flockrt.errors import ActorFailed, ActorStopped, RestartIntensityExceeded
 
 if TYPE_CHECKING:
     from flockrt.actors.system import ActorSystem
@@ -543,7 +543,8 @@ class ActorContext(Generic[M]):
         system._failures += 1
         if type(envelope) is _Ask and not envelope.future.done():
             envelope.future.set_exception(ActorFailed(self._ref, error))
-        log.error("actor %s failed: %r", self.path, error, exc_info=error)
+        if log.isEnabledFor(logging.ERROR):
+            log.error("actor %s failed: %r", self.path, error, exc_info=error)
         if self._state >= STOPPING:
             return
         if self._closed:  # asked to stop while draining: stop now, with the error as reason
@@ -666,7 +667,11 @@ class ActorContext(Generic[M]):
             system._live -= 1
         self._cancel_timers()
         actor = self._actor
-        escalated = isinstance(reason, BaseException) and actor is not None and actor._flockrt_supervises
+        # A supervisor that ended with an error, or any actor that failed because an escalation
+        # reached it: its parent (if not a supervisor) fails in turn, up to the root.
+        escalated = isinstance(reason, RestartIntensityExceeded) or (
+            isinstance(reason, BaseException) and actor is not None and actor._flockrt_supervises
+        )
         self._actor = None
         if self._children:
             for child in reversed(list(self._children)):
@@ -766,6 +771,9 @@ class ActorContext(Generic[M]):
         self._cancel_timers()
         actor = self._actor
         if actor is None:
+            return
+        if not self._children and actor._flockrt_plain_stop:
+            self._actor = None  # nothing to wait for: skip the timeout machinery (restart latency)
             return
         try:
             async with asyncio.timeout(timeout):

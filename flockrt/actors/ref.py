@@ -7,7 +7,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from flockrt.actors.messages import StopReason, _Ask
-from flockrt.errors import ActorStopped, AskTimeout, MailboxFull
+from flockrt.errors import ActorStopped, MailboxFull
 
 if TYPE_CHECKING:
     from flockrt.actors.context import ActorContext
@@ -17,11 +17,6 @@ __all__ = ["ActorRef"]
 M = TypeVar("M")
 
 DEFAULT_ASK_TIMEOUT = 5.0
-
-
-def _expire(future: asyncio.Future[Any], ref: ActorRef[Any], timeout: float) -> None:
-    if not future.done():
-        future.set_exception(AskTimeout(ref, timeout))
 
 
 class ActorRef(Generic[M]):
@@ -118,9 +113,11 @@ class ActorRef(Generic[M]):
         cell = self._cell
         if cell._closed:
             raise ActorStopped(self)
-        loop = cell._system._loop
-        future: asyncio.Future[Any] = loop.create_future()
-        handle = loop.call_later(timeout, _expire, future, self, timeout) if timeout is not None else None
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"ask timeout must be >= 0 seconds or None, got {timeout!r}")
+        system = cell._system
+        future: asyncio.Future[Any] = system._loop.create_future()
+        key = system._ask_deadlines.add(future, self, timeout) if timeout is not None else 0
         try:
             q = cell._mailbox
             if q is None:
@@ -143,8 +140,8 @@ class ActorRef(Generic[M]):
                 cell._activate()
             return await future
         finally:
-            if handle is not None:
-                handle.cancel()
+            if timeout is not None:
+                system._ask_deadlines.discard(key, future)
 
     def stop(self) -> asyncio.Future[StopReason]:
         """Ask the actor to stop gracefully.

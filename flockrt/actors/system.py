@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from flockrt.actors.actor import Actor
 from flockrt.actors.context import RUNNING, ActorContext
+from flockrt.actors.deadlines import AskDeadlines
 from flockrt.actors.ref import ActorRef
 from flockrt.errors import ActorNameTaken, ActorStartFailed, ActorStopped, SystemStopped
 
@@ -100,6 +101,7 @@ class ActorSystem:
         self._throughput = throughput
         self._shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._ask_deadlines: AskDeadlines = None  # type: ignore[assignment]
         self._guardian: ActorContext[Any] | None = None
         self._registry: dict[str, ActorContext[Any]] = {}
         self._uids = itertools.count(1)
@@ -136,6 +138,7 @@ class ActorSystem:
             if self._stopping:
                 raise SystemStopped(f"actor system {self.name!r} is stopped")
             self._loop = asyncio.get_running_loop()
+            self._ask_deadlines = AskDeadlines(self._loop)
             guardian = ActorContext._create(self, None, None, 0, _Guardian, (), 1, None)
             guardian._actor = _Guardian()
             guardian._actor._context = guardian
