@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -42,13 +43,15 @@ async def serve(config: FlockConfig, stop: asyncio.Event) -> int:
                 max_seconds=tree.max_seconds,
             ),
             name="root",
+            # The whole stop is bounded by runtime.shutdown_timeout (below); each agent by its own.
+            shutdown_timeout=math.inf,
         )
         for child in system.snapshot()["children"][0]["children"]:
             log.info("started %s (%s)", child["path"], child["restart"])
         log.info(
-            "flock %r ready: %d actors under %s (%s loop); Ctrl-C or SIGTERM stops it",
+            "flock %r ready: %d agents under %s (%s loop); Ctrl-C or SIGTERM stops it",
             runtime.name,
-            system.stats().live,
+            system.stats().live - 1,
             root.path,
             runtime.loop,
         )

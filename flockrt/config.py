@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import re
 import types
 import typing
@@ -136,9 +137,14 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             problems.append(f"agents[{i}].id: {agent.id!r} is used twice")
         seen.add(agent.id)
         try:
-            resolve_class(agent.class_)
+            cls = resolve_class(agent.class_)
         except ConfigError as exc:
             problems.append(f"agents[{i}].class: {exc}")
+            continue
+        try:
+            inspect.signature(cls).bind(**agent.options)
+        except TypeError as exc:
+            problems.append(f"agents[{i}].options: {agent.class_} does not take them: {exc}")
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
 
@@ -168,9 +174,7 @@ _PATH = re.compile(r"^(?P<what>.*) - at `\$(?P<path>.*)`$")
 def _explain(message: str) -> str:
     """Rewrite msgspec's 'Invalid enum value 'x' - at `$.a[0].b`' as 'a[0].b: expected ...'."""
     match = _PATH.match(message)
-    if match is None:
-        return message
-    what, path = match["what"], match["path"].lstrip(".")
+    what, path = (match["what"], match["path"].lstrip(".")) if match else (message, "")
     enum = re.fullmatch(r"Invalid enum value (?P<value>.+)", what)
     if enum is not None:
         choices = _literal_choices(path)

@@ -46,6 +46,11 @@ def test_check_accepts_the_shipped_config(capsys: pytest.CaptureFixture[str]) ->
         ("[[agents]]\nid='x'\nclass='no.such.module:X'\n", "cannot import 'no.such.module'"),
         ("[[agents]]\nid='x'\nclass='echo'\ncount=0\n", "agents[0].count: expected >= 1, got 0"),
         ("[[agents]\n", "not valid TOML"),
+        ("[nats]\nurl = 'x'\n", "nats: unknown key"),
+        (
+            "[[agents]]\nid='e'\nclass='echo'\noptions={prefx='a'}\n",
+            "agents[0].options: echo does not take them: got an unexpected keyword argument 'prefx'",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(
@@ -122,7 +127,7 @@ async def test_run_exits_1_when_the_root_supervisor_gives_up(tmp_path: Path) -> 
     proc = await start_flock(config)
     try:
         output = await read_until(proc, "stopped:")
-        assert "gave up: more than 1 restarts" in output
+        assert "gave up: more than 1 restart within" in output
         assert await asyncio.wait_for(proc.wait(), 20) == 1
     finally:
         if proc.returncode is None:
