@@ -1,0 +1,1 @@
+"""Benchmarks of flockrt. ``python -m benchmarks.kernel`` runs the actor-kernel suite."""

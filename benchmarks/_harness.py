@@ -1,0 +1,120 @@
+"""Running and measuring: event loops, fresh processes, memory, failure logging."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import multiprocessing
+import os
+import resource
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+LOOPS = ("asyncio", "uvloop")
+
+
+class Probe:
+    """Where a restarted actor reports that it is ready (restart-latency workload)."""
+
+    __slots__ = ("at", "ready")
+
+    def __init__(self) -> None:
+        self.ready: asyncio.Future[None] | None = None
+        self.at = 0.0
+
+    def report(self) -> None:
+        self.at = time.perf_counter()
+        if self.ready is not None:
+            self.ready.set_result(None)
+
+
+def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run(loop: str, main: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``main(*args)`` on a fresh event loop of the given kind."""
+    gc.collect()  # garbage of the previous measurement is not charged to this one
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        return runner.run(main(*args))  # type: ignore[arg-type]
+
+
+def isolated(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` in a fresh interpreter: memory deltas start from a clean heap."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def traced_bytes() -> int:
+    return tracemalloc.get_traced_memory()[0]
+
+
+def memory_probe(method: str) -> Callable[[], int]:
+    """``tracemalloc`` (Python allocations, exact) or ``rss`` (what the OS sees)."""
+    if method == "tracemalloc":
+        tracemalloc.start()
+        return traced_bytes
+    return rss_bytes
+
+
+def idle_actor_bytes(impl: str, loop: str, n: int, method: str) -> float:
+    """Child-process entry: bytes per idle actor of ``impl`` (flockrt, bare, pykka)."""
+    from benchmarks import _bare, _flockrt, _pykka
+
+    measure = memory_probe(method)
+    if impl == "pykka":
+        return _pykka.idle_actor_bytes(n, measure)
+    if impl == "flockrt":
+        return run(loop, _flockrt.idle_actor_bytes, n, measure)
+    return run(loop, _bare.idle_actor_bytes, n, measure)
+
+
+def many_actors(loop: str, n: int) -> dict[str, float]:
+    """Child-process entry: spawn ``n`` flockrt actors; times and RSS growth."""
+    from benchmarks import _flockrt
+
+    return run(loop, _flockrt.many_actors, n, rss_bytes)
+
+
+@contextlib.contextmanager
+def failure_logging(enabled: bool, loggers: tuple[str, ...] = ("flockrt", "benchmarks")) -> Iterator[None]:
+    """Actor failures are logged with their traceback (by flockrt, and by the bare baseline).
+
+    Disabled: those loggers are silenced. Enabled: records are formatted and written to
+    /dev/null, which costs what a real handler costs without flooding the terminal.
+    """
+    saved = [(logger, logger.level, logger.propagate) for logger in map(logging.getLogger, loggers)]
+    with open(os.devnull, "w") as sink:
+        handler = logging.StreamHandler(sink)
+        for logger, _, _ in saved:
+            logger.propagate = False
+            logger.setLevel(logging.ERROR if enabled else logging.CRITICAL + 1)
+            logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            for logger, level, propagate in saved:
+                logger.removeHandler(handler)
+                logger.setLevel(level)
+                logger.propagate = propagate
