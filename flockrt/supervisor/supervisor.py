@@ -133,10 +133,8 @@ class _SupervisorBase(Actor[Any]):
                 return _CallError(ValueError(f"{type(self).__name__} has no operation {message.op!r}"))
             try:
                 return await handler(*message.args)
-            except FlockError as exc:
-                return _CallError(exc)
-            except (ValueError, KeyError, TypeError) as exc:
-                return _CallError(exc)
+            except (FlockError, ValueError, KeyError, TypeError) as exc:
+                return _CallError(exc)  # the caller's mistake: raised there, not here
         if type(message) is _RestartDue:
             child = message.child
             child.backoff = None
@@ -298,7 +296,6 @@ class _SupervisorBase(Actor[Any]):
                 log.error("supervisor %s: restarting %s failed: %r", self.context.path, member.spec.id, exc)
                 await self._restart_for(member, exc)
                 return  # that restart handled the rest of the group
-        return
 
     async def _revive_one(self, child: _Child, error: BaseException | None) -> None:
         if child.backoff is not None:
