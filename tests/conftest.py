@@ -9,6 +9,9 @@ import pytest
 
 import flockrt
 
+# The nats_server fixture: a real nats-server with JetStream on a free port, one per test.
+pytest_plugins = ["tests.nats_server"]
+
 
 @pytest.fixture
 async def system() -> AsyncIterator[flockrt.ActorSystem]:
