@@ -18,8 +18,11 @@ __all__ = [
     "ActorStartFailed",
     "ActorStopped",
     "AskTimeout",
+    "BusTimeout",
+    "BusUnavailable",
     "FlockError",
     "MailboxFull",
+    "NoResponders",
     "RestartIntensityExceeded",
     "SystemStopped",
 ]
@@ -110,3 +113,27 @@ class RestartIntensityExceeded(FlockError):
 
 class SystemStopped(FlockError, RuntimeError):
     """The actor system is shutting down or stopped; nothing new can be spawned."""
+
+
+class BusUnavailable(FlockError, ConnectionError):
+    """NATS cannot be reached right now (degraded mode) or the connection is closed.
+
+    Local agents keep working; publishes are buffered, but a request cannot be answered.
+    """
+
+
+class NoResponders(FlockError):
+    """Nobody on NATS subscribes to the subject of a request."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"no responders on {subject!r}")
+        self.subject = subject
+
+
+class BusTimeout(FlockError, TimeoutError):
+    """A NATS request got no reply in time."""
+
+    def __init__(self, subject: str, timeout: float) -> None:
+        super().__init__(f"no reply on {subject!r} within {timeout:g} s")
+        self.subject = subject
+        self.timeout = timeout
