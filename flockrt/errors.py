@@ -22,9 +22,13 @@ __all__ = [
     "BusUnavailable",
     "FlockError",
     "MailboxFull",
+    "NoCapableAgent",
     "NoResponders",
     "RestartIntensityExceeded",
     "SystemStopped",
+    "UnknownAgent",
+    "WorkFailed",
+    "WorkTimeout",
 ]
 
 
@@ -137,3 +141,43 @@ class BusTimeout(FlockError, TimeoutError):
         super().__init__(f"no reply on {subject!r} within {timeout:g} s")
         self.subject = subject
         self.timeout = timeout
+
+
+class NoCapableAgent(FlockError, LookupError):
+    """No agent in the flock offers this capability or handles this task type."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        what = "offers capability" if kind == "capability" else "handles task type"
+        super().__init__(f"no agent {what} {key!r}")
+        self.kind = kind
+        self.key = key
+
+
+class WorkTimeout(FlockError, TimeoutError):
+    """A capability request or an awaited task did not finish within its timeout."""
+
+    def __init__(self, kind: str, key: str, timeout: float) -> None:
+        super().__init__(f"{kind} {key!r} did not finish within {timeout:g} s")
+        self.kind = kind
+        self.key = key
+        self.timeout = timeout
+
+
+class WorkFailed(FlockError):
+    """The agent's handler for a capability or task raised; the cause is attached."""
+
+    def __init__(self, agent_id: str, kind: str, key: str, cause: BaseException) -> None:
+        super().__init__(f"agent {agent_id}: {kind} {key!r} failed: {cause!r}")
+        self.agent_id = agent_id
+        self.kind = kind
+        self.key = key
+        self.cause = cause
+        self.__cause__ = cause
+
+
+class UnknownAgent(FlockError, LookupError):
+    """No agent with this id is known (here, or in the flock's directory)."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"no agent with id {agent_id!r}")
+        self.agent_id = agent_id

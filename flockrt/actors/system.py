@@ -20,6 +20,7 @@ from flockrt.errors import ActorNameTaken, ActorStartFailed, ActorStopped, Syste
 __all__ = ["ActorSystem", "SystemStats"]
 
 M = TypeVar("M")
+E = TypeVar("E")
 
 log = logging.getLogger("flockrt.system")
 dead_letter_log = logging.getLogger("flockrt.dead_letters")
@@ -115,6 +116,7 @@ class ActorSystem:
         self._restarts = 0
         self._dead_letters = 0
         self._mailbox_overflows = 0
+        self._extensions: dict[type[Any], Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -271,6 +273,21 @@ class ActorSystem:
                 raise ActorStartFailed(_path_of(parent, name, cell._uid), exc) from exc
             raise
         return cell._ref
+
+    def register_extension(self, kind: type[E], value: E) -> None:
+        """Make ``value`` reachable by every actor of this system as ``extension(kind)``.
+
+        This is how layers above the kernel (the flock, with its directory and task bus) reach
+        the actors they serve without the kernel knowing about them.
+        """
+        if not isinstance(value, kind):
+            raise TypeError(f"{value!r} is not a {kind.__name__}")
+        self._extensions[kind] = value
+
+    def extension(self, kind: type[E]) -> E | None:
+        """The value registered for ``kind``, or None."""
+        value: E | None = self._extensions.get(kind)
+        return value
 
     def lookup(self, name: str) -> ActorRef[Any] | None:
         """The live actor with this name (top level) or path (``/sup/worker``), else None."""

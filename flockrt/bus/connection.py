@@ -246,6 +246,11 @@ class NatsConnection:
         self._subscriptions.add(subscription)
         if self._nc is not None and self._state is BusState.CONNECTED:
             await self._attach(self._nc, subscription)
+            # Once subscribe() returns, the server knows: what others publish next arrives.
+            try:
+                await self._nc.flush()
+            except (nats.errors.Error, TimeoutError) as exc:  # still subscribed; just not confirmed
+                log.warning("subscribe %s: the server did not confirm in time: %r", subject, exc)
         return subscription
 
     async def request(

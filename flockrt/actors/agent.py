@@ -1,0 +1,331 @@
+"""Agent: an actor with an identity and skills that a flock routes work to.
+
+An agent declares what it can do on its class: ``@capability("text-analysis")`` on an async
+method makes it answer capability requests, ``@handles_task("analysis")`` makes it handle tasks
+of that type. The flock it lives in (an :class:`AgentPort`, registered as an extension of the
+actor system: in-process, or over NATS) learns of it when it starts, hears its heartbeats, and
+hands it at most ``max_concurrent_tasks`` pieces of work at a time.
+
+Work runs in asyncio tasks owned by the agent, so several pieces of work may run at once (up to
+``max_concurrent_tasks``); messages (direct messages, broadcasts, events) are still handled one
+at a time by ``receive``. A capability or task handler that raises fails that piece of work
+only; the agent goes on. An agent that fails in ``receive`` is restarted by its supervisor like
+any actor and announces itself again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
+
+from flockrt.actors.actor import Actor
+from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
+from flockrt.bus.subjects import check_token
+from flockrt.errors import WorkFailed
+
+__all__ = ["Agent", "AgentCard", "AgentPort", "Work", "capability", "handles_task"]
+
+log = logging.getLogger("flockrt.agent")
+
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+_CAPABILITY = "__flockrt_capability__"
+_TASK_TYPE = "__flockrt_task_type__"
+
+
+def capability(name: str) -> Callable[[F], F]:
+    """Mark an ``async def`` method as the agent's handler of capability ``name``.
+
+    A request's parameters are passed as keyword arguments when they are a JSON object, else
+    as the one positional argument; the return value is the answer.
+    """
+    check_token("capability", name)
+
+    def mark(method: F) -> F:
+        if not inspect.iscoroutinefunction(method):
+            raise TypeError(f"@capability({name!r}) needs an async def method, got {method!r}")
+        setattr(method, _CAPABILITY, name)
+        return method
+
+    return mark
+
+
+def handles_task(task_type: str) -> Callable[[F], F]:
+    """Mark an ``async def`` method as the agent's handler of tasks of ``task_type``.
+
+    The method receives the :class:`~flockrt.bus.schema.TaskMessage`; its return value becomes
+    the ``result`` of the TaskResult.
+    """
+    check_token("task type", task_type)
+
+    def mark(method: F) -> F:
+        if not inspect.iscoroutinefunction(method):
+            raise TypeError(f"@handles_task({task_type!r}) needs an async def method, got {method!r}")
+        setattr(method, _TASK_TYPE, task_type)
+        return method
+
+    return mark
+
+
+@dataclass(eq=False, slots=True)
+class Work:
+    """One piece of work a flock hands to an agent: a capability call or a task.
+
+    Attributes:
+        kind: "capability" or "task".
+        key: The capability name or the task type.
+        payload: The request's parameters, or the TaskMessage.
+        future: Receives the handler's return value or a WorkFailed.
+        priority: 0 (high), 1 (medium) or 2 (low): lower runs first.
+    """
+
+    kind: Literal["capability", "task"]
+    key: str
+    payload: Any
+    future: asyncio.Future[Any]
+    priority: int = 1
+    enqueued: float = field(default_factory=time.monotonic)
+    agent_id: str = ""
+    """Who it was handed to (set by the flock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCard:
+    """What a flock knows of a local agent: identity, skills, capacity and its ref."""
+
+    id: str
+    name: str
+    capabilities: tuple[str, ...]
+    task_types: tuple[str, ...]
+    max_concurrent_tasks: int
+    ref: Any  # ActorRef[Any]; Any keeps this module free of a ref import cycle
+
+
+class AgentPort:
+    """What an agent needs from the flock it lives in.
+
+    Implemented in-process by :class:`flockrt.local.LocalFlock` (and over NATS on top of it).
+    Registered with ``system.register_extension(AgentPort, port)``.
+    """
+
+    heartbeat_interval: float = 30.0
+    """Seconds between heartbeats (HEARTBEAT_INTERVAL is in milliseconds)."""
+
+    def agent_started(self, card: AgentCard) -> None:
+        """The agent is ready for work (also after a restart)."""
+        raise NotImplementedError
+
+    def agent_heartbeat(self, heartbeat: Heartbeat) -> None:
+        """A sign of life with the agent's counters."""
+        raise NotImplementedError
+
+    def agent_stopped(self, agent_id: str) -> None:
+        """The agent takes no more work (it is stopping or restarting)."""
+        raise NotImplementedError
+
+    def work_done(self, agent_id: str) -> None:
+        """One piece of work the flock handed to the agent has finished: capacity is free."""
+        raise NotImplementedError
+
+
+class _Beat:
+    """Timer message: time to heartbeat."""
+
+
+_BEAT = _Beat()
+
+
+class Agent(Actor[Any]):
+    """Base class of agents.
+
+    Subclass it, declare skills with :func:`capability` and :func:`handles_task`, and override
+    the hooks you need: :meth:`setup` / :meth:`teardown` (instead of on_start / on_stop, which the
+    agent uses to join and leave its flock), :meth:`on_message` for direct messages (a query's
+    return value is the answer), :meth:`on_broadcast`, :meth:`on_event`.
+
+    Args:
+        agent_id: Unique in the whole flock (across processes); a NATS subject token.
+        name: Human-readable name (default: the id).
+        max_concurrent_tasks: Pieces of work run at once (default: the class attribute).
+    """
+
+    max_concurrent_tasks: int = 1
+    _flockrt_capabilities: ClassVar[dict[str, str]] = {}
+    _flockrt_task_types: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        capabilities: dict[str, str] = {}
+        task_types: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                if (name := getattr(value, _CAPABILITY, None)) is not None:
+                    capabilities[name] = attr
+                if (task_type := getattr(value, _TASK_TYPE, None)) is not None:
+                    task_types[task_type] = attr
+        cls._flockrt_capabilities = capabilities
+        cls._flockrt_task_types = task_types
+
+    def __init__(
+        self, agent_id: str, *, name: str | None = None, max_concurrent_tasks: int | None = None
+    ) -> None:
+        self.agent_id = check_token("agent id", agent_id)
+        self.agent_name = name or agent_id
+        if max_concurrent_tasks is not None:
+            self.max_concurrent_tasks = max_concurrent_tasks
+        if self.max_concurrent_tasks < 1:
+            raise ValueError(f"max_concurrent_tasks must be >= 1, got {self.max_concurrent_tasks!r}")
+        self.tasks_processed = 0
+        self._started = time.monotonic()
+        self._port: AgentPort | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """The capability names this agent answers."""
+        return tuple(self._flockrt_capabilities)
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        """The task types this agent handles."""
+        return tuple(self._flockrt_task_types)
+
+    @property
+    def load(self) -> float:
+        """Running work / max_concurrent_tasks."""
+        return len(self._running) / self.max_concurrent_tasks
+
+    def card(self) -> AgentCard:
+        """The agent as its flock sees it."""
+        return AgentCard(
+            id=self.agent_id,
+            name=self.agent_name,
+            capabilities=self.capabilities,
+            task_types=self.task_types,
+            max_concurrent_tasks=self.max_concurrent_tasks,
+            ref=self.context.ref,
+        )
+
+    def heartbeat(self) -> Heartbeat:
+        """The heartbeat this agent would send now."""
+        return Heartbeat(
+            agent_id=self.agent_id,
+            status="busy" if len(self._running) >= self.max_concurrent_tasks else "online",
+            uptime=int((time.monotonic() - self._started) * 1000),
+            tasks_processed=self.tasks_processed,
+            load=self.load,
+        )
+
+    # ------------------------------------------------------------------ hooks for subclasses
+
+    async def setup(self) -> None:
+        """Called on every (re)start before the agent joins its flock."""
+
+    async def teardown(self) -> None:
+        """Called when the agent stops or before a restart, after its work was cancelled."""
+
+    async def on_message(self, message: DirectMessage) -> Any:
+        """A direct message; for a ``query`` the return value is the answer."""
+        log.info("agent %s: unhandled %s message from %s", self.agent_id, message.type, message.sender)
+        return None
+
+    async def on_broadcast(self, message: Broadcast) -> None:
+        """A broadcast to every agent."""
+
+    async def on_event(self, event: AgentEvent) -> None:
+        """An event addressed to this agent."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def on_start(self) -> None:
+        await self.setup()
+        port = self.context.system.extension(AgentPort)
+        self._port = port
+        if port is None:
+            log.debug("agent %s runs without a flock (no AgentPort registered)", self.agent_id)
+            return
+        port.agent_started(self.card())
+        self.context.send_periodic(port.heartbeat_interval, _BEAT, initial_delay=0)
+
+    async def on_stop(self) -> None:
+        if self._port is not None:
+            self._port.agent_stopped(self.agent_id)
+        running, self._running = self._running, set()
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        await self.teardown()
+
+    # ------------------------------------------------------------------ messages
+
+    async def receive(self, message: Any) -> Any:
+        if type(message) is Work:
+            self._start_work(message)
+        elif message is _BEAT:
+            if self._port is not None:
+                self._port.agent_heartbeat(self.heartbeat())
+        elif isinstance(message, DirectMessage):
+            return await self.on_message(message)
+        elif isinstance(message, Broadcast):
+            await self.on_broadcast(message)
+        elif isinstance(message, AgentEvent):
+            await self.on_event(message)
+        else:
+            log.warning("agent %s ignores unexpected message %r", self.agent_id, message)
+        return None
+
+    def _start_work(self, work: Work) -> None:
+        if work.future.done():  # the requester gave up while it waited in the queue
+            self._finished()
+            return
+        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
+        method_name = table.get(work.key)
+        if method_name is None:
+            work.future.set_exception(
+                WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered"))
+            )
+            self._finished()
+            return
+        task = asyncio.get_running_loop().create_task(self._run(work, getattr(self, method_name)))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, work: Work, method: Callable[..., Coroutine[Any, Any, Any]]) -> None:
+        try:
+            if work.kind == "task":
+                result = await method(work.payload)
+            elif isinstance(work.payload, dict):
+                result = await method(**work.payload)
+            elif work.payload is None:
+                result = await method()
+            else:
+                result = await method(work.payload)
+        except asyncio.CancelledError:
+            if not work.future.done():
+                work.future.set_exception(
+                    WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
+                )
+            raise
+        except Exception as exc:  # the work failed, not the agent: its requester gets the error
+            self.tasks_processed += 1
+            log.warning("agent %s: %s %s failed: %r", self.agent_id, work.kind, work.key, exc)
+            if not work.future.done():
+                work.future.set_exception(WorkFailed(self.agent_id, work.kind, work.key, exc))
+        else:
+            self.tasks_processed += 1
+            if not work.future.done():
+                work.future.set_result(result)
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        if self._port is not None:
+            self._port.work_done(self.agent_id)

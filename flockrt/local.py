@@ -1,0 +1,324 @@
+"""LocalFlock: the flock within one process, with no NATS at all.
+
+It is a real mode, not a stand-in: embedding code uses it directly, and the NATS flock builds on
+it (local agents first, the bus for the rest) and falls back to it while NATS is unreachable.
+
+Work (capability requests and tasks) waits in one priority queue per skill and is handed to the
+least-loaded local agent that has a free slot (``max_concurrent_tasks``), so higher-priority
+work waiting in this process runs first and no agent is given more than it can run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flockrt.actors.agent import AgentCard, AgentPort, Work
+from flockrt.actors.system import ActorSystem
+from flockrt.bus.directory import AgentInfo, Directory, StatusFilter
+from flockrt.bus.schema import (
+    AgentAnnouncement,
+    Broadcast,
+    DirectMessage,
+    Heartbeat,
+    Priority,
+    TaskMessage,
+    TaskResult,
+)
+from flockrt.errors import MailboxFull, NoCapableAgent, UnknownAgent, WorkFailed, WorkTimeout
+
+__all__ = ["PRIORITIES", "LocalFlock"]
+
+log = logging.getLogger("flockrt.flock")
+
+PRIORITIES: dict[str, int] = {"high": 0, "medium": 1, "low": 2}
+
+_Skill = tuple[str, str]  # ("capability" | "task", name)
+
+
+@dataclass(eq=False, slots=True)
+class _Member:
+    card: AgentCard
+    running: int = 0
+
+    @property
+    def free(self) -> bool:
+        return self.running < self.card.max_concurrent_tasks
+
+    @property
+    def load(self) -> float:
+        return self.running / self.card.max_concurrent_tasks
+
+
+class LocalFlock(AgentPort):
+    """Agents of one process, their directory, and a priority dispatcher.
+
+    Creating it registers it as the system's AgentPort, so agents spawned afterwards join it.
+
+    Args:
+        system: The actor system the agents live in.
+        node: This process's name in the directory.
+        heartbeat_interval: Seconds between agent heartbeats.
+        directory: Shared with the NATS flock, which feeds it remote agents too.
+    """
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        *,
+        node: str = "local",
+        heartbeat_interval: float = 30.0,
+        directory: Directory | None = None,
+    ) -> None:
+        if heartbeat_interval <= 0:
+            raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
+        self.system = system
+        self.node = node
+        self.heartbeat_interval = heartbeat_interval
+        self.directory = directory if directory is not None else Directory(heartbeat_interval)
+        self._members: dict[str, _Member] = {}
+        self._skills: dict[_Skill, set[str]] = {}
+        self._queues: dict[_Skill, list[tuple[int, int, Work]]] = {}
+        self._order = itertools.count()
+        self._result_listeners: list[Callable[[TaskResult], None]] = []
+        system.register_extension(AgentPort, self)
+
+    # ------------------------------------------------------------------ AgentPort
+
+    def agent_started(self, card: AgentCard) -> None:
+        self._members[card.id] = _Member(card)
+        skills = [("capability", c) for c in card.capabilities] + [("task", t) for t in card.task_types]
+        for skill in skills:
+            self._skills.setdefault(skill, set()).add(card.id)
+        self.directory.on_announcement(
+            AgentAnnouncement(
+                id=card.id,
+                name=card.name,
+                capabilities=list(card.capabilities),
+                max_concurrent_tasks=card.max_concurrent_tasks,
+                node=self.node,
+            )
+        )
+        for skill in skills:
+            self._pump(skill)
+
+    def agent_heartbeat(self, heartbeat: Heartbeat) -> None:
+        self.directory.on_heartbeat(heartbeat)
+
+    def agent_stopped(self, agent_id: str) -> None:
+        member = self._members.pop(agent_id, None)
+        if member is None:
+            return
+        for ids in self._skills.values():
+            ids.discard(agent_id)
+        self.directory.mark_offline(agent_id)
+
+    def work_done(self, agent_id: str) -> None:
+        member = self._members.get(agent_id)
+        if member is None:
+            return
+        member.running = max(member.running - 1, 0)
+        card = member.card
+        for capability in card.capabilities:
+            self._pump(("capability", capability))
+        for task_type in card.task_types:
+            self._pump(("task", task_type))
+
+    # ------------------------------------------------------------------ producers
+
+    async def request_capability(
+        self, capability: str, parameters: Any = None, *, timeout: float = 30.0
+    ) -> Any:
+        """Have a capable agent do ``capability`` and return its answer.
+
+        Raises:
+            NoCapableAgent: no agent of this process offers it.
+            WorkTimeout: no answer within ``timeout`` seconds.
+            WorkFailed: the agent's handler raised (the cause is attached).
+        """
+        work = self._dispatch("capability", capability, parameters, PRIORITIES["medium"])
+        return await self._wait(work.future, "capability", capability, timeout)
+
+    async def submit(
+        self,
+        task_type: str,
+        data: Any = None,
+        *,
+        priority: Priority = "medium",
+        task_id: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> TaskResult | str:
+        """Submit a task; returns its id, or with ``wait=True`` its TaskResult.
+
+        A failed task is a TaskResult with ``status="error"``, not an exception: results are
+        data that also goes to every result listener (``task.result``).
+
+        Raises:
+            NoCapableAgent: no agent of this process handles ``task_type``.
+            WorkTimeout: ``wait`` and no result within ``timeout`` seconds.
+        """
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of high, medium, low, got {priority!r}")
+        task = TaskMessage(
+            id=task_id or uuid.uuid4().hex,
+            type=task_type,
+            data=data,
+            priority=priority,
+            requester=self.node,
+            timeout=int(timeout * 1000) if timeout is not None else None,
+            metadata=metadata,
+        )
+        return await self.run_task(task, wait=wait, timeout=timeout)
+
+    async def run_task(
+        self, task: TaskMessage, *, wait: bool = False, timeout: float | None = None
+    ) -> TaskResult | str:
+        """Run an already built TaskMessage (as it arrived from NATS, say); see :meth:`submit`."""
+        started = time.monotonic()
+        work = self._dispatch("task", task.type, task, PRIORITIES[task.priority])
+        result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        work.future.add_done_callback(lambda _: self._task_finished(task, work, started, result))
+        if not wait:
+            return task.id
+        outcome: TaskResult = await self._wait(result, "task", task.type, timeout)
+        return outcome
+
+    async def send_message(
+        self, to: str, message: Any, *, type: str = "command", sender: str = "flock", timeout: float = 30.0
+    ) -> Any:
+        """Send a direct message to agent ``to``; a ``query`` returns the agent's answer.
+
+        Raises:
+            UnknownAgent: no such agent in this process.
+            MailboxFull: the agent's mailbox is full (for a command).
+            AskTimeout: a query got no answer within ``timeout`` seconds.
+        """
+        member = self._members.get(to)
+        if member is None:
+            raise UnknownAgent(to)
+        direct = DirectMessage(
+            id=uuid.uuid4().hex,
+            sender=sender,
+            to=to,
+            message=message,
+            type=type,
+            correlation_id=uuid.uuid4().hex if type == "query" else None,
+        )
+        if type == "query":
+            return await member.card.ref.ask(direct, timeout=timeout)
+        member.card.ref.tell(direct)
+        return None
+
+    def broadcast(self, type: str, message: Any = None, data: Any = None) -> int:
+        """Tell every local agent; returns how many got it (full mailboxes are logged)."""
+        broadcast = Broadcast(type=type, message=message, data=data)
+        delivered = 0
+        for member in list(self._members.values()):
+            try:
+                member.card.ref.tell(broadcast)
+                delivered += 1
+            except MailboxFull:
+                log.warning("broadcast %r not delivered to %s: mailbox full", type, member.card.id)
+        return delivered
+
+    def list_agents(self, status: StatusFilter = "online", capability: str | None = None) -> list[AgentInfo]:
+        """Agents by status (online, offline, all) and capability."""
+        return self.directory.list(status, capability)
+
+    def get_agent(self, agent_id: str) -> AgentInfo | None:
+        """One agent's info, or None."""
+        return self.directory.get(agent_id)
+
+    def on_result(self, listener: Callable[[TaskResult], None]) -> Callable[[], None]:
+        """Call ``listener`` with every TaskResult of this process; returns an unsubscribe."""
+        self._result_listeners.append(listener)
+        return lambda: self._result_listeners.remove(listener)
+
+    # ------------------------------------------------------------------ dispatching
+
+    def _dispatch(self, kind: str, key: str, payload: Any, priority: int) -> Work:
+        skill = (kind, key)
+        if not self._skills.get(skill):
+            raise NoCapableAgent(kind, key)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        work = Work(kind, key, payload, future, priority)  # type: ignore[arg-type]
+        heapq.heappush(self._queues.setdefault(skill, []), (priority, next(self._order), work))
+        self._pump(skill)
+        return work
+
+    def _pump(self, skill: _Skill) -> None:
+        """Hand queued work to free agents, highest priority first, least loaded agent first."""
+        queue = self._queues.get(skill)
+        while queue:
+            member = self._free_member(skill)
+            if member is None:
+                return
+            _, _, work = queue[0]
+            if work.future.done():  # its requester gave up
+                heapq.heappop(queue)
+                continue
+            try:
+                member.card.ref.tell(work)
+            except MailboxFull:
+                return  # it will pull again when it finishes something
+            heapq.heappop(queue)
+            work.agent_id = member.card.id
+            member.running += 1
+
+    def _free_member(self, skill: _Skill) -> _Member | None:
+        best: _Member | None = None
+        for agent_id in self._skills.get(skill, ()):
+            member = self._members[agent_id]
+            if not member.card.ref.is_alive:
+                continue
+            if member.free and (best is None or member.load < best.load):
+                best = member
+        return best
+
+    async def _wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise WorkTimeout(kind, key, timeout or 0.0) from None
+
+    def _task_finished(
+        self, task: TaskMessage, work: Work, started: float, result: asyncio.Future[TaskResult]
+    ) -> None:
+        done = work.future
+        duration_ms = (time.monotonic() - started) * 1000
+        if done.cancelled():
+            outcome = TaskResult(
+                task_id=task.id, processed_by="", status="error", error="cancelled", duration_ms=duration_ms
+            )
+        elif isinstance(error := done.exception(), WorkFailed):
+            outcome = TaskResult(
+                task_id=task.id,
+                processed_by=error.agent_id,
+                status="error",
+                error=repr(error.cause),
+                duration_ms=duration_ms,
+            )
+        elif error is not None:
+            outcome = TaskResult(
+                task_id=task.id, processed_by="", status="error", error=repr(error), duration_ms=duration_ms
+            )
+        else:
+            outcome = TaskResult(
+                task_id=task.id, result=done.result(), processed_by=work.agent_id, duration_ms=duration_ms
+            )
+        for listener in list(self._result_listeners):
+            try:
+                listener(outcome)
+            except Exception:  # one listener's bug must not cost the others their result
+                log.exception("task result listener %r failed", listener)
+        if not result.done():
+            result.set_result(outcome)

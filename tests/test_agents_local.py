@@ -1,0 +1,247 @@
+"""Agents in one process: skills, routing, capacity, priority, messages, restarts (LocalFlock)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from flockrt import ActorSystem, ChildSpec, Supervisor
+from flockrt.actors.agent import Agent, capability, handles_task
+from flockrt.bus.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
+from flockrt.errors import NoCapableAgent, UnknownAgent, WorkFailed, WorkTimeout
+from flockrt.local import LocalFlock
+from tests.conftest import wait_for
+
+
+class Analyst(Agent):
+    """Counts words; answers text-analysis requests and 'analysis' tasks."""
+
+    max_concurrent_tasks = 2
+
+    @capability("text-analysis")
+    async def analyze(self, text: str) -> dict[str, int]:
+        return {"words": len(text.split())}
+
+    @handles_task("analysis")
+    async def on_task(self, task: TaskMessage) -> dict[str, int]:
+        if task.data == "fail":
+            raise ValueError("cannot analyse this")
+        return await self.analyze(str(task.data))
+
+    async def on_message(self, message: DirectMessage) -> Any:
+        if message.message == "crash":
+            raise RuntimeError("crash requested")
+        if message.type == "query":
+            return f"{self.agent_id} heard {message.message}"
+        return None
+
+
+class Gated(Agent):
+    """Its work waits for a gate, so tests control when capacity frees up."""
+
+    def __init__(self, agent_id: str, gate: asyncio.Event, log: list[Any], **options: Any) -> None:
+        super().__init__(agent_id, **options)
+        self.gate = gate
+        self.log = log
+        self.broadcasts: list[Broadcast] = []
+
+    @handles_task("slow")
+    async def slow(self, task: TaskMessage) -> Any:
+        self.log.append(("start", self.agent_id, task.data))
+        await self.gate.wait()
+        self.log.append(("end", self.agent_id, task.data))
+        return task.data
+
+    @capability("wait")
+    async def wait(self) -> str:
+        await self.gate.wait()
+        return "done"
+
+    async def on_broadcast(self, message: Broadcast) -> None:
+        self.broadcasts.append(message)
+
+
+@pytest.fixture
+async def flock() -> AsyncIterator[LocalFlock]:
+    async with ActorSystem("agents", shutdown_timeout=2.0) as system:
+        yield LocalFlock(system, node="node-a", heartbeat_interval=60)
+
+
+def running(log: list[Any]) -> int:
+    starts = sum(1 for event in log if event[0] == "start")
+    ends = sum(1 for event in log if event[0] == "end")
+    return starts - ends
+
+
+async def test_capability_request_and_directory(flock: LocalFlock) -> None:
+    await flock.system.spawn(Analyst, "analyst-1", name="analyst-1")
+    assert await flock.request_capability("text-analysis", {"text": "a flock of agents"}) == {"words": 4}
+    assert await flock.request_capability("text-analysis", "two words") == {"words": 2}
+    [info] = flock.list_agents(status="online", capability="text-analysis")
+    assert (info.id, info.capabilities, info.node, info.max_concurrent_tasks) == (
+        "analyst-1",
+        ("text-analysis",),
+        "node-a",
+        2,
+    )
+    assert flock.get_agent("analyst-1") == info
+    assert flock.list_agents(capability="nope") == []
+
+
+async def test_tasks_return_results_to_the_submitter_and_listeners(flock: LocalFlock) -> None:
+    await flock.system.spawn(Analyst, "analyst-1")
+    results: list[TaskResult] = []
+    flock.on_result(results.append)
+    result = await flock.submit("analysis", "many words here", wait=True)
+    assert isinstance(result, TaskResult)
+    assert (result.status, result.result, result.processed_by) == ("ok", {"words": 3}, "analyst-1")
+    task_id = await flock.submit("analysis", "fail", task_id="t-fail")
+    assert task_id == "t-fail"
+    await wait_for(lambda: len(results) == 2)
+    failed = results[1]
+    assert (failed.task_id, failed.status, failed.processed_by) == ("t-fail", "error", "analyst-1")
+    assert "cannot analyse this" in (failed.error or "")
+
+
+async def test_nothing_capable_and_bad_input_are_clear_errors(flock: LocalFlock) -> None:
+    await flock.system.spawn(Analyst, "analyst-1")
+    with pytest.raises(NoCapableAgent, match="no agent offers capability 'translation'"):
+        await flock.request_capability("translation", {})
+    with pytest.raises(NoCapableAgent, match="handles task type 'painting'"):
+        await flock.submit("painting", {})
+    with pytest.raises(WorkFailed) as info:
+        await flock.request_capability("text-analysis", {"wrong": "argument"})
+    assert isinstance(info.value.cause, TypeError)
+    with pytest.raises(ValueError, match="priority"):
+        await flock.submit("analysis", "x", priority="urgent")  # type: ignore[arg-type]
+    assert await flock.request_capability("text-analysis", "still fine") == {"words": 2}
+
+
+async def test_capability_timeout(flock: LocalFlock) -> None:
+    gate = asyncio.Event()
+    await flock.system.spawn(Gated, "gated-1", gate, [])
+    with pytest.raises(WorkTimeout, match="did not finish within"):
+        await flock.request_capability("wait", timeout=0.01)
+    gate.set()
+    assert await flock.request_capability("wait", timeout=5) == "done"
+
+
+async def test_an_agent_runs_at_most_max_concurrent_tasks(flock: LocalFlock) -> None:
+    gate, log = asyncio.Event(), []
+    await flock.system.spawn(functools.partial(Gated, "gated-1", gate, log, max_concurrent_tasks=2))
+    ids = [await flock.submit("slow", i) for i in range(5)]
+    await wait_for(lambda: running(log) == 2)
+    assert running(log) == 2  # the other three wait in the flock's queue
+    peak = 0
+
+    def watch() -> bool:
+        nonlocal peak
+        peak = max(peak, running(log))
+        return sum(1 for event in log if event[0] == "end") == 5
+
+    gate.set()
+    await wait_for(watch)
+    assert peak <= 2
+    assert len(ids) == 5
+
+
+async def test_higher_priority_work_waiting_runs_first(flock: LocalFlock) -> None:
+    gate, log = asyncio.Event(), []
+    await flock.system.spawn(Gated, "gated-1", gate, log)
+    await flock.submit("slow", "first")
+    await wait_for(lambda: running(log) == 1)
+    for name, priority in [("low", "low"), ("medium", "medium"), ("high", "high"), ("high-2", "high")]:
+        await flock.submit("slow", name, priority=priority)  # type: ignore[arg-type]
+    gate.set()
+    await wait_for(lambda: sum(1 for event in log if event[0] == "end") == 5)
+    order = [data for kind, _, data in log if kind == "start"]
+    assert order == ["first", "high", "high-2", "medium", "low"]
+
+
+async def test_work_goes_to_the_least_loaded_agent(flock: LocalFlock) -> None:
+    gate, log = asyncio.Event(), []
+    for i in range(2):
+        await flock.system.spawn(Gated, f"gated-{i}", gate, log)
+    await flock.submit("slow", "a")
+    await flock.submit("slow", "b")
+    await wait_for(lambda: running(log) == 2)
+    assert {agent for _, agent, _ in log} == {"gated-0", "gated-1"}
+    gate.set()
+
+
+async def test_direct_messages_and_broadcasts(flock: LocalFlock) -> None:
+    gate = asyncio.Event()
+    await flock.system.spawn(Analyst, "analyst-1")
+    gated = [await flock.system.spawn(Gated, f"gated-{i}", gate, []) for i in range(2)]
+    answer = await flock.send_message("analyst-1", "ping", type="query", sender="tester")
+    assert answer == "analyst-1 heard ping"
+    assert await flock.send_message("analyst-1", "do it", type="command") is None
+    with pytest.raises(UnknownAgent, match="nobody"):
+        await flock.send_message("nobody", "hi")
+    assert flock.broadcast("notice", "hello all") == 3
+    for ref in gated:
+        await wait_for(lambda ref=ref: ref._cell._actor.broadcasts != [])  # type: ignore[union-attr, misc]
+
+
+async def test_heartbeats_reach_the_directory() -> None:
+    async with ActorSystem() as system:
+        flock = LocalFlock(system, heartbeat_interval=0.01)
+        await system.spawn(Analyst, "analyst-1")
+        await flock.request_capability("text-analysis", "one")
+        await wait_for(
+            lambda: (info := flock.get_agent("analyst-1")) is not None and info.tasks_processed == 1
+        )
+
+
+async def test_a_crashing_agent_is_restarted_and_rejoins(flock: LocalFlock) -> None:
+    spec = ChildSpec(id="analyst", factory=Analyst, args=("analyst-1",))
+    sup = await flock.system.spawn(Supervisor, [spec], name="agents")
+    await flock.send_message("analyst-1", "crash")
+    await wait_for(lambda: flock.system.stats().restarts == 1)
+    children = await Supervisor.which_children(sup)
+    assert children[0].state == "running"
+    assert await flock.request_capability("text-analysis", "back again") == {"words": 2}
+    info = flock.get_agent("analyst-1")
+    assert info is not None and info.status == "online"
+
+
+async def test_a_stopped_agent_goes_offline_and_takes_no_work(flock: LocalFlock) -> None:
+    ref = await flock.system.spawn(Analyst, "analyst-1")
+    await ref.stop()
+    info = flock.get_agent("analyst-1")
+    assert info is not None and info.status == "offline"
+    assert flock.list_agents(status="online") == []
+    with pytest.raises(NoCapableAgent):
+        await flock.request_capability("text-analysis", "x")
+
+
+async def test_stopping_an_agent_fails_its_running_work(flock: LocalFlock) -> None:
+    gate = asyncio.Event()
+    ref = await flock.system.spawn(Gated, "gated-1", gate, [])
+    pending = asyncio.ensure_future(flock.request_capability("wait", timeout=5))
+    await wait_for(lambda: ref._cell._actor is not None and ref._cell._actor.load > 0)  # type: ignore[attr-defined]
+    await ref.stop()
+    with pytest.raises(WorkFailed, match="agent stopped"):
+        await pending
+
+
+def test_skills_must_be_async_and_ids_must_be_subject_tokens() -> None:
+    with pytest.raises(TypeError, match="async def"):
+
+        class Bad(Agent):
+            @capability("x")  # type: ignore[type-var]
+            def sync(self) -> None:
+                pass
+
+    with pytest.raises(ValueError, match="cannot be part of a NATS subject"):
+        capability("has space")
+    with pytest.raises(ValueError, match="agent id"):
+        Analyst("a.b")
+    with pytest.raises(ValueError, match="max_concurrent_tasks"):
+        Analyst("a", max_concurrent_tasks=0)
+    assert Analyst._flockrt_capabilities == {"text-analysis": "analyze"}
+    assert Analyst._flockrt_task_types == {"analysis": "on_task"}
