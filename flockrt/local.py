@@ -183,14 +183,31 @@ class LocalFlock(AgentPort):
         self, task: TaskMessage, *, wait: bool = False, timeout: float | None = None
     ) -> TaskResult | str:
         """Run an already built TaskMessage (as it arrived from NATS, say); see :meth:`submit`."""
-        started = time.monotonic()
-        work = self._dispatch("task", task.type, task, PRIORITIES[task.priority])
-        result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        work.future.add_done_callback(lambda _: self._task_finished(task, work, started, result))
+        result = self.start_task(task)
         if not wait:
             return task.id
         outcome: TaskResult = await self._wait(result, "task", task.type, timeout)
         return outcome
+
+    def start_task(self, task: TaskMessage) -> asyncio.Future[TaskResult]:
+        """Queue ``task`` for a local agent; the future gets its TaskResult (never an exception).
+
+        Raises:
+            NoCapableAgent: no agent of this process handles the task's type.
+        """
+        started = time.monotonic()
+        work = self._dispatch("task", task.type, task, PRIORITIES[task.priority])
+        result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        work.future.add_done_callback(lambda _: self._task_finished(task, work, started, result))
+        return result
+
+    def has_skill(self, kind: str, key: str) -> bool:
+        """Whether an agent of this process offers this capability ("capability") or task type ("task")."""
+        return bool(self._skills.get((kind, key)))
+
+    def is_local(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is an agent of this process."""
+        return agent_id in self._members
 
     async def send_message(
         self, to: str, message: Any, *, type: str = "command", sender: str = "flock", timeout: float = 30.0

@@ -1,0 +1,489 @@
+"""NatsFlock: the flock across processes, speaking the AI Flock JSON messages over NATS.
+
+It is a :class:`~flockrt.local.LocalFlock` (local agents, directory, priority dispatcher) whose
+agents are also reachable through NATS, and which reaches agents of other processes:
+
+- agents announce on ``agent.announce`` and heartbeat on ``agent.<id>.heartbeat``; every
+  process builds its directory from what it hears;
+- for every task type a local agent handles, the process consumes ``tasks.<type>`` in the queue
+  group ``tasks.<type>``, so each task is handled once across the flock; results go to
+  ``task.result`` and to the reply subject of a request;
+- for every capability a local agent offers, the process answers ``capability.<name>``
+  requests (queue group ``capability.<name>``);
+- each local agent receives ``agent.<id>.inbox`` (direct messages; a query is answered on the
+  reply subject, or on the sender's inbox as a ``response``), ``agent.<id>.events`` and
+  ``broadcast``.
+
+Producers submit through NATS, so the queue groups spread the work; capability requests go to
+a local agent first and across NATS otherwise. While NATS is unreachable the flock keeps working
+in-process (the connection buffers what it publishes).
+
+Malformed messages on any subject are counted in :attr:`invalid_messages` and logged with the
+subject and the field; nothing crashes and every subscription lives on. Correlation ids travel
+in the ``Correlation-Id`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from flockrt.actors.agent import AgentCard
+from flockrt.actors.system import ActorSystem
+from flockrt.bus import subjects
+from flockrt.bus.connection import Message, NatsConnection, Subscription
+from flockrt.bus.directory import Directory
+from flockrt.bus.schema import (
+    MSGPACK,
+    AgentAnnouncement,
+    AgentEvent,
+    Broadcast,
+    CapabilityRequest,
+    CapabilityResponse,
+    Codec,
+    DirectMessage,
+    Heartbeat,
+    InvalidMessage,
+    Priority,
+    TaskMessage,
+    TaskResult,
+)
+from flockrt.errors import (
+    BusTimeout,
+    BusUnavailable,
+    FlockError,
+    NoCapableAgent,
+    NoResponders,
+    UnknownAgent,
+    WorkFailed,
+    WorkTimeout,
+)
+from flockrt.local import LocalFlock
+
+__all__ = ["CORRELATION_HEADER", "NatsFlock"]
+
+log = logging.getLogger("flockrt.flock")
+
+CORRELATION_HEADER = "Correlation-Id"
+
+T = TypeVar("T")
+
+
+class NatsFlock(LocalFlock):
+    """A LocalFlock whose agents work together with every other process on the same NATS.
+
+    Args:
+        system: The actor system the local agents live in.
+        bus: The process's NATS connection (started or not; it may be degraded).
+        node: This process's name, unique in the flock.
+        heartbeat_interval: Seconds between heartbeats.
+        codec: Shared encoders/decoders (and the payload size limit).
+    """
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        bus: NatsConnection,
+        *,
+        node: str | None = None,
+        heartbeat_interval: float = 30.0,
+        directory: Directory | None = None,
+        codec: Codec | None = None,
+    ) -> None:
+        super().__init__(
+            system,
+            node=node or f"node-{uuid.uuid4().hex[:8]}",
+            heartbeat_interval=heartbeat_interval,
+            directory=directory,
+        )
+        self.bus = bus
+        self.codec = codec or Codec()
+        self.invalid_messages: Counter[str] = Counter()
+        """Rejected messages by subject."""
+        self._skill_subscriptions: dict[tuple[str, str], Subscription] = {}
+        self._agent_subscriptions: dict[str, list[Subscription]] = {}
+        self._subscriptions: list[Subscription] = []
+        self._outbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.on_result(self._publish_result)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Subscribe to the flock-wide subjects; local agents may be spawned before or after."""
+        self._worker = asyncio.get_running_loop().create_task(self._work_outbox())
+        self._subscriptions += [
+            await self.bus.subscribe(subjects.ANNOUNCE, self._on_announce),
+            await self.bus.subscribe("agent.*.heartbeat", self._on_heartbeat),
+            await self.bus.subscribe(subjects.BROADCAST, self._on_broadcast),
+        ]
+        self._schedule_sweep()
+
+    async def close(self) -> None:
+        """Stop taking messages from NATS; what was queued to publish is sent first."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._worker is not None:
+            await self._outbox.join()
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        subscriptions = self._subscriptions + list(self._skill_subscriptions.values())
+        subscriptions += [s for subs in self._agent_subscriptions.values() for s in subs]
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    def _schedule_sweep(self) -> None:
+        # Offline detection is lazy in the directory; a periodic sweep makes transitions show up
+        # (and notify subscribers) even when nobody asks.
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(self.heartbeat_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        self.directory.sweep()
+        self._schedule_sweep()
+
+    # ------------------------------------------------------------------ AgentPort (local agents)
+
+    def agent_started(self, card: AgentCard) -> None:
+        super().agent_started(card)
+        announcement = AgentAnnouncement(
+            id=card.id,
+            name=card.name,
+            capabilities=list(card.capabilities),
+            max_concurrent_tasks=card.max_concurrent_tasks,
+            node=self.node,
+        )
+        self._later(lambda: self._join(card, announcement))
+
+    def agent_heartbeat(self, heartbeat: Heartbeat) -> None:
+        super().agent_heartbeat(heartbeat)
+        self._later(lambda: self._publish(subjects.heartbeat(heartbeat.agent_id), heartbeat))
+
+    def agent_stopped(self, agent_id: str) -> None:
+        super().agent_stopped(agent_id)
+        goodbye = Heartbeat(agent_id=agent_id, status="offline")
+        self._later(lambda: self._leave(agent_id, goodbye))
+
+    async def _join(self, card: AgentCard, announcement: AgentAnnouncement) -> None:
+        agent_id = card.id
+        if agent_id not in self._agent_subscriptions:
+            self._agent_subscriptions[agent_id] = [
+                await self.bus.subscribe(subjects.inbox(agent_id), self._on_inbox),
+                await self.bus.subscribe(subjects.events(agent_id), self._on_event),
+            ]
+        for capability in card.capabilities:
+            await self._serve(
+                ("capability", capability), subjects.capability(capability), self._on_capability
+            )
+        for task_type in card.task_types:
+            await self._serve(("task", task_type), subjects.tasks(task_type), self._on_task)
+        await self._publish(subjects.ANNOUNCE, announcement)
+
+    async def _serve(
+        self, skill: tuple[str, str], subject: str, handler: Callable[[Message], Awaitable[None]]
+    ) -> None:
+        if skill not in self._skill_subscriptions and self.has_skill(*skill):
+            self._skill_subscriptions[skill] = await self.bus.subscribe(subject, handler, queue=subject)
+
+    async def _leave(self, agent_id: str, goodbye: Heartbeat) -> None:
+        if not self.is_local(agent_id):
+            for subscription in self._agent_subscriptions.pop(agent_id, []):
+                await subscription.unsubscribe()
+        for skill, subscription in list(self._skill_subscriptions.items()):
+            if not self.has_skill(*skill):  # its last local agent is gone: let others take it
+                del self._skill_subscriptions[skill]
+                await subscription.unsubscribe()
+        await self._publish(subjects.heartbeat(agent_id), goodbye)
+
+    # ------------------------------------------------------------------ producers (flock-wide)
+
+    async def submit(
+        self,
+        task_type: str,
+        data: Any = None,
+        *,
+        priority: Priority = "medium",
+        task_id: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> TaskResult | str:
+        """Publish a task on ``tasks.<type>``; one agent somewhere in the flock handles it.
+
+        With ``wait``, returns its TaskResult (a request on that subject). While NATS is
+        unreachable the task runs on a local agent if this process has one.
+
+        Raises:
+            NoCapableAgent: nobody handles ``task_type`` (no responders, none local).
+            WorkTimeout: ``wait`` and no result within ``timeout`` seconds (default 30).
+        """
+        task = TaskMessage(
+            id=task_id or uuid.uuid4().hex,
+            type=task_type,
+            data=data,
+            priority=priority,
+            requester=self.node,
+            timeout=int(timeout * 1000) if timeout is not None else None,
+            metadata=metadata,
+        )
+        subject = subjects.tasks(task_type)
+        headers = {CORRELATION_HEADER: task.id}
+        if not self.bus.connected and self.has_skill("task", task_type):
+            return await self.run_task(task, wait=wait, timeout=timeout)
+        if not wait:
+            await self.bus.publish(subject, self.codec.encode(task), headers=headers)
+            return task.id
+        limit = timeout if timeout is not None else 30.0
+        reply = await self._request(subject, task, "task", task_type, limit, headers)
+        return self.codec.decode(reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type"))
+
+    async def request_capability(
+        self, capability: str, parameters: Any = None, *, timeout: float = 30.0
+    ) -> Any:
+        """Have a capable agent do ``capability``: a local one if there is one, else across NATS.
+
+        Raises:
+            NoCapableAgent: no agent anywhere offers it.
+            WorkTimeout: no answer within ``timeout`` seconds.
+            WorkFailed: the agent's handler raised.
+        """
+        if self.has_skill("capability", capability):
+            return await super().request_capability(capability, parameters, timeout=timeout)
+        correlation_id = uuid.uuid4().hex
+        request = CapabilityRequest(
+            capability=capability,
+            parameters=parameters,
+            requester=self.node,
+            timeout=int(timeout * 1000),
+            correlation_id=correlation_id,
+        )
+        reply = await self._request(
+            subjects.capability(capability),
+            request,
+            "capability",
+            capability,
+            timeout,
+            {CORRELATION_HEADER: correlation_id},
+        )
+        response = self.codec.decode(
+            reply.subject, reply.data, CapabilityResponse, reply.headers.get("Content-Type")
+        )
+        if response.error is not None:
+            raise WorkFailed(response.agent_id, "capability", capability, RuntimeError(response.error))
+        return response.result
+
+    async def send_message(
+        self, to: str, message: Any, *, type: str = "command", sender: str = "flock", timeout: float = 30.0
+    ) -> Any:
+        """Send a direct message to agent ``to``, here or in another process."""
+        if self.is_local(to):
+            return await super().send_message(to, message, type=type, sender=sender, timeout=timeout)
+        correlation_id = uuid.uuid4().hex
+        direct = DirectMessage(
+            id=uuid.uuid4().hex,
+            sender=sender,
+            to=to,
+            message=message,
+            type=type,
+            correlation_id=correlation_id,
+        )
+        headers = {CORRELATION_HEADER: correlation_id}
+        if type != "query":
+            await self.bus.publish(subjects.inbox(to), self.codec.encode(direct), headers=headers)
+            return None
+        try:
+            reply = await self.bus.request(
+                subjects.inbox(to), self.codec.encode(direct), timeout=timeout, headers=headers
+            )
+        except NoResponders:
+            raise UnknownAgent(to) from None
+        except BusTimeout:
+            raise WorkTimeout("query", to, timeout) from None
+        answer = self.codec.decode(
+            reply.subject, reply.data, DirectMessage, reply.headers.get("Content-Type")
+        )
+        return answer.message
+
+    async def broadcast_all(self, type: str, message: Any = None, data: Any = None) -> None:
+        """Broadcast to every agent of the flock (local ones get it through NATS too)."""
+        payload = Broadcast(type=type, message=message, data=data)
+        if not self.bus.connected:
+            super().broadcast(type, message, data)
+        await self.bus.publish(subjects.BROADCAST, self.codec.encode(payload))
+
+    async def _request(
+        self, subject: str, payload: Any, kind: str, key: str, timeout: float, headers: dict[str, str]
+    ) -> Message:
+        try:
+            return await self.bus.request(
+                subject, self.codec.encode(payload), timeout=timeout, headers=headers
+            )
+        except NoResponders:
+            raise NoCapableAgent(kind, key) from None
+        except BusTimeout:
+            raise WorkTimeout(kind, key, timeout) from None
+
+    # ------------------------------------------------------------------ inbound
+
+    def _decode(self, message: Message, type: type[T]) -> T | None:
+        try:
+            return self.codec.decode(message.subject, message.data, type, message.headers.get("Content-Type"))
+        except InvalidMessage as exc:
+            self.invalid_messages[message.subject] += 1
+            log.warning(
+                "%s (rejected %d on this subject so far)", exc, self.invalid_messages[message.subject]
+            )
+            return None
+
+    async def _on_announce(self, message: Message) -> None:
+        announcement = self._decode(message, AgentAnnouncement)
+        if announcement is not None and not self.is_local(announcement.id):
+            self.directory.on_announcement(announcement)
+
+    async def _on_heartbeat(self, message: Message) -> None:
+        heartbeat = self._decode(message, Heartbeat)
+        if heartbeat is None or self.is_local(heartbeat.agent_id):
+            return
+        if heartbeat.status == "offline":
+            self.directory.mark_offline(heartbeat.agent_id)
+        else:
+            self.directory.on_heartbeat(heartbeat)
+
+    async def _on_broadcast(self, message: Message) -> None:
+        broadcast = self._decode(message, Broadcast)
+        if broadcast is not None:
+            super().broadcast(broadcast.type, broadcast.message, broadcast.data)
+
+    async def _on_task(self, message: Message) -> None:
+        task = self._decode(message, TaskMessage)
+        if task is None:
+            if message.reply:
+                error = TaskResult(task_id="", processed_by="", status="error", error="invalid task message")
+                await self._publish(message.reply, error)
+            return
+        try:
+            result = self.start_task(task)
+        except NoCapableAgent as exc:  # our last agent for this type left a moment ago
+            failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
+            self._publish_result(failed)
+            if message.reply:
+                await self._publish(message.reply, failed, message.headers)
+            return
+        if message.reply:
+            reply, headers = message.reply, dict(message.headers)
+            result.add_done_callback(
+                lambda done: self._later(lambda: self._publish(reply, done.result(), headers))
+            )
+
+    async def _on_capability(self, message: Message) -> None:
+        request = self._decode(message, CapabilityRequest)
+        if request is None:
+            if message.reply:
+                await self._publish(message.reply, CapabilityResponse(error="invalid capability request"))
+            return
+        self._spawn(self._answer_capability(message, request))
+
+    async def _answer_capability(self, message: Message, request: CapabilityRequest) -> None:
+        response: CapabilityResponse
+        try:
+            work = self._dispatch("capability", request.capability, request.parameters, 1)
+            result = await self._wait(work.future, "capability", request.capability, request.timeout / 1000)
+            response = CapabilityResponse(
+                correlation_id=request.correlation_id, result=result, agent_id=work.agent_id
+            )
+        except WorkFailed as exc:
+            response = CapabilityResponse(
+                correlation_id=request.correlation_id, agent_id=exc.agent_id, error=repr(exc.cause)
+            )
+        except FlockError as exc:
+            response = CapabilityResponse(correlation_id=request.correlation_id, error=str(exc))
+        if message.reply:
+            await self._publish(message.reply, response, message.headers)
+
+    async def _on_inbox(self, message: Message) -> None:
+        direct = self._decode(message, DirectMessage)
+        if direct is None:
+            return
+        if direct.type != "query":
+            try:
+                await super().send_message(direct.to, direct.message, type=direct.type, sender=direct.sender)
+            except FlockError as exc:
+                log.warning("direct message %s for %s not delivered: %s", direct.id, direct.to, exc)
+            return
+        self._spawn(self._answer_query(message, direct))
+
+    async def _answer_query(self, message: Message, query: DirectMessage) -> None:
+        answer: Any = None
+        error: str | None = None
+        try:
+            answer = await super().send_message(query.to, query.message, type="query", sender=query.sender)
+        except FlockError as exc:
+            error = str(exc)
+        response = DirectMessage(
+            id=uuid.uuid4().hex,
+            sender=query.to,
+            to=query.sender,
+            message=answer,
+            type="response",
+            correlation_id=query.correlation_id,
+            metadata={"error": error} if error else None,
+        )
+        if message.reply:
+            await self._publish(message.reply, response, message.headers)
+        else:
+            try:
+                await self._publish(subjects.inbox(query.sender), response, message.headers)
+            except ValueError as exc:  # the sender's name cannot be a subject: nowhere to answer
+                log.warning("query %s: cannot answer %r: %s", query.id, query.sender, exc)
+
+    async def _on_event(self, message: Message) -> None:
+        event = self._decode(message, AgentEvent)
+        agent_id = message.subject.split(".")[1]
+        if event is not None and self.is_local(agent_id):
+            try:
+                self._members[agent_id].card.ref.tell(event)
+            except FlockError as exc:
+                log.warning("event for %s not delivered: %s", agent_id, exc)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _publish_result(self, result: TaskResult) -> None:
+        self._later(lambda: self._publish(subjects.TASK_RESULT, result))
+
+    async def _publish(self, subject: str, payload: Any, headers: dict[str, str] | Any = None) -> None:
+        msgpack = bool(headers) and headers.get("Content-Type") == MSGPACK
+        out_headers = {k: v for k, v in (headers or {}).items() if k in (CORRELATION_HEADER, "Content-Type")}
+        try:
+            await self.bus.publish(
+                subject, self.codec.encode(payload, msgpack=msgpack), headers=out_headers or None
+            )
+        except BusUnavailable as exc:  # closing: nothing more goes out
+            log.debug("not published to %s: %s", subject, exc)
+
+    def _later(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` on the outbox worker: NATS work from sync code, in order."""
+        self._outbox.put_nowait(job)
+
+    async def _work_outbox(self) -> None:
+        while True:
+            job = await self._outbox.get()
+            try:
+                await job()
+            except Exception:  # one failed publish must not stop the ones after it
+                log.exception("flock outbox job failed")
+            finally:
+                self._outbox.task_done()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)

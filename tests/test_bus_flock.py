@@ -1,0 +1,273 @@
+"""The flock over NATS: seed-shaped JSON, announcements, heartbeats, fan-out, capabilities, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from flockrt import ActorSystem
+from flockrt.actors.agent import Agent, capability, handles_task
+from flockrt.bus.connection import NatsConnection
+from flockrt.bus.embedded import EmbeddedNats
+from flockrt.bus.flock import NatsFlock
+from flockrt.bus.schema import DirectMessage, TaskMessage, TaskResult
+from flockrt.errors import NoCapableAgent, UnknownAgent
+from tests.conftest import wait_for
+
+
+class General(Agent):
+    """Handles the AI Flock's 'general' tasks and answers text-analysis."""
+
+    max_concurrent_tasks = 4
+
+    @handles_task("general")
+    async def general(self, task: TaskMessage) -> dict[str, Any]:
+        return {"echo": task.data, "by": self.agent_id}
+
+    @capability("text-analysis")
+    async def analyze(self, text: str) -> dict[str, int]:
+        return {"words": len(text.split())}
+
+    async def on_message(self, message: DirectMessage) -> Any:
+        return f"{self.agent_id} got {message.message}"
+
+
+class Node:
+    """One flockrt 'process': an actor system, a NATS connection and a NatsFlock."""
+
+    def __init__(self, url: str, name: str, heartbeat_interval: float = 60.0) -> None:
+        self.system = ActorSystem(name, shutdown_timeout=2.0)
+        self.bus = NatsConnection(url, name=name, reconnect_wait=0.05, max_backoff=0.1)
+        self.name = name
+        self.heartbeat_interval = heartbeat_interval
+        self.flock: NatsFlock
+
+    async def __aenter__(self) -> Node:
+        await self.system.__aenter__()
+        await self.bus.start()
+        self.flock = NatsFlock(
+            self.system, self.bus, node=self.name, heartbeat_interval=self.heartbeat_interval
+        )
+        await self.flock.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.system.shutdown()
+        await self.flock.close()
+        await self.bus.close()
+
+    async def agents(self, *ids: str) -> None:
+        for agent_id in ids:
+            await self.system.spawn(General, agent_id)
+        await self.settled()
+
+    async def settled(self) -> None:
+        """Wait until every queued announce/subscribe has gone out and the server has it."""
+        await self.flock._outbox.join()
+        await self.bus.flush()
+
+
+@pytest.fixture
+async def plain(nats_server: EmbeddedNats) -> AsyncIterator[nats.NATS]:
+    client = await nats.connect(nats_server.url, allow_reconnect=False)
+    yield client
+    await client.close()
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.messages: list[Msg] = []
+
+    async def handle(self, msg: Msg) -> None:  # nats-py wants a coroutine function
+        self.messages.append(msg)
+
+    def json(self) -> list[dict[str, Any]]:
+        return [json.loads(m.data) for m in self.messages]
+
+
+async def test_seed_shaped_json_task_is_processed_and_answered(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    results = Collector()
+    await plain.subscribe("task.result", cb=results.handle)
+    async with Node(nats_server.url, "node-a") as node:
+        await node.agents("general-1")
+        # As any AI Flock client publishes it: JSON with camelCase fields, some left out.
+        task = {"id": "task-1", "type": "general", "priority": "high", "data": {"text": "hi"}}
+        await plain.publish("tasks.general", json.dumps(task).encode())
+        reply = await plain.request(
+            "tasks.general",
+            json.dumps({**task, "id": "task-2"}).encode(),
+            timeout=5,
+            headers={"Correlation-Id": "c-2"},
+        )
+        await wait_for(lambda: len(results.messages) == 2)
+    answered = json.loads(reply.data)
+    assert answered["taskId"] == "task-2"
+    assert answered["status"] == "ok"
+    assert answered["processedBy"] == "general-1"
+    assert answered["result"] == {"echo": {"text": "hi"}, "by": "general-1"}
+    assert reply.headers is not None and reply.headers["Correlation-Id"] == "c-2"
+    published = {r["taskId"]: r for r in results.json()}
+    assert set(published) == {"task-1", "task-2"}
+    assert set(published["task-1"]) == {"taskId", "result", "processedBy", "status", "error", "durationMs"}
+
+
+async def test_announcements_and_heartbeats_carry_the_documented_fields(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    announces, beats = Collector(), Collector()
+    await plain.subscribe("agent.announce", cb=announces.handle)
+    await plain.subscribe("agent.*.heartbeat", cb=beats.handle)
+    await plain.flush()
+    async with Node(nats_server.url, "node-a", heartbeat_interval=0.02) as node:
+        await node.agents("general-1")
+        await wait_for(lambda: len(beats.messages) >= 2)
+    [announce] = [a for a in announces.json() if a["id"] == "general-1"][:1]
+    assert set(announce) == {"id", "name", "capabilities", "maxConcurrentTasks", "timestamp", "node"}
+    assert (announce["capabilities"], announce["maxConcurrentTasks"], announce["node"]) == (
+        ["text-analysis"],
+        4,
+        "node-a",
+    )
+    assert announce["timestamp"].endswith("Z")
+    beat = beats.json()[0]
+    assert {"agentId", "status", "timestamp", "uptime", "tasksProcessed"} <= set(beat)
+    assert beat["agentId"] == "general-1" and beat["status"] == "online"
+    assert beats.messages[0].subject == "agent.general-1.heartbeat"
+
+
+async def test_each_task_is_handled_once_across_two_nodes(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    results = Collector()
+    await plain.subscribe("task.result", cb=results.handle)
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await a.agents("a-1", "a-2")
+        await b.agents("b-1")
+        for i in range(200):
+            await a.flock.submit("general", i, task_id=f"t-{i}")
+        await wait_for(lambda: len(results.messages) == 200, timeout=20)
+    by_task = {r["taskId"]: r for r in results.json()}
+    assert len(by_task) == 200  # exactly once each: no task twice, none lost
+    assert all(r["status"] == "ok" for r in by_task.values())
+    workers = {r["processedBy"] for r in by_task.values()}
+    assert workers & {"a-1", "a-2"} and "b-1" in workers  # both nodes took part
+
+
+async def test_submit_and_wait_across_nodes(nats_server: EmbeddedNats) -> None:
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await b.agents("b-1")
+        result = await a.flock.submit("general", "over there", wait=True, timeout=5)
+        assert isinstance(result, TaskResult)
+        assert (result.status, result.processed_by) == ("ok", "b-1")
+        with pytest.raises(NoCapableAgent, match="painting"):
+            await a.flock.submit("painting", {}, wait=True, timeout=5)
+
+
+async def test_capability_request_and_direct_query_across_nodes(nats_server: EmbeddedNats) -> None:
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await b.agents("b-1")
+        await a.settled()
+        assert await a.flock.request_capability("text-analysis", {"text": "from another node"}) == {
+            "words": 3
+        }
+        with pytest.raises(NoCapableAgent, match="translation"):
+            await a.flock.request_capability("translation", {}, timeout=2)
+        assert await a.flock.send_message("b-1", "hello", type="query", timeout=5) == "b-1 got hello"
+        with pytest.raises(UnknownAgent):
+            await a.flock.send_message("nobody", "hello", type="query", timeout=5)
+        await wait_for(lambda: (info := a.flock.get_agent("b-1")) is not None and info.node == "node-b")
+
+
+async def test_a_silent_node_goes_offline_after_missed_heartbeats(nats_server: EmbeddedNats) -> None:
+    async with Node(nats_server.url, "node-a", heartbeat_interval=0.02) as a:
+        b = Node(nats_server.url, "node-b", heartbeat_interval=0.02)
+        await b.__aenter__()
+        await b.agents("b-1")
+        await wait_for(lambda: (info := a.flock.get_agent("b-1")) is not None and info.status == "online")
+        await b.bus.close()  # gone without a goodbye: only missed heartbeats tell
+        await wait_for(lambda: a.flock.get_agent("b-1").status == "offline", timeout=5)  # type: ignore[union-attr]
+        await b.system.shutdown()
+        await b.flock.close()
+
+
+async def test_a_stopped_agent_says_goodbye(nats_server: EmbeddedNats) -> None:
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await b.agents("b-1")
+        await wait_for(lambda: a.flock.get_agent("b-1") is not None)
+        ref = b.flock._members["b-1"].card.ref
+        await ref.stop()
+        await wait_for(lambda: a.flock.get_agent("b-1").status == "offline")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "tasks.general",
+        "capability.text-analysis",
+        "agent.announce",
+        "agent.general-1.heartbeat",
+        "broadcast",
+        "agent.general-1.inbox",
+        "agent.general-1.events",
+    ],
+)
+async def test_malformed_messages_are_counted_and_the_subscription_lives(
+    nats_server: EmbeddedNats, plain: nats.NATS, subject: str
+) -> None:
+    async with Node(nats_server.url, "node-a") as node:
+        await node.agents("general-1")
+        for garbage in (b"not json", b'{"id": 5}', b"[]", b"{" * 10):
+            await plain.publish(subject, garbage)
+        await plain.flush()
+        await wait_for(lambda: node.flock.invalid_messages[subject] == 4)
+        # Still alive on the same subscriptions:
+        assert await node.flock.request_capability("text-analysis", "still here") == {"words": 2}
+        reply = await plain.request("tasks.general", b'{"id": "ok", "type": "general"}', timeout=5)
+        assert json.loads(reply.data)["status"] == "ok"
+
+
+async def test_a_malformed_request_gets_an_error_reply(nats_server: EmbeddedNats, plain: nats.NATS) -> None:
+    async with Node(nats_server.url, "node-a") as node:
+        await node.agents("general-1")
+        reply = await plain.request("capability.text-analysis", b'{"capability": 3}', timeout=5)
+        assert json.loads(reply.data)["error"] == "invalid capability request"
+        reply = await plain.request("tasks.general", b"nonsense", timeout=5)
+        assert json.loads(reply.data)["status"] == "error"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_nats_down_at_start_then_recovery(tmp_path: Any) -> None:
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    async with AsyncExitStack() as stack:
+        node = await stack.enter_async_context(Node(url, "node-a"))
+        await node.agents("general-1")
+        # Degraded: tasks still run on local agents; requests for others fail clearly.
+        result = await node.flock.submit("general", "offline work", wait=True, timeout=5)
+        assert isinstance(result, TaskResult) and result.processed_by == "general-1"
+        assert await node.flock.request_capability("text-analysis", "local first") == {"words": 2}
+        server = await stack.enter_async_context(EmbeddedNats(port=port, store_dir=tmp_path / "nats"))
+        await node.bus.wait_connected(timeout=10)
+        await node.settled()
+        async with asyncio.timeout(10):
+            client = await nats.connect(server.url, allow_reconnect=False)
+        try:
+            reply = await client.request("tasks.general", b'{"id": "after", "type": "general"}', timeout=5)
+            assert json.loads(reply.data)["processedBy"] == "general-1"
+        finally:
+            await client.close()
