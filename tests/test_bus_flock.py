@@ -271,3 +271,71 @@ async def test_nats_down_at_start_then_recovery(tmp_path: Any) -> None:
             assert json.loads(reply.data)["processedBy"] == "general-1"
         finally:
             await client.close()
+
+
+class Special(Agent):
+    @handles_task("special")
+    async def special(self, task: TaskMessage) -> str:
+        return f"special {task.data}"
+
+
+async def test_submit_many_travels_in_few_batches_and_each_task_runs_once(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    results, batches = Collector(), Collector()
+    await plain.subscribe("task.result", cb=results.handle)
+    await plain.subscribe("batch.messages", cb=batches.handle)
+    await plain.flush()
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await a.agents("a-1")
+        await b.agents("b-1")
+        a.flock.batch_max = 100
+        ids = await a.flock.submit_many("general", range(250), priority="low")
+        await wait_for(lambda: len(results.messages) == 250, timeout=20)
+    assert len(batches.messages) == 3  # 100 + 100 + 50
+    by_task = {r["taskId"]: r for r in results.json()}
+    assert set(by_task) == set(ids)
+    assert all(r["status"] == "ok" for r in by_task.values())
+
+
+async def test_submit_with_batch_waits_for_company(nats_server: EmbeddedNats, plain: nats.NATS) -> None:
+    results, batches = Collector(), Collector()
+    await plain.subscribe("task.result", cb=results.handle)
+    await plain.subscribe("batch.messages", cb=batches.handle)
+    await plain.flush()
+    async with Node(nats_server.url, "node-a") as a:
+        await a.agents("a-1")
+        a.flock.batch_window = 0.05
+        for i in range(10):
+            await a.flock.submit("general", i, batch=True)
+        await wait_for(lambda: len(results.messages) == 10)
+    assert len(batches.messages) == 1
+
+
+async def test_a_batch_with_foreign_tasks_is_shared_out(nats_server: EmbeddedNats, plain: nats.NATS) -> None:
+    results = Collector()
+    await plain.subscribe("task.result", cb=results.handle)
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await a.agents("a-1")
+        await b.system.spawn(Special, "s-1")
+        await b.settled()
+        items = [
+            {"subject": "tasks.general", "message": {"id": f"g-{i}", "type": "general"}} for i in range(5)
+        ]
+        items += [
+            {"subject": "tasks.special", "message": {"id": f"s-{i}", "type": "special"}} for i in range(5)
+        ]
+        for _ in range(4):  # whichever node takes each batch, every task runs once, where it can
+            await plain.publish("batch.messages", json.dumps(items).encode())
+        await wait_for(lambda: len(results.messages) == 40, timeout=20)
+        bad = [{"subject": "no good", "message": {}}, {"subject": "tasks.general", "message": {"id": 1}}]
+        await plain.publish("batch.messages", json.dumps(bad).encode())
+        await plain.publish("batch.messages", b"[not json")
+        await wait_for(
+            lambda: (
+                a.flock.invalid_messages["batch.messages"] + b.flock.invalid_messages["batch.messages"] >= 2
+            )
+        )
+    processed = {(r["taskId"], r["processedBy"]) for r in results.json()}
+    assert {by for task, by in processed if task.startswith("g-")} == {"a-1"}
+    assert {by for task, by in processed if task.startswith("s-")} == {"s-1"}

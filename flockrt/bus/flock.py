@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
+
+import msgspec
 
 from flockrt.actors.agent import AgentCard
 from flockrt.actors.system import ActorSystem
@@ -41,6 +44,7 @@ from flockrt.bus.schema import (
     MSGPACK,
     AgentAnnouncement,
     AgentEvent,
+    BatchItem,
     Broadcast,
     CapabilityRequest,
     CapabilityResponse,
@@ -70,6 +74,8 @@ log = logging.getLogger("flockrt.flock")
 
 CORRELATION_HEADER = "Correlation-Id"
 
+_SUBJECT = re.compile(r"^[^\s*>]+$")  # a publishable subject: no whitespace, no wildcards
+
 T = TypeVar("T")
 
 
@@ -82,6 +88,10 @@ class NatsFlock(LocalFlock):
         node: This process's name, unique in the flock.
         heartbeat_interval: Seconds between heartbeats.
         codec: Shared encoders/decoders (and the payload size limit).
+        batch_window: Seconds a ``submit(..., batch=True)`` waits for company before its batch
+            goes out (the AI Flock batcher's window).
+        batch_max: Messages per batch at most (the batcher's size cap; the payload limit also
+            applies).
     """
 
     def __init__(
@@ -93,6 +103,8 @@ class NatsFlock(LocalFlock):
         heartbeat_interval: float = 30.0,
         directory: Directory | None = None,
         codec: Codec | None = None,
+        batch_window: float = 0.005,
+        batch_max: int = 100,
     ) -> None:
         super().__init__(
             system,
@@ -111,6 +123,10 @@ class NatsFlock(LocalFlock):
         self._worker: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self.batch_window = batch_window
+        self.batch_max = batch_max
+        self._batch: list[BatchItem] = []
+        self._batch_timer: asyncio.TimerHandle | None = None
         self.on_result(self._publish_result)
 
     # ------------------------------------------------------------------ lifecycle
@@ -122,6 +138,7 @@ class NatsFlock(LocalFlock):
             await self.bus.subscribe(subjects.ANNOUNCE, self._on_announce),
             await self.bus.subscribe("agent.*.heartbeat", self._on_heartbeat),
             await self.bus.subscribe(subjects.BROADCAST, self._on_broadcast),
+            await self.bus.subscribe(subjects.BATCH, self._on_batch, queue=subjects.BATCH),
         ]
         self._schedule_sweep()
 
@@ -129,6 +146,7 @@ class NatsFlock(LocalFlock):
         """Stop taking messages from NATS; what was queued to publish is sent first."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self._flush_batch()
         if self._worker is not None:
             await self._outbox.join()
             self._worker.cancel()
@@ -216,11 +234,14 @@ class NatsFlock(LocalFlock):
         wait: bool = False,
         timeout: float | None = None,
         metadata: dict[str, Any] | None = None,
+        batch: bool = False,
     ) -> TaskResult | str:
         """Publish a task on ``tasks.<type>``; one agent somewhere in the flock handles it.
 
-        With ``wait``, returns its TaskResult (a request on that subject). While NATS is
-        unreachable the task runs on a local agent if this process has one.
+        With ``wait``, returns its TaskResult (a request on that subject). With ``batch`` (and
+        no ``wait``), the task joins the next ``batch.messages`` message, which leaves after
+        ``batch_window`` seconds or ``batch_max`` tasks. While NATS is unreachable the task runs
+        on a local agent if this process has one.
 
         Raises:
             NoCapableAgent: nobody handles ``task_type`` (no responders, none local).
@@ -239,12 +260,74 @@ class NatsFlock(LocalFlock):
         headers = {CORRELATION_HEADER: task.id}
         if not self.bus.connected and self.has_skill("task", task_type):
             return await self.run_task(task, wait=wait, timeout=timeout)
+        if batch and not wait:
+            self._add_to_batch(BatchItem(subject=subject, message=task))
+            return task.id
         if not wait:
             await self.bus.publish(subject, self.codec.encode(task), headers=headers)
             return task.id
         limit = timeout if timeout is not None else 30.0
         reply = await self._request(subject, task, "task", task_type, limit, headers)
         return self.codec.decode(reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type"))
+
+    async def submit_many(
+        self,
+        task_type: str,
+        items: Iterable[Any],
+        *,
+        priority: Priority = "medium",
+        metadata: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Submit one task per item of ``items`` in as few NATS messages as the caps allow.
+
+        The tasks travel in ``batch.messages`` messages; the process that takes a batch (queue
+        group) runs the tasks it can and republishes the others on their own subjects, so each
+        task is still handled once. Returns the task ids, in order.
+        """
+        subject = subjects.tasks(task_type)
+        tasks = [
+            TaskMessage(
+                id=uuid.uuid4().hex,
+                type=task_type,
+                data=item,
+                priority=priority,
+                requester=self.node,
+                metadata=metadata,
+            )
+            for item in items
+        ]
+        if not self.bus.connected and self.has_skill("task", task_type):
+            for task in tasks:
+                self.start_task(task)
+            return [task.id for task in tasks]
+        batch = [BatchItem(subject=subject, message=task) for task in tasks]
+        for start in range(0, len(batch), self.batch_max):
+            await self._publish_batch(batch[start : start + self.batch_max])
+        return [task.id for task in tasks]
+
+    async def _publish_batch(self, items: list[BatchItem]) -> None:
+        data = self.codec.encode(items)
+        if len(data) > self.codec.max_bytes and len(items) > 1:  # over the payload limit: halve
+            middle = len(items) // 2
+            await self._publish_batch(items[:middle])
+            await self._publish_batch(items[middle:])
+            return
+        await self.bus.publish(subjects.BATCH, data)
+
+    def _add_to_batch(self, item: BatchItem) -> None:
+        self._batch.append(item)
+        if len(self._batch) >= self.batch_max:
+            self._flush_batch()
+        elif self._batch_timer is None:
+            self._batch_timer = asyncio.get_running_loop().call_later(self.batch_window, self._flush_batch)
+
+    def _flush_batch(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        items, self._batch = self._batch, []
+        if items:
+            self._later(lambda: self._publish_batch(items))
 
     async def request_capability(
         self, capability: str, parameters: Any = None, *, timeout: float = 30.0
@@ -357,6 +440,27 @@ class NatsFlock(LocalFlock):
             self.directory.mark_offline(heartbeat.agent_id)
         else:
             self.directory.on_heartbeat(heartbeat)
+
+    async def _on_batch(self, message: Message) -> None:
+        items = self._decode(message, list[BatchItem])
+        if items is None:
+            return
+        for item in items:
+            task_type = item.subject[len("tasks.") :] if item.subject.startswith("tasks.") else None
+            if task_type is not None and self.has_skill("task", task_type):
+                try:
+                    task = msgspec.convert(item.message, TaskMessage)
+                except msgspec.ValidationError as exc:
+                    self.invalid_messages[message.subject] += 1
+                    log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                    continue
+                self.start_task(task)
+            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
+                # Not ours to run: send it on by itself, to whoever takes that subject.
+                await self._publish(item.subject, item.message)
+            else:
+                self.invalid_messages[message.subject] += 1
+                log.warning("batch item with an unusable subject %r dropped", item.subject)
 
     async def _on_broadcast(self, message: Message) -> None:
         broadcast = self._decode(message, Broadcast)
