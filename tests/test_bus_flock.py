@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -21,6 +24,8 @@ from flockrt.bus.flock import NatsFlock
 from flockrt.bus.schema import DirectMessage, TaskMessage, TaskResult
 from flockrt.errors import NoCapableAgent, UnknownAgent
 from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class General(Agent):
@@ -339,3 +344,46 @@ async def test_a_batch_with_foreign_tasks_is_shared_out(nats_server: EmbeddedNat
     processed = {(r["taskId"], r["processedBy"]) for r in results.json()}
     assert {by for task, by in processed if task.startswith("g-")} == {"a-1"}
     assert {by for task, by in processed if task.startswith("s-")} == {"s-1"}
+
+
+async def start_node_process(url: str, node: str, *agents: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.flock_node", url, node, *agents, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        line = await proc.stdout.readline()
+    assert line.strip() == b"ready", line
+    return proc
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        return await proc.wait()
+
+
+async def test_two_processes_share_the_work_exactly_once(nats_server: EmbeddedNats, plain: nats.NATS) -> None:
+    results = Collector()
+    await plain.subscribe("task.result", cb=results.handle)
+    procs = [
+        await start_node_process(nats_server.url, "proc-a", "pa-1", "pa-2"),
+        await start_node_process(nats_server.url, "proc-b", "pb-1"),
+    ]
+    try:
+        for i in range(300):
+            await plain.publish(
+                "tasks.general", json.dumps({"id": f"t-{i}", "type": "general", "data": i}).encode()
+            )
+        await wait_for(lambda: len(results.messages) == 300, timeout=30)
+        # A capability request from this process, answered by an agent of another process.
+        async with Node(nats_server.url, "requester") as requester:
+            answer = await requester.flock.request_capability("text-analysis", {"text": "across processes"})
+            assert answer == {"words": 2}
+    finally:
+        codes = [await stop_process(proc) for proc in procs]
+    assert codes == [0, 0]
+    by_task = {r["taskId"]: r["processedBy"] for r in results.json()}
+    assert len(by_task) == 300 == len(results.messages)  # each task exactly once
+    assert set(by_task.values()) & {"pa-1", "pa-2"} and "pb-1" in set(by_task.values())
