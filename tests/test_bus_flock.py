@@ -387,3 +387,36 @@ async def test_two_processes_share_the_work_exactly_once(nats_server: EmbeddedNa
     by_task = {r["taskId"]: r["processedBy"] for r in results.json()}
     assert len(by_task) == 300 == len(results.messages)  # each task exactly once
     assert set(by_task.values()) & {"pa-1", "pa-2"} and "pb-1" in set(by_task.values())
+
+
+class OneAtATime(Agent):
+    """Handles 'ordered' tasks one at a time; the first one waits for the test's gate."""
+
+    def __init__(self, agent_id: str, gate: asyncio.Event, started: list[Any]) -> None:
+        super().__init__(agent_id)
+        self.gate = gate
+        self.started = started
+
+    @handles_task("ordered")
+    async def ordered(self, task: TaskMessage) -> None:
+        self.started.append(task.data)
+        await self.gate.wait()
+
+
+async def test_higher_priority_tasks_waiting_in_a_process_run_first(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    gate, started = asyncio.Event(), []
+    async with Node(nats_server.url, "node-a") as node:
+        await node.system.spawn(OneAtATime, "one", gate, started)
+        await node.settled()
+        await plain.publish("tasks.ordered", b'{"id": "0", "type": "ordered", "data": "first"}')
+        await wait_for(lambda: started == ["first"])
+        for name in ("low", "medium", "high"):
+            task = {"id": name, "type": "ordered", "data": name, "priority": name}
+            await plain.publish("tasks.ordered", json.dumps(task).encode())
+        await plain.flush()
+        await wait_for(lambda: sum(len(q) for q in node.flock._queues.values()) == 3)
+        gate.set()
+        await wait_for(lambda: len(started) == 4)
+    assert started == ["first", "high", "medium", "low"]
