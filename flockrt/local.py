@@ -47,6 +47,7 @@ _Skill = tuple[str, str]  # ("capability" | "task", name)
 class _Member:
     card: AgentCard
     running: int = 0
+    done: int = 0
 
     @property
     def free(self) -> bool:
@@ -125,6 +126,7 @@ class LocalFlock(AgentPort):
         if member is None:
             return
         member.running = max(member.running - 1, 0)
+        member.done += 1
         card = member.card
         for capability in card.capabilities:
             self._pump(("capability", capability))
@@ -292,13 +294,17 @@ class LocalFlock(AgentPort):
             member.running += 1
 
     def _free_member(self, skill: _Skill) -> _Member | None:
+        """The least loaded agent with a free slot; ties go to the one that did least so far,
+        then to the smallest id, so the choice is fair and deterministic."""
         best: _Member | None = None
+        best_key: tuple[float, int, str] | None = None
         for agent_id in self._skills.get(skill, ()):
             member = self._members[agent_id]
-            if not member.card.ref.is_alive:
+            if not member.free or not member.card.ref.is_alive:
                 continue
-            if member.free and (best is None or member.load < best.load):
-                best = member
+            key = (member.load, member.done, agent_id)
+            if best_key is None or key < best_key:
+                best, best_key = member, key
         return best
 
     async def _wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:

@@ -43,8 +43,7 @@ async def main(url: str, node: str, agent_ids: list[str]) -> None:
         await flock.start()
         for agent_id in agent_ids:
             await system.spawn(Worker, agent_id)
-        await flock._outbox.join()
-        await bus.flush()
+        await flock.flush()
         print("ready", flush=True)
         await stop.wait()
         await system.shutdown()

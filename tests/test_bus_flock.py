@@ -76,8 +76,7 @@ class Node:
 
     async def settled(self) -> None:
         """Wait until every queued announce/subscribe has gone out and the server has it."""
-        await self.flock._outbox.join()
-        await self.bus.flush()
+        await self.flock.flush()
 
 
 @pytest.fixture

@@ -142,6 +142,16 @@ class NatsFlock(LocalFlock):
         ]
         self._schedule_sweep()
 
+    async def flush(self) -> None:
+        """Wait until what this flock queued for NATS (announcements, subscriptions of newly
+        started agents, results) has gone out and the server has seen it.
+
+        Useful right after spawning agents, before other processes are told to use them.
+        """
+        if self._worker is not None:
+            await self._outbox.join()
+        await self.bus.flush()
+
     async def close(self) -> None:
         """Stop taking messages from NATS; what was queued to publish is sent first."""
         if self._sweeper is not None:
