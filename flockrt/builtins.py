@@ -1,27 +1,99 @@
-"""Built-in actors that a config can name by a short name (``class = "echo"``)."""
+"""Built-in agents that a config can name by a short name (``class = "echo"``)."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from flockrt.actors.actor import Actor
+from flockrt.actors.agent import Agent, capability, handles_task
+from flockrt.bus.schema import DirectMessage, TaskMessage
 
-__all__ = ["Echo"]
+__all__ = ["EchoAgent", "TextAgent"]
 
 
-class Echo(Actor[Any]):
-    """Answers every message with the message itself; counts what it handled.
+class EchoAgent(Agent):
+    """Answers with what it was given: the AI Flock's ``general`` tasks, the ``echo``
+    capability, and direct queries. Handy to check that a flock is wired up.
 
     Args:
-        prefix: Prepended to string messages (an option in the config: ``options = { prefix = "> " }``).
+        agent_id: Unique in the flock.
+        prefix: Prepended to string answers (``options = { prefix = "echo: " }`` in a config).
     """
 
-    def __init__(self, prefix: str = "") -> None:
-        self.prefix = prefix
-        self.handled = 0
+    max_concurrent_tasks = 16
 
-    def receive(self, message: Any) -> Any:
-        self.handled += 1
-        if self.prefix and isinstance(message, str):
-            return f"{self.prefix}{message}"
-        return message
+    def __init__(
+        self,
+        agent_id: str,
+        *,
+        prefix: str = "",
+        name: str | None = None,
+        max_concurrent_tasks: int | None = None,
+    ) -> None:
+        super().__init__(agent_id, name=name, max_concurrent_tasks=max_concurrent_tasks)
+        self.prefix = prefix
+
+    def _echo(self, value: Any) -> Any:
+        return f"{self.prefix}{value}" if isinstance(value, str) else value
+
+    @handles_task("general")
+    async def general(self, task: TaskMessage) -> Any:
+        return self._echo(task.data)
+
+    @capability("echo")
+    async def echo(self, value: Any = None, **fields: Any) -> Any:
+        return fields if fields else self._echo(value)
+
+    async def on_message(self, message: DirectMessage) -> Any:
+        return self._echo(message.message)
+
+
+class TextAgent(Agent):
+    """Local text work, no model needed: ``text-analysis`` (counts and top words) and
+    ``text-processing`` (normalising and case operations), as capabilities and as the AI
+    Flock's ``analysis`` and ``processing`` tasks.
+
+    A task's ``data`` is the text itself or ``{"text": ..., "operation": ...}``.
+    """
+
+    max_concurrent_tasks = 8
+
+    @capability("text-analysis")
+    async def analyze(self, text: str) -> dict[str, Any]:
+        words = re.findall(r"\w+", text.lower())
+        sentences = [s for s in re.split(r"[.!?]+", text) if s.strip()]
+        return {
+            "characters": len(text),
+            "words": len(words),
+            "sentences": len(sentences),
+            "topWords": [word for word, _ in Counter(words).most_common(5)],
+        }
+
+    @capability("text-processing")
+    async def process(self, text: str, operation: str = "normalize") -> dict[str, str]:
+        operations: dict[str, Callable[[str], str]] = {
+            "normalize": lambda t: " ".join(t.split()),
+            "upper": str.upper,
+            "lower": str.lower,
+            "title": str.title,
+            "reverse": lambda t: t[::-1],
+        }
+        if operation not in operations:
+            raise ValueError(f"operation must be one of {', '.join(operations)}, got {operation!r}")
+        return {"operation": operation, "text": operations[operation](text)}
+
+    @handles_task("analysis")
+    async def analysis_task(self, task: TaskMessage) -> dict[str, Any]:
+        return await self.analyze(**_text_arguments(task.data))
+
+    @handles_task("processing")
+    async def processing_task(self, task: TaskMessage) -> dict[str, str]:
+        return await self.process(**_text_arguments(task.data))
+
+
+def _text_arguments(data: Any) -> dict[str, Any]:
+    if isinstance(data, dict):
+        return data
+    return {"text": "" if data is None else str(data)}

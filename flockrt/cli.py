@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import logging
-import math
 import signal
 import sys
 from collections.abc import Sequence
 
-from flockrt.actors.system import ActorSystem
 from flockrt.config import ConfigError, FlockConfig, load_config
 from flockrt.errors import FlockError
 from flockrt.loop import run as run_on_loop
-from flockrt.supervisor.supervisor import Supervisor
+from flockrt.runtime import Flock
 
 __all__ = ["main"]
 
@@ -29,30 +26,20 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 async def serve(config: FlockConfig, stop: asyncio.Event) -> int:
-    """Run the configured tree until ``stop`` is set or the root fails; return the exit status."""
+    """Run the configured flock until ``stop`` is set or the root fails; return the exit status."""
     runtime = config.runtime
-    tree = config.supervisor
-    system = ActorSystem(runtime.name, mailbox_capacity=runtime.mailbox_capacity)
+    flock = Flock(config)
     try:
-        root = await system.spawn(
-            functools.partial(
-                Supervisor,
-                config.child_specs(),
-                strategy=tree.strategy,
-                max_restarts=tree.max_restarts,
-                max_seconds=tree.max_seconds,
-            ),
-            name="root",
-            # The whole stop is bounded by runtime.shutdown_timeout (below); each agent by its own.
-            shutdown_timeout=math.inf,
-        )
+        await flock.start()
+        system = flock.system
         for child in system.snapshot()["children"][0]["children"]:
             log.info("started %s (%s)", child["path"], child["restart"])
+        where = f"on NATS at {flock.nats_url}" if flock.nats_url else "in this process only"
         log.info(
-            "flock %r ready: %d agents under %s (%s loop); Ctrl-C or SIGTERM stops it",
+            "flock %r ready: %d agents under /root, %s (%s loop); Ctrl-C or SIGTERM stops it",
             runtime.name,
             system.stats().live - 1,
-            root.path,
+            where,
             runtime.loop,
         )
         stopped = asyncio.ensure_future(stop.wait())
@@ -67,8 +54,8 @@ async def serve(config: FlockConfig, stop: asyncio.Event) -> int:
             return EXIT_FAILED
         log.info("stopping: draining in-flight work (up to %g s)", runtime.shutdown_timeout)
     finally:
-        await system.shutdown(timeout=runtime.shutdown_timeout)
-    log.info("flock %r stopped cleanly (%d messages handled)", runtime.name, system.stats().processed)
+        await flock.stop()
+    log.info("flock %r stopped cleanly (%d messages handled)", runtime.name, flock.system.stats().processed)
     return EXIT_OK
 
 

@@ -3,7 +3,8 @@
 Errors name the key path and what was expected, for example
 ``agents[2].restart: expected one of permanent, transient, temporary, got "always"``.
 
-Sections so far: ``[runtime]``, ``[supervisor]`` (the root of the tree) and ``[[agents]]``.
+Sections so far: ``[runtime]``, ``[nats]``, ``[supervisor]`` (the root of the tree) and
+``[[agents]]``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Literal, Union
 import msgspec
 
 from flockrt.actors.actor import Actor
+from flockrt.actors.agent import Agent
 from flockrt.errors import FlockError
 from flockrt.supervisor.spec import ChildSpec, Restart
 
@@ -27,6 +29,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "FlockConfig",
+    "NatsConfig",
     "RuntimeConfig",
     "SupervisorConfig",
     "load_config",
@@ -34,7 +37,8 @@ __all__ = [
 ]
 
 BUILTIN_CLASSES = {
-    "echo": "flockrt.builtins:Echo",
+    "echo": "flockrt.builtins:EchoAgent",
+    "text": "flockrt.builtins:TextAgent",
 }
 
 
@@ -61,6 +65,23 @@ class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     max_seconds: float = 5.0
 
 
+class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[nats]``: the flock across processes. Without this section the flock stays in-process."""
+
+    url: str = "embedded"
+    """``embedded`` starts a nats-server with JetStream for this process; else a NATS URL."""
+    port: int = 4222
+    """Port of the embedded server (0 picks a free one)."""
+    store_dir: str = ""
+    """JetStream store of the embedded server ("" = a temporary directory)."""
+    heartbeat_interval: int = 30000
+    """Milliseconds between agent heartbeats (HEARTBEAT_INTERVAL)."""
+    max_retries: int = 60
+    """Reconnect attempts before the background loop takes over (MAX_RETRIES)."""
+    buffer_limit: int = 10000
+    """Publishes kept while NATS is unreachable."""
+
+
 class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[[agents]]``: ``count`` children of the root supervisor made from one class."""
 
@@ -79,6 +100,7 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
 
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    nats: NatsConfig | None = None
     agents: list[AgentConfig] = msgspec.field(default_factory=list)
 
     def child_specs(self) -> list[ChildSpec]:
@@ -88,8 +110,11 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
             cls = resolve_class(agent.class_)
             factory = functools.partial(cls, **agent.options) if agent.options else cls
             ids = [agent.id] if agent.count == 1 else [f"{agent.id}-{i}" for i in range(1, agent.count + 1)]
+            # An Agent's first argument is its flock-wide id: the child id.
+            args = (lambda i: (i,)) if issubclass(cls, Agent) else (lambda i: ())
             specs += [
-                ChildSpec(id=i, factory=factory, restart=agent.restart, shutdown=agent.shutdown) for i in ids
+                ChildSpec(id=i, factory=factory, args=args(i), restart=agent.restart, shutdown=agent.shutdown)
+                for i in ids
             ]
         return specs
 
@@ -123,6 +148,20 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
         problems.append(f"runtime.shutdown_timeout: expected > 0, got {config.runtime.shutdown_timeout}")
     if config.supervisor.max_restarts < 0:
         problems.append(f"supervisor.max_restarts: expected >= 0, got {config.supervisor.max_restarts}")
+    if config.nats is not None:
+        nats = config.nats
+        if not 0 <= nats.port <= 65535:
+            problems.append(f"nats.port: expected 0..65535, got {nats.port}")
+        if nats.heartbeat_interval <= 0:
+            problems.append(
+                f"nats.heartbeat_interval: expected > 0 (milliseconds), got {nats.heartbeat_interval}"
+            )
+        if nats.max_retries < 1:
+            problems.append(f"nats.max_retries: expected >= 1, got {nats.max_retries}")
+        if nats.buffer_limit < 0:
+            problems.append(f"nats.buffer_limit: expected >= 0, got {nats.buffer_limit}")
+        if nats.url != "embedded" and not re.match(r"^(nats|tls|ws|wss)://", nats.url):
+            problems.append(f'nats.url: expected "embedded" or a nats:// URL, got {nats.url!r}')
     if config.supervisor.max_seconds <= 0:
         problems.append(f"supervisor.max_seconds: expected > 0, got {config.supervisor.max_seconds}")
     seen: set[str] = set()
@@ -142,7 +181,7 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             problems.append(f"agents[{i}].class: {exc}")
             continue
         try:
-            inspect.signature(cls).bind(**agent.options)
+            inspect.signature(cls).bind(*(("id",) if issubclass(cls, Agent) else ()), **agent.options)
         except TypeError as exc:
             problems.append(f"agents[{i}].options: {agent.class_} does not take them: {exc}")
     if problems:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from flockrt.cli import main
 from flockrt.config import ConfigError, load_config
@@ -25,7 +29,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_check_accepts_the_shipped_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(CONFIG)]) == 0
-    assert "ok (2 actors" in capsys.readouterr().out
+    assert "ok (3 actors" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -41,12 +45,14 @@ def test_check_accepts_the_shipped_config(capsys: pytest.CaptureFixture[str]) ->
         ("[runtime]\nname = 3\n", "runtime.name: expected str, got int"),
         ("[runtime]\nnmae = 'x'\n", "runtime.nmae: unknown key"),
         ("[[agents]]\nclass='echo'\n", "missing required field `id`"),
-        ("[[agents]]\nid='x'\nclass='nope'\n", "agents[0].class: expected a built-in name (echo)"),
+        ("[[agents]]\nid='x'\nclass='nope'\n", "agents[0].class: expected a built-in name (echo, text)"),
         ("[[agents]]\nid='x'\nclass='tests.cli_actors:NotAnActor'\n", "is not an Actor subclass"),
         ("[[agents]]\nid='x'\nclass='no.such.module:X'\n", "cannot import 'no.such.module'"),
         ("[[agents]]\nid='x'\nclass='echo'\ncount=0\n", "agents[0].count: expected >= 1, got 0"),
         ("[[agents]\n", "not valid TOML"),
-        ("[nats]\nurl = 'x'\n", "nats: unknown key"),
+        ("[metrics]\nport = 1\n", "metrics: unknown key"),
+        ("[nats]\nurl = 'x'\n", 'nats.url: expected "embedded" or a nats:// URL'),
+        ("[nats]\nheartbeat_interval = 0\n", "nats.heartbeat_interval: expected > 0"),
         (
             "[[agents]]\nid='e'\nclass='echo'\noptions={prefx='a'}\n",
             "agents[0].options: echo does not take them: got an unexpected keyword argument 'prefx'",
@@ -103,13 +109,20 @@ async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout: flo
                 return "".join(seen)
 
 
+def shipped_config_on_a_free_port(tmp_path: Path) -> Path:
+    """The shipped config, unchanged but for the embedded server's port (tests run in parallel)."""
+    text = CONFIG.read_text()
+    assert "port = 4222" in text
+    return write(tmp_path, text.replace("port = 4222", "port = 0", 1))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_run_starts_the_tree_and_stops_cleanly_on_signal(signum: int) -> None:
-    proc = await start_flock(CONFIG)
+async def test_run_starts_the_tree_and_stops_cleanly_on_signal(signum: int, tmp_path: Path) -> None:
+    proc = await start_flock(shipped_config_on_a_free_port(tmp_path))
     try:
-        output = await read_until(proc, "ready")
-        assert "started /root/echo-1 (permanent)" in output
-        assert "started /root/echo-2 (permanent)" in output
+        output = await read_until(proc, "agents under /root")
+        for agent in ("text-1", "text-2", "echo"):
+            assert f"started /root/{agent} (permanent)" in output
         proc.send_signal(signum)
         output = await read_until(proc, "stopped cleanly")
         assert await asyncio.wait_for(proc.wait(), 20) == 0
@@ -129,6 +142,41 @@ async def test_run_exits_1_when_the_root_supervisor_gives_up(tmp_path: Path) -> 
         output = await read_until(proc, "stopped:")
         assert "gave up: more than 1 restart within" in output
         assert await asyncio.wait_for(proc.wait(), 20) == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_the_shipped_flock_answers_ai_flock_json_on_its_embedded_nats(tmp_path: Path) -> None:
+    proc = await start_flock(shipped_config_on_a_free_port(tmp_path))
+    try:
+        output = await read_until(proc, "agents under /root")
+        url = re.search(r"on NATS at (nats://\S+)", output).group(1)  # type: ignore[union-attr]
+        client = await nats.connect(url, allow_reconnect=False)
+        try:
+            results: asyncio.Queue[bytes] = asyncio.Queue()
+
+            async def collect(msg: Msg) -> None:
+                results.put_nowait(msg.data)
+
+            await client.subscribe("task.result", cb=collect)
+            await client.flush()
+            await client.publish(
+                "tasks.general", json.dumps({"id": "t-1", "type": "general", "data": "hi"}).encode()
+            )
+            result = json.loads(await asyncio.wait_for(results.get(), 10))
+            assert (result["taskId"], result["status"], result["result"]) == ("t-1", "ok", "echo: hi")
+            request = {"capability": "text-analysis", "parameters": {"text": "A flock. Of agents!"}}
+            reply = await client.request("capability.text-analysis", json.dumps(request).encode(), timeout=10)
+            answer = json.loads(reply.data)
+            assert answer["error"] is None
+            assert answer["agentId"] in ("text-1", "text-2")
+            assert (answer["result"]["words"], answer["result"]["sentences"]) == (4, 2)
+        finally:
+            await client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
