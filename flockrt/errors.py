@@ -21,6 +21,7 @@ __all__ = [
     "BusTimeout",
     "BusUnavailable",
     "FlockError",
+    "JetStreamError",
     "MailboxFull",
     "NoCapableAgent",
     "NoResponders",
@@ -181,3 +182,31 @@ class UnknownAgent(FlockError, LookupError):
     def __init__(self, agent_id: str) -> None:
         super().__init__(f"no agent with id {agent_id!r}")
         self.agent_id = agent_id
+
+
+class JetStreamError(FlockError):
+    """JetStream refused an operation of durable tasks.
+
+    For example: a stream config it cannot apply to an existing stream, subjects that overlap
+    another stream, no stream capturing a subject, a consumer that overlaps another one of a
+    work-queue stream, or a stream or consumer that is gone. These need an operator, not a
+    retry; an unreachable server is :class:`BusUnavailable` instead.
+
+    Attributes:
+        code: JetStream's status code (400, 404, 503, ...), or None.
+        err_code: JetStream's specific error code (e.g. 10058), or None.
+        description: JetStream's own words, or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        err_code: int | None = None,
+        description: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+        self.description = description

@@ -1,0 +1,547 @@
+"""Durable tasks: ``tasks.<type>`` through a JetStream work-queue stream (issue 3, durable mode).
+
+In the default mode a task is a core NATS message in a queue group: if its handler crashes or
+its process dies, it is gone. In durable mode a task is stored in a work-queue stream until it
+is settled, so none is lost to a crash, a failing handler or a restarted nats-server:
+
+- :meth:`DurableTasks.submit` stores the task with ``Nats-Msg-Id`` = its id, and the stream
+  drops a second submission of the same id (within its duplicate window);
+- a :class:`TaskConsumer` pulls tasks of one type, never more than the process can run
+  (``capacity``), which is also flow control across processes: what one process does not pull
+  stays in the stream for the others;
+- a task is acked only after its handler returned an ``ok`` result. A failure (an ``error``
+  result or an exception) is redelivered after the backoff delay for that delivery; a crash
+  (the process dies, or stops answering) is redelivered after ``ack_wait``. While a handler
+  runs, the consumer tells the server so every ``ack_wait / 2``, so a long task is not taken
+  for a crashed one;
+- after ``max_deliver`` deliveries the task is terminated and a :class:`DeadLetter` with the
+  reason is published on the dead-letter subject. A message that is not a valid task is
+  dead-lettered at once. When the stream captures the dead-letter subject (``tasks.dead`` in
+  ``tasks.>``, the default) dead letters are stored there too, until an operator consumes them.
+
+Delivery is at least once: a handler may see a task again when its outcome could not reach the
+server (e.g. the server died between the handler's end and the ack), so handlers should be
+idempotent, and can tell a redelivery by :attr:`TaskMessage.id`.
+
+Every redelivery is logged at info and every dead letter at warning; :class:`DurableStats`
+counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from flockrt.bus import subjects
+from flockrt.bus.connection import BusState, JsMessage, NatsConnection, PullConsumer
+from flockrt.bus.schema import Codec, InvalidMessage, TaskMessage, TaskResult
+from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError
+
+__all__ = ["DeadLetter", "DurableStats", "DurableTasks", "TaskConsumer"]
+
+log = logging.getLogger("flockrt.durable")
+
+RunTask = Callable[[TaskMessage], Awaitable[TaskResult]]
+
+_MAX_BATCH = 100
+"""Most messages one fetch asks for, however large the capacity."""
+_CAPACITY_RECHECK = 1.0
+"""Seconds a full consumer waits before asking ``capacity()`` again if nothing woke it."""
+_MAX_RETRY_PAUSE = 5.0
+"""Longest pause of the fetch loop after consecutive JetStream errors."""
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What the dead-letter subject receives for a task given up on.
+
+    Attributes:
+        task: The task, or None if the message was not a valid task.
+        raw: The payload as text when it was not a valid task, else None.
+        reason: Why it was given up on (the last error, or what was invalid).
+        deliveries: How many times it was delivered.
+        subject: The subject it was published on.
+    """
+
+    task: TaskMessage | None
+    raw: str | None
+    reason: str
+    deliveries: int
+    subject: str
+
+
+@dataclass(slots=True)
+class DurableStats:
+    """Counters since start, over every consumer of one :class:`DurableTasks`."""
+
+    submitted: int = 0
+    """Tasks stored by :meth:`DurableTasks.submit` (duplicates not included)."""
+    duplicates: int = 0
+    """Submissions dropped because the stream already had the task id."""
+    received: int = 0
+    """Deliveries fetched, first ones and redeliveries."""
+    acked: int = 0
+    """Tasks done: handler result ok and the ack confirmed by the server."""
+    redelivered: int = 0
+    """Failed attempts sent back for another delivery (nak with backoff)."""
+    dead_lettered: int = 0
+    """Tasks terminated and published on the dead-letter subject."""
+    invalid: int = 0
+    """Messages that were not valid tasks (they are dead-lettered too)."""
+    unsettled: int = 0
+    """Outcomes (ack, nak, term) the server did not confirm; the task will come back."""
+
+
+class DurableTasks:
+    """Tasks on ``tasks.<type>`` stored in a JetStream work-queue stream.
+
+    Call :meth:`setup` once connected, then :meth:`submit` tasks and :meth:`consume` task types.
+    Every process of a flock in durable mode uses the same stream and consumer names, so a task
+    goes to exactly one of them at a time.
+
+    Args:
+        connection: The process's NATS connection.
+        codec: Encoders and decoders (and the payload size limit).
+        stream: The stream's name.
+        subjects: What the stream captures; must include ``tasks.<type>`` of every task type.
+        max_deliver: Deliveries of a task before it is dead-lettered (the handler runs at most
+            this many times).
+        backoff: Seconds before redelivering a failed task: the first entry after the first
+            failure, and so on; the last entry repeats.
+        ack_wait: Seconds without news from a consumer (no outcome, no progress) after which
+            the server takes its task for crashed and redelivers it.
+        dead_letter_subject: Where dead letters are published. It must not be a consumed task
+            subject.
+        duplicate_window: Seconds during which a second submission of a task id is dropped.
+        fetch_timeout: Seconds one fetch waits for tasks (a long poll).
+        settle_timeout: Seconds to wait for the server to confirm an ack, nak or term.
+    """
+
+    def __init__(
+        self,
+        connection: NatsConnection,
+        codec: Codec,
+        *,
+        stream: str = "FLOCK_TASKS",
+        subjects: Sequence[str] = ("tasks.>",),
+        max_deliver: int = 5,
+        backoff: Sequence[float] = (0.1, 0.5, 2.0),
+        ack_wait: float = 30.0,
+        dead_letter_subject: str = "tasks.dead",
+        duplicate_window: float = 120.0,
+        fetch_timeout: float = 1.0,
+        settle_timeout: float = 2.0,
+    ) -> None:
+        if max_deliver < 1:
+            raise ValueError(f"max_deliver must be >= 1, got {max_deliver!r}")
+        if not backoff or any(delay < 0 for delay in backoff):
+            raise ValueError(f"backoff must be one or more delays >= 0 seconds, got {backoff!r}")
+        if min(ack_wait, fetch_timeout, settle_timeout) <= 0:
+            raise ValueError(
+                "ack_wait, fetch_timeout and settle_timeout must be > 0 seconds, got "
+                f"{ack_wait!r}, {fetch_timeout!r}, {settle_timeout!r}"
+            )
+        if not subjects:
+            raise ValueError("subjects must name at least one subject")
+        self.connection = connection
+        self.codec = codec
+        self.stream = stream
+        self.subjects = list(subjects)
+        self.max_deliver = max_deliver
+        self.backoff = tuple(backoff)
+        self.ack_wait = ack_wait
+        self.dead_letter_subject = dead_letter_subject
+        self.duplicate_window = duplicate_window
+        self.fetch_timeout = fetch_timeout
+        self.settle_timeout = settle_timeout
+        self.stats = DurableStats()
+        # A dead letter on a subject of the stream is stored (confirmed before the task is
+        # terminated); elsewhere it can only be a plain publish.
+        self._store_dead_letters = any(_matches(pattern, dead_letter_subject) for pattern in self.subjects)
+
+    async def setup(self) -> None:
+        """Create the stream, or update it to this config; call once connected.
+
+        Raises:
+            BusUnavailable: NATS is unreachable.
+            BusTimeout: JetStream did not answer in time.
+            JetStreamError: JetStream refused the stream (see :class:`JetStreamError`).
+        """
+        await self.connection.ensure_work_queue(
+            self.stream, self.subjects, duplicate_window=self.duplicate_window
+        )
+
+    async def submit(self, task: TaskMessage, *, headers: dict[str, str] | None = None) -> bool:
+        """Store ``task`` on ``tasks.<type>``; it is done once some consumer acks it.
+
+        Its id is the message id, so submitting the same task again is safe: the stream keeps
+        one (within its duplicate window).
+
+        Args:
+            task: The task; its id must be unique per task.
+            headers: More NATS headers (e.g. a correlation id).
+
+        Returns:
+            True if stored, False if the stream already had this task id (dropped).
+
+        Raises:
+            ValueError: the task type cannot be a subject token.
+            BusUnavailable: NATS is unreachable: the task is NOT stored (never buffered).
+            BusTimeout: no confirmation in time; it may be stored (submit it again to be sure).
+            JetStreamError: no stream captures ``tasks.<type>``.
+        """
+        stored = await self.connection.js_publish(
+            subjects.tasks(task.type), self.codec.encode(task), msg_id=task.id, headers=headers
+        )
+        if stored:
+            self.stats.submitted += 1
+        else:
+            self.stats.duplicates += 1
+            log.info("task %s (%s) was already submitted; duplicate dropped", task.id, task.type)
+        return stored
+
+    async def consume(
+        self, task_type: str, run: RunTask, *, capacity: Callable[[], int] = lambda: 1
+    ) -> TaskConsumer:
+        """Start running tasks of ``task_type`` with ``run``, until the consumer is stopped.
+
+        Args:
+            task_type: The task type; its subject ``tasks.<type>`` must be in the stream.
+            run: Runs one task and returns its result: ``ok`` acks it, ``error`` (or an
+                exception) sends it back for a retry or, at the last delivery, dead-letters it.
+                Calls run concurrently, up to ``capacity()`` at once; delivery is at least
+                once, so ``run`` should be idempotent.
+            capacity: How many tasks of this type the process can run at once right now (e.g.
+                the total ``max_concurrent_tasks`` of its agents for the type). Asked before
+                every fetch; tasks this consumer already runs are subtracted, so it never holds
+                more than that many unsettled tasks. Call :meth:`TaskConsumer.wake` when it grows.
+
+        Returns:
+            The running consumer; :meth:`TaskConsumer.stop` ends it.
+
+        Raises:
+            ValueError: ``task_type`` is not a valid subject token, or its subject is the
+                dead-letter subject (dead letters would be run as tasks, and fail again).
+            JetStreamError: JetStream refused the consumer (e.g. the stream does not exist).
+        """
+        subject = subjects.tasks(task_type)
+        if subject == self.dead_letter_subject:
+            raise ValueError(f"task type {task_type!r} would consume the dead letters on {subject!r}")
+        pull = await self.connection.pull(
+            self.stream,
+            _consumer_name(task_type),
+            subject,
+            ack_wait=self.ack_wait,
+            # Deliveries are limited here, not by the server: at its limit the server would
+            # stop redelivering a task whose last attempt crashed and leave it in the stream
+            # forever; here the next delivery dead-letters it.
+            max_deliver=-1,
+        )
+        consumer = TaskConsumer(self, task_type, pull, run, capacity)
+        consumer._start()
+        return consumer
+
+    # ------------------------------------------------------------------ used by TaskConsumer
+
+    def _retry_delay(self, delivery: int) -> float:
+        return self.backoff[min(delivery, len(self.backoff)) - 1]
+
+    async def _dead_letter(self, message: JsMessage, task: TaskMessage | None, reason: str) -> None:
+        letter = DeadLetter(
+            task=task,
+            raw=None if task is not None else message.data.decode("utf-8", "replace"),
+            reason=reason,
+            deliveries=message.num_delivered,
+            subject=message.subject,
+        )
+        data = self.codec.encode(letter)
+        what = f"task {task.id}" if task is not None else f"message {message.sequence}"
+        try:
+            if self._store_dead_letters:
+                # Keyed by the stream sequence: dead-lettering again after a crash stores one.
+                await self.connection.js_publish(
+                    self.dead_letter_subject, data, msg_id=f"dead:{self.stream}:{message.sequence}"
+                )
+            else:
+                await self.connection.publish(self.dead_letter_subject, data)
+        except (BusUnavailable, BusTimeout, JetStreamError) as exc:
+            # Not terminated: it comes back, and is dead-lettered at that delivery.
+            log.warning(
+                "%s on %s could not be dead-lettered (%s); it will be delivered again: %s",
+                what,
+                message.subject,
+                exc,
+                reason,
+            )
+            await self._settle(message, "nak", lambda: message.nak(self.backoff[-1], self.settle_timeout))
+            return
+        await self._settle(message, "term", lambda: message.term(reason, self.settle_timeout))
+        self.stats.dead_lettered += 1
+        log.warning(
+            "%s on %s dead-lettered to %s after %d deliveries: %s",
+            what,
+            message.subject,
+            self.dead_letter_subject,
+            message.num_delivered,
+            reason,
+        )
+
+    async def _settle(self, message: JsMessage, what: str, settle: Callable[[], Awaitable[None]]) -> bool:
+        """Send one outcome (``settle()``: ack, nak or term) and have the server confirm it.
+
+        Lost in an outage, it is sent again once connected, until ``ack_wait`` has passed (by
+        then the server redelivers the task anyway). Not answered by a server that is up, it is
+        given up at once: that server does not know this delivery any more (after a crash it
+        may have lost the consumer's delivery state and redelivered the task afresh), and
+        waiting would only hold up the outcome. Returns whether it was confirmed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_wait
+        while True:
+            try:
+                await settle()
+                return True
+            except (BusUnavailable, BusTimeout) as exc:
+                answered_by_none = isinstance(exc, BusTimeout) and self.connection.connected
+                if answered_by_none or self.connection.state is BusState.CLOSED or loop.time() >= deadline:
+                    self._unsettled(message, what, exc)
+                    return False
+                log.debug("%s of %r not confirmed (%s); again once connected", what, message, exc)
+                with contextlib.suppress(TimeoutError):
+                    await self.connection.wait_connected(max(0.0, deadline - loop.time()))
+            except JetStreamError as exc:
+                self._unsettled(message, what, exc)
+                return False
+
+    def _unsettled(self, message: JsMessage, what: str, exc: Exception) -> None:
+        self.stats.unsettled += 1
+        log.warning(
+            "%s of %s (delivery %d) not confirmed by the server: %s; it will be delivered again",
+            what,
+            message.subject,
+            message.num_delivered,
+            exc,
+        )
+
+
+class TaskConsumer:
+    """A running consumer of one task type; made by :meth:`DurableTasks.consume`.
+
+    It owns its fetch loop and the handlers it runs: :meth:`stop` cancels them all.
+    """
+
+    def __init__(
+        self,
+        tasks: DurableTasks,
+        task_type: str,
+        pull: PullConsumer,
+        run: RunTask,
+        capacity: Callable[[], int],
+    ) -> None:
+        self.task_type = task_type
+        self._tasks = tasks
+        self._pull = pull
+        self._run = run
+        self._capacity = capacity
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: dict[asyncio.Task[None], JsMessage] = {}
+        """Every task handling a fetched message, until its outcome is settled."""
+        self._in_hand: set[JsMessage] = set()
+        """Fetched messages whose handler has not finished: what counts against capacity."""
+        self._room = asyncio.Event()
+        self._stopped = False
+
+    @property
+    def running(self) -> int:
+        """Tasks fetched whose handler has not finished yet (what counts against capacity)."""
+        return len(self._in_hand)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def wake(self) -> None:
+        """Capacity may have grown (e.g. an agent joined): look for more tasks now."""
+        self._room.set()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop fetching, give running handlers ``grace`` seconds, then cancel the rest.
+
+        A task whose handler is cancelled is sent back (nak without delay) so that another
+        process takes it at once instead of after ``ack_wait``; that counts as one of its
+        deliveries. An outcome still being sent is abandoned: if it did not reach the server,
+        the task is redelivered after ``ack_wait``. Idempotent.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._running and grace > 0:
+            await asyncio.wait(list(self._running), timeout=grace)
+        requeue = [message for message in self._running.values() if message in self._in_hand]
+        cancelled = list(self._running)
+        for job in cancelled:
+            job.cancel()
+        await asyncio.gather(*cancelled, return_exceptions=True)
+        for message in requeue:
+            try:
+                await message.nak(timeout=self._tasks.settle_timeout)
+            except (BusUnavailable, BusTimeout, JetStreamError) as exc:
+                log.debug("cancelled %r not sent back (%s); it returns after ack_wait", message, exc)
+        await self._pull.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(
+            self._fetch_loop(), name=f"flockrt-durable-{self.task_type}"
+        )
+        self._loop_task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("durable consumer of %s stopped by an error", self.task_type, exc_info=exc)
+
+    async def _fetch_loop(self) -> None:
+        failures = 0
+        while True:
+            free = min(self._capacity() - len(self._in_hand), _MAX_BATCH)
+            if free <= 0:
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_CAPACITY_RECHECK):
+                        await self._room.wait()
+                continue
+            try:
+                messages = await self._pull.fetch(free, self._tasks.fetch_timeout)
+            except BusUnavailable as exc:  # the connection is closed: nothing more will come
+                log.info("durable consumer of %s ends: %s", self.task_type, exc)
+                return
+            except JetStreamError as exc:
+                failures += 1
+                pause = min(_MAX_RETRY_PAUSE, 0.1 * 2**failures)
+                log.warning("durable consumer of %s: %s; retrying in %.1f s", self.task_type, exc, pause)
+                # The stream may be missing (NATS was down when setup() was due, or someone
+                # deleted it): setting it up again is idempotent, and heals that case.
+                try:
+                    await self._tasks.setup()
+                except (BusUnavailable, BusTimeout, JetStreamError) as setup_exc:
+                    log.debug("setting up stream %s again: %s", self._tasks.stream, setup_exc)
+                await asyncio.sleep(pause)
+                continue
+            failures = 0
+            for message in messages:
+                self._in_hand.add(message)
+                job = asyncio.get_running_loop().create_task(self._handle(message))
+                self._running[job] = message
+                job.add_done_callback(self._handled)
+
+    def _handled(self, job: asyncio.Task[None]) -> None:
+        self._running.pop(job, None)
+        self._room.set()
+        if not job.cancelled() and (exc := job.exception()) is not None:
+            log.error("durable task handling on %s failed", self.task_type, exc_info=exc)
+
+    async def _handle(self, message: JsMessage) -> None:
+        tasks = self._tasks
+        tasks.stats.received += 1
+        task: TaskMessage | None = None
+        error: str | None = None
+        try:
+            try:
+                decoded = tasks.codec.decode(
+                    message.subject, message.data, TaskMessage, message.headers.get("Content-Type")
+                )
+            except InvalidMessage as exc:
+                tasks.stats.invalid += 1
+                error = str(exc)
+            else:
+                task = decoded
+                if message.num_delivered > tasks.max_deliver:
+                    # Its last allowed attempt never settled: it crashed, hung, or its process died.
+                    error = f"no outcome after {tasks.max_deliver} deliveries (crashed or lost its process)"
+                else:
+                    try:
+                        result = await self._run_with_progress(message, decoded)
+                    except Exception as exc:  # isolation boundary: a failing task must not stop the consumer
+                        error = f"handler raised {exc!r}"
+                    else:
+                        if result.status != "ok":
+                            error = result.error or "handler returned an error result"
+                    if error is not None and message.num_delivered >= tasks.max_deliver:
+                        error = f"failed {message.num_delivered} times; last: {error}"
+        finally:
+            # The slot is free once the handler is done: settling is not work, and an outcome
+            # held up by an outage must not keep the process from running other tasks.
+            self._in_hand.discard(message)
+            self._room.set()
+        if error is None:
+            if await tasks._settle(message, "ack", lambda: message.ack(tasks.settle_timeout)):
+                tasks.stats.acked += 1
+        elif task is None or message.num_delivered >= tasks.max_deliver:
+            await tasks._dead_letter(message, task, error)
+        else:
+            await self._retry(message, task, error)
+
+    async def _run_with_progress(self, message: JsMessage, task: TaskMessage) -> TaskResult:
+        """Run the handler, telling the server every ack_wait / 2 that the task is not stuck."""
+        job = asyncio.ensure_future(self._run(task))
+        interval = self._tasks.ack_wait / 2
+        try:
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=interval)
+                if done:
+                    return job.result()
+                try:
+                    await message.in_progress()
+                except BusUnavailable as exc:
+                    log.debug("progress of task %s not sent: %s", task.id, exc)
+        finally:
+            if not job.done():  # we are cancelled (stop): so is the handler
+                job.cancel()
+                await asyncio.gather(job, return_exceptions=True)
+
+    async def _retry(self, message: JsMessage, task: TaskMessage, reason: str) -> None:
+        tasks = self._tasks
+        delivery = message.num_delivered
+        delay = tasks._retry_delay(delivery)
+        if await tasks._settle(message, "nak", lambda: message.nak(delay, tasks.settle_timeout)):
+            tasks.stats.redelivered += 1
+        log.info(
+            "task %s on %s failed on delivery %d of %d (%s); redelivering in %.2f s",
+            task.id,
+            message.subject,
+            delivery,
+            tasks.max_deliver,
+            reason,
+            delay,
+        )
+
+
+def _consumer_name(task_type: str) -> str:
+    """The durable consumer's name for a task type, the same in every process.
+
+    Consumer names cannot hold some characters that task types may (``/``, ``\\``); such a
+    type gets a name from its hash instead.
+    """
+    if any(c in "/\\" for c in task_type):
+        return "tasks-" + hashlib.sha256(task_type.encode()).hexdigest()[:16]
+    return f"tasks-{task_type}"
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """Whether NATS subject ``pattern`` (with ``*`` and ``>``) matches ``subject``."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
