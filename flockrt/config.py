@@ -80,6 +80,9 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     """Reconnect attempts before the background loop takes over (MAX_RETRIES)."""
     buffer_limit: int = 10000
     """Publishes kept while NATS is unreachable."""
+    durable: bool = False
+    """Tasks go through a JetStream work-queue stream (acked after success, redelivered,
+    dead-lettered on tasks.dead); every process of the flock must agree."""
 
 
 class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):

@@ -40,6 +40,7 @@ from flockrt.actors.system import ActorSystem
 from flockrt.bus import subjects
 from flockrt.bus.connection import Message, NatsConnection, Subscription
 from flockrt.bus.directory import Directory
+from flockrt.bus.durable import DurableTasks, TaskConsumer
 from flockrt.bus.schema import (
     MSGPACK,
     AgentAnnouncement,
@@ -92,6 +93,10 @@ class NatsFlock(LocalFlock):
             goes out (the AI Flock batcher's window).
         batch_max: Messages per batch at most (the batcher's size cap; the payload limit also
             applies).
+        durable: Run tasks through a JetStream work-queue stream (True for the defaults, or a
+            configured DurableTasks): acked after success, redelivered with backoff after a
+            failure or crash, dead-lettered after max deliveries. Every process of a flock must
+            agree on this.
     """
 
     def __init__(
@@ -105,6 +110,7 @@ class NatsFlock(LocalFlock):
         codec: Codec | None = None,
         batch_window: float = 0.005,
         batch_max: int = 100,
+        durable: DurableTasks | bool = False,
     ) -> None:
         super().__init__(
             system,
@@ -127,6 +133,16 @@ class NatsFlock(LocalFlock):
         self.batch_max = batch_max
         self._batch: list[BatchItem] = []
         self._batch_timer: asyncio.TimerHandle | None = None
+        self.durable: DurableTasks | None = (
+            DurableTasks(bus, self.codec)
+            if durable is True
+            else durable
+            if isinstance(durable, DurableTasks)
+            else None
+        )
+        self._consumers: dict[str, TaskConsumer] = {}
+        self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
+        self._results_subscription: Subscription | None = None
         self.on_result(self._publish_result)
 
     # ------------------------------------------------------------------ lifecycle
@@ -140,6 +156,11 @@ class NatsFlock(LocalFlock):
             await self.bus.subscribe(subjects.BROADCAST, self._on_broadcast),
             await self.bus.subscribe(subjects.BATCH, self._on_batch, queue=subjects.BATCH),
         ]
+        if self.durable is not None:
+            try:
+                await self.durable.setup()
+            except BusUnavailable:
+                log.warning("NATS unreachable: the durable task stream is set up once it is back")
         self._schedule_sweep()
 
     async def flush(self) -> None:
@@ -161,7 +182,12 @@ class NatsFlock(LocalFlock):
             await self._outbox.join()
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        for consumer in self._consumers.values():
+            await consumer.stop()
+        self._consumers.clear()
         subscriptions = self._subscriptions + list(self._skill_subscriptions.values())
+        if self._results_subscription is not None:
+            subscriptions.append(self._results_subscription)
         subscriptions += [s for subs in self._agent_subscriptions.values() for s in subs]
         for subscription in subscriptions:
             await subscription.unsubscribe()
@@ -213,8 +239,36 @@ class NatsFlock(LocalFlock):
                 ("capability", capability), subjects.capability(capability), self._on_capability
             )
         for task_type in card.task_types:
-            await self._serve(("task", task_type), subjects.tasks(task_type), self._on_task)
+            if self.durable is not None:
+                await self._consume_durably(task_type)
+            else:
+                await self._serve(("task", task_type), subjects.tasks(task_type), self._on_task)
         await self._publish(subjects.ANNOUNCE, announcement)
+
+    async def _consume_durably(self, task_type: str) -> None:
+        assert self.durable is not None
+        consumer = self._consumers.get(task_type)
+        if consumer is not None:
+            consumer.wake()  # more capacity for this type
+            return
+        if self.has_skill("task", task_type):
+            self._consumers[task_type] = await self.durable.consume(
+                task_type, self._run_durable_task, capacity=lambda: self._capacity(("task", task_type))
+            )
+
+    async def _run_durable_task(self, task: TaskMessage) -> TaskResult:
+        # NoCapableAgent (our last agent for the type just left) raises: the task is retried.
+        result = self.start_task(task)
+        if task.timeout is not None:
+            return await asyncio.wait_for(result, task.timeout / 1000)
+        return await result
+
+    def _capacity(self, skill: tuple[str, str]) -> int:
+        return sum(
+            member.card.max_concurrent_tasks
+            for agent_id, member in self._members.items()
+            if agent_id in self._skills.get(skill, ())
+        )
 
     async def _serve(
         self, skill: tuple[str, str], subject: str, handler: Callable[[Message], Awaitable[None]]
@@ -230,6 +284,10 @@ class NatsFlock(LocalFlock):
             if not self.has_skill(*skill):  # its last local agent is gone: let others take it
                 del self._skill_subscriptions[skill]
                 await subscription.unsubscribe()
+        for task_type, consumer in list(self._consumers.items()):
+            if not self.has_skill("task", task_type):
+                del self._consumers[task_type]
+                await consumer.stop()
         await self._publish(subjects.heartbeat(agent_id), goodbye)
 
     # ------------------------------------------------------------------ producers (flock-wide)
@@ -268,6 +326,8 @@ class NatsFlock(LocalFlock):
         )
         subject = subjects.tasks(task_type)
         headers = {CORRELATION_HEADER: task.id}
+        if self.durable is not None:
+            return await self._submit_durably(task, wait=wait, timeout=timeout)
         if not self.bus.connected and self.has_skill("task", task_type):
             return await self.run_task(task, wait=wait, timeout=timeout)
         if batch and not wait:
@@ -279,6 +339,45 @@ class NatsFlock(LocalFlock):
         limit = timeout if timeout is not None else 30.0
         reply = await self._request(subject, task, "task", task_type, limit, headers)
         return self.codec.decode(reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type"))
+
+    async def _submit_durably(
+        self, task: TaskMessage, *, wait: bool, timeout: float | None
+    ) -> TaskResult | str:
+        """Store the task in the stream (never buffered: BusUnavailable while degraded).
+
+        With ``wait``, the first ``ok`` TaskResult for it on ``task.result`` is returned; a
+        failed attempt that will be retried is not the end, so error results are not awaited.
+        """
+        assert self.durable is not None
+        if not wait:
+            await self.durable.submit(task, headers={CORRELATION_HEADER: task.id})
+            return task.id
+        await self._watch_results()
+        waiter: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        self._result_waiters[task.id] = waiter
+        try:
+            await self.durable.submit(task, headers={CORRELATION_HEADER: task.id})
+            outcome: TaskResult = await self._wait(
+                waiter, "task", task.type, timeout if timeout is not None else 30.0
+            )
+            return outcome
+        finally:
+            self._result_waiters.pop(task.id, None)
+
+    async def _watch_results(self) -> None:
+        if self._results_subscription is None:
+            self._results_subscription = await self.bus.subscribe(
+                subjects.TASK_RESULT, self._on_result_message
+            )
+
+    async def _on_result_message(self, message: Message) -> None:
+        if not self._result_waiters:
+            return
+        result = self._decode(message, TaskResult)
+        if result is not None and result.status == "ok":
+            waiter = self._result_waiters.get(result.task_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(result)
 
     async def submit_many(
         self,
@@ -306,6 +405,10 @@ class NatsFlock(LocalFlock):
             )
             for item in items
         ]
+        if self.durable is not None:  # each task is stored on its own (dedup by id)
+            for task in tasks:
+                await self.durable.submit(task, headers={CORRELATION_HEADER: task.id})
+            return [task.id for task in tasks]
         if not self.bus.connected and self.has_skill("task", task_type):
             for task in tasks:
                 self.start_task(task)
