@@ -3,6 +3,7 @@
 The public API is re-exported here; ``tests/test_public_api.py`` keeps ``__all__`` in step.
 """
 
+from flockrt._version import __version__ as __version__
 from flockrt.actors import (
     Actor,
     ActorContext,
@@ -52,8 +53,6 @@ from flockrt.supervisor import (
     Strategy,
     Supervisor,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Actor",

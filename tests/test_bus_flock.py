@@ -419,3 +419,45 @@ async def test_higher_priority_tasks_waiting_in_a_process_run_first(
         gate.set()
         await wait_for(lambda: len(started) == 4)
     assert started == ["first", "high", "medium", "low"]
+
+
+async def service_info(client: nats.NATS, verb: str, node: str, processes: int = 2) -> dict[str, Any]:
+    """The answer of ``node``'s flockrt service to $SRV.<verb>.flockrt (every process answers)."""
+    inbox = client.new_inbox()
+    answers: list[dict[str, Any]] = []
+
+    async def collect(msg: Msg) -> None:
+        answers.append(json.loads(msg.data))
+
+    sub = await client.subscribe(inbox, cb=collect)
+    await client.publish(f"$SRV.{verb}.flockrt", b"", reply=inbox)
+    await client.flush()
+    await wait_for(lambda: len(answers) == processes)
+    await sub.unsubscribe()
+    [answer] = [a for a in answers if a["metadata"] == {"node": node}]
+    return answer
+
+
+async def test_capabilities_show_up_in_the_nats_service_api(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await a.agents("a-1")
+        await b.settled()
+        ping = await service_info(plain, "PING", "node-a")
+        assert (ping["name"], ping["version"], ping["metadata"]) == ("flockrt", "0.1.0", {"node": "node-a"})
+        info = await service_info(plain, "INFO", "node-a")
+        [endpoint] = info["endpoints"]
+        assert (endpoint["name"], endpoint["subject"], endpoint["queue_group"]) == (
+            "text-analysis",
+            "capability.text-analysis",
+            "capability.text-analysis",
+        )
+        assert await b.flock.request_capability("text-analysis", "counted by the service") == {"words": 4}
+        stats = await service_info(plain, "STATS", "node-a")
+        assert stats["endpoints"][0]["num_requests"] == 1
+        # The last agent offering it stops: the endpoint goes away.
+        await a.flock._members["a-1"].card.ref.stop()
+        await a.settled()
+        info = await service_info(plain, "INFO", "node-a")
+        assert info["endpoints"] == []

@@ -39,15 +39,19 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+from nats import micro
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.micro.request import Request as MicroRequest
+from nats.micro.service import Service as MicroService
 
 from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError, NoResponders
 
 __all__ = [
+    "BusService",
     "BusState",
     "BusStats",
     "Handler",
@@ -181,6 +185,7 @@ class NatsConnection:
         self._state = BusState.CONNECTING
         self._buffer: deque[_Outgoing] = deque()
         self._subscriptions: set[Subscription] = set()
+        self._services: set[BusService] = set()
         self._reconnector: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._state_changed = asyncio.Event()
@@ -232,8 +237,9 @@ class NatsConnection:
         if nc is not None and not nc.is_closed:
             try:
                 await nc.drain() if nc.is_connected else await nc.close()
-            except (nats.errors.Error, TimeoutError) as exc:
+            except (nats.errors.Error, OSError) as exc:  # the server went first: nothing to drain to
                 log.warning("closing the NATS connection: %r", exc)
+                await nc.close()
         if self._buffer:
             self.stats.dropped += len(self._buffer)
             log.warning("closed with %d publishes still buffered; they are dropped", len(self._buffer))
@@ -274,6 +280,18 @@ class NatsConnection:
             except (nats.errors.Error, TimeoutError) as exc:  # still subscribed; just not confirmed
                 log.warning("subscribe %s: the server did not confirm in time: %r", subject, exc)
         return subscription
+
+    async def add_service(
+        self, name: str, version: str, *, description: str = "", metadata: Mapping[str, str] | None = None
+    ) -> BusService:
+        """Announce a service on the NATS service API (``$SRV.PING/INFO/STATS``), so standard
+        NATS tooling (``nats micro ls``) discovers it and its endpoints; see :class:`BusService`.
+        Re-created after a reconnect, like subscriptions."""
+        service = BusService(self, name, version, description, dict(metadata or {}))
+        self._services.add(service)
+        if self._nc is not None and self._state is BusState.CONNECTED:
+            await service._attach(self._nc)
+        return service
 
     async def request(
         self, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None
@@ -520,6 +538,8 @@ class NatsConnection:
         self._nc = nc
         for subscription in list(self._subscriptions):
             await self._attach(nc, subscription)
+        for service in list(self._services):
+            await service._attach(nc)
         log.info("connected to NATS at %s", self.url)
         self._resume()
         return True
@@ -807,3 +827,93 @@ class PullConsumer:
             raise BusUnavailable(f"cannot bind consumer {self.name!r}: {exc!r}") from None
         self._nc, self._sub = nc, sub
         return sub
+
+
+class BusService:
+    """A service of the NATS service API (nats-py's ``nats.micro``) with its endpoints.
+
+    Each endpoint is a queue-group subscription whose requests the service counts (requests,
+    errors, processing time in ``$SRV.STATS``). Handlers receive a :class:`Message` and answer
+    on its reply subject as any request handler does.
+    """
+
+    def __init__(
+        self, bus: NatsConnection, name: str, version: str, description: str, metadata: dict[str, str]
+    ) -> None:
+        self._bus = bus
+        self.name = name
+        self.version = version
+        self.description = description
+        self.metadata = metadata
+        self._endpoints: dict[str, tuple[str, str, Handler, dict[str, str]]] = {}
+        self._service: MicroService | None = None
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The endpoint names, in the order they were added."""
+        return list(self._endpoints)
+
+    async def add_endpoint(
+        self,
+        name: str,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Serve ``subject`` (in queue group ``queue``) as endpoint ``name`` of this service."""
+        self._endpoints[name] = (subject, queue, handler, dict(metadata or {}))
+        if self._service is not None:
+            await self._add(self._service, name)
+
+    async def remove_endpoint(self, name: str) -> None:
+        """Stop serving an endpoint (the service restarts without it: nats.micro cannot drop one)."""
+        if self._endpoints.pop(name, None) is not None and self._service is not None:
+            nc = self._bus._nc
+            await self._stop()
+            if nc is not None and self._bus.connected:
+                await self._attach(nc)
+
+    async def stop(self) -> None:
+        """Leave the service API; idempotent."""
+        self._bus._services.discard(self)
+        await self._stop()
+
+    async def _stop(self) -> None:
+        service, self._service = self._service, None
+        if service is not None:
+            try:
+                await service.stop()
+            except (nats.errors.Error, OSError) as exc:  # its connection is gone already
+                log.debug("stopping service %s: %r", self.name, exc)
+
+    async def _attach(self, nc: Client) -> None:
+        service = await micro.add_service(
+            nc,
+            name=self.name,
+            version=self.version,
+            description=self.description or None,
+            metadata=self.metadata,
+        )
+        self._service = service
+        for name in self._endpoints:
+            await self._add(service, name)
+
+    async def _add(self, service: MicroService, name: str) -> None:
+        subject, queue, handler, metadata = self._endpoints[name]
+        bus = self._bus
+
+        async def serve(request: MicroRequest) -> None:
+            msg = request._msg  # the reply subject is all we need; nats-py keeps it private
+            bus.stats.received += 1
+            try:
+                await handler(_wrap(msg))
+            except Exception as exc:  # isolation boundary, as for subscriptions
+                bus.stats.handler_errors += 1
+                log.exception("endpoint %s of %s failed: %r", name, self.name, exc)
+                await request.respond_error("500", str(exc))
+
+        await service.add_endpoint(
+            name=name, subject=subject, queue_group=queue, handler=serve, metadata=metadata
+        )

@@ -35,10 +35,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from flockrt._version import __version__
 from flockrt.actors.agent import AgentCard
 from flockrt.actors.system import ActorSystem
 from flockrt.bus import subjects
-from flockrt.bus.connection import Message, NatsConnection, Subscription
+from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
 from flockrt.bus.directory import Directory
 from flockrt.bus.durable import DurableTasks, TaskConsumer
 from flockrt.bus.schema import (
@@ -141,6 +142,8 @@ class NatsFlock(LocalFlock):
             else None
         )
         self._consumers: dict[str, TaskConsumer] = {}
+        self._service: BusService | None = None
+        self._served: set[str] = set()  # capabilities this process serves as service endpoints
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._results_subscription: Subscription | None = None
         self.on_result(self._publish_result)
@@ -156,6 +159,13 @@ class NatsFlock(LocalFlock):
             await self.bus.subscribe(subjects.BROADCAST, self._on_broadcast),
             await self.bus.subscribe(subjects.BATCH, self._on_batch, queue=subjects.BATCH),
         ]
+        # The NATS service API: `nats micro ls/info/stats` list this process's capabilities.
+        self._service = await self.bus.add_service(
+            "flockrt",
+            __version__,
+            description="flockrt agents; one endpoint per capability they offer",
+            metadata={"node": self.node},
+        )
         if self.durable is not None:
             try:
                 await self.durable.setup()
@@ -182,6 +192,8 @@ class NatsFlock(LocalFlock):
             await self._outbox.join()
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        if self._service is not None:
+            await self._service.stop()
         for consumer in self._consumers.values():
             await consumer.stop()
         self._consumers.clear()
@@ -235,15 +247,28 @@ class NatsFlock(LocalFlock):
                 await self.bus.subscribe(subjects.events(agent_id), self._on_event),
             ]
         for capability in card.capabilities:
-            await self._serve(
-                ("capability", capability), subjects.capability(capability), self._on_capability
-            )
+            await self._serve_capability(capability)
         for task_type in card.task_types:
             if self.durable is not None:
                 await self._consume_durably(task_type)
             else:
                 await self._serve(("task", task_type), subjects.tasks(task_type), self._on_task)
         await self._publish(subjects.ANNOUNCE, announcement)
+
+    async def _serve_capability(self, capability: str) -> None:
+        """Answer capability.<name> in its queue group, as an endpoint of the process's service."""
+        if capability in self._served or not self.has_skill("capability", capability):
+            return
+        assert self._service is not None, "start() the flock before its agents join"
+        subject = subjects.capability(capability)
+        await self._service.add_endpoint(
+            _endpoint_name(capability),
+            subject,
+            self._on_capability,
+            queue=subject,
+            metadata={"capability": capability},
+        )
+        self._served.add(capability)
 
     async def _consume_durably(self, task_type: str) -> None:
         assert self.durable is not None
@@ -284,6 +309,10 @@ class NatsFlock(LocalFlock):
             if not self.has_skill(*skill):  # its last local agent is gone: let others take it
                 del self._skill_subscriptions[skill]
                 await subscription.unsubscribe()
+        for capability in list(self._served):
+            if not self.has_skill("capability", capability) and self._service is not None:
+                self._served.discard(capability)
+                await self._service.remove_endpoint(_endpoint_name(capability))
         for task_type, consumer in list(self._consumers.items()):
             if not self.has_skill("task", task_type):
                 del self._consumers[task_type]
@@ -704,3 +733,8 @@ class NatsFlock(LocalFlock):
         task = asyncio.get_running_loop().create_task(coroutine)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+
+def _endpoint_name(capability: str) -> str:
+    """Service API endpoint names allow letters, digits, '-' and '_' only."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", capability)
