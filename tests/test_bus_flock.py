@@ -461,3 +461,22 @@ async def test_capabilities_show_up_in_the_nats_service_api(
         await a.settled()
         info = await service_info(plain, "INFO", "node-a")
         assert info["endpoints"] == []
+
+
+async def test_correlation_ids_travel_from_task_to_result(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    results = Collector()
+    await plain.subscribe("task.result", cb=results.handle)
+    async with Node(nats_server.url, "node-a") as node:
+        await node.agents("general-1")
+        task = {"id": "t-corr", "type": "general", "data": 1}
+        await plain.publish(
+            "tasks.general", json.dumps(task).encode(), headers={"Correlation-Id": "trace-42"}
+        )
+        await node.flock.submit("general", 2, task_id="t-own")
+        await wait_for(lambda: len(results.messages) == 2)
+    headers = {
+        json.loads(m.data)["taskId"]: (m.headers or {}).get("Correlation-Id") for m in results.messages
+    }
+    assert headers == {"t-corr": "trace-42", "t-own": "t-own"}

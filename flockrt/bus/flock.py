@@ -144,6 +144,7 @@ class NatsFlock(LocalFlock):
         self._consumers: dict[str, TaskConsumer] = {}
         self._service: BusService | None = None
         self._served: set[str] = set()  # capabilities this process serves as service endpoints
+        self._correlations: dict[str, str] = {}  # task id -> the Correlation-Id it came with
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._results_subscription: Subscription | None = None
         self.on_result(self._publish_result)
@@ -616,6 +617,9 @@ class NatsFlock(LocalFlock):
                 error = TaskResult(task_id="", processed_by="", status="error", error="invalid task message")
                 await self._publish(message.reply, error)
             return
+        correlation = message.headers.get(CORRELATION_HEADER)
+        if correlation and correlation != task.id:
+            self._correlations[task.id] = correlation
         try:
             result = self.start_task(task)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
@@ -703,7 +707,10 @@ class NatsFlock(LocalFlock):
     # ------------------------------------------------------------------ plumbing
 
     def _publish_result(self, result: TaskResult) -> None:
-        self._later(lambda: self._publish(subjects.TASK_RESULT, result))
+        # The correlation id travels on: the one the task came with, else the task id.
+        correlation = self._correlations.pop(result.task_id, None) or result.task_id
+        headers = {CORRELATION_HEADER: correlation} if correlation else None
+        self._later(lambda: self._publish(subjects.TASK_RESULT, result, headers))
 
     async def _publish(self, subject: str, payload: Any, headers: dict[str, str] | Any = None) -> None:
         msgpack = bool(headers) and headers.get("Content-Type") == MSGPACK
