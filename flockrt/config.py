@@ -81,6 +81,9 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     buffer_limit: int = 10000
     """Publishes kept while NATS is unreachable."""
     durable: bool = False
+    persist_directory: bool = False
+    """Keep the agent directory in a JetStream key-value bucket, so a new process sees the
+    flock at once."""
     """Tasks go through a JetStream work-queue stream (acked after success, redelivered,
     dead-lettered on tasks.dead); every process of the flock must agree."""
 

@@ -84,7 +84,12 @@ class Flock:
             await self.bus.start()
             heartbeat = nats.heartbeat_interval / 1000
             nats_flock = NatsFlock(
-                self.system, self.bus, node=runtime.name, heartbeat_interval=heartbeat, durable=nats.durable
+                self.system,
+                self.bus,
+                node=runtime.name,
+                heartbeat_interval=heartbeat,
+                durable=nats.durable,
+                persist_directory=nats.persist_directory,
             )
             self.flock = nats_flock
             await nats_flock.start()

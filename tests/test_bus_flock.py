@@ -480,3 +480,36 @@ async def test_correlation_ids_travel_from_task_to_result(
         json.loads(m.data)["taskId"]: (m.headers or {}).get("Correlation-Id") for m in results.messages
     }
     assert headers == {"t-corr": "trace-42", "t-own": "t-own"}
+
+
+async def test_a_persisted_directory_lets_a_new_process_see_the_flock_at_once(
+    nats_server: EmbeddedNats,
+) -> None:
+    async def persistent(name: str) -> Node:
+        node = Node(nats_server.url, name)  # heartbeats every 60 s: none arrive during the test
+        await node.system.__aenter__()
+        await node.bus.start()
+        node.flock = NatsFlock(
+            node.system, node.bus, node=name, heartbeat_interval=60, persist_directory=True
+        )
+        await node.flock.start()
+        return node
+
+    first = await persistent("node-a")
+    try:
+        await first.agents("a-1", "a-2")
+        late = await persistent("node-late")
+        try:
+            assert sorted(agent.id for agent in late.flock.list_agents()) == ["a-1", "a-2"]
+            assert late.flock.get_agent("a-1").node == "node-a"  # type: ignore[union-attr]
+        finally:
+            await late.__aexit__(None, None, None)
+        await first.flock._members["a-2"].card.ref.stop()
+        await first.settled()
+        later = await persistent("node-later")
+        try:
+            assert [agent.id for agent in later.flock.list_agents()] == ["a-1"]  # the stopped one is gone
+        finally:
+            await later.__aexit__(None, None, None)
+    finally:
+        await first.__aexit__(None, None, None)

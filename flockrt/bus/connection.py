@@ -45,6 +45,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.kv import KeyValue
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service as MicroService
 
@@ -186,6 +187,7 @@ class NatsConnection:
         self._buffer: deque[_Outgoing] = deque()
         self._subscriptions: set[Subscription] = set()
         self._services: set[BusService] = set()
+        self._buckets: dict[str, tuple[Client, KeyValue]] = {}
         self._reconnector: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._state_changed = asyncio.Event()
@@ -454,6 +456,71 @@ class NatsConnection:
         elif self._state is BusState.CLOSED:
             raise BusUnavailable(f"cannot consume from {stream!r}: the NATS connection is closed")
         return consumer
+
+    # ------------------------------------------------------------------ key-value
+
+    async def kv_put(self, bucket: str, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` in the JetStream key-value ``bucket`` (created on first
+        use, keeping one revision; with ``ttl`` an entry not written again within ``ttl``
+        seconds disappears).
+
+        Raises:
+            BusUnavailable: NATS is unreachable (a key-value write is never buffered).
+            JetStreamError: JetStream refused the bucket or the key.
+        """
+        kv = await self._bucket(bucket, ttl)
+        try:
+            await kv.put(key, value)
+        except nats.js.errors.APIError as exc:
+            raise _js_error(f"key {key!r} of bucket {bucket}", exc) from None
+        except (nats.errors.Error, ValueError) as exc:
+            raise JetStreamError(f"cannot write key {key!r} of bucket {bucket}: {exc!r}") from None
+
+    async def kv_delete(self, bucket: str, key: str, *, ttl: float | None = None) -> None:
+        """Remove ``key`` from ``bucket`` (no error when it is not there)."""
+        kv = await self._bucket(bucket, ttl)
+        try:
+            await kv.delete(key)
+        except nats.js.errors.APIError as exc:
+            raise _js_error(f"key {key!r} of bucket {bucket}", exc) from None
+        except (nats.errors.Error, ValueError) as exc:
+            raise JetStreamError(f"cannot delete key {key!r} of bucket {bucket}: {exc!r}") from None
+
+    async def kv_items(self, bucket: str, *, ttl: float | None = None) -> dict[str, bytes]:
+        """Every live entry of ``bucket``."""
+        kv = await self._bucket(bucket, ttl)
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        items: dict[str, bytes] = {}
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:  # deleted or expired meanwhile
+                continue
+            if entry.value is not None:
+                items[key] = entry.value
+        return items
+
+    async def _bucket(self, bucket: str, ttl: float | None) -> KeyValue:
+        nc = self._nc
+        cached = self._buckets.get(bucket)
+        if cached is not None and cached[0] is nc:
+            return cached[1]
+        js = self._jetstream(f"key-value bucket {bucket}", 5.0)
+        try:
+            try:
+                kv = await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                kv = await js.create_key_value(bucket=bucket, ttl=ttl, history=1, storage=StorageType.FILE)
+        except nats.js.errors.APIError as exc:
+            raise _js_error(f"key-value bucket {bucket}", exc) from None
+        except nats.errors.TimeoutError:
+            raise BusTimeout(f"$JS.API (bucket {bucket})", 5.0) from None
+        assert nc is not None
+        self._buckets[bucket] = (nc, kv)
+        return kv
 
     def _jetstream(self, what: str, timeout: float) -> JetStreamContext:
         nc = self._nc

@@ -62,6 +62,7 @@ from flockrt.errors import (
     BusTimeout,
     BusUnavailable,
     FlockError,
+    JetStreamError,
     NoCapableAgent,
     NoResponders,
     UnknownAgent,
@@ -76,6 +77,7 @@ log = logging.getLogger("flockrt.flock")
 
 CORRELATION_HEADER = "Correlation-Id"
 
+_KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")  # what a key-value key may contain
 _SUBJECT = re.compile(r"^[^\s*>]+$")  # a publishable subject: no whitespace, no wildcards
 
 T = TypeVar("T")
@@ -98,6 +100,9 @@ class NatsFlock(LocalFlock):
             configured DurableTasks): acked after success, redelivered with backoff after a
             failure or crash, dead-lettered after max deliveries. Every process of a flock must
             agree on this.
+        persist_directory: Keep this process's agents in the JetStream key-value bucket
+            FLOCK_AGENTS (entries expire after three missed heartbeats), and load it at start,
+            so a new process sees the flock at once instead of after the next heartbeats.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class NatsFlock(LocalFlock):
         batch_window: float = 0.005,
         batch_max: int = 100,
         durable: DurableTasks | bool = False,
+        persist_directory: bool = False,
     ) -> None:
         super().__init__(
             system,
@@ -145,6 +151,8 @@ class NatsFlock(LocalFlock):
         self._service: BusService | None = None
         self._served: set[str] = set()  # capabilities this process serves as service endpoints
         self._correlations: dict[str, str] = {}  # task id -> the Correlation-Id it came with
+        self.persist_directory = persist_directory
+        self._announcements: dict[str, AgentAnnouncement] = {}  # local agents, for the bucket
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._results_subscription: Subscription | None = None
         self.on_result(self._publish_result)
@@ -167,6 +175,8 @@ class NatsFlock(LocalFlock):
             description="flockrt agents; one endpoint per capability they offer",
             metadata={"node": self.node},
         )
+        if self.persist_directory:
+            await self._load_directory()
         if self.durable is not None:
             try:
                 await self.durable.setup()
@@ -234,6 +244,9 @@ class NatsFlock(LocalFlock):
     def agent_heartbeat(self, heartbeat: Heartbeat) -> None:
         super().agent_heartbeat(heartbeat)
         self._later(lambda: self._publish(subjects.heartbeat(heartbeat.agent_id), heartbeat))
+        announcement = self._announcements.get(heartbeat.agent_id)
+        if announcement is not None and self.persist_directory:
+            self._later(lambda: self._persist(announcement))  # keeps its entry from expiring
 
     def agent_stopped(self, agent_id: str) -> None:
         super().agent_stopped(agent_id)
@@ -255,6 +268,54 @@ class NatsFlock(LocalFlock):
             else:
                 await self._serve(("task", task_type), subjects.tasks(task_type), self._on_task)
         await self._publish(subjects.ANNOUNCE, announcement)
+        self._announcements[agent_id] = announcement
+        if self.persist_directory:
+            await self._persist(announcement)
+
+    # ------------------------------------------------------------------ persisted directory
+
+    DIRECTORY_BUCKET = "FLOCK_AGENTS"
+
+    @property
+    def _directory_ttl(self) -> float:
+        return max(3 * self.heartbeat_interval, 1.0)
+
+    async def _persist(self, announcement: AgentAnnouncement) -> None:
+        if not _KV_KEY.match(announcement.id):
+            log.debug("agent id %r cannot be a key-value key; not persisted", announcement.id)
+            return
+        try:
+            await self.bus.kv_put(
+                self.DIRECTORY_BUCKET,
+                announcement.id,
+                self.codec.encode(announcement),
+                ttl=self._directory_ttl,
+            )
+        except (BusUnavailable, BusTimeout, JetStreamError) as exc:  # best effort: heartbeats still work
+            log.debug("directory entry for %s not persisted: %s", announcement.id, exc)
+
+    async def _forget_persisted(self, agent_id: str) -> None:
+        if self.persist_directory and _KV_KEY.match(agent_id):
+            try:
+                await self.bus.kv_delete(self.DIRECTORY_BUCKET, agent_id, ttl=self._directory_ttl)
+            except (BusUnavailable, BusTimeout, JetStreamError) as exc:
+                log.debug("directory entry for %s not removed: %s", agent_id, exc)
+
+    async def _load_directory(self) -> None:
+        try:
+            entries = await self.bus.kv_items(self.DIRECTORY_BUCKET, ttl=self._directory_ttl)
+        except (BusUnavailable, BusTimeout, JetStreamError) as exc:
+            log.warning("persisted directory not loaded (%s); it fills from heartbeats instead", exc)
+            return
+        loaded = 0
+        for key, data in entries.items():
+            announcement = self._decode(
+                Message(f"$KV.{self.DIRECTORY_BUCKET}.{key}", data, {}, ""), AgentAnnouncement
+            )
+            if announcement is not None and not self.is_local(announcement.id):
+                self.directory.on_announcement(announcement)
+                loaded += 1
+        log.info("loaded %d agents from the persisted directory", loaded)
 
     async def _serve_capability(self, capability: str) -> None:
         """Answer capability.<name> in its queue group, as an endpoint of the process's service."""
@@ -306,6 +367,8 @@ class NatsFlock(LocalFlock):
         if not self.is_local(agent_id):
             for subscription in self._agent_subscriptions.pop(agent_id, []):
                 await subscription.unsubscribe()
+            self._announcements.pop(agent_id, None)
+            await self._forget_persisted(agent_id)
         for skill, subscription in list(self._skill_subscriptions.items()):
             if not self.has_skill(*skill):  # its last local agent is gone: let others take it
                 del self._skill_subscriptions[skill]
