@@ -118,3 +118,48 @@ def failure_logging(enabled: bool, loggers: tuple[str, ...] = ("flockrt", "bench
                 logger.removeHandler(handler)
                 logger.setLevel(level)
                 logger.propagate = propagate
+
+
+# ---------------------------------------------------------------------- NATS bus workloads
+
+TASK_TYPE = "general"
+CAPABILITY = "text-analysis"
+TEXT = "a flock of agents shares one nats server on loopback"
+"""Every task's data and every capability request's parameters: ``{"text": TEXT}``."""
+
+
+class Flight:
+    """The producer's side of a fan-out run: when each task left and when its result came back.
+
+    At most ``window`` tasks are in flight: the producer awaits :meth:`room` before it submits
+    more, so that per-task latency measures the system at full load rather than the length of
+    a queue of every task of the run. :attr:`done` resolves when the ``n``-th result arrives.
+    """
+
+    def __init__(self, n: int, window: int) -> None:
+        self.n = n
+        self.window = window
+        self.sent: dict[str, float] = {}
+        self.received: dict[str, float] = {}
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room = asyncio.Event()
+
+    async def room(self, needed: int = 1) -> None:
+        """Wait until ``needed`` more tasks fit in the window."""
+        while len(self.sent) + needed - len(self.received) > self.window:
+            self._room.clear()
+            await self._room.wait()
+
+    def arrived(self, task_id: str) -> None:
+        """A result for ``task_id`` reached the producer."""
+        self.received[task_id] = time.perf_counter()
+        self._room.set()
+        if len(self.received) == self.n and not self.done.done():
+            self.done.set_result(None)
+
+    def outcome(self) -> dict[str, Any]:
+        """Tasks/s from the first submit to the last result, and every task's latency in seconds."""
+        assert len(self.received) == self.n == len(self.sent), (len(self.sent), len(self.received))
+        first, last = min(self.sent.values()), max(self.received.values())
+        latencies = [self.received[task_id] - at for task_id, at in self.sent.items()]
+        return {"rate": self.n / (last - first), "latencies": latencies}

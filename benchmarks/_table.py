@@ -37,7 +37,7 @@ def fmt(value: float | None, unit: str) -> str:
         if value >= 1e6:
             return f"{value / 1e6:.2f}M"
         return f"{value / 1e3:.1f}k" if value >= 1e3 else f"{value:.0f}"
-    if unit in ("us", "s"):
+    if unit in ("us", "ms", "s"):
         return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
     return f"{value:,.0f}"
 
@@ -46,9 +46,13 @@ HEADER = ("workload", "unit", "flockrt", "bare asyncio", "pykka", "flockrt/bare"
 RIGHT = {2, 3, 4, 5}
 
 
-def render(rows: list[Row]) -> str:
-    """A Markdown table, padded so that it also reads well in a terminal."""
-    cells = [HEADER]
+def render(rows: list[Row], *, bare: str = "bare asyncio", pykka: bool = True) -> str:
+    """A Markdown table, padded so that it also reads well in a terminal.
+
+    ``bare`` titles the baseline column; ``pykka=False`` leaves the Pykka column out (for suites
+    without that peer, like the NATS bus suite).
+    """
+    cells = [(*HEADER[:3], bare, *HEADER[4:])]
     for row in rows:
         ratio = row.ratio
         cells.append(
@@ -64,14 +68,18 @@ def render(rows: list[Row]) -> str:
                 row.note,
             )
         )
-    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER))]
+    right = RIGHT
+    if not pykka:
+        cells = [(*line[:4], *line[5:]) for line in cells]
+        right = {2, 3, 4}
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
 
     def line(values: tuple[str, ...]) -> str:
         padded = (
-            v.rjust(w) if i in RIGHT else v.ljust(w)
+            v.rjust(w) if i in right else v.ljust(w)
             for i, (v, w) in enumerate(zip(values, widths, strict=True))
         )
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join("-" * (w + 1) + (":" if i in RIGHT else "-") for i, w in enumerate(widths)) + "|"
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i in right else "-") for i, w in enumerate(widths)) + "|"
     return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])

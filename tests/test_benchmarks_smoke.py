@@ -22,3 +22,18 @@ def test_quick_kernel_benchmark_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "| 1 tell, 1 actor" in result.stdout
     assert json.loads(out.read_text())
+
+
+def test_quick_bus_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "bus.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bus", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| 1 fan-out " in result.stdout
+    assert "| 3 capability, 100 requesters" in result.stdout
+    assert json.loads(out.read_text())["rows"]

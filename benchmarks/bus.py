@@ -1,0 +1,230 @@
+"""The NATS bus benchmark suite: flockrt's NatsFlock against bare nats-py, in one run.
+
+    python -m benchmarks.bus [--loop asyncio|uvloop] [--quick] [--json PATH]
+
+It starts its own nats-server (EmbeddedNats: loopback, free port, temporary store) and runs
+each workload twice, with the same function names, in ``_bus_flockrt`` (NatsFlock nodes, public
+API) and ``_bus_bare`` (plain nats-py connections and queue-group subscriptions), all in this
+process. Rates are the best of ``reps`` runs, each on a fresh event loop with fresh
+connections; latencies pool the samples of all runs. Progress goes to stderr, the table to
+stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _bus_bare, _bus_flockrt, _harness
+from benchmarks._table import Row, render
+from benchmarks.kernel import Suite, describe, say
+from flockrt.bus.embedded import EmbeddedNats, find_nats_server
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    tasks: int
+    window: int
+    batch: int
+    agents: int
+    nodes: int
+    requests: int
+    requesters: int
+    requests_per_requester: int
+    reps: int
+
+
+FULL = Sizes(
+    tasks=20_000,
+    window=1_000,
+    batch=100,
+    agents=100,
+    nodes=2,
+    requests=5_000,
+    requesters=100,
+    requests_per_requester=100,
+    reps=3,
+)
+QUICK = Sizes(
+    tasks=2_000,
+    window=1_000,
+    batch=100,
+    agents=100,
+    nodes=2,
+    requests=500,
+    requesters=100,
+    requests_per_requester=10,
+    reps=1,
+)
+
+
+@contextlib.contextmanager
+def embedded_nats() -> Iterator[str]:
+    """A nats-server for the whole run; yields its URL.
+
+    Its supervising event loop runs in a thread of its own, so that the server outlives the
+    fresh event loop of every measured run (asyncio kills a child process whose loop closes).
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="nats-server", daemon=True)
+    thread.start()
+    server = EmbeddedNats()
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=60)
+        yield server.url
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def nats_server_version() -> str:
+    try:
+        out = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+    return out.stdout.strip() or out.stderr.strip()
+
+
+def percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 of latencies in seconds, in milliseconds."""
+    cuts = statistics.quantiles(samples, n=100)
+    return cuts[49] * 1e3, cuts[98] * 1e3
+
+
+class BusSuite(Suite):
+    """The kernel suite's runner (``repeat``, ``on_loop``) with the bus workloads."""
+
+    def __init__(self, loop: str, sizes: Sizes, url: str) -> None:
+        super().__init__(loop, sizes)  # type: ignore[arg-type]  # only .reps is read
+        self.bus_sizes = sizes
+        self.url = url
+        self.bare_rate: float | None = None
+        some_id = "0" * 32  # as long as a uuid4().hex
+        task_bytes = {len(side.task_payload(some_id)) for side in (_bus_flockrt, _bus_bare)}
+        request_bytes = {len(side.request_payload(some_id)) for side in (_bus_flockrt, _bus_bare)}
+        assert len(task_bytes) == len(request_bytes) == 1, "both sides must send the same payloads"
+        self.task_bytes, self.request_bytes = task_bytes.pop(), request_bytes.pop()
+        self.topology = f"{sizes.agents} agents on {sizes.nodes} worker nodes + 1 producer node"
+
+    def fanout(self) -> list[Row]:
+        """task fan-out: submit -> agents -> task.result, one task per message"""
+        s = self.bus_sizes
+        args = (self.url, s.tasks, s.agents, s.nodes, s.window)
+        runs = {
+            "flockrt": self.on_loop("flockrt", _bus_flockrt.fanout, *args),
+            "bare": self.on_loop("bare nats-py", _bus_bare.fanout, *args),
+        }
+        rate = {impl: max(run["rate"] for run in results) for impl, results in runs.items()}
+        latency = {
+            impl: percentiles_ms([x for run in results for x in run["latencies"]])
+            for impl, results in runs.items()
+        }
+        self.bare_rate = rate["bare"]
+        ratio = rate["flockrt"] / rate["bare"]
+        note = f"N={s.tasks:,} tasks of {self.task_bytes} B JSON; {self.topology}"
+        in_flight = f"submit -> its TaskResult at the producer; <= {s.window:,} in flight"
+        return [
+            Row(
+                "1 fan-out",
+                "task/s",
+                rate["flockrt"],
+                rate["bare"],
+                None,
+                ">= 0.70x bare",
+                ratio >= 0.7,
+                note,
+            ),
+            Row(
+                "1 fan-out latency p50", "ms", latency["flockrt"][0], latency["bare"][0], None, note=in_flight
+            ),
+            Row(
+                "1 fan-out latency p99", "ms", latency["flockrt"][1], latency["bare"][1], None, note=in_flight
+            ),
+        ]
+
+    def batched(self) -> list[Row]:
+        """batched fan-out: submit_many on batch.messages"""
+        s = self.bus_sizes
+        args = (self.url, s.tasks, s.agents, s.nodes, s.window, s.batch)
+        runs = self.on_loop("flockrt", _bus_flockrt.batched_fanout, *args)
+        rate = max(run["rate"] for run in runs)
+        p50, p99 = percentiles_ms([x for run in runs for x in run["latencies"]])
+        bare = self.bare_rate
+        met = bare is not None and rate >= 3 * bare
+        note = f"submit_many({s.batch}) per call, batch_max {s.batch}; bare: unbatched rate of row 1"
+        in_flight = f"submit_many -> each TaskResult; <= {s.window:,} in flight"
+        return [
+            Row("2 batched fan-out", "task/s", rate, bare, None, ">= 3x bare", met, note),
+            Row("2 batched latency p50", "ms", p50, None, None, note=in_flight),
+            Row("2 batched latency p99", "ms", p99, None, None, note=in_flight),
+        ]
+
+    def capability(self) -> list[Row]:
+        """capability requests across NATS, sequential and concurrent"""
+        s = self.bus_sizes
+        rows = []
+        for requesters, each, name in (
+            (1, s.requests, "3 capability, 1 requester"),
+            (s.requesters, s.requests_per_requester, f"3 capability, {s.requesters} requesters"),
+        ):
+            args = (self.url, requesters, each, s.agents, s.nodes)
+            flockrt = max(
+                self.on_loop(f"flockrt, {requesters} requester(s)", _bus_flockrt.request_rate, *args)
+            )
+            bare = max(
+                self.on_loop(f"bare nats-py, {requesters} requester(s)", _bus_bare.request_rate, *args)
+            )
+            note = f"{requesters} x {each:,} requests of {self.request_bytes} B; producer node has no agent"
+            rows.append(Row(name, "req/s", flockrt, bare, None, note=note))
+        return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bus", description=__doc__.split("\n")[0])
+    parser.add_argument("--loop", choices=_harness.LOOPS, default="asyncio", help="default: asyncio")
+    parser.add_argument("--quick", action="store_true", help="small N, one run each: a smoke run")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+
+    sizes = QUICK if args.quick else FULL
+    info = {**describe(args.loop, args.quick), "nats_server": nats_server_version()}
+    rows: list[Row] = []
+    with embedded_nats() as url:
+        say(f"{info['nats_server']} at {url}")
+        suite = BusSuite(args.loop, sizes, url)
+        workloads = [suite.fanout, suite.batched, suite.capability]
+        for number, workload in enumerate(workloads, 1):
+            say(f"[{number}/{len(workloads)}] {workload.__doc__}")
+            rows += workload()
+
+    print(
+        f"flockrt NATS bus benchmarks, {info['date']}: loop={args.loop}, {info['implementation']} "
+        f"{info['python']}, {info['cpus']} CPUs, {info['nats_server']}{', --quick' if args.quick else ''}"
+    )
+    print(render(rows, bare="bare nats-py", pykka=False))
+    if args.json is not None:
+        document: dict[str, Any] = {
+            **info,
+            "sizes": dataclasses.asdict(sizes),
+            "payload_bytes": {"task": suite.task_bytes, "capability_request": suite.request_bytes},
+            "rows": [row.as_json() for row in rows],
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        say(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
