@@ -266,3 +266,33 @@ async def test_cancelled_start_leaves_no_server_behind(monkeypatch: pytest.Monke
 def test_bad_port_is_refused() -> None:
     with pytest.raises(ValueError, match=r"0\.\.65535"):
         EmbeddedNats(port=70000)
+
+
+async def test_the_server_dies_with_a_killed_owner() -> None:
+    owner = (
+        "import asyncio\n"
+        "from flockrt.bus.embedded import EmbeddedNats\n"
+        "async def main():\n"
+        "    server = EmbeddedNats()\n"
+        "    await server.start()\n"
+        "    print(server.pid, flush=True)\n"
+        "    await asyncio.Event().wait()\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", owner, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        server_pid = int(await proc.stdout.readline())
+    proc.kill()  # SIGKILL: no chance to stop the server itself
+    await proc.wait()
+
+    def gone() -> bool:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return True
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(server_pid, os.WNOHANG)  # reaped by init, normally; never by us
+        return False
+
+    await wait_for(gone, timeout=10)

