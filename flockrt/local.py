@@ -46,6 +46,7 @@ _Skill = tuple[str, str]  # ("capability" | "task", name)
 @dataclass(eq=False, slots=True)
 class _Member:
     card: AgentCard
+    skills: tuple[_Skill, ...] = ()
     running: int = 0
     done: int = 0
 
@@ -86,6 +87,9 @@ class LocalFlock(AgentPort):
         self.directory = directory if directory is not None else Directory(heartbeat_interval)
         self._members: dict[str, _Member] = {}
         self._skills: dict[_Skill, set[str]] = {}
+        # Agents with a free slot, per skill: dispatch looks only at these, so a busy flock
+        # learns "nobody is free" at once instead of scanning every agent per task.
+        self._free: dict[_Skill, set[str]] = {}
         self._queues: dict[_Skill, list[tuple[int, int, Work]]] = {}
         self._order = itertools.count()
         self._result_listeners: list[Callable[[TaskResult], None]] = []
@@ -94,10 +98,13 @@ class LocalFlock(AgentPort):
     # ------------------------------------------------------------------ AgentPort
 
     def agent_started(self, card: AgentCard) -> None:
-        self._members[card.id] = _Member(card)
-        skills = [("capability", c) for c in card.capabilities] + [("task", t) for t in card.task_types]
+        skills = tuple(("capability", c) for c in card.capabilities) + tuple(
+            ("task", t) for t in card.task_types
+        )
+        self._members[card.id] = _Member(card, skills)
         for skill in skills:
             self._skills.setdefault(skill, set()).add(card.id)
+            self._free.setdefault(skill, set()).add(card.id)
         self.directory.on_announcement(
             AgentAnnouncement(
                 id=card.id,
@@ -117,8 +124,9 @@ class LocalFlock(AgentPort):
         member = self._members.pop(agent_id, None)
         if member is None:
             return
-        for ids in self._skills.values():
-            ids.discard(agent_id)
+        for skill in member.skills:
+            self._skills[skill].discard(agent_id)
+            self._free[skill].discard(agent_id)
         self.directory.mark_offline(agent_id)
 
     def work_done(self, agent_id: str) -> None:
@@ -127,11 +135,10 @@ class LocalFlock(AgentPort):
             return
         member.running = max(member.running - 1, 0)
         member.done += 1
-        card = member.card
-        for capability in card.capabilities:
-            self._pump(("capability", capability))
-        for task_type in card.task_types:
-            self._pump(("task", task_type))
+        for skill in member.skills:
+            self._free[skill].add(agent_id)
+        for skill in member.skills:
+            self._pump(skill)
 
     # ------------------------------------------------------------------ producers
 
@@ -292,15 +299,18 @@ class LocalFlock(AgentPort):
             heapq.heappop(queue)
             work.agent_id = member.card.id
             member.running += 1
+            if not member.free:
+                for member_skill in member.skills:
+                    self._free[member_skill].discard(member.card.id)
 
     def _free_member(self, skill: _Skill) -> _Member | None:
         """The least loaded agent with a free slot; ties go to the one that did least so far,
         then to the smallest id, so the choice is fair and deterministic."""
         best: _Member | None = None
         best_key: tuple[float, int, str] | None = None
-        for agent_id in self._skills.get(skill, ()):
+        for agent_id in self._free.get(skill, ()):
             member = self._members[agent_id]
-            if not member.free or not member.card.ref.is_alive:
+            if not member.card.ref.is_alive:
                 continue
             key = (member.load, member.done, agent_id)
             if best_key is None or key < best_key:

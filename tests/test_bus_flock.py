@@ -513,3 +513,13 @@ async def test_a_persisted_directory_lets_a_new_process_see_the_flock_at_once(
             await later.__aexit__(None, None, None)
     finally:
         await first.__aexit__(None, None, None)
+
+
+async def test_only_nodes_that_run_tasks_take_batches(nats_server: EmbeddedNats) -> None:
+    async with Node(nats_server.url, "producer") as producer:
+        assert producer.flock._batch_subscription is None  # no agents: leave batches to others
+        await producer.agents("p-1")
+        assert producer.flock._batch_subscription is not None
+        await producer.flock._members["p-1"].card.ref.stop()
+        await producer.settled()
+        assert producer.flock._batch_subscription is None

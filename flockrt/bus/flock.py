@@ -151,6 +151,9 @@ class NatsFlock(LocalFlock):
         self._service: BusService | None = None
         self._served: set[str] = set()  # capabilities this process serves as service endpoints
         self._correlations: dict[str, str] = {}  # task id -> the Correlation-Id it came with
+        # Joined only while local agents handle tasks: a producer-only node taking batches
+        # would just republish their tasks one by one.
+        self._batch_subscription: Subscription | None = None
         self.persist_directory = persist_directory
         self._announcements: dict[str, AgentAnnouncement] = {}  # local agents, for the bucket
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
@@ -166,7 +169,6 @@ class NatsFlock(LocalFlock):
             await self.bus.subscribe(subjects.ANNOUNCE, self._on_announce),
             await self.bus.subscribe("agent.*.heartbeat", self._on_heartbeat),
             await self.bus.subscribe(subjects.BROADCAST, self._on_broadcast),
-            await self.bus.subscribe(subjects.BATCH, self._on_batch, queue=subjects.BATCH),
         ]
         # The NATS service API: `nats micro ls/info/stats` list this process's capabilities.
         self._service = await self.bus.add_service(
@@ -211,6 +213,9 @@ class NatsFlock(LocalFlock):
         subscriptions = self._subscriptions + list(self._skill_subscriptions.values())
         if self._results_subscription is not None:
             subscriptions.append(self._results_subscription)
+        if self._batch_subscription is not None:
+            subscriptions.append(self._batch_subscription)
+            self._batch_subscription = None
         subscriptions += [s for subs in self._agent_subscriptions.values() for s in subs]
         for subscription in subscriptions:
             await subscription.unsubscribe()
@@ -262,6 +267,10 @@ class NatsFlock(LocalFlock):
             ]
         for capability in card.capabilities:
             await self._serve_capability(capability)
+        if card.task_types and self._batch_subscription is None:
+            self._batch_subscription = await self.bus.subscribe(
+                subjects.BATCH, self._on_batch, queue=subjects.BATCH
+            )
         for task_type in card.task_types:
             if self.durable is not None:
                 await self._consume_durably(task_type)
@@ -350,6 +359,9 @@ class NatsFlock(LocalFlock):
             return await asyncio.wait_for(result, task.timeout / 1000)
         return await result
 
+    def _handles_tasks(self) -> bool:
+        return any(kind == "task" and ids for (kind, _), ids in self._skills.items())
+
     def _capacity(self, skill: tuple[str, str]) -> int:
         return sum(
             member.card.max_concurrent_tasks
@@ -377,6 +389,9 @@ class NatsFlock(LocalFlock):
             if not self.has_skill("capability", capability) and self._service is not None:
                 self._served.discard(capability)
                 await self._service.remove_endpoint(_endpoint_name(capability))
+        if self._batch_subscription is not None and not self._handles_tasks():
+            subscription, self._batch_subscription = self._batch_subscription, None
+            await subscription.unsubscribe()
         for task_type, consumer in list(self._consumers.items()):
             if not self.has_skill("task", task_type):
                 del self._consumers[task_type]
