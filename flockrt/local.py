@@ -175,9 +175,25 @@ class LocalFlock(AgentPort):
             NoCapableAgent: no agent of this process handles ``task_type``.
             WorkTimeout: ``wait`` and no result within ``timeout`` seconds.
         """
+        task = self.new_task(
+            task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
+        )
+        return await self.run_task(task, wait=wait, timeout=timeout)
+
+    def new_task(
+        self,
+        task_type: str,
+        data: Any = None,
+        *,
+        priority: Priority = "medium",
+        task_id: str | None = None,
+        timeout: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> TaskMessage:
+        """A TaskMessage from this node (a fresh id unless given; ``timeout`` in seconds)."""
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of high, medium, low, got {priority!r}")
-        task = TaskMessage(
+        return TaskMessage(
             id=task_id or uuid.uuid4().hex,
             type=task_type,
             data=data,
@@ -186,7 +202,6 @@ class LocalFlock(AgentPort):
             timeout=int(timeout * 1000) if timeout is not None else None,
             metadata=metadata,
         )
-        return await self.run_task(task, wait=wait, timeout=timeout)
 
     async def run_task(
         self, task: TaskMessage, *, wait: bool = False, timeout: float | None = None

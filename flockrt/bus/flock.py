@@ -423,14 +423,8 @@ class NatsFlock(LocalFlock):
             NoCapableAgent: nobody handles ``task_type`` (no responders, none local).
             WorkTimeout: ``wait`` and no result within ``timeout`` seconds (default 30).
         """
-        task = TaskMessage(
-            id=task_id or uuid.uuid4().hex,
-            type=task_type,
-            data=data,
-            priority=priority,
-            requester=self.node,
-            timeout=int(timeout * 1000) if timeout is not None else None,
-            metadata=metadata,
+        task = self.new_task(
+            task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
         )
         subject = subjects.tasks(task_type)
         headers = {CORRELATION_HEADER: task.id}
@@ -502,17 +496,7 @@ class NatsFlock(LocalFlock):
         task is still handled once. Returns the task ids, in order.
         """
         subject = subjects.tasks(task_type)
-        tasks = [
-            TaskMessage(
-                id=uuid.uuid4().hex,
-                type=task_type,
-                data=item,
-                priority=priority,
-                requester=self.node,
-                metadata=metadata,
-            )
-            for item in items
-        ]
+        tasks = [self.new_task(task_type, item, priority=priority, metadata=metadata) for item in items]
         if self.durable is not None:  # each task is stored on its own (dedup by id)
             for task in tasks:
                 await self.durable.submit(task, headers={CORRELATION_HEADER: task.id})
