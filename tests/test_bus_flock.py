@@ -523,3 +523,23 @@ async def test_only_nodes_that_run_tasks_take_batches(nats_server: EmbeddedNats)
         await producer.flock._members["p-1"].card.ref.stop()
         await producer.settled()
         assert producer.flock._batch_subscription is None
+
+
+async def test_nats_down_during_a_run_then_recovery(nats_server: EmbeddedNats) -> None:
+    async with Node(nats_server.url, "node-a") as node:
+        await node.agents("general-1")
+        await nats_server.kill()
+        await wait_for(lambda: not node.bus.connected)
+        # Degraded: local work goes on, the results wait in the publish buffer.
+        result = await node.flock.submit("general", "during the outage", wait=True, timeout=5)
+        assert isinstance(result, TaskResult) and result.status == "ok"
+        await wait_for(lambda: node.bus.stats.buffered >= 1)
+        await nats_server.restart()
+        await node.bus.wait_connected(timeout=10)
+        client = await nats.connect(nats_server.url, allow_reconnect=False)
+        try:
+            reply = await client.request("tasks.general", b'{"id": "after", "type": "general"}', timeout=5)
+            assert json.loads(reply.data)["processedBy"] == "general-1"  # its subscriptions are back
+        finally:
+            await client.close()
+        assert node.bus.stats.flushed >= 1  # what was buffered went out
