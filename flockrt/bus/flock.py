@@ -140,13 +140,9 @@ class NatsFlock(LocalFlock):
         self.batch_max = batch_max
         self._batch: list[BatchItem] = []
         self._batch_timer: asyncio.TimerHandle | None = None
-        self.durable: DurableTasks | None = (
-            DurableTasks(bus, self.codec)
-            if durable is True
-            else durable
-            if isinstance(durable, DurableTasks)
-            else None
-        )
+        if durable is True:
+            durable = DurableTasks(bus, self.codec)
+        self.durable: DurableTasks | None = durable or None
         self._consumers: dict[str, TaskConsumer] = {}
         self._service: BusService | None = None
         self._served: set[str] = set()  # capabilities this process serves as service endpoints
