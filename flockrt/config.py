@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -46,11 +48,15 @@ class ConfigError(FlockError, ValueError):
     """The configuration is invalid; the message names the key and what was expected."""
 
 
+_LOG_LEVELS_LIST = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LOG_LEVELS = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
 class RuntimeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[runtime]``: the process itself."""
 
     name: str = "flock"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_level: _LOG_LEVELS = "INFO"
     loop: Literal["asyncio", "uvloop"] = "asyncio"
     mailbox_capacity: int = 1000
     shutdown_timeout: float = 10.0
@@ -125,11 +131,28 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
         return specs
 
 
-def load_config(path: str | Path) -> FlockConfig:
-    """Read and validate a config file.
+# Environment variables of the AI Flock design that override the file: (section, key, kind).
+# Durations are in milliseconds, as there. The MCP and Claude variables come with those parts.
+ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
+    "NATS_URL": ("nats", "url", str),
+    "HEARTBEAT_INTERVAL": ("nats", "heartbeat_interval", int),
+    "MAX_RETRIES": ("nats", "max_retries", int),
+    "LOG_LEVEL": ("runtime", "log_level", str),
+    "AGENT_ID": ("runtime", "name", str),
+}
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> FlockConfig:
+    """Read and validate a config file, then apply the environment overrides.
+
+    Args:
+        path: The TOML file.
+        env: Where to read NATS_URL, HEARTBEAT_INTERVAL, MAX_RETRIES, LOG_LEVEL and AGENT_ID
+            (default: ``os.environ``). NATS_URL adds a ``[nats]`` section if the file has none.
 
     Raises:
-        ConfigError: unreadable file, bad TOML, or a value of the wrong type or range.
+        ConfigError: unreadable file, bad TOML, or a value of the wrong type or range (a bad
+            variable is named as such).
     """
     path = Path(path)
     try:
@@ -142,7 +165,37 @@ def load_config(path: str | Path) -> FlockConfig:
         raise ConfigError(f"{path}: {_explain(str(exc))}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    config = _apply_env(config, os.environ if env is None else env)
     _check_ranges(config, path)
+    return config
+
+
+def _apply_env(config: FlockConfig, env: Mapping[str, str]) -> FlockConfig:
+    sections: dict[str, dict[str, Any]] = {}
+    for variable, (section, key, kind) in ENV_OVERRIDES.items():
+        raw = env.get(variable, "").strip()
+        if not raw:
+            continue
+        if kind is int:
+            try:
+                value: Any = int(raw)
+            except ValueError:
+                what = "milliseconds" if variable == "HEARTBEAT_INTERVAL" else "a count"
+                raise ConfigError(f"{variable}: expected an integer ({what}), got {raw!r}") from None
+        elif variable == "LOG_LEVEL":
+            value = raw.upper()
+            if value not in _LOG_LEVELS_LIST:
+                raise ConfigError(f"{variable}: expected one of {', '.join(_LOG_LEVELS_LIST)}, got {raw!r}")
+        else:
+            value = raw
+        sections.setdefault(section, {})[key] = value
+    if "runtime" in sections:
+        config = msgspec.structs.replace(
+            config, runtime=msgspec.structs.replace(config.runtime, **sections["runtime"])
+        )
+    if "nats" in sections:
+        nats = config.nats if config.nats is not None else NatsConfig()
+        config = msgspec.structs.replace(config, nats=msgspec.structs.replace(nats, **sections["nats"]))
     return config
 
 

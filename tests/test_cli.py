@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from flockrt.cli import main
-from flockrt.config import ConfigError, load_config
+from flockrt.config import ENV_OVERRIDES, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "flock.toml"
@@ -93,6 +94,8 @@ async def start_flock(config: Path) -> asyncio.subprocess.Process:
         str(config),
         cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,
+        # The config under test decides, not variables the machine happens to have set.
+        env={k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES},
     )
 
 
@@ -181,3 +184,52 @@ async def test_the_shipped_flock_answers_ai_flock_json_on_its_embedded_nats(tmp_
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_environment_variables_override_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[runtime]\nname = "from-file"\n[[agents]]\nid = "e"\nclass = "echo"\n')
+    assert load_config(path, env={}).nats is None
+    env = {
+        "NATS_URL": "nats://10.0.0.5:4222",
+        "HEARTBEAT_INTERVAL": "5000",
+        "MAX_RETRIES": "7",
+        "LOG_LEVEL": "debug",
+        "AGENT_ID": "node-7",
+    }
+    config = load_config(path, env=env)
+    assert config.nats is not None
+    assert (config.nats.url, config.nats.heartbeat_interval, config.nats.max_retries) == (
+        "nats://10.0.0.5:4222",
+        5000,
+        7,
+    )
+    assert (config.runtime.log_level, config.runtime.name) == ("DEBUG", "node-7")
+    shipped = load_config(CONFIG, env={"NATS_URL": "nats://127.0.0.1:4333"})
+    assert shipped.nats is not None and shipped.nats.url == "nats://127.0.0.1:4333"  # replaces "embedded"
+    assert shipped.nats.durable is False  # the rest of the section stays
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"HEARTBEAT_INTERVAL": "30s"}, "HEARTBEAT_INTERVAL: expected an integer (milliseconds), got '30s'"),
+        ({"MAX_RETRIES": "many"}, "MAX_RETRIES: expected an integer (a count), got 'many'"),
+        (
+            {"LOG_LEVEL": "loud"},
+            "LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'loud'",
+        ),
+        ({"NATS_URL": "localhost"}, 'nats.url: expected "embedded" or a nats:// URL'),
+        ({"HEARTBEAT_INTERVAL": "0"}, "nats.heartbeat_interval: expected > 0"),
+    ],
+)
+def test_bad_environment_variables_are_named(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write(tmp_path, ""), env=env)
+
+
+def test_the_cli_reads_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "chatty")
+    assert main(["check", str(write(tmp_path, ""))]) == 2
+    assert "LOG_LEVEL: expected one of" in capsys.readouterr().err
