@@ -11,6 +11,7 @@ work waiting in this process runs first and no agent is given more than it can r
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -20,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flockrt.actors.agent import AgentCard, AgentPort, Work
+from flockrt.actors.agent import Agent, AgentCard, AgentPort, Work
+from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus.directory import AgentInfo, Directory, StatusFilter
 from flockrt.bus.schema import (
@@ -33,6 +35,8 @@ from flockrt.bus.schema import (
     TaskResult,
 )
 from flockrt.errors import MailboxFull, NoCapableAgent, UnknownAgent, WorkFailed, WorkTimeout
+from flockrt.supervisor.spec import ChildSpec, Restart
+from flockrt.supervisor.supervisor import Supervisor
 
 __all__ = ["PRIORITIES", "LocalFlock"]
 
@@ -283,6 +287,31 @@ class LocalFlock(AgentPort):
         """Call ``listener`` with every TaskResult of this process; returns an unsubscribe."""
         self._result_listeners.append(listener)
         return lambda: self._result_listeners.remove(listener)
+
+    async def spawn_pool(
+        self,
+        agent_class: type[Agent],
+        count: int,
+        *,
+        id_prefix: str | None = None,
+        restart: Restart = "permanent",
+        **options: Any,
+    ) -> ActorRef[Any]:
+        """Start ``count`` agents of ``agent_class`` under a new supervisor and return its ref.
+
+        The agents are ``<prefix>-1`` .. ``<prefix>-<count>`` (prefix: the class name in lower
+        case), restarted per ``restart``; ``options`` go to every agent's constructor. The
+        supervisor (one_for_one, named ``<prefix>-pool``) is a top-level actor of the system.
+        """
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count!r}")
+        prefix = id_prefix or agent_class.__name__.lower()
+        factory = functools.partial(agent_class, **options) if options else agent_class
+        specs = [
+            ChildSpec(id=f"{prefix}-{i}", factory=factory, args=(f"{prefix}-{i}",), restart=restart)
+            for i in range(1, count + 1)
+        ]
+        return await self.system.spawn(Supervisor, specs, name=f"{prefix}-pool")
 
     # ------------------------------------------------------------------ dispatching
 

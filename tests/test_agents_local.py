@@ -245,3 +245,16 @@ def test_skills_must_be_async_and_ids_must_be_subject_tokens() -> None:
         Analyst("a", max_concurrent_tasks=0)
     assert Analyst._flockrt_capabilities == {"text-analysis": "analyze"}
     assert Analyst._flockrt_task_types == {"analysis": "on_task"}
+
+
+async def test_spawn_pool_starts_supervised_agents(flock: LocalFlock) -> None:
+    pool = await flock.spawn_pool(Analyst, 3, max_concurrent_tasks=1)
+    assert pool.path == "/analyst-pool"
+    assert [a.id for a in flock.list_agents()] == ["analyst-1", "analyst-2", "analyst-3"]
+    assert all(a.max_concurrent_tasks == 1 for a in flock.list_agents())
+    await flock.send_message("analyst-2", "crash")
+    await wait_for(lambda: flock.system.stats().restarts == 1)
+    assert await flock.request_capability("text-analysis", "still three") == {"words": 2}
+    assert len(flock.list_agents(status="online")) == 3
+    with pytest.raises(ValueError, match="count"):
+        await flock.spawn_pool(Analyst, 0)
