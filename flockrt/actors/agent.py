@@ -44,15 +44,7 @@ def capability(name: str) -> Callable[[F], F]:
     A request's parameters are passed as keyword arguments when they are a JSON object, else
     as the one positional argument; the return value is the answer.
     """
-    check_token("capability", name)
-
-    def mark(method: F) -> F:
-        if not inspect.iscoroutinefunction(method):
-            raise TypeError(f"@capability({name!r}) needs an async def method, got {method!r}")
-        setattr(method, _CAPABILITY, name)
-        return method
-
-    return mark
+    return _skill_marker("capability", name, _CAPABILITY)
 
 
 def handles_task(task_type: str) -> Callable[[F], F]:
@@ -61,12 +53,18 @@ def handles_task(task_type: str) -> Callable[[F], F]:
     The method receives the :class:`~flockrt.bus.schema.TaskMessage`; its return value becomes
     the ``result`` of the TaskResult.
     """
-    check_token("task type", task_type)
+    return _skill_marker("task type", task_type, _TASK_TYPE)
+
+
+def _skill_marker(kind: str, key: str, attribute: str) -> Callable[[F], F]:
+    """The decorator behind capability/handles_task: checks the name, tags the method."""
+    check_token(kind, key)
+    decorator = "capability" if attribute == _CAPABILITY else "handles_task"
 
     def mark(method: F) -> F:
         if not inspect.iscoroutinefunction(method):
-            raise TypeError(f"@handles_task({task_type!r}) needs an async def method, got {method!r}")
-        setattr(method, _TASK_TYPE, task_type)
+            raise TypeError(f"@{decorator}({key!r}) needs an async def method, got {method!r}")
+        setattr(method, attribute, key)
         return method
 
     return mark
