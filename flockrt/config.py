@@ -3,8 +3,8 @@
 Errors name the key path and what was expected, for example
 ``agents[2].restart: expected one of permanent, transient, temporary, got "always"``.
 
-Sections so far: ``[runtime]``, ``[nats]``, ``[supervisor]`` (the root of the tree) and
-``[[agents]]``.
+Sections: ``[runtime]``, ``[nats]``, ``[mcp]`` (with ``[mcp.auth]``), ``[metrics]``,
+``[claude]``, ``[supervisor]`` (the root of the tree) and ``[[agents]]``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ from flockrt.supervisor.spec import ChildSpec, Restart
 
 __all__ = [
     "AgentConfig",
+    "AuthConfig",
+    "ClaudeConfig",
     "ConfigError",
     "FlockConfig",
+    "McpConfig",
+    "MetricsConfig",
     "NatsConfig",
     "RuntimeConfig",
     "SupervisorConfig",
@@ -87,11 +91,70 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     buffer_limit: int = 10000
     """Publishes kept while NATS is unreachable."""
     durable: bool = False
+    """Tasks go through a JetStream work-queue stream (acked after success, redelivered,
+    dead-lettered on tasks.dead); every process of the flock must agree."""
     persist_directory: bool = False
     """Keep the agent directory in a JetStream key-value bucket, so a new process sees the
     flock at once."""
-    """Tasks go through a JetStream work-queue stream (acked after success, redelivered,
-    dead-lettered on tasks.dead); every process of the flock must agree."""
+
+
+class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[mcp.auth]``: who may use the gateway. With neither tokens nor a JWT secret, anyone
+    who can reach the port may (so the gateway refuses to bind beyond loopback, unless
+    ``allow_unauthenticated``)."""
+
+    tokens: list[str] = msgspec.field(default_factory=list)
+    """Static bearer tokens; each grants every right."""
+    jwt_secret: str = ""
+    """HS256 secret of signed bearer tokens carrying agentId, capabilities and exp."""
+    allow_unauthenticated: bool = False
+    """Permit binding beyond loopback with no authentication (a deliberate choice)."""
+
+
+class McpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[mcp]``: the MCP gateway (``/mcp``), which also serves ``/metrics``, ``/healthz`` and
+    ``/readyz``. Without this section (or with MCP_ENABLED=false) there is no gateway."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 4002
+    """0 picks a free port (MCP_PORT)."""
+    timeout: int = 30000
+    """Milliseconds a tool call may wait for the flock by default (MCP_TIMEOUT)."""
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    """Origins a browser may connect from, besides the gateway's own; others get 403."""
+    max_message_bytes: int = 1048576
+    """Largest WebSocket frame or HTTP body accepted."""
+    rate_limit: float = 200.0
+    """Requests per second per connection (token bucket) ..."""
+    rate_burst: int = 400
+    """... with bursts up to this many."""
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+
+
+class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[metrics]``: Prometheus metrics, served at ``/metrics`` on the gateway; without a
+    gateway, on a metrics-only listener at host:port."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+class ClaudeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[claude]``: the Claude agent, started only when an API key is configured."""
+
+    api_key: str = ""
+    """Better left empty here and given as ANTHROPIC_API_KEY."""
+    model: str = "claude-sonnet-4-5"
+    """CLAUDE_MODEL overrides it."""
+    max_tokens: int = 1024
+    base_url: str = ""
+    """Another Messages API endpoint ("" = Anthropic's)."""
+    max_retries: int = 3
+    """Retries (with backoff) of rate-limited or overloaded calls."""
+    timeout: float = 60.0
+    """Seconds one call may take."""
 
 
 class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -113,6 +176,9 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     nats: NatsConfig | None = None
+    mcp: McpConfig | None = None
+    metrics: MetricsConfig | None = None
+    claude: ClaudeConfig = msgspec.field(default_factory=ClaudeConfig)
     agents: list[AgentConfig] = msgspec.field(default_factory=list)
 
     def child_specs(self) -> list[ChildSpec]:
@@ -132,13 +198,25 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
 
 
 # Environment variables of the AI Flock design that override the file: (section, key, kind).
-# Durations are in milliseconds, as there. The MCP and Claude variables come with those parts.
+# Durations are in milliseconds, as there.
 ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "NATS_URL": ("nats", "url", str),
     "HEARTBEAT_INTERVAL": ("nats", "heartbeat_interval", int),
     "MAX_RETRIES": ("nats", "max_retries", int),
     "LOG_LEVEL": ("runtime", "log_level", str),
     "AGENT_ID": ("runtime", "name", str),
+    "MCP_ENABLED": ("mcp", "enabled", bool),
+    "MCP_PORT": ("mcp", "port", int),
+    "MCP_TIMEOUT": ("mcp", "timeout", int),
+    "ANTHROPIC_API_KEY": ("claude", "api_key", str),
+    "CLAUDE_MODEL": ("claude", "model", str),
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "runtime": RuntimeConfig,
+    "nats": NatsConfig,
+    "mcp": McpConfig,
+    "claude": ClaudeConfig,
 }
 
 
@@ -147,8 +225,9 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Flock
 
     Args:
         path: The TOML file.
-        env: Where to read NATS_URL, HEARTBEAT_INTERVAL, MAX_RETRIES, LOG_LEVEL and AGENT_ID
-            (default: ``os.environ``). NATS_URL adds a ``[nats]`` section if the file has none.
+        env: Where to read the variables of :data:`ENV_OVERRIDES` (default: ``os.environ``).
+            A variable for a section the file leaves out adds that section (NATS_URL adds
+            ``[nats]``, MCP_ENABLED=true adds ``[mcp]``); MCP_ENABLED=false removes ``[mcp]``.
 
     Raises:
         ConfigError: unreadable file, bad TOML, or a value of the wrong type or range (a bad
@@ -180,8 +259,14 @@ def _apply_env(config: FlockConfig, env: Mapping[str, str]) -> FlockConfig:
             try:
                 value: Any = int(raw)
             except ValueError:
-                what = "milliseconds" if variable == "HEARTBEAT_INTERVAL" else "a count"
+                what = {"HEARTBEAT_INTERVAL": "milliseconds", "MCP_TIMEOUT": "milliseconds"}.get(
+                    variable, "a count" if variable == "MAX_RETRIES" else "a port"
+                )
                 raise ConfigError(f"{variable}: expected an integer ({what}), got {raw!r}") from None
+        elif kind is bool:
+            if raw.lower() not in (*_TRUE, *_FALSE):
+                raise ConfigError(f"{variable}: expected true or false, got {raw!r}")
+            value = raw.lower() in _TRUE
         elif variable == "LOG_LEVEL":
             value = raw.upper()
             if value not in _LOG_LEVELS_LIST:
@@ -189,13 +274,14 @@ def _apply_env(config: FlockConfig, env: Mapping[str, str]) -> FlockConfig:
         else:
             value = raw
         sections.setdefault(section, {})[key] = value
-    if "runtime" in sections:
-        config = msgspec.structs.replace(
-            config, runtime=msgspec.structs.replace(config.runtime, **sections["runtime"])
-        )
-    if "nats" in sections:
-        nats = config.nats if config.nats is not None else NatsConfig()
-        config = msgspec.structs.replace(config, nats=msgspec.structs.replace(nats, **sections["nats"]))
+    for name, values in sections.items():
+        # A variable for a section the file leaves out (NATS_URL, MCP_ENABLED=true, ...) adds it.
+        current: msgspec.Struct | None = getattr(config, name)
+        if current is None:
+            current = _SECTIONS[name]()
+        config = msgspec.structs.replace(config, **{name: msgspec.structs.replace(current, **values)})
+    if config.mcp is not None and not config.mcp.enabled:
+        config = msgspec.structs.replace(config, mcp=None)
     return config
 
 
@@ -221,6 +307,20 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             problems.append(f"nats.buffer_limit: expected >= 0, got {nats.buffer_limit}")
         if nats.url != "embedded" and not re.match(r"^(nats|tls|ws|wss)://", nats.url):
             problems.append(f'nats.url: expected "embedded" or a nats:// URL, got {nats.url!r}')
+    if config.mcp is not None:
+        mcp = config.mcp
+        if not 0 <= mcp.port <= 65535:
+            problems.append(f"mcp.port: expected 0..65535, got {mcp.port}")
+        if mcp.timeout <= 0:
+            problems.append(f"mcp.timeout: expected > 0 (milliseconds), got {mcp.timeout}")
+        if mcp.max_message_bytes < 1024:
+            problems.append(f"mcp.max_message_bytes: expected >= 1024, got {mcp.max_message_bytes}")
+        if mcp.rate_limit <= 0 or mcp.rate_burst < 1:
+            problems.append("mcp.rate_limit / mcp.rate_burst: expected > 0 and >= 1")
+    if config.metrics is not None and not 0 <= config.metrics.port <= 65535:
+        problems.append(f"metrics.port: expected 0..65535, got {config.metrics.port}")
+    if config.claude.max_tokens < 1:
+        problems.append(f"claude.max_tokens: expected >= 1, got {config.claude.max_tokens}")
     if config.supervisor.max_seconds <= 0:
         problems.append(f"supervisor.max_seconds: expected > 0, got {config.supervisor.max_seconds}")
     seen: set[str] = set()

@@ -51,7 +51,8 @@ def test_check_accepts_the_shipped_config(capsys: pytest.CaptureFixture[str]) ->
         ("[[agents]]\nid='x'\nclass='no.such.module:X'\n", "cannot import 'no.such.module'"),
         ("[[agents]]\nid='x'\nclass='echo'\ncount=0\n", "agents[0].count: expected >= 1, got 0"),
         ("[[agents]\n", "not valid TOML"),
-        ("[metrics]\nport = 1\n", "metrics: unknown key"),
+        ("[metricz]\nport = 1\n", "metricz: unknown key"),
+        ("[mcp]\nport = 70000\n", "mcp.port: expected 0..65535"),
         ("[nats]\nurl = 'x'\n", 'nats.url: expected "embedded" or a nats:// URL'),
         ("[nats]\nheartbeat_interval = 0\n", "nats.heartbeat_interval: expected > 0"),
         (
@@ -209,6 +210,20 @@ def test_environment_variables_override_the_file(tmp_path: Path) -> None:
     assert shipped.nats.durable is False  # the rest of the section stays
 
 
+def test_mcp_and_claude_variables(tmp_path: Path) -> None:
+    path = write(tmp_path, "[mcp]\nport = 5000\n")
+    config = load_config(path, env={"MCP_PORT": "4100", "MCP_TIMEOUT": "2500"})
+    assert config.mcp is not None and (config.mcp.port, config.mcp.timeout) == (4100, 2500)
+    assert load_config(path, env={"MCP_ENABLED": "false"}).mcp is None
+    bare = write(tmp_path, "")
+    assert load_config(bare, env={}).mcp is None
+    enabled = load_config(bare, env={"MCP_ENABLED": "1"}).mcp
+    assert enabled is not None and enabled.port == 4002  # the variable adds the section
+    claude = load_config(bare, env={"ANTHROPIC_API_KEY": "sk-test", "CLAUDE_MODEL": "claude-x"}).claude
+    assert (claude.api_key, claude.model) == ("sk-test", "claude-x")
+    assert load_config(bare, env={}).claude.api_key == ""
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -220,6 +235,10 @@ def test_environment_variables_override_the_file(tmp_path: Path) -> None:
         ),
         ({"NATS_URL": "localhost"}, 'nats.url: expected "embedded" or a nats:// URL'),
         ({"HEARTBEAT_INTERVAL": "0"}, "nats.heartbeat_interval: expected > 0"),
+        ({"MCP_ENABLED": "maybe"}, "MCP_ENABLED: expected true or false, got 'maybe'"),
+        ({"MCP_PORT": "http"}, "MCP_PORT: expected an integer (a port), got 'http'"),
+        ({"MCP_TIMEOUT": "30s"}, "MCP_TIMEOUT: expected an integer (milliseconds), got '30s'"),
+        ({"MCP_TIMEOUT": "0"}, "mcp.timeout: expected > 0 (milliseconds)"),
     ],
 )
 def test_bad_environment_variables_are_named(tmp_path: Path, env: dict[str, str], expected: str) -> None:
