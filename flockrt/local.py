@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flockrt.actors.agent import Agent, AgentCard, AgentPort, Work
+from flockrt.actors.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus.directory import AgentInfo, Directory, StatusFilter
@@ -151,16 +151,25 @@ class LocalFlock(AgentPort):
     # ------------------------------------------------------------------ producers
 
     async def request_capability(
-        self, capability: str, parameters: Any = None, *, timeout: float = 30.0
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
     ) -> Any:
         """Have a capable agent do ``capability`` and return its answer.
+
+        ``progress(done, total, message)`` is called with what the agent reports while it
+        works (:meth:`~flockrt.Agent.report_progress`); an MCP gateway passes one that sends
+        ``notifications/progress``.
 
         Raises:
             NoCapableAgent: no agent of this process offers it.
             WorkTimeout: no answer within ``timeout`` seconds.
             WorkFailed: the agent's handler raised (the cause is attached).
         """
-        work = self._dispatch("capability", capability, parameters, PRIORITIES["medium"])
+        work = self._dispatch("capability", capability, parameters, PRIORITIES["medium"], progress)
         return await self._wait(work.future, "capability", capability, timeout)
 
     async def submit(
@@ -221,14 +230,18 @@ class LocalFlock(AgentPort):
         outcome: TaskResult = await self._wait(result, "task", task.type, timeout)
         return outcome
 
-    def start_task(self, task: TaskMessage) -> asyncio.Future[TaskResult]:
+    def start_task(
+        self, task: TaskMessage, *, progress: ProgressCallback | None = None
+    ) -> asyncio.Future[TaskResult]:
         """Queue ``task`` for a local agent; the future gets its TaskResult (never an exception).
+
+        ``progress`` gets what the agent reports while it works (see :meth:`request_capability`).
 
         Raises:
             NoCapableAgent: no agent of this process handles the task's type.
         """
         started = time.monotonic()
-        work = self._dispatch("task", task.type, task, PRIORITIES[task.priority])
+        work = self._dispatch("task", task.type, task, PRIORITIES[task.priority], progress)
         result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
         work.future.add_done_callback(lambda _: self._task_finished(task, work, started, result))
         return result
@@ -319,12 +332,14 @@ class LocalFlock(AgentPort):
 
     # ------------------------------------------------------------------ dispatching
 
-    def _dispatch(self, kind: str, key: str, payload: Any, priority: int) -> Work:
+    def _dispatch(
+        self, kind: str, key: str, payload: Any, priority: int, progress: ProgressCallback | None = None
+    ) -> Work:
         skill = (kind, key)
         if not self._skills.get(skill):
             raise NoCapableAgent(kind, key)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        work = Work(kind, key, payload, future, priority)  # type: ignore[arg-type]
+        work = Work(kind, key, payload, future, priority, progress=progress)  # type: ignore[arg-type]
         heapq.heappush(self._queues.setdefault(skill, []), (priority, next(self._order), work))
         self._pump(skill)
         return work

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from flockrt._version import __version__
-from flockrt.actors.agent import AgentCard
+from flockrt.actors.agent import AgentCard, ProgressCallback
 from flockrt.actors.system import ActorSystem
 from flockrt.bus import subjects
 from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
@@ -531,9 +531,17 @@ class NatsFlock(LocalFlock):
             self._later(lambda: self._publish_batch(items))
 
     async def request_capability(
-        self, capability: str, parameters: Any = None, *, timeout: float = 30.0
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
     ) -> Any:
         """Have a capable agent do ``capability``: a local one if there is one, else across NATS.
+
+        ``progress`` hears what a local agent reports while it works; the wire contract has no
+        progress messages, so an agent in another process reports none.
 
         Raises:
             NoCapableAgent: no agent anywhere offers it.
@@ -541,7 +549,9 @@ class NatsFlock(LocalFlock):
             WorkFailed: the agent's handler raised.
         """
         if self.has_skill("capability", capability):
-            return await super().request_capability(capability, parameters, timeout=timeout)
+            return await super().request_capability(
+                capability, parameters, timeout=timeout, progress=progress
+            )
         correlation_id = uuid.uuid4().hex
         request = CapabilityRequest(
             capability=capability,
