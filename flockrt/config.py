@@ -43,9 +43,12 @@ __all__ = [
 ]
 
 BUILTIN_CLASSES = {
+    "ai": "flockrt.builtins:AiTaskAgent",
+    "claude": "flockrt.claude:ClaudeAgent",
     "echo": "flockrt.builtins:EchoAgent",
     "text": "flockrt.builtins:TextAgent",
 }
+"""Short names a config may use as ``class``; a class is imported only when a config names it."""
 
 
 class ConfigError(FlockError, ValueError):
@@ -182,11 +185,23 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     agents: list[AgentConfig] = msgspec.field(default_factory=list)
 
     def child_specs(self) -> list[ChildSpec]:
-        """The root supervisor's children, in file order (``id-1``.. when count > 1)."""
+        """The root supervisor's children, in file order (``id-1``.. when count > 1).
+
+        A class with a ``flock_options(config, agent_id, options)`` classmethod is built with
+        the keyword arguments it returns (its own section of the file, like ``[claude]``,
+        merged with the entry's options), and left out when it returns None (it logs why).
+        """
         specs = []
         for agent in self.agents:
             cls = resolve_class(agent.class_)
-            factory = functools.partial(cls, **agent.options) if agent.options else cls
+            options = dict(agent.options)
+            flock_options = getattr(cls, "flock_options", None)
+            if flock_options is not None:
+                configured = flock_options(self, agent.id, options)
+                if configured is None:
+                    continue
+                options = configured
+            factory = functools.partial(cls, **options) if options else cls
             ids = [agent.id] if agent.count == 1 else [f"{agent.id}-{i}" for i in range(1, agent.count + 1)]
             # An Agent's first argument is its flock-wide id: the child id.
             args = (lambda i: (i,)) if issubclass(cls, Agent) else (lambda i: ())
