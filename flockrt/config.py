@@ -149,7 +149,7 @@ class ClaudeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fro
 
     api_key: str = ""
     """Better left empty here and given as ANTHROPIC_API_KEY."""
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-5-5"
     """CLAUDE_MODEL overrides it."""
     max_tokens: int = 1024
     base_url: str = ""
