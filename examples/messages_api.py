@@ -173,7 +173,10 @@ class MessagesApiStandIn:
                 },
                 headers={"request-id": f"req_{message_id}"},
             )
-        return await self._stream(request, body, text, message_id, input_tokens, output_tokens, failure)
+        try:
+            return await self._stream(request, body, text, message_id, input_tokens, output_tokens, failure)
+        except ConnectionResetError:  # the client went away mid-stream (timed out, cancelled)
+            return web.Response(status=499)
 
     async def _stream(
         self,

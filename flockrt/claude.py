@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anthropic
+import httpx2  # the SDK's HTTP client: transport errors in the middle of a stream arrive unwrapped
 
 from flockrt.actors.agent import Agent, capability
 from flockrt.builtins import analyze_text
@@ -459,7 +460,7 @@ class ClaudeAgent(Agent):
                     message = await self._stream(client, request, call)
                 else:
                     message = await client.messages.create(**request)
-            except anthropic.APIError as exc:
+            except (anthropic.APIError, httpx2.TransportError) as exc:
                 outcome = _outcome(exc)
                 self._count(outcome)
                 if outcome not in _RETRIED or call.attempts > self.max_retries:
@@ -493,7 +494,7 @@ class ClaudeAgent(Agent):
         self.report_progress(call.characters, call.characters, "answer complete")
         return message
 
-    def _delay(self, exc: anthropic.APIError, retry: int) -> float:
+    def _delay(self, exc: anthropic.APIError | httpx2.TransportError, retry: int) -> float:
         """The server's ``retry-after`` (capped by the backoff's maximum), else the backoff."""
         if isinstance(exc, anthropic.APIStatusError):
             raw = exc.response.headers.get("retry-after")
@@ -526,10 +527,10 @@ class ClaudeAgent(Agent):
         )
 
 
-def _outcome(exc: anthropic.APIError) -> str:
-    if isinstance(exc, anthropic.APITimeoutError):
+def _outcome(exc: anthropic.APIError | httpx2.TransportError) -> str:
+    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
         return "timeout"
-    if isinstance(exc, anthropic.APIConnectionError):
+    if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
         return "connection_error"
     if isinstance(exc, anthropic.APIStatusError):
         # A mid-stream error event arrives on a 200: its type says what it is.
@@ -543,19 +544,27 @@ def _outcome(exc: anthropic.APIError) -> str:
     return "server_error"  # e.g. a response that does not match the API's schema
 
 
-def _describe(exc: anthropic.APIError, outcome: str) -> str:
+def _describe(exc: anthropic.APIError | httpx2.TransportError, outcome: str) -> str:
     if isinstance(exc, anthropic.APIStatusError):
         kind = exc.type or "error"
         detail = exc.api_message or exc.message
         return f"{outcome.replace('_', ' ')} ({exc.status_code} {kind}): {detail}"
-    return f"{outcome.replace('_', ' ')}: {exc.message}"
+    return f"{outcome.replace('_', ' ')}: {_detail(exc)}"
 
 
-def _error(exc: anthropic.APIError, outcome: str, attempts: int, base_url: str) -> ClaudeError:
+def _detail(exc: anthropic.APIError | httpx2.TransportError) -> str:
+    if isinstance(exc, anthropic.APIError):
+        return exc.message
+    return str(exc) or f"{type(exc).__name__} in the middle of the answer"
+
+
+def _error(
+    exc: anthropic.APIError | httpx2.TransportError, outcome: str, attempts: int, base_url: str
+) -> ClaudeError:
     status = exc.status_code if isinstance(exc, anthropic.APIStatusError) else None
     if outcome == "connection_error":
         where = base_url or "the default endpoint"
-        text = f"cannot reach the Claude API at {where} after {attempts} attempts: {exc.message}"
+        text = f"cannot reach the Claude API at {where} after {attempts} attempts: {_detail(exc)}"
     elif outcome in _RETRIED:
         text = f"Claude API {_describe(exc, outcome)}; gave up after {attempts} attempts"
     elif outcome == "client_error":

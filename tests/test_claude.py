@@ -384,3 +384,43 @@ async def test_progress_outside_work_and_a_failing_listener_are_harmless(flock: 
         raise RuntimeError("listener bug")
 
     assert await flock.request_capability("report", progress=broken) == "done"
+
+
+async def test_a_timed_out_call_is_retried_then_reported(flock: LocalFlock, api: MessagesApiStandIn) -> None:
+    agent = await start_claude(flock, api, timeout=0.2, max_retries=1)
+    api.hold_stream = asyncio.Event()  # the server stops sending after the first delta
+    try:
+        with pytest.raises(WorkFailed) as info:
+            await flock.request_capability("claude-ai", {"prompt": "hang", "stream": True})
+    finally:
+        api.hold_stream.set()
+    error = info.value.cause
+    assert isinstance(error, ClaudeError)
+    assert (error.kind, error.attempts) == ("timeout", 2)
+    assert agent.usage.requests["timeout"] == 2
+
+
+async def test_stopping_the_agent_mid_call_fails_the_work_and_frees_the_trial(
+    flock: LocalFlock, api: MessagesApiStandIn
+) -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, clock=lambda: now[0])
+    breaker.admit()
+    breaker.failed()
+    now[0] = 5.0  # half-open: the next call is the trial
+    made: list[ClaudeAgent] = []
+
+    def make(agent_id: str) -> ClaudeAgent:
+        made.append(ClaudeAgent(agent_id, api_key=KEY, base_url=api.base_url, breaker=breaker))
+        return made[-1]
+
+    ref = await flock.system.spawn(make, "claude")
+    api.hold_stream = asyncio.Event()
+    call = asyncio.ensure_future(flock.request_capability("claude-ai", {"prompt": "x", "stream": True}))
+    await wait_for(lambda: len(api.requests) == 1)
+    await ref.stop()
+    with pytest.raises(WorkFailed, match="agent stopped"):
+        await call
+    api.hold_stream.set()
+    assert breaker.state == "half_open"
+    breaker.admit()  # the cancelled trial left no call in flight behind
