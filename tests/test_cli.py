@@ -52,7 +52,10 @@ def test_check_accepts_the_shipped_config(
         ("[runtime]\nname = 3\n", "runtime.name: expected str, got int"),
         ("[runtime]\nnmae = 'x'\n", "runtime.nmae: unknown key"),
         ("[[agents]]\nclass='echo'\n", "missing required field `id`"),
-        ("[[agents]]\nid='x'\nclass='nope'\n", "agents[0].class: expected a built-in name (ai, claude, echo, text)"),
+        (
+            "[[agents]]\nid='x'\nclass='nope'\n",
+            "agents[0].class: expected a built-in name (ai, claude, echo, text)",
+        ),
         ("[[agents]]\nid='x'\nclass='tests.cli_actors:NotAnActor'\n", "is not an Actor subclass"),
         ("[[agents]]\nid='x'\nclass='no.such.module:X'\n", "cannot import 'no.such.module'"),
         ("[[agents]]\nid='x'\nclass='echo'\ncount=0\n", "agents[0].count: expected >= 1, got 0"),
