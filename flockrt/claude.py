@@ -422,23 +422,18 @@ class ClaudeAgent(Agent):
         except ClaudeError:
             self._count("circuit_open")
             raise
-        call = _Call()
-        verdict = False
         try:
-            message = await self._call_with_retries(client, request, streamed, call)
-            verdict = True
-            self.breaker.succeeded()
+            message = await self._call_with_retries(client, request, streamed, _Call())
         except ClaudeError as exc:
-            verdict = True
-            if exc.kind in _BREAKER_FAILURES:
-                if self.breaker.failed():
-                    self._opened(exc)
-            else:
-                self.breaker.succeeded()
+            if exc.kind not in _BREAKER_FAILURES:
+                self.breaker.succeeded()  # the API answered: it is up
+            elif self.breaker.failed():
+                self._opened(exc)
             raise
-        finally:
-            if not verdict:  # cancelled, or a bug: no verdict on the API's health
-                self.breaker.abandoned()
+        except BaseException:  # cancelled (or a bug): no verdict on the API's health
+            self.breaker.abandoned()
+            raise
+        self.breaker.succeeded()
         return {
             "text": "".join(block.text for block in message.content if block.type == "text"),
             "model": message.model,
