@@ -334,8 +334,15 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             problems.append("mcp.rate_limit / mcp.rate_burst: expected > 0 and >= 1")
     if config.metrics is not None and not 0 <= config.metrics.port <= 65535:
         problems.append(f"metrics.port: expected 0..65535, got {config.metrics.port}")
-    if config.claude.max_tokens < 1:
-        problems.append(f"claude.max_tokens: expected >= 1, got {config.claude.max_tokens}")
+    claude = config.claude
+    if claude.max_tokens < 1:
+        problems.append(f"claude.max_tokens: expected >= 1, got {claude.max_tokens}")
+    if claude.max_retries < 0:
+        problems.append(f"claude.max_retries: expected >= 0, got {claude.max_retries}")
+    if claude.timeout <= 0:
+        problems.append(f"claude.timeout: expected > 0 (seconds), got {claude.timeout}")
+    if claude.base_url and not re.match(r"^https?://", claude.base_url):
+        problems.append(f'claude.base_url: expected "" or an http(s):// URL, got {claude.base_url!r}')
     if config.supervisor.max_seconds <= 0:
         problems.append(f"supervisor.max_seconds: expected > 0, got {config.supervisor.max_seconds}")
     seen: set[str] = set()

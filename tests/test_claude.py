@@ -21,7 +21,7 @@ from flockrt import ActorSystem, ClaudeError, LocalFlock, NoCapableAgent, WorkFa
 from flockrt.actors.agent import Agent, capability
 from flockrt.builtins import AiTaskAgent, analyze_text
 from flockrt.claude import OUTCOMES, USAGE, CircuitBreaker, ClaudeAgent
-from flockrt.config import load_config
+from flockrt.config import ConfigError, load_config
 from flockrt.supervisor.spec import Backoff
 from tests.conftest import wait_for
 
@@ -424,3 +424,20 @@ async def test_stopping_the_agent_mid_call_fails_the_work_and_frees_the_trial(
     api.hold_stream.set()
     assert breaker.state == "half_open"
     breaker.admit()  # the cancelled trial left no call in flight behind
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("max_tokens = 0", "claude.max_tokens: expected >= 1, got 0"),
+        ("max_retries = -1", "claude.max_retries: expected >= 0, got -1"),
+        ("timeout = 0", "claude.timeout: expected > 0 (seconds), got 0"),
+        ("base_url = 'localhost:8080'", 'claude.base_url: expected "" or an http(s):// URL'),
+        ("modle = 'x'", "claude.modle: unknown key"),
+    ],
+)
+def test_bad_claude_settings_name_the_key(tmp_path: Path, section: str, expected: str) -> None:
+    path = tmp_path / "flock.toml"
+    path.write_text(f"[claude]\n{section}\n")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(path, env={})
