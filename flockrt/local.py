@@ -300,6 +300,40 @@ class LocalFlock(AgentPort):
         """One agent's info, or None."""
         return self.directory.get(agent_id)
 
+    async def wait_for_agents(
+        self, count: int, *, capability: str | None = None, timeout: float = 10.0
+    ) -> list[AgentInfo]:
+        """Wait until at least ``count`` agents (with ``capability``, if given) are online.
+
+        Agents in other processes are known once their announcement or heartbeat arrived, so
+        a process that has just joined a flock calls this before relying on them.
+
+        Returns:
+            The online agents (with ``capability``) at that moment.
+
+        Raises:
+            TimeoutError: fewer than ``count`` after ``timeout`` seconds; the message says how
+                many there were.
+        """
+        enough = asyncio.Event()
+
+        def check(*_: Any) -> None:
+            if len(self.list_agents("online", capability)) >= count:
+                enough.set()
+
+        unsubscribe = self.directory.subscribe(check)
+        try:
+            check()
+            async with asyncio.timeout(timeout):
+                await enough.wait()
+        except TimeoutError:
+            having = len(self.list_agents("online", capability))
+            what = f"agents with {capability!r}" if capability else "agents"
+            raise TimeoutError(f"{having} of {count} {what} online after {timeout} s") from None
+        finally:
+            unsubscribe()
+        return self.list_agents("online", capability)
+
     def on_result(self, listener: Callable[[TaskResult], None]) -> Callable[[], None]:
         """Call ``listener`` with every TaskResult of this process; returns an unsubscribe."""
         self._result_listeners.append(listener)
