@@ -1,17 +1,15 @@
-"""AI Flock scenario 1, AI task processing, end to end over NATS.
+"""AI Flock scenario 1, AI task processing: a task published on ``tasks.ai`` reaches an agent
+without Claude, which requests the ``claude-ai`` capability from the Claude agent and publishes
+the result on ``task.result``.
 
-A client publishes a task on ``tasks.ai``. An agent without a model (``AiTaskAgent``, in the
-"workers" process) takes it from the queue group, requests the ``claude-ai`` capability, which
-the Claude agent of another process (``claude-node``) answers over NATS, and the result comes
-back to the client on ``task.result``.
-
-Both flockrt processes run in this one script, each with its own actor system and NATS
-connection, on an embedded nats-server, so the example needs nothing but the package:
-
-    python examples/ai_task.py "Name three birds that fly in flocks."
+Two flockrt nodes share one NATS server, as two processes on two machines would: a worker node
+with the built-in ``ai`` agent (no model of its own) and a node with the Claude agent, so the
+capability request crosses NATS. The task comes from a plain NATS client, as any AI Flock client
+would send it. Run it with ``python examples/ai_task.py ["your prompt"]``; it starts an
+embedded nats-server on a free port, or uses ``NATS_URL`` if set.
 
 With ANTHROPIC_API_KEY set (and CLAUDE_MODEL, if you like) Claude answers. Without it, a local
-stand-in for the Messages API (examples/messages_api.py) answers instead, and the script says so.
+stand-in for the Messages API (``examples/messages_api.py``) answers instead, and it says so.
 """
 
 from __future__ import annotations
@@ -21,18 +19,33 @@ import contextlib
 import json
 import os
 import sys
-
-from messages_api import MessagesApiStandIn  # examples/messages_api.py, next to this script
+from pathlib import Path
+from typing import Any
 
 from flockrt.bus.connection import Message, NatsConnection
-from flockrt.bus.embedded import EmbeddedNats
 from flockrt.config import AgentConfig, ClaudeConfig, FlockConfig, NatsConfig, RuntimeConfig
 from flockrt.runtime import Flock
 
+# The stand-in lives next to this file; found also when the example is loaded by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from messages_api import MessagesApiStandIn
 
-async def main(prompt: str) -> int:
+PROMPT = "Name three birds that fly in flocks."
+
+
+def node_config(name: str, url: str, *agents: str, claude: ClaudeConfig | None = None) -> FlockConfig:
+    return FlockConfig(
+        runtime=RuntimeConfig(name=name),
+        nats=NatsConfig(url=url, port=0),
+        claude=claude or ClaudeConfig(),
+        agents=[AgentConfig(id=agent, class_=agent) for agent in agents],  # built-in names
+    )
+
+
+async def main(nats_url: str | None = None, prompt: str = PROMPT) -> dict[str, Any]:
+    """Run the scenario and return the TaskResult as the client received it (JSON)."""
+    url = nats_url or os.environ.get("NATS_URL") or "embedded"
     async with contextlib.AsyncExitStack() as stack:
-        server = await stack.enter_async_context(EmbeddedNats())
         api_key, base_url = os.environ.get("ANTHROPIC_API_KEY", ""), ""
         if not api_key:
             api = await stack.enter_async_context(MessagesApiStandIn())
@@ -41,32 +54,17 @@ async def main(prompt: str) -> int:
                 f"ANTHROPIC_API_KEY is not set: a local stand-in for the Messages API answers at {base_url}"
             )
         claude = ClaudeConfig(
-            api_key=api_key, base_url=base_url, model=os.environ.get("CLAUDE_MODEL", ClaudeConfig().model)
+            api_key=api_key, base_url=base_url, model=os.environ.get("CLAUDE_MODEL") or ClaudeConfig().model
         )
-        nats = NatsConfig(url=server.url)
-        # Two flockrt processes on one NATS: one with an agent that has no model, one with Claude.
+        workers = await stack.enter_async_context(Flock(node_config("workers", url, "ai")))
+        assert workers.flock is not None and workers.nats_url is not None
         await stack.enter_async_context(
-            Flock(
-                FlockConfig(
-                    runtime=RuntimeConfig(name="workers"),
-                    nats=nats,
-                    agents=[AgentConfig(id="ai", class_="ai")],
-                )
-            )
+            Flock(node_config("claude-node", workers.nats_url, "claude", claude=claude))
         )
-        await stack.enter_async_context(
-            Flock(
-                FlockConfig(
-                    runtime=RuntimeConfig(name="claude-node"),
-                    nats=nats,
-                    claude=claude,
-                    agents=[AgentConfig(id="claude", class_="claude")],
-                )
-            )
-        )
+        await workers.flock.wait_for_agents(1, capability="claude-ai")
 
         # The client: any NATS client that speaks the AI Flock's JSON messages.
-        client = NatsConnection(server.url, name="client")
+        client = NatsConnection(workers.nats_url, name="client")
         await client.start()
         stack.push_async_callback(client.close)
         results: asyncio.Queue[bytes] = asyncio.Queue()
@@ -79,22 +77,22 @@ async def main(prompt: str) -> int:
         task = {"id": "ai-task-1", "type": "ai", "priority": "high", "data": {"prompt": prompt}}
         await client.publish("tasks.ai", json.dumps(task).encode())
         print(f"published task {task['id']} on tasks.ai")
+        result: dict[str, Any] = json.loads(await asyncio.wait_for(results.get(), timeout=180))
 
-        result = json.loads(await asyncio.wait_for(results.get(), timeout=180))
-        print(
-            f"task.result: task {result['taskId']} {result['status']}, processed by "
-            f"{result['processedBy']} in {result['durationMs']:.0f} ms"
-        )
-        if result["status"] != "ok":
-            print(f"error: {result['error']}")
-            return 1
+    print(
+        f"task.result: task {result['taskId']} {result['status']}, processed by "
+        f"{result['processedBy']} in {result['durationMs']:.0f} ms"
+    )
+    if result["status"] == "ok":
         answer = result["result"]
         usage = answer["usage"]
         print(f"{answer['model']} ({usage['inputTokens']} tokens in, {usage['outputTokens']} out) answered:")
         print(answer["text"])
-        return 0
+    else:
+        print(f"error: {result['error']}")
+    return result
 
 
 if __name__ == "__main__":
-    question = " ".join(sys.argv[1:]) or "Name three birds that fly in flocks."
-    sys.exit(asyncio.run(main(question)))
+    outcome = asyncio.run(main(prompt=" ".join(sys.argv[1:]) or PROMPT))
+    sys.exit(0 if outcome["status"] == "ok" else 1)

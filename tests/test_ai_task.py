@@ -8,12 +8,14 @@ the shipped flock with a key: every AI Flock task type gets its result on task.r
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -169,8 +171,29 @@ async def test_the_shipped_flock_with_a_key_answers_every_task_type(
     assert answered["t-ai"]["processedBy"] == "ai"
 
 
-def test_the_example_runs_without_a_key() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "CLAUDE_MODEL")}
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("examples_ai_task", ROOT / "examples" / "ai_task.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_example_on_a_nats_server_of_its_own(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("CLAUDE_MODEL", raising=False)
+    result = await load_example().main(nats_server.url, prompt="Hello, flock.")
+    assert (result["taskId"], result["status"], result["processedBy"]) == ("ai-task-1", "ok", "ai")
+    assert result["result"]["text"] == f"(local stand-in for {ClaudeConfig().model}) You said: Hello, flock."
+    assert "a local stand-in for the Messages API answers at http://127.0.0.1:" in capsys.readouterr().out
+
+
+def test_the_example_runs_standalone_without_a_key() -> None:
+    skipped = ("ANTHROPIC_API_KEY", "CLAUDE_MODEL", "NATS_URL")
+    env = {k: v for k, v in os.environ.items() if k not in skipped}
     result = subprocess.run(
         [sys.executable, "examples/ai_task.py", "Name three birds."],
         capture_output=True,
