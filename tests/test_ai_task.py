@@ -194,6 +194,8 @@ async def test_the_example_on_a_nats_server_of_its_own(
 def test_the_example_runs_standalone_without_a_key() -> None:
     skipped = ("ANTHROPIC_API_KEY", "CLAUDE_MODEL", "NATS_URL")
     env = {k: v for k, v in os.environ.items() if k not in skipped}
+    # This checkout's flockrt, whatever else the environment has installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "examples/ai_task.py", "Name three birds."],
         capture_output=True,
