@@ -17,6 +17,7 @@ import pytest
 
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.config import ENV_OVERRIDES, AuthConfig
+from flockrt.errors import FlockError
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
 from tests.mcp_support import Analyst, RawPeer, RpcError, flock_config
@@ -138,9 +139,9 @@ async def test_a_query_pending_when_the_outside_agent_disconnects_fails_at_once(
         query = asyncio.ensure_future(flock.flock.send_message("alpha", "q", type="query", timeout=30))
         await alpha.next("notifications/flock/message")
     started = time.monotonic()
-    with pytest.raises(Exception) as failed:
+    with pytest.raises(FlockError) as failed:
         await query
-    assert "disconnected" in repr(failed.value) or "stopped" in repr(failed.value)
+    assert "disconnected" in str(failed.value.__cause__ or failed.value)
     assert time.monotonic() - started < 5
 
 
