@@ -41,6 +41,7 @@ from flockrt.errors import (
     WorkTimeout,
 )
 from flockrt.local import LocalFlock
+from flockrt.mcp import AgentDisconnected, Gateway, GatewayConfigError, OutsideAgent
 from flockrt.supervisor import (
     Backoff,
     ChildCounts,
@@ -65,6 +66,7 @@ __all__ = [
     "ActorSystem",
     "Agent",
     "AgentCard",
+    "AgentDisconnected",
     "AgentEvent",
     "AgentPort",
     "AskTimeout",
@@ -79,11 +81,14 @@ __all__ = [
     "DirectMessage",
     "DynamicSupervisor",
     "FlockError",
+    "Gateway",
+    "GatewayConfigError",
     "JetStreamError",
     "LocalFlock",
     "MailboxFull",
     "NoCapableAgent",
     "NoResponders",
+    "OutsideAgent",
     "Restart",
     "RestartIntensityExceeded",
     "RestartLimiter",
