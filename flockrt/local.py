@@ -242,7 +242,14 @@ class LocalFlock(AgentPort):
         return agent_id in self._members
 
     async def send_message(
-        self, to: str, message: Any, *, type: str = "command", sender: str = "flock", timeout: float = 30.0
+        self,
+        to: str,
+        message: Any,
+        *,
+        type: str = "command",
+        sender: str = "flock",
+        timeout: float = 30.0,
+        metadata: dict[str, Any] | None = None,
     ) -> Any:
         """Send a direct message to agent ``to``; a ``query`` returns the agent's answer.
 
@@ -260,6 +267,7 @@ class LocalFlock(AgentPort):
             to=to,
             message=message,
             type=type,
+            metadata=metadata,
             correlation_id=uuid.uuid4().hex if type == "query" else None,
         )
         if type == "query":

@@ -82,6 +82,7 @@ async def test_two_outside_agents_talk_to_each_other_and_to_in_process_agents(fl
         await alpha.call("send_message", {"to": "beta", "message": {"do": "it"}, "metadata": {"k": 1}})
         command = await beta.next("notifications/flock/message")
         assert (command["from"], command["type"], command["message"]) == ("alpha", "command", {"do": "it"})
+        assert command["metadata"] == {"k": 1}
 
         # An in-process agent answers alpha's query; an in-process caller queries alpha.
         answer = await alpha.call("send_message", {"to": "analyst-1", "message": "hi", "type": "query"})
@@ -205,10 +206,13 @@ async def test_outside_agents_on_two_processes_talk_over_nats(
                 assert [a["id"] for a in listed["structuredContent"]["agents"]] == ["alpha"]
 
                 query = asyncio.ensure_future(
-                    beta.call("send_message", {"to": "alpha", "message": "hi", "type": "query"})
+                    beta.call(
+                        "send_message",
+                        {"to": "alpha", "message": "hi", "type": "query", "metadata": {"m": 2}},
+                    )
                 )
                 pushed = await answer_next(alpha, "hi back")
-                assert pushed["from"] == "beta"
+                assert pushed["from"] == "beta" and pushed["metadata"] == {"m": 2}
                 assert (await query)["structuredContent"]["response"] == "hi back"
 
                 request = asyncio.ensure_future(

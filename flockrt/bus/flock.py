@@ -566,11 +566,20 @@ class NatsFlock(LocalFlock):
         return response.result
 
     async def send_message(
-        self, to: str, message: Any, *, type: str = "command", sender: str = "flock", timeout: float = 30.0
+        self,
+        to: str,
+        message: Any,
+        *,
+        type: str = "command",
+        sender: str = "flock",
+        timeout: float = 30.0,
+        metadata: dict[str, Any] | None = None,
     ) -> Any:
         """Send a direct message to agent ``to``, here or in another process."""
         if self.is_local(to):
-            return await super().send_message(to, message, type=type, sender=sender, timeout=timeout)
+            return await super().send_message(
+                to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
+            )
         correlation_id = uuid.uuid4().hex
         direct = DirectMessage(
             id=uuid.uuid4().hex,
@@ -578,6 +587,7 @@ class NatsFlock(LocalFlock):
             to=to,
             message=message,
             type=type,
+            metadata=metadata,
             correlation_id=correlation_id,
         )
         headers = {CORRELATION_HEADER: correlation_id}
@@ -723,7 +733,13 @@ class NatsFlock(LocalFlock):
             return
         if direct.type != "query":
             try:
-                await super().send_message(direct.to, direct.message, type=direct.type, sender=direct.sender)
+                await super().send_message(
+                    direct.to,
+                    direct.message,
+                    type=direct.type,
+                    sender=direct.sender,
+                    metadata=direct.metadata,
+                )
             except FlockError as exc:
                 log.warning("direct message %s for %s not delivered: %s", direct.id, direct.to, exc)
             return
@@ -733,7 +749,9 @@ class NatsFlock(LocalFlock):
         answer: Any = None
         error: str | None = None
         try:
-            answer = await super().send_message(query.to, query.message, type="query", sender=query.sender)
+            answer = await super().send_message(
+                query.to, query.message, type="query", sender=query.sender, metadata=query.metadata
+            )
         except FlockError as exc:
             error = str(exc)
         response = DirectMessage(

@@ -317,7 +317,12 @@ class Session:
         timeout = self._timeout(args.timeout)
         try:
             answer = await flock.send_message(
-                args.to, args.message, type=args.type, sender=self.sender, timeout=timeout
+                args.to,
+                args.message,
+                type=args.type,
+                sender=self.sender,
+                timeout=timeout,
+                metadata=args.metadata,
             )
         except FlockError as exc:
             raise _failure(exc) from None
