@@ -257,6 +257,7 @@ class LocalFlock(AgentPort):
             UnknownAgent: no such agent in this process.
             MailboxFull: the agent's mailbox is full (for a command).
             AskTimeout: a query got no answer within ``timeout`` seconds.
+            WorkFailed: the agent answered the query with a failure.
         """
         member = self._members.get(to)
         if member is None:
@@ -271,7 +272,10 @@ class LocalFlock(AgentPort):
             correlation_id=uuid.uuid4().hex if type == "query" else None,
         )
         if type == "query":
-            return await member.card.ref.ask(direct, timeout=timeout)
+            answer = await member.card.ref.ask(direct, timeout=timeout)
+            if isinstance(answer, WorkFailed):  # the agent could not answer (see Agent.on_message)
+                raise answer
+            return answer
         member.card.ref.tell(direct)
         return None
 

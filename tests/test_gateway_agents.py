@@ -78,6 +78,20 @@ async def test_two_outside_agents_talk_to_each_other_and_to_in_process_agents(fl
         assert pushed["message"] == {"capability": "translate", "parameters": {"text": "hallo"}}
         assert (await request)["structuredContent"]["result"] == "hello"
 
+        # alpha's handler fails: it says so, and the requests fail at once (not at their timeout).
+        for tool, arguments in (
+            ("request_capability", {"capability": "translate", "parameters": "x", "timeout": 60000}),
+            ("send_message", {"to": "alpha", "message": "q", "type": "query", "timeout": 60000}),
+        ):
+            failing = asyncio.ensure_future(beta.call(tool, arguments))
+            pushed = await alpha.next("notifications/flock/message")
+            answer = {"to": pushed["from"], "correlationId": pushed["correlationId"], "error": "boom"}
+            assert (await alpha.call("send_response", answer))["structuredContent"] == {"delivered": True}
+            result = await asyncio.wait_for(failing, 5)
+            assert result["isError"] and result["structuredContent"]["error"] == "failed"
+            assert "boom" in result["structuredContent"]["message"]
+        assert status(flock, "alpha") == "online"  # a failed answer does not fail the agent
+
         # A command from alpha to beta arrives as it was sent, from alpha.
         await alpha.call("send_message", {"to": "beta", "message": {"do": "it"}, "metadata": {"k": 1}})
         command = await beta.next("notifications/flock/message")
@@ -221,6 +235,16 @@ async def test_outside_agents_on_two_processes_talk_over_nats(
                 pushed = await answer_next(beta, "short")
                 assert pushed["message"] == {"capability": "summarize", "parameters": "long text"}
                 assert (await request)["structuredContent"]["result"] == "short"
+
+                # A failed answer crosses the processes as a failure, not as a null answer.
+                failing = asyncio.ensure_future(
+                    beta.call("send_message", {"to": "alpha", "message": "q", "type": "query"})
+                )
+                pushed = await alpha.next("notifications/flock/message")
+                error = {"to": pushed["from"], "correlationId": pushed["correlationId"], "error": "boom"}
+                await alpha.call("send_response", error)
+                result = await failing
+                assert result["isError"] and "boom" in result["structuredContent"]["message"]
 
                 # Outside agents reach in-process agents of the other process.
                 answer = await beta.call(

@@ -246,7 +246,11 @@ class Agent(Actor[Any]):
         """Called when the agent stops or before a restart, after its work was cancelled."""
 
     async def on_message(self, message: DirectMessage) -> Any:
-        """A direct message; for a ``query`` the return value is the answer."""
+        """A direct message; for a ``query`` the return value is the answer.
+
+        To fail a query without failing the agent (raising here would), return a
+        :class:`~flockrt.errors.WorkFailed`: the asker gets it raised.
+        """
         log.info("agent %s: unhandled %s message from %s", self.agent_id, message.type, message.sender)
         return None
 

@@ -605,6 +605,9 @@ class NatsFlock(LocalFlock):
         answer = self.codec.decode(
             reply.subject, reply.data, DirectMessage, reply.headers.get("Content-Type")
         )
+        error = (answer.metadata or {}).get("error")
+        if error:  # the agent's process could not get an answer (see _answer_query)
+            raise WorkFailed(answer.sender, "query", to, RuntimeError(str(error)))
         return answer.message
 
     async def broadcast_all(self, type: str, message: Any = None, data: Any = None) -> None:

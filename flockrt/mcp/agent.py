@@ -18,9 +18,9 @@ import msgspec
 
 from flockrt.actors.agent import Agent
 from flockrt.bus.schema import Broadcast, DirectMessage
-from flockrt.errors import FlockError
+from flockrt.errors import FlockError, WorkFailed
 
-__all__ = ["AgentDisconnected", "Link", "OutsideAgent"]
+__all__ = ["AgentDisconnected", "Link", "OutsideAgent", "OutsideAgentFailed"]
 
 MESSAGE_NOTIFICATION = "notifications/flock/message"
 BROADCAST_NOTIFICATION = "notifications/flock/broadcast"
@@ -32,6 +32,15 @@ class AgentDisconnected(FlockError, ConnectionError):
     def __init__(self, agent_id: str) -> None:
         super().__init__(f"outside agent {agent_id} disconnected before answering")
         self.agent_id = agent_id
+
+
+class OutsideAgentFailed(FlockError):
+    """The outside agent answered with ``send_response {error}``: its handler failed."""
+
+    def __init__(self, agent_id: str, error: str) -> None:
+        super().__init__(f"outside agent {agent_id} failed: {error}")
+        self.agent_id = agent_id
+        self.error = error
 
 
 class Link(Protocol):
@@ -78,12 +87,16 @@ class OutsideAgent(Agent):
 
     # ------------------------------------------------------------------ answers
 
-    def resolve(self, correlation_id: str, response: Any) -> bool:
-        """Deliver the outside agent's answer; False if nothing here waits for it."""
+    def resolve(self, correlation_id: str, response: Any, error: str | None = None) -> bool:
+        """Deliver the outside agent's answer (or its failure, with ``error``); False if nothing
+        here waits for it."""
         future = self._pending.pop(correlation_id, None)
         if future is None or future.done():
             return False
-        future.set_result(response)
+        if error is None:
+            future.set_result(response)
+        else:
+            future.set_exception(OutsideAgentFailed(self.agent_id, error))
         return True
 
     def disconnected(self) -> None:
@@ -125,7 +138,11 @@ class OutsideAgent(Agent):
         correlation_id = message.correlation_id or uuid.uuid4().hex
         if message.correlation_id is None:
             message = msgspec.structs.replace(message, correlation_id=correlation_id)
-        return await self._await_answer(correlation_id, message)
+        try:
+            return await self._await_answer(correlation_id, message)
+        except (OutsideAgentFailed, AgentDisconnected, TimeoutError) as exc:
+            # The asker gets the failure; raising would fail this agent instead.
+            return WorkFailed(self.agent_id, "query", message.id, exc)
 
     async def on_broadcast(self, message: Broadcast) -> None:
         self._link.push(BROADCAST_NOTIFICATION, msgspec.to_builtins(message))

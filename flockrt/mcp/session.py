@@ -394,7 +394,7 @@ class Session:
     async def _tool_send_response(self, args: tools.SendResponse, request_id: Any) -> dict[str, Any]:
         if self.agent is None:
             raise _Failure("forbidden", "send_response: this connection has not announced an agent")
-        if not self.agent.resolve(args.correlation_id, args.response):
+        if not self.agent.resolve(args.correlation_id, args.response, args.error):
             raise _Failure(
                 "failed",
                 f"agent {self.agent_id!r} has no pending query or capability request {args.correlation_id!r}",

@@ -72,8 +72,10 @@ class AnnounceAgent(_Args, frozen=True, kw_only=True):
 
 class SendResponse(_Args, frozen=True, kw_only=True):
     to: str
-    response: Any
+    response: Any = None
     correlation_id: str
+    error: str | None = None
+    """The outside agent's handler failed: the waiting request fails at once."""
 
 
 class SubmitTask(_Args, frozen=True, kw_only=True):
