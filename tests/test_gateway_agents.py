@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 
@@ -298,3 +299,43 @@ async def test_an_agent_can_be_given_capabilities_at_run_time() -> None:
         assert flock.get_agent("quiet").capabilities == ()  # type: ignore[union-attr]
         with pytest.raises(ValueError, match="NATS subject"):
             Blank("bad", ("no spaces allowed",))
+
+
+async def test_an_outside_agent_over_streamable_http_gets_its_messages_on_the_server_stream(
+    flock: Flock,
+) -> None:
+    import json
+
+    url = flock.gateway_url
+    assert url is not None and flock.flock is not None
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "h", "version": "0"}}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}
+        async with http.post(url, json=body) as response:
+            session = {"Mcp-Session-Id": response.headers["Mcp-Session-Id"]}
+        call = {"name": "announce_agent", "arguments": {"id": "http-agent", "capabilities": ["sum"]}}
+        async with http.post(
+            url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}, headers=session
+        ) as response:
+            assert (await response.json())["result"]["structuredContent"]["announced"] is True
+        async with http.get(url, headers={**session, "Accept": "text/event-stream"}) as stream:
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            request = asyncio.ensure_future(flock.flock.request_capability("sum", [1, 2], timeout=5))
+            event = b""
+            while not event.endswith(b"\n\n"):
+                event += await asyncio.wait_for(stream.content.readline(), 5)
+            data = json.loads(event.split(b"data: ", 1)[1])
+            assert data["method"] == "notifications/flock/message"
+            pushed = data["params"]
+            assert pushed["message"] == {"capability": "sum", "parameters": [1, 2]}
+            answer = {"to": pushed["from"], "response": 3, "correlationId": pushed["correlationId"]}
+            call = {"name": "send_response", "arguments": answer}
+            async with http.post(
+                url, json={"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": call}, headers=session
+            ) as response:
+                assert response.status == 200
+            assert await request == 3
+        async with http.delete(url, headers=session) as response:
+            assert response.status == 200
+    await wait_for(lambda: status(flock, "http-agent") == "offline")
