@@ -376,3 +376,16 @@ async def test_the_gateway_serves_a_progress_request_as_sse(flock: Flock) -> Non
 
 async def _ignore(progress: float, total: float | None, message: str | None) -> None:
     pass
+
+
+async def test_a_full_gateway_refuses_new_sessions_with_503(flock: Flock) -> None:
+    url = flock.gateway_url
+    assert url is not None and flock.gateway is not None
+    async with RawPeer.connect(url) as first:
+        flock.gateway.max_sessions = 1
+        assert await ws_status(url) == 503
+        status, _, headers = await post(
+            url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+        )
+        assert status == 503 and headers["Retry-After"] == "5"
+        assert (await first.request("ping"))["result"] == {}

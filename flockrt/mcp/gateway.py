@@ -47,6 +47,8 @@ class Gateway:
         session_idle_timeout: Seconds a Streamable HTTP session may go without a request (and
             without a server stream open) before it is ended, with its outside agent. A
             WebSocket session ends with its connection instead.
+        max_sessions: Sessions held at once; more get HTTP 503 (a flood of ``initialize``
+            requests must not exhaust the process).
 
     Raises:
         GatewayConfigError: the config would expose an unauthenticated gateway beyond loopback.
@@ -59,6 +61,7 @@ class Gateway:
         *,
         progress_interval: float = 1.0,
         session_idle_timeout: float = 600.0,
+        max_sessions: int = 10_000,
     ) -> None:
         check_bind(config)
         self.config = config
@@ -66,6 +69,7 @@ class Gateway:
         self.system: ActorSystem = flock.system
         self.progress_interval = progress_interval
         self.session_idle_timeout = session_idle_timeout
+        self.max_sessions = max_sessions
         self._sweeper: asyncio.TimerHandle | None = None
         self.auth = Authenticator(config.auth)
         self.sessions: dict[str, Session] = {}
@@ -110,6 +114,18 @@ class Gateway:
             await supervisor.stop()
 
     # ------------------------------------------------------------------ sessions
+
+    def check_capacity(self) -> None:
+        """Refuse a new session when ``max_sessions`` are open.
+
+        Raises:
+            web.HTTPServiceUnavailable: the gateway is full.
+        """
+        if len(self.sessions) >= self.max_sessions:
+            raise web.HTTPServiceUnavailable(
+                text=f"the gateway holds its maximum of {self.max_sessions} sessions\n",
+                headers={"Retry-After": "5"},
+            )
 
     def open_session(self, session: Session) -> Session:
         """Register a new session."""

@@ -77,7 +77,12 @@ def admit(gateway: Gateway, request: web.Request) -> Principal:
 async def handle_websocket(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """Serve one WebSocket connection as one session until it closes."""
     principal = admit(gateway, request)
-    ws = web.WebSocketResponse(protocols=("mcp",), max_msg_size=gateway.config.max_message_bytes)
+    gateway.check_capacity()
+    # The heartbeat (pings every 30 s) ends connections whose peer vanished without a close,
+    # which would otherwise keep their outside agents online forever.
+    ws = web.WebSocketResponse(
+        protocols=("mcp",), max_msg_size=gateway.config.max_message_bytes, heartbeat=30.0
+    )
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a WebSocket upgrade\n")
     await ws.prepare(request)
@@ -217,6 +222,7 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         params = incoming.params if isinstance(incoming.params, dict) else {}
         return _json_error(400, Session.discover_error(params, incoming.id).response())
     if incoming.method == "initialize":
+        gateway.check_capacity()
         session = gateway.open_session(Session(gateway, principal, "http"))
         observe.connection("http", +1)
     else:
