@@ -339,3 +339,30 @@ async def test_an_outside_agent_over_streamable_http_gets_its_messages_on_the_se
         async with http.delete(url, headers=session) as response:
             assert response.status == 200
     await wait_for(lambda: status(flock, "http-agent") == "offline")
+
+
+async def test_a_long_call_reports_progress_while_it_waits(flock: Flock) -> None:
+    assert flock.gateway_url is not None and flock.gateway is not None
+    flock.gateway.progress_interval = 0.01
+    async with RawPeer.connect(flock.gateway_url) as worker, RawPeer.connect(flock.gateway_url) as caller:
+        await worker.call("announce_agent", {"id": "worker", "capabilities": ["think"]})
+        params = {
+            "name": "request_capability",
+            "arguments": {"capability": "think"},
+            "_meta": {"progressToken": "t1"},
+        }
+        call = asyncio.ensure_future(caller.request("tools/call", params))
+        pushed = await worker.next("notifications/flock/message")
+        started = await caller.next("notifications/progress")
+        assert (started["progressToken"], started["progress"]) == ("t1", 0)
+        waiting = await caller.next("notifications/progress")
+        assert waiting["progress"] == 1 and waiting["message"].startswith("waiting")
+        await worker.call(
+            "send_response", {"to": "flock", "response": "42", "correlationId": pushed["correlationId"]}
+        )
+        response = await call
+        assert response["result"]["structuredContent"]["result"] == "42"
+        last = None
+        while not caller.queue("notifications/progress").empty():
+            last = caller.queue("notifications/progress").get_nowait()
+        assert last is not None and last["message"] == "done" and last["progress"] == last["total"]

@@ -250,7 +250,9 @@ class Session:
         arguments = tools.convert_arguments(tool, params.get("arguments"), request_id)
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
-        ticker = None if token is None else self._start_progress(token, notify)
+        progress = None if token is None else _Progress(token, notify, self.gateway.progress_interval)
+        if progress is not None:
+            await progress.start()
         try:
             content = await getattr(self, f"_tool_{tool.name}")(arguments, request_id)
             is_error = False
@@ -259,54 +261,15 @@ class Session:
         except Forbidden as exc:
             raise JsonRpcError(FORBIDDEN, f"forbidden: {exc}", {"status": 403}, request_id) from None
         finally:
-            if ticker is not None:
-                ticker.cancel()
-        if token is not None:
-            await notify(
-                encode(
-                    notification(
-                        "notifications/progress",
-                        {"progressToken": token, "progress": 1, "total": 1, "message": "done"},
-                    )
-                )
-            )
+            if progress is not None:
+                await progress.stop()
+        if progress is not None:
+            await progress.done()
         return {
             "content": [{"type": "text", "text": encode(content).decode()}],
             "structuredContent": content,
             "isError": is_error,
         }
-
-    def _start_progress(self, token: Any, notify: Notify) -> asyncio.Task[None]:
-        """Tell the client the call started, then how long it has run, every progress interval."""
-        interval = self.gateway.progress_interval
-
-        async def tick() -> None:
-            started = time.monotonic()
-            await notify(
-                encode(
-                    notification(
-                        "notifications/progress", {"progressToken": token, "progress": 0, "total": 1}
-                    )
-                )
-            )
-            while True:
-                await asyncio.sleep(interval)
-                elapsed = int((time.monotonic() - started) * 1000)
-                await notify(
-                    encode(
-                        notification(
-                            "notifications/progress",
-                            {
-                                "progressToken": token,
-                                "progress": 0,
-                                "total": 1,
-                                "message": f"waiting {elapsed} ms",
-                            },
-                        )
-                    )
-                )
-
-        return asyncio.get_running_loop().create_task(tick())
 
     def _timeout(self, milliseconds: int | None) -> float:
         return (milliseconds if milliseconds is not None else self.gateway.config.timeout) / 1000
@@ -534,6 +497,47 @@ class Session:
             except (FlockError, KeyError) as exc:  # the system is already stopping it
                 log.debug("session %s: agent %s already stopping: %r", self.id, self.agent_id, exc)
             log.info("session %s closed: agent %s is offline", self.id, self.agent_id)
+
+
+class _Progress:
+    """Progress notifications of one tool call: 0 when it starts, one more every ``interval``
+    seconds while it runs (with how long it has waited), and last ``n`` of ``n``. The value only
+    ever increases, as the MCP spec requires."""
+
+    def __init__(self, token: Any, notify: Notify, interval: float) -> None:
+        self.token = token
+        self.notify = notify
+        self.interval = interval
+        self.value = 0
+        self.started = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def _send(self, message: str, total: int | None = None) -> None:
+        params: dict[str, Any] = {"progressToken": self.token, "progress": self.value, "message": message}
+        if total is not None:
+            params["total"] = total
+        await self.notify(encode(notification("notifications/progress", params)))
+
+    async def start(self) -> None:
+        await self._send("started")
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.value += 1
+            await self._send(f"waiting {int((time.monotonic() - self.started) * 1000)} ms")
+
+    async def stop(self) -> None:
+        """Stop the periodic notifications (and wait until the ticker is gone)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
+
+    async def done(self) -> None:
+        self.value += 1
+        await self._send("done", total=self.value)
 
 
 def _failure(exc: FlockError) -> _Failure:
