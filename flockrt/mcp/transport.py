@@ -91,8 +91,10 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
     observe.connection("websocket", +1)
 
     async def send(data: bytes) -> None:
+        # A peer that went away cannot be answered; the read loop below ends the session.
         if not ws.closed:
-            await ws.send_frame(data, WSMsgType.TEXT)
+            with contextlib.suppress(ConnectionError):
+                await ws.send_frame(data, WSMsgType.TEXT)
 
     async def pump_outbox() -> None:
         while True:
@@ -335,10 +337,8 @@ async def handle_get(gateway: Gateway, request: web.Request) -> web.StreamRespon
             if not data:  # the session closed
                 break
             await stream.write(_sse(data))
-    except (ConnectionResetError, asyncio.CancelledError):
-        if not session.closed and _current_cancelling():
-            session.streaming = False
-            raise
+    except ConnectionResetError:
+        pass  # the client went away; it may open the stream again
     finally:
         observe.connection("sse", -1)
         session.streaming = False
