@@ -17,12 +17,18 @@ from collections.abc import Callable
 from aiohttp import hdrs, web
 
 from flockrt import metrics
+from flockrt.errors import FlockError
 from flockrt.mcp import transport
 from flockrt.mcp.gateway import Gateway
 
-__all__ = ["WebServer", "build_app"]
+__all__ = ["ListenError", "WebServer", "build_app"]
 
 log = logging.getLogger("flockrt.web")
+
+
+class ListenError(FlockError, OSError):
+    """The listener could not bind its address (in use, not an address of this machine)."""
+
 
 _DEFAULT_BODY_LIMIT = 1024 * 1024
 
@@ -103,13 +109,19 @@ class WebServer:
         """Bind and serve.
 
         Raises:
-            OSError: the address cannot be bound (in use, not local).
+            ListenError: the address cannot be bound (in use, not local).
         """
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         self._runner = runner
         site = web.TCPSite(runner, self.host, self._requested_port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise ListenError(
+                exc.errno, f"cannot listen on {self.host}:{self._requested_port}: {exc.strerror}"
+            ) from exc
         addresses = runner.addresses
         self.port = int(addresses[0][1]) if addresses else self._requested_port
 

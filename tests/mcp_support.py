@@ -98,7 +98,7 @@ def flock_config(
     return FlockConfig(
         runtime=RuntimeConfig(name=node, shutdown_timeout=5.0),
         nats=NatsConfig(url=nats_url) if nats_url else None,
-        mcp=McpConfig(port=0, auth=auth or AuthConfig(), **mcp),
+        mcp=McpConfig(**{"port": 0, **mcp}, auth=auth or AuthConfig()),
     )
 
 

@@ -140,3 +140,13 @@ async def test_requests_and_connections_are_reported_to_the_metrics(monkeypatch:
     assert ("tools/call", "error") in requests
     assert requests.count(("other", "invalid")) == 2  # the bad frame and the bad body
     assert ("tools/call", "invalid") in requests  # the unknown tool
+
+
+async def test_a_port_in_use_is_a_clear_error() -> None:
+    from flockrt.web import ListenError
+
+    async with Flock(flock_config()) as first:
+        assert first.web is not None and first.web.port is not None
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{first.web.port}"):
+            async with Flock(flock_config(port=first.web.port)):
+                pass
