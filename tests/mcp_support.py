@@ -205,6 +205,9 @@ class RawPeer:
             else:
                 self.queue("<unmatched>").put_nowait(message)
         self.close_code = self.ws.close_code
+        for future in self._pending.values():  # nothing more will answer them
+            if not future.done():
+                future.set_exception(ConnectionError(f"closed with {self.close_code}"))
 
     def queue(self, method: str) -> asyncio.Queue[dict[str, Any]]:
         return self.notifications.setdefault(method, asyncio.Queue())

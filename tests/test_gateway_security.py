@@ -389,3 +389,19 @@ async def test_a_full_gateway_refuses_new_sessions_with_503(flock: Flock) -> Non
         )
         assert status == 503 and headers["Retry-After"] == "5"
         assert (await first.request("ping"))["result"] == {}
+
+
+async def test_a_connection_whose_token_expires_is_closed_1008(
+    secured: Flock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = secured.gateway_url
+    assert url is not None
+    now = time.time()
+    token = jwt.encode({"exp": int(now) + 60, "agentId": "a"}, SECRET, algorithm="HS256")
+    async with RawPeer.connect(url, headers=bearer(token)) as peer:
+        assert (await peer.request("ping"))["result"] == {}
+        monkeypatch.setattr("flockrt.mcp.auth.time.time", lambda: now + 120)
+        response = await peer.request("ping")
+        assert response["error"]["code"] == -32003 and "expired" in response["error"]["message"]
+        await peer._reader
+        assert peer.close_code == 1008

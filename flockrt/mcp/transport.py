@@ -114,10 +114,11 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
                     observe.request(None, "rate_limited", time.perf_counter())
                     continue
                 refused = 0
-                await _dispatch_frame(session, frame.data, send)
                 if session.principal.expired:
+                    await _refuse_expired(frame.data, send)
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token expired")
                     break
+                await _dispatch_frame(session, frame.data, send)
             elif frame.type is WSMsgType.BINARY:
                 await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not JSON-RPC")
                 break
@@ -129,6 +130,17 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
         await session.close()
         await asyncio.gather(writer, return_exceptions=True)
     return ws
+
+
+async def _refuse_expired(data: str, send: Notify) -> None:
+    """Answer a request that arrived after the connection's token expired (then it is closed)."""
+    try:
+        incoming = parse(data)
+    except JsonRpcError:
+        return
+    if incoming.is_request:
+        error = error_response(incoming.id, FORBIDDEN, "forbidden: the token has expired", {"status": 401})
+        await send(encode(error))
 
 
 async def _dispatch_frame(session: Session, data: str, send: Notify) -> None:
