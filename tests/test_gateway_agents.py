@@ -366,3 +366,15 @@ async def test_a_long_call_reports_progress_while_it_waits(flock: Flock) -> None
         while not caller.queue("notifications/progress").empty():
             last = caller.queue("notifications/progress").get_nowait()
         assert last is not None and last["message"] == "done" and last["progress"] == last["total"]
+
+
+async def test_two_connections_announcing_one_id_at_once_get_one_agent(flock: Flock) -> None:
+    assert flock.gateway_url is not None
+    async with RawPeer.connect(flock.gateway_url) as one, RawPeer.connect(flock.gateway_url) as two:
+        results = await asyncio.gather(
+            one.call("announce_agent", {"id": "twin"}), two.call("announce_agent", {"id": "twin"})
+        )
+        assert sorted(bool(r["isError"]) for r in results) == [False, True]
+    async with RawPeer.connect(flock.gateway_url) as again:
+        await wait_for(lambda: status(flock, "twin") == "offline")
+        assert not (await again.call("announce_agent", {"id": "twin"}))["isError"]  # free again

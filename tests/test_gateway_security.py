@@ -200,7 +200,8 @@ async def test_bad_frames_get_the_right_error_and_the_connection_stays_up(
         ({"to": 5, "message": "x"}, "'to'"),
         ({"to": "a", "message": "x", "timeout": "soon"}, "'timeout'"),
         ({"to": "a", "message": "x", "bogus": 1}, "'bogus'"),
-        ({"to": "a b", "message": "x", "type": "query"}, None),
+        ({"to": "a b", "message": "x", "type": "query"}, "'to'"),
+        ({"to": "ghost", "message": "x", "type": "query"}, None),
     ],
 )
 async def test_malformed_tool_arguments_are_32602_naming_the_argument(

@@ -73,6 +73,8 @@ class Gateway:
         self._sweeper: asyncio.TimerHandle | None = None
         self.auth = Authenticator(config.auth)
         self.sessions: dict[str, Session] = {}
+        self.claimed: set[str] = set()
+        """Agent ids of the outside agents of open sessions (announced or being announced)."""
         self.tool_listing = [tool.listing() for tool in TOOLS.values()]
         self._supervisor: ActorRef[Any] | None = None
         self._subscribers: dict[str, set[Session]] = {}

@@ -275,6 +275,7 @@ class Session:
         return (milliseconds if milliseconds is not None else self.gateway.config.timeout) / 1000
 
     async def _tool_send_message(self, args: tools.SendMessage, request_id: Any) -> dict[str, Any]:
+        _check_argument("to", args.to, request_id)
         flock = self.gateway.flock
         message_id = secrets.token_hex(16)
         timeout = self._timeout(args.timeout)
@@ -298,6 +299,7 @@ class Session:
     async def _tool_request_capability(
         self, args: tools.RequestCapability, request_id: Any
     ) -> dict[str, Any]:
+        _check_argument("capability", args.capability, request_id)
         try:
             result = await self.gateway.flock.request_capability(
                 args.capability, args.parameters, timeout=self._timeout(args.timeout)
@@ -331,8 +333,10 @@ class Session:
                 return {"agentId": args.id, "announced": True}
             raise _Failure("forbidden", f"this connection is already agent {self.agent_id!r}")
         known = self.gateway.flock.get_agent(args.id)
-        if known is not None and known.status == "online":
+        if args.id in self.gateway.claimed or (known is not None and known.status == "online"):
             raise _Failure("failed", f"agent id {args.id!r} is already online in the flock")
+        # Claimed before the first await: two connections announcing one id at once get one agent.
+        self.gateway.claimed.add(args.id)
         self.agent_id = args.id
         try:
             self._agent_ref = await DynamicSupervisor.start_child(
@@ -346,6 +350,7 @@ class Session:
             )
         except FlockError as exc:
             self.agent_id = None
+            self.gateway.claimed.discard(args.id)
             raise _Failure("failed", f"agent {args.id!r} could not start: {exc}") from None
         if self.closed:  # the connection went away while the agent started
             await self._stop_agent()
@@ -497,6 +502,8 @@ class Session:
             except (FlockError, KeyError) as exc:  # the system is already stopping it
                 log.debug("session %s: agent %s already stopping: %r", self.id, self.agent_id, exc)
             log.info("session %s closed: agent %s is offline", self.id, self.agent_id)
+        if self.agent_id is not None:
+            self.gateway.claimed.discard(self.agent_id)
 
 
 class _Progress:
