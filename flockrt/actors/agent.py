@@ -315,11 +315,9 @@ class Agent(Actor[Any]):
         task = asyncio.get_running_loop().create_task(self._run(work, getattr(self, method_name)))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        # A requester that cancels its wait (an MCP client's notifications/cancelled, a caller
-        # cancelled itself) cancels the work too: nobody wants its result any more.
-        work.future.add_done_callback(lambda future: task.cancel() if future.cancelled() else None)
 
     async def _run(self, work: Work, method: Callable[..., Coroutine[Any, Any, Any]]) -> None:
+        unfollow = _follow_requester(work)
         try:
             if work.kind == "task":
                 result = await method(work.payload)
@@ -345,8 +343,37 @@ class Agent(Actor[Any]):
             if not work.future.done():
                 work.future.set_result(result)
         finally:
+            unfollow()
             self._finished()
 
     def _finished(self) -> None:
         if self._port is not None:
             self._port.work_done(self.agent_id)
+
+
+def _follow_requester(work: Work) -> Callable[[], None]:
+    """While the current task runs ``work``, a requester that cancels its wait (an MCP client's
+    notifications/cancelled, a caller cancelled itself, a timeout) cancels it: nobody wants the
+    result any more. Returns the function that ends this, to call when the work is over (the
+    task may go on with other work)."""
+    future: asyncio.Future[Any] | None = work.future  # None: no requester waits for it
+    task = asyncio.current_task()
+    if future is None or task is None:
+        return _nothing
+    running = True
+
+    def abandoned(done: asyncio.Future[Any]) -> None:
+        if running and done.cancelled():
+            task.cancel()
+
+    def unfollow() -> None:
+        nonlocal running
+        running = False
+        future.remove_done_callback(abandoned)
+
+    future.add_done_callback(abandoned)
+    return unfollow
+
+
+def _nothing() -> None:
+    pass
