@@ -43,6 +43,7 @@ from flockrt.errors import (
     WorkTimeout,
 )
 from flockrt.local import LocalFlock
+from flockrt.mcp import AgentDisconnected, Gateway, GatewayConfigError, OutsideAgent
 from flockrt.supervisor import (
     Backoff,
     ChildCounts,
@@ -67,6 +68,7 @@ __all__ = [
     "ActorSystem",
     "Agent",
     "AgentCard",
+    "AgentDisconnected",
     "AgentEvent",
     "AgentPort",
     "AskTimeout",
@@ -82,11 +84,14 @@ __all__ = [
     "DirectMessage",
     "DynamicSupervisor",
     "FlockError",
+    "Gateway",
+    "GatewayConfigError",
     "JetStreamError",
     "LocalFlock",
     "MailboxFull",
     "NoCapableAgent",
     "NoResponders",
+    "OutsideAgent",
     "ProgressCallback",
     "Restart",
     "RestartIntensityExceeded",

@@ -582,11 +582,20 @@ class NatsFlock(LocalFlock):
         return response.result
 
     async def send_message(
-        self, to: str, message: Any, *, type: str = "command", sender: str = "flock", timeout: float = 30.0
+        self,
+        to: str,
+        message: Any,
+        *,
+        type: str = "command",
+        sender: str = "flock",
+        timeout: float = 30.0,
+        metadata: dict[str, Any] | None = None,
     ) -> Any:
         """Send a direct message to agent ``to``, here or in another process."""
         if self.is_local(to):
-            return await super().send_message(to, message, type=type, sender=sender, timeout=timeout)
+            return await super().send_message(
+                to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
+            )
         correlation_id = uuid.uuid4().hex
         direct = DirectMessage(
             id=uuid.uuid4().hex,
@@ -594,6 +603,7 @@ class NatsFlock(LocalFlock):
             to=to,
             message=message,
             type=type,
+            metadata=metadata,
             correlation_id=correlation_id,
         )
         headers = {CORRELATION_HEADER: correlation_id}
@@ -611,6 +621,9 @@ class NatsFlock(LocalFlock):
         answer = self.codec.decode(
             reply.subject, reply.data, DirectMessage, reply.headers.get("Content-Type")
         )
+        error = (answer.metadata or {}).get("error")
+        if error:  # the agent's process could not get an answer (see _answer_query)
+            raise WorkFailed(answer.sender, "query", to, RuntimeError(str(error)))
         return answer.message
 
     async def broadcast_all(self, type: str, message: Any = None, data: Any = None) -> None:
@@ -756,7 +769,13 @@ class NatsFlock(LocalFlock):
             return
         if direct.type != "query":
             try:
-                await super().send_message(direct.to, direct.message, type=direct.type, sender=direct.sender)
+                await super().send_message(
+                    direct.to,
+                    direct.message,
+                    type=direct.type,
+                    sender=direct.sender,
+                    metadata=direct.metadata,
+                )
             except FlockError as exc:
                 log.warning("direct message %s for %s not delivered: %s", direct.id, direct.to, exc)
             return
@@ -766,7 +785,9 @@ class NatsFlock(LocalFlock):
         answer: Any = None
         error: str | None = None
         try:
-            answer = await super().send_message(query.to, query.message, type="query", sender=query.sender)
+            answer = await super().send_message(
+                query.to, query.message, type="query", sender=query.sender, metadata=query.metadata
+            )
         except FlockError as exc:
             error = str(exc)
         response = DirectMessage(
