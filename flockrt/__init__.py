@@ -47,6 +47,7 @@ from flockrt.errors import (
     WorkTimeout,
 )
 from flockrt.local import LocalFlock
+from flockrt.mcp.client import FlockClient
 from flockrt.supervisor import (
     Backoff,
     ChildCounts,
@@ -87,6 +88,7 @@ __all__ = [
     "CircuitOpen",
     "DirectMessage",
     "DynamicSupervisor",
+    "FlockClient",
     "FlockError",
     "GatewayError",
     "GatewayUnavailable",
