@@ -6,11 +6,9 @@ are in tests/test_client_gateway.py.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import pytest
 
 from flockrt import (
@@ -24,9 +22,9 @@ from flockrt import (
 )
 from flockrt.breaker import BreakerState
 from flockrt.bus.embedded import EmbeddedNats
-from flockrt.config import FlockConfig
 from flockrt.runtime import Flock
-from tests import client_agents
+from tests import client_support
+from tests.client_support import dead_url, flock_config
 from tests.conftest import wait_for
 
 
@@ -38,26 +36,10 @@ class Clock:
         return self.now
 
 
-def dead_url() -> str:
-    """A ws:// URL on a local port nobody listens on (connections are refused at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"ws://127.0.0.1:{port}/mcp"
-
-
-def flock_config(**sections: Any) -> FlockConfig:
-    agents = [
-        {"id": "rec", "class": "tests.client_agents:Recorder"},
-        {"id": "echo", "class": "echo", "options": {"prefix": "echo: "}},
-    ]
-    return msgspec.convert({"runtime": {"name": "test-flock"}, "agents": agents, **sections}, FlockConfig)
-
-
 @pytest.fixture
 async def nats_flock(nats_server: EmbeddedNats) -> AsyncIterator[Flock]:
     """A flock on the test's nats-server, with no gateway: agents rec (Recorder) and echo."""
-    client_agents.RECEIVED.clear()
+    client_support.RECEIVED.clear()
     async with Flock(flock_config(nats={"url": nats_server.url})) as flock:
         yield flock
 
@@ -68,7 +50,7 @@ async def nats_flock(nats_server: EmbeddedNats) -> AsyncIterator[Flock]:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"url": "http://127.0.0.1:4002/mcp"}, "url must be a ws:// or wss:// URL"),
+        ({"url": "tcp://127.0.0.1:4002/mcp"}, "url must be a ws:// or wss:// URL"),
         ({"timeout": 0}, "timeout must be > 0 seconds, got 0"),
         ({"connect_timeout": -1}, "connect_timeout must be > 0 seconds"),
         ({"backoff": 2, "max_backoff": 1}, "expected 0 < backoff <= max_backoff"),
@@ -78,6 +60,11 @@ async def nats_flock(nats_server: EmbeddedNats) -> AsyncIterator[Flock]:
 def test_bad_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FlockClient(**kwargs)
+
+
+def test_an_http_url_of_the_endpoint_means_its_websocket() -> None:
+    assert FlockClient("http://127.0.0.1:4002/mcp").url == "ws://127.0.0.1:4002/mcp"
+    assert FlockClient("https://flock.example/mcp").url == "wss://flock.example/mcp"
 
 
 async def test_bad_arguments_are_refused_before_anything_is_sent() -> None:
@@ -162,7 +149,7 @@ async def test_capability_requests_and_messages_fall_back_to_nats(nats_flock: Fl
         assert answer["got"] == {"n": 1}
         assert answer["from"].startswith("client-")
         assert await client.send_message("rec", "fire and forget") is None
-        await wait_for(lambda: any(m.message == "fire and forget" for m in client_agents.RECEIVED))
+        await wait_for(lambda: any(m.message == "fire and forget" for m in client_support.RECEIVED))
         assert client.fallbacks == 3
         assert client.breaker.state is BreakerState.OPEN  # 2 failures to reach the gateway ...
         # ... and with the breaker open, calls go straight to NATS.

@@ -269,7 +269,8 @@ class FlockClient:
             print(await client.request_capability("text-analysis", {"text": "hello there"}))
 
     Args:
-        url: The gateway's WebSocket endpoint (``ws://host:port/mcp``).
+        url: The gateway's endpoint, ``ws://host:port/mcp`` (or ``wss://``; an ``http(s)://``
+            URL of the same endpoint is taken as its WebSocket twin).
         token: Bearer token sent on the upgrade request, if the gateway wants one.
         nats_url: The flock's NATS; when set, capability requests and direct messages fall
             back to it while the gateway is unreachable or the breaker is open.
@@ -303,8 +304,10 @@ class FlockClient:
         connect_timeout: float = 5.0,
         name: str = "flockrt-client",
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://", "http://", "https://")):
             raise ValueError(f"url must be a ws:// or wss:// URL of the gateway's /mcp, got {url!r}")
+        if url.startswith("http"):  # the gateway's http://host:port/mcp is the same endpoint
+            url = "ws" + url[len("http") :]
         for setting, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             if not value > 0:
                 raise ValueError(f"{setting} must be > 0 seconds, got {value!r}")
