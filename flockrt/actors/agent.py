@@ -280,19 +280,31 @@ class Agent(Actor[Any]):
             log.warning("agent %s ignores unexpected message %r", self.agent_id, message)
         return None
 
+    def skill_handler(
+        self, kind: Literal["capability", "task"], key: str
+    ) -> Callable[..., Coroutine[Any, Any, Any]] | None:
+        """The coroutine function that does capability (or task type) ``key``, or None.
+
+        By default the method marked with :func:`capability` / :func:`handles_task`. An agent
+        whose skills are known only at run time (an outside agent behind the MCP gateway)
+        overrides this together with :attr:`capabilities` / :attr:`task_types`.
+        """
+        table = self._flockrt_capabilities if kind == "capability" else self._flockrt_task_types
+        method_name = table.get(key)
+        return None if method_name is None else getattr(self, method_name)
+
     def _start_work(self, work: Work) -> None:
         if work.future.done():  # the requester gave up while it waited in the queue
             self._finished()
             return
-        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
-        method_name = table.get(work.key)
-        if method_name is None:
+        method = self.skill_handler(work.kind, work.key)
+        if method is None:
             work.future.set_exception(
                 WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered"))
             )
             self._finished()
             return
-        task = asyncio.get_running_loop().create_task(self._run(work, getattr(self, method_name)))
+        task = asyncio.get_running_loop().create_task(self._run(work, method))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 

@@ -1,0 +1,145 @@
+"""Helpers of the gateway tests: a WebSocket transport for the official ``mcp`` SDK client, a
+running flock with a gateway on a free port, and a few in-process agents.
+
+The SDK ships no WebSocket client transport, so :func:`websocket_transport` bridges the
+client's read/write streams (anyio memory streams of ``SessionMessage``) to an aiohttp
+WebSocket with the ``mcp`` subprotocol, one JSON-RPC message per text frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import anyio
+import httpx2
+import mcp_types
+from mcp import Client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.message import SessionMessage
+
+import flockrt
+from flockrt.config import AuthConfig, FlockConfig, McpConfig, NatsConfig, RuntimeConfig
+from flockrt.runtime import Flock
+
+
+@asynccontextmanager
+async def websocket_transport(
+    url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Any, Any]]:
+    """The SDK's Transport over an aiohttp WebSocket (subprotocol ``mcp``)."""
+    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, protocols=("mcp",), headers=headers) as ws,
+    ):
+
+        async def reader() -> None:
+            async with read_writer:
+                async for frame in ws:
+                    if frame.type is not aiohttp.WSMsgType.TEXT:
+                        break
+                    try:
+                        message: SessionMessage | Exception = SessionMessage(
+                            mcp_types.jsonrpc_message_adapter.validate_json(frame.data, by_name=False)
+                        )
+                    except ValueError as exc:
+                        message = exc
+                    await read_writer.send(message)
+
+        async def writer() -> None:
+            async with write_reader:
+                async for session_message in write_reader:
+                    await ws.send_str(
+                        session_message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                    )
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(reader)
+            tasks.start_soon(writer)
+            try:
+                yield read_stream, write_stream
+            finally:
+                tasks.cancel_scope.cancel()
+
+
+def ws_url(http_url: str) -> str:
+    return "ws" + http_url.removeprefix("http")
+
+
+def client(url: str, *, transport: str = "http", token: str | None = None, **options: Any) -> Client:
+    """An SDK client of the gateway at ``url`` (``http://.../mcp``) over ``transport``."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    if transport == "websocket":
+        return Client(websocket_transport(ws_url(url), headers), **options)
+    if headers is None:
+        return Client(url, **options)
+    from mcp.client.streamable_http import streamable_http_client
+
+    http: httpx2.AsyncClient = create_mcp_http_client(headers=headers)
+    return Client(streamable_http_client(url, http_client=http), **options)
+
+
+def flock_config(
+    *, nats_url: str | None = None, node: str = "gw", auth: AuthConfig | None = None, **mcp: Any
+) -> FlockConfig:
+    return FlockConfig(
+        runtime=RuntimeConfig(name=node, shutdown_timeout=5.0),
+        nats=NatsConfig(url=nats_url) if nats_url else None,
+        mcp=McpConfig(port=0, auth=auth or AuthConfig(), **mcp),
+    )
+
+
+class Analyst(flockrt.Agent):
+    """Counts words; answers queries with an echo."""
+
+    max_concurrent_tasks = 4
+
+    @flockrt.capability("text-analysis")
+    async def analyze(self, text: str) -> dict[str, int]:
+        return {"words": len(text.split())}
+
+    @flockrt.handles_task("analysis")
+    async def on_task(self, task: flockrt.TaskMessage) -> dict[str, Any]:
+        return {"words": len(str(task.data).split())}
+
+    async def on_message(self, message: flockrt.DirectMessage) -> Any:
+        self.seen.append(message)
+        return {"echo": message.message, "from": message.sender}
+
+    async def setup(self) -> None:
+        self.seen: list[flockrt.DirectMessage] = []
+
+
+class Slow(flockrt.Agent):
+    """A capability that runs until cancelled, reporting both ends."""
+
+    started: asyncio.Event
+    cancelled: asyncio.Event
+
+    @flockrt.capability("slow")
+    async def slow(self) -> None:
+        Slow.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            Slow.cancelled.set()
+            raise
+
+
+@asynccontextmanager
+async def running_flock(config: FlockConfig) -> AsyncIterator[Flock]:
+    async with Flock(config) as flock:
+        yield flock
+
+
+def structured(result: Any) -> Any:
+    """The structuredContent of a CallToolResult, checked against its text block."""
+    assert result.content and result.content[0].type == "text"
+    assert json.loads(result.content[0].text) == result.structured_content
+    return result.structured_content
