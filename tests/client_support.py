@@ -39,11 +39,12 @@ def dead_url() -> str:
     return f"ws://127.0.0.1:{port}/mcp"
 
 
-def flock_config(**sections: Any) -> FlockConfig:
-    """A flock of two agents, ``rec`` (a Recorder) and ``echo`` (prefix "echo: "), plus the
-    given sections (``nats={"url": ...}``, ``mcp={"port": 0}``)."""
-    agents = [
+def flock_config(*, agents: bool = True, name: str = "test-flock", **sections: Any) -> FlockConfig:
+    """A flock of two agents, ``rec`` (a Recorder) and ``echo`` (prefix "echo: "), or none
+    without ``agents``, plus the given sections (``nats={"url": ...}``, ``mcp={"port": 0}``)."""
+    members = [
         {"id": "rec", "class": "tests.client_support:Recorder"},
         {"id": "echo", "class": "echo", "options": {"prefix": "echo: "}},
     ]
-    return msgspec.convert({"runtime": {"name": "test-flock"}, "agents": agents, **sections}, FlockConfig)
+    config = {"runtime": {"name": name, "shutdown_timeout": 5.0}, "agents": members if agents else []}
+    return msgspec.convert({**config, **sections}, FlockConfig)
