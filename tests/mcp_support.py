@@ -143,3 +143,100 @@ def structured(result: Any) -> Any:
     assert result.content and result.content[0].type == "text"
     assert json.loads(result.content[0].text) == result.structured_content
     return result.structured_content
+
+
+class RawPeer:
+    """A hand-driven JSON-RPC peer over one gateway WebSocket: what an outside agent does.
+
+    Requests get futures by id; notifications are queued by method, so a test waits for the
+    exact message it expects (with a deadline), never for time to pass.
+    """
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self._ids = iter(range(1, 1 << 30))
+        self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self.notifications: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self.close_code: int | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, url: str, *, headers: dict[str, str] | None = None, initialize: bool = True
+    ) -> AsyncIterator[RawPeer]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(ws_url(url), protocols=("mcp",), headers=headers) as ws,
+        ):
+            peer = cls(ws)
+            try:
+                if initialize:
+                    await peer.request(
+                        "initialize",
+                        {
+                            "protocolVersion": "2025-06-18",
+                            "capabilities": {},
+                            "clientInfo": {"name": "raw", "version": "0"},
+                        },
+                    )
+                    await peer.notify("notifications/initialized")
+                yield peer
+            finally:
+                await ws.close()
+                await asyncio.gather(peer._reader, return_exceptions=True)
+
+    async def _read(self) -> None:
+        async for frame in self.ws:
+            if frame.type is not aiohttp.WSMsgType.TEXT:
+                break
+            message = json.loads(frame.data)
+            if "method" in message:
+                self.queue(message["method"]).put_nowait(message.get("params"))
+            elif (future := self._pending.pop(message.get("id"), None)) is not None:
+                future.set_result(message)
+            else:
+                self.queue("<unmatched>").put_nowait(message)
+        self.close_code = self.ws.close_code
+
+    def queue(self, method: str) -> asyncio.Queue[dict[str, Any]]:
+        return self.notifications.setdefault(method, asyncio.Queue())
+
+    async def next(self, method: str, timeout: float = 5.0) -> dict[str, Any]:
+        return await asyncio.wait_for(self.queue(method).get(), timeout)
+
+    async def send_raw(self, data: str) -> None:
+        await self.ws.send_str(data)
+
+    async def request(self, method: str, params: Any = None, timeout: float = 10.0) -> dict[str, Any]:
+        """The whole response (``result`` or ``error``)."""
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        await self.ws.send_str(json.dumps(message))
+        return await asyncio.wait_for(future, timeout)
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        await self.ws.send_str(json.dumps(message))
+
+    async def call(self, tool: str, arguments: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """A tool's result (``structuredContent``, ``isError``), or raises on a JSON-RPC error."""
+        response = await self.request("tools/call", {"name": tool, "arguments": arguments}, timeout)
+        if "error" in response:
+            raise RpcError(response["error"])
+        result: dict[str, Any] = response["result"]
+        assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
+        return result
+
+
+class RpcError(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message"))
+        self.code = error["code"]
+        self.error = error

@@ -307,6 +307,9 @@ class Agent(Actor[Any]):
         task = asyncio.get_running_loop().create_task(self._run(work, method))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        # A requester that cancels its wait (an MCP client's notifications/cancelled, a caller
+        # cancelled itself) cancels the work too: nobody wants its result any more.
+        work.future.add_done_callback(lambda future: task.cancel() if future.cancelled() else None)
 
     async def _run(self, work: Work, method: Callable[..., Coroutine[Any, Any, Any]]) -> None:
         try:

@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 
+_MIN_SECRET_BYTES = 32
+
+
 class GatewayConfigError(FlockError, ValueError):
     """The ``[mcp]`` configuration cannot be served safely (or at all)."""
 
@@ -86,6 +89,11 @@ class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self._tokens = [token.encode() for token in config.tokens]
         self._secret = config.jwt_secret
+        if self._secret and len(self._secret.encode()) < _MIN_SECRET_BYTES:
+            raise GatewayConfigError(
+                f"[mcp.auth] jwt_secret is {len(self._secret.encode())} bytes; HS256 needs at least "
+                f"{_MIN_SECRET_BYTES} (RFC 7518 3.2)"
+            )
         self.required = bool(self._tokens or self._secret)
         """Whether requests must carry a token at all."""
 
