@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jwt
 import pytest
 
 from flockrt import (
@@ -21,6 +23,7 @@ from flockrt import (
     GatewayError,
     GatewayUnavailable,
     NoCapableAgent,
+    NotAuthorized,
     TaskResult,
     UnknownAgent,
     WorkFailed,
@@ -154,7 +157,7 @@ async def test_two_outside_agents_talk_through_the_gateway(flock: Flock) -> None
         )  # type: ignore[union-attr]
 
 
-async def test_a_handler_that_raises_leaves_the_requester_to_time_out(flock: Flock) -> None:
+async def test_a_handler_that_raises_fails_the_request_instead_of_answering(flock: Flock) -> None:
     url = gateway_url(flock)
     async with FlockClient(url, timeout=5) as agent, FlockClient(url, timeout=5) as asker:
 
@@ -163,8 +166,11 @@ async def test_a_handler_that_raises_leaves_the_requester_to_time_out(flock: Flo
 
         agent.register_message_handler("capability_request", broken)
         await agent.announce_agent("fragile", capabilities=["fragile"])
-        with pytest.raises(WorkTimeout):
-            await asker.request_capability("fragile", {}, timeout=0.5)
+        # WorkFailed once the gateway takes send_response's `error` (contract CHANGE of
+        # 2026-11-25); a gateway without it rejects the report and the request times out.
+        with pytest.raises((WorkFailed, WorkTimeout)):
+            await asker.request_capability("fragile", {}, timeout=1)
+        assert agent.agent_id == "fragile" and agent.connected  # the agent lives on
 
 
 async def test_reconnects_and_announces_again_after_the_gateway_restarts(nats_server: EmbeddedNats) -> None:
@@ -268,3 +274,35 @@ async def test_operator_commands_against_the_gateway(
     assert "no agent offers capability 'translate'" in capsys.readouterr().err
     assert await operate(["send", "nobody", "x", "--type", "query", *url]) == 1
     assert "no agent with id 'nobody'" in capsys.readouterr().err
+
+
+async def test_tokens_static_and_jwt(nats_server: EmbeddedNats, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    auth = {"tokens": ["static-token"], "jwt_secret": secret}
+    config = flock_config(nats={"url": nats_server.url}, mcp={"port": 0, "auth": auth})
+    async with Flock(config) as running:
+        url = gateway_url(running)
+        for token in (None, "wrong-token"):
+            client = FlockClient(url, token=token)
+            try:
+                with pytest.raises(NotAuthorized, match="refused: 401"):
+                    await client.connect()
+                assert client.breaker.failures == 0  # the gateway is up; retrying will not help
+            finally:
+                await client.close()
+        async with FlockClient(url, token="static-token") as client:
+            assert await client.request_capability("upper", {"text": "let in"}) == "LET IN"
+        bound = jwt.encode(
+            {"agentId": "alpha", "capabilities": ["translate"], "exp": int(time.time()) + 60},
+            secret,
+            algorithm="HS256",
+        )
+        async with FlockClient(url, token=bound) as client:
+            with pytest.raises(NotAuthorized, match="not 'beta'"):
+                await client.announce_agent("beta")
+            await client.announce_agent("alpha", capabilities=["translate"])
+            assert client.agent_id == "alpha"
+        assert await operate(["agents", "--url", url]) == 1
+        assert "refused: 401" in capsys.readouterr().err
+        assert await operate(["agents", "--url", url, "--token", "static-token"]) == 0
+        assert "rec" in capsys.readouterr().out

@@ -715,17 +715,27 @@ class FlockClient:
         await self.call_tool("announce_agent", announcement)
         self._announcement = announcement
 
-    async def send_response(self, to: str, response: Any, correlation_id: str) -> None:
+    async def send_response(
+        self, to: str, response: Any, correlation_id: str, *, error: str | None = None
+    ) -> None:
         """Answer a query or capability request that was pushed to this agent.
 
         Handlers registered with :meth:`register_message_handler` are answered automatically;
         use this when the answer comes later or from elsewhere.
+
+        Args:
+            to: The requester (the pushed message's ``sender``).
+            response: The answer (JSON-able).
+            correlation_id: The pushed message's ``correlation_id``.
+            error: Instead of an answer, why there is none: the requester fails at once
+                (gateways that predate this argument reject it with -32602).
         """
         _check_str("to", to)
         _check_str("correlation_id", correlation_id)
-        await self.call_tool(
-            "send_response", {"to": to, "response": response, "correlationId": correlation_id}
-        )
+        arguments = {"to": to, "response": response, "correlationId": correlation_id}
+        if error is not None:
+            arguments["error"] = _check_str("error", error)
+        await self.call_tool("send_response", arguments)
 
     async def submit(
         self,
@@ -785,8 +795,9 @@ class FlockClient:
 
         For a ``query`` or a ``capability_request`` (whose message is ``{capability,
         parameters}``), the handler's return value is sent back as the answer. A handler that
-        raises is logged; the requester then gets no answer and times out. Handlers run
-        concurrently, each in a task the client owns (cancelled by :meth:`close`).
+        raises is logged, and the failure is reported with ``send_response``'s ``error``, so
+        the requester fails at once where the gateway supports it (else it times out). Handlers
+        run concurrently, each in a task the client owns (cancelled by :meth:`close`).
         """
         _check_str("type", type)
         if not callable(handler):
@@ -830,18 +841,22 @@ class FlockClient:
         task.add_done_callback(self._handler_tasks.discard)
 
     async def _handle_message(self, handler: MessageHandler, message: DirectMessage) -> None:
+        answer: Any = None
+        error: str | None = None
         try:
             answer = await _call_handler(handler, message)
-        except Exception:
+        except Exception as exc:
             log.exception(
                 "handler for %r message %s from %s failed", message.type, message.id, message.sender
             )
+            # Tell the requester now rather than let it wait for its timeout.
+            error = f"{message.to}: handler failed: {exc!r}"
+        if message.type not in ANSWERED_TYPES or not message.correlation_id:
             return
-        if message.type in ANSWERED_TYPES and message.correlation_id:
-            try:
-                await self.send_response(message.sender, answer, message.correlation_id)
-            except (GatewayUnavailable, CircuitOpen, GatewayError, ToolError, UnknownAgent) as exc:
-                log.warning("answer to %s from %s not delivered: %s", message.id, message.sender, exc)
+        try:
+            await self.send_response(message.sender, answer, message.correlation_id, error=error)
+        except (GatewayUnavailable, CircuitOpen, GatewayError, NotAuthorized, ToolError) as exc:
+            log.warning("answer to %s from %s not delivered: %s", message.id, message.sender, exc)
 
     async def _call(self, handler: BroadcastHandler, broadcast: Broadcast) -> None:
         try:
