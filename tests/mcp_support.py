@@ -79,10 +79,17 @@ def client(url: str, *, transport: str = "http", token: str | None = None, **opt
         return Client(websocket_transport(ws_url(url), headers), **options)
     if headers is None:
         return Client(url, **options)
+    return Client(_http_with_headers(url, headers), **options)
+
+
+@asynccontextmanager
+async def _http_with_headers(url: str, headers: dict[str, str]) -> AsyncIterator[Any]:
+    """Streamable HTTP with extra headers: the SDK closes only an HTTP client it made itself."""
     from mcp.client.streamable_http import streamable_http_client
 
     http: httpx2.AsyncClient = create_mcp_http_client(headers=headers)
-    return Client(streamable_http_client(url, http_client=http), **options)
+    async with http, streamable_http_client(url, http_client=http) as streams:
+        yield streams
 
 
 def flock_config(

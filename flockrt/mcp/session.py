@@ -309,12 +309,6 @@ class Session:
         return asyncio.get_running_loop().create_task(tick())
 
     def _timeout(self, milliseconds: int | None) -> float:
-        if milliseconds is not None and milliseconds < 0:
-            raise JsonRpcError(
-                INVALID_PARAMS,
-                "invalid argument 'timeout': must be >= 0 milliseconds",
-                {"argument": "timeout"},
-            )
         return (milliseconds if milliseconds is not None else self.gateway.config.timeout) / 1000
 
     async def _tool_send_message(self, args: tools.SendMessage, request_id: Any) -> dict[str, Any]:
@@ -363,13 +357,6 @@ class Session:
         _check_argument("id", args.id, request_id)
         for capability in args.capabilities:
             _check_argument("capabilities", capability, request_id)
-        if args.max_concurrent_tasks < 1:
-            raise JsonRpcError(
-                INVALID_PARAMS,
-                "announce_agent: invalid argument 'maxConcurrentTasks': must be >= 1",
-                {"argument": "maxConcurrentTasks"},
-                request_id,
-            )
         self.principal.check_announce(args.id, args.capabilities)
         if self.agent_id is not None:
             if self.agent_id == args.id:

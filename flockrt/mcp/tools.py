@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+Milliseconds = Annotated[int, msgspec.Meta(ge=0)]
+"""A duration in milliseconds, never negative."""
+
+
 class _Args(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
     """Base of tool arguments: camelCase keys, unknown keys refused."""
 
@@ -41,13 +45,13 @@ class SendMessage(_Args, frozen=True, kw_only=True):
     message: Any
     type: str = "command"
     metadata: dict[str, Any] | None = None
-    timeout: int | None = None
+    timeout: Milliseconds | None = None
 
 
 class RequestCapability(_Args, frozen=True, kw_only=True):
     capability: str
     parameters: Any = msgspec.field(default_factory=dict)
-    timeout: int | None = None
+    timeout: Milliseconds | None = None
 
 
 class ListAgents(_Args, frozen=True, kw_only=True):
@@ -63,7 +67,7 @@ class AnnounceAgent(_Args, frozen=True, kw_only=True):
     id: str
     name: str | None = None
     capabilities: list[str] = msgspec.field(default_factory=list)
-    max_concurrent_tasks: int = 1
+    max_concurrent_tasks: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 class SendResponse(_Args, frozen=True, kw_only=True):
@@ -77,7 +81,7 @@ class SubmitTask(_Args, frozen=True, kw_only=True):
     data: Any = None
     priority: Literal["low", "medium", "high"] = "medium"
     wait: bool = False
-    timeout: int | None = None
+    timeout: Milliseconds | None = None
 
 
 class Broadcast(_Args, frozen=True, kw_only=True):
