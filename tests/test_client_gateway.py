@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -196,6 +197,47 @@ async def test_reconnects_and_announces_again_after_the_gateway_restarts(nats_se
     finally:
         await client.close()
         await first.stop()
+
+
+async def test_reconnects_and_announces_again_after_its_connection_drops(flock: Flock) -> None:
+    url = gateway_url(flock)
+    async with FlockClient(url, timeout=5, backoff=0.01, max_backoff=0.05) as agent:
+        agent.register_message_handler("capability_request", lambda message: "still here")
+        await agent.announce_agent("blip", capabilities=["blip"])
+        assert flock.gateway is not None
+        for ws in list(flock.gateway.websockets):  # the connection drops; the gateway lives on
+            await ws.close()
+        await wait_for(lambda: agent.reconnects == 1, timeout=10)
+        # The old session's agent stopped; the re-announced one answers through the new session.
+        await wait_for(
+            lambda: (info := agents_of(flock).get_agent("blip")) is not None and info.status == "online"
+        )
+        assert await agents_of(flock).request_capability("blip", {}, timeout=5) == "still here"
+
+
+async def test_while_its_id_is_taken_the_client_keeps_trying_to_announce_again(
+    flock: Flock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="flockrt.client")
+    url = gateway_url(flock)
+    # backoff=1: the first reconnection attempt comes 0.5 to 1 s after the drop.
+    async with FlockClient(url, timeout=5, backoff=1, max_backoff=1) as agent:
+        agent.register_message_handler("capability_request", lambda message: "the original")
+        await agent.announce_agent("taken", capabilities=["who"])
+        assert flock.gateway is not None
+        for ws in list(flock.gateway.websockets):
+            await ws.close()
+        await wait_for(
+            lambda: (info := agents_of(flock).get_agent("taken")) is not None and info.status == "offline"
+        )
+        async with FlockClient(url, timeout=5) as impostor:
+            impostor.register_message_handler("capability_request", lambda message: "the impostor")
+            await impostor.announce_agent("taken", capabilities=["who"])
+            await wait_for(lambda: "could not announce taken again" in caplog.text, timeout=10)
+            assert agent.reconnects == 0
+            assert await agents_of(flock).request_capability("who", {}, timeout=5) == "the impostor"
+        await wait_for(lambda: agent.reconnects == 1, timeout=10)
+        assert await agents_of(flock).request_capability("who", {}, timeout=5) == "the original"
 
 
 async def test_the_breaker_opens_on_a_dead_gateway_and_closes_on_a_live_one(

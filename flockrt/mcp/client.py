@@ -492,15 +492,29 @@ class FlockClient:
         return session
 
     async def _reannounce(self, session: _Session) -> None:
+        """Announce the agent again on a new session.
+
+        Raises:
+            GatewayUnavailable: the gateway refused for now (the agent of the previous
+                connection may still be stopping, so its id is taken): the session is closed
+                and the reconnection is retried with backoff.
+        """
         assert self._announcement is not None
+        agent_id = self._announcement["id"]
         try:
             result = await session.request(
                 "tools/call", {"name": "announce_agent", "arguments": self._announcement}, self.timeout
             )
             _structured("announce_agent", self._announcement, result, self.timeout)
-            log.info("announced %s again after reconnecting", self._announcement["id"])
-        except (_RpcError, ToolError, NotAuthorized) as exc:
-            log.error("could not announce %s again: %s", self._announcement["id"], exc)
+        except (ToolError, _RpcError) as exc:
+            await session.close()
+            self._session = None
+            raise GatewayUnavailable(self.url, f"could not announce {agent_id} again: {exc}") from None
+        except NotAuthorized as exc:  # retrying will not help: stay connected, unannounced
+            log.error("could not announce %s again: %s", agent_id, exc)
+            self._announcement = None
+            return
+        log.info("announced %s again after reconnecting", agent_id)
 
     def _on_lost(self, session: _Session) -> None:
         if self._session is session:
