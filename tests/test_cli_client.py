@@ -4,7 +4,10 @@ tests/test_client_gateway.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,6 +20,7 @@ from flockrt.bus.embedded import EmbeddedNats
 from flockrt.cli import draw_tree, main, operate
 from flockrt.runtime import Flock
 from tests.client_support import dead_url, flock_config
+from tests.test_cli import read_until, shipped_config_on_a_free_port, start_flock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,3 +127,49 @@ async def test_the_tree_is_drawn_with_strategy_restart_types_and_states() -> Non
         "    │   └── w-2  Worker  running  permanent",
         "    └── last  Worker  running  transient",
     ]
+
+
+async def flockrt(*argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "flockrt.cli",
+        *argv,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_commands_against_flockrt_run(tmp_path: Path) -> None:
+    proc = await start_flock(shipped_config_on_a_free_port(tmp_path))
+    try:
+        output = await read_until(proc, "agents under /root")
+        found = re.search(r"MCP gateway listening on (http://\S+/mcp)", output)
+        assert found is not None, output
+        url = ("--url", found.group(1))
+        status, out, err = await flockrt("agents", *url)
+        assert (status, err) == (0, "")
+        assert [line.split()[0] for line in out.splitlines()] == ["AGENT", "echo", "text-1", "text-2"]
+        status, out, _ = await flockrt("tree", *url)
+        assert status == 0
+        assert "│   ├── text-1  TextAgent  running  permanent" in out
+        status, out, _ = await flockrt("request", "text-analysis", '{"text": "One. Two three!"}', *url)
+        assert status == 0
+        assert json.loads(out)["words"] == 3
+        status, out, _ = await flockrt("submit", "general", '"hi"', "--wait", *url)
+        assert status == 0
+        assert json.loads(out)["result"] == "echo: hi"
+        status, out, err = await flockrt("send", "nobody", "hi", "--type", "query", *url)
+        assert status == 1
+        assert "flockrt send: no agent with id 'nobody'" in err
+        assert "Traceback" not in err
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
