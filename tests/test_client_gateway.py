@@ -86,6 +86,10 @@ async def test_the_handshake_and_every_query_operation(client: FlockClient) -> N
 
 async def test_capabilities_messages_tasks_and_their_failures(client: FlockClient) -> None:
     assert await client.request_capability("upper", {"text": "through the gateway"}) == "THROUGH THE GATEWAY"
+    # Many calls in flight on one connection: each answer goes to its own caller.
+    words = [f"word{i}" for i in range(50)]
+    answers = await asyncio.gather(*(client.request_capability("upper", {"text": w}) for w in words))
+    assert answers == [w.upper() for w in words]
     with pytest.raises(NoCapableAgent, match="no agent offers capability 'translate'"):
         await client.request_capability("translate", {"text": "x"})
     with pytest.raises(WorkFailed, match="exploding on purpose"):

@@ -129,7 +129,7 @@ class _Session:
 
         Raises:
             GatewayUnavailable: the connection is gone, or no answer within ``timeout`` s.
-            GatewayError / NotAuthorized: the gateway answered with a JSON-RPC error.
+            _RpcError: the gateway answered with a JSON-RPC error (the caller names it).
         """
         if not self.alive:
             raise GatewayUnavailable(self.url, "the connection is closed")
@@ -205,6 +205,8 @@ class _Session:
             if not self._closing:
                 log.warning("lost the connection to %s: %s", self.url, reason)
                 self._on_lost(self)
+        if not self.ws.closed:  # after an error frame: let the socket go too
+            await self.ws.close()
 
     async def _dispatch(self, text: str) -> None:
         try:
@@ -222,7 +224,8 @@ class _Session:
             else:
                 self._on_notification(method, message.get("params"))
             return
-        future = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+        request_id = message.get("id")
+        future = self._pending.get(request_id) if isinstance(request_id, int) else None
         if future is None or future.done():
             log.debug("gateway %s answered an unknown or abandoned request %r", self.url, message.get("id"))
             return
