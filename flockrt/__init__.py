@@ -47,6 +47,7 @@ from flockrt.errors import (
     WorkTimeout,
 )
 from flockrt.local import LocalFlock
+from flockrt.mcp import AgentDisconnected, Gateway, GatewayConfigError, OutsideAgent
 from flockrt.mcp.client import FlockClient
 from flockrt.supervisor import (
     Backoff,
@@ -72,6 +73,7 @@ __all__ = [
     "ActorSystem",
     "Agent",
     "AgentCard",
+    "AgentDisconnected",
     "AgentEvent",
     "AgentPort",
     "AskTimeout",
@@ -90,6 +92,8 @@ __all__ = [
     "DynamicSupervisor",
     "FlockClient",
     "FlockError",
+    "Gateway",
+    "GatewayConfigError",
     "GatewayError",
     "GatewayUnavailable",
     "JetStreamError",
@@ -98,6 +102,7 @@ __all__ = [
     "NoCapableAgent",
     "NoResponders",
     "NotAuthorized",
+    "OutsideAgent",
     "Restart",
     "RestartIntensityExceeded",
     "RestartLimiter",

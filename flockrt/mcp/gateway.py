@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,17 +44,29 @@ class Gateway:
         config: The ``[mcp]`` section.
         flock: The flock it serves (in-process, or over NATS).
         progress_interval: Seconds between progress notifications of a long tool call.
+        session_idle_timeout: Seconds a Streamable HTTP session may go without a request (and
+            without a server stream open) before it is ended, with its outside agent. A
+            WebSocket session ends with its connection instead.
 
     Raises:
         GatewayConfigError: the config would expose an unauthenticated gateway beyond loopback.
     """
 
-    def __init__(self, config: McpConfig, flock: LocalFlock, *, progress_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        config: McpConfig,
+        flock: LocalFlock,
+        *,
+        progress_interval: float = 1.0,
+        session_idle_timeout: float = 600.0,
+    ) -> None:
         check_bind(config)
         self.config = config
         self.flock = flock
         self.system: ActorSystem = flock.system
         self.progress_interval = progress_interval
+        self.session_idle_timeout = session_idle_timeout
+        self._sweeper: asyncio.TimerHandle | None = None
         self.auth = Authenticator(config.auth)
         self.sessions: dict[str, Session] = {}
         self.tool_listing = [tool.listing() for tool in TOOLS.values()]
@@ -76,9 +89,13 @@ class Gateway:
         template = ChildSpec(id="outside-agent", factory=OutsideAgent, restart="temporary", shutdown=2.0)
         self._supervisor = await self.system.spawn(DynamicSupervisor, template, name="mcp-agents")
         self._unsubscribe_directory = self.flock.directory.subscribe(self._directory_changed)
+        self._schedule_sweep()
 
     async def close(self) -> None:
         """End every session (their agents go offline) and stop the supervisor. Idempotent."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._unsubscribe_directory is not None:
             self._unsubscribe_directory()
             self._unsubscribe_directory = None
@@ -108,6 +125,34 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(session.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """End the Streamable HTTP sessions idle for longer than ``session_idle_timeout``.
+
+        A client that vanished without DELETE would otherwise keep its session, and its outside
+        agent online, forever. Returns how many sessions are being ended.
+        """
+        now = time.monotonic() if now is None else now
+        idle = [
+            session
+            for session in self.sessions.values()
+            if session.transport == "http"
+            and not session.streaming
+            and not session.inflight
+            and now - session.last_active > self.session_idle_timeout
+        ]
+        for session in idle:
+            log.info("session %s idle for %.0f s: ended", session.id, now - session.last_active)
+            self.close_later(session)
+        return len(idle)
+
+    def _schedule_sweep(self) -> None:
+        interval = max(self.session_idle_timeout / 4, 1.0)
+        self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        self.expire_idle()
+        self._schedule_sweep()
 
     # ------------------------------------------------------------------ flock helpers
 

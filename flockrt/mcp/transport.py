@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -294,6 +295,7 @@ async def handle_get(gateway: Gateway, request: web.Request) -> web.StreamRespon
             raise
     finally:
         session.streaming = False
+        session.last_active = time.monotonic()  # idleness counts from the end of the stream
     return stream
 
 
