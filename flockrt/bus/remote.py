@@ -14,14 +14,12 @@ The correlation id travels in the ``Correlation-Id`` header as well as in the me
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flockrt.bus import subjects
+from flockrt.bus.connection import NatsConnection
 from flockrt.bus.schema import CapabilityRequest, CapabilityResponse, Codec, DirectMessage
 from flockrt.errors import BusTimeout, NoCapableAgent, NoResponders, UnknownAgent, WorkFailed, WorkTimeout
-
-if TYPE_CHECKING:  # at run time the caller's connection is all we need; nats stays unimported
-    from flockrt.bus.connection import NatsConnection
 
 __all__ = ["CORRELATION_HEADER", "request_capability", "send_direct"]
 

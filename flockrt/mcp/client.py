@@ -35,13 +35,15 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Literal, TypeAlias, TypeVar
 
+import aiohttp
 import msgspec
 
 from flockrt._version import __version__
 from flockrt.breaker import CircuitBreaker
 from flockrt.bus import remote
+from flockrt.bus.connection import NatsConnection
 from flockrt.bus.schema import Broadcast, Codec, DirectMessage, Priority, TaskResult
 from flockrt.errors import (
     CircuitOpen,
@@ -54,11 +56,6 @@ from flockrt.errors import (
     WorkFailed,
     WorkTimeout,
 )
-
-if TYPE_CHECKING:  # aiohttp and nats are imported on first use: `import flockrt` stays light
-    import aiohttp
-
-    from flockrt.bus.connection import NatsConnection
 
 __all__ = [
     "ANSWERED_TYPES",
@@ -156,8 +153,6 @@ class _Session:
         await self._send(message)
 
     async def _send(self, message: Mapping[str, Any]) -> None:
-        import aiohttp
-
         try:
             await self.ws.send_str(_json_encode(message).decode())
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
@@ -186,8 +181,6 @@ class _Session:
         self._pending.clear()
 
     async def _read(self) -> None:
-        import aiohttp
-
         reason = "the gateway closed the connection"
         try:
             async for frame in self.ws:
@@ -445,8 +438,6 @@ class FlockClient:
 
     async def _open(self) -> _Session:
         """Open a socket, do the handshake, re-announce; the caller holds the connect lock."""
-        import aiohttp
-
         if self._closed:
             raise GatewayUnavailable(self.url, "the client is closed")
         if self._http is None:
@@ -884,8 +875,6 @@ class FlockClient:
     # ------------------------------------------------------------------ NATS fallback
 
     async def _nats(self) -> NatsConnection:
-        from flockrt.bus.connection import NatsConnection
-
         assert self.nats_url is not None
         if self._bus is None:
             self._bus = NatsConnection(self.nats_url, name=self.name, connect_timeout=self.connect_timeout)
