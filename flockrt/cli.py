@@ -295,8 +295,11 @@ async def _operate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"flockrt {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (GatewayUnavailable, CircuitOpen, BusUnavailable) as exc:
+    except (GatewayUnavailable, CircuitOpen) as exc:
         print(f"flockrt {args.command}: {exc} (is the flock running with an [mcp] section?)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except BusUnavailable as exc:  # the --nats fallback could not help either
+        print(f"flockrt {args.command}: neither the gateway nor NATS can be reached: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except (FlockError, ConnectionError) as exc:
         print(f"flockrt {args.command}: {exc}", file=sys.stderr)
@@ -309,7 +312,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flockrt`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     if args.command in _OPERATIONS:
-        return asyncio.run(_operate(args))
+        # One-shot commands say what went wrong themselves; the client's warnings about
+        # reconnecting or degraded NATS would only be noise here.
+        logger = logging.getLogger("flockrt")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            return asyncio.run(_operate(args))
+        finally:
+            logger.setLevel(level)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

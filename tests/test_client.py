@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from flockrt import (
+    BusUnavailable,
     CircuitBreaker,
     CircuitOpen,
     FlockClient,
@@ -22,6 +23,7 @@ from flockrt import (
 )
 from flockrt.breaker import BreakerState
 from flockrt.bus.embedded import EmbeddedNats
+from flockrt.cli import operate
 from flockrt.runtime import Flock
 from tests import client_support
 from tests.client_support import dead_url, flock_config
@@ -185,3 +187,20 @@ async def test_operations_without_a_nats_equivalent_do_not_fall_back(nats_flock:
         assert client.fallbacks == 0
     finally:
         await client.close()
+
+
+async def test_with_nats_down_too_the_error_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    nats_url = dead_url().replace("ws://", "nats://").removesuffix("/mcp")
+    client = FlockClient(dead_url(), nats_url=nats_url, reconnect=False)
+    try:
+        with pytest.raises(BusUnavailable, match="is unreachable") as info:
+            await client.request_capability("upper", {"text": "x"})
+        assert isinstance(info.value, ConnectionError)
+        assert isinstance(info.value.__context__, GatewayUnavailable)  # what was tried first
+        assert client.fallbacks == 0
+    finally:
+        await client.close()
+    assert await operate(["request", "upper", "{}", "--url", dead_url(), "--nats", nats_url]) == 3
+    err = capsys.readouterr().err
+    assert "flockrt request: neither the gateway nor NATS can be reached" in err
+    assert f"NATS at {nats_url} is unreachable" in err
