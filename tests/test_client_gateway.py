@@ -38,6 +38,7 @@ from flockrt.runtime import Flock
 from tests import client_support
 from tests.client_support import flock_config
 from tests.conftest import wait_for
+from tests.mcp_support import Slow
 
 
 def agents_of(flock: Flock) -> LocalFlock:
@@ -352,3 +353,17 @@ async def test_tokens_static_and_jwt(nats_server: EmbeddedNats, capsys: pytest.C
         assert "refused: 401" in capsys.readouterr().err
         assert await operate(["agents", "--url", url, "--token", "static-token"]) == 0
         assert "rec" in capsys.readouterr().out
+
+
+async def test_cancelling_a_call_cancels_the_work_in_the_flock(flock: Flock, client: FlockClient) -> None:
+    Slow.started, Slow.cancelled = asyncio.Event(), asyncio.Event()
+    await flock.system.spawn(Slow, "slow-1")
+    await wait_for(lambda: agents_of(flock).get_agent("slow-1") is not None)
+    call = asyncio.ensure_future(client.request_capability("slow", {}, timeout=30))
+    await asyncio.wait_for(Slow.started.wait(), 5)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    # The client told the gateway (notifications/cancelled), which stopped the agent's work.
+    await asyncio.wait_for(Slow.cancelled.wait(), 5)
+    assert await client.request_capability("upper", {"text": "still usable"}) == "STILL USABLE"
