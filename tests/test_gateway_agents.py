@@ -4,6 +4,7 @@ process and across two flockrt processes over NATS."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import sys
@@ -246,3 +247,26 @@ async def read_gateway_url(proc: asyncio.subprocess.Process, timeout: float = 20
             seen.append(line)
             if match := re.search(r"MCP gateway listening on (http://\S+)", line):
                 return match.group(1)
+
+
+async def test_an_agent_can_be_given_capabilities_at_run_time() -> None:
+    import flockrt
+
+    class Blank(flockrt.Agent):
+        def __init__(self, agent_id: str, extra: tuple[str, ...] = ()) -> None:
+            super().__init__(agent_id)
+            for name in extra:
+                self.add_capability(name, functools.partial(self.shout, name))
+
+        async def shout(self, name: str, text: str) -> str:
+            return f"{name}: {text.upper()}"
+
+    async with flockrt.ActorSystem("dyn") as system:
+        flock = flockrt.LocalFlock(system)
+        await system.spawn(Blank, "loud", ("shout",))
+        await system.spawn(Blank, "quiet")
+        assert await flock.request_capability("shout", {"text": "hi"}, timeout=5) == "shout: HI"
+        assert [a.id for a in flock.list_agents(capability="shout")] == ["loud"]
+        assert flock.get_agent("quiet").capabilities == ()  # type: ignore[union-attr]
+        with pytest.raises(ValueError, match="NATS subject"):
+            Blank("bad", ("no spaces allowed",))

@@ -98,3 +98,45 @@ async def test_idle_http_sessions_end_and_their_agents_go_offline() -> None:
         await wait_for(lambda: session_id not in gateway.sessions)
         assert flock.flock is not None
         await wait_for(lambda: flock.flock.get_agent("idle-agent").status == "offline")  # type: ignore[union-attr]
+
+
+async def test_requests_and_connections_are_reported_to_the_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flockrt.mcp import observe
+
+    requests: list[tuple[str, str]] = []
+    connections: dict[str, int] = {}
+
+    class Gauge:
+        def __init__(self, transport: str) -> None:
+            self.transport = transport
+
+        def inc(self, delta: int) -> None:
+            connections[self.transport] = connections.get(self.transport, 0) + delta
+
+    class Connections:
+        def labels(self, transport: str) -> Gauge:
+            return Gauge(transport)
+
+    monkeypatch.setattr(
+        observe, "_observe", lambda method, outcome, seconds: requests.append((method, outcome))
+    )
+    monkeypatch.setattr(observe, "_connections", Connections())
+    async with Flock(flock_config()) as flock:
+        assert flock.gateway_url is not None
+        async with RawPeer.connect(flock.gateway_url) as peer:
+            assert connections == {"websocket": 1}
+            await peer.call("list_agents", {})
+            missing = await peer.call("get_agent_info", {"agent_id": "ghost"})
+            assert missing["isError"]
+            await peer.send_raw("{bad")
+            await peer.next("<unmatched>")
+            with pytest.raises(Exception, match="nope"):
+                await peer.call("nope", {})
+        await wait_for(lambda: connections == {"websocket": 0})
+        async with aiohttp.ClientSession() as http, http.post(flock.gateway_url, data=b"[]") as response:
+            assert response.status == 400
+    assert ("initialize", "ok") in requests
+    assert ("tools/call", "ok") in requests
+    assert ("tools/call", "error") in requests
+    assert requests.count(("other", "invalid")) == 2  # the bad frame and the bad body
+    assert ("tools/call", "invalid") in requests  # the unknown tool

@@ -221,6 +221,22 @@ class Agent(Actor[Any]):
             load=self.load,
         )
 
+    def add_capability(self, name: str, handler: Callable[..., Coroutine[Any, Any, Any]]) -> None:
+        """Offer capability ``name``, done by ``handler``, besides those the class declares.
+
+        For agents whose skills are known only at run time (an outside agent behind the MCP
+        gateway). Call it before the agent starts (in ``__init__``): its flock learns what an
+        agent offers when it starts. ``handler`` is called like a :func:`capability` method.
+
+        Raises:
+            ValueError: ``name`` cannot be part of a NATS subject.
+        """
+        check_token("capability", name)
+        attribute = f"_flockrt_added_capability_{len(self._flockrt_capabilities)}"
+        # Instance attributes shadow the class's table: other instances keep theirs.
+        vars(self)[attribute] = handler
+        vars(self)["_flockrt_capabilities"] = {**self._flockrt_capabilities, name: attribute}
+
     # ------------------------------------------------------------------ hooks for subclasses
 
     async def setup(self) -> None:
@@ -280,31 +296,19 @@ class Agent(Actor[Any]):
             log.warning("agent %s ignores unexpected message %r", self.agent_id, message)
         return None
 
-    def skill_handler(
-        self, kind: Literal["capability", "task"], key: str
-    ) -> Callable[..., Coroutine[Any, Any, Any]] | None:
-        """The coroutine function that does capability (or task type) ``key``, or None.
-
-        By default the method marked with :func:`capability` / :func:`handles_task`. An agent
-        whose skills are known only at run time (an outside agent behind the MCP gateway)
-        overrides this together with :attr:`capabilities` / :attr:`task_types`.
-        """
-        table = self._flockrt_capabilities if kind == "capability" else self._flockrt_task_types
-        method_name = table.get(key)
-        return None if method_name is None else getattr(self, method_name)
-
     def _start_work(self, work: Work) -> None:
         if work.future.done():  # the requester gave up while it waited in the queue
             self._finished()
             return
-        method = self.skill_handler(work.kind, work.key)
-        if method is None:
+        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
+        method_name = table.get(work.key)
+        if method_name is None:
             work.future.set_exception(
                 WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered"))
             )
             self._finished()
             return
-        task = asyncio.get_running_loop().create_task(self._run(work, method))
+        task = asyncio.get_running_loop().create_task(self._run(work, getattr(self, method_name)))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         # A requester that cancels its wait (an MCP client's notifications/cancelled, a caller

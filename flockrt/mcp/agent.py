@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import Callable, Coroutine
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -71,17 +70,8 @@ class OutsideAgent(Agent):
         self._capabilities = capabilities
         self._answer_timeout = answer_timeout
         self._pending: dict[str, asyncio.Future[Any]] = {}
-
-    @property
-    def capabilities(self) -> tuple[str, ...]:
-        return self._capabilities
-
-    def skill_handler(
-        self, kind: Literal["capability", "task"], key: str
-    ) -> Callable[..., Coroutine[Any, Any, Any]] | None:
-        if kind == "capability" and key in self._capabilities:
-            return functools.partial(self._forward_capability, key)
-        return None
+        for capability in capabilities:
+            self.add_capability(capability, functools.partial(self._forward_capability, capability))
 
     async def setup(self) -> None:
         self._link.attach(self)

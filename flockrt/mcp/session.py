@@ -34,7 +34,7 @@ from flockrt.errors import (
     UnknownAgent,
     WorkTimeout,
 )
-from flockrt.mcp import tools
+from flockrt.mcp import observe, tools
 from flockrt.mcp.agent import OutsideAgent
 from flockrt.mcp.auth import Forbidden, Principal, TokenBucket
 from flockrt.mcp.protocol import (
@@ -516,6 +516,8 @@ class Session:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.gateway.forget(self)
+        if self.transport == "http":
+            observe.connection("http", -1)
 
     async def _stop_agent(self) -> None:
         if self.agent is not None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from flockrt.mcp import observe
 from flockrt.mcp.auth import Principal, Unauthorized, origin_allowed
 from flockrt.mcp.gateway import Gateway
 from flockrt.mcp.protocol import (
@@ -82,6 +83,7 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
     await ws.prepare(request)
     session = gateway.open_session(Session(gateway, principal, "websocket"))
     gateway.websockets.add(ws)
+    observe.connection("websocket", +1)
 
     async def send(data: bytes) -> None:
         if not ws.closed:
@@ -102,6 +104,7 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
                         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"rate limit exceeded")
                         break
                     await send(encode(error_response(None, RATE_LIMITED, "rate limit exceeded; slow down")))
+                    observe.request(None, "rate_limited", time.perf_counter())
                     continue
                 refused = 0
                 await _dispatch_frame(session, frame.data, send)
@@ -113,6 +116,7 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
                 break
             # ERROR (an oversize frame: aiohttp has closed with 1009) and CLOSE end the loop.
     finally:
+        observe.connection("websocket", -1)
         writer.cancel()
         gateway.websockets.discard(ws)
         await session.close()
@@ -121,10 +125,12 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
 
 
 async def _dispatch_frame(session: Session, data: str, send: Notify) -> None:
+    started = time.perf_counter()
     try:
         incoming = parse(data)
     except JsonRpcError as exc:
         await send(encode(exc.response()))
+        observe.request(None, "invalid", started)
         return
     if incoming.is_response:
         return
@@ -132,10 +138,10 @@ async def _dispatch_frame(session: Session, data: str, send: Notify) -> None:
         with contextlib.suppress(JsonRpcError):  # nobody to answer a bad notification
             await session.handle(incoming, send)
         return
-    session.run(incoming.id, _serve_request(session, incoming, send))
+    session.run(incoming.id, _serve_request(session, incoming, send, started))
 
 
-async def _serve_request(session: Session, incoming: Incoming, send: Notify) -> None:
+async def _serve_request(session: Session, incoming: Incoming, send: Notify, started: float) -> None:
     """Handle one request of a WebSocket session and send its answer (none if cancelled)."""
     try:
         response = await session.handle(incoming, send)
@@ -148,6 +154,7 @@ async def _serve_request(session: Session, incoming: Incoming, send: Notify) -> 
         response = error_response(incoming.id, INTERNAL_ERROR, f"internal error: {exc}")
     if response is not None:
         await send(encode(response))
+    observe.request(incoming.method, observe.outcome_of(response), started)
 
 
 # ---------------------------------------------------------------------- Streamable HTTP
@@ -165,8 +172,35 @@ def _session_of(gateway: Gateway, request: web.Request, principal: Principal) ->
     return session
 
 
+class _Note:
+    """What a POST was and how it went, for the metrics."""
+
+    __slots__ = ("method", "outcome")
+
+    def __init__(self) -> None:
+        self.method: str | None = None
+        self.outcome = "ok"
+
+
+_STATUS_OUTCOMES = {401: "unauthorized", 403: "unauthorized", 429: "rate_limited"}
+
+
 async def handle_post(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """One JSON-RPC message from a Streamable HTTP client."""
+    started = time.perf_counter()
+    note = _Note()
+    try:
+        response = await _handle_post(gateway, request, note)
+    except web.HTTPException as exc:
+        observe.request(note.method, _STATUS_OUTCOMES.get(exc.status, "invalid"), started)
+        raise
+    if response.status >= 400 and note.outcome == "ok":
+        note.outcome = _STATUS_OUTCOMES.get(response.status, "invalid")
+    observe.request(note.method, note.outcome, started)
+    return response
+
+
+async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> web.StreamResponse:
     principal = admit(gateway, request)
     if request.content_length is not None and request.content_length > gateway.config.max_message_bytes:
         raise web.HTTPRequestEntityTooLarge(
@@ -177,12 +211,14 @@ async def handle_post(gateway: Gateway, request: web.Request) -> web.StreamRespo
         incoming = parse(body)
     except JsonRpcError as exc:
         return _json_error(400, exc.response())
+    note.method = incoming.method
     version = request.headers.get(VERSION_HEADER)
     if incoming.method == "server/discover" and request.headers.get(SESSION_HEADER) is None:
         params = incoming.params if isinstance(incoming.params, dict) else {}
         return _json_error(400, Session.discover_error(params, incoming.id).response())
     if incoming.method == "initialize":
         session = gateway.open_session(Session(gateway, principal, "http"))
+        observe.connection("http", +1)
     else:
         session = _session_of(gateway, request, principal)
         if version is not None and version not in SUPPORTED_VERSIONS:
@@ -203,7 +239,7 @@ async def handle_post(gateway: Gateway, request: web.Request) -> web.StreamRespo
             return _json_error(400, exc.response(), headers)
         return web.Response(status=202, headers=headers)
     if _wants_progress(incoming) and "text/event-stream" in request.headers.get("Accept", ""):
-        return await _answer_with_stream(session, incoming, request, headers)
+        return await _answer_with_stream(session, incoming, request, headers, note)
     task = session.run(incoming.id, session.handle(incoming, _discard))
     try:
         response = await task
@@ -217,7 +253,9 @@ async def handle_post(gateway: Gateway, request: web.Request) -> web.StreamRespo
         if exc.request_id is None:
             exc.request_id = incoming.id
         status = 403 if exc.code == FORBIDDEN else 200
+        note.outcome = observe.outcome_of(exc.response())
         return _json_error(status, exc.response(), headers)
+    note.outcome = observe.outcome_of(response)
     return web.Response(body=encode(response), content_type="application/json", headers=headers)
 
 
@@ -241,7 +279,7 @@ def _sse(data: bytes) -> bytes:
 
 
 async def _answer_with_stream(
-    session: Session, incoming: Incoming, request: web.Request, headers: dict[str, str]
+    session: Session, incoming: Incoming, request: web.Request, headers: dict[str, str], note: _Note
 ) -> web.StreamResponse:
     """Answer a request as an SSE stream: its progress notifications, then its response."""
     stream = web.StreamResponse(
@@ -264,6 +302,7 @@ async def _answer_with_stream(
         if exc.request_id is None:
             exc.request_id = incoming.id
         response = exc.response()
+    note.outcome = observe.outcome_of(response)
     if response is not None:
         await stream.write(_sse(encode(response)))
     await stream.write_eof()
@@ -283,6 +322,7 @@ async def handle_get(gateway: Gateway, request: web.Request) -> web.StreamRespon
     )
     await stream.prepare(request)
     session.streaming = True
+    observe.connection("sse", +1)
     try:
         while not session.closed:
             data = await session.outbox.get()
@@ -294,6 +334,7 @@ async def handle_get(gateway: Gateway, request: web.Request) -> web.StreamRespon
             session.streaming = False
             raise
     finally:
+        observe.connection("sse", -1)
         session.streaming = False
         session.last_active = time.monotonic()  # idleness counts from the end of the stream
     return stream
