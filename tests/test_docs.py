@@ -26,6 +26,7 @@ GUIDES = [
     "flock.md",
     "gateway.md",
     "claude.md",
+    "client.md",
 ]
 
 # A python block, then optionally (after blank lines only) the text block that shows its output.

@@ -40,10 +40,11 @@ import msgspec
 from flockrt._version import __version__
 from flockrt.actors.agent import AgentCard, ProgressCallback
 from flockrt.actors.system import ActorSystem
-from flockrt.bus import subjects
+from flockrt.bus import remote, subjects
 from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
 from flockrt.bus.directory import Directory
 from flockrt.bus.durable import DurableTasks, TaskConsumer
+from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.bus.schema import (
     MSGPACK,
     AgentAnnouncement,
@@ -68,7 +69,6 @@ from flockrt.errors import (
     JetStreamError,
     NoCapableAgent,
     NoResponders,
-    UnknownAgent,
     WorkFailed,
     WorkTimeout,
 )
@@ -78,7 +78,6 @@ __all__ = ["CORRELATION_HEADER", "NatsFlock"]
 
 log = logging.getLogger("flockrt.flock")
 
-CORRELATION_HEADER = "Correlation-Id"
 
 _KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")  # what a key-value key may contain
 _SUBJECT = re.compile(r"^[^\s*>]+$")  # a publishable subject: no whitespace, no wildcards
@@ -558,28 +557,9 @@ class NatsFlock(LocalFlock):
             return await super().request_capability(
                 capability, parameters, timeout=timeout, progress=progress
             )
-        correlation_id = uuid.uuid4().hex
-        request = CapabilityRequest(
-            capability=capability,
-            parameters=parameters,
-            requester=self.node,
-            timeout=int(timeout * 1000),
-            correlation_id=correlation_id,
+        return await remote.request_capability(
+            self.bus, self.codec, capability, parameters, requester=self.node, timeout=timeout
         )
-        reply = await self._request(
-            subjects.capability(capability),
-            request,
-            "capability",
-            capability,
-            timeout,
-            {CORRELATION_HEADER: correlation_id},
-        )
-        response = self.codec.decode(
-            reply.subject, reply.data, CapabilityResponse, reply.headers.get("Content-Type")
-        )
-        if response.error is not None:
-            raise WorkFailed(response.agent_id, "capability", capability, RuntimeError(response.error))
-        return response.result
 
     async def send_message(
         self,
@@ -596,35 +576,10 @@ class NatsFlock(LocalFlock):
             return await super().send_message(
                 to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
             )
-        correlation_id = uuid.uuid4().hex
-        direct = DirectMessage(
-            id=uuid.uuid4().hex,
-            sender=sender,
-            to=to,
-            message=message,
-            type=type,
-            metadata=metadata,
-            correlation_id=correlation_id,
+        answer = await remote.send_direct(
+            self.bus, self.codec, to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
         )
-        headers = {CORRELATION_HEADER: correlation_id}
-        if type != "query":
-            await self.bus.publish(subjects.inbox(to), self.codec.encode(direct), headers=headers)
-            return None
-        try:
-            reply = await self.bus.request(
-                subjects.inbox(to), self.codec.encode(direct), timeout=timeout, headers=headers
-            )
-        except NoResponders:
-            raise UnknownAgent(to) from None
-        except BusTimeout:
-            raise WorkTimeout("query", to, timeout) from None
-        answer = self.codec.decode(
-            reply.subject, reply.data, DirectMessage, reply.headers.get("Content-Type")
-        )
-        error = (answer.metadata or {}).get("error")
-        if error:  # the agent's process could not get an answer (see _answer_query)
-            raise WorkFailed(answer.sender, "query", to, RuntimeError(str(error)))
-        return answer.message
+        return answer.message if answer is not None else None
 
     async def broadcast_all(self, type: str, message: Any = None, data: Any = None) -> None:
         """Broadcast to every agent of the flock (local ones get it through NATS too)."""
