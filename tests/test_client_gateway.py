@@ -28,7 +28,6 @@ from flockrt import (
     TaskResult,
     UnknownAgent,
     WorkFailed,
-    WorkTimeout,
 )
 from flockrt.breaker import BreakerState
 from flockrt.bus.embedded import EmbeddedNats
@@ -172,10 +171,9 @@ async def test_a_handler_that_raises_fails_the_request_instead_of_answering(floc
 
         agent.register_message_handler("capability_request", broken)
         await agent.announce_agent("fragile", capabilities=["fragile"])
-        # WorkFailed once the gateway takes send_response's `error` (contract CHANGE of
-        # 2026-11-25); a gateway without it rejects the report and the request times out.
-        with pytest.raises((WorkFailed, WorkTimeout)):
-            await asker.request_capability("fragile", {}, timeout=1)
+        # send_response carries the handler's error: the request fails at once, not by timeout.
+        with pytest.raises(WorkFailed, match="handler bug"):
+            await asker.request_capability("fragile", {}, timeout=5)
         assert agent.agent_id == "fragile" and agent.connected  # the agent lives on
 
 
