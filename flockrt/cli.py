@@ -4,7 +4,9 @@
 commands talk to a running flock through its MCP gateway (with :class:`~flockrt.FlockClient`):
 ``flockrt agents``, ``flockrt tree``, ``flockrt send TO MESSAGE``, ``flockrt request CAPABILITY
 JSON`` and ``flockrt submit TYPE JSON``; ``--url`` (default ``ws://127.0.0.1:$MCP_PORT/mcp``)
-and ``--token`` (default ``$FLOCKRT_TOKEN``) say where and as whom.
+and ``--token`` (default ``$FLOCKRT_TOKEN``) say where and as whom. ``flockrt health`` asks a
+running flock's ``/healthz`` (or ``/readyz``), for container health checks. ``flockrt bench``
+runs the benchmark suites of a source checkout and prints their tables.
 
 Exit status: 0 after a clean stop (SIGINT/SIGTERM) or a successful command; 1 when the root
 supervisor gave up, or the flock answered with a failure (no capable agent, unknown agent, a
@@ -21,8 +23,12 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from flockrt.config import ConfigError, FlockConfig, load_config
@@ -128,7 +134,105 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("data", nargs="?", default="null", help="the task's data as JSON (default null)")
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
     submit.add_argument("--priority", choices=("low", "medium", "high"), default="medium")
+
+    health = commands.add_parser("health", help="check a running flock's /healthz (exit 0 when healthy)")
+    health.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{port}",
+        help="the flock's HTTP listener (default http://127.0.0.1:$MCP_PORT, MCP_PORT=4002)",
+    )
+    health.add_argument("--ready", action="store_true", help="check /readyz: can the flock take work?")
+    health.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait (default 3)")
+
+    bench = commands.add_parser(
+        "bench", help="run benchmark suites (from a source checkout) and print tables"
+    )
+    bench.add_argument(
+        "suites",
+        nargs="*",
+        metavar="SUITE",
+        help=f"{', '.join(BENCH_SUITES)} (default: all)",
+    )
+    bench.add_argument("--quick", action="store_true", help="small N, one run each: minutes become seconds")
+    bench.add_argument(
+        "--json", type=Path, metavar="DIR", help="also write each suite's results to DIR/<suite>.json"
+    )
+    bench.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), help="event loop of the kernel and bus suites"
+    )
     return parser
+
+
+BENCH_SUITES = ("kernel", "bus", "gateway")
+"""The suites of ``benchmarks/`` that ``flockrt bench`` runs, in this order."""
+
+
+def _health(args: argparse.Namespace) -> int:
+    if not args.url.startswith(("http://", "https://")):
+        print(f"flockrt health: expected an http:// or https:// URL, got {args.url!r}", file=sys.stderr)
+        return EXIT_USAGE
+    url = f"{args.url.rstrip('/')}/{'readyz' if args.ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            body = response.read().decode(errors="replace").strip()
+    except urllib.error.HTTPError as exc:
+        print(
+            f"flockrt health: {url}: {exc.code} {exc.read().decode(errors='replace').strip()}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"flockrt health: {url} cannot be reached: {reason}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(f"{url}: {body}")
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Run each suite as ``python -m benchmarks.<suite>`` in the checkout: the benchmarks (and
+    their peers, like Pykka) are development tools, not part of the installed package."""
+    unknown = [suite for suite in args.suites if suite not in BENCH_SUITES]
+    if unknown:
+        print(
+            f"flockrt bench: unknown suite {unknown[0]!r}; expected {', '.join(BENCH_SUITES)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    root = _source_checkout()
+    if root is None:
+        print(
+            "flockrt bench: the benchmarks live in a source checkout of flockrt (benchmarks/), "
+            "which this installation is not; run it from a clone with 'pip install -e .[dev]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    suites = args.suites or list(BENCH_SUITES)
+    for i, suite in enumerate(suites, 1):
+        command = [sys.executable, "-m", f"benchmarks.{suite}"]
+        if args.quick:
+            command.append("--quick")
+        if args.loop and suite in ("kernel", "bus"):
+            command += ["--loop", args.loop]
+        if args.json is not None:
+            args.json.mkdir(parents=True, exist_ok=True)
+            command += ["--json", str((args.json / f"{suite}.json").resolve())]
+        print(f"== [{i}/{len(suites)}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
+        # Progress goes to stderr and the table to stdout, both straight through.
+        done = subprocess.run(command, cwd=root, check=False)
+        if done.returncode != 0:
+            print(f"flockrt bench: {suite} failed (exit {done.returncode})", file=sys.stderr)
+            return EXIT_FAILED
+    return EXIT_OK
+
+
+def _source_checkout() -> Path | None:
+    """The checkout holding ``benchmarks/`` next to this ``flockrt`` package, or the current
+    directory if it is one; None for an installed package."""
+    for candidate in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (candidate / "benchmarks" / "kernel.py").is_file():
+            return candidate
+    return None
 
 
 def _seconds(text: str) -> float:
@@ -311,6 +415,10 @@ async def _operate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flockrt`` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "health":
+        return _health(args)
+    if args.command == "bench":
+        return _bench(args)
     if args.command in _OPERATIONS:
         # One-shot commands say what went wrong themselves; the client's warnings about
         # reconnecting or degraded NATS would only be noise here.

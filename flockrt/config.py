@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import ipaddress
 import os
 import re
 import types
@@ -68,6 +69,9 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
     mailbox_capacity: int = 1000
     shutdown_timeout: float = 10.0
     """Seconds a graceful stop (SIGINT/SIGTERM) may take before what is left is cancelled."""
+    prefix_agent_ids: bool = False
+    """Name every agent ``<name>-<id>``, so that nodes started from one config with different
+    names (AGENT_ID) do not claim the same agent ids in a shared flock."""
 
 
 class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -133,6 +137,32 @@ class McpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     rate_burst: int = 400
     """... with bursts up to this many."""
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a listener on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
+
+
+def exposure_problem(mcp: McpConfig) -> str | None:
+    """Why this gateway config would serve other machines without authentication, or None."""
+    auth = mcp.auth
+    if is_loopback(mcp.host) or auth.tokens or auth.jwt_secret or auth.allow_unauthenticated:
+        return None
+    return (
+        f"[mcp] host = {mcp.host!r} is reachable from other machines, but [mcp.auth] has no "
+        "tokens and no jwt_secret: configure one (MCP_AUTH_TOKENS), bind 127.0.0.1, or set "
+        "allow_unauthenticated = true if that is really meant"
+    )
+
+
+JWT_SECRET_MIN_BYTES = 32
+"""HS256 keys shorter than the hash are refused (RFC 7518 3.2)."""
 
 
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -203,6 +233,8 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
                 options = configured
             factory = functools.partial(cls, **options) if options else cls
             ids = [agent.id] if agent.count == 1 else [f"{agent.id}-{i}" for i in range(1, agent.count + 1)]
+            if self.runtime.prefix_agent_ids:
+                ids = [f"{self.runtime.name}-{i}" for i in ids]
             # An Agent's first argument is its flock-wide id: the child id.
             args = (lambda i: (i,)) if issubclass(cls, Agent) else (lambda i: ())
             specs += [
@@ -243,6 +275,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Flock
         env: Where to read the variables of :data:`ENV_OVERRIDES` (default: ``os.environ``).
             A variable for a section the file leaves out adds that section (NATS_URL adds
             ``[nats]``, MCP_ENABLED=true adds ``[mcp]``); MCP_ENABLED=false removes ``[mcp]``.
+            MCP_AUTH_TOKENS (comma-separated, a flockrt addition) replaces ``mcp.auth.tokens``.
 
     Raises:
         ConfigError: unreadable file, bad TOML, or a value of the wrong type or range (a bad
@@ -295,6 +328,10 @@ def _apply_env(config: FlockConfig, env: Mapping[str, str]) -> FlockConfig:
         if current is None:
             current = _SECTIONS[name]()
         config = msgspec.structs.replace(config, **{name: msgspec.structs.replace(current, **values)})
+    tokens = [token.strip() for token in env.get("MCP_AUTH_TOKENS", "").split(",") if token.strip()]
+    if tokens and config.mcp is not None:  # a flockrt addition: keeps secrets out of the file
+        auth = msgspec.structs.replace(config.mcp.auth, tokens=tokens)
+        config = msgspec.structs.replace(config, mcp=msgspec.structs.replace(config.mcp, auth=auth))
     if config.mcp is not None and not config.mcp.enabled:
         config = msgspec.structs.replace(config, mcp=None)
     return config
@@ -320,8 +357,12 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             problems.append(f"nats.max_retries: expected >= 1, got {nats.max_retries}")
         if nats.buffer_limit < 0:
             problems.append(f"nats.buffer_limit: expected >= 0, got {nats.buffer_limit}")
-        if nats.url != "embedded" and not re.match(r"^(nats|tls|ws|wss)://", nats.url):
-            problems.append(f'nats.url: expected "embedded" or a nats:// URL, got {nats.url!r}')
+        if nats.url != "embedded" and not all(
+            re.match(r"^(nats|tls|ws|wss)://\S+$", server.strip()) for server in nats.url.split(",")
+        ):
+            problems.append(
+                f'nats.url: expected "embedded" or nats:// URLs (comma-separated), got {nats.url!r}'
+            )
     if config.mcp is not None:
         mcp = config.mcp
         if not 0 <= mcp.port <= 65535:
@@ -330,6 +371,14 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             problems.append(f"mcp.timeout: expected > 0 (milliseconds), got {mcp.timeout}")
         if mcp.max_message_bytes < 1024:
             problems.append(f"mcp.max_message_bytes: expected >= 1024, got {mcp.max_message_bytes}")
+        exposed = exposure_problem(mcp)
+        if exposed is not None:
+            problems.append(exposed)
+        secret = len(mcp.auth.jwt_secret.encode())
+        if 0 < secret < JWT_SECRET_MIN_BYTES:
+            problems.append(
+                f"mcp.auth.jwt_secret: expected at least {JWT_SECRET_MIN_BYTES} bytes for HS256, got {secret}"
+            )
         if mcp.rate_limit <= 0 or mcp.rate_burst < 1:
             problems.append("mcp.rate_limit / mcp.rate_burst: expected > 0 and >= 1")
     if config.metrics is not None and not 0 <= config.metrics.port <= 65535:
@@ -345,6 +394,11 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
         problems.append(f'claude.base_url: expected "" or an http(s):// URL, got {claude.base_url!r}')
     if config.supervisor.max_seconds <= 0:
         problems.append(f"supervisor.max_seconds: expected > 0, got {config.supervisor.max_seconds}")
+    if config.runtime.prefix_agent_ids and not re.fullmatch(r"[A-Za-z0-9_\-]+", config.runtime.name):
+        problems.append(
+            "runtime.name: prefixes agent ids (prefix_agent_ids), so expected letters, digits, '_' or '-', "
+            f"got {config.runtime.name!r}"
+        )
     seen: set[str] = set()
     for i, agent in enumerate(config.agents):
         if agent.count < 1:
@@ -361,6 +415,10 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
         except ConfigError as exc:
             problems.append(f"agents[{i}].class: {exc}")
             continue
+        if issubclass(cls, Agent) and "." in agent.id:
+            problems.append(
+                f"agents[{i}].id: an agent's id is part of NATS subjects: no '.', got {agent.id!r}"
+            )
         try:
             inspect.signature(cls).bind(*(("id",) if issubclass(cls, Agent) else ()), **agent.options)
         except TypeError as exc:

@@ -1,4 +1,5 @@
-"""The benchmark suites still run (tiny sizes; the figures themselves are not checked here)."""
+"""The benchmark suites still run, through ``flockrt bench`` (tiny sizes; the figures themselves
+are not checked here)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -28,15 +27,23 @@ ROOT = Path(__file__).resolve().parent.parent
     ],
 )
 def test_quick_benchmark_runs(tmp_path: Path, suite: str, rows: list[str]) -> None:
-    out = tmp_path / f"{suite}.json"
     result = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{suite}", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "flockrt", "bench", suite, "--quick", "--json", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=ROOT,
+        cwd=tmp_path,  # bench finds the checkout from the package, not the current directory
     )
     assert result.returncode == 0, result.stderr
+    assert f"benchmarks.{suite} --quick" in result.stderr  # the progress line
     for row in rows:
         assert row in result.stdout
-    assert json.loads(out.read_text())
+    assert json.loads((tmp_path / f"{suite}.json").read_text())
+
+
+def test_bench_names_an_unknown_suite() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flockrt", "bench", "kernal"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "unknown suite 'kernal'; expected kernel, bus, gateway" in result.stderr

@@ -239,3 +239,15 @@ async def test_unsubscribe_stops_delivery(bus: NatsConnection) -> None:
     await wait_for(lambda: len(sentinel.messages) == 1)
     await bus.flush()
     assert inbox.messages == []
+
+
+async def test_several_cluster_urls_connect_to_one_that_answers(nats_server: EmbeddedNats) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    bus = bus_for(f"{dead}, {nats_server.url}")
+    try:
+        await bus.start()
+        await bus.wait_connected(10)
+        reply = await bus.request("$JS.API.INFO", b"", timeout=5)  # the server answers
+        assert b"memory" in reply.data
+    finally:
+        await bus.close()

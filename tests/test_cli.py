@@ -62,7 +62,12 @@ def test_check_accepts_the_shipped_config(
         ("[[agents]\n", "not valid TOML"),
         ("[metricz]\nport = 1\n", "metricz: unknown key"),
         ("[mcp]\nport = 70000\n", "mcp.port: expected 0..65535"),
-        ("[nats]\nurl = 'x'\n", 'nats.url: expected "embedded" or a nats:// URL'),
+        ("[mcp]\nhost = '0.0.0.0'\n", "[mcp] host = '0.0.0.0' is reachable from other machines"),
+        (
+            "[mcp.auth]\njwt_secret = 'short'\n",
+            "mcp.auth.jwt_secret: expected at least 32 bytes for HS256, got 5",
+        ),
+        ("[nats]\nurl = 'x'\n", 'nats.url: expected "embedded" or nats:// URLs'),
         ("[nats]\nheartbeat_interval = 0\n", "nats.heartbeat_interval: expected > 0"),
         (
             "[[agents]]\nid='e'\nclass='echo'\noptions={prefx='a'}\n",
@@ -243,7 +248,7 @@ def test_mcp_and_claude_variables(tmp_path: Path) -> None:
             {"LOG_LEVEL": "loud"},
             "LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'loud'",
         ),
-        ({"NATS_URL": "localhost"}, 'nats.url: expected "embedded" or a nats:// URL'),
+        ({"NATS_URL": "localhost"}, 'nats.url: expected "embedded" or nats:// URLs'),
         ({"HEARTBEAT_INTERVAL": "0"}, "nats.heartbeat_interval: expected > 0"),
         ({"MCP_ENABLED": "maybe"}, "MCP_ENABLED: expected true or false, got 'maybe'"),
         ({"MCP_PORT": "http"}, "MCP_PORT: expected an integer (a port), got 'http'"),
@@ -262,3 +267,25 @@ def test_the_cli_reads_the_environment(
     monkeypatch.setenv("LOG_LEVEL", "chatty")
     assert main(["check", str(write(tmp_path, ""))]) == 2
     assert "LOG_LEVEL: expected one of" in capsys.readouterr().err
+
+
+def test_auth_tokens_from_the_environment_and_prefixed_agent_ids(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[runtime]\nname = "n1"\nprefix_agent_ids = true\n[mcp]\nhost = "0.0.0.0"\n'
+        '[[agents]]\nid = "e"\nclass = "echo"\ncount = 2\n',
+    )
+    with pytest.raises(ConfigError, match="reachable from other machines"):
+        load_config(path, env={})
+    config = load_config(path, env={"MCP_AUTH_TOKENS": "one, two,", "AGENT_ID": "node-3"})
+    assert config.mcp is not None and config.mcp.auth.tokens == ["one", "two"]
+    assert [spec.id for spec in config.child_specs()] == ["node-3-e-1", "node-3-e-2"]
+    with pytest.raises(ConfigError, match=r"runtime.name: prefixes agent ids .* got 'a.b'"):
+        load_config(path, env={"MCP_AUTH_TOKENS": "x", "AGENT_ID": "a.b"})
+    assert load_config(write(tmp_path, ""), env={"MCP_AUTH_TOKENS": "x"}).mcp is None  # no gateway, no tokens
+
+
+@pytest.mark.parametrize("name", ["flock.toml", "cluster.toml"])
+def test_every_shipped_config_checks(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(ROOT / "configs" / name)]) == 0
+    assert ": ok (" in capsys.readouterr().out

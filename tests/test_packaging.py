@@ -4,26 +4,107 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
+import socket
+import sys
 from pathlib import Path
 
 import pytest
 
+from flockrt.config import ENV_OVERRIDES
 from flockrt.errors import FlockError
 from flockrt.loop import loop_factory, run
 
 ROOT = Path(__file__).resolve().parent.parent
+FLOCKRT = (sys.executable, "-m", "flockrt")
 
 
-def test_containerfile_copies_existing_paths_and_runs_the_shipped_config() -> None:
-    text = (ROOT / "Containerfile").read_text()
-    copied = [p for line in re.findall(r"^COPY (.+)$", text, re.M) for p in line.split()[:-1]]
-    assert copied
-    for path in copied:
-        assert (ROOT / path).exists(), f"Containerfile copies missing {path}"
-    cmd = json.loads(re.search(r"^CMD (.+)$", text, re.M).group(1))  # type: ignore[union-attr]
-    assert cmd == ["flockrt", "run", "configs/flock.toml"]  # tested in test_cli.py
-    assert re.search(r"^USER (?!root)", text, re.M), "the image must not run as root"
+CONTAINERFILE = (ROOT / "Containerfile").read_text()
+
+
+def test_containerfile_copies_existing_paths_and_runs_the_container_config() -> None:
+    copies = [line.split() for line in re.findall(r"^COPY (.+)$", CONTAINERFILE, re.M)]
+    assert copies
+    for *sources, _ in copies:
+        for path in sources:
+            assert (ROOT / path).exists(), f"Containerfile copies missing {path}"
+    assert ["deploy/container.toml", "/etc/flockrt/flock.toml"] in copies
+    assert json.loads(instruction("CMD")) == ["flockrt", "run", "/etc/flockrt/flock.toml"]  # run below
+    assert re.search(r"^USER (?!root)", CONTAINERFILE, re.M), "the image must not run as root"
+    assert re.search(r"^EXPOSE 4002$", CONTAINERFILE, re.M)
+    assert json.loads(instruction("HEALTHCHECK").split(" CMD ")[1]) == ["flockrt", "health"]
+
+
+def instruction(name: str) -> str:
+    match = re.search(rf"^{name} (.+)$", CONTAINERFILE, re.M)
+    assert match is not None, f"no {name} in the Containerfile"
+    return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_the_image_command_and_healthcheck_on_the_container_config(tmp_path: Path) -> None:
+    """What the container runs, run here: ``flockrt run`` on deploy/container.toml with the
+    variables the compose file sets, then the HEALTHCHECK command and an operator command."""
+    text = (ROOT / "deploy" / "container.toml").read_text()
+    assert "port = 4222" in text and 'host = "0.0.0.0"' in text
+    config = tmp_path / "flock.toml"
+    # A free NATS port (tests run in parallel); the gateway binds beyond loopback as in a container.
+    config.write_text(text.replace("port = 4222", "port = 0", 1))
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES and k != "MCP_AUTH_TOKENS"}
+    env = {**base, "AGENT_ID": "node-7", "MCP_PORT": str(port), "MCP_AUTH_TOKENS": "s3cret"}
+
+    refused = await asyncio.create_subprocess_exec(
+        *FLOCKRT, "run", str(config), env={**env, "MCP_AUTH_TOKENS": ""}, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(refused.communicate(), 30)
+    assert refused.returncode == 2  # no token: the config is refused before anything starts
+    assert "host = '0.0.0.0' is reachable from other machines" in err.decode()
+
+    proc = await asyncio.create_subprocess_exec(
+        *FLOCKRT, "run", str(config), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while b"agents under /root" not in (line := await proc.stderr.readline()):
+                assert line, "flockrt run ended early"
+        healthcheck = json.loads(instruction("HEALTHCHECK").split(" CMD ")[1])
+        check = await asyncio.create_subprocess_exec(*FLOCKRT, *healthcheck[1:], env=env)
+        assert await asyncio.wait_for(check.wait(), 30) == 0
+        agents = await asyncio.create_subprocess_exec(
+            *FLOCKRT, "agents", "--token", "s3cret", env=env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(agents.communicate(), 30)
+        assert agents.returncode == 0
+        ids = [line.split()[0] for line in out.decode().splitlines()[1:]]
+        assert ids == ["node-7-ai", "node-7-echo", "node-7-text-1", "node-7-text-2"]  # prefixed by AGENT_ID
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_compose_runs_nats_and_two_nodes_of_this_image() -> None:
+    compose = (ROOT / "deploy" / "compose.yaml").read_text()
+    assert "dockerfile: Containerfile" in compose and "context: .." in compose
+    assert (ROOT / "deploy" / ".." / "Containerfile").exists()
+    assert re.findall(r"^  (node-\d|nats):", compose, re.M) == ["nats", "node-1", "node-2"]
+    assert re.findall(r"AGENT_ID: (node-\d)", compose) == ["node-1", "node-2"]
+    assert "NATS_URL: nats://nats:4222" in compose
+    # Every variable it sets is one the config reads.
+    for variable in re.findall(r"^\s+([A-Z_]+): ", compose, re.M):
+        assert variable in ENV_OVERRIDES or variable == "MCP_AUTH_TOKENS", variable
 
 
 async def _loop_name() -> str:

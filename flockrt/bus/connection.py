@@ -582,7 +582,8 @@ class NatsConnection:
             # max_retries times, reconnect_wait apart, before failing): try once, fast, and set
             # the real values once connected.
             nc = await nats.connect(
-                self.url,
+                # "nats://a:4222,nats://b:4222": several members of one cluster
+                [server.strip() for server in self.url.split(",")] if "," in self.url else self.url,
                 name=self.name,
                 connect_timeout=self._connect_timeout,
                 reconnect_time_wait=0,

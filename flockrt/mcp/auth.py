@@ -11,7 +11,6 @@ announce and act as), ``capabilities`` (the only capabilities it may announce) a
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from flockrt.config import AuthConfig, McpConfig
+from flockrt.config import JWT_SECRET_MIN_BYTES, AuthConfig, McpConfig, exposure_problem
 from flockrt.errors import FlockError
 
 __all__ = [
@@ -33,9 +32,6 @@ __all__ = [
     "check_bind",
     "origin_allowed",
 ]
-
-
-_MIN_SECRET_BYTES = 32
 
 
 class GatewayConfigError(FlockError, ValueError):
@@ -89,10 +85,10 @@ class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self._tokens = [token.encode() for token in config.tokens]
         self._secret = config.jwt_secret
-        if self._secret and len(self._secret.encode()) < _MIN_SECRET_BYTES:
+        if self._secret and len(self._secret.encode()) < JWT_SECRET_MIN_BYTES:
             raise GatewayConfigError(
                 f"[mcp.auth] jwt_secret is {len(self._secret.encode())} bytes; HS256 needs at least "
-                f"{_MIN_SECRET_BYTES} (RFC 7518 3.2)"
+                f"{JWT_SECRET_MIN_BYTES} (RFC 7518 3.2)"
             )
         self.required = bool(self._tokens or self._secret)
         """Whether requests must carry a token at all."""
@@ -143,31 +139,17 @@ class Authenticator:
         )
 
 
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the gateway on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name that may resolve anywhere
-
-
 def check_bind(config: McpConfig) -> None:
-    """Refuse to serve beyond loopback without authentication, unless explicitly allowed.
+    """Refuse to serve beyond loopback without authentication, unless explicitly allowed
+    (``load_config`` reports it too; this guards configs built in code).
 
     Raises:
         GatewayConfigError: ``host`` is not a loopback address, no token or JWT secret is
             configured, and ``allow_unauthenticated`` is false.
     """
-    auth = config.auth
-    if is_loopback(config.host) or auth.tokens or auth.jwt_secret or auth.allow_unauthenticated:
-        return
-    raise GatewayConfigError(
-        f"[mcp] host = {config.host!r} is reachable from other machines, but [mcp.auth] has no "
-        "tokens and no jwt_secret: configure one, bind 127.0.0.1, or set "
-        "allow_unauthenticated = true if that is really meant"
-    )
+    problem = exposure_problem(config)
+    if problem is not None:
+        raise GatewayConfigError(problem)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
