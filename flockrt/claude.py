@@ -1,6 +1,8 @@
 """The Claude agent: Anthropic's Messages API as capabilities of the flock.
 
-The only module of flockrt that imports ``anthropic`` (so ``import flockrt`` stays free of it).
+The only module of flockrt that imports ``anthropic`` (so ``import flockrt`` stays free of it),
+and only when an agent with an API key starts or handles an error: importing the SDK takes
+longer (about 1.7 s) than starting a whole flock, which a flock without Claude need not pay.
 
 :class:`ClaudeAgent` offers ``claude-ai`` (a prompt or a conversation in, Claude's answer out),
 ``text-analysis`` and ``code-generation``, and offers them only when it has an API key: without
@@ -34,9 +36,6 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anthropic
-import httpx2  # the SDK's HTTP client: transport errors in the middle of a stream arrive unwrapped
-
 from flockrt.actors.agent import Agent, capability
 from flockrt.breaker import CircuitBreaker
 from flockrt.builtins import analyze_text
@@ -45,6 +44,8 @@ from flockrt.errors import CircuitOpen, ClaudeError
 from flockrt.supervisor.spec import Backoff
 
 if TYPE_CHECKING:
+    import anthropic
+    import httpx2
     from anthropic.types import Message, MessageParam
 
     from flockrt.config import FlockConfig
@@ -228,6 +229,8 @@ class ClaudeAgent(Agent):
         if not self.api_key:
             log.warning("Claude agent %s has no API key: it offers no capability", self.agent_id)
             return
+        import anthropic  # here, not at the top: importing the SDK takes longer than starting a flock
+
         # The SDK's retries are off: ours are counted, logged and feed the breaker.
         self._client = anthropic.AsyncAnthropic(
             api_key=self.api_key, base_url=self.base_url or None, max_retries=0, timeout=self.timeout
@@ -364,6 +367,9 @@ class ClaudeAgent(Agent):
     async def _call_with_retries(
         self, client: anthropic.AsyncAnthropic, request: dict[str, Any], streamed: bool, call: _Call
     ) -> Message:
+        import anthropic
+        import httpx2  # the SDK's HTTP client: transport errors in the middle of a stream arrive unwrapped
+
         while True:
             call.attempts += 1
             if call.attempts > 1:
@@ -410,6 +416,8 @@ class ClaudeAgent(Agent):
 
     def _delay(self, exc: anthropic.APIError | httpx2.TransportError, retry: int) -> float:
         """The server's ``retry-after`` (capped by the backoff's maximum), else the backoff."""
+        import anthropic
+
         if isinstance(exc, anthropic.APIStatusError):
             raw = exc.response.headers.get("retry-after")
             if raw is not None:
@@ -442,6 +450,9 @@ class ClaudeAgent(Agent):
 
 
 def _outcome(exc: anthropic.APIError | httpx2.TransportError) -> str:
+    import anthropic
+    import httpx2
+
     if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
         return "timeout"
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
@@ -459,6 +470,8 @@ def _outcome(exc: anthropic.APIError | httpx2.TransportError) -> str:
 
 
 def _describe(exc: anthropic.APIError | httpx2.TransportError, outcome: str) -> str:
+    import anthropic
+
     if isinstance(exc, anthropic.APIStatusError):
         kind = exc.type or "error"
         detail = exc.api_message or exc.message
@@ -467,6 +480,8 @@ def _describe(exc: anthropic.APIError | httpx2.TransportError, outcome: str) -> 
 
 
 def _detail(exc: anthropic.APIError | httpx2.TransportError) -> str:
+    import anthropic
+
     if isinstance(exc, anthropic.APIError):
         return exc.message
     return str(exc) or f"{type(exc).__name__} in the middle of the answer"
@@ -475,6 +490,8 @@ def _detail(exc: anthropic.APIError | httpx2.TransportError) -> str:
 def _error(
     exc: anthropic.APIError | httpx2.TransportError, outcome: str, attempts: int, base_url: str
 ) -> ClaudeError:
+    import anthropic
+
     status = exc.status_code if isinstance(exc, anthropic.APIStatusError) else None
     if outcome == "connection_error":
         where = base_url or "the default endpoint"
