@@ -17,11 +17,14 @@ import itertools
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flockrt.actors.agent import Agent, AgentCard, AgentPort, Work
+from flockrt.actors.correlation import correlation_id
+from flockrt.actors.histogram import WORK_BUCKETS, Histogram
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus.directory import AgentInfo, Directory, StatusFilter
@@ -38,7 +41,7 @@ from flockrt.errors import MailboxFull, NoCapableAgent, UnknownAgent, WorkFailed
 from flockrt.supervisor.spec import ChildSpec, Restart
 from flockrt.supervisor.supervisor import Supervisor
 
-__all__ = ["PRIORITIES", "LocalFlock"]
+__all__ = ["PRIORITIES", "LocalFlock", "WorkStats"]
 
 log = logging.getLogger("flockrt.flock")
 
@@ -61,6 +64,35 @@ class _Member:
     @property
     def load(self) -> float:
         return self.running / self.card.max_concurrent_tasks
+
+
+class WorkStats:
+    """Outcomes and durations of the work this process's agents did, for the metrics layer.
+
+    Keys are ``(kind, key)``: ``("task", task_type)`` or ``("capability", name)``; only skills
+    a local agent offers get here, so the set of keys stays as small as the flock's skills.
+
+    Attributes:
+        outcomes: Finished work per ``(kind, key, outcome)``; outcome is ``ok``, ``error`` (the
+            handler raised) or ``cancelled`` (the requester gave up or timed out, or the agent
+            stopped).
+        durations: Seconds from submission to outcome (queueing included) per ``(kind, key)``.
+    """
+
+    __slots__ = ("bounds", "durations", "outcomes")
+
+    def __init__(self, bounds: tuple[float, ...] = WORK_BUCKETS) -> None:
+        self.bounds = bounds
+        self.outcomes: Counter[tuple[str, str, str]] = Counter()
+        self.durations: dict[tuple[str, str], Histogram] = {}
+
+    def record(self, kind: str, key: str, outcome: str, seconds: float) -> None:
+        """Count one finished piece of work."""
+        self.outcomes[kind, key, outcome] += 1
+        histogram = self.durations.get((kind, key))
+        if histogram is None:
+            histogram = self.durations[kind, key] = Histogram(self.bounds)
+        histogram.observe(seconds)
 
 
 class LocalFlock(AgentPort):
@@ -101,6 +133,9 @@ class LocalFlock(AgentPort):
         self._id_prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
         self._result_listeners: list[Callable[[TaskResult], None]] = []
+        self.work_stats: WorkStats | None = None
+        """Set (by the metrics layer) to count tasks and capability requests by outcome and
+        time them; None costs the dispatcher one attribute check."""
         system.register_extension(AgentPort, self)
 
     # ------------------------------------------------------------------ AgentPort
@@ -325,6 +360,9 @@ class LocalFlock(AgentPort):
             raise NoCapableAgent(kind, key)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         work = Work(kind, key, payload, future, priority)  # type: ignore[arg-type]
+        work.correlation_id = correlation_id.get()
+        if kind == "capability" and self.work_stats is not None:
+            future.add_done_callback(functools.partial(_capability_done, self.work_stats, work))
         heapq.heappush(self._queues.setdefault(skill, []), (priority, next(self._order), work))
         self._pump(skill)
         return work
@@ -396,6 +434,10 @@ class LocalFlock(AgentPort):
             outcome = TaskResult(
                 task_id=task.id, result=done.result(), processed_by=work.agent_id, duration_ms=duration_ms
             )
+        stats = self.work_stats
+        if stats is not None:
+            status = "cancelled" if done.cancelled() else outcome.status
+            stats.record("task", task.type, status, duration_ms / 1000)
         for listener in list(self._result_listeners):
             try:
                 listener(outcome)
@@ -403,3 +445,11 @@ class LocalFlock(AgentPort):
                 log.exception("task result listener %r failed", listener)
         if not result.done():
             result.set_result(outcome)
+
+
+def _capability_done(stats: WorkStats, work: Work, future: asyncio.Future[Any]) -> None:
+    if future.cancelled():
+        outcome = "cancelled"
+    else:
+        outcome = "error" if future.exception() is not None else "ok"
+    stats.record("capability", work.key, outcome, time.monotonic() - work.enqueued)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from flockrt.actors.messages import StopReason, _Ask
@@ -116,6 +117,8 @@ class ActorRef(Generic[M]):
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"ask timeout must be >= 0 seconds or None, got {timeout!r}")
         system = cell._system
+        latency = system.ask_latency
+        started = perf_counter() if latency is not None else 0.0
         future: asyncio.Future[Any] = system._loop.create_future()
         key = system._ask_deadlines.add(future, self, timeout) if timeout is not None else 0
         try:
@@ -142,6 +145,8 @@ class ActorRef(Generic[M]):
         finally:
             if timeout is not None:
                 system._ask_deadlines.discard(key, future)
+            if latency is not None:
+                latency.observe(perf_counter() - started)
 
     def stop(self) -> asyncio.Future[StopReason]:
         """Ask the actor to stop gracefully.
