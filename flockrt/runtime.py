@@ -1,9 +1,9 @@
 """Flock: everything a config describes, started in order and stopped in reverse.
 
 Start order: the embedded nats-server (if ``nats.url = "embedded"``), the NATS connection, the
-actor system, the flock (over NATS, or in-process without a ``[nats]`` section), then the root
-supervisor and its agents. Stop order is the reverse, so agents finish their in-flight work and
-say goodbye while NATS is still there.
+actor system, the flock (over NATS, or in-process without a ``[nats]`` section), its metrics
+(with ``[metrics]`` enabled), then the root supervisor and its agents. Stop order is the
+reverse, so agents finish their in-flight work and say goodbye while NATS is still there.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
 from flockrt.config import FlockConfig
 from flockrt.local import LocalFlock
+from flockrt.metrics import Instrumentation, instrument
 from flockrt.supervisor.supervisor import Supervisor
 
 __all__ = ["Flock"]
@@ -44,6 +45,8 @@ class Flock:
         self.flock: LocalFlock | None = None
         """The flock (a NatsFlock with a ``[nats]`` section), once started."""
         self.root: ActorRef[object] | None = None
+        self.metrics: Instrumentation | None = None
+        """This flock's series in ``flockrt.metrics.REGISTRY``, while ``[metrics]`` is enabled."""
 
     @property
     def nats_url(self) -> str | None:
@@ -96,6 +99,8 @@ class Flock:
         else:
             self.flock = LocalFlock(self.system, node=runtime.name)
             log.info("no [nats] section: the flock stays in this process")
+        if config.metrics is not None and config.metrics.enabled:
+            self.metrics = instrument(self.system, flock=self.flock, bus=self.bus, label=runtime.name)
         tree = config.supervisor
         self.root = await self.system.spawn(
             functools.partial(
@@ -113,12 +118,16 @@ class Flock:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop in reverse order; ``timeout`` bounds the actors' graceful stop. Idempotent."""
-        await self.system.shutdown(
-            timeout=timeout if timeout is not None else self.config.runtime.shutdown_timeout
-        )
-        if isinstance(self.flock, NatsFlock):
-            await self.flock.close()
-        if self.bus is not None:
-            await self.bus.close()
-        if self.server is not None:
-            await self.server.stop()
+        try:
+            await self.system.shutdown(
+                timeout=timeout if timeout is not None else self.config.runtime.shutdown_timeout
+            )
+            if isinstance(self.flock, NatsFlock):
+                await self.flock.close()
+            if self.bus is not None:
+                await self.bus.close()
+            if self.server is not None:
+                await self.server.stop()
+        finally:
+            if self.metrics is not None:  # its series leave the registry however the stop went
+                self.metrics.close()
