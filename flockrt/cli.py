@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from flockrt.config import ConfigError, FlockConfig, load_config
 from flockrt.errors import FlockError
+from flockrt.logs import configure_logging
 from flockrt.loop import run as run_on_loop
 from flockrt.runtime import Flock
 
@@ -93,11 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = config.child_specs()
         print(f"{args.config}: ok ({len(specs)} actors under one {config.supervisor.strategy} supervisor)")
         return EXIT_OK
-    logging.basicConfig(
-        level=config.runtime.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    runtime = config.runtime
+    configure_logging(runtime.log_level, format=runtime.log_format, log_dir=runtime.log_dir or None)
     try:
         return run_on_loop(_serve_until_signalled(config), config.runtime.loop)
     except FlockError as exc:

@@ -65,6 +65,11 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
     mailbox_capacity: int = 1000
     shutdown_timeout: float = 10.0
     """Seconds a graceful stop (SIGINT/SIGTERM) may take before what is left is cancelled."""
+    log_format: Literal["text", "json"] = "text"
+    """``text``: one line per record; ``json``: one JSON object per line. Both carry the
+    correlation id and agent of the record."""
+    log_dir: str = ""
+    """A directory for one log file per agent (``<agent id>.log``); "" = none."""
 
 
 class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):

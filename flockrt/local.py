@@ -264,9 +264,16 @@ class LocalFlock(AgentPort):
         """
         started = time.monotonic()
         work = self._dispatch("task", task.type, task, PRIORITIES[task.priority])
+        if work.correlation_id is None:
+            work.correlation_id = task.id  # what task.result carries too
         result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
         work.future.add_done_callback(lambda _: self._task_finished(task, work, started, result))
         return result
+
+    @property
+    def queued_work(self) -> int:
+        """Tasks and capability requests waiting for a free local agent."""
+        return sum(len(queue) for queue in self._queues.values())
 
     def has_skill(self, kind: str, key: str) -> bool:
         """Whether an agent of this process offers this capability ("capability") or task type ("task")."""
@@ -448,8 +455,5 @@ class LocalFlock(AgentPort):
 
 
 def _capability_done(stats: WorkStats, work: Work, future: asyncio.Future[Any]) -> None:
-    if future.cancelled():
-        outcome = "cancelled"
-    else:
-        outcome = "error" if future.exception() is not None else "ok"
+    outcome = "cancelled" if future.cancelled() else "error" if future.exception() is not None else "ok"
     stats.record("capability", work.key, outcome, time.monotonic() - work.enqueued)

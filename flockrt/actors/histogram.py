@@ -9,6 +9,7 @@ prometheus.
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -81,7 +82,7 @@ class Histogram:
 
     def __init__(self, bounds: Sequence[float] = ASK_BUCKETS) -> None:
         bounds = tuple(float(b) for b in bounds)
-        if not bounds or any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
+        if not bounds or any(b >= c for b, c in itertools.pairwise(bounds)):
             raise ValueError(f"bucket bounds must be non-empty and increasing, got {bounds!r}")
         if math.isinf(bounds[-1]):
             bounds = bounds[:-1]  # +Inf is always there

@@ -37,6 +37,8 @@ import msgspec
 
 from flockrt._version import __version__
 from flockrt.actors.agent import AgentCard
+from flockrt.actors.correlation import correlation_id as current_correlation
+from flockrt.actors.correlation import new_correlation_id
 from flockrt.actors.system import ActorSystem
 from flockrt.bus import subjects
 from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
@@ -542,7 +544,7 @@ class NatsFlock(LocalFlock):
         """
         if self.has_skill("capability", capability):
             return await super().request_capability(capability, parameters, timeout=timeout)
-        correlation_id = uuid.uuid4().hex
+        correlation_id = new_correlation_id()  # the current one travels on
         request = CapabilityRequest(
             capability=capability,
             parameters=parameters,
@@ -571,7 +573,7 @@ class NatsFlock(LocalFlock):
         """Send a direct message to agent ``to``, here or in another process."""
         if self.is_local(to):
             return await super().send_message(to, message, type=type, sender=sender, timeout=timeout)
-        correlation_id = uuid.uuid4().hex
+        correlation_id = new_correlation_id()  # the current one travels on
         direct = DirectMessage(
             id=uuid.uuid4().hex,
             sender=sender,
@@ -678,6 +680,7 @@ class NatsFlock(LocalFlock):
         correlation = message.headers.get(CORRELATION_HEADER)
         if correlation and correlation != task.id:
             self._correlations[task.id] = correlation
+        token = current_correlation.set(correlation or task.id)  # for the work and its logs
         try:
             result = self.start_task(task)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
@@ -686,6 +689,8 @@ class NatsFlock(LocalFlock):
             if message.reply:
                 await self._publish(message.reply, failed, message.headers)
             return
+        finally:
+            current_correlation.reset(token)
         if message.reply:
             reply, headers = message.reply, dict(message.headers)
             result.add_done_callback(
@@ -701,6 +706,8 @@ class NatsFlock(LocalFlock):
         self._spawn(self._answer_capability(message, request))
 
     async def _answer_capability(self, message: Message, request: CapabilityRequest) -> None:
+        # Its own task: the id set here reaches the agent's work and its logs, nothing else.
+        current_correlation.set(message.headers.get(CORRELATION_HEADER) or request.correlation_id)
         response: CapabilityResponse
         try:
             work = self._dispatch("capability", request.capability, request.parameters, 1)
