@@ -267,6 +267,7 @@ def instrument(
     flock: LocalFlock | None = None,
     bus: NatsConnection | None = None,
     label: str | None = None,
+    ask_sampling: int = 8,
 ) -> Instrumentation:
     """Report ``system`` (and its flock and NATS connection) in :data:`REGISTRY`.
 
@@ -280,7 +281,11 @@ def instrument(
         bus: Its NATS connection, for the ``flockrt_nats_*`` series.
         label: The ``system`` label (default: the system's name); if another system already
             reports under it, ``-2``, ``-3``... is appended so that two systems never clash.
+        ask_sampling: Time one ask in this many for ``flockrt_ask_duration_seconds`` (1: every
+            ask; the default 8 keeps the metrics' cost on 100 concurrent askers near 2%).
     """
+    if ask_sampling < 1:
+        raise ValueError(f"ask_sampling must be >= 1, got {ask_sampling!r}")
     for target in list(_collector.targets.values()):
         if target.system is system:
             target.close()
@@ -293,6 +298,8 @@ def instrument(
     )
     if system.ask_latency is None:
         system.ask_latency = histogram.Histogram(histogram.ASK_BUCKETS)
+    system.ask_sampling = ask_sampling
+    system._ask_countdown = 1  # the next ask is timed
     if flock is not None and flock.work_stats is None:
         flock.work_stats = WorkStats()
     target = Instrumentation(label, system, flock, bus)
@@ -354,7 +361,7 @@ class _FlockCollector(Collector):
             counter("flockrt_ask_timeouts", "Asks that failed with AskTimeout."),
             _histogram_family(
                 "flockrt_ask_duration_seconds",
-                "Seconds from ask to reply (failures and timeouts included).",
+                "Seconds from ask to reply (failures and timeouts included), of one ask in ask_sampling (8).",
                 ["system"],
             ),
             counter(

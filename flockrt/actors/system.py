@@ -142,8 +142,13 @@ class ActorSystem:
         # guardian is in them too and taken out by stats().
         self._states = [0] * len(STATE_NAMES)
         self.ask_latency: Histogram | None = None
-        """When set (the metrics layer does), every ask's duration is observed here, timeouts
-        and failures included. None (the default) costs the ask path one attribute check."""
+        """When set (the metrics layer does), ask durations are observed here, timeouts and
+        failures included: one ask in :attr:`ask_sampling` (the first, the ninth...). None (the
+        default) costs the ask path one attribute check."""
+        self.ask_sampling = 8
+        """Time one ask in this many (1: every ask). Timing costs two clock reads and a bisect,
+        about 8% of a 2.5 us ask; a 1-in-8 sample keeps the cost near 2% and the quantiles."""
+        self._ask_countdown = 1
         self._extensions: dict[type[Any], Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
