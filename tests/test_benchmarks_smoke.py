@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
     [
         ("kernel", ["| 1 tell, 1 actor"]),
         ("bus", ["| 1 fan-out ", "| 3 capability, 100 requesters"]),
+        ("metrics", ["| 1 tell, 1 actor", "| 3 ask, 100 askers", "| observe 20 us"]),
     ],
 )
 def test_quick_benchmark_runs(tmp_path: Path, suite: str, rows: list[str]) -> None:
