@@ -27,7 +27,7 @@ from typing import Any, Literal, TextIO
 
 from flockrt.actors.correlation import correlation_id, current_agent
 
-__all__ = ["AgentFileHandler", "ContextFilter", "JsonFormatter", "configure_logging"]
+__all__ = ["AgentFileHandler", "ContextFilter", "JsonFormatter", "configure_logging", "unconfigure_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(context)s"
 
@@ -133,6 +133,9 @@ class AgentFileHandler(logging.Handler):
         super().close()
 
 
+_installed: list[logging.Handler] = []
+
+
 def configure_logging(
     level: str | int = "INFO",
     *,
@@ -142,8 +145,8 @@ def configure_logging(
 ) -> list[logging.Handler]:
     """Log to ``stream`` (stderr) and, with ``log_dir``, also to one file per agent.
 
-    Replaces the root logger's handlers (calling it again reconfigures). Returns the handlers
-    installed.
+    Installs its handlers on the root logger, replacing those of an earlier call (handlers
+    installed by others stay). Returns the handlers installed.
 
     Args:
         level: Root level (``LOG_LEVEL``).
@@ -151,19 +154,26 @@ def configure_logging(
         log_dir: Directory of the per-agent files ("" or None: none).
         stream: Where the main log goes (default: sys.stderr).
     """
+    unconfigure_logging()
     formatter: logging.Formatter = JsonFormatter() if format == "json" else logging.Formatter(TEXT_FORMAT)
     context = ContextFilter()
-    main = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handlers: list[logging.Handler] = [main]
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream if stream is not None else sys.stderr)]
     if log_dir:
         handlers.append(AgentFileHandler(log_dir))
     root = logging.getLogger()
-    for old in root.handlers[:]:
-        root.removeHandler(old)
-        old.close()
     for handler in handlers:
         handler.addFilter(context)
         handler.setFormatter(formatter)
         root.addHandler(handler)
+        _installed.append(handler)
     root.setLevel(level)
     return handlers
+
+
+def unconfigure_logging() -> None:
+    """Remove (and close) the handlers :func:`configure_logging` installed."""
+    root = logging.getLogger()
+    while _installed:
+        handler = _installed.pop()
+        root.removeHandler(handler)
+        handler.close()
