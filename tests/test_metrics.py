@@ -429,6 +429,40 @@ async def test_correlation_id_travels_from_nats_header_into_the_agents_own_log_f
     assert all(r.get("agent") == "chatty" for r in records)
 
 
+class Recorder(Agent):
+    """Notes the correlation id and agent its task handler sees."""
+
+    max_concurrent_tasks = 2
+
+    def __init__(self, agent_id: str, seen: dict[str, tuple[str | None, str | None]]) -> None:
+        super().__init__(agent_id)
+        self.seen = seen
+
+    @handles_task("general")
+    async def general(self, task: TaskMessage) -> None:
+        from flockrt.actors.correlation import correlation_id, current_agent
+
+        self.seen[task.id] = (correlation_id.get(), current_agent.get())
+
+
+async def test_each_piece_of_work_runs_with_its_own_correlation_id(system: ActorSystem) -> None:
+    from flockrt.actors.correlation import correlation, correlation_id
+
+    flock = LocalFlock(system)
+    seen: dict[str, tuple[str | None, str | None]] = {}
+    await system.spawn(Recorder, "recorder", seen)
+    # Both Work messages reach the agent's mailbox before it runs: one receive loop (started
+    # in c-1's context) takes both, and each must still run with its own id.
+    with correlation("c-1"):
+        first = flock.start_task(flock.new_task("general", task_id="t-1"))
+    with correlation("c-2"):
+        second = flock.start_task(flock.new_task("general", task_id="t-2"))
+    third = flock.start_task(flock.new_task("general", task_id="t-3"))  # no id: the task's
+    await asyncio.gather(first, second, third)
+    assert seen == {"t-1": ("c-1", "recorder"), "t-2": ("c-2", "recorder"), "t-3": ("t-3", "recorder")}
+    assert correlation_id.get() is None
+
+
 def test_text_format_shows_correlation_and_agent(tmp_path: Path) -> None:
     from flockrt.actors.correlation import correlation, current_agent
     from flockrt.logs import AgentFileHandler, ContextFilter, configure_logging, unconfigure_logging
