@@ -74,8 +74,8 @@ class WorkStats:
 
     Attributes:
         outcomes: Finished work per ``(kind, key, outcome)``; outcome is ``ok``, ``error`` (the
-            handler raised) or ``cancelled`` (the requester gave up or timed out, or the agent
-            stopped).
+            handler raised), ``timeout`` (a capability request's requester stopped waiting) or
+            ``cancelled`` (the requester went away, or a task was cancelled).
         durations: Seconds from submission to outcome (queueing included) per ``(kind, key)``.
     """
 
@@ -368,8 +368,6 @@ class LocalFlock(AgentPort):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         work = Work(kind, key, payload, future, priority)  # type: ignore[arg-type]
         work.correlation_id = correlation_id.get()
-        if kind == "capability" and self.work_stats is not None:
-            future.add_done_callback(functools.partial(_capability_done, self.work_stats, work))
         heapq.heappush(self._queues.setdefault(skill, []), (priority, next(self._order), work))
         self._pump(skill)
         return work
@@ -411,10 +409,28 @@ class LocalFlock(AgentPort):
         return best
 
     async def _wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:
+        # Capability requests are counted and timed here, where every one of them (local or
+        # from NATS) is awaited: a done-callback would cost a loop turn per request.
+        stats = self.work_stats if kind == "capability" else None
+        if stats is None:
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise WorkTimeout(kind, key, timeout or 0.0) from None
+        started = time.monotonic()
+        outcome = "error"
         try:
-            return await asyncio.wait_for(future, timeout)
+            result = await asyncio.wait_for(future, timeout)
+            outcome = "ok"
+            return result
         except TimeoutError:
+            outcome = "timeout"
             raise WorkTimeout(kind, key, timeout or 0.0) from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            stats.record(kind, key, outcome, time.monotonic() - started)
 
     def _task_finished(
         self, task: TaskMessage, work: Work, started: float, result: asyncio.Future[TaskResult]
@@ -452,8 +468,3 @@ class LocalFlock(AgentPort):
                 log.exception("task result listener %r failed", listener)
         if not result.done():
             result.set_result(outcome)
-
-
-def _capability_done(stats: WorkStats, work: Work, future: asyncio.Future[Any]) -> None:
-    outcome = "cancelled" if future.cancelled() else "error" if future.exception() is not None else "ok"
-    stats.record("capability", work.key, outcome, time.monotonic() - work.enqueued)

@@ -25,6 +25,7 @@ from flockrt import (
     Supervisor,
     TaskMessage,
     WorkFailed,
+    WorkTimeout,
     capability,
     handles_task,
     metrics,
@@ -233,6 +234,8 @@ class Worker(Agent):
     async def echo(self, value: Any = None) -> Any:
         if value == "fail":
             raise ValueError("asked to fail")
+        if value == "hang":
+            await asyncio.Event().wait()
         return value
 
 
@@ -254,6 +257,10 @@ async def test_tasks_and_capability_requests_by_outcome(system: ActorSystem) -> 
         assert value("flockrt_capability_requests_total", capability="echo", outcome="error", **label) == 1
         assert value("flockrt_capability_request_duration_seconds_count", capability="echo", **label) == 2
         assert value("flockrt_work_queued", **label) == 0
+        with pytest.raises(WorkTimeout):
+            await flock.request_capability("echo", "hang", timeout=0.01)
+        assert value("flockrt_capability_requests_total", capability="echo", outcome="timeout", **label) == 1
+        assert value("flockrt_capability_request_duration_seconds_count", capability="echo", **label) == 3
     assert flock.work_stats is None  # closing turned the stats off again
 
 
