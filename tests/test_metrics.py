@@ -470,6 +470,35 @@ async def test_each_piece_of_work_runs_with_its_own_correlation_id(system: Actor
     assert correlation_id.get() is None
 
 
+async def test_a_submit_over_nats_carries_the_current_correlation_id_to_the_agent_and_the_result(
+    nats_server: EmbeddedNats,
+) -> None:
+    from flockrt.actors.correlation import correlation
+
+    seen: dict[str, tuple[str | None, str | None]] = {}
+    async with ActorSystem("corr", shutdown_timeout=2.0) as system:
+        bus = NatsConnection(nats_server.url, name="corr")
+        await bus.start()
+        flock = NatsFlock(system, bus, node="corr", heartbeat_interval=60)
+        client = await nats.connect(nats_server.url)
+        try:
+            await flock.start()
+            results = await client.subscribe("task.result")
+            await client.flush()
+            await system.spawn(Recorder, "recorder", seen)
+            await flock.flush()
+            with correlation("outer-1"):
+                await flock.submit("general", None, task_id="t-9", wait=True)
+            result = await results.next_msg(timeout=5)
+            assert (result.headers or {}).get("Correlation-Id") == "outer-1"
+        finally:
+            await client.close()
+            await system.shutdown()
+            await flock.close()
+            await bus.close()
+    assert seen == {"t-9": ("outer-1", "recorder")}
+
+
 def test_text_format_shows_correlation_and_agent(tmp_path: Path) -> None:
     from flockrt.actors.correlation import correlation, current_agent
     from flockrt.logs import AgentFileHandler, ContextFilter, configure_logging, unconfigure_logging

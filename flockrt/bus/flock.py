@@ -425,7 +425,7 @@ class NatsFlock(LocalFlock):
             task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
         )
         subject = subjects.tasks(task_type)
-        headers = {CORRELATION_HEADER: task.id}
+        headers = {CORRELATION_HEADER: current_correlation.get() or task.id}
         if self.durable is not None:
             return await self._submit_durably(task, wait=wait, timeout=timeout)
         if not self.bus.connected and self.has_skill("task", task_type):
