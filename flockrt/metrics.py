@@ -83,7 +83,12 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 
 def exposition() -> tuple[bytes, str]:
-    """The registry in the Prometheus text format, and its content type, for ``/metrics``."""
+    """The registry in the Prometheus text format, and its content type, for ``/metrics``.
+
+    Call it on the event loop thread of the instrumented systems (an aiohttp handler is): the
+    collector reads their counters and the flock's directory without locks. It takes about
+    0.5 ms per system, however many actors it has.
+    """
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
