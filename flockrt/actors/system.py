@@ -147,7 +147,8 @@ class ActorSystem:
         default) costs the ask path one attribute check."""
         self.ask_sampling = 8
         """Time one ask in this many (1: every ask). Timing costs two clock reads and a bisect,
-        about 8% of a 2.5 us ask; a 1-in-8 sample keeps the cost near 2% and the quantiles."""
+        about 0.3 us, 13% of the CPU time of 100 concurrent askers; a 1-in-8 sample keeps the
+        quantiles at a fraction of that."""
         self._ask_countdown = 1
         self._extensions: dict[type[Any], Any] = {}
 
