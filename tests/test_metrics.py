@@ -185,6 +185,33 @@ async def test_actors_by_state_counts_starting_ones(system: ActorSystem) -> None
     assert value("flockrt_actors", system="metrics-test", state="running") == 1
 
 
+async def test_actors_by_state_add_up_to_live_actors_through_crashes_restarts_and_stops() -> None:
+    system = ActorSystem("states", shutdown_timeout=2.0)
+
+    def check() -> None:
+        stats = system.stats()
+        assert sum(stats.by_state().values()) == stats.live, stats
+
+    async with system:
+        specs = [ChildSpec(id=f"c{i}", factory=Crasher) for i in range(3)]
+        sup = await system.spawn(functools.partial(Supervisor, specs, strategy="one_for_all"), name="sup")
+        check()
+        for round_ in range(1, 4):
+            crasher = system.lookup("/sup/c1")
+            assert crasher is not None
+            crasher.tell("boom")
+            await wait_for(lambda round_=round_: system.stats().restarts == 3 * round_)  # type: ignore[misc]
+            check()
+        echo = await system.spawn(Echo)
+        await echo.stop()
+        check()
+        await sup.stop()
+        check()
+        assert system.stats().live == 0
+    stats = system.stats()
+    assert (stats.live, stats.running, stats.stopped) == (0, 0, 5)  # sup, its 3 children, echo
+
+
 async def test_ask_sampling_times_one_ask_in_n() -> None:
     async with ActorSystem("sampled") as system:
         with metrics.instrument(system, ask_sampling=4):
