@@ -10,7 +10,7 @@ from typing import Any
 from flockrt.actors.agent import Agent, capability, handles_task
 from flockrt.bus.schema import DirectMessage, TaskMessage
 
-__all__ = ["EchoAgent", "TextAgent"]
+__all__ = ["AiTaskAgent", "EchoAgent", "TextAgent", "analyze_text"]
 
 
 class EchoAgent(Agent):
@@ -62,14 +62,7 @@ class TextAgent(Agent):
 
     @capability("text-analysis")
     async def analyze(self, text: str) -> dict[str, Any]:
-        words = re.findall(r"\w+", text.lower())
-        sentences = [s for s in re.split(r"[.!?]+", text) if s.strip()]
-        return {
-            "characters": len(text),
-            "words": len(words),
-            "sentences": len(sentences),
-            "topWords": [word for word, _ in Counter(words).most_common(5)],
-        }
+        return analyze_text(text)
 
     @capability("text-processing")
     async def process(self, text: str, operation: str = "normalize") -> dict[str, str]:
@@ -91,6 +84,62 @@ class TextAgent(Agent):
     @handles_task("processing")
     async def processing_task(self, task: TaskMessage) -> dict[str, str]:
         return await self.process(**_text_arguments(task.data))
+
+
+class AiTaskAgent(Agent):
+    """Handles the AI Flock's ``ai`` tasks without a model of its own: it asks an agent that
+    offers ``claude-ai`` (the Claude agent, in this process or another one on the same NATS)
+    and returns its answer as the task's result.
+
+    A task's ``data`` is the prompt itself or the parameters of ``claude-ai``
+    (``{"prompt": ..., "system": ..., "max_tokens": ...}``). Without a Claude agent in the flock
+    the task fails with a result that says so; the progress the Claude agent reports reaches
+    whoever waits for the task in this process.
+
+    Args:
+        agent_id: Unique in the flock.
+        capability: The capability asked for.
+        timeout: Seconds to wait for the answer when the task gives no ``timeout`` of its own.
+    """
+
+    max_concurrent_tasks = 8
+
+    def __init__(
+        self,
+        agent_id: str,
+        *,
+        capability: str = "claude-ai",
+        timeout: float = 120.0,
+        name: str | None = None,
+        max_concurrent_tasks: int | None = None,
+    ) -> None:
+        super().__init__(agent_id, name=name, max_concurrent_tasks=max_concurrent_tasks)
+        self.capability = capability
+        self.timeout = timeout
+
+    @handles_task("ai")
+    async def ai_task(self, task: TaskMessage) -> Any:
+        parameters = (
+            task.data if isinstance(task.data, dict) else {"prompt": _text_arguments(task.data)["text"]}
+        )
+        timeout = task.timeout / 1000 if task.timeout else self.timeout
+        return await self.request_capability(self.capability, parameters, timeout=timeout)
+
+
+def analyze_text(text: str) -> dict[str, Any]:
+    """Counts of ``text`` (characters, words, sentences) and its five most common words.
+
+    The ``text-analysis`` answer of every agent that offers it, so a requester gets the same
+    keys whichever agent answers (the Claude agent adds its own ``analysis`` to them).
+    """
+    words = re.findall(r"\w+", text.lower())
+    sentences = [s for s in re.split(r"[.!?]+", text) if s.strip()]
+    return {
+        "characters": len(text),
+        "words": len(words),
+        "sentences": len(sentences),
+        "topWords": [word for word, _ in Counter(words).most_common(5)],
+    }
 
 
 def _text_arguments(data: Any) -> dict[str, Any]:

@@ -43,9 +43,12 @@ __all__ = [
 ]
 
 BUILTIN_CLASSES = {
+    "ai": "flockrt.builtins:AiTaskAgent",
+    "claude": "flockrt.claude:ClaudeAgent",
     "echo": "flockrt.builtins:EchoAgent",
     "text": "flockrt.builtins:TextAgent",
 }
+"""Short names a config may use as ``class``; a class is imported only when a config names it."""
 
 
 class ConfigError(FlockError, ValueError):
@@ -151,7 +154,7 @@ class ClaudeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fro
 
     api_key: str = ""
     """Better left empty here and given as ANTHROPIC_API_KEY."""
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-5-5"
     """CLAUDE_MODEL overrides it."""
     max_tokens: int = 1024
     base_url: str = ""
@@ -187,11 +190,23 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     agents: list[AgentConfig] = msgspec.field(default_factory=list)
 
     def child_specs(self) -> list[ChildSpec]:
-        """The root supervisor's children, in file order (``id-1``.. when count > 1)."""
+        """The root supervisor's children, in file order (``id-1``.. when count > 1).
+
+        A class with a ``flock_options(config, agent_id, options)`` classmethod is built with
+        the keyword arguments it returns (its own section of the file, like ``[claude]``,
+        merged with the entry's options), and left out when it returns None (it logs why).
+        """
         specs = []
         for agent in self.agents:
             cls = resolve_class(agent.class_)
-            factory = functools.partial(cls, **agent.options) if agent.options else cls
+            options = dict(agent.options)
+            flock_options = getattr(cls, "flock_options", None)
+            if flock_options is not None:
+                configured = flock_options(self, agent.id, options)
+                if configured is None:
+                    continue
+                options = configured
+            factory = functools.partial(cls, **options) if options else cls
             ids = [agent.id] if agent.count == 1 else [f"{agent.id}-{i}" for i in range(1, agent.count + 1)]
             # An Agent's first argument is its flock-wide id: the child id.
             args = (lambda i: (i,)) if issubclass(cls, Agent) else (lambda i: ())
@@ -324,8 +339,15 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             problems.append("mcp.rate_limit / mcp.rate_burst: expected > 0 and >= 1")
     if config.metrics is not None and not 0 <= config.metrics.port <= 65535:
         problems.append(f"metrics.port: expected 0..65535, got {config.metrics.port}")
-    if config.claude.max_tokens < 1:
-        problems.append(f"claude.max_tokens: expected >= 1, got {config.claude.max_tokens}")
+    claude = config.claude
+    if claude.max_tokens < 1:
+        problems.append(f"claude.max_tokens: expected >= 1, got {claude.max_tokens}")
+    if claude.max_retries < 0:
+        problems.append(f"claude.max_retries: expected >= 0, got {claude.max_retries}")
+    if claude.timeout <= 0:
+        problems.append(f"claude.timeout: expected > 0 (seconds), got {claude.timeout}")
+    if claude.base_url and not re.match(r"^https?://", claude.base_url):
+        problems.append(f'claude.base_url: expected "" or an http(s):// URL, got {claude.base_url!r}')
     if config.supervisor.max_seconds <= 0:
         problems.append(f"supervisor.max_seconds: expected > 0, got {config.supervisor.max_seconds}")
     seen: set[str] = set()

@@ -20,6 +20,7 @@ __all__ = [
     "AskTimeout",
     "BusTimeout",
     "BusUnavailable",
+    "ClaudeError",
     "FlockError",
     "JetStreamError",
     "MailboxFull",
@@ -210,3 +211,25 @@ class JetStreamError(FlockError):
         self.code = code
         self.err_code = err_code
         self.description = description
+
+
+class ClaudeError(FlockError):
+    """A Claude API call failed after the retries it was worth, or was not made at all.
+
+    The piece of work that needed the call fails with this error (its requester sees the
+    message); the Claude agent goes on. Rate limits, overload, timeouts and connection errors
+    are retried with backoff first; while the agent's circuit breaker is open no call is made.
+
+    Attributes:
+        kind: ``rate_limited`` (429), ``overloaded`` (529), ``server_error`` (other 5xx),
+            ``timeout``, ``connection_error``, ``client_error`` (a 4xx: bad request, bad key),
+            ``circuit_open`` or ``no_api_key``.
+        status: The HTTP status of the last response, if there was one.
+        attempts: Calls made for this piece of work (0 when none was made).
+    """
+
+    def __init__(self, message: str, *, kind: str, status: int | None = None, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.attempts = attempts

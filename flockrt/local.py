@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flockrt.actors.agent import Agent, AgentCard, AgentPort, Work
+from flockrt.actors.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work
 from flockrt.actors.correlation import correlation_id
 from flockrt.actors.histogram import WORK_BUCKETS, Histogram
 from flockrt.actors.ref import ActorRef
@@ -186,16 +186,25 @@ class LocalFlock(AgentPort):
     # ------------------------------------------------------------------ producers
 
     async def request_capability(
-        self, capability: str, parameters: Any = None, *, timeout: float = 30.0
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
     ) -> Any:
         """Have a capable agent do ``capability`` and return its answer.
+
+        ``progress(done, total, message)`` is called with what the agent reports while it
+        works (:meth:`~flockrt.Agent.report_progress`); an MCP gateway passes one that sends
+        ``notifications/progress``.
 
         Raises:
             NoCapableAgent: no agent of this process offers it.
             WorkTimeout: no answer within ``timeout`` seconds.
             WorkFailed: the agent's handler raised (the cause is attached).
         """
-        work = self._dispatch("capability", capability, parameters, PRIORITIES["medium"])
+        work = self._dispatch("capability", capability, parameters, PRIORITIES["medium"], progress)
         return await self._wait(work.future, "capability", capability, timeout)
 
     async def submit(
@@ -256,14 +265,18 @@ class LocalFlock(AgentPort):
         outcome: TaskResult = await self._wait(result, "task", task.type, timeout)
         return outcome
 
-    def start_task(self, task: TaskMessage) -> asyncio.Future[TaskResult]:
+    def start_task(
+        self, task: TaskMessage, *, progress: ProgressCallback | None = None
+    ) -> asyncio.Future[TaskResult]:
         """Queue ``task`` for a local agent; the future gets its TaskResult (never an exception).
+
+        ``progress`` gets what the agent reports while it works (see :meth:`request_capability`).
 
         Raises:
             NoCapableAgent: no agent of this process handles the task's type.
         """
         started = time.monotonic()
-        work = self._dispatch("task", task.type, task, PRIORITIES[task.priority])
+        work = self._dispatch("task", task.type, task, PRIORITIES[task.priority], progress)
         if work.correlation_id is None:
             work.correlation_id = task.id  # what task.result carries too
         result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
@@ -329,6 +342,40 @@ class LocalFlock(AgentPort):
         """One agent's info, or None."""
         return self.directory.get(agent_id)
 
+    async def wait_for_agents(
+        self, count: int, *, capability: str | None = None, timeout: float = 10.0
+    ) -> list[AgentInfo]:
+        """Wait until at least ``count`` agents (with ``capability``, if given) are online.
+
+        Agents in other processes are known once their announcement or heartbeat arrived, so
+        a process that has just joined a flock calls this before relying on them.
+
+        Returns:
+            The online agents (with ``capability``) at that moment.
+
+        Raises:
+            TimeoutError: fewer than ``count`` after ``timeout`` seconds; the message says how
+                many there were.
+        """
+        enough = asyncio.Event()
+
+        def check(*_: Any) -> None:
+            if len(self.list_agents("online", capability)) >= count:
+                enough.set()
+
+        unsubscribe = self.directory.subscribe(check)
+        try:
+            check()
+            async with asyncio.timeout(timeout):
+                await enough.wait()
+        except TimeoutError:
+            having = len(self.list_agents("online", capability))
+            what = f"agents with {capability!r}" if capability else "agents"
+            raise TimeoutError(f"{having} of {count} {what} online after {timeout} s") from None
+        finally:
+            unsubscribe()
+        return self.list_agents("online", capability)
+
     def on_result(self, listener: Callable[[TaskResult], None]) -> Callable[[], None]:
         """Call ``listener`` with every TaskResult of this process; returns an unsubscribe."""
         self._result_listeners.append(listener)
@@ -361,12 +408,14 @@ class LocalFlock(AgentPort):
 
     # ------------------------------------------------------------------ dispatching
 
-    def _dispatch(self, kind: str, key: str, payload: Any, priority: int) -> Work:
+    def _dispatch(
+        self, kind: str, key: str, payload: Any, priority: int, progress: ProgressCallback | None = None
+    ) -> Work:
         skill = (kind, key)
         if not self._skills.get(skill):
             raise NoCapableAgent(kind, key)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        work = Work(kind, key, payload, future, priority)  # type: ignore[arg-type]
+        work = Work(kind, key, payload, future, priority, progress=progress)  # type: ignore[arg-type]
         work.correlation_id = correlation_id.get()
         heapq.heappush(self._queues.setdefault(skill, []), (priority, next(self._order), work))
         self._pump(skill)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import signal
 import socket
 import sys
@@ -543,3 +544,42 @@ async def test_nats_down_during_a_run_then_recovery(nats_server: EmbeddedNats) -
         finally:
             await client.close()
         assert node.bus.stats.flushed >= 1  # what was buffered went out
+
+
+async def test_a_process_that_joins_late_learns_the_agents_already_there(nats_server: EmbeddedNats) -> None:
+    async with Node(nats_server.url, "early") as early:
+        await early.agents("e-1", "e-2")  # announced before the late node listens
+        async with Node(nats_server.url, "late") as late:
+            agents = await late.flock.wait_for_agents(2, capability="text-analysis", timeout=5)
+            assert sorted(agent.id for agent in agents) == ["e-1", "e-2"]
+            assert {agent.node for agent in agents} == {"early"}
+            assert await late.flock.request_capability("text-analysis", {"text": "a b c"}) == {"words": 3}
+
+
+async def test_a_heartbeat_from_an_unknown_agent_asks_for_announcements(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    async with Node(nats_server.url, "node", heartbeat_interval=0.05) as node:
+        discover = Collector()
+        await plain.subscribe("agent.discover", cb=discover.handle)
+        await plain.flush()
+        node.flock._discovered_at = -math.inf  # as if its own request at start were long ago
+        await plain.publish("agent.stranger.heartbeat", json.dumps({"agentId": "stranger"}).encode())
+        await wait_for(lambda: len(discover.messages) == 1)
+        assert discover.json()[0]["requester"] == "node"
+        # Announcing now fills in what the heartbeat could not say.
+        announcement = {
+            "id": "stranger",
+            "name": "Stranger",
+            "capabilities": ["x"],
+            "timestamp": "2026-01-01T00:00:00Z",
+        }
+        await plain.publish("agent.announce", json.dumps(announcement).encode())
+        await wait_for(lambda: node.flock.list_agents(capability="x") != [])
+
+
+async def test_wait_for_agents_says_how_many_were_there(nats_server: EmbeddedNats) -> None:
+    async with Node(nats_server.url, "node") as node:
+        await node.agents("only-one")
+        with pytest.raises(TimeoutError, match=r"1 of 2 agents with 'text-analysis' online after 0\.05 s"):
+            await node.flock.wait_for_agents(2, capability="text-analysis", timeout=0.05)

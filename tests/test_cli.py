@@ -28,9 +28,15 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_check_accepts_the_shipped_config(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_accepts_the_shipped_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     assert main(["check", str(CONFIG)]) == 0
-    assert "ok (3 actors" in capsys.readouterr().out
+    assert "ok (4 actors" in capsys.readouterr().out  # the Claude agent is left out without a key
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-any")
+    assert main(["check", str(CONFIG)]) == 0
+    assert "ok (5 actors" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -46,7 +52,10 @@ def test_check_accepts_the_shipped_config(capsys: pytest.CaptureFixture[str]) ->
         ("[runtime]\nname = 3\n", "runtime.name: expected str, got int"),
         ("[runtime]\nnmae = 'x'\n", "runtime.nmae: unknown key"),
         ("[[agents]]\nclass='echo'\n", "missing required field `id`"),
-        ("[[agents]]\nid='x'\nclass='nope'\n", "agents[0].class: expected a built-in name (echo, text)"),
+        (
+            "[[agents]]\nid='x'\nclass='nope'\n",
+            "agents[0].class: expected a built-in name (ai, claude, echo, text)",
+        ),
         ("[[agents]]\nid='x'\nclass='tests.cli_actors:NotAnActor'\n", "is not an Actor subclass"),
         ("[[agents]]\nid='x'\nclass='no.such.module:X'\n", "cannot import 'no.such.module'"),
         ("[[agents]]\nid='x'\nclass='echo'\ncount=0\n", "agents[0].count: expected >= 1, got 0"),
@@ -125,7 +134,7 @@ async def test_run_starts_the_tree_and_stops_cleanly_on_signal(signum: int, tmp_
     proc = await start_flock(shipped_config_on_a_free_port(tmp_path))
     try:
         output = await read_until(proc, "agents under /root")
-        for agent in ("text-1", "text-2", "echo"):
+        for agent in ("text-1", "text-2", "echo", "ai"):
             assert f"started /root/{agent} (permanent)" in output
         proc.send_signal(signum)
         output = await read_until(proc, "stopped cleanly")

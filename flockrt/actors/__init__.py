@@ -1,7 +1,15 @@
 """The in-process actor kernel: actors, refs, contexts and the actor system."""
 
 from flockrt.actors.actor import Actor
-from flockrt.actors.agent import Agent, AgentCard, AgentPort, Work, capability, handles_task
+from flockrt.actors.agent import (
+    Agent,
+    AgentCard,
+    AgentPort,
+    ProgressCallback,
+    Work,
+    capability,
+    handles_task,
+)
 from flockrt.actors.context import ActorContext, Timer
 from flockrt.actors.messages import StopReason, Terminated
 from flockrt.actors.ref import ActorRef
@@ -15,6 +23,7 @@ __all__ = [
     "Agent",
     "AgentCard",
     "AgentPort",
+    "ProgressCallback",
     "StopReason",
     "SystemStats",
     "Terminated",

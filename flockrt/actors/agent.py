@@ -11,11 +11,17 @@ Work runs in asyncio tasks owned by the agent, so several pieces of work may run
 at a time by ``receive``. A capability or task handler that raises fails that piece of work
 only; the agent goes on. An agent that fails in ``receive`` is restarted by its supervisor like
 any actor and announces itself again.
+
+Long work can report progress: a handler calls :meth:`Agent.report_progress`, which reaches the
+``progress`` callback its requester attached to the :class:`Work` (an MCP gateway turns it into
+``notifications/progress``). An agent that delegates with :meth:`Agent.request_capability`
+forwards the progress of the delegated work to its own requester.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -27,13 +33,18 @@ from flockrt.actors.actor import Actor
 from flockrt.actors.correlation import correlation_id, current_agent
 from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
 from flockrt.bus.subjects import check_token
-from flockrt.errors import WorkFailed
+from flockrt.errors import NoCapableAgent, WorkFailed
 
-__all__ = ["Agent", "AgentCard", "AgentPort", "Work", "capability", "handles_task"]
+__all__ = ["Agent", "AgentCard", "AgentPort", "ProgressCallback", "Work", "capability", "handles_task"]
 
 log = logging.getLogger("flockrt.agent")
 
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+ProgressCallback = Callable[[float, float | None, str | None], None]
+"""``progress(done, total, message)``: how far a piece of work has come (MCP's progress
+notification: ``done`` only grows; ``total`` is None when unknown). Called on the event loop;
+it must not block and should not raise (an exception is logged and ignored)."""
 
 _CAPABILITY = "__flockrt_capability__"
 _TASK_TYPE = "__flockrt_task_type__"
@@ -93,6 +104,13 @@ class Work:
     """Who it was handed to (set by the flock)."""
     correlation_id: str | None = None
     """The correlation id of the request, set again while the agent's handler runs."""
+    progress: ProgressCallback | None = None
+    """Where the handler's :meth:`Agent.report_progress` goes (None: nobody listens)."""
+
+
+# The Work a handler is running: each piece of work runs in its own asyncio task, so a context
+# variable set there is seen by that handler (and what it awaits) only.
+_current_work: contextvars.ContextVar[Work | None] = contextvars.ContextVar("flockrt_work", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +149,17 @@ class AgentPort:
 
     def work_done(self, agent_id: str) -> None:
         """One piece of work the flock handed to the agent has finished: capacity is free."""
+        raise NotImplementedError
+
+    async def request_capability(
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
+    ) -> Any:
+        """Have an agent of the flock that offers ``capability`` do it; return its answer."""
         raise NotImplementedError
 
 
@@ -243,6 +272,58 @@ class Agent(Actor[Any]):
     async def on_event(self, event: AgentEvent) -> None:
         """An event addressed to this agent."""
 
+    # ------------------------------------------------------------------ helpers for handlers
+
+    def report_progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Tell whoever waits for the current piece of work how far it has come.
+
+        Call it from a capability or task handler (or anything it awaits); elsewhere, or when
+        the requester attached no ``progress`` callback to the work, it does nothing.
+
+        Args:
+            done: Progress so far; it should only grow.
+            total: What ``done`` reaches at the end, if known.
+            message: A short human-readable status.
+        """
+        work = _current_work.get()
+        if work is None or work.progress is None:
+            return
+        try:
+            work.progress(done, total, message)
+        except Exception:  # the listener's bug must not fail the work it listens to
+            log.exception("agent %s: progress callback %r failed", self.agent_id, work.progress)
+
+    @property
+    def progress_listener(self) -> ProgressCallback | None:
+        """The progress callback of the piece of work being handled (None outside one)."""
+        work = _current_work.get()
+        return None if work is None else work.progress
+
+    async def request_capability(
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
+    ) -> Any:
+        """Have another agent of the flock (in this process or, over NATS, another one) do
+        ``capability``, and return its answer.
+
+        Called from a handler, the progress the other agent reports is forwarded to this
+        handler's requester unless ``progress`` is given.
+
+        Raises:
+            NoCapableAgent: no agent offers ``capability`` (or this agent is in no flock).
+            WorkTimeout: no answer within ``timeout`` seconds.
+            WorkFailed: the other agent's handler raised.
+        """
+        if self._port is None:
+            raise NoCapableAgent("capability", capability)
+        return await self._port.request_capability(
+            capability, parameters, timeout=timeout, progress=progress or self.progress_listener
+        )
+
     # ------------------------------------------------------------------ lifecycle
 
     async def on_start(self) -> None:
@@ -310,6 +391,7 @@ class Agent(Actor[Any]):
         # Its own task, so its own context: no reset needed.
         current_agent.set(self.agent_id)
         correlation_id.set(work.correlation_id)
+        _current_work.set(work)  # this task's own context: seen by this handler only
         try:
             if work.kind == "task":
                 result = await method(work.payload)

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -36,7 +38,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from flockrt._version import __version__
-from flockrt.actors.agent import AgentCard
+from flockrt.actors.agent import AgentCard, ProgressCallback
 from flockrt.actors.correlation import correlation_id as current_correlation
 from flockrt.actors.correlation import new_correlation_id
 from flockrt.actors.system import ActorSystem
@@ -54,6 +56,7 @@ from flockrt.bus.schema import (
     CapabilityResponse,
     Codec,
     DirectMessage,
+    DiscoveryRequest,
     Heartbeat,
     InvalidMessage,
     Priority,
@@ -156,6 +159,7 @@ class NatsFlock(LocalFlock):
         self._announcements: dict[str, AgentAnnouncement] = {}  # local agents, for the bucket
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._results_subscription: Subscription | None = None
+        self._discovered_at = -math.inf  # when this process last asked agents to re-announce
         self.on_result(self._publish_result)
 
     # ------------------------------------------------------------------ lifecycle
@@ -167,6 +171,7 @@ class NatsFlock(LocalFlock):
             await self.bus.subscribe(subjects.ANNOUNCE, self._on_announce),
             await self.bus.subscribe("agent.*.heartbeat", self._on_heartbeat),
             await self.bus.subscribe(subjects.BROADCAST, self._on_broadcast),
+            await self.bus.subscribe(subjects.DISCOVER, self._on_discover),
         ]
         # The NATS service API: `nats micro ls/info/stats` list this process's capabilities.
         self._service = await self.bus.add_service(
@@ -177,6 +182,7 @@ class NatsFlock(LocalFlock):
         )
         if self.persist_directory:
             await self._load_directory()
+        await self._discover()  # the agents that started before this process re-announce
         if self.durable is not None:
             try:
                 await self.durable.setup()
@@ -533,9 +539,17 @@ class NatsFlock(LocalFlock):
             self._later(lambda: self._publish_batch(items))
 
     async def request_capability(
-        self, capability: str, parameters: Any = None, *, timeout: float = 30.0
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
     ) -> Any:
         """Have a capable agent do ``capability``: a local one if there is one, else across NATS.
+
+        ``progress`` hears what a local agent reports while it works; the wire contract has no
+        progress messages, so an agent in another process reports none.
 
         Raises:
             NoCapableAgent: no agent anywhere offers it.
@@ -543,7 +557,9 @@ class NatsFlock(LocalFlock):
             WorkFailed: the agent's handler raised.
         """
         if self.has_skill("capability", capability):
-            return await super().request_capability(capability, parameters, timeout=timeout)
+            return await super().request_capability(
+                capability, parameters, timeout=timeout, progress=progress
+            )
         correlation_id = new_correlation_id()  # the current one travels on
         request = CapabilityRequest(
             capability=capability,
@@ -641,8 +657,25 @@ class NatsFlock(LocalFlock):
             return
         if heartbeat.status == "offline":
             self.directory.mark_offline(heartbeat.agent_id)
-        else:
-            self.directory.on_heartbeat(heartbeat)
+            return
+        if self.directory.get(heartbeat.agent_id) is None:
+            # Heard of only now, by a heartbeat: its announcement went by before we listened
+            # (or while NATS was away). Ask for announcements, at most once per interval.
+            now = time.monotonic()
+            if now - self._discovered_at >= self.heartbeat_interval:
+                self._later(self._discover)
+        self.directory.on_heartbeat(heartbeat)
+
+    async def _discover(self) -> None:
+        self._discovered_at = time.monotonic()
+        await self._publish(subjects.DISCOVER, DiscoveryRequest(requester=self.node))
+
+    async def _on_discover(self, message: Message) -> None:
+        request = self._decode(message, DiscoveryRequest)
+        if request is None or request.requester == self.node:
+            return
+        for announcement in list(self._announcements.values()):
+            await self._publish(subjects.ANNOUNCE, announcement)
 
     async def _on_batch(self, message: Message) -> None:
         items = self._decode(message, list[BatchItem])

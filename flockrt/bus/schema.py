@@ -33,6 +33,7 @@ __all__ = [
     "CapabilityResponse",
     "Codec",
     "DirectMessage",
+    "DiscoveryRequest",
     "Heartbeat",
     "InvalidMessage",
     "Priority",
@@ -94,6 +95,19 @@ class AgentAnnouncement(_Wire, frozen=True, kw_only=True):
     timestamp: datetime = msgspec.field(default_factory=utcnow)
     node: str | None = None
     """The flockrt process the agent lives in (a flockrt addition; other peers may omit it)."""
+
+
+class DiscoveryRequest(_Wire, frozen=True, kw_only=True):
+    """A process asking every agent to announce itself again, on ``agent.discover``.
+
+    A flockrt addition: AI Flock agents announce once, when they start, so a process that joins
+    a running flock would otherwise know the agents that started before it by their heartbeats
+    only, without their capabilities.
+    """
+
+    requester: str
+    """The node asking (it ignores its own request)."""
+    timestamp: datetime = msgspec.field(default_factory=utcnow)
 
 
 class Heartbeat(_Wire, frozen=True, kw_only=True):

@@ -8,6 +8,7 @@ __all__ = [
     "ANNOUNCE",
     "BATCH",
     "BROADCAST",
+    "DISCOVER",
     "TASK_RESULT",
     "capability",
     "check_token",
@@ -18,6 +19,8 @@ __all__ = [
 ]
 
 ANNOUNCE = "agent.announce"
+DISCOVER = "agent.discover"
+"""Requests that every agent announce itself again (a flockrt addition)."""
 TASK_RESULT = "task.result"
 BROADCAST = "broadcast"
 BATCH = "batch.messages"

@@ -1,0 +1,569 @@
+"""The Claude agent: Anthropic's Messages API as capabilities of the flock.
+
+The only module of flockrt that imports ``anthropic`` (so ``import flockrt`` stays free of it).
+
+:class:`ClaudeAgent` offers ``claude-ai`` (a prompt or a conversation in, Claude's answer out),
+``text-analysis`` and ``code-generation``, and offers them only when it has an API key: without
+one it advertises nothing, and a config's ``class = "claude"`` entry is left out of the tree
+with one log line.
+
+Calls go through ``anthropic.AsyncAnthropic`` with the SDK's own retries turned off
+(``max_retries=0``): the agent retries rate limits (429), overload (529 or an
+``overloaded_error`` event mid-stream), timeouts and connection errors itself, with
+exponential backoff (or the server's ``retry-after``), so the count and the delays are its own,
+logged and counted. Calls that still fail feed a :class:`CircuitBreaker`: after
+``failure_threshold`` failed calls in a row it opens and work fails at once with
+:class:`~flockrt.errors.ClaudeError` (``kind="circuit_open"``) until ``reset_timeout`` has
+passed; then one trial call decides whether it closes again. Every failure is failed work with
+a clear message, never a crashed agent.
+
+Long answers are streamed (``messages.stream``), and so is every answer whose requester listens
+for progress: the characters received so far go to :meth:`~flockrt.Agent.report_progress`.
+
+Token usage and requests by outcome are counted in plain counters: per agent
+(:attr:`ClaudeAgent.usage`) and for the whole process (:data:`USAGE`), which a metrics collector
+reads at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import anthropic
+import httpx2  # the SDK's HTTP client: transport errors in the middle of a stream arrive unwrapped
+
+from flockrt.actors.agent import Agent, capability
+from flockrt.builtins import analyze_text
+from flockrt.config import ClaudeConfig
+from flockrt.errors import ClaudeError
+from flockrt.supervisor.spec import Backoff
+
+if TYPE_CHECKING:
+    from anthropic.types import Message, MessageParam
+
+    from flockrt.config import FlockConfig
+
+__all__ = ["OUTCOMES", "USAGE", "CircuitBreaker", "ClaudeAgent", "ClaudeUsage"]
+
+log = logging.getLogger("flockrt.claude")
+
+OUTCOMES = (
+    "ok",
+    "rate_limited",
+    "overloaded",
+    "server_error",
+    "timeout",
+    "connection_error",
+    "client_error",
+    "circuit_open",
+)
+"""What a request to the API can come to; ``circuit_open`` ones were never sent."""
+
+_RETRIED = frozenset({"rate_limited", "overloaded", "timeout", "connection_error"})
+# Failures that say the API (or the way to it) is in trouble; a client error says it is up.
+_BREAKER_FAILURES = frozenset({"rate_limited", "overloaded", "server_error", "timeout", "connection_error"})
+
+
+@dataclass(slots=True)
+class ClaudeUsage:
+    """Counters of the Claude API use: requests by outcome, retries and tokens.
+
+    Plain integers, only ever increased, read at scrape time (``flockrt_claude_*`` metrics).
+    Each HTTP request is counted once by its outcome; a retry is a request of its own.
+    """
+
+    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    """Requests by outcome (every key of :data:`OUTCOMES` is present)."""
+    retries: int = 0
+    """Requests that were retries of a failed one."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    circuit_opened: int = 0
+    """Times a circuit breaker opened."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as a JSON-able dict (a copy)."""
+        return {
+            "requests": dict(self.requests),
+            "retries": self.retries,
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+            "cacheCreationInputTokens": self.cache_creation_input_tokens,
+            "cacheReadInputTokens": self.cache_read_input_tokens,
+            "circuitOpened": self.circuit_opened,
+        }
+
+
+USAGE = ClaudeUsage()
+"""The whole process's Claude usage: the sum over every ClaudeAgent."""
+
+
+class CircuitBreaker:
+    """Stops calling an API that keeps failing, and tries again after a while.
+
+    Closed: calls go through; ``failure_threshold`` failed calls in a row open it. Open: calls
+    are refused (:meth:`admit` raises) until ``reset_timeout`` seconds have passed. Half-open:
+    one trial call goes through; its success closes the breaker, its failure opens it again.
+
+    Minimal and self-contained for the Claude agent; not thread-safe (one event loop).
+
+    Args:
+        failure_threshold: Failed calls in a row that open it.
+        reset_timeout: Seconds it stays open before a trial call.
+        clock: Monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_timeout: float = 30.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold!r}")
+        if reset_timeout < 0:
+            raise ValueError(f"reset_timeout must be >= 0 seconds, got {reset_timeout!r}")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.clock = clock
+        self.failures = 0
+        """Failed calls in a row."""
+        self._opened_at: float | None = None
+        self._trial = False  # a half-open trial call is in flight
+
+    @property
+    def state(self) -> Literal["closed", "open", "half_open"]:
+        if self._opened_at is None:
+            return "closed"
+        if self._trial or self.clock() - self._opened_at >= self.reset_timeout:
+            return "half_open"
+        return "open"
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until a trial call is let through (0 unless open)."""
+        if self._opened_at is None or self._trial:
+            return 0.0
+        return max(self._opened_at + self.reset_timeout - self.clock(), 0.0)
+
+    def admit(self) -> None:
+        """Let a call through, or raise.
+
+        Raises:
+            ClaudeError: ``kind="circuit_open"`` while open, or while a trial call is in flight.
+        """
+        state = self.state
+        if state == "closed":
+            return
+        if state == "half_open" and not self._trial:
+            self._trial = True
+            return
+        wait = f"next try in {self.retry_in:.1f} s" if state == "open" else "a trial call is in flight"
+        raise ClaudeError(
+            f"Claude API circuit open after {self.failures} failed calls in a row; {wait}",
+            kind="circuit_open",
+        )
+
+    def succeeded(self) -> None:
+        """The admitted call got an answer (or a client error: the API is up): close."""
+        self.failures = 0
+        self._opened_at = None
+        self._trial = False
+
+    def failed(self) -> bool:
+        """The admitted call failed; returns True when this opened the breaker."""
+        self.failures += 1
+        was_trial, self._trial = self._trial, False
+        if was_trial or (self._opened_at is None and self.failures >= self.failure_threshold):
+            self._opened_at = self.clock()
+            return True
+        return False
+
+    def abandoned(self) -> None:
+        """The admitted call ended without a verdict (cancelled): free the trial slot."""
+        self._trial = False
+
+
+@dataclass(slots=True)
+class _Call:
+    """One piece of work's way through the API: attempts so far and progress reported."""
+
+    attempts: int = 0
+    characters: int = 0
+    last_report: float = -math.inf
+
+
+_DEFAULTS = ClaudeConfig()  # the [claude] defaults are the agent's defaults
+_DEFAULT_BACKOFF = Backoff(initial=1.0, maximum=30.0, multiplier=2.0, jitter=0.2)
+
+_ANALYST = (
+    "You analyse texts for other programs. Answer in plain prose of at most five sentences: "
+    "the topic, the tone, and anything notable. No preamble."
+)
+_CODER = (
+    "You write correct, idiomatic, complete code. Answer with exactly one fenced code block, "
+    "then at most two sentences about it."
+)
+_FENCE = re.compile(r"```[\w+-]*\n(?P<code>.*?)```", re.S)
+
+
+class ClaudeAgent(Agent):
+    """An agent that answers with Claude: capabilities ``claude-ai``, ``text-analysis`` and
+    ``code-generation``, offered only when ``api_key`` is set.
+
+    A config names it ``class = "claude"``; its options default to the ``[claude]`` section
+    (ANTHROPIC_API_KEY, CLAUDE_MODEL), and the agent is left out of the tree when no key is
+    configured.
+
+    Args:
+        agent_id: Unique in the flock.
+        api_key: Anthropic API key; without one the agent offers nothing.
+        model: The model of every call.
+        max_tokens: Default cap on an answer's length (a request may ask for another).
+        base_url: Another Messages API endpoint ("" = the SDK's default).
+        max_retries: Retries of a rate-limited, overloaded, timed-out or unreachable call.
+        timeout: Seconds one HTTP call may take.
+        stream_above: Answers allowed this many tokens or more are streamed even when nobody
+            listens for progress (answers are streamed whenever somebody does).
+        progress_interval: Seconds between progress reports while streaming (the first and
+            the last are always sent).
+        backoff: Delays between retries when the server gives no ``retry-after``.
+        breaker: The circuit breaker (default: opens after 5 failed calls, for 30 s).
+        max_concurrent_tasks: Calls in flight at once (default 4).
+    """
+
+    max_concurrent_tasks = 4
+
+    def __init__(
+        self,
+        agent_id: str,
+        *,
+        api_key: str = "",
+        model: str = _DEFAULTS.model,
+        max_tokens: int = _DEFAULTS.max_tokens,
+        base_url: str = "",
+        max_retries: int = _DEFAULTS.max_retries,
+        timeout: float = _DEFAULTS.timeout,
+        stream_above: int = 4096,
+        progress_interval: float = 0.25,
+        backoff: Backoff = _DEFAULT_BACKOFF,
+        breaker: CircuitBreaker | None = None,
+        name: str | None = None,
+        max_concurrent_tasks: int | None = None,
+    ) -> None:
+        super().__init__(agent_id, name=name, max_concurrent_tasks=max_concurrent_tasks)
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
+        self.api_key = api_key
+        self.model = model
+        self.max_tokens = max_tokens
+        self.base_url = base_url
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.stream_above = stream_above
+        self.progress_interval = progress_interval
+        self.backoff = backoff
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.usage = ClaudeUsage()
+        """This agent's counters (:data:`USAGE` has the process's totals)."""
+        self._client: anthropic.AsyncAnthropic | None = None
+
+    @classmethod
+    def flock_options(
+        cls, config: FlockConfig, agent_id: str, options: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The keyword arguments of a ``class = "claude"`` entry: ``[claude]`` first, then the
+        entry's own options; None (and one log line) when there is no API key."""
+        section = config.claude
+        merged: dict[str, Any] = {
+            "api_key": section.api_key,
+            "model": section.model,
+            "max_tokens": section.max_tokens,
+            "base_url": section.base_url,
+            "max_retries": section.max_retries,
+            "timeout": section.timeout,
+            **options,
+        }
+        if not merged["api_key"]:
+            log.info(
+                "Claude agent %r skipped: no API key (set ANTHROPIC_API_KEY or [claude] api_key)", agent_id
+            )
+            return None
+        return merged
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return super().capabilities if self.api_key else ()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def setup(self) -> None:
+        if not self.api_key:
+            log.warning("Claude agent %s has no API key: it offers no capability", self.agent_id)
+            return
+        # The SDK's retries are off: ours are counted, logged and feed the breaker.
+        self._client = anthropic.AsyncAnthropic(
+            api_key=self.api_key, base_url=self.base_url or None, max_retries=0, timeout=self.timeout
+        )
+
+    async def teardown(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    # ------------------------------------------------------------------ capabilities
+
+    @capability("claude-ai")
+    async def ask(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[MessageParam] | None = None,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stream: bool | None = None,
+    ) -> dict[str, Any]:
+        """Claude's answer to ``prompt``, or to the conversation ``messages`` (Messages API
+        format), with an optional ``system`` prompt.
+
+        Returns:
+            ``{"text", "model", "stopReason", "usage": {"inputTokens", "outputTokens"}, "streamed"}``.
+
+        Raises:
+            ValueError: neither or both of ``prompt`` and ``messages``.
+            ClaudeError: the call failed (after retries) or the circuit is open.
+        """
+        if (prompt is None) == (messages is None):
+            raise ValueError("claude-ai needs a prompt or messages (one of them)")
+        conversation: list[MessageParam] = (
+            messages if messages is not None else [{"role": "user", "content": str(prompt)}]
+        )
+        return await self.complete(
+            conversation, system=system, max_tokens=max_tokens, temperature=temperature, stream=stream
+        )
+
+    @capability("text-analysis")
+    async def analyze(self, text: str, instructions: str | None = None) -> dict[str, Any]:
+        """The local counts of :func:`flockrt.builtins.analyze_text` (the same keys as every
+        text-analysis agent gives) plus Claude's ``analysis`` of the text."""
+        request = f"{instructions or 'Analyse this text.'}\n\n<text>\n{text}\n</text>"
+        answer = await self.complete([{"role": "user", "content": request}], system=_ANALYST)
+        return {**analyze_text(text), "analysis": answer["text"], "model": answer["model"]}
+
+    @capability("code-generation")
+    async def generate_code(self, prompt: str, language: str = "python") -> dict[str, Any]:
+        """Code in ``language`` that does what ``prompt`` says.
+
+        Returns:
+            ``{"code", "language", "text", "model", "usage"}``: ``code`` is the first fenced
+            block of Claude's answer (the whole answer when it has none), ``text`` all of it.
+        """
+        request = f"Write {language} code for this:\n\n{prompt}"
+        answer = await self.complete([{"role": "user", "content": request}], system=_CODER)
+        match = _FENCE.search(answer["text"])
+        code = match["code"] if match else answer["text"]
+        return {
+            "code": code,
+            "language": language,
+            "text": answer["text"],
+            "model": answer["model"],
+            "usage": answer["usage"],
+        }
+
+    # ------------------------------------------------------------------ calling the API
+
+    async def complete(
+        self,
+        messages: list[MessageParam],
+        *,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stream: bool | None = None,
+    ) -> dict[str, Any]:
+        """One answer from the Messages API, with retries, the breaker and usage counting.
+
+        Streams when ``stream`` is True, or when it is None and the current work's requester
+        listens for progress or ``max_tokens`` is at least ``stream_above``.
+
+        Raises:
+            ClaudeError: the call failed after the retries it was worth, the circuit is open,
+                or the agent has no API key.
+        """
+        client = self._client
+        if client is None:
+            raise ClaudeError(f"Claude agent {self.agent_id} has no API key", kind="no_api_key")
+        limit = max_tokens if max_tokens is not None else self.max_tokens
+        request: dict[str, Any] = {"model": self.model, "max_tokens": limit, "messages": messages}
+        if system:
+            request["system"] = system
+        if temperature is not None:
+            request["temperature"] = temperature
+        streamed = (
+            stream
+            if stream is not None
+            else (self.progress_listener is not None or limit >= self.stream_above)
+        )
+        try:
+            self.breaker.admit()
+        except ClaudeError:
+            self._count("circuit_open")
+            raise
+        try:
+            message = await self._call_with_retries(client, request, streamed, _Call())
+        except ClaudeError as exc:
+            if exc.kind not in _BREAKER_FAILURES:
+                self.breaker.succeeded()  # the API answered: it is up
+            elif self.breaker.failed():
+                self._opened(exc)
+            raise
+        except BaseException:  # cancelled (or a bug): no verdict on the API's health
+            self.breaker.abandoned()
+            raise
+        self.breaker.succeeded()
+        return {
+            "text": "".join(block.text for block in message.content if block.type == "text"),
+            "model": message.model,
+            "stopReason": message.stop_reason,
+            "usage": {"inputTokens": message.usage.input_tokens, "outputTokens": message.usage.output_tokens},
+            "streamed": streamed,
+        }
+
+    async def _call_with_retries(
+        self, client: anthropic.AsyncAnthropic, request: dict[str, Any], streamed: bool, call: _Call
+    ) -> Message:
+        while True:
+            call.attempts += 1
+            if call.attempts > 1:
+                self.usage.retries += 1
+                USAGE.retries += 1
+            try:
+                if streamed:
+                    message = await self._stream(client, request, call)
+                else:
+                    message = await client.messages.create(**request)
+            except (anthropic.APIError, httpx2.TransportError) as exc:
+                outcome = _outcome(exc)
+                self._count(outcome)
+                if outcome not in _RETRIED or call.attempts > self.max_retries:
+                    raise _error(exc, outcome, call.attempts, self.base_url) from exc
+                delay = self._delay(exc, call.attempts - 1)
+                log.warning(
+                    "Claude agent %s: %s (attempt %d of %d); retrying in %.2f s",
+                    self.agent_id,
+                    _describe(exc, outcome),
+                    call.attempts,
+                    self.max_retries + 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._count("ok", message)
+            return message
+
+    async def _stream(
+        self, client: anthropic.AsyncAnthropic, request: dict[str, Any], call: _Call
+    ) -> Message:
+        loop = asyncio.get_running_loop()
+        async with client.messages.stream(**request) as stream:
+            async for text in stream.text_stream:
+                call.characters += len(text)  # across attempts too: progress only grows
+                now = loop.time()
+                if now - call.last_report >= self.progress_interval:
+                    call.last_report = now
+                    self.report_progress(call.characters, None, f"{call.characters} characters from Claude")
+            message = await stream.get_final_message()
+        self.report_progress(call.characters, call.characters, "answer complete")
+        return message
+
+    def _delay(self, exc: anthropic.APIError | httpx2.TransportError, retry: int) -> float:
+        """The server's ``retry-after`` (capped by the backoff's maximum), else the backoff."""
+        if isinstance(exc, anthropic.APIStatusError):
+            raw = exc.response.headers.get("retry-after")
+            if raw is not None:
+                try:
+                    return min(max(float(raw), 0.0), self.backoff.maximum)
+                except ValueError:
+                    pass  # an HTTP date: rare for this API; the backoff will do
+        return self.backoff.delay(retry)
+
+    def _count(self, outcome: str, message: Message | None = None) -> None:
+        for usage in (self.usage, USAGE):
+            usage.requests[outcome] += 1
+            if message is not None:
+                usage.input_tokens += message.usage.input_tokens
+                usage.output_tokens += message.usage.output_tokens
+                usage.cache_creation_input_tokens += message.usage.cache_creation_input_tokens or 0
+                usage.cache_read_input_tokens += message.usage.cache_read_input_tokens or 0
+
+    def _opened(self, cause: ClaudeError) -> None:
+        self.usage.circuit_opened += 1
+        USAGE.circuit_opened += 1
+        log.error(
+            "Claude agent %s: circuit open after %d failed calls in a row (last: %s); "
+            "calls fail at once for %g s",
+            self.agent_id,
+            self.breaker.failures,
+            cause,
+            self.breaker.reset_timeout,
+        )
+
+
+def _outcome(exc: anthropic.APIError | httpx2.TransportError) -> str:
+    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+        return "timeout"
+    if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
+        return "connection_error"
+    if isinstance(exc, anthropic.APIStatusError):
+        # A mid-stream error event arrives on a 200: its type says what it is.
+        if exc.status_code == 429 or exc.type == "rate_limit_error":
+            return "rate_limited"
+        if exc.status_code == 529 or exc.type == "overloaded_error":
+            return "overloaded"
+        if exc.status_code >= 500 or exc.status_code < 400:
+            return "server_error"
+        return "client_error"
+    return "server_error"  # e.g. a response that does not match the API's schema
+
+
+def _describe(exc: anthropic.APIError | httpx2.TransportError, outcome: str) -> str:
+    if isinstance(exc, anthropic.APIStatusError):
+        kind = exc.type or "error"
+        detail = exc.api_message or exc.message
+        return f"{outcome.replace('_', ' ')} ({exc.status_code} {kind}): {detail}"
+    return f"{outcome.replace('_', ' ')}: {_detail(exc)}"
+
+
+def _detail(exc: anthropic.APIError | httpx2.TransportError) -> str:
+    if isinstance(exc, anthropic.APIError):
+        return exc.message
+    return str(exc) or f"{type(exc).__name__} in the middle of the answer"
+
+
+def _error(
+    exc: anthropic.APIError | httpx2.TransportError, outcome: str, attempts: int, base_url: str
+) -> ClaudeError:
+    status = exc.status_code if isinstance(exc, anthropic.APIStatusError) else None
+    if outcome == "connection_error":
+        where = base_url or "the default endpoint"
+        text = f"cannot reach the Claude API at {where} after {attempts} attempts: {_detail(exc)}"
+    elif outcome in _RETRIED:
+        text = f"Claude API {_describe(exc, outcome)}; gave up after {attempts} attempts"
+    elif outcome == "client_error":
+        text = f"Claude API refused the request: {_describe(exc, outcome)}"
+    else:
+        text = f"Claude API {_describe(exc, outcome)}"
+    return ClaudeError(text, kind=outcome, status=status, attempts=attempts)
