@@ -18,10 +18,8 @@ How the parts report:
 
   ``method`` is the JSON-RPC method (``tools/call``...; unknown ones count as ``other``);
   ``outcome`` is one of :data:`MCP_OUTCOMES`.
-- **The Claude agent** calls::
-
-      record_claude_usage(input_tokens=..., output_tokens=..., cache_read=..., cache_creation=...)
-      observe_claude_request(outcome, seconds)  # outcome: one of CLAUDE_OUTCOMES
+- **The Claude agent** (``flockrt/claude.py``) keeps plain counters in ``flockrt.claude.USAGE``,
+  read here at scrape time (``flockrt_claude_*``): nothing to call.
 
 Example::
 
@@ -34,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -65,7 +64,6 @@ if TYPE_CHECKING:
     from flockrt.bus.connection import NatsConnection
 
 __all__ = [
-    "CLAUDE_OUTCOMES",
     "MCP_CONNECTIONS",
     "MCP_METHODS",
     "MCP_OUTCOMES",
@@ -73,9 +71,7 @@ __all__ = [
     "Instrumentation",
     "exposition",
     "instrument",
-    "observe_claude_request",
     "observe_mcp_request",
-    "record_claude_usage",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -176,49 +172,57 @@ def observe_mcp_request(method: str, outcome: str, seconds: float) -> None:
 
 # ---------------------------------------------------------------------- Claude agent
 
-CLAUDE_OUTCOMES = frozenset({"ok", "error", "rate_limited", "overloaded", "timeout", "circuit_open"})
-"""Outcomes of one Messages API call (a retried call counts once per attempt)."""
 
-_CLAUDE_TOKENS = Counter(
-    "flockrt_claude_tokens",
-    "Tokens used by the Claude agent, by kind (input, output, cache_read, cache_creation).",
-    ["kind"],
-    registry=REGISTRY,
-)
-_CLAUDE_REQUESTS = Counter(
-    "flockrt_claude_requests",
-    "Messages API calls made by the Claude agent, by outcome.",
-    ["outcome"],
-    registry=REGISTRY,
-)
-_CLAUDE_SECONDS = Histogram(
-    "flockrt_claude_request_duration_seconds",
-    "Seconds per Messages API call (streamed calls: until the last event).",
-    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0),
-    registry=REGISTRY,
-)
-for _kind in ("input", "output", "cache_read", "cache_creation"):
-    _CLAUDE_TOKENS.labels(_kind)  # present (at 0) before the first call
+class _ClaudeCollector(Collector):
+    """Reads ``flockrt.claude.USAGE`` (plain counters the Claude agent keeps) at scrape time.
+
+    Only if that module is loaded: importing it here would import ``anthropic`` into every
+    process, and a process that never loaded it has no Claude agent to report.
+    """
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        tokens, requests, retries, opened = families = self._families()
+        claude = sys.modules.get("flockrt.claude")
+        usage = getattr(claude, "USAGE", None)
+        if usage is None:
+            return families
+        for kind, n in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+            ("cache_creation", usage.cache_creation_input_tokens),
+        ):
+            tokens.add_metric([kind], n)
+        for outcome, n in list(usage.requests.items()):
+            requests.add_metric([outcome], n)
+        retries.add_metric([], usage.retries)
+        opened.add_metric([], usage.circuit_opened)
+        return families
+
+    @staticmethod
+    def _families() -> list[CounterMetricFamily]:
+        return [
+            CounterMetricFamily(
+                "flockrt_claude_tokens",
+                "Tokens used by the Claude agents, by kind (input, output, cache_read, cache_creation).",
+                labels=["kind"],
+            ),
+            CounterMetricFamily(
+                "flockrt_claude_requests",
+                "Messages API requests made by the Claude agents, by outcome (a retry is a request).",
+                labels=["outcome"],
+            ),
+            CounterMetricFamily("flockrt_claude_retries", "Messages API requests that retried a failed one."),
+            CounterMetricFamily(
+                "flockrt_claude_circuit_opened", "Times a Claude agent's circuit breaker opened."
+            ),
+        ]
 
 
-def record_claude_usage(
-    *, input_tokens: int = 0, output_tokens: int = 0, cache_read: int = 0, cache_creation: int = 0
-) -> None:
-    """Add one response's ``usage`` to ``flockrt_claude_tokens_total``."""
-    for kind, n in (
-        ("input", input_tokens),
-        ("output", output_tokens),
-        ("cache_read", cache_read),
-        ("cache_creation", cache_creation),
-    ):
-        if n:
-            _CLAUDE_TOKENS.labels(kind).inc(n)
-
-
-def observe_claude_request(outcome: str, seconds: float) -> None:
-    """Count one Messages API call; an outcome not in :data:`CLAUDE_OUTCOMES` counts as error."""
-    _CLAUDE_REQUESTS.labels(outcome if outcome in CLAUDE_OUTCOMES else "error").inc()
-    _CLAUDE_SECONDS.observe(seconds)
+REGISTRY.register(_ClaudeCollector())
 
 
 # ---------------------------------------------------------------------- systems, flocks, NATS

@@ -362,7 +362,7 @@ async def test_flock_with_metrics_enabled_reports_and_stop_unregisters() -> None
 # ---------------------------------------------------------------------- gateway and Claude
 
 
-def test_mcp_requests_connections_and_claude_usage() -> None:
+def test_mcp_requests_and_connections() -> None:
     before = value("flockrt_mcp_requests_total", method="tools/call", outcome="ok") or 0
     metrics.observe_mcp_request("tools/call", "ok", 0.002)
     metrics.observe_mcp_request("tools/call", "ok", 0.02)
@@ -377,12 +377,41 @@ def test_mcp_requests_connections_and_claude_usage() -> None:
     metrics.MCP_CONNECTIONS.labels("websocket").dec()
     assert value("flockrt_mcp_connections", transport="websocket") == 0
 
-    tokens = value("flockrt_claude_tokens_total", kind="output") or 0
-    metrics.record_claude_usage(input_tokens=10, output_tokens=25)
-    assert value("flockrt_claude_tokens_total", kind="output") == tokens + 25
-    requests = value("flockrt_claude_requests_total", outcome="rate_limited") or 0
-    metrics.observe_claude_request("rate_limited", 0.3)
-    assert value("flockrt_claude_requests_total", outcome="rate_limited") == requests + 1
+
+async def test_claude_usage_is_read_from_the_claude_agents_counters() -> None:
+    from examples.messages_api import Failure, MessagesApiStandIn
+    from flockrt.claude import ClaudeAgent
+    from flockrt.supervisor.spec import Backoff
+
+    def counts() -> dict[str, float]:
+        return {
+            "input": value("flockrt_claude_tokens_total", kind="input") or 0,
+            "output": value("flockrt_claude_tokens_total", kind="output") or 0,
+            "ok": value("flockrt_claude_requests_total", outcome="ok") or 0,
+            "rate_limited": value("flockrt_claude_requests_total", outcome="rate_limited") or 0,
+            "retries": value("flockrt_claude_retries_total") or 0,
+        }
+
+    async with (
+        MessagesApiStandIn(lambda request: "two words") as api,
+        ActorSystem("claude-metrics", shutdown_timeout=2.0) as system,
+    ):
+        flock = LocalFlock(system)
+        no_wait = Backoff(initial=0.0, maximum=0.0, jitter=0.0)
+        await system.spawn(
+            functools.partial(ClaudeAgent, api_key="sk-test", base_url=api.base_url, backoff=no_wait),
+            "claude",
+        )
+        before = counts()
+        api.fail_next(Failure(429, "rate limited", retry_after="0"))
+        answer = await flock.request_capability("claude-ai", "hello there")
+        assert answer["text"] == "two words"
+        after = counts()
+    tokens = answer["usage"]
+    assert after["input"] - before["input"] == tokens["inputTokens"] > 0
+    assert after["output"] - before["output"] == tokens["outputTokens"] > 0
+    assert (after["ok"] - before["ok"], after["rate_limited"] - before["rate_limited"]) == (1, 1)
+    assert after["retries"] - before["retries"] == 1
 
 
 def test_every_series_is_named_flockrt_or_process() -> None:
@@ -618,7 +647,8 @@ def known_series() -> set[str]:
                 await flock.submit("general", "x", wait=True)
                 await flock.request_capability("echo", "x")
                 metrics.observe_mcp_request("ping", "ok", 0.001)
-                metrics.observe_claude_request("ok", 1.0)
+                import flockrt.claude  # noqa: F401 - its counters are reported once it is loaded
+
                 return {name for name, _ in scrape()}
 
     return asyncio.run(collect())
