@@ -101,6 +101,7 @@ class Flock:
             log.info("no [nats] section: the flock stays in this process")
         if config.metrics is not None and config.metrics.enabled:
             self.metrics = instrument(self.system, flock=self.flock, bus=self.bus, label=runtime.name)
+            log.info("metrics on: flockrt_* series labelled system=%r", self.metrics.label)
         tree = config.supervisor
         self.root = await self.system.spawn(
             functools.partial(
