@@ -143,6 +143,8 @@ MCP_CONNECTIONS = Gauge(
     registry=REGISTRY,
 )
 """``MCP_CONNECTIONS.labels("websocket").inc()`` on connect, ``.dec()`` on disconnect."""
+for _transport in ("websocket", "http", "sse"):
+    MCP_CONNECTIONS.labels(_transport)  # present at 0 before the first connection
 
 # Children resolved once per (method, outcome): labels() costs more than the observation.
 _mcp_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -405,6 +407,12 @@ class _FlockCollector(Collector):
             ),
             counter("flockrt_nats_handler_errors", "Subscription handlers that raised."),
             counter("flockrt_nats_invalid_messages", "Malformed messages rejected by the flock."),
+            counter(
+                "flockrt_durable_tasks",
+                "Durable (JetStream) task events: submitted, duplicate, received, acked, redelivered, "
+                "dead_lettered, invalid, unsettled.",
+                "event",
+            ),
         ]
         return families
 
@@ -450,6 +458,20 @@ class _FlockCollector(Collector):
         invalid = getattr(flock, "invalid_messages", None)  # a NatsFlock's
         if invalid is not None:
             family("flockrt_nats_invalid_messages").add_metric([target.label], sum(invalid.values()))
+        durable = getattr(flock, "durable", None)  # a NatsFlock's, in durable mode
+        if durable is not None:
+            events = durable.stats
+            for event, n in (
+                ("submitted", events.submitted),
+                ("duplicate", events.duplicates),
+                ("received", events.received),
+                ("acked", events.acked),
+                ("redelivered", events.redelivered),
+                ("dead_lettered", events.dead_lettered),
+                ("invalid", events.invalid),
+                ("unsettled", events.unsettled),
+            ):
+                family("flockrt_durable_tasks").add_metric([target.label, event], n)
 
     def _collect_bus(self, families: list[Metric], target: Instrumentation) -> None:
         bus = target.bus

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import re
+import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from flockrt import (
 from flockrt.actors.agent import Agent
 from flockrt.actors.histogram import Histogram
 from flockrt.bus.connection import BusStats, NatsConnection
+from flockrt.bus.durable import DurableStats
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
 from flockrt.config import FlockConfig, MetricsConfig, RuntimeConfig
@@ -333,6 +335,37 @@ async def test_nats_flock_series(nats_server: EmbeddedNats) -> None:
                 assert value("flockrt_nats_buffered_publishes", **label) == 0
                 reconnects = value("flockrt_nats_reconnects_total", **label)
                 assert reconnects is not None and reconnects >= 1
+        finally:
+            await system.shutdown()
+            await flock.close()
+            await bus.close()
+
+
+async def test_durable_task_series(nats_server: EmbeddedNats) -> None:
+    from flockrt.bus.durable import DurableTasks
+    from flockrt.bus.schema import Codec
+
+    async with ActorSystem("durable-node", shutdown_timeout=2.0) as system:
+        bus = NatsConnection(nats_server.url, name="durable-node", reconnect_wait=0.05, max_backoff=0.1)
+        await bus.start()
+        tasks = DurableTasks(bus, Codec(), backoff=(0.01, 0.02), ack_wait=2.0, fetch_timeout=0.2)
+        flock = NatsFlock(system, bus, node="durable-node", heartbeat_interval=60, durable=tasks)
+        try:
+            await flock.start()
+            with metrics.instrument(system, flock=flock, bus=bus):
+                label = {"system": "durable-node"}
+                assert value("flockrt_durable_tasks_total", event="acked", **label) == 0
+                await system.spawn(Worker, "worker")
+                await flock.flush()
+                await flock.submit("general", "x")
+                await flock.submit("general", "fail")
+                await wait_for(lambda: value("flockrt_durable_tasks_total", event="acked", **label) == 1)
+                await wait_for(
+                    lambda: (value("flockrt_durable_tasks_total", event="redelivered", **label) or 0) >= 1
+                )
+                assert value("flockrt_durable_tasks_total", event="submitted", **label) == 2
+                received = value("flockrt_durable_tasks_total", event="received", **label)
+                assert received is not None and received >= 2
         finally:
             await system.shutdown()
             await flock.close()
@@ -642,6 +675,7 @@ def known_series() -> set[str]:
         async with ActorSystem("dashboard") as system:
             flock = LocalFlock(system)
             flock.invalid_messages = {}  # type: ignore[attr-defined]
+            flock.durable = types.SimpleNamespace(stats=DurableStats())  # type: ignore[attr-defined]
             with metrics.instrument(system, flock=flock, bus=_Bus()):  # type: ignore[arg-type]
                 await system.spawn(Worker, "worker")
                 await flock.submit("general", "x", wait=True)
