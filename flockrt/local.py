@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flockrt.actors.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work
-from flockrt.actors.correlation import correlation_id
+from flockrt.actors.correlation import correlation_id, new_correlation_id
 from flockrt.actors.histogram import WORK_BUCKETS, Histogram
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
@@ -315,7 +315,8 @@ class LocalFlock(AgentPort):
             to=to,
             message=message,
             type=type,
-            correlation_id=uuid.uuid4().hex if type == "query" else None,
+            # A query's answer is matched by it; any message carries the current one on.
+            correlation_id=new_correlation_id() if type == "query" else correlation_id.get(),
         )
         if type == "query":
             return await member.card.ref.ask(direct, timeout=timeout)

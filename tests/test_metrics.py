@@ -37,6 +37,7 @@ from flockrt.bus.connection import BusStats, NatsConnection
 from flockrt.bus.durable import DurableStats
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
+from flockrt.bus.schema import DirectMessage
 from flockrt.config import FlockConfig, MetricsConfig, RuntimeConfig
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
@@ -540,6 +541,12 @@ class Recorder(Agent):
 
         self.seen[task.id] = (correlation_id.get(), current_agent.get())
 
+    async def on_message(self, message: DirectMessage) -> Any:
+        from flockrt.actors.correlation import correlation_id, current_agent
+
+        self.seen[str(message.message)] = (correlation_id.get(), current_agent.get())
+        return "seen"
+
 
 async def test_each_piece_of_work_runs_with_its_own_correlation_id(system: ActorSystem) -> None:
     from flockrt.actors.correlation import correlation, correlation_id
@@ -557,6 +564,12 @@ async def test_each_piece_of_work_runs_with_its_own_correlation_id(system: Actor
     await asyncio.gather(first, second, third)
     assert seen == {"t-1": ("c-1", "recorder"), "t-2": ("c-2", "recorder"), "t-3": ("t-3", "recorder")}
     assert correlation_id.get() is None
+    # A query carries the current id too, and leaves no trace in the agent's receive loop.
+    with correlation("q-1"):
+        assert await flock.send_message("recorder", "query", type="query") == "seen"
+    await flock.send_message("recorder", "command")
+    await wait_for(lambda: "command" in seen)
+    assert (seen["query"], seen["command"]) == (("q-1", "recorder"), (None, "recorder"))
 
 
 async def test_a_submit_over_nats_carries_the_current_correlation_id_to_the_agent_and_the_result(
