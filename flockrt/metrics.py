@@ -293,7 +293,7 @@ def instrument(
         label: The ``system`` label (default: the system's name); if another system already
             reports under it, ``-2``, ``-3``... is appended so that two systems never clash.
         ask_sampling: Time one ask in this many for ``flockrt_ask_duration_seconds`` (1: every
-            ask; the default 8 keeps the metrics' cost on 100 concurrent askers near 2%).
+            ask, which cost 13% more CPU time with 100 concurrent askers; 8 costs a few percent).
     """
     if ask_sampling < 1:
         raise ValueError(f"ask_sampling must be >= 1, got {ask_sampling!r}")
