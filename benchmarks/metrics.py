@@ -9,7 +9,9 @@ are live; Prometheus scrapes every 15 s or so, so this is harsher than productio
 flock workloads (tasks and capability requests through LocalFlock to an echo agent) add the
 flock's work stats. Off and on alternate within each repetition, so a noisy neighbour slows
 both; rates are the best of ``reps`` runs, the restart latency is the median of the best run.
-The target (docs/DESIGN.md): metrics on costs at most 10% of kernel throughput.
+The target (docs/DESIGN.md): metrics on costs at most 10% of kernel throughput, judged on CPU
+time (the least CPU time of a whole run, on / off, at most 1/0.9): on a shared machine the
+wall-clock best of even eleven runs moves by 10-30% with the other tenants, CPU time far less.
 
 A second table compares the cost of one histogram observation: flockrt's own Histogram (bisect
 into a list, no lock) against prometheus_client's Histogram, and the time of one scrape.
@@ -34,7 +36,7 @@ from typing import Any
 import prometheus_client
 
 from benchmarks import _flockrt, _harness
-from benchmarks._table import Row, render
+from benchmarks._table import Row, fmt, render
 from benchmarks.kernel import describe, say
 from flockrt import ActorSystem, LocalFlock
 from flockrt.actors.histogram import ASK_BUCKETS, Histogram
@@ -151,6 +153,61 @@ async def capability_rate(n: int, system_class: type[ActorSystem] = ActorSystem)
 Workload = Callable[..., Coroutine[Any, Any, Any]]
 
 
+@dataclasses.dataclass
+class Overhead:
+    """One workload measured with metrics off and on."""
+
+    workload: str
+    unit: str
+    off: float
+    on: float
+    cpu: float | None
+    """Least CPU time of a whole run, on / off (None: not meaningful for this row)."""
+    met: bool
+    target: str
+    note: str
+
+    @property
+    def ratio(self) -> float:
+        return self.on / self.off
+
+    def as_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ratio": self.ratio}
+
+
+def render_overhead(rows: list[Overhead]) -> str:
+    """The overhead table in Markdown, padded for the terminal too."""
+    header = (
+        "workload",
+        "unit",
+        "metrics off",
+        "metrics on",
+        "on/off",
+        "CPU time on/off",
+        "target",
+        "met",
+        "notes",
+    )
+    cells = [header]
+    for row in rows:
+        cpu = f"{row.cpu:.2f}x" if row.cpu is not None else ""
+        off, on = fmt(row.off, row.unit), fmt(row.on, row.unit)
+        met = "yes" if row.met else "NO"
+        cells.append((row.workload, row.unit, off, on, f"{row.ratio:.2f}x", cpu, row.target, met, row.note))
+    right = {2, 3, 4, 5}
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+
+    def line(values: tuple[str, ...]) -> str:
+        padded = (
+            v.rjust(w) if i in right else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        )
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i in right else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])
+
+
 class Suite:
     def __init__(self, loop: str, sizes: Sizes) -> None:
         self.loop = loop
@@ -175,14 +232,14 @@ class Suite:
                 cpu[metered].append(time.process_time() - started)
         return off, on, min(cpu[True]) / min(cpu[False])
 
-    def rate(self, name: str, unit: str, fn: Workload, *args: int, note: str) -> Row:
+    def rate(self, name: str, unit: str, fn: Workload, *args: int, note: str) -> Overhead:
+        """Best rates off and on; the target is met when throughput per CPU second with
+        metrics on is at least 90% of that with metrics off (CPU time on/off <= 1.11x), the
+        reading another tenant of the machine disturbs least."""
         off, on, cpu = self.off_and_on(fn, *args)
-        best_off, best_on = max(off), max(on)
-        ratio = best_on / best_off
-        note = f"{note}; CPU time on/off {cpu:.2f}x"
-        return Row(name, unit, best_on, best_off, None, ">= 0.90x", ratio >= 0.9, note)
+        return Overhead(name, unit, max(off), max(on), cpu, cpu <= 1 / 0.9, "CPU <= 1.11x", note)
 
-    def kernel(self) -> list[Row]:
+    def kernel(self) -> list[Overhead]:
         """kernel throughput, metrics off and on"""
         s = self.sizes
         rows = [
@@ -200,26 +257,18 @@ class Suite:
             ),
             self.rate("4 spawn", "actor/s", _flockrt.spawn_rate, s.spawns, note=f"N={s.spawns:,}"),
         ]
-        off, on, _ = self.off_and_on(_flockrt.restart_latencies, s.crashes, 100)
+        off, on, cpu = self.off_and_on(_flockrt.restart_latencies, s.crashes, 100)
         # The best run's median: a pooled median shifts with every run a neighbour slowed down.
+        # One restart takes microseconds, so a median is rarely hit by a descheduling: the target
+        # is on the latencies themselves.
         median_off = min(statistics.median(run) for run in off) * 1e6
         median_on = min(statistics.median(run) for run in on) * 1e6
         note = f"{s.crashes:,} crashes x {s.reps}; median of the best run"
-        rows.append(
-            Row(
-                "5 restart",
-                "us",
-                median_on,
-                median_off,
-                None,
-                "<= 1.10x",
-                median_on <= 1.1 * median_off,
-                note,
-            )
-        )
+        met = median_on <= 1.1 * median_off
+        rows.append(Overhead("5 restart", "us", median_off, median_on, cpu, met, "on/off <= 1.10x", note))
         return rows
 
-    def flock(self) -> list[Row]:
+    def flock(self) -> list[Overhead]:
         """local flock throughput, metrics off and on"""
         n = self.sizes.tasks
         return [
@@ -269,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     suite = Suite(args.loop, sizes)
     info = describe(args.loop, args.quick)
-    rows: list[Row] = []
+    rows: list[Overhead] = []
     with _harness.failure_logging(False):  # the restart workload would flood stderr otherwise
         for number, workload in enumerate((suite.kernel, suite.flock), 1):
             say(f"[{number}/3] {workload.__doc__}")
@@ -285,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['python']}, {info['cpus']} CPUs{', --quick' if args.quick else ''}; "
         f"scraped every {SCRAPE_INTERVAL * 1000:.0f} ms while on ({Scraper.scrapes} scrapes)"
     )
-    print(render(rows, ours="metrics on", bare="metrics off", ratio="on/off", pykka=False))
+    print(render_overhead(rows))
     print()
     print(render(costs, ours="flockrt Histogram", bare="prometheus_client", ratio="ratio", pykka=False))
     if args.json is not None:
