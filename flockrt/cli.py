@@ -1,29 +1,42 @@
-"""The ``flockrt`` command: ``flockrt run CONFIG`` and ``flockrt check CONFIG``.
+"""The ``flockrt`` command.
 
-Exit status: 0 after a clean stop (SIGINT/SIGTERM), 1 when the root supervisor gave up,
-2 for a bad config or command line.
+``flockrt run CONFIG`` runs a flock, ``flockrt check CONFIG`` validates a config. The operator
+commands talk to a running flock through its MCP gateway (with :class:`~flockrt.FlockClient`):
+``flockrt agents``, ``flockrt tree``, ``flockrt send TO MESSAGE``, ``flockrt request CAPABILITY
+JSON`` and ``flockrt submit TYPE JSON``; ``--url`` (default ``ws://127.0.0.1:$MCP_PORT/mcp``)
+and ``--token`` (default ``$FLOCKRT_TOKEN``) say where and as whom.
+
+Exit status: 0 after a clean stop (SIGINT/SIGTERM) or a successful command; 1 when the root
+supervisor gave up, or the flock answered with a failure (no capable agent, unknown agent, a
+timeout, a failed task); 2 for a bad config, command line or JSON argument; 3 when the gateway
+cannot be reached.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from flockrt.config import ConfigError, FlockConfig, load_config
-from flockrt.errors import FlockError
+from flockrt.errors import BusUnavailable, CircuitOpen, FlockError, GatewayUnavailable
 from flockrt.logs import configure_logging
 from flockrt.loop import run as run_on_loop
+from flockrt.mcp.client import FlockClient
 from flockrt.runtime import Flock
 
 __all__ = ["main"]
 
 log = logging.getLogger("flockrt.cli")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 async def serve(config: FlockConfig, stop: asyncio.Event) -> int:
@@ -79,12 +92,236 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="path to the TOML config, e.g. configs/flock.toml")
     check = commands.add_parser("check", help="validate a config file without starting anything")
     check.add_argument("config")
+
+    gateway = argparse.ArgumentParser(add_help=False)
+    port = os.environ.get("MCP_PORT", "4002")
+    gateway.add_argument(
+        "--url",
+        default=f"ws://127.0.0.1:{port}/mcp",
+        help="the gateway's WebSocket endpoint (default ws://127.0.0.1:$MCP_PORT/mcp, MCP_PORT=4002)",
+    )
+    gateway.add_argument(
+        "--token", default=os.environ.get("FLOCKRT_TOKEN"), help="bearer token (default $FLOCKRT_TOKEN)"
+    )
+    gateway.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="seconds to wait for the flock (default 30)"
+    )
+    fallback = argparse.ArgumentParser(add_help=False)
+    fallback.add_argument("--nats", metavar="URL", help="the flock's NATS, used if the gateway is down")
+
+    agents = commands.add_parser("agents", parents=[gateway], help="list the flock's agents")
+    agents.add_argument("--all", action="store_true", help="offline agents too")
+    agents.add_argument("--capability", help="only agents offering this capability")
+    agents.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tree = commands.add_parser("tree", parents=[gateway], help="draw the gateway process's supervision tree")
+    tree.add_argument("--json", action="store_true", help="print JSON instead of a drawing")
+    send = commands.add_parser("send", parents=[gateway, fallback], help="send a direct message to an agent")
+    send.add_argument("to", help="the agent's id")
+    send.add_argument("message", help="JSON, or else taken as a string")
+    send.add_argument("--type", default="command", help="command (default), query (prints the answer), ...")
+    request = commands.add_parser(
+        "request", parents=[gateway, fallback], help="have a capable agent do a capability"
+    )
+    request.add_argument("capability")
+    request.add_argument("parameters", nargs="?", default="{}", help="JSON parameters (default {})")
+    submit = commands.add_parser("submit", parents=[gateway], help="submit a task to the flock")
+    submit.add_argument("type", help="the task type (tasks.<type>)")
+    submit.add_argument("data", nargs="?", default="null", help="the task's data as JSON (default null)")
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument("--priority", choices=("low", "medium", "high"), default="medium")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def _json_argument(what: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+
+
+def _parse_json_arguments(args: argparse.Namespace) -> None:
+    """Decode the JSON arguments in place, so bad input is reported before any connection."""
+    if args.command == "request":
+        args.parameters = _json_argument("parameters", args.parameters)
+    elif args.command == "submit":
+        args.data = _json_argument("data", args.data)
+    elif args.command == "send":
+        with contextlib.suppress(json.JSONDecodeError):  # not JSON: the message is the string itself
+            args.message = json.loads(args.message)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+async def _agents(client: FlockClient, args: argparse.Namespace) -> int:
+    agents = await client.list_agents(status="all" if args.all else "online", capability=args.capability)
+    if args.json:
+        _print_json(agents)
+        return EXIT_OK
+    if not agents:
+        print("no agents" + (f" offering {args.capability!r}" if args.capability else ""))
+        return EXIT_OK
+    rows = [("AGENT", "STATUS", "CAPABILITIES", "LOAD", "NODE")]
+    for agent in sorted(agents, key=lambda a: str(a.get("id"))):
+        load = agent.get("load")
+        rows.append(
+            (
+                str(agent.get("id")),
+                str(agent.get("status")),
+                ", ".join(agent.get("capabilities") or []) or "-",
+                f"{load:.0%}" if isinstance(load, int | float) else "-",
+                str(agent.get("node") or "-"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def draw_tree(snapshot: dict[str, Any]) -> list[str]:
+    """The lines of a supervision tree snapshot (``ActorSystem.snapshot()``) drawn for a terminal."""
+    lines: list[str] = []
+
+    def describe(node: dict[str, Any]) -> str:
+        parts = [str(node.get("name")), str(node.get("actor") or "-"), str(node.get("state"))]
+        supervisor = node.get("supervisor")
+        if isinstance(supervisor, dict):
+            parts.append(
+                f"{supervisor.get('strategy')}, max {supervisor.get('max_restarts')} restarts"
+                f" in {supervisor.get('max_seconds')} s"
+            )
+        if node.get("restart"):
+            parts.append(str(node["restart"]))
+        if node.get("restarts"):
+            parts.append(f"restarted {node['restarts']}x")
+        if node.get("mailbox"):
+            parts.append(f"{node['mailbox']} queued")
+        return "  ".join(parts)
+
+    def walk(node: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
+        lines.append(describe(node) if top else f"{prefix}{'└── ' if last else '├── '}{describe(node)}")
+        children = node.get("children") or []
+        inner = "" if top else prefix + ("    " if last else "│   ")
+        for index, child in enumerate(children):
+            walk(child, inner, index == len(children) - 1, False)
+
+    walk(snapshot, "", True, True)
+    return lines
+
+
+async def _tree(client: FlockClient, args: argparse.Namespace) -> int:
+    tree = await client.get_supervision_tree()
+    if args.json:
+        _print_json(tree)
+    else:
+        print("\n".join(draw_tree(tree)))
+    return EXIT_OK
+
+
+async def _send(client: FlockClient, args: argparse.Namespace) -> int:
+    answer = await client.send_message(args.to, args.message, type=args.type, timeout=args.timeout)
+    if args.type == "query":
+        _print_json(answer)
+    else:
+        print(f"sent {args.type} to {args.to}")
+    return EXIT_OK
+
+
+async def _request(client: FlockClient, args: argparse.Namespace) -> int:
+    _print_json(await client.request_capability(args.capability, args.parameters, timeout=args.timeout))
+    return EXIT_OK
+
+
+async def _submit(client: FlockClient, args: argparse.Namespace) -> int:
+    outcome = await client.submit(
+        args.type, args.data, priority=args.priority, wait=args.wait, timeout=args.timeout
+    )
+    if isinstance(outcome, str):
+        print(outcome)
+        return EXIT_OK
+    _print_json(
+        {
+            "taskId": outcome.task_id,
+            "status": outcome.status,
+            "result": outcome.result,
+            "error": outcome.error,
+            "processedBy": outcome.processed_by,
+            "durationMs": outcome.duration_ms,
+        }
+    )
+    return EXIT_OK if outcome.status == "ok" else EXIT_FAILED
+
+
+_OPERATIONS: dict[str, Callable[[FlockClient, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "agents": _agents,
+    "tree": _tree,
+    "send": _send,
+    "request": _request,
+    "submit": _submit,
+}
+
+
+async def operate(argv: Sequence[str]) -> int:
+    """Run one operator command (``["agents", "--url", ...]``) against the gateway and return
+    its exit status; errors become a message on stderr, never a traceback."""
+    return await _operate(_parser().parse_args(argv))
+
+
+async def _operate(args: argparse.Namespace) -> int:
+    nats_url = getattr(args, "nats", None)
+    try:
+        _parse_json_arguments(args)
+        client = FlockClient(
+            args.url, token=args.token, nats_url=nats_url, timeout=args.timeout, reconnect=False
+        )
+    except ValueError as exc:
+        print(f"flockrt {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        # No connect() first: the call connects, after its arguments were checked, and
+        # with --nats it falls back to NATS if the gateway cannot be reached.
+        return await _OPERATIONS[args.command](client, args)
+    except ValueError as exc:
+        print(f"flockrt {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (GatewayUnavailable, CircuitOpen) as exc:
+        print(f"flockrt {args.command}: {exc} (is the flock running with an [mcp] section?)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except BusUnavailable as exc:  # the --nats fallback could not help either
+        print(f"flockrt {args.command}: neither the gateway nor NATS can be reached: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (FlockError, ConnectionError) as exc:
+        print(f"flockrt {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await client.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flockrt`` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command in _OPERATIONS:
+        # One-shot commands say what went wrong themselves; the client's warnings about
+        # reconnecting or degraded NATS would only be noise here.
+        logger = logging.getLogger("flockrt")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            return asyncio.run(_operate(args))
+        finally:
+            logger.setLevel(level)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

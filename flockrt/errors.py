@@ -20,14 +20,19 @@ __all__ = [
     "AskTimeout",
     "BusTimeout",
     "BusUnavailable",
+    "CircuitOpen",
     "ClaudeError",
     "FlockError",
+    "GatewayError",
+    "GatewayUnavailable",
     "JetStreamError",
     "MailboxFull",
     "NoCapableAgent",
     "NoResponders",
+    "NotAuthorized",
     "RestartIntensityExceeded",
     "SystemStopped",
+    "ToolError",
     "UnknownAgent",
     "WorkFailed",
     "WorkTimeout",
@@ -233,3 +238,64 @@ class ClaudeError(FlockError):
         self.kind = kind
         self.status = status
         self.attempts = attempts
+
+
+class CircuitOpen(FlockError, ConnectionError):
+    """A circuit breaker is open: the service behind it failed too often, so calls fail fast.
+
+    Attributes:
+        name: What the breaker guards (a URL, a service name).
+        retry_after: Seconds until the breaker lets a trial call through (half-open).
+    """
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(f"circuit breaker for {name} is open; next trial in {max(retry_after, 0.0):.1f} s")
+        self.name = name
+        self.retry_after = retry_after
+
+
+class GatewayUnavailable(FlockError, ConnectionError):
+    """The MCP gateway cannot be reached, the connection was lost, or it did not answer in time.
+
+    Attributes:
+        url: The gateway's URL.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"MCP gateway at {url} is unavailable: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class NotAuthorized(FlockError, PermissionError):
+    """The gateway refused: no or a bad token (401), a foreign origin (403), or an action
+    beyond the token's rights (forbidden)."""
+
+
+class GatewayError(FlockError):
+    """The gateway answered a request with a JSON-RPC error (e.g. -32602, invalid params).
+
+    Attributes:
+        code: The JSON-RPC error code.
+        data: The error's ``data`` member, if any.
+    """
+
+    def __init__(self, method: str, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{method}: {message} (JSON-RPC error {code})")
+        self.method = method
+        self.code = code
+        self.data = data
+
+
+class ToolError(FlockError):
+    """A gateway tool reported a failure (``isError``) of a kind with no more specific error.
+
+    Attributes:
+        tool: The tool that was called.
+        kind: The failure kind the gateway reported (``failed``, ...).
+    """
+
+    def __init__(self, tool: str, kind: str, message: str) -> None:
+        super().__init__(f"{tool}: {kind}: {message}")
+        self.tool = tool
+        self.kind = kind

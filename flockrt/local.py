@@ -297,7 +297,14 @@ class LocalFlock(AgentPort):
         return agent_id in self._members
 
     async def send_message(
-        self, to: str, message: Any, *, type: str = "command", sender: str = "flock", timeout: float = 30.0
+        self,
+        to: str,
+        message: Any,
+        *,
+        type: str = "command",
+        sender: str = "flock",
+        timeout: float = 30.0,
+        metadata: dict[str, Any] | None = None,
     ) -> Any:
         """Send a direct message to agent ``to``; a ``query`` returns the agent's answer.
 
@@ -305,6 +312,7 @@ class LocalFlock(AgentPort):
             UnknownAgent: no such agent in this process.
             MailboxFull: the agent's mailbox is full (for a command).
             AskTimeout: a query got no answer within ``timeout`` seconds.
+            WorkFailed: the agent answered the query with a failure.
         """
         member = self._members.get(to)
         if member is None:
@@ -315,11 +323,15 @@ class LocalFlock(AgentPort):
             to=to,
             message=message,
             type=type,
+            metadata=metadata,
             # A query's answer is matched by it; any message carries the current one on.
             correlation_id=new_correlation_id() if type == "query" else correlation_id.get(),
         )
         if type == "query":
-            return await member.card.ref.ask(direct, timeout=timeout)
+            answer = await member.card.ref.ask(direct, timeout=timeout)
+            if isinstance(answer, WorkFailed):  # the agent could not answer (see Agent.on_message)
+                raise answer
+            return answer
         member.card.ref.tell(direct)
         return None
 

@@ -2,8 +2,10 @@
 
 Start order: the embedded nats-server (if ``nats.url = "embedded"``), the NATS connection, the
 actor system, the flock (over NATS, or in-process without a ``[nats]`` section), its metrics
-(with ``[metrics]`` enabled), then the root supervisor and its agents. Stop order is the
-reverse, so agents finish their in-flight work and say goodbye while NATS is still there.
+(with ``[metrics]`` enabled), then the root supervisor and its agents, and last the web listener
+(the MCP gateway with ``/metrics``, or ``/metrics`` alone). Stop order is the reverse, so
+outside clients are let go first and agents finish their in-flight work and say goodbye while
+NATS is still there.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
 from flockrt.config import FlockConfig
 from flockrt.local import LocalFlock
+from flockrt.mcp.gateway import Gateway
 from flockrt.metrics import Instrumentation, instrument
 from flockrt.supervisor.supervisor import Supervisor
+from flockrt.web import WebServer, build_app
 
 __all__ = ["Flock"]
 
@@ -47,6 +51,10 @@ class Flock:
         self.root: ActorRef[object] | None = None
         self.metrics: Instrumentation | None = None
         """This flock's series in ``flockrt.metrics.REGISTRY``, while ``[metrics]`` is enabled."""
+        self.gateway: Gateway | None = None
+        """The MCP gateway (with an enabled ``[mcp]`` section), once started."""
+        self.web: WebServer | None = None
+        """The HTTP listener: the gateway's, or the metrics-only one."""
 
     @property
     def nats_url(self) -> str | None:
@@ -54,6 +62,26 @@ class Flock:
         if self.server is not None:
             return self.server.url
         return self.config.nats.url if self.config.nats is not None else None
+
+    @property
+    def gateway_url(self) -> str | None:
+        """``http://host:port/mcp`` of the running gateway (its bound port), else None."""
+        if self.gateway is None or self.web is None or self.web.port is None:
+            return None
+        return f"{self.web.url}/mcp"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` where this process serves its metrics, else None."""
+        if self.web is None or self.web.port is None:
+            return None
+        return f"{self.web.url}/metrics"
+
+    def ready(self) -> bool:
+        """Whether the flock can take work: it runs and, over NATS, is connected."""
+        if self.flock is None or self.system.failure is not None:
+            return False
+        return self.bus is None or self.bus.connected
 
     async def __aenter__(self) -> Flock:
         await self.start()
@@ -116,10 +144,30 @@ class Flock:
         )
         if isinstance(self.flock, NatsFlock):
             await self.flock.flush()
+        await self._start_web()
+
+    async def _start_web(self) -> None:
+        """The gateway (with /metrics) if [mcp] is enabled, else /metrics alone if [metrics] is."""
+        config = self.config
+        assert self.flock is not None
+        if config.mcp is not None and config.mcp.enabled:
+            self.gateway = Gateway(config.mcp, self.flock)
+            await self.gateway.start()
+            self.web = WebServer(build_app(self.gateway, ready=self.ready), config.mcp.host, config.mcp.port)
+            await self.web.start()
+            log.info("MCP gateway listening on %s (WebSocket and Streamable HTTP)", self.gateway_url)
+        elif config.metrics is not None and config.metrics.enabled:
+            self.web = WebServer(build_app(ready=self.ready), config.metrics.host, config.metrics.port)
+            await self.web.start()
+            log.info("metrics served on %s", self.metrics_url)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop in reverse order; ``timeout`` bounds the actors' graceful stop. Idempotent."""
         try:
+            if self.gateway is not None:
+                await self.gateway.close()
+            if self.web is not None:
+                await self.web.stop()
             await self.system.shutdown(
                 timeout=timeout if timeout is not None else self.config.runtime.shutdown_timeout
             )

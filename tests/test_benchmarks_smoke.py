@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
         ("kernel", ["| 1 tell, 1 actor"]),
         ("bus", ["| 1 fan-out ", "| 3 capability, 100 requesters"]),
         ("metrics", ["| 1 tell, 1 actor", "| 3 ask, 100 askers", "| observe 20 us"]),
+        (
+            "gateway",
+            [
+                "| 1 WebSocket tool call p50",
+                "| 3 calls/s, 100 clients, HTTP",
+                "| 4 WebSocket connections held",
+            ],
+        ),
     ],
 )
 def test_quick_benchmark_runs(tmp_path: Path, suite: str, rows: list[str]) -> None:

@@ -123,10 +123,11 @@ async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout: flo
 
 
 def shipped_config_on_a_free_port(tmp_path: Path) -> Path:
-    """The shipped config, unchanged but for the embedded server's port (tests run in parallel)."""
+    """The shipped config, unchanged but for the embedded server's and the gateway's ports (tests
+    run in parallel)."""
     text = CONFIG.read_text()
-    assert "port = 4222" in text
-    return write(tmp_path, text.replace("port = 4222", "port = 0", 1))
+    assert "port = 4222" in text and "port = 4002" in text
+    return write(tmp_path, text.replace("port = 4222", "port = 0", 1).replace("port = 4002", "port = 0", 1))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -18,7 +18,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SKIPPED = {"benchmarks.md"}
-GUIDES = ["getting-started.md", "actors.md", "supervision.md", "configuration.md", "flock.md", "claude.md"]
+GUIDES = [
+    "getting-started.md",
+    "actors.md",
+    "supervision.md",
+    "configuration.md",
+    "flock.md",
+    "gateway.md",
+    "claude.md",
+    "client.md",
+]
 
 # A python block, then optionally (after blank lines only) the text block that shows its output.
 EXAMPLE = re.compile(r"^```python\n(?P<code>.*?)^```\n(?:\n*^```text\n(?P<output>.*?)^```$)?", re.M | re.S)

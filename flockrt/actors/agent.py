@@ -253,6 +253,22 @@ class Agent(Actor[Any]):
             load=self.load,
         )
 
+    def add_capability(self, name: str, handler: Callable[..., Coroutine[Any, Any, Any]]) -> None:
+        """Offer capability ``name``, done by ``handler``, besides those the class declares.
+
+        For agents whose skills are known only at run time (an outside agent behind the MCP
+        gateway). Call it before the agent starts (in ``__init__``): its flock learns what an
+        agent offers when it starts. ``handler`` is called like a :func:`capability` method.
+
+        Raises:
+            ValueError: ``name`` cannot be part of a NATS subject.
+        """
+        check_token("capability", name)
+        attribute = f"_flockrt_added_capability_{len(self._flockrt_capabilities)}"
+        # Instance attributes shadow the class's table: other instances keep theirs.
+        vars(self)[attribute] = handler
+        vars(self)["_flockrt_capabilities"] = {**self._flockrt_capabilities, name: attribute}
+
     # ------------------------------------------------------------------ hooks for subclasses
 
     async def setup(self) -> None:
@@ -262,7 +278,11 @@ class Agent(Actor[Any]):
         """Called when the agent stops or before a restart, after its work was cancelled."""
 
     async def on_message(self, message: DirectMessage) -> Any:
-        """A direct message; for a ``query`` the return value is the answer."""
+        """A direct message; for a ``query`` the return value is the answer.
+
+        To fail a query without failing the agent (raising here would), return a
+        :class:`~flockrt.errors.WorkFailed`: the asker gets it raised.
+        """
         log.info("agent %s: unhandled %s message from %s", self.agent_id, message.type, message.sender)
         return None
 
@@ -392,6 +412,7 @@ class Agent(Actor[Any]):
         current_agent.set(self.agent_id)
         correlation_id.set(work.correlation_id)
         _current_work.set(work)  # this task's own context: seen by this handler only
+        unfollow = _follow_requester(work)
         try:
             if work.kind == "task":
                 result = await method(work.payload)
@@ -417,8 +438,37 @@ class Agent(Actor[Any]):
             if not work.future.done():
                 work.future.set_result(result)
         finally:
+            unfollow()
             self._finished()
 
     def _finished(self) -> None:
         if self._port is not None:
             self._port.work_done(self.agent_id)
+
+
+def _follow_requester(work: Work) -> Callable[[], None]:
+    """While the current task runs ``work``, a requester that cancels its wait (an MCP client's
+    notifications/cancelled, a caller cancelled itself, a timeout) cancels it: nobody wants the
+    result any more. Returns the function that ends this, to call when the work is over (the
+    task may go on with other work)."""
+    future: asyncio.Future[Any] | None = work.future  # None: no requester waits for it
+    task = asyncio.current_task()
+    if future is None or task is None:
+        return _nothing
+    running = True
+
+    def abandoned(done: asyncio.Future[Any]) -> None:
+        if running and done.cancelled():
+            task.cancel()
+
+    def unfollow() -> None:
+        nonlocal running
+        running = False
+        future.remove_done_callback(abandoned)
+
+    future.add_done_callback(abandoned)
+    return unfollow
+
+
+def _nothing() -> None:
+    pass

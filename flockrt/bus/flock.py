@@ -40,12 +40,12 @@ import msgspec
 from flockrt._version import __version__
 from flockrt.actors.agent import AgentCard, ProgressCallback
 from flockrt.actors.correlation import correlation_id as current_correlation
-from flockrt.actors.correlation import new_correlation_id
 from flockrt.actors.system import ActorSystem
-from flockrt.bus import subjects
+from flockrt.bus import remote, subjects
 from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
 from flockrt.bus.directory import Directory
 from flockrt.bus.durable import DurableTasks, TaskConsumer
+from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.bus.schema import (
     MSGPACK,
     AgentAnnouncement,
@@ -70,7 +70,6 @@ from flockrt.errors import (
     JetStreamError,
     NoCapableAgent,
     NoResponders,
-    UnknownAgent,
     WorkFailed,
     WorkTimeout,
 )
@@ -80,7 +79,6 @@ __all__ = ["CORRELATION_HEADER", "NatsFlock"]
 
 log = logging.getLogger("flockrt.flock")
 
-CORRELATION_HEADER = "Correlation-Id"
 
 _KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")  # what a key-value key may contain
 _SUBJECT = re.compile(r"^[^\s*>]+$")  # a publishable subject: no whitespace, no wildcards
@@ -560,60 +558,29 @@ class NatsFlock(LocalFlock):
             return await super().request_capability(
                 capability, parameters, timeout=timeout, progress=progress
             )
-        correlation_id = new_correlation_id()  # the current one travels on
-        request = CapabilityRequest(
-            capability=capability,
-            parameters=parameters,
-            requester=self.node,
-            timeout=int(timeout * 1000),
-            correlation_id=correlation_id,
+        return await remote.request_capability(
+            self.bus, self.codec, capability, parameters, requester=self.node, timeout=timeout
         )
-        reply = await self._request(
-            subjects.capability(capability),
-            request,
-            "capability",
-            capability,
-            timeout,
-            {CORRELATION_HEADER: correlation_id},
-        )
-        response = self.codec.decode(
-            reply.subject, reply.data, CapabilityResponse, reply.headers.get("Content-Type")
-        )
-        if response.error is not None:
-            raise WorkFailed(response.agent_id, "capability", capability, RuntimeError(response.error))
-        return response.result
 
     async def send_message(
-        self, to: str, message: Any, *, type: str = "command", sender: str = "flock", timeout: float = 30.0
+        self,
+        to: str,
+        message: Any,
+        *,
+        type: str = "command",
+        sender: str = "flock",
+        timeout: float = 30.0,
+        metadata: dict[str, Any] | None = None,
     ) -> Any:
         """Send a direct message to agent ``to``, here or in another process."""
         if self.is_local(to):
-            return await super().send_message(to, message, type=type, sender=sender, timeout=timeout)
-        correlation_id = new_correlation_id()  # the current one travels on
-        direct = DirectMessage(
-            id=uuid.uuid4().hex,
-            sender=sender,
-            to=to,
-            message=message,
-            type=type,
-            correlation_id=correlation_id,
-        )
-        headers = {CORRELATION_HEADER: correlation_id}
-        if type != "query":
-            await self.bus.publish(subjects.inbox(to), self.codec.encode(direct), headers=headers)
-            return None
-        try:
-            reply = await self.bus.request(
-                subjects.inbox(to), self.codec.encode(direct), timeout=timeout, headers=headers
+            return await super().send_message(
+                to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
             )
-        except NoResponders:
-            raise UnknownAgent(to) from None
-        except BusTimeout:
-            raise WorkTimeout("query", to, timeout) from None
-        answer = self.codec.decode(
-            reply.subject, reply.data, DirectMessage, reply.headers.get("Content-Type")
+        answer = await remote.send_direct(
+            self.bus, self.codec, to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
         )
-        return answer.message
+        return answer.message if answer is not None else None
 
     async def broadcast_all(self, type: str, message: Any = None, data: Any = None) -> None:
         """Broadcast to every agent of the flock (local ones get it through NATS too)."""
@@ -763,7 +730,13 @@ class NatsFlock(LocalFlock):
             return
         if direct.type != "query":
             try:
-                await super().send_message(direct.to, direct.message, type=direct.type, sender=direct.sender)
+                await super().send_message(
+                    direct.to,
+                    direct.message,
+                    type=direct.type,
+                    sender=direct.sender,
+                    metadata=direct.metadata,
+                )
             except FlockError as exc:
                 log.warning("direct message %s for %s not delivered: %s", direct.id, direct.to, exc)
             return
@@ -773,7 +746,9 @@ class NatsFlock(LocalFlock):
         answer: Any = None
         error: str | None = None
         try:
-            answer = await super().send_message(query.to, query.message, type="query", sender=query.sender)
+            answer = await super().send_message(
+                query.to, query.message, type="query", sender=query.sender, metadata=query.metadata
+            )
         except FlockError as exc:
             error = str(exc)
         response = DirectMessage(

@@ -1,0 +1,123 @@
+"""Asking agents of the flock over NATS, from anywhere that has a connection.
+
+The two request/reply exchanges of the AI Flock design, shared by :class:`~flockrt.bus.flock.NatsFlock`
+(for agents in other processes) and by :class:`~flockrt.mcp.client.FlockClient` (its fallback
+when the gateway is down), so both speak exactly the same messages:
+
+- ``capability.<name>``: a :class:`CapabilityRequest`, answered by a :class:`CapabilityResponse`;
+- ``agent.<id>.inbox``: a :class:`DirectMessage`; a ``query`` is a request whose reply is the
+  ``response`` DirectMessage, any other type is a plain publish.
+
+The correlation id travels in the ``Correlation-Id`` header as well as in the message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flockrt.actors.correlation import new_correlation_id
+from flockrt.bus import subjects
+from flockrt.bus.connection import NatsConnection
+from flockrt.bus.schema import CapabilityRequest, CapabilityResponse, Codec, DirectMessage
+from flockrt.errors import BusTimeout, NoCapableAgent, NoResponders, UnknownAgent, WorkFailed, WorkTimeout
+
+__all__ = ["CORRELATION_HEADER", "request_capability", "send_direct"]
+
+CORRELATION_HEADER = "Correlation-Id"
+
+
+async def request_capability(
+    bus: NatsConnection,
+    codec: Codec,
+    capability: str,
+    parameters: Any = None,
+    *,
+    requester: str,
+    timeout: float = 30.0,
+) -> Any:
+    """Ask whoever offers ``capability`` on NATS (queue group: one of them answers).
+
+    Returns:
+        The answering agent's result.
+
+    Raises:
+        NoCapableAgent: nobody subscribes to ``capability.<name>``.
+        WorkTimeout: no answer within ``timeout`` seconds.
+        WorkFailed: the agent's handler raised (the response carried an error).
+        BusUnavailable: NATS is unreachable.
+        ValueError: ``capability`` cannot be a subject token.
+    """
+    subject = subjects.capability(capability)
+    correlation_id = new_correlation_id()  # the current one travels on
+    request = CapabilityRequest(
+        capability=capability,
+        parameters=parameters,
+        requester=requester,
+        timeout=int(timeout * 1000),
+        correlation_id=correlation_id,
+    )
+    try:
+        reply = await bus.request(
+            subject, codec.encode(request), timeout=timeout, headers={CORRELATION_HEADER: correlation_id}
+        )
+    except NoResponders:
+        raise NoCapableAgent("capability", capability) from None
+    except BusTimeout:
+        raise WorkTimeout("capability", capability, timeout) from None
+    response = codec.decode(reply.subject, reply.data, CapabilityResponse, reply.headers.get("Content-Type"))
+    if response.error is not None:
+        raise WorkFailed(response.agent_id, "capability", capability, RuntimeError(response.error))
+    return response.result
+
+
+async def send_direct(
+    bus: NatsConnection,
+    codec: Codec,
+    to: str,
+    message: Any,
+    *,
+    type: str = "command",
+    sender: str,
+    timeout: float = 30.0,
+    metadata: dict[str, Any] | None = None,
+) -> DirectMessage | None:
+    """Send a direct message to agent ``to`` on its inbox.
+
+    Returns:
+        For a ``query``, the ``response`` DirectMessage (its ``message`` is the answer); else
+        None once the message is published (or buffered while NATS is degraded).
+
+    Raises:
+        UnknownAgent: a query found nobody listening on ``agent.<to>.inbox``.
+        WorkTimeout: a query got no answer within ``timeout`` seconds.
+        WorkFailed: the answer says the agent could not answer (``metadata.error``).
+        BusUnavailable: NATS is unreachable (queries) or the connection is closed.
+        ValueError: ``to`` cannot be a subject token.
+    """
+    subject = subjects.inbox(to)
+    correlation_id = new_correlation_id()  # the current one travels on
+    direct = DirectMessage(
+        id=uuid.uuid4().hex,
+        sender=sender,
+        to=to,
+        message=message,
+        type=type,
+        metadata=metadata,
+        correlation_id=correlation_id,
+    )
+    headers = {CORRELATION_HEADER: correlation_id}
+    if type != "query":
+        await bus.publish(subject, codec.encode(direct), headers=headers)
+        return None
+    try:
+        reply = await bus.request(subject, codec.encode(direct), timeout=timeout, headers=headers)
+    except NoResponders:
+        raise UnknownAgent(to) from None
+    except BusTimeout:
+        raise WorkTimeout("query", to, timeout) from None
+    answer = codec.decode(reply.subject, reply.data, DirectMessage, reply.headers.get("Content-Type"))
+    error = (answer.metadata or {}).get("error")
+    if error:  # the agent's process could not get an answer (see NatsFlock._answer_query)
+        raise WorkFailed(answer.sender, "query", to, RuntimeError(str(error)))
+    return answer

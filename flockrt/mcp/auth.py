@@ -1,0 +1,214 @@
+"""Who may use the gateway: bearer tokens, Origin checks, the loopback rule and rate limits.
+
+Tokens come in the ``Authorization: Bearer <token>`` header of the WebSocket upgrade and of
+every Streamable HTTP request. A static token (``[mcp.auth] tokens``) grants every right. A
+signed JWT (HS256 with ``jwt_secret``) carries ``agentId`` (the only agent the connection may
+announce and act as), ``capabilities`` (the only capabilities it may announce) and ``exp``
+(required). With neither configured, anyone who reaches the port may: that is why
+:func:`check_bind` refuses a non-loopback address without authentication.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+
+from flockrt.config import AuthConfig, McpConfig
+from flockrt.errors import FlockError
+
+__all__ = [
+    "ANONYMOUS",
+    "Authenticator",
+    "Forbidden",
+    "GatewayConfigError",
+    "Principal",
+    "TokenBucket",
+    "Unauthorized",
+    "check_bind",
+    "origin_allowed",
+]
+
+
+_MIN_SECRET_BYTES = 32
+
+
+class GatewayConfigError(FlockError, ValueError):
+    """The ``[mcp]`` configuration cannot be served safely (or at all)."""
+
+
+class Unauthorized(FlockError):
+    """No bearer token, or one that is not valid (HTTP 401)."""
+
+
+class Forbidden(FlockError):
+    """The token is valid but does not grant this action (HTTP 403, JSON-RPC -32003)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """What a connection's token lets it do.
+
+    Attributes:
+        agent_id: The one agent id it may announce and act as (None: any).
+        capabilities: The capabilities it may announce (None: any).
+        expires: Unix time after which the token is no longer accepted (None: never).
+    """
+
+    agent_id: str | None = None
+    capabilities: frozenset[str] | None = None
+    expires: float | None = None
+
+    @property
+    def expired(self) -> bool:
+        """Whether the token has expired by now."""
+        return self.expires is not None and time.time() >= self.expires
+
+    def check_announce(self, agent_id: str, capabilities: list[str]) -> None:
+        """Raise Forbidden unless the token allows announcing this agent with these capabilities."""
+        if self.agent_id is not None and agent_id != self.agent_id:
+            raise Forbidden(f"the token is for agent {self.agent_id!r}, not {agent_id!r}")
+        if self.capabilities is not None:
+            extra = sorted(set(capabilities) - self.capabilities)
+            if extra:
+                raise Forbidden(f"the token does not grant the capabilities {extra}")
+
+
+ANONYMOUS = Principal()
+"""Every right: a static token, or a gateway without authentication."""
+
+
+class Authenticator:
+    """Checks bearer tokens against ``[mcp.auth]``."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self._tokens = [token.encode() for token in config.tokens]
+        self._secret = config.jwt_secret
+        if self._secret and len(self._secret.encode()) < _MIN_SECRET_BYTES:
+            raise GatewayConfigError(
+                f"[mcp.auth] jwt_secret is {len(self._secret.encode())} bytes; HS256 needs at least "
+                f"{_MIN_SECRET_BYTES} (RFC 7518 3.2)"
+            )
+        self.required = bool(self._tokens or self._secret)
+        """Whether requests must carry a token at all."""
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization`` header value.
+
+        Raises:
+            Unauthorized: authentication is required and the header is missing, not a bearer
+                token, or carries a token that is neither a configured one nor a valid JWT.
+        """
+        if not self.required:
+            return ANONYMOUS
+        if not authorization:
+            raise Unauthorized("missing bearer token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        raw = token.strip().encode()
+        # Constant-time comparison against each static token: no timing oracle on the prefix.
+        if any(hmac.compare_digest(raw, known) for known in self._tokens):
+            return ANONYMOUS
+        if self._secret:
+            return self._decode_jwt(token.strip())
+        raise Unauthorized("unknown bearer token")
+
+    def _decode_jwt(self, token: str) -> Principal:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, self._secret, algorithms=["HS256"], options={"require": ["exp"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        agent_id = claims.get("agentId", claims.get("sub"))
+        capabilities = claims.get("capabilities")
+        if agent_id is not None and not isinstance(agent_id, str):
+            raise Unauthorized("invalid token: 'agentId' must be a string")
+        if capabilities is not None and not (
+            isinstance(capabilities, list) and all(isinstance(c, str) for c in capabilities)
+        ):
+            raise Unauthorized("invalid token: 'capabilities' must be a list of strings")
+        return Principal(
+            agent_id=agent_id,
+            capabilities=frozenset(capabilities) if capabilities is not None else None,
+            expires=float(claims["exp"]),
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the gateway on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
+
+
+def check_bind(config: McpConfig) -> None:
+    """Refuse to serve beyond loopback without authentication, unless explicitly allowed.
+
+    Raises:
+        GatewayConfigError: ``host`` is not a loopback address, no token or JWT secret is
+            configured, and ``allow_unauthenticated`` is false.
+    """
+    auth = config.auth
+    if is_loopback(config.host) or auth.tokens or auth.jwt_secret or auth.allow_unauthenticated:
+        return
+    raise GatewayConfigError(
+        f"[mcp] host = {config.host!r} is reachable from other machines, but [mcp.auth] has no "
+        "tokens and no jwt_secret: configure one, bind 127.0.0.1, or set "
+        "allow_unauthenticated = true if that is really meant"
+    )
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """Whether a browser at ``origin`` may use the gateway reached as ``host``.
+
+    No Origin header (a non-browser client) is allowed; so is the gateway's own origin and any
+    listed in ``allowed_origins`` (``*`` allows every origin). Blocking other origins stops a web
+    page from driving a loopback gateway (DNS rebinding).
+    """
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    return bool(host) and parts.netloc == host
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens a second, up to ``burst`` banked.
+
+    Args:
+        rate: Refill per second (<= 0 disables the limit).
+        burst: The most tokens the bucket holds.
+        clock: Monotonic seconds (injected by tests).
+    """
+
+    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1)
+        self._clock = clock
+        self._tokens = float(self.burst)
+        self._last = clock()
+
+    def take(self) -> bool:
+        """Take one token; False when the bucket is empty (the request is over the limit)."""
+        if self.rate <= 0:
+            return True
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

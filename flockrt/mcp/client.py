@@ -1,0 +1,937 @@
+"""FlockClient: the Python client of the MCP gateway, over its WebSocket transport.
+
+It speaks JSON-RPC 2.0 over one WebSocket (subprotocol ``mcp``), does the MCP
+initialize/initialized handshake, and calls the gateway's tools: the operations of the AI Flock
+MCP client (send_message, request_capability, list_agents, get_agent_info, announce_agent,
+send_response) plus submit, broadcast and get_supervision_tree.
+
+Resilience:
+
+- **Reconnects.** A lost connection is re-established in the background with exponential
+  backoff (and jitter); an agent announced through the client is announced again, so its
+  handlers keep receiving messages. A call made while disconnected connects first.
+- **Circuit breaker.** Consecutive failures to reach the gateway (refused connections, lost
+  connections, calls with no answer) open a :class:`~flockrt.breaker.CircuitBreaker`; while it
+  is open calls fail fast with :class:`~flockrt.errors.CircuitOpen` instead of waiting. Business
+  failures (no capable agent, a timeout inside the flock) are answers, not failures.
+- **Fallback to NATS.** With ``nats_url`` set, capability requests and direct messages that
+  cannot go through the gateway (unreachable, or the breaker open) go straight to the flock on
+  NATS instead, with the same messages every flockrt process speaks.
+
+Outside agent. After :meth:`FlockClient.announce_agent`, the client is an agent of the flock:
+messages for it arrive pushed by the gateway and go to the handler registered for their type
+(:meth:`FlockClient.register_message_handler`); a handler's return value for a ``query`` or a
+``capability_request`` is sent back as the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+import aiohttp
+import msgspec
+
+from flockrt._version import __version__
+from flockrt.breaker import CircuitBreaker
+from flockrt.bus import remote
+from flockrt.bus.connection import NatsConnection
+from flockrt.bus.schema import Broadcast, Codec, DirectMessage, Priority, TaskResult
+from flockrt.errors import (
+    CircuitOpen,
+    GatewayError,
+    GatewayUnavailable,
+    NoCapableAgent,
+    NotAuthorized,
+    ToolError,
+    UnknownAgent,
+    WorkFailed,
+    WorkTimeout,
+)
+
+__all__ = [
+    "ANSWERED_TYPES",
+    "DEFAULT_URL",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "BroadcastHandler",
+    "FlockClient",
+    "MessageHandler",
+]
+
+log = logging.getLogger("flockrt.client")
+
+T = TypeVar("T")
+
+PROTOCOL_VERSION: Final = "2025-11-25"
+"""The MCP protocol version the client asks for."""
+SUPPORTED_VERSIONS: Final = ("2025-03-26", "2025-06-18", "2025-11-25")
+"""Versions the client accepts from the gateway (the tools it uses are the same in each)."""
+DEFAULT_URL: Final = "ws://127.0.0.1:4002/mcp"
+
+ANSWERED_TYPES: Final = frozenset({"query", "capability_request"})
+"""Pushed message types whose handler's return value is sent back with send_response."""
+
+MessageHandler: TypeAlias = Callable[[DirectMessage], Awaitable[Any] | Any]
+"""Called with each pushed DirectMessage of its type; may be sync or async."""
+BroadcastHandler: TypeAlias = Callable[[Broadcast], Awaitable[Any] | Any]
+
+_FORBIDDEN = -32003
+_METHOD_NOT_FOUND = -32601
+_GRACE = 5.0  # seconds a call may take beyond the timeout the gateway works to, before we give up
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+class _Session:
+    """One initialized WebSocket session: JSON-RPC requests in flight and the task reading frames.
+
+    The reader task is owned here: :meth:`close` cancels and awaits it. When the socket ends by
+    itself, every request in flight fails with GatewayUnavailable and ``on_lost`` is called.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        ws: aiohttp.ClientWebSocketResponse,
+        on_notification: Callable[[str, Any], None],
+        on_lost: Callable[[_Session], None],
+    ) -> None:
+        self.url = url
+        self.ws = ws
+        self._on_notification = on_notification
+        self._on_lost = on_lost
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._closing = False
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+        self.server_info: dict[str, Any] = {}
+        self.protocol_version = ""
+
+    @property
+    def alive(self) -> bool:
+        return not self._closing and not self.ws.closed and not self.reader.done()
+
+    async def request(self, method: str, params: Mapping[str, Any], timeout: float) -> Any:
+        """Send a request and return its ``result``.
+
+        Raises:
+            GatewayUnavailable: the connection is gone, or no answer within ``timeout`` s.
+            _RpcError: the gateway answered with a JSON-RPC error (the caller names it).
+        """
+        if not self.alive:
+            raise GatewayUnavailable(self.url, "the connection is closed")
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            await self._cancel_remote(request_id, "the client stopped waiting")
+            raise GatewayUnavailable(self.url, f"no answer to {method} within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancel_remote(request_id, "the caller was cancelled"))
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        await self._send(message)
+
+    async def _send(self, message: Mapping[str, Any]) -> None:
+        try:
+            await self.ws.send_str(_json_encode(message).decode())
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            # aiohttp raises ConnectionResetError (or RuntimeError on a closing socket).
+            raise GatewayUnavailable(self.url, f"connection lost while sending: {exc}") from exc
+
+    async def _cancel_remote(self, request_id: int, reason: str) -> None:
+        # Best effort: the gateway may stop the work the abandoned request started.
+        if self.alive:
+            with contextlib.suppress(GatewayUnavailable):
+                await self.notify("notifications/cancelled", {"requestId": request_id, "reason": reason})
+
+    async def close(self) -> None:
+        """Close the socket and stop reading; requests in flight fail. Idempotent."""
+        self._closing = True
+        if not self.ws.closed:
+            await self.ws.close()
+        self.reader.cancel()
+        await asyncio.gather(self.reader, return_exceptions=True)
+        self._fail_pending("the client closed the connection")
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(GatewayUnavailable(self.url, reason))
+        self._pending.clear()
+
+    async def _read(self) -> None:
+        reason = "the gateway closed the connection"
+        try:
+            async for frame in self.ws:
+                if frame.type is aiohttp.WSMsgType.TEXT:
+                    await self._dispatch(frame.data)
+                elif frame.type is aiohttp.WSMsgType.ERROR:
+                    reason = f"connection error: {self.ws.exception()!r}"
+                    break
+                else:
+                    log.warning("gateway %s sent an unexpected %s frame; ignored", self.url, frame.type.name)
+            if self.ws.close_code not in (None, aiohttp.WSCloseCode.OK):
+                reason = f"the gateway closed the connection (code {self.ws.close_code})"
+        finally:
+            self._fail_pending(reason)
+            if not self._closing:
+                log.warning("lost the connection to %s: %s", self.url, reason)
+                self._on_lost(self)
+        if not self.ws.closed:  # after an error frame: let the socket go too
+            await self.ws.close()
+
+    async def _dispatch(self, text: str) -> None:
+        try:
+            message = _json_decode(text)
+        except msgspec.DecodeError:
+            log.warning("gateway %s sent a frame that is not JSON; ignored", self.url)
+            return
+        if not isinstance(message, dict):
+            log.warning("gateway %s sent a JSON-RPC batch or a bare value; ignored", self.url)
+            return
+        method = message.get("method")
+        if isinstance(method, str):
+            if "id" in message:  # a request from the server
+                await self._answer_server(message["id"], method)
+            else:
+                self._on_notification(method, message.get("params"))
+            return
+        request_id = message.get("id")
+        future = self._pending.get(request_id) if isinstance(request_id, int) else None
+        if future is None or future.done():
+            log.debug("gateway %s answered an unknown or abandoned request %r", self.url, message.get("id"))
+            return
+        error = message.get("error")
+        if isinstance(error, dict):
+            future.set_exception(_rpc_error(error))
+        else:
+            future.set_result(message.get("result"))
+
+    async def _answer_server(self, request_id: Any, method: str) -> None:
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
+        if method == "ping":
+            reply["result"] = {}
+        else:
+            reply["error"] = {"code": _METHOD_NOT_FOUND, "message": f"method not found: {method}"}
+        try:
+            await self._send(reply)
+        except GatewayUnavailable as exc:
+            log.debug("could not answer the gateway's %s: %s", method, exc)
+
+
+class _RpcError(Exception):
+    """A JSON-RPC error object, before the caller names the method it answered."""
+
+    def __init__(self, code: int, message: str, data: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def _rpc_error(error: Mapping[str, Any]) -> _RpcError:
+    code = error.get("code")
+    return _RpcError(code if isinstance(code, int) else 0, str(error.get("message", "")), error.get("data"))
+
+
+class FlockClient:
+    """An async client of a flockrt MCP gateway (and, as a fallback, of its NATS).
+
+    Use it as an async context manager, or call :meth:`connect` and :meth:`close`::
+
+        async with FlockClient("ws://127.0.0.1:4002/mcp", token="...") as client:
+            print(await client.list_agents())
+            print(await client.request_capability("text-analysis", {"text": "hello there"}))
+
+    Args:
+        url: The gateway's endpoint, ``ws://host:port/mcp`` (or ``wss://``; an ``http(s)://``
+            URL of the same endpoint is taken as its WebSocket twin).
+        token: Bearer token sent on the upgrade request, if the gateway wants one.
+        nats_url: The flock's NATS; when set, capability requests and direct messages fall
+            back to it while the gateway is unreachable or the breaker is open.
+        timeout: Seconds a call may take by default (the gateway is told, in milliseconds).
+        failure_threshold: Consecutive gateway failures that open the circuit breaker.
+        reset_timeout: Seconds the breaker stays open before a trial call (half-open).
+        breaker: A breaker of your own (its settings win over the two above).
+        reconnect: Re-establish a lost connection in the background.
+        backoff: Seconds before the first reconnection attempt; doubles up to ``max_backoff``.
+        max_backoff: Longest wait between reconnection attempts, in seconds.
+        connect_timeout: Seconds one connection attempt (socket and handshake) may take.
+        name: The client's name in the MCP handshake (``clientInfo.name``).
+
+    Raises:
+        ValueError: a setting is out of range or the URL is not ws:// or wss://.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        nats_url: str | None = None,
+        timeout: float = 30.0,
+        failure_threshold: int = 5,
+        reset_timeout: float = 60.0,
+        breaker: CircuitBreaker | None = None,
+        reconnect: bool = True,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        connect_timeout: float = 5.0,
+        name: str = "flockrt-client",
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError(f"url must be a ws:// or wss:// URL of the gateway's /mcp, got {url!r}")
+        if url.startswith("http"):  # the gateway's http://host:port/mcp is the same endpoint
+            url = "ws" + url[len("http") :]
+        for setting, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if not value > 0:
+                raise ValueError(f"{setting} must be > 0 seconds, got {value!r}")
+        if not 0 < backoff <= max_backoff:
+            raise ValueError(f"expected 0 < backoff <= max_backoff, got {backoff!r} and {max_backoff!r}")
+        self.url = url
+        self.nats_url = nats_url or None
+        self.timeout = timeout
+        self.breaker = breaker or CircuitBreaker(
+            url, failure_threshold=failure_threshold, reset_timeout=reset_timeout
+        )
+        self.reconnect = reconnect
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.connect_timeout = connect_timeout
+        self.name = name
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http: aiohttp.ClientSession | None = None
+        self._session: _Session | None = None
+        self._connect_lock = asyncio.Lock()
+        self._reconnector: asyncio.Task[None] | None = None
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[str, MessageHandler] = {}
+        self._broadcast_handlers: list[BroadcastHandler] = []
+        self._announcement: dict[str, Any] | None = None
+        self._bus: NatsConnection | None = None
+        self._codec = Codec()
+        self._closed = False
+        self._client_id = f"client-{uuid.uuid4().hex[:12]}"
+        self.reconnects = 0
+        """Connections re-established after a loss."""
+        self.fallbacks = 0
+        """Calls that went over NATS because the gateway could not be used."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def connected(self) -> bool:
+        """Whether an initialized session with the gateway is up right now."""
+        return self._session is not None and self._session.alive
+
+    @property
+    def agent_id(self) -> str | None:
+        """The id this client announced itself as, or None."""
+        return self._announcement["id"] if self._announcement is not None else None
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """The gateway's ``serverInfo`` from the handshake (empty before the first connection)."""
+        return self._session.server_info if self._session is not None else {}
+
+    async def __aenter__(self) -> FlockClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect to the gateway and do the MCP handshake.
+
+        With ``nats_url`` set, an unreachable gateway is not an error here: the client starts
+        on NATS (and connects to the gateway on a later call, or in the background).
+
+        Raises:
+            GatewayUnavailable: the gateway cannot be reached (and there is no NATS fallback).
+            CircuitOpen: the breaker is open (and there is no NATS fallback).
+            NotAuthorized: the gateway refused the token (401) or the origin (403).
+        """
+        if self._closed:
+            raise RuntimeError("this FlockClient is closed; make a new one")
+        try:
+            await self._guarded(self._ensure_session)
+        except (GatewayUnavailable, CircuitOpen) as exc:
+            if self.nats_url is None:
+                raise
+            log.warning("%s; using the flock's NATS at %s until it is back", exc, self.nats_url)
+            await self._nats()
+            self._start_reconnector()
+
+    async def close(self) -> None:
+        """Close the connection, stop reconnecting and cancel running handlers. Idempotent."""
+        self._closed = True
+        tasks = [t for t in (self._reconnector, *self._handler_tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._reconnector = None
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._bus is not None:
+            await self._bus.close()
+            self._bus = None
+
+    async def _ensure_session(self) -> _Session:
+        """The live session, connecting first if there is none.
+
+        The caller has passed the breaker and records the outcome in it.
+        """
+        session = self._session
+        if session is not None and session.alive:
+            return session
+        async with self._connect_lock:
+            session = self._session
+            if session is None or not session.alive:
+                session = await self._open()
+        return session
+
+    async def _guarded(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` through the breaker: gateway unavailability counts as a failure, any
+        answer (even an error) as a success, a cancellation or a bug as neither."""
+        self.breaker.check()
+        try:
+            result = await work()
+        except GatewayUnavailable:
+            self.breaker.record_failure()
+            raise
+        except (_RpcError, NotAuthorized, GatewayError):
+            self.breaker.record_success()
+            raise
+        except BaseException:
+            self.breaker.release()
+            raise
+        self.breaker.record_success()
+        return result
+
+    async def _open(self) -> _Session:
+        """Open a socket, do the handshake, re-announce; the caller holds the connect lock."""
+        if self._closed:
+            raise GatewayUnavailable(self.url, "the client is closed")
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                ws = await self._http.ws_connect(self.url, protocols=("mcp",), headers=self._headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (401, 403):
+                what = "no or bad token" if exc.status == 401 else "origin or rights refused"
+                raise NotAuthorized(f"MCP gateway at {self.url} refused: {exc.status} ({what})") from None
+            raise GatewayUnavailable(self.url, f"WebSocket upgrade failed: HTTP {exc.status}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise GatewayUnavailable(self.url, _describe(exc)) from None
+        if ws.protocol != "mcp":
+            await ws.close()
+            raise GatewayUnavailable(
+                self.url, f"the server did not accept the 'mcp' subprotocol at {self.url}"
+            )
+        session = _Session(self.url, ws, self._on_notification, self._on_lost)
+        try:
+            init = await session.request(
+                "initialize",
+                {
+                    "protocolVersion": PROTOCOL_VERSION,
+                    "capabilities": {},
+                    "clientInfo": {"name": self.name, "version": __version__},
+                },
+                self.connect_timeout,
+            )
+            version = init.get("protocolVersion") if isinstance(init, dict) else None
+            if version not in SUPPORTED_VERSIONS:
+                raise GatewayUnavailable(self.url, f"unsupported MCP protocol version {version!r}")
+            session.protocol_version = version
+            session.server_info = dict(init.get("serverInfo") or {})
+            await session.notify("notifications/initialized")
+        except _RpcError as exc:
+            await session.close()
+            raise GatewayUnavailable(self.url, f"initialize failed: {exc.message} ({exc.code})") from None
+        except BaseException:
+            await session.close()
+            raise
+        self._session = session
+        if self._announcement is not None:
+            await self._reannounce(session)
+        return session
+
+    async def _reannounce(self, session: _Session) -> None:
+        """Announce the agent again on a new session.
+
+        Raises:
+            GatewayUnavailable: the gateway refused for now (the agent of the previous
+                connection may still be stopping, so its id is taken): the session is closed
+                and the reconnection is retried with backoff.
+        """
+        assert self._announcement is not None
+        agent_id = self._announcement["id"]
+        try:
+            result = await session.request(
+                "tools/call", {"name": "announce_agent", "arguments": self._announcement}, self.timeout
+            )
+            _structured("announce_agent", self._announcement, result, self.timeout)
+        except (ToolError, _RpcError) as exc:
+            await session.close()
+            self._session = None
+            raise GatewayUnavailable(self.url, f"could not announce {agent_id} again: {exc}") from None
+        except NotAuthorized as exc:  # retrying will not help: stay connected, unannounced
+            log.error("could not announce %s again: %s", agent_id, exc)
+            self._announcement = None
+            return
+        log.info("announced %s again after reconnecting", agent_id)
+
+    def _on_lost(self, session: _Session) -> None:
+        if self._session is session:
+            self._session = None
+            self.breaker.record_failure()
+            self._start_reconnector()
+
+    def _start_reconnector(self) -> None:
+        if self.reconnect and not self._closed and (self._reconnector is None or self._reconnector.done()):
+            self._reconnector = asyncio.get_running_loop().create_task(self._reconnect_forever())
+
+    async def _reconnect_forever(self) -> None:
+        # Not breaker-guarded: the backoff spaces the attempts, and the first success closes
+        # the breaker, so callers stop failing fast as soon as the gateway is back.
+        delay = self.backoff
+        while not self._closed:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.max_backoff)
+            try:
+                async with self._connect_lock:
+                    if self._session is None or not self._session.alive:
+                        await self._open()
+            except GatewayUnavailable as exc:
+                self.breaker.record_failure()
+                log.debug("reconnection to %s failed: %s", self.url, exc)
+                continue
+            except NotAuthorized as exc:
+                log.error("reconnection to %s refused, giving up: %s", self.url, exc)
+                return
+            self.breaker.record_success()
+            self.reconnects += 1
+            log.info("reconnected to %s", self.url)
+            return
+
+    # ------------------------------------------------------------------ calls
+
+    async def call_tool(
+        self, name: str, arguments: Mapping[str, Any], *, timeout: float | None = None
+    ) -> Any:
+        """Call a gateway tool and return its ``structuredContent``.
+
+        The typed methods below are built on this; use it for tools they do not cover.
+
+        Args:
+            name: The tool.
+            arguments: Its arguments (JSON-able).
+            timeout: Seconds to wait for the answer (plus a small grace for the way back);
+                the client's ``timeout`` by default.
+
+        Raises:
+            GatewayUnavailable: the gateway cannot be reached or did not answer in time.
+            CircuitOpen: the breaker is open; nothing was sent.
+            NotAuthorized: the token does not allow this.
+            GatewayError: the gateway rejected the call (e.g. -32602, a bad argument).
+            NoCapableAgent, UnknownAgent, WorkTimeout, WorkFailed, ToolError: the tool failed.
+        """
+        limit = (timeout if timeout is not None else self.timeout) + _GRACE
+        params = {"name": name, "arguments": dict(arguments)}
+
+        async def call() -> Any:
+            session = await self._ensure_session()
+            return await session.request("tools/call", params, limit)
+
+        try:
+            result = await self._guarded(call)
+        except _RpcError as exc:
+            if exc.code == _FORBIDDEN:
+                raise NotAuthorized(f"{name}: {exc.message}") from None
+            raise GatewayError(name, exc.code, exc.message, exc.data) from None
+        return _structured(name, arguments, result, timeout if timeout is not None else self.timeout)
+
+    async def send_message(
+        self,
+        to: str,
+        message: Any,
+        *,
+        type: str = "command",
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send a direct message to agent ``to``.
+
+        Args:
+            to: The agent's id.
+            message: Any JSON-able value.
+            type: ``command`` (default), ``query`` (waits for the answer), ``notification``, ...
+            metadata: Extra JSON-able fields for the receiver.
+            timeout: Seconds a query waits for its answer.
+
+        Returns:
+            For a query, the answer; else None once the gateway has delivered it.
+
+        Raises:
+            UnknownAgent: no such agent. WorkTimeout: a query was not answered in time.
+            GatewayUnavailable / CircuitOpen: the gateway cannot be used and there is no NATS
+            fallback (with one, the message goes over NATS instead).
+        """
+        _check_str("to", to)
+        _check_str("type", type)
+        limit = timeout if timeout is not None else self.timeout
+        arguments: dict[str, Any] = {"to": to, "message": message, "type": type, "timeout": _ms(limit)}
+        if metadata is not None:
+            arguments["metadata"] = metadata
+        try:
+            result = await self.call_tool("send_message", arguments, timeout=limit)
+        except (GatewayUnavailable, CircuitOpen):
+            if self.nats_url is None:
+                raise
+            answer = await remote.send_direct(
+                await self._nats(),
+                self._codec,
+                to,
+                message,
+                type=type,
+                sender=self.agent_id or self._client_id,
+                timeout=limit,
+                metadata=metadata,
+            )
+            self.fallbacks += 1
+            return answer.message if answer is not None else None
+        return result.get("response") if type == "query" else None
+
+    async def request_capability(
+        self, capability: str, parameters: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """Have an agent that offers ``capability`` do it, and return its result.
+
+        Raises:
+            NoCapableAgent: no agent offers it. WorkTimeout: no answer within ``timeout`` s.
+            WorkFailed: the agent's handler failed.
+            GatewayUnavailable / CircuitOpen: the gateway cannot be used and there is no NATS
+            fallback (with one, the request goes over NATS instead).
+        """
+        _check_str("capability", capability)
+        limit = timeout if timeout is not None else self.timeout
+        arguments = {
+            "capability": capability,
+            "parameters": {} if parameters is None else parameters,
+            "timeout": _ms(limit),
+        }
+        try:
+            result = await self.call_tool("request_capability", arguments, timeout=limit)
+        except (GatewayUnavailable, CircuitOpen):
+            if self.nats_url is None:
+                raise
+            answer = await remote.request_capability(
+                await self._nats(),
+                self._codec,
+                capability,
+                parameters,
+                requester=self.agent_id or self._client_id,
+                timeout=limit,
+            )
+            self.fallbacks += 1
+            return answer
+        return result.get("result")
+
+    async def list_agents(
+        self, status: Literal["online", "offline", "all"] = "online", capability: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The agents the flock knows, as dicts with the wire contract's camelCase keys (id,
+        name, capabilities, status, reportedStatus, lastSeen, uptime, tasksProcessed, load,
+        node, maxConcurrentTasks)."""
+        if status not in ("online", "offline", "all"):
+            raise ValueError(f"status must be online, offline or all, got {status!r}")
+        arguments: dict[str, Any] = {"status": status}
+        if capability is not None:
+            arguments["capability"] = _check_str("capability", capability)
+        result = await self.call_tool("list_agents", arguments)
+        agents: list[dict[str, Any]] = result.get("agents", [])
+        return agents
+
+    async def get_agent_info(self, agent_id: str) -> dict[str, Any]:
+        """What the flock knows of one agent (keys as in :meth:`list_agents`).
+
+        Raises:
+            UnknownAgent: no agent with this id is known.
+        """
+        result = await self.call_tool("get_agent_info", {"agent_id": _check_str("agent_id", agent_id)})
+        agent: dict[str, Any] = result["agent"]
+        return agent
+
+    async def announce_agent(
+        self,
+        agent_id: str,
+        name: str | None = None,
+        capabilities: Sequence[str] = (),
+        *,
+        max_concurrent_tasks: int = 1,
+    ) -> None:
+        """Join the flock as agent ``agent_id`` through this connection.
+
+        From now on messages for it (direct messages, capability requests for ``capabilities``)
+        are pushed to the handlers registered with :meth:`register_message_handler`. After a
+        reconnect the client announces itself again. When the client closes, the agent goes
+        offline.
+
+        Raises:
+            NotAuthorized: the token does not allow acting as this agent.
+        """
+        _check_str("agent_id", agent_id)
+        if isinstance(capabilities, str) or not all(isinstance(c, str) and c for c in capabilities):
+            raise TypeError(f"capabilities must be a sequence of non-empty strings, got {capabilities!r}")
+        if not isinstance(max_concurrent_tasks, int) or max_concurrent_tasks < 1:
+            raise ValueError(f"max_concurrent_tasks must be an int >= 1, got {max_concurrent_tasks!r}")
+        announcement = {
+            "id": agent_id,
+            "name": name or agent_id,
+            "capabilities": list(capabilities),
+            "maxConcurrentTasks": max_concurrent_tasks,
+        }
+        await self.call_tool("announce_agent", announcement)
+        self._announcement = announcement
+
+    async def send_response(
+        self, to: str, response: Any, correlation_id: str, *, error: str | None = None
+    ) -> None:
+        """Answer a query or capability request that was pushed to this agent.
+
+        Handlers registered with :meth:`register_message_handler` are answered automatically;
+        use this when the answer comes later or from elsewhere.
+
+        Args:
+            to: The requester (the pushed message's ``sender``).
+            response: The answer (JSON-able).
+            correlation_id: The pushed message's ``correlation_id``.
+            error: Instead of an answer, why there is none: the requester fails at once
+                (gateways that predate this argument reject it with -32602).
+        """
+        _check_str("to", to)
+        _check_str("correlation_id", correlation_id)
+        arguments = {"to": to, "response": response, "correlationId": correlation_id}
+        if error is not None:
+            arguments["error"] = _check_str("error", error)
+        await self.call_tool("send_response", arguments)
+
+    async def submit(
+        self,
+        task_type: str,
+        data: Any = None,
+        *,
+        priority: Priority = "medium",
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> TaskResult | str:
+        """Submit a task of ``task_type`` to the flock.
+
+        Returns:
+            The task's id, or with ``wait`` its :class:`~flockrt.TaskResult`.
+
+        Raises:
+            NoCapableAgent: nobody handles the type. WorkTimeout: ``wait`` and no result in time.
+        """
+        _check_str("task_type", task_type)
+        if priority not in ("low", "medium", "high"):
+            raise ValueError(f"priority must be low, medium or high, got {priority!r}")
+        limit = timeout if timeout is not None else self.timeout
+        arguments: dict[str, Any] = {
+            "type": task_type,
+            "data": data,
+            "priority": priority,
+            "wait": wait,
+            "timeout": _ms(limit),
+        }
+        result = await self.call_tool("submit_task", arguments, timeout=limit)
+        if not wait:
+            return str(result["taskId"])
+        try:
+            return msgspec.convert(result["result"], TaskResult)
+        except (KeyError, msgspec.ValidationError) as exc:
+            raise GatewayError("submit_task", 0, f"the gateway's task result is malformed: {exc}") from None
+
+    async def broadcast(self, type: str, message: Any = None, data: Any = None) -> None:
+        """Broadcast to every agent of the flock."""
+        _check_str("type", type)
+        arguments: dict[str, Any] = {"type": type, "message": message}
+        if data is not None:
+            arguments["data"] = data
+        await self.call_tool("broadcast", arguments)
+
+    async def get_supervision_tree(self) -> dict[str, Any]:
+        """The gateway process's supervision tree (``ActorSystem.snapshot()``)."""
+        result = await self.call_tool("get_supervision_tree", {})
+        tree: dict[str, Any] = result["tree"]
+        return tree
+
+    # ------------------------------------------------------------------ pushed messages
+
+    def register_message_handler(self, type: str, handler: MessageHandler) -> None:
+        """Call ``handler`` for each pushed message of ``type`` (``"*"``: any type without a
+        handler of its own). It receives the :class:`~flockrt.DirectMessage`.
+
+        For a ``query`` or a ``capability_request`` (whose message is ``{capability,
+        parameters}``), the handler's return value is sent back as the answer. A handler that
+        raises is logged, and the failure is reported with ``send_response``'s ``error``, so
+        the requester fails at once where the gateway supports it (else it times out). Handlers
+        run concurrently, each in a task the client owns (cancelled by :meth:`close`).
+        """
+        _check_str("type", type)
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        self._handlers[type] = handler
+
+    def register_broadcast_handler(self, handler: BroadcastHandler) -> None:
+        """Call ``handler`` with each :class:`~flockrt.Broadcast` pushed to this connection."""
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        self._broadcast_handlers.append(handler)
+
+    def _on_notification(self, method: str, params: Any) -> None:
+        if method == "notifications/flock/message":
+            try:
+                message = msgspec.convert(params, DirectMessage)
+            except msgspec.ValidationError as exc:
+                log.warning("the gateway pushed a malformed message (%s); ignored", exc)
+                return
+            handler = self._handlers.get(message.type) or self._handlers.get("*")
+            if handler is None:
+                log.warning(
+                    "no handler for a pushed %r message from %s; dropped", message.type, message.sender
+                )
+                return
+            self._run_handler(self._handle_message(handler, message))
+        elif method == "notifications/flock/broadcast":
+            try:
+                broadcast = msgspec.convert(params, Broadcast)
+            except msgspec.ValidationError as exc:
+                log.warning("the gateway pushed a malformed broadcast (%s); ignored", exc)
+                return
+            for broadcast_handler in self._broadcast_handlers:
+                self._run_handler(self._call(broadcast_handler, broadcast))
+        else:
+            log.debug("notification %s from the gateway ignored", method)
+
+    def _run_handler(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    async def _handle_message(self, handler: MessageHandler, message: DirectMessage) -> None:
+        answer: Any = None
+        error: str | None = None
+        try:
+            answer = await _call_handler(handler, message)
+        except Exception as exc:
+            log.exception(
+                "handler for %r message %s from %s failed", message.type, message.id, message.sender
+            )
+            # Tell the requester now rather than let it wait for its timeout.
+            error = f"{message.to}: handler failed: {exc!r}"
+        if message.type not in ANSWERED_TYPES or not message.correlation_id:
+            return
+        try:
+            await self.send_response(message.sender, answer, message.correlation_id, error=error)
+        except (GatewayUnavailable, CircuitOpen, GatewayError, NotAuthorized, ToolError) as exc:
+            log.warning("answer to %s from %s not delivered: %s", message.id, message.sender, exc)
+
+    async def _call(self, handler: BroadcastHandler, broadcast: Broadcast) -> None:
+        try:
+            await _call_handler(handler, broadcast)
+        except Exception:
+            log.exception("broadcast handler failed on %r", broadcast.type)
+
+    # ------------------------------------------------------------------ NATS fallback
+
+    async def _nats(self) -> NatsConnection:
+        assert self.nats_url is not None
+        if self._bus is None:
+            self._bus = NatsConnection(self.nats_url, name=self.name, connect_timeout=self.connect_timeout)
+            await self._bus.start()
+        return self._bus
+
+
+async def _call_handler(handler: Callable[[Any], Any], argument: Any) -> Any:
+    result = handler(argument)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _structured(tool: str, arguments: Mapping[str, Any], result: Any, timeout: float) -> dict[str, Any]:
+    """The CallToolResult's structuredContent, or the flockrt error its isError stands for."""
+    if not isinstance(result, dict):
+        raise GatewayError(tool, 0, f"expected a CallToolResult object, got {type(result).__name__}")
+    content = result.get("structuredContent")
+    if not isinstance(content, dict):
+        content = {}
+    if not result.get("isError"):
+        return content
+    kind = str(content.get("error", "failed"))
+    message = str(content.get("message", ""))
+    if kind == "no_capable_agent":
+        if tool == "request_capability":
+            raise NoCapableAgent("capability", str(arguments.get("capability")))
+        raise NoCapableAgent("task", str(arguments.get("type")))
+    if kind == "timeout":
+        key = {"request_capability": "capability", "send_message": "to", "submit_task": "type"}.get(tool)
+        what = {"request_capability": "capability", "send_message": "query", "submit_task": "task"}.get(tool)
+        raise WorkTimeout(what or tool, str(arguments.get(key or "", "")), timeout)
+    if kind == "unknown_agent":
+        raise UnknownAgent(str(arguments.get("to") or arguments.get("agent_id") or message))
+    if kind == "forbidden":
+        raise NotAuthorized(f"{tool}: {message}")
+    if kind == "failed" and tool == "request_capability":
+        capability = str(arguments.get("capability"))
+        agent = str(content.get("agentId") or "")
+        raise WorkFailed(agent, "capability", capability, ToolError(tool, kind, message))
+    raise ToolError(tool, kind, message)
+
+
+def _check_str(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _ms(seconds: float) -> int:
+    if not seconds > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {seconds!r}")
+    return max(1, round(seconds * 1000))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connection attempt timed out"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,214 @@
+"""Gateway: the MCP server's state shared by every session.
+
+It owns the sessions, the supervisor of outside agents (a DynamicSupervisor named
+``mcp-agents``, a top-level actor of the flock's system), the resource subscriptions (fed by the
+directory's change notifications) and the authenticator. The transports in
+:mod:`flockrt.mcp.transport` turn requests into sessions and messages; :mod:`flockrt.web` mounts
+them on the aiohttp app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from flockrt.actors.ref import ActorRef
+from flockrt.actors.system import ActorSystem
+from flockrt.bus.directory import AgentInfo
+from flockrt.bus.flock import NatsFlock
+from flockrt.config import McpConfig
+from flockrt.local import LocalFlock
+from flockrt.mcp.agent import OutsideAgent
+from flockrt.mcp.auth import Authenticator, check_bind
+from flockrt.mcp.session import Session
+from flockrt.mcp.tools import TOOLS
+from flockrt.supervisor.spec import ChildSpec
+from flockrt.supervisor.supervisor import DynamicSupervisor
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("flockrt.mcp")
+
+_UPDATED = "notifications/resources/updated"
+
+
+class Gateway:
+    """The MCP gateway of one flock.
+
+    Args:
+        config: The ``[mcp]`` section.
+        flock: The flock it serves (in-process, or over NATS).
+        progress_interval: Seconds between progress notifications of a long tool call.
+        session_idle_timeout: Seconds a Streamable HTTP session may go without a request (and
+            without a server stream open) before it is ended, with its outside agent. A
+            WebSocket session ends with its connection instead.
+        max_sessions: Sessions held at once; more get HTTP 503 (a flood of ``initialize``
+            requests must not exhaust the process).
+
+    Raises:
+        GatewayConfigError: the config would expose an unauthenticated gateway beyond loopback.
+    """
+
+    def __init__(
+        self,
+        config: McpConfig,
+        flock: LocalFlock,
+        *,
+        progress_interval: float = 1.0,
+        session_idle_timeout: float = 600.0,
+        max_sessions: int = 10_000,
+    ) -> None:
+        check_bind(config)
+        self.config = config
+        self.flock = flock
+        self.system: ActorSystem = flock.system
+        self.progress_interval = progress_interval
+        self.session_idle_timeout = session_idle_timeout
+        self.max_sessions = max_sessions
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.auth = Authenticator(config.auth)
+        self.sessions: dict[str, Session] = {}
+        self.claimed: set[str] = set()
+        """Agent ids of the outside agents of open sessions (announced or being announced)."""
+        self.tool_listing = [tool.listing() for tool in TOOLS.values()]
+        self._supervisor: ActorRef[Any] | None = None
+        self._subscribers: dict[str, set[Session]] = {}
+        self._unsubscribe_directory: Callable[[], None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self.websockets: set[web.WebSocketResponse] = set()
+        """Open WebSocket connections, closed with 1001 (going away) when the gateway stops."""
+
+    @property
+    def supervisor(self) -> ActorRef[Any]:
+        """The supervisor of the outside agents."""
+        if self._supervisor is None:
+            raise RuntimeError("the gateway is not started")
+        return self._supervisor
+
+    async def start(self) -> None:
+        """Start the outside agents' supervisor and follow the directory for subscriptions."""
+        template = ChildSpec(id="outside-agent", factory=OutsideAgent, restart="temporary", shutdown=2.0)
+        self._supervisor = await self.system.spawn(DynamicSupervisor, template, name="mcp-agents")
+        self._unsubscribe_directory = self.flock.directory.subscribe(self._directory_changed)
+        self._schedule_sweep()
+
+    async def close(self) -> None:
+        """End every session (their agents go offline) and stop the supervisor. Idempotent."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._unsubscribe_directory is not None:
+            self._unsubscribe_directory()
+            self._unsubscribe_directory = None
+        for ws in list(self.websockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway stopping")
+        for session in list(self.sessions.values()):
+            await session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and supervisor.is_alive:
+            await supervisor.stop()
+
+    # ------------------------------------------------------------------ sessions
+
+    def check_capacity(self) -> None:
+        """Refuse a new session when ``max_sessions`` are open.
+
+        Raises:
+            web.HTTPServiceUnavailable: the gateway is full.
+        """
+        if len(self.sessions) >= self.max_sessions:
+            raise web.HTTPServiceUnavailable(
+                text=f"the gateway holds its maximum of {self.max_sessions} sessions\n",
+                headers={"Retry-After": "5"},
+            )
+
+    def open_session(self, session: Session) -> Session:
+        """Register a new session."""
+        self.sessions[session.id] = session
+        return session
+
+    def forget(self, session: Session) -> None:
+        """A closed session leaves the registry."""
+        self.sessions.pop(session.id, None)
+
+    def close_later(self, session: Session) -> None:
+        """Close ``session`` in a task the gateway owns (from code that cannot await)."""
+        task = asyncio.get_running_loop().create_task(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """End the Streamable HTTP sessions idle for longer than ``session_idle_timeout``.
+
+        A client that vanished without DELETE would otherwise keep its session, and its outside
+        agent online, forever. Returns how many sessions are being ended.
+        """
+        now = time.monotonic() if now is None else now
+        idle = [
+            session
+            for session in self.sessions.values()
+            if session.transport == "http"
+            and not session.streaming
+            and not session.inflight
+            and now - session.last_active > self.session_idle_timeout
+        ]
+        for session in idle:
+            log.info("session %s idle for %.0f s: ended", session.id, now - session.last_active)
+            self.close_later(session)
+        return len(idle)
+
+    def _schedule_sweep(self) -> None:
+        interval = max(self.session_idle_timeout / 4, 1.0)
+        self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        self.expire_idle()
+        self._schedule_sweep()
+
+    # ------------------------------------------------------------------ flock helpers
+
+    async def flush(self) -> None:
+        """Make what the flock queued for NATS (an outside agent's announcement) go out now."""
+        if isinstance(self.flock, NatsFlock):
+            await self.flock.flush()
+
+    async def broadcast(self, type: str, message: Any, data: Any) -> None:
+        """A broadcast to every agent of the flock (every process, over NATS)."""
+        if isinstance(self.flock, NatsFlock):
+            await self.flock.broadcast_all(type, message, data)
+        else:
+            self.flock.broadcast(type, message, data)
+
+    # ------------------------------------------------------------------ resource subscriptions
+
+    def subscribe(self, session: Session, uri: str) -> None:
+        self._subscribers.setdefault(uri, set()).add(session)
+
+    def unsubscribe(self, session: Session, uri: str) -> None:
+        sessions = self._subscribers.get(uri)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._subscribers[uri]
+
+    def _directory_changed(self, agent_id: str, info: AgentInfo | None) -> None:
+        """A change in the directory: tell the sessions subscribed to what it touches.
+
+        The tree resource changes when an agent of this process starts or stops, which the
+        directory reports as a change of an agent of this node.
+        """
+        if not self._subscribers:
+            return
+        uris = ["flock://agents", f"flock://agents/{agent_id}"]
+        if info is None or info.node == self.flock.node:
+            uris.append("flock://tree")
+        for uri in uris:
+            for session in self._subscribers.get(uri, ()):
+                session.push(_UPDATED, {"uri": uri})

@@ -1,0 +1,568 @@
+"""One MCP session: lifecycle, method dispatch, tools, resources, progress and cancellation.
+
+A session is what a WebSocket connection or a Streamable HTTP ``Mcp-Session-Id`` stands for.
+The transports hand it parsed messages (:meth:`Session.handle`) and send back what it returns;
+everything the server says unprompted (an outside agent's messages, resource updates) goes
+through :meth:`Session.push` into the session's outbox, which the transport drains (the
+WebSocket itself, or the Streamable HTTP GET stream).
+
+Requests run in their own asyncio tasks, owned by the session (:attr:`Session.inflight`), so one
+slow tool call does not hold up the others on the same connection, and
+``notifications/cancelled`` can cancel exactly the work it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+
+import msgspec
+
+from flockrt._version import __version__
+from flockrt.actors.ref import ActorRef
+from flockrt.bus.subjects import check_token
+from flockrt.errors import (
+    ActorFailed,
+    AskTimeout,
+    FlockError,
+    NoCapableAgent,
+    UnknownAgent,
+    WorkTimeout,
+)
+from flockrt.mcp import observe, tools
+from flockrt.mcp.agent import OutsideAgent
+from flockrt.mcp.auth import Forbidden, Principal, TokenBucket
+from flockrt.mcp.protocol import (
+    DISCOVER_VERSION,
+    FORBIDDEN,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LATEST_VERSION,
+    METHOD_NOT_FOUND,
+    RESOURCE_NOT_FOUND,
+    SUPPORTED_VERSIONS,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    Incoming,
+    JsonRpcError,
+    encode,
+    notification,
+    result_response,
+)
+from flockrt.supervisor.supervisor import DynamicSupervisor
+
+if TYPE_CHECKING:
+    from flockrt.mcp.gateway import Gateway
+
+__all__ = ["Notify", "Session"]
+
+log = logging.getLogger("flockrt.mcp")
+
+T = TypeVar("T")
+
+Notify = Callable[[bytes], Awaitable[None]]
+"""Sends one encoded message to the peer, on the channel of the request being answered."""
+
+_OUTBOX_LIMIT = 10_000
+_TREE_URI = "flock://tree"
+_AGENTS_URI = "flock://agents"
+_AGENT_PREFIX = "flock://agents/"
+_JSON = "application/json"
+
+
+class _Failure(Exception):
+    """A business failure of a tool: returned as a result with ``isError``, not a JSON-RPC error."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class Session:
+    """One client of the gateway.
+
+    Args:
+        gateway: The gateway it belongs to.
+        principal: What its bearer token allows.
+        transport: ``websocket`` or ``http``.
+    """
+
+    def __init__(
+        self, gateway: Gateway, principal: Principal, transport: Literal["websocket", "http"]
+    ) -> None:
+        self.id = secrets.token_hex(16)
+        self.gateway = gateway
+        self.principal = principal
+        self.transport = transport
+        self.protocol_version: str | None = None
+        self.client_info: Any = None
+        self.agent: OutsideAgent | None = None
+        self.agent_id: str | None = None
+        self._agent_ref: ActorRef[Any] | None = None
+        self.subscriptions: set[str] = set()
+        config = gateway.config
+        self.bucket = TokenBucket(config.rate_limit, config.rate_burst)
+        self.inflight: dict[Any, asyncio.Task[Any]] = {}
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue(_OUTBOX_LIMIT)
+        self.closed = False
+        self.streaming = False
+        """Whether a Streamable HTTP server stream (GET) is draining the outbox."""
+        self.last_active = time.monotonic()
+        self.dropped = 0
+        """Notifications dropped because the peer did not read its outbox fast enough."""
+
+    @property
+    def sender(self) -> str:
+        """Who messages from this session are from: its agent, else ``mcp-<session id>``."""
+        return self.agent_id or f"mcp-{self.id[:16]}"
+
+    # ------------------------------------------------------------------ server -> client
+
+    def push(self, method: str, params: Any) -> None:
+        """Queue a notification for the peer; never blocks (a full outbox drops and counts)."""
+        if self.closed:
+            return
+        try:
+            self.outbox.put_nowait(encode(notification(method, params)))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("session %s: outbox full, notification %s dropped", self.id, method)
+
+    def attach(self, agent: OutsideAgent) -> None:
+        """Called by this session's OutsideAgent when it starts."""
+        self.agent = agent
+
+    # ------------------------------------------------------------------ client -> server
+
+    def run(self, request_id: Any, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run the handling of request ``request_id`` in a task this session owns, so that a
+        ``notifications/cancelled`` naming it, or the end of the session, cancels it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.inflight[request_id] = task
+        task.add_done_callback(lambda _: self._forget_request(request_id, task))
+        return task
+
+    def _forget_request(self, request_id: Any, task: asyncio.Task[Any]) -> None:
+        if self.inflight.get(request_id) is task:
+            del self.inflight[request_id]
+
+    async def handle(self, incoming: Incoming, notify: Notify) -> dict[str, Any] | None:
+        """Handle one message; returns the response to a request, None for a notification.
+
+        Raises:
+            JsonRpcError: for every protocol error (the transport sends it back).
+        """
+        self.last_active = time.monotonic()
+        if self.principal.expired:
+            raise JsonRpcError(FORBIDDEN, "forbidden: the token has expired", {"status": 401}, incoming.id)
+        method = incoming.method
+        if not incoming.is_request:
+            if method == "notifications/cancelled":
+                self._cancel(incoming.params)
+            return None  # notifications/initialized and others need nothing from us
+        params = incoming.params if isinstance(incoming.params, dict) else {}
+        if method == "initialize":
+            return result_response(incoming.id, self._initialize(params, incoming.id))
+        if method == "ping":
+            return result_response(incoming.id, {})
+        if method == "server/discover":
+            raise self.discover_error(params, incoming.id)
+        if self.protocol_version is None:
+            raise JsonRpcError(
+                INVALID_REQUEST,
+                f"{method}: the session is not initialized; send initialize first",
+                None,
+                incoming.id,
+            )
+        handler = self._METHODS.get(method or "")
+        if handler is None:
+            raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {method!r}", None, incoming.id)
+        return result_response(incoming.id, await handler(self, params, incoming.id, notify))
+
+    @staticmethod
+    def discover_error(params: dict[str, Any], request_id: Any) -> JsonRpcError:
+        """The answer to ``server/discover``: the 2026-07-28 era is not served; -32022 names the
+        versions that are (all handshake versions, so the SDK client falls back to initialize)."""
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        requested = DISCOVER_VERSION
+        if isinstance(meta, dict):
+            requested = str(meta.get("io.modelcontextprotocol/protocolVersion", requested))
+        return JsonRpcError(
+            UNSUPPORTED_PROTOCOL_VERSION,
+            f"unsupported protocol version {requested}: initialize with one of {list(SUPPORTED_VERSIONS)}",
+            {"supported": list(SUPPORTED_VERSIONS), "requested": requested},
+            request_id,
+        )
+
+    def _initialize(self, params: dict[str, Any], request_id: Any) -> dict[str, Any]:
+        if self.protocol_version is not None:
+            raise JsonRpcError(
+                INVALID_REQUEST, "initialize: the session is already initialized", None, request_id
+            )
+        requested = params.get("protocolVersion")
+        if not isinstance(requested, str):
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                "initialize: invalid argument 'protocolVersion': expected a string",
+                {"argument": "protocolVersion"},
+                request_id,
+            )
+        self.protocol_version = requested if requested in SUPPORTED_VERSIONS else LATEST_VERSION
+        self.client_info = params.get("clientInfo")
+        return {
+            "protocolVersion": self.protocol_version,
+            "capabilities": {
+                "tools": {"listChanged": False},
+                "resources": {"subscribe": True, "listChanged": False},
+            },
+            "serverInfo": {"name": "flockrt", "version": __version__},
+            "instructions": (
+                "flockrt MCP gateway: tools to message agents, request capabilities, submit tasks; "
+                "announce_agent makes this connection an agent of the flock."
+            ),
+        }
+
+    def _cancel(self, params: Any) -> None:
+        if not isinstance(params, dict):
+            return
+        task = self.inflight.get(params.get("requestId"))
+        if task is not None:
+            log.debug("session %s: request %r cancelled by the client", self.id, params.get("requestId"))
+            task.cancel()
+
+    # ------------------------------------------------------------------ tools
+
+    async def _tools_list(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
+        return {"tools": self.gateway.tool_listing}
+
+    async def _tools_call(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
+        name = params.get("name")
+        tool = tools.TOOLS.get(name) if isinstance(name, str) else None
+        if tool is None:
+            raise JsonRpcError(
+                INVALID_PARAMS, f"tools/call: unknown tool {name!r}", {"argument": "name"}, request_id
+            )
+        arguments = tools.convert_arguments(tool, params.get("arguments"), request_id)
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        progress = None if token is None else _Progress(token, notify, self.gateway.progress_interval)
+        if progress is not None:
+            await progress.start()
+        try:
+            content = await getattr(self, f"_tool_{tool.name}")(arguments, request_id)
+            is_error = False
+        except _Failure as failure:
+            content, is_error = {"error": failure.kind, "message": failure.message}, True
+        except Forbidden as exc:
+            raise JsonRpcError(FORBIDDEN, f"forbidden: {exc}", {"status": 403}, request_id) from None
+        finally:
+            if progress is not None:
+                await progress.stop()
+        if progress is not None:
+            await progress.done()
+        return {
+            "content": [{"type": "text", "text": encode(content).decode()}],
+            "structuredContent": content,
+            "isError": is_error,
+        }
+
+    def _timeout(self, milliseconds: int | None) -> float:
+        return (milliseconds if milliseconds is not None else self.gateway.config.timeout) / 1000
+
+    async def _tool_send_message(self, args: tools.SendMessage, request_id: Any) -> dict[str, Any]:
+        _check_argument("to", args.to, request_id)
+        flock = self.gateway.flock
+        message_id = secrets.token_hex(16)
+        timeout = self._timeout(args.timeout)
+        try:
+            answer = await flock.send_message(
+                args.to,
+                args.message,
+                type=args.type,
+                sender=self.sender,
+                timeout=timeout,
+                metadata=args.metadata,
+            )
+        except FlockError as exc:
+            raise _failure(exc) from None
+        out: dict[str, Any] = {"id": message_id, "to": args.to, "delivered": True}
+        if args.type == "query":
+            out["response"] = answer
+            out["from"] = args.to
+        return out
+
+    async def _tool_request_capability(
+        self, args: tools.RequestCapability, request_id: Any
+    ) -> dict[str, Any]:
+        _check_argument("capability", args.capability, request_id)
+        try:
+            result = await self.gateway.flock.request_capability(
+                args.capability, args.parameters, timeout=self._timeout(args.timeout)
+            )
+        except FlockError as exc:
+            raise _failure(exc) from None
+        return {
+            "capability": args.capability,
+            "result": result,
+            "agentId": None,
+            "correlationId": secrets.token_hex(16),
+        }
+
+    async def _tool_list_agents(self, args: tools.ListAgents, request_id: Any) -> dict[str, Any]:
+        agents = self.gateway.flock.list_agents(args.status, args.capability)
+        return {"agents": [info.to_json() for info in agents]}
+
+    async def _tool_get_agent_info(self, args: tools.GetAgentInfo, request_id: Any) -> dict[str, Any]:
+        info = self.gateway.flock.get_agent(args.agent_id)
+        if info is None:
+            raise _Failure("unknown_agent", f"no agent {args.agent_id!r} in the flock")
+        return {"agent": info.to_json()}
+
+    async def _tool_announce_agent(self, args: tools.AnnounceAgent, request_id: Any) -> dict[str, Any]:
+        _check_argument("id", args.id, request_id)
+        for capability in args.capabilities:
+            _check_argument("capabilities", capability, request_id)
+        self.principal.check_announce(args.id, args.capabilities)
+        if self.agent_id is not None:
+            if self.agent_id == args.id:
+                return {"agentId": args.id, "announced": True}
+            raise _Failure("forbidden", f"this connection is already agent {self.agent_id!r}")
+        known = self.gateway.flock.get_agent(args.id)
+        if args.id in self.gateway.claimed or (known is not None and known.status == "online"):
+            raise _Failure("failed", f"agent id {args.id!r} is already online in the flock")
+        # Claimed before the first await: two connections announcing one id at once get one agent.
+        self.gateway.claimed.add(args.id)
+        self.agent_id = args.id
+        try:
+            self._agent_ref = await DynamicSupervisor.start_child(
+                self.gateway.supervisor,
+                args.id,
+                self,
+                args.name,
+                tuple(dict.fromkeys(args.capabilities)),
+                args.max_concurrent_tasks,
+                self.gateway.config.timeout / 1000,
+            )
+        except FlockError as exc:
+            self.agent_id = None
+            self.gateway.claimed.discard(args.id)
+            raise _Failure("failed", f"agent {args.id!r} could not start: {exc}") from None
+        if self.closed:  # the connection went away while the agent started
+            await self._stop_agent()
+            raise _Failure("failed", "the connection closed")
+        await self.gateway.flush()
+        log.info("session %s is now agent %s (capabilities %s)", self.id, args.id, list(args.capabilities))
+        return {"agentId": args.id, "announced": True}
+
+    async def _tool_send_response(self, args: tools.SendResponse, request_id: Any) -> dict[str, Any]:
+        if self.agent is None:
+            raise _Failure("forbidden", "send_response: this connection has not announced an agent")
+        if not self.agent.resolve(args.correlation_id, args.response, args.error):
+            raise _Failure(
+                "failed",
+                f"agent {self.agent_id!r} has no pending query or capability request {args.correlation_id!r}",
+            )
+        return {"delivered": True}
+
+    async def _tool_submit_task(self, args: tools.SubmitTask, request_id: Any) -> dict[str, Any]:
+        _check_argument("type", args.type, request_id)
+        timeout = self._timeout(args.timeout)
+        try:
+            outcome = await self.gateway.flock.submit(
+                args.type, args.data, priority=args.priority, wait=args.wait, timeout=timeout
+            )
+        except FlockError as exc:
+            raise _failure(exc) from None
+        if isinstance(outcome, str):
+            return {"taskId": outcome}
+        return {"taskId": outcome.task_id, "result": msgspec.to_builtins(outcome)}
+
+    async def _tool_broadcast(self, args: tools.Broadcast, request_id: Any) -> dict[str, Any]:
+        try:
+            await self.gateway.broadcast(args.type, args.message, args.data)
+        except FlockError as exc:
+            raise _failure(exc) from None
+        return {"delivered": True}
+
+    async def _tool_get_supervision_tree(
+        self, args: tools.GetSupervisionTree, request_id: Any
+    ) -> dict[str, Any]:
+        return {"tree": self.gateway.system.snapshot()}
+
+    # ------------------------------------------------------------------ resources
+
+    async def _resources_list(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
+        return {
+            "resources": [
+                {
+                    "uri": _AGENTS_URI,
+                    "name": "agents",
+                    "description": "Every agent of the flock",
+                    "mimeType": _JSON,
+                },
+                {"uri": _TREE_URI, "name": "tree", "description": "The supervision tree", "mimeType": _JSON},
+            ]
+        }
+
+    async def _resource_templates(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
+        return {
+            "resourceTemplates": [
+                {
+                    "uriTemplate": "flock://agents/{id}",
+                    "name": "agent",
+                    "description": "One agent",
+                    "mimeType": _JSON,
+                }
+            ]
+        }
+
+    def _uri(self, params: dict[str, Any], request_id: Any) -> str:
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise JsonRpcError(
+                INVALID_PARAMS, "invalid argument 'uri': expected a string", {"argument": "uri"}, request_id
+            )
+        if uri in (_AGENTS_URI, _TREE_URI) or (
+            uri.startswith(_AGENT_PREFIX) and len(uri) > len(_AGENT_PREFIX)
+        ):
+            return uri
+        raise JsonRpcError(RESOURCE_NOT_FOUND, f"resource not found: {uri}", {"uri": uri}, request_id)
+
+    async def _resources_read(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
+        uri = self._uri(params, request_id)
+        flock = self.gateway.flock
+        body: Any
+        if uri == _AGENTS_URI:
+            body = {"agents": [info.to_json() for info in flock.list_agents("all")]}
+        elif uri == _TREE_URI:
+            body = {"tree": self.gateway.system.snapshot()}
+        else:
+            info = flock.get_agent(uri[len(_AGENT_PREFIX) :])
+            if info is None:
+                raise JsonRpcError(RESOURCE_NOT_FOUND, f"resource not found: {uri}", {"uri": uri}, request_id)
+            body = {"agent": info.to_json()}
+        return {"contents": [{"uri": uri, "mimeType": _JSON, "text": encode(body).decode()}]}
+
+    async def _resources_subscribe(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
+        uri = self._uri(params, request_id)
+        self.subscriptions.add(uri)
+        self.gateway.subscribe(self, uri)
+        return {}
+
+    async def _resources_unsubscribe(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
+        uri = self._uri(params, request_id)
+        self.subscriptions.discard(uri)
+        self.gateway.unsubscribe(self, uri)
+        return {}
+
+    _METHODS: ClassVar[dict[str, Callable[[Session, dict[str, Any], Any, Notify], Awaitable[Any]]]] = {
+        "tools/list": _tools_list,
+        "tools/call": _tools_call,
+        "resources/list": _resources_list,
+        "resources/templates/list": _resource_templates,
+        "resources/read": _resources_read,
+        "resources/subscribe": _resources_subscribe,
+        "resources/unsubscribe": _resources_unsubscribe,
+    }
+
+    # ------------------------------------------------------------------ end
+
+    async def close(self) -> None:
+        """End the session: cancel its requests, stop its agent (it goes offline). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.outbox.put_nowait(b"")  # wakes a server stream waiting for notifications
+        for uri in self.subscriptions:
+            self.gateway.unsubscribe(self, uri)
+        self.subscriptions.clear()
+        tasks = list(self.inflight.values())
+        for task in tasks:
+            task.cancel()
+        await self._stop_agent()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.gateway.forget(self)
+        if self.transport == "http":
+            observe.connection("http", -1)
+
+    async def _stop_agent(self) -> None:
+        if self.agent is not None:
+            self.agent.disconnected()
+        ref, self._agent_ref = self._agent_ref, None
+        if ref is not None and ref.is_alive:
+            try:
+                await DynamicSupervisor.terminate_child(self.gateway.supervisor, ref)
+            except (FlockError, KeyError) as exc:  # the system is already stopping it
+                log.debug("session %s: agent %s already stopping: %r", self.id, self.agent_id, exc)
+            log.info("session %s closed: agent %s is offline", self.id, self.agent_id)
+        if self.agent_id is not None:
+            self.gateway.claimed.discard(self.agent_id)
+
+
+class _Progress:
+    """Progress notifications of one tool call: 0 when it starts, one more every ``interval``
+    seconds while it runs (with how long it has waited), and last ``n`` of ``n``. The value only
+    ever increases, as the MCP spec requires."""
+
+    def __init__(self, token: Any, notify: Notify, interval: float) -> None:
+        self.token = token
+        self.notify = notify
+        self.interval = interval
+        self.value = 0
+        self.started = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def _send(self, message: str, total: int | None = None) -> None:
+        params: dict[str, Any] = {"progressToken": self.token, "progress": self.value, "message": message}
+        if total is not None:
+            params["total"] = total
+        await self.notify(encode(notification("notifications/progress", params)))
+
+    async def start(self) -> None:
+        await self._send("started")
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.value += 1
+            await self._send(f"waiting {int((time.monotonic() - self.started) * 1000)} ms")
+
+    async def stop(self) -> None:
+        """Stop the periodic notifications (and wait until the ticker is gone)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
+
+    async def done(self) -> None:
+        self.value += 1
+        await self._send("done", total=self.value)
+
+
+def _failure(exc: FlockError) -> _Failure:
+    if isinstance(exc, NoCapableAgent):
+        return _Failure("no_capable_agent", str(exc))
+    if isinstance(exc, WorkTimeout | AskTimeout):
+        return _Failure("timeout", str(exc))
+    if isinstance(exc, UnknownAgent):
+        return _Failure("unknown_agent", str(exc))
+    if isinstance(exc, ActorFailed) and isinstance(exc.__cause__, FlockError):
+        return _failure(exc.__cause__)
+    return _Failure("failed", str(exc))
+
+
+def _check_argument(name: str, value: str, request_id: Any) -> None:
+    try:
+        check_token(name, value)
+    except ValueError as exc:
+        raise JsonRpcError(
+            INVALID_PARAMS, f"invalid argument {name!r}: {exc}", {"argument": name}, request_id
+        ) from None

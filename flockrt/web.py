@@ -1,0 +1,132 @@
+"""The one aiohttp app of a flockrt process: ``/mcp``, ``/healthz``, ``/readyz``, ``/metrics``.
+
+With a gateway, ``/mcp`` serves MCP over WebSocket (an upgrade request) and Streamable HTTP
+(POST, GET, DELETE). Without one (a ``[metrics]`` section and no ``[mcp]``), the same app serves
+only the health endpoints and the metrics.
+
+``/healthz`` says the process is alive (200 while it serves at all). ``/readyz`` says it can do
+work: 200 when the readiness check passes (the actor system runs and, over NATS, the connection
+is up), else 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import hdrs, web
+
+from flockrt import metrics
+from flockrt.errors import FlockError
+from flockrt.mcp import transport
+from flockrt.mcp.gateway import Gateway
+
+__all__ = ["ListenError", "WebServer", "build_app"]
+
+log = logging.getLogger("flockrt.web")
+
+
+class ListenError(FlockError, OSError):
+    """The listener could not bind its address (in use, not an address of this machine)."""
+
+
+_DEFAULT_BODY_LIMIT = 1024 * 1024
+
+
+def build_app(gateway: Gateway | None = None, *, ready: Callable[[], bool] = lambda: True) -> web.Application:
+    """The aiohttp application: MCP (with a gateway), health, readiness and metrics.
+
+    Args:
+        gateway: Serve ``/mcp`` with it (None: health and metrics only).
+        ready: The readiness check behind ``/readyz``.
+    """
+    limit = gateway.config.max_message_bytes if gateway is not None else _DEFAULT_BODY_LIMIT
+    app = web.Application(client_max_size=limit)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready"}, status=503)
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        response = web.Response(body=body)
+        response.headers[hdrs.CONTENT_TYPE] = content_type
+        return response
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    if gateway is not None:
+        mcp_gateway = gateway
+
+        async def mcp_get(request: web.Request) -> web.StreamResponse:
+            if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
+                return await transport.handle_websocket(mcp_gateway, request)
+            return await transport.handle_get(mcp_gateway, request)
+
+        async def mcp_post(request: web.Request) -> web.StreamResponse:
+            return await transport.handle_post(mcp_gateway, request)
+
+        async def mcp_delete(request: web.Request) -> web.StreamResponse:
+            return await transport.handle_delete(mcp_gateway, request)
+
+        app.router.add_get("/mcp", mcp_get, allow_head=False)
+        app.router.add_post("/mcp", mcp_post)
+        app.router.add_delete("/mcp", mcp_delete)
+    return app
+
+
+class WebServer:
+    """Serves an app on host:port (port 0 picks a free one) until :meth:`stop`.
+
+    Args:
+        app: From :func:`build_app`.
+        host: The address to bind.
+        port: The port (0: any free one; :attr:`port` tells which).
+    """
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self._requested_port = port
+        self.port: int | None = None
+        """The bound port, once started."""
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the listener."""
+        if self.port is None:
+            raise RuntimeError("the web server is not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and serve.
+
+        Raises:
+            ListenError: the address cannot be bound (in use, not local).
+        """
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, self.host, self._requested_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise ListenError(
+                exc.errno, f"cannot listen on {self.host}:{self._requested_port}: {exc.strerror}"
+            ) from exc
+        addresses = runner.addresses
+        self.port = int(addresses[0][1]) if addresses else self._requested_port
+
+    async def stop(self) -> None:
+        """Stop listening and close open connections. Idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
