@@ -699,3 +699,37 @@ def known_series() -> set[str]:
                 return {name for name, _ in scrape()}
 
     return asyncio.run(collect())
+
+
+# ---------------------------------------------------------------------- MCP requests
+
+
+class Tracer(Agent):
+    """Answers with the correlation id its capability handler runs with."""
+
+    @capability("trace")
+    async def trace(self) -> dict[str, Any]:
+        from flockrt.actors.correlation import correlation_id
+
+        return {"correlationId": correlation_id.get()}
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_each_mcp_request_runs_with_a_correlation_id() -> None:
+    from mcp import Client
+
+    from tests.mcp_support import _http_with_headers, client, flock_config, structured
+
+    async with Flock(flock_config()) as flock:
+        await flock.system.spawn(Tracer, "tracer")
+        url = flock.gateway_url
+        assert url is not None
+        seen = []
+        async with client(url, transport="websocket") as c:
+            for _ in range(2):
+                result = await c.call_tool("request_capability", {"capability": "trace"})
+                seen.append(structured(result)["result"]["correlationId"])
+        assert all(seen) and seen[0] != seen[1]  # a fresh one per request
+        async with Client(_http_with_headers(url, {"Correlation-Id": "from-the-caller"})) as c:
+            result = await c.call_tool("request_capability", {"capability": "trace"})
+            assert structured(result)["result"]["correlationId"] == "from-the-caller"
