@@ -733,3 +733,25 @@ async def test_each_mcp_request_runs_with_a_correlation_id() -> None:
         async with Client(_http_with_headers(url, {"Correlation-Id": "from-the-caller"})) as c:
             result = await c.call_tool("request_capability", {"capability": "trace"})
             assert structured(result)["result"]["correlationId"] == "from-the-caller"
+
+
+async def test_metrics_endpoint_of_a_running_flock_shows_its_series() -> None:
+    """What `curl /metrics` shows: the gateway's listener serves the flock's series."""
+    import aiohttp
+    import msgspec
+
+    from tests.mcp_support import flock_config
+
+    config = msgspec.structs.replace(flock_config(node="served"), metrics=MetricsConfig())
+    async with Flock(config) as flock:
+        await flock.system.spawn(Tracer, "tracer")
+        assert flock.metrics_url is not None
+        async with aiohttp.ClientSession() as http, http.get(flock.metrics_url) as response:
+            assert response.status == 200
+            text = await response.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    running = [
+        s for s in families["flockrt_actors"].samples if s.labels == {"system": "served", "state": "running"}
+    ]
+    assert [s.value for s in running] == [3]  # /root, the gateway's /mcp-agents and the tracer
+    assert "flockrt_mcp_requests" in families
