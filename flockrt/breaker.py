@@ -111,12 +111,19 @@ class CircuitBreaker:
         self._opened_at = None
         self._trial = False
 
-    def record_failure(self) -> None:
-        """The service failed: count it; open the breaker at the threshold (or on a failed trial)."""
+    def record_failure(self) -> bool:
+        """The service failed: count it; open the breaker at the threshold (or on a failed trial).
+
+        Returns:
+            True when this failure opened the breaker (to log or count it once).
+        """
         self._failures += 1
-        if self._trial or self._failures >= self.failure_threshold:
+        opens = self._trial or self._failures >= self.failure_threshold
+        newly = opens and (self._trial or self._opened_at is None)
+        if opens:
             self._opened_at = self._clock()
         self._trial = False
+        return newly
 
     def release(self) -> None:
         """Abandon an admitted trial without a verdict (the call was cancelled, say)."""

@@ -31,18 +31,17 @@ import asyncio
 import logging
 import math
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import httpx2  # the SDK's HTTP client: transport errors in the middle of a stream arrive unwrapped
 
 from flockrt.actors.agent import Agent, capability
+from flockrt.breaker import CircuitBreaker
 from flockrt.builtins import analyze_text
 from flockrt.config import ClaudeConfig
-from flockrt.errors import ClaudeError
+from flockrt.errors import CircuitOpen, ClaudeError
 from flockrt.supervisor.spec import Backoff
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ if TYPE_CHECKING:
 
     from flockrt.config import FlockConfig
 
-__all__ = ["OUTCOMES", "USAGE", "CircuitBreaker", "ClaudeAgent", "ClaudeUsage"]
+__all__ = ["OUTCOMES", "USAGE", "ClaudeAgent", "ClaudeUsage"]
 
 log = logging.getLogger("flockrt.claude")
 
@@ -107,94 +106,6 @@ USAGE = ClaudeUsage()
 """The whole process's Claude usage: the sum over every ClaudeAgent."""
 
 
-class CircuitBreaker:
-    """Stops calling an API that keeps failing, and tries again after a while.
-
-    Closed: calls go through; ``failure_threshold`` failed calls in a row open it. Open: calls
-    are refused (:meth:`admit` raises) until ``reset_timeout`` seconds have passed. Half-open:
-    one trial call goes through; its success closes the breaker, its failure opens it again.
-
-    Minimal and self-contained for the Claude agent; not thread-safe (one event loop).
-
-    Args:
-        failure_threshold: Failed calls in a row that open it.
-        reset_timeout: Seconds it stays open before a trial call.
-        clock: Monotonic seconds (tests pass a fake one).
-    """
-
-    def __init__(
-        self,
-        failure_threshold: int = 5,
-        reset_timeout: float = 30.0,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold!r}")
-        if reset_timeout < 0:
-            raise ValueError(f"reset_timeout must be >= 0 seconds, got {reset_timeout!r}")
-        self.failure_threshold = failure_threshold
-        self.reset_timeout = reset_timeout
-        self.clock = clock
-        self.failures = 0
-        """Failed calls in a row."""
-        self._opened_at: float | None = None
-        self._trial = False  # a half-open trial call is in flight
-
-    @property
-    def state(self) -> Literal["closed", "open", "half_open"]:
-        if self._opened_at is None:
-            return "closed"
-        if self._trial or self.clock() - self._opened_at >= self.reset_timeout:
-            return "half_open"
-        return "open"
-
-    @property
-    def retry_in(self) -> float:
-        """Seconds until a trial call is let through (0 unless open)."""
-        if self._opened_at is None or self._trial:
-            return 0.0
-        return max(self._opened_at + self.reset_timeout - self.clock(), 0.0)
-
-    def admit(self) -> None:
-        """Let a call through, or raise.
-
-        Raises:
-            ClaudeError: ``kind="circuit_open"`` while open, or while a trial call is in flight.
-        """
-        state = self.state
-        if state == "closed":
-            return
-        if state == "half_open" and not self._trial:
-            self._trial = True
-            return
-        wait = f"next try in {self.retry_in:.1f} s" if state == "open" else "a trial call is in flight"
-        raise ClaudeError(
-            f"Claude API circuit open after {self.failures} failed calls in a row; {wait}",
-            kind="circuit_open",
-        )
-
-    def succeeded(self) -> None:
-        """The admitted call got an answer (or a client error: the API is up): close."""
-        self.failures = 0
-        self._opened_at = None
-        self._trial = False
-
-    def failed(self) -> bool:
-        """The admitted call failed; returns True when this opened the breaker."""
-        self.failures += 1
-        was_trial, self._trial = self._trial, False
-        if was_trial or (self._opened_at is None and self.failures >= self.failure_threshold):
-            self._opened_at = self.clock()
-            return True
-        return False
-
-    def abandoned(self) -> None:
-        """The admitted call ended without a verdict (cancelled): free the trial slot."""
-        self._trial = False
-
-
-@dataclass(slots=True)
 class _Call:
     """One piece of work's way through the API: attempts so far and progress reported."""
 
@@ -275,7 +186,11 @@ class ClaudeAgent(Agent):
         self.stream_above = stream_above
         self.progress_interval = progress_interval
         self.backoff = backoff
-        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.breaker = (
+            breaker
+            if breaker is not None
+            else CircuitBreaker("Claude API", failure_threshold=5, reset_timeout=30.0)
+        )
         self.usage = ClaudeUsage()
         """This agent's counters (:data:`USAGE` has the process's totals)."""
         self._client: anthropic.AsyncAnthropic | None = None
@@ -418,22 +333,26 @@ class ClaudeAgent(Agent):
             else (self.progress_listener is not None or limit >= self.stream_above)
         )
         try:
-            self.breaker.admit()
-        except ClaudeError:
+            self.breaker.check()
+        except CircuitOpen as exc:
             self._count("circuit_open")
-            raise
+            raise ClaudeError(
+                f"Claude API circuit open after {self.breaker.failures} failed calls in a row; "
+                f"next try in {max(exc.retry_after, 0.0):.1f} s",
+                kind="circuit_open",
+            ) from None
         try:
             message = await self._call_with_retries(client, request, streamed, _Call())
         except ClaudeError as exc:
             if exc.kind not in _BREAKER_FAILURES:
-                self.breaker.succeeded()  # the API answered: it is up
-            elif self.breaker.failed():
+                self.breaker.record_success()  # the API answered: it is up
+            elif self.breaker.record_failure():
                 self._opened(exc)
             raise
         except BaseException:  # cancelled (or a bug): no verdict on the API's health
-            self.breaker.abandoned()
+            self.breaker.release()
             raise
-        self.breaker.succeeded()
+        self.breaker.record_success()
         return {
             "text": "".join(block.text for block in message.content if block.type == "text"),
             "model": message.model,

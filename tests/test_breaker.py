@@ -25,8 +25,9 @@ def test_opens_after_the_threshold_of_consecutive_failures() -> None:
         breaker.record_failure()
     assert breaker.state is BreakerState.CLOSED
     breaker.check()
-    breaker.record_failure()
+    assert breaker.record_failure() is True  # this one opened it
     assert breaker.state is BreakerState.OPEN
+    assert breaker.record_failure() is False  # a late failure of a call admitted before: still open
     assert not breaker.allows()
     clock.now += 4
     with pytest.raises(CircuitOpen, match=r"circuit breaker for gw is open; next trial in 6\.0 s") as info:
@@ -55,7 +56,7 @@ def test_half_open_admits_one_trial_whose_outcome_decides() -> None:
     breaker.check()  # the trial
     with pytest.raises(CircuitOpen):
         breaker.check()  # a second caller while the trial is out
-    breaker.record_failure()  # the trial failed: open for another full period
+    assert breaker.record_failure() is True  # the trial failed: open for another full period
     assert breaker.state is BreakerState.OPEN
     clock.now += 60
     breaker.check()

@@ -19,8 +19,9 @@ import pytest
 from examples.messages_api import Failure, MessagesApiStandIn
 from flockrt import ActorSystem, ClaudeError, LocalFlock, NoCapableAgent, WorkFailed
 from flockrt.actors.agent import Agent, capability
+from flockrt.breaker import CircuitBreaker
 from flockrt.builtins import AiTaskAgent, analyze_text
-from flockrt.claude import OUTCOMES, USAGE, CircuitBreaker, ClaudeAgent
+from flockrt.claude import OUTCOMES, USAGE, ClaudeAgent
 from flockrt.config import ConfigError, load_config
 from flockrt.supervisor.spec import Backoff
 from tests.conftest import wait_for
@@ -254,25 +255,6 @@ async def test_breaker_opens_after_repeated_failures_then_a_trial_closes_it(
     assert len(api.requests) == 3
 
 
-async def test_a_failed_trial_opens_the_breaker_again() -> None:
-    now = [0.0]
-    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=10.0, clock=lambda: now[0])
-    breaker.admit()
-    assert breaker.failed() is True
-    now[0] = 10.0
-    breaker.admit()  # the trial
-    with pytest.raises(ClaudeError, match="a trial call is in flight"):
-        breaker.admit()
-    assert breaker.failed() is True
-    assert (breaker.state, breaker.retry_in) == ("open", 10.0)
-    now[0] = 20.0
-    breaker.admit()
-    breaker.abandoned()  # a cancelled trial frees the slot without a verdict
-    breaker.admit()
-    breaker.succeeded()
-    assert breaker.state == "closed"
-
-
 async def test_client_errors_do_not_open_the_breaker(flock: LocalFlock, api: MessagesApiStandIn) -> None:
     agent = await start_claude(flock, api, breaker=CircuitBreaker(failure_threshold=1))
     api.fail_next(Failure(401, "invalid x-api-key"))
@@ -405,8 +387,7 @@ async def test_stopping_the_agent_mid_call_fails_the_work_and_frees_the_trial(
 ) -> None:
     now = [0.0]
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, clock=lambda: now[0])
-    breaker.admit()
-    breaker.failed()
+    breaker.record_failure()
     now[0] = 5.0  # half-open: the next call is the trial
     made: list[ClaudeAgent] = []
 
@@ -423,7 +404,7 @@ async def test_stopping_the_agent_mid_call_fails_the_work_and_frees_the_trial(
         await call
     api.hold_stream.set()
     assert breaker.state == "half_open"
-    breaker.admit()  # the cancelled trial left no call in flight behind
+    breaker.check()  # the cancelled trial left no call in flight behind
 
 
 @pytest.mark.parametrize(
