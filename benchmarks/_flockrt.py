@@ -42,10 +42,13 @@ class Crasher(Actor[Any]):
         self.probe.report()
 
 
-async def tell_rate(n: int) -> float:
+async def tell_rate(n: int, system_class: type[ActorSystem] = ActorSystem) -> float:
     """Tell ``n`` messages to one actor (``send`` when the mailbox is full); msgs/s until
-    all are handled, which the final ask confirms."""
-    async with ActorSystem() as system:
+    all are handled, which the final ask confirms.
+
+    ``system_class`` (here and below) lets the metrics suite run the same workload on an
+    instrumented system."""
+    async with system_class() as system:
         ref = await system.spawn(Counter)
         start = time.perf_counter()
         for i in range(n):
@@ -59,8 +62,8 @@ async def tell_rate(n: int) -> float:
     return n / elapsed
 
 
-async def ask_rate(n: int) -> float:
-    async with ActorSystem() as system:
+async def ask_rate(n: int, system_class: type[ActorSystem] = ActorSystem) -> float:
+    async with system_class() as system:
         ref = await system.spawn(Echo)
         start = time.perf_counter()
         for i in range(n):
@@ -68,8 +71,10 @@ async def ask_rate(n: int) -> float:
         return n / (time.perf_counter() - start)
 
 
-async def concurrent_ask_rate(askers: int, per_asker: int) -> float:
-    async with ActorSystem() as system:
+async def concurrent_ask_rate(
+    askers: int, per_asker: int, system_class: type[ActorSystem] = ActorSystem
+) -> float:
+    async with system_class() as system:
         ref = await system.spawn(Echo)
 
         async def asker() -> None:
@@ -81,8 +86,8 @@ async def concurrent_ask_rate(askers: int, per_asker: int) -> float:
         return askers * per_asker / (time.perf_counter() - start)
 
 
-async def spawn_rate(n: int) -> float:
-    async with ActorSystem() as system:
+async def spawn_rate(n: int, system_class: type[ActorSystem] = ActorSystem) -> float:
+    async with system_class() as system:
         start = time.perf_counter()
         for _ in range(n):
             await system.spawn(Echo)
@@ -124,14 +129,16 @@ async def many_actors(n: int, measure: Callable[[], int]) -> dict[str, float]:
     }
 
 
-async def restart_latencies(n: int, warmup: int = 100) -> list[float]:
+async def restart_latencies(
+    n: int, warmup: int = 100, system_class: type[ActorSystem] = ActorSystem
+) -> list[float]:
     """Seconds from telling the crashing message to the restarted instance being ready."""
     probe = Probe()
     spec = ChildSpec(id="crasher", factory=Crasher, args=(probe,))
     supervisor = functools.partial(Supervisor, [spec], max_restarts=10**9, max_seconds=1.0)
     loop = asyncio.get_running_loop()
     latencies = []
-    async with ActorSystem() as system:
+    async with system_class() as system:
         await system.spawn(supervisor, name="sup")
         ref = system.lookup("/sup/crasher")
         assert ref is not None

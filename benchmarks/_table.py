@@ -46,13 +46,21 @@ HEADER = ("workload", "unit", "flockrt", "bare asyncio", "pykka", "flockrt/bare"
 RIGHT = {2, 3, 4, 5}
 
 
-def render(rows: list[Row], *, bare: str = "bare asyncio", pykka: bool = True) -> str:
+def render(
+    rows: list[Row],
+    *,
+    bare: str = "bare asyncio",
+    pykka: bool = True,
+    ours: str = "flockrt",
+    ratio: str = "flockrt/bare",
+) -> str:
     """A Markdown table, padded so that it also reads well in a terminal.
 
     ``bare`` titles the baseline column; ``pykka=False`` leaves the Pykka column out (for suites
-    without that peer, like the NATS bus suite).
+    without that peer, like the NATS bus suite); ``ours`` and ``ratio`` title the measured and
+    the ratio columns (the metrics suite compares flockrt with itself: "metrics on", "on/off").
     """
-    cells = [(*HEADER[:3], bare, *HEADER[4:])]
+    cells = [(*HEADER[:2], ours, bare, HEADER[4], ratio, *HEADER[6:])]
     for row in rows:
         ratio = row.ratio
         cells.append(

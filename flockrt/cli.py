@@ -33,6 +33,7 @@ from typing import Any
 
 from flockrt.config import ConfigError, FlockConfig, load_config
 from flockrt.errors import BusUnavailable, CircuitOpen, FlockError, GatewayUnavailable
+from flockrt.logs import configure_logging
 from flockrt.loop import run as run_on_loop
 from flockrt.mcp.client import FlockClient
 from flockrt.runtime import Flock
@@ -158,12 +159,12 @@ def _parser() -> argparse.ArgumentParser:
         "--json", type=Path, metavar="DIR", help="also write each suite's results to DIR/<suite>.json"
     )
     bench.add_argument(
-        "--loop", choices=("asyncio", "uvloop"), help="event loop of the kernel and bus suites"
+        "--loop", choices=("asyncio", "uvloop"), help="event loop of the kernel, bus and metrics suites"
     )
     return parser
 
 
-BENCH_SUITES = ("kernel", "bus", "gateway")
+BENCH_SUITES = ("kernel", "bus", "gateway", "metrics")
 """The suites of ``benchmarks/`` that ``flockrt bench`` runs, in this order."""
 
 
@@ -212,7 +213,7 @@ def _bench(args: argparse.Namespace) -> int:
         command = [sys.executable, "-m", f"benchmarks.{suite}"]
         if args.quick:
             command.append("--quick")
-        if args.loop and suite in ("kernel", "bus"):
+        if args.loop and suite != "gateway":
             command += ["--loop", args.loop]
         if args.json is not None:
             args.json.mkdir(parents=True, exist_ok=True)
@@ -438,11 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = config.child_specs()
         print(f"{args.config}: ok ({len(specs)} actors under one {config.supervisor.strategy} supervisor)")
         return EXIT_OK
-    logging.basicConfig(
-        level=config.runtime.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    runtime = config.runtime
+    configure_logging(runtime.log_level, format=runtime.log_format, log_dir=runtime.log_dir or None)
     try:
         return run_on_loop(_serve_until_signalled(config), config.runtime.loop)
     except FlockError as exc:

@@ -72,6 +72,11 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
     prefix_agent_ids: bool = False
     """Name every agent ``<name>-<id>``, so that nodes started from one config with different
     names (AGENT_ID) do not claim the same agent ids in a shared flock."""
+    log_format: Literal["text", "json"] = "text"
+    """``text``: one line per record; ``json``: one JSON object per line. Both carry the
+    correlation id and agent of the record."""
+    log_dir: str = ""
+    """A directory for one log file per agent (``<agent id>.log``); "" = none."""
 
 
 class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):

@@ -17,11 +17,14 @@ import itertools
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flockrt.actors.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work
+from flockrt.actors.correlation import correlation_id, new_correlation_id
+from flockrt.actors.histogram import WORK_BUCKETS, Histogram
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus.directory import AgentInfo, Directory, StatusFilter
@@ -38,7 +41,7 @@ from flockrt.errors import MailboxFull, NoCapableAgent, UnknownAgent, WorkFailed
 from flockrt.supervisor.spec import ChildSpec, Restart
 from flockrt.supervisor.supervisor import Supervisor
 
-__all__ = ["PRIORITIES", "LocalFlock"]
+__all__ = ["PRIORITIES", "LocalFlock", "WorkStats"]
 
 log = logging.getLogger("flockrt.flock")
 
@@ -61,6 +64,35 @@ class _Member:
     @property
     def load(self) -> float:
         return self.running / self.card.max_concurrent_tasks
+
+
+class WorkStats:
+    """Outcomes and durations of the work this process's agents did, for the metrics layer.
+
+    Keys are ``(kind, key)``: ``("task", task_type)`` or ``("capability", name)``; only skills
+    a local agent offers get here, so the set of keys stays as small as the flock's skills.
+
+    Attributes:
+        outcomes: Finished work per ``(kind, key, outcome)``; outcome is ``ok``, ``error`` (the
+            handler raised), ``timeout`` (a capability request's requester stopped waiting) or
+            ``cancelled`` (the requester went away, or a task was cancelled).
+        durations: Seconds from submission to outcome (queueing included) per ``(kind, key)``.
+    """
+
+    __slots__ = ("bounds", "durations", "outcomes")
+
+    def __init__(self, bounds: tuple[float, ...] = WORK_BUCKETS) -> None:
+        self.bounds = bounds
+        self.outcomes: Counter[tuple[str, str, str]] = Counter()
+        self.durations: dict[tuple[str, str], Histogram] = {}
+
+    def record(self, kind: str, key: str, outcome: str, seconds: float) -> None:
+        """Count one finished piece of work."""
+        self.outcomes[kind, key, outcome] += 1
+        histogram = self.durations.get((kind, key))
+        if histogram is None:
+            histogram = self.durations[kind, key] = Histogram(self.bounds)
+        histogram.observe(seconds)
 
 
 class LocalFlock(AgentPort):
@@ -101,6 +133,9 @@ class LocalFlock(AgentPort):
         self._id_prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
         self._result_listeners: list[Callable[[TaskResult], None]] = []
+        self.work_stats: WorkStats | None = None
+        """Set (by the metrics layer) to count tasks and capability requests by outcome and
+        time them; None costs the dispatcher one attribute check."""
         system.register_extension(AgentPort, self)
 
     # ------------------------------------------------------------------ AgentPort
@@ -242,9 +277,16 @@ class LocalFlock(AgentPort):
         """
         started = time.monotonic()
         work = self._dispatch("task", task.type, task, PRIORITIES[task.priority], progress)
+        if work.correlation_id is None:
+            work.correlation_id = task.id  # what task.result carries too
         result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
         work.future.add_done_callback(lambda _: self._task_finished(task, work, started, result))
         return result
+
+    @property
+    def queued_work(self) -> int:
+        """Tasks and capability requests waiting for a free local agent."""
+        return sum(len(queue) for queue in self._queues.values())
 
     def has_skill(self, kind: str, key: str) -> bool:
         """Whether an agent of this process offers this capability ("capability") or task type ("task")."""
@@ -282,7 +324,8 @@ class LocalFlock(AgentPort):
             message=message,
             type=type,
             metadata=metadata,
-            correlation_id=uuid.uuid4().hex if type == "query" else None,
+            # A query's answer is matched by it; any message carries the current one on.
+            correlation_id=new_correlation_id() if type == "query" else correlation_id.get(),
         )
         if type == "query":
             answer = await member.card.ref.ask(direct, timeout=timeout)
@@ -386,6 +429,7 @@ class LocalFlock(AgentPort):
             raise NoCapableAgent(kind, key)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         work = Work(kind, key, payload, future, priority, progress=progress)  # type: ignore[arg-type]
+        work.correlation_id = correlation_id.get()
         heapq.heappush(self._queues.setdefault(skill, []), (priority, next(self._order), work))
         self._pump(skill)
         return work
@@ -427,10 +471,28 @@ class LocalFlock(AgentPort):
         return best
 
     async def _wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:
+        # Capability requests are counted and timed here, where every one of them (local or
+        # from NATS) is awaited: a done-callback would cost a loop turn per request.
+        stats = self.work_stats if kind == "capability" else None
+        if stats is None:
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise WorkTimeout(kind, key, timeout or 0.0) from None
+        started = time.monotonic()
+        outcome = "error"
         try:
-            return await asyncio.wait_for(future, timeout)
+            result = await asyncio.wait_for(future, timeout)
+            outcome = "ok"
+            return result
         except TimeoutError:
+            outcome = "timeout"
             raise WorkTimeout(kind, key, timeout or 0.0) from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            stats.record(kind, key, outcome, time.monotonic() - started)
 
     def _task_finished(
         self, task: TaskMessage, work: Work, started: float, result: asyncio.Future[TaskResult]
@@ -457,6 +519,10 @@ class LocalFlock(AgentPort):
             outcome = TaskResult(
                 task_id=task.id, result=done.result(), processed_by=work.agent_id, duration_ms=duration_ms
             )
+        stats = self.work_stats
+        if stats is not None:
+            status = "cancelled" if done.cancelled() else outcome.status
+            stats.record("task", task.type, status, duration_ms / 1000)
         for listener in list(self._result_listeners):
             try:
                 listener(outcome)

@@ -1,10 +1,11 @@
 """Flock: everything a config describes, started in order and stopped in reverse.
 
 Start order: the embedded nats-server (if ``nats.url = "embedded"``), the NATS connection, the
-actor system, the flock (over NATS, or in-process without a ``[nats]`` section), then the root
-supervisor and its agents, and last the web listener (the MCP gateway with ``/metrics``, or
-``/metrics`` alone). Stop order is the reverse, so outside clients are let go first and agents
-finish their in-flight work and say goodbye while NATS is still there.
+actor system, the flock (over NATS, or in-process without a ``[nats]`` section), its metrics
+(with ``[metrics]`` enabled), then the root supervisor and its agents, and last the web listener
+(the MCP gateway with ``/metrics``, or ``/metrics`` alone). Stop order is the reverse, so
+outside clients are let go first and agents finish their in-flight work and say goodbye while
+NATS is still there.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flockrt.bus.flock import NatsFlock
 from flockrt.config import FlockConfig
 from flockrt.local import LocalFlock
 from flockrt.mcp.gateway import Gateway
+from flockrt.metrics import Instrumentation, instrument
 from flockrt.supervisor.supervisor import Supervisor
 from flockrt.web import WebServer, build_app
 
@@ -47,6 +49,8 @@ class Flock:
         self.flock: LocalFlock | None = None
         """The flock (a NatsFlock with a ``[nats]`` section), once started."""
         self.root: ActorRef[object] | None = None
+        self.metrics: Instrumentation | None = None
+        """This flock's series in ``flockrt.metrics.REGISTRY``, while ``[metrics]`` is enabled."""
         self.gateway: Gateway | None = None
         """The MCP gateway (with an enabled ``[mcp]`` section), once started."""
         self.web: WebServer | None = None
@@ -123,6 +127,9 @@ class Flock:
         else:
             self.flock = LocalFlock(self.system, node=runtime.name)
             log.info("no [nats] section: the flock stays in this process")
+        if config.metrics is not None and config.metrics.enabled:
+            self.metrics = instrument(self.system, flock=self.flock, bus=self.bus, label=runtime.name)
+            log.info("metrics on: flockrt_* series labelled system=%r", self.metrics.label)
         tree = config.supervisor
         self.root = await self.system.spawn(
             functools.partial(
@@ -156,16 +163,20 @@ class Flock:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop in reverse order; ``timeout`` bounds the actors' graceful stop. Idempotent."""
-        if self.gateway is not None:
-            await self.gateway.close()
-        if self.web is not None:
-            await self.web.stop()
-        await self.system.shutdown(
-            timeout=timeout if timeout is not None else self.config.runtime.shutdown_timeout
-        )
-        if isinstance(self.flock, NatsFlock):
-            await self.flock.close()
-        if self.bus is not None:
-            await self.bus.close()
-        if self.server is not None:
-            await self.server.stop()
+        try:
+            if self.gateway is not None:
+                await self.gateway.close()
+            if self.web is not None:
+                await self.web.stop()
+            await self.system.shutdown(
+                timeout=timeout if timeout is not None else self.config.runtime.shutdown_timeout
+            )
+            if isinstance(self.flock, NatsFlock):
+                await self.flock.close()
+            if self.bus is not None:
+                await self.bus.close()
+            if self.server is not None:
+                await self.server.stop()
+        finally:
+            if self.metrics is not None:  # its series leave the registry however the stop went
+                self.metrics.close()

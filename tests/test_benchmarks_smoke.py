@@ -16,6 +16,7 @@ import pytest
     [
         ("kernel", ["| 1 tell, 1 actor"]),
         ("bus", ["| 1 fan-out ", "| 3 capability, 100 requesters"]),
+        ("metrics", ["| 1 tell, 1 actor", "| 3 ask, 100 askers", "| observe 20 us"]),
         (
             "gateway",
             [
@@ -46,4 +47,4 @@ def test_bench_names_an_unknown_suite() -> None:
         [sys.executable, "-m", "flockrt", "bench", "kernal"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "unknown suite 'kernal'; expected kernel, bus, gateway" in result.stderr
+    assert "unknown suite 'kernal'; expected kernel, bus, gateway, metrics" in result.stderr

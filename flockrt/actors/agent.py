@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
 from flockrt.actors.actor import Actor
+from flockrt.actors.correlation import correlation_id, current_agent
 from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
 from flockrt.bus.subjects import check_token
 from flockrt.errors import NoCapableAgent, WorkFailed
@@ -101,6 +102,8 @@ class Work:
     enqueued: float = field(default_factory=time.monotonic)
     agent_id: str = ""
     """Who it was handed to (set by the flock)."""
+    correlation_id: str | None = None
+    """The correlation id of the request, set again while the agent's handler runs."""
     progress: ProgressCallback | None = None
     """Where the handler's :meth:`Agent.report_progress` goes (None: nobody listens)."""
 
@@ -372,7 +375,14 @@ class Agent(Actor[Any]):
             if self._port is not None:
                 self._port.agent_heartbeat(self.heartbeat())
         elif isinstance(message, DirectMessage):
-            return await self.on_message(message)
+            # The receive loop's context outlives this message: set, then reset.
+            agent = current_agent.set(self.agent_id)
+            correlation = correlation_id.set(message.correlation_id)
+            try:
+                return await self.on_message(message)
+            finally:
+                correlation_id.reset(correlation)
+                current_agent.reset(agent)
         elif isinstance(message, Broadcast):
             await self.on_broadcast(message)
         elif isinstance(message, AgentEvent):
@@ -398,6 +408,9 @@ class Agent(Actor[Any]):
         task.add_done_callback(self._running.discard)
 
     async def _run(self, work: Work, method: Callable[..., Coroutine[Any, Any, Any]]) -> None:
+        # Its own task, so its own context: no reset needed.
+        current_agent.set(self.agent_id)
+        correlation_id.set(work.correlation_id)
         _current_work.set(work)  # this task's own context: seen by this handler only
         unfollow = _follow_requester(work)
         try:

@@ -198,6 +198,7 @@ class ActorContext(Generic[M]):
         self._sysq = None
         self._scheduled = False
         self._state = STARTING
+        system._states[STARTING] += 1
         self._closed = False
         self._task = None
         self._stop_task = None
@@ -550,7 +551,7 @@ class ActorContext(Generic[M]):
         if self._closed:  # asked to stop while draining: stop now, with the error as reason
             self._begin_termination(error)
             return
-        self._state = SUSPENDED
+        self._set_state(SUSPENDED)
         self._cancel_timers()
         parent = self._parent
         if parent is None:
@@ -586,7 +587,7 @@ class ActorContext(Generic[M]):
         """Stop for good: children (reverse order), then on_stop, then finalize."""
         if self._state >= STOPPING:
             return
-        self._state = STOPPING
+        self._set_state(STOPPING)
         self._closed = True
         actor = self._actor
         if (
@@ -647,7 +648,7 @@ class ActorContext(Generic[M]):
         """Brutal stop: cancel whatever runs for this actor and finalize at once."""
         if self._state == STOPPED:
             return
-        self._state = STOPPING
+        self._set_state(STOPPING)
         self._closed = True
         current = asyncio.current_task()
         for task in (self._task, self._stop_task):
@@ -659,7 +660,7 @@ class ActorContext(Generic[M]):
         """The actor is gone: release everything, tell watchers and the parent. Idempotent."""
         if self._state == STOPPED:
             return
-        self._state = STOPPED
+        self._set_state(STOPPED)
         self._closed = True
         self._reason = reason
         system = self._system
@@ -711,6 +712,13 @@ class ActorContext(Generic[M]):
         if isinstance(reason, BaseException) or reason == "killed":
             log.info("actor %s stopped: %r", self.path, reason)
 
+    def _set_state(self, state: int) -> None:
+        """Change state, keeping the system's actors-by-state counts (read by metrics) exact."""
+        states = self._system._states
+        states[self._state] -= 1
+        states[state] += 1
+        self._state = state
+
     def _cancel_timers(self) -> None:
         timers, self._timers = self._timers, None
         if timers:
@@ -746,7 +754,7 @@ class ActorContext(Generic[M]):
         if pending is not None:
             await pending
         if self._state < STOPPING:
-            self._state = RUNNING
+            self._set_state(RUNNING)
             if (self._mailbox or self._sysq) and not self._scheduled:
                 self._activate()
             elif self._closed:
@@ -755,7 +763,7 @@ class ActorContext(Generic[M]):
     async def _quiesce(self, timeout: float | None) -> None:
         """Stop taking messages (they stay queued); let the one in flight finish or cancel it."""
         if self._state == RUNNING:
-            self._state = SUSPENDED
+            self._set_state(SUSPENDED)
         task = self._task
         if task is None or task is asyncio.current_task():
             return
@@ -793,7 +801,7 @@ class ActorContext(Generic[M]):
         await self._teardown(self._shutdown_timeout)
         if self._state >= STOPPING:
             return
-        self._state = SUSPENDED
+        self._set_state(SUSPENDED)
         self._restarts += 1
         await self._start_instance(error)
 

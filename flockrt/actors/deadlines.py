@@ -25,11 +25,13 @@ _Slot = dict["asyncio.Future[Any]", tuple["ActorRef[Any]", float]]
 class AskDeadlines:
     """Expires ask futures with AskTimeout; one per actor system."""
 
-    __slots__ = ("_loop", "_slots")
+    __slots__ = ("_loop", "_slots", "expired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._slots: dict[int, _Slot] = {}
+        self.expired = 0
+        """Asks failed with AskTimeout so far."""
 
     def add(self, future: asyncio.Future[Any], ref: ActorRef[Any], timeout: float) -> int:
         """Fail ``future`` with AskTimeout after ``timeout`` s unless it is done; returns a key
@@ -53,4 +55,5 @@ class AskDeadlines:
         if slot:
             for future, (ref, timeout) in slot.items():
                 if not future.done():
+                    self.expired += 1
                     future.set_exception(AskTimeout(ref, timeout))

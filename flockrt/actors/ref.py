@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from flockrt.actors.messages import StopReason, _Ask
@@ -116,6 +117,18 @@ class ActorRef(Generic[M]):
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"ask timeout must be >= 0 seconds or None, got {timeout!r}")
         system = cell._system
+        latency = system.ask_latency
+        started = 0.0
+        if latency is not None:
+            # Metrics on: time one ask in ask_sampling; timing them all (two clock reads and a
+            # bisect) cost 13% of the CPU time of 100 concurrent askers.
+            countdown = system._ask_countdown - 1
+            if countdown:
+                system._ask_countdown = countdown
+                latency = None
+            else:
+                system._ask_countdown = system.ask_sampling
+                started = perf_counter()
         future: asyncio.Future[Any] = system._loop.create_future()
         key = system._ask_deadlines.add(future, self, timeout) if timeout is not None else 0
         try:
@@ -142,6 +155,8 @@ class ActorRef(Generic[M]):
         finally:
             if timeout is not None:
                 system._ask_deadlines.discard(key, future)
+            if latency is not None:
+                latency.observe(perf_counter() - started)
 
     def stop(self) -> asyncio.Future[StopReason]:
         """Ask the actor to stop gracefully.

@@ -12,8 +12,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from flockrt.actors.actor import Actor
-from flockrt.actors.context import RUNNING, ActorContext
+from flockrt.actors.context import RUNNING, STATE_NAMES, ActorContext
 from flockrt.actors.deadlines import AskDeadlines
+from flockrt.actors.histogram import Histogram
 from flockrt.actors.ref import ActorRef
 from flockrt.errors import ActorNameTaken, ActorStartFailed, ActorStopped, SystemStopped
 
@@ -37,6 +38,12 @@ class SystemStats:
         restarts: Actor restarts made by supervisors.
         dead_letters: Messages that could not be delivered (also logged at debug level).
         mailbox_overflows: ``tell`` calls refused with MailboxFull, plus dropped timer ticks.
+        ask_timeouts: Asks that failed with AskTimeout.
+        starting: Live actors running ``on_start`` (or ``on_restart``).
+        running: Live actors taking messages.
+        suspended: Live actors that failed and wait for their supervisor, or are restarting.
+        stopping: Live actors on their way out (draining, ``on_stop``).
+        stopped: Actors that have ended, in all.
     """
 
     live: int
@@ -45,6 +52,21 @@ class SystemStats:
     restarts: int
     dead_letters: int
     mailbox_overflows: int
+    ask_timeouts: int = 0
+    starting: int = 0
+    running: int = 0
+    suspended: int = 0
+    stopping: int = 0
+    stopped: int = 0
+
+    def by_state(self) -> dict[str, int]:
+        """Live actors per state name (starting, running, suspended, stopping)."""
+        return {
+            "starting": self.starting,
+            "running": self.running,
+            "suspended": self.suspended,
+            "stopping": self.stopping,
+        }
 
 
 class _Guardian(Actor[Any]):
@@ -116,6 +138,18 @@ class ActorSystem:
         self._restarts = 0
         self._dead_letters = 0
         self._mailbox_overflows = 0
+        # Actors per state (indexed like STATE_NAMES), kept by ActorContext._set_state; the
+        # guardian is in them too and taken out by stats().
+        self._states = [0] * len(STATE_NAMES)
+        self.ask_latency: Histogram | None = None
+        """When set (the metrics layer does), ask durations are observed here, timeouts and
+        failures included: one ask in :attr:`ask_sampling` (the first, the ninth...). None (the
+        default) costs the ask path one attribute check."""
+        self.ask_sampling = 8
+        """Time one ask in this many (1: every ask). Timing costs two clock reads and a bisect,
+        about 0.3 us, 13% of the CPU time of 100 concurrent askers; a 1-in-8 sample keeps the
+        quantiles at a fraction of that."""
+        self._ask_countdown = 1
         self._extensions: dict[type[Any], Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -144,7 +178,7 @@ class ActorSystem:
             guardian = ActorContext._create(self, None, None, 0, _Guardian, (), 1, None)
             guardian._actor = _Guardian()
             guardian._actor._context = guardian
-            guardian._state = RUNNING
+            guardian._set_state(RUNNING)
             self._guardian = guardian
         return guardian
 
@@ -314,7 +348,12 @@ class ActorSystem:
         return self._dead_letters
 
     def stats(self) -> SystemStats:
-        """A snapshot of the system's counters."""
+        """A snapshot of the system's counters (O(1): nothing walks the tree)."""
+        states = list(self._states)
+        if self._guardian is not None:
+            states[self._guardian._state] -= 1  # the root actor is not one of the user's
+        starting, running, suspended, stopping, stopped = states
+        deadlines = self._ask_deadlines
         return SystemStats(
             live=self._live,
             processed=self._processed,
@@ -322,6 +361,12 @@ class ActorSystem:
             restarts=self._restarts,
             dead_letters=self._dead_letters,
             mailbox_overflows=self._mailbox_overflows,
+            ask_timeouts=deadlines.expired if deadlines is not None else 0,
+            starting=starting,
+            running=running,
+            suspended=suspended,
+            stopping=stopping,
+            stopped=stopped,
         )
 
     def snapshot(self) -> dict[str, Any]:

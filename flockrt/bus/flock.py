@@ -39,6 +39,7 @@ import msgspec
 
 from flockrt._version import __version__
 from flockrt.actors.agent import AgentCard, ProgressCallback
+from flockrt.actors.correlation import correlation_id as current_correlation
 from flockrt.actors.system import ActorSystem
 from flockrt.bus import remote, subjects
 from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
@@ -428,7 +429,7 @@ class NatsFlock(LocalFlock):
             task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
         )
         subject = subjects.tasks(task_type)
-        headers = {CORRELATION_HEADER: task.id}
+        headers = {CORRELATION_HEADER: current_correlation.get() or task.id}
         if self.durable is not None:
             return await self._submit_durably(task, wait=wait, timeout=timeout)
         if not self.bus.connected and self.has_skill("task", task_type):
@@ -679,6 +680,7 @@ class NatsFlock(LocalFlock):
         correlation = message.headers.get(CORRELATION_HEADER)
         if correlation and correlation != task.id:
             self._correlations[task.id] = correlation
+        token = current_correlation.set(correlation or task.id)  # for the work and its logs
         try:
             result = self.start_task(task)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
@@ -687,6 +689,8 @@ class NatsFlock(LocalFlock):
             if message.reply:
                 await self._publish(message.reply, failed, message.headers)
             return
+        finally:
+            current_correlation.reset(token)
         if message.reply:
             reply, headers = message.reply, dict(message.headers)
             result.add_done_callback(
@@ -702,6 +706,8 @@ class NatsFlock(LocalFlock):
         self._spawn(self._answer_capability(message, request))
 
     async def _answer_capability(self, message: Message, request: CapabilityRequest) -> None:
+        # Its own task: the id set here reaches the agent's work and its logs, nothing else.
+        current_correlation.set(message.headers.get(CORRELATION_HEADER) or request.correlation_id)
         response: CapabilityResponse
         try:
             work = self._dispatch("capability", request.capability, request.parameters, 1)

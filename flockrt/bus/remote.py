@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from flockrt.actors.correlation import new_correlation_id
 from flockrt.bus import subjects
 from flockrt.bus.connection import NatsConnection
 from flockrt.bus.schema import CapabilityRequest, CapabilityResponse, Codec, DirectMessage
@@ -48,7 +49,7 @@ async def request_capability(
         ValueError: ``capability`` cannot be a subject token.
     """
     subject = subjects.capability(capability)
-    correlation_id = uuid.uuid4().hex
+    correlation_id = new_correlation_id()  # the current one travels on
     request = CapabilityRequest(
         capability=capability,
         parameters=parameters,
@@ -95,7 +96,7 @@ async def send_direct(
         ValueError: ``to`` cannot be a subject token.
     """
     subject = subjects.inbox(to)
-    correlation_id = uuid.uuid4().hex
+    correlation_id = new_correlation_id()  # the current one travels on
     direct = DirectMessage(
         id=uuid.uuid4().hex,
         sender=sender,

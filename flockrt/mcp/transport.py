@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from flockrt.actors.correlation import correlation
+from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.mcp import observe
 from flockrt.mcp.auth import Principal, Unauthorized, origin_allowed
 from flockrt.mcp.gateway import Gateway
@@ -162,6 +164,13 @@ async def _dispatch_frame(session: Session, data: str, send: Notify) -> None:
 
 async def _serve_request(session: Session, incoming: Incoming, send: Notify, started: float) -> None:
     """Handle one request of a WebSocket session and send its answer (none if cancelled)."""
+    with correlation():  # the flock work this request starts, and its logs, carry one id
+        await _serve_request_correlated(session, incoming, send, started)
+
+
+async def _serve_request_correlated(
+    session: Session, incoming: Incoming, send: Notify, started: float
+) -> None:
     try:
         response = await session.handle(incoming, send)
     except JsonRpcError as exc:
@@ -209,7 +218,9 @@ async def handle_post(gateway: Gateway, request: web.Request) -> web.StreamRespo
     started = time.perf_counter()
     note = _Note()
     try:
-        response = await _handle_post(gateway, request, note)
+        # aiohttp serves a keep-alive connection's requests in one task: set, then reset.
+        with correlation(request.headers.get(CORRELATION_HEADER)):
+            response = await _handle_post(gateway, request, note)
     except web.HTTPException as exc:
         observe.request(note.method, _STATUS_OUTCOMES.get(exc.status, "invalid"), started)
         raise

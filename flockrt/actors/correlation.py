@@ -1,0 +1,53 @@
+"""Context variables that say which request and which agent the running code works for.
+
+Logs read them (``flockrt.logs``) so that every record carries the correlation id of the task,
+capability request, query or MCP call it belongs to, and the agent it ran in. They travel:
+
+- from a NATS message's ``Correlation-Id`` header into the work it starts, and from there into
+  what that work sends on (capability requests, direct messages, results);
+- through the flock's dispatcher: the id current when work is submitted is stored on the
+  :class:`~flockrt.Work` and set again in the agent's task that runs it;
+- into a query's handler, from the DirectMessage's ``correlation_id``.
+
+Actor mailboxes do not carry them (a context var set by a sender would otherwise leak into
+whatever the receiving actor handles next); agents set them per piece of work instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+__all__ = ["correlation", "correlation_id", "current_agent", "new_correlation_id"]
+
+correlation_id: ContextVar[str | None] = ContextVar("flockrt_correlation_id", default=None)
+"""The correlation id of the request being worked on, or None."""
+
+current_agent: ContextVar[str | None] = ContextVar("flockrt_current_agent", default=None)
+"""The id of the agent whose code is running, or None (per-agent log files use it)."""
+
+
+def new_correlation_id() -> str:
+    """A fresh id: the current one if there is one (so it travels on), else a random one."""
+    return correlation_id.get() or uuid.uuid4().hex
+
+
+@contextlib.contextmanager
+def correlation(value: str | None = None) -> Iterator[str]:
+    """Run the block with ``value`` (default: a fresh random id) as the correlation id.
+
+    For edges that start a request: an MCP call, a CLI command, a test.
+
+    Example::
+
+        with correlation("req-42"):
+            await flock.request_capability("echo", "hi")  # its logs and headers carry req-42
+    """
+    value = value or uuid.uuid4().hex
+    token = correlation_id.set(value)
+    try:
+        yield value
+    finally:
+        correlation_id.reset(token)
