@@ -23,6 +23,7 @@ from flockrt.actors import (
 )
 from flockrt.breaker import BreakerState, CircuitBreaker
 from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, TaskMessage, TaskResult
+from flockrt.config import ConfigError, FlockConfig, load_config
 from flockrt.errors import (
     ActorFailed,
     ActorNameTaken,
@@ -51,6 +52,7 @@ from flockrt.errors import (
 from flockrt.local import LocalFlock
 from flockrt.mcp import AgentDisconnected, Gateway, GatewayConfigError, OutsideAgent
 from flockrt.mcp.client import FlockClient
+from flockrt.runtime import Flock
 from flockrt.supervisor import (
     Backoff,
     ChildCounts,
@@ -91,9 +93,12 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpen",
     "ClaudeError",
+    "ConfigError",
     "DirectMessage",
     "DynamicSupervisor",
+    "Flock",
     "FlockClient",
+    "FlockConfig",
     "FlockError",
     "Gateway",
     "GatewayConfigError",
@@ -126,4 +131,5 @@ __all__ = [
     "WorkTimeout",
     "capability",
     "handles_task",
+    "load_config",
 ]

@@ -13,17 +13,26 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+import msgspec
+
+from flockrt.actors.agent import Agent
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus.connection import NatsConnection
+from flockrt.bus.directory import AgentInfo, StatusFilter
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
-from flockrt.config import FlockConfig
+from flockrt.bus.schema import Priority, TaskResult
+from flockrt.config import FlockConfig, NatsConfig, load_config
+from flockrt.errors import FlockError
 from flockrt.local import LocalFlock
 from flockrt.mcp.gateway import Gateway
 from flockrt.metrics import Instrumentation, instrument
+from flockrt.supervisor.spec import Restart
 from flockrt.supervisor.supervisor import Supervisor
 from flockrt.web import WebServer, build_app
 
@@ -33,15 +42,35 @@ log = logging.getLogger("flockrt.runtime")
 
 
 class Flock:
-    """A running flock built from a :class:`~flockrt.config.FlockConfig`.
+    """A running flock: built from a config file, a :class:`~flockrt.config.FlockConfig`, or
+    a few keywords, and used directly for the common operations (the full API is on
+    :attr:`flock`, a :class:`~flockrt.LocalFlock` or, over NATS, a ``NatsFlock``).
 
     Example::
 
-        async with Flock(load_config("configs/flock.toml")) as flock:
-            print(await flock.flock.request_capability("text-analysis", {"text": "hi there"}))
+        async with Flock(nats="embedded") as flock:          # or Flock.from_config(path)
+            await flock.spawn_pool(Analyst, count=4)
+            print(await flock.request_capability("text-analysis", {"text": "hi there"}))
+
+    Args:
+        config: Everything (default: an empty flock named ``flock``, in-process).
+        nats: Shorthand for a ``[nats]`` section with this URL; ``"embedded"`` starts a
+            nats-server on a free port.
+        name: Shorthand for ``[runtime] name`` (the node's name).
     """
 
-    def __init__(self, config: FlockConfig) -> None:
+    def __init__(
+        self, config: FlockConfig | None = None, *, nats: str | None = None, name: str | None = None
+    ) -> None:
+        config = config if config is not None else FlockConfig()
+        if nats is not None:
+            # An embedded server of its own takes a free port unless the config names one.
+            base = config.nats or NatsConfig(port=0 if nats == "embedded" else NatsConfig().port)
+            config = msgspec.structs.replace(config, nats=msgspec.structs.replace(base, url=nats))
+        if name is not None:
+            config = msgspec.structs.replace(
+                config, runtime=msgspec.structs.replace(config.runtime, name=name)
+            )
         self.config = config
         self.server: EmbeddedNats | None = None
         self.bus: NatsConnection | None = None
@@ -55,6 +84,12 @@ class Flock:
         """The MCP gateway (with an enabled ``[mcp]`` section), once started."""
         self.web: WebServer | None = None
         """The HTTP listener: the gateway's, or the metrics-only one."""
+
+    @classmethod
+    def from_config(cls, path: str | Path, env: dict[str, str] | None = None) -> Flock:
+        """The flock a TOML file describes, with the environment overrides applied (see
+        :func:`~flockrt.config.load_config`, which raises ConfigError naming a bad key)."""
+        return cls(load_config(path, env))
 
     @property
     def nats_url(self) -> str | None:
@@ -180,3 +215,53 @@ class Flock:
         finally:
             if self.metrics is not None:  # its series leave the registry however the stop went
                 self.metrics.close()
+
+    # ------------------------------------------------------------------ the common operations
+
+    @property
+    def running(self) -> LocalFlock:
+        """The started flock; raises FlockError before :meth:`start` (or after a failed one)."""
+        if self.flock is None:
+            raise FlockError("the flock is not started: use 'async with Flock(...)' or await start()")
+        return self.flock
+
+    async def spawn_pool(
+        self, agent_class: type[Agent], count: int, *, restart: Restart = "permanent", **options: Any
+    ) -> ActorRef[Any]:
+        """Start ``count`` agents of ``agent_class`` under a supervisor of their own (see
+        :meth:`flockrt.LocalFlock.spawn_pool`)."""
+        return await self.running.spawn_pool(agent_class, count, restart=restart, **options)
+
+    async def request_capability(
+        self, capability: str, parameters: Any = None, *, timeout: float = 30.0
+    ) -> Any:
+        """Have a capable agent, here or in another process, do ``capability``."""
+        return await self.running.request_capability(capability, parameters, timeout=timeout)
+
+    async def submit(
+        self,
+        task_type: str,
+        data: Any = None,
+        *,
+        priority: Priority = "medium",
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> TaskResult | str:
+        """Submit a task; its id, or with ``wait`` its :class:`~flockrt.TaskResult`."""
+        return await self.running.submit(task_type, data, priority=priority, wait=wait, timeout=timeout)
+
+    async def send_message(
+        self, to: str, message: Any, *, type: str = "command", timeout: float = 30.0
+    ) -> Any:
+        """A direct message to agent ``to``; a ``query`` returns its answer."""
+        return await self.running.send_message(to, message, type=type, timeout=timeout)
+
+    def list_agents(self, status: StatusFilter = "online", capability: str | None = None) -> list[AgentInfo]:
+        """The agents this process knows of, by status and capability."""
+        return self.running.list_agents(status, capability)
+
+    async def wait_for_agents(
+        self, count: int, *, capability: str | None = None, timeout: float = 10.0
+    ) -> list[AgentInfo]:
+        """Wait until ``count`` agents (with ``capability``) are online, here or elsewhere."""
+        return await self.running.wait_for_agents(count, capability=capability, timeout=timeout)

@@ -38,8 +38,9 @@ from typing import Any, TypeVar
 import msgspec
 
 from flockrt._version import __version__
-from flockrt.actors.agent import AgentCard, ProgressCallback
+from flockrt.actors.agent import Agent, AgentCard, ProgressCallback
 from flockrt.actors.correlation import correlation_id as current_correlation
+from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus import remote, subjects
 from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
@@ -74,6 +75,7 @@ from flockrt.errors import (
     WorkTimeout,
 )
 from flockrt.local import LocalFlock
+from flockrt.supervisor.spec import Restart
 
 __all__ = ["CORRELATION_HEADER", "NatsFlock"]
 
@@ -187,6 +189,21 @@ class NatsFlock(LocalFlock):
             except BusUnavailable:
                 log.warning("NATS unreachable: the durable task stream is set up once it is back")
         self._schedule_sweep()
+
+    async def spawn_pool(
+        self,
+        agent_class: type[Agent],
+        count: int,
+        *,
+        id_prefix: str | None = None,
+        restart: Restart = "permanent",
+        **options: Any,
+    ) -> ActorRef[Any]:
+        """:meth:`LocalFlock.spawn_pool`, returning once the agents are subscribed and announced
+        on NATS, so that work submitted right after (from any process) finds them."""
+        pool = await super().spawn_pool(agent_class, count, id_prefix=id_prefix, restart=restart, **options)
+        await self.flush()
+        return pool
 
     async def flush(self) -> None:
         """Wait until what this flock queued for NATS (announcements, subscriptions of newly
