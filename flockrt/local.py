@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flockrt.actors.agent import Agent, AgentCard, AgentPort, Work
+from flockrt.actors.agent import Agent, AgentCard, AgentPort, Work, WorkDone
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus.directory import AgentInfo, Directory, StatusFilter
@@ -160,8 +160,9 @@ class LocalFlock(AgentPort):
             WorkTimeout: no answer within ``timeout`` seconds.
             WorkFailed: the agent's handler raised (the cause is attached).
         """
-        work = self._dispatch("capability", capability, parameters, PRIORITIES["medium"])
-        return await self._wait(work.future, "capability", capability, timeout)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._dispatch(Work("capability", capability, parameters, future, PRIORITIES["medium"]))
+        return await self._wait(future, "capability", capability, timeout)
 
     async def submit(
         self,
@@ -227,11 +228,30 @@ class LocalFlock(AgentPort):
         Raises:
             NoCapableAgent: no agent of this process handles the task's type.
         """
-        started = time.monotonic()
-        work = self._dispatch("task", task.type, task, PRIORITIES[task.priority])
         result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        work.future.add_done_callback(lambda _: self._task_finished(task, work, started, result))
+
+        def then(outcome: TaskResult) -> None:
+            if not result.done():
+                result.set_result(outcome)
+
+        self.dispatch_task(task, then)
         return result
+
+    def dispatch_task(self, task: TaskMessage, then: Callable[[TaskResult], None] | None = None) -> None:
+        """Queue ``task`` for a local agent; its TaskResult goes to the result listeners, then
+        to ``then``. No future and no loop turn of its own: the path of tasks from NATS.
+
+        Raises:
+            NoCapableAgent: no agent of this process handles the task's type.
+        """
+        if then is None:
+            on_done: WorkDone = self._task_done
+        else:
+
+            def on_done(work: Work, value: Any, error: WorkFailed | None) -> None:
+                then(self._task_done(work, value, error))
+
+        self._dispatch(Work("task", task.type, task, None, PRIORITIES[task.priority], on_done=on_done))
 
     def has_skill(self, kind: str, key: str) -> bool:
         """Whether an agent of this process offers this capability ("capability") or task type ("task")."""
@@ -289,8 +309,13 @@ class LocalFlock(AgentPort):
 
     def on_result(self, listener: Callable[[TaskResult], None]) -> Callable[[], None]:
         """Call ``listener`` with every TaskResult of this process; returns an unsubscribe."""
-        self._result_listeners.append(listener)
-        return lambda: self._result_listeners.remove(listener)
+        # Copy on write: a listener may unsubscribe while results are being delivered.
+        self._result_listeners = [*self._result_listeners, listener]
+
+        def unsubscribe() -> None:
+            self._result_listeners = [other for other in self._result_listeners if other is not listener]
+
+        return unsubscribe
 
     async def spawn_pool(
         self,
@@ -319,33 +344,37 @@ class LocalFlock(AgentPort):
 
     # ------------------------------------------------------------------ dispatching
 
-    def _dispatch(self, kind: str, key: str, payload: Any, priority: int) -> Work:
-        skill = (kind, key)
+    def _dispatch(self, work: Work) -> None:
+        skill = (work.kind, work.key)
         if not self._skills.get(skill):
-            raise NoCapableAgent(kind, key)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        work = Work(kind, key, payload, future, priority)  # type: ignore[arg-type]
-        heapq.heappush(self._queues.setdefault(skill, []), (priority, next(self._order), work))
+            raise NoCapableAgent(work.kind, work.key)
+        heapq.heappush(self._queues.setdefault(skill, []), (work.priority, next(self._order), work))
         self._pump(skill)
-        return work
 
     def _pump(self, skill: _Skill) -> None:
-        """Hand queued work to free agents, highest priority first, least loaded agent first."""
+        """Hand queued work to free agents, highest priority first, least loaded agent first.
+
+        Invariant: while work waits in a skill's queue, no agent of that skill has a free slot
+        (every slot that frees up calls work_done, which pumps). So the agent that just
+        finished is the one that gets the next piece, which lets its runner go on with it.
+        """
         queue = self._queues.get(skill)
         while queue:
             member = self._free_member(skill)
             if member is None:
                 return
             _, _, work = queue[0]
-            if work.future.done():  # its requester gave up
+            if work.abandoned:  # its requester gave up
                 heapq.heappop(queue)
                 continue
-            try:
-                member.card.ref.tell(work)
-            except MailboxFull:
-                return  # it will pull again when it finishes something
-            heapq.heappop(queue)
             work.agent_id = member.card.id
+            take_work = member.card.take_work
+            if take_work is None or not take_work(work):
+                try:  # the agent cannot take it right now (restarting, say): its mailbox keeps it
+                    member.card.ref.tell(work)
+                except MailboxFull:
+                    return  # it will pull again when it finishes something
+            heapq.heappop(queue)
             member.running += 1
             if not member.free:
                 for member_skill in member.skills:
@@ -371,16 +400,15 @@ class LocalFlock(AgentPort):
         except TimeoutError:
             raise WorkTimeout(kind, key, timeout or 0.0) from None
 
-    def _task_finished(
-        self, task: TaskMessage, work: Work, started: float, result: asyncio.Future[TaskResult]
-    ) -> None:
-        done = work.future
-        duration_ms = (time.monotonic() - started) * 1000
-        if done.cancelled():
+    def _task_done(self, work: Work, value: Any, error: WorkFailed | None) -> TaskResult:
+        """A task's work finished: its TaskResult goes to every result listener."""
+        task: TaskMessage = work.payload
+        duration_ms = (time.monotonic() - work.enqueued) * 1000
+        if error is None:
             outcome = TaskResult(
-                task_id=task.id, processed_by="", status="error", error="cancelled", duration_ms=duration_ms
+                task_id=task.id, result=value, processed_by=work.agent_id, duration_ms=duration_ms
             )
-        elif isinstance(error := done.exception(), WorkFailed):
+        else:
             outcome = TaskResult(
                 task_id=task.id,
                 processed_by=error.agent_id,
@@ -388,18 +416,9 @@ class LocalFlock(AgentPort):
                 error=repr(error.cause),
                 duration_ms=duration_ms,
             )
-        elif error is not None:
-            outcome = TaskResult(
-                task_id=task.id, processed_by="", status="error", error=repr(error), duration_ms=duration_ms
-            )
-        else:
-            outcome = TaskResult(
-                task_id=task.id, result=done.result(), processed_by=work.agent_id, duration_ms=duration_ms
-            )
-        for listener in list(self._result_listeners):
+        for listener in self._result_listeners:
             try:
                 listener(outcome)
             except Exception:  # one listener's bug must not cost the others their result
                 log.exception("task result listener %r failed", listener)
-        if not result.done():
-            result.set_result(outcome)
+        return outcome

@@ -70,6 +70,10 @@ def _skill_marker(kind: str, key: str, attribute: str) -> Callable[[F], F]:
     return mark
 
 
+WorkDone = Callable[["Work", Any, "WorkFailed | None"], object]
+"""The flock's hook on a finished piece of work: ``(work, value, None)`` or ``(work, None, error)``."""
+
+
 @dataclass(eq=False, slots=True)
 class Work:
     """One piece of work a flock hands to an agent: a capability call or a task.
@@ -78,18 +82,39 @@ class Work:
         kind: "capability" or "task".
         key: The capability name or the task type.
         payload: The request's parameters, or the TaskMessage.
-        future: Receives the handler's return value or a WorkFailed.
+        future: A waiting requester's future, or None: gets the handler's return value or a
+            WorkFailed. A requester that gives up cancels it, and work not started yet is
+            then skipped.
         priority: 0 (high), 1 (medium) or 2 (low): lower runs first.
+        on_done: Called once, synchronously, when the work has finished (after ``future``);
+            how tasks get their TaskResult without a future and a loop turn each.
     """
 
     kind: Literal["capability", "task"]
     key: str
     payload: Any
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None = None
     priority: int = 1
     enqueued: float = field(default_factory=time.monotonic)
     agent_id: str = ""
     """Who it was handed to (set by the flock)."""
+    on_done: WorkDone | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        """Its requester gave up waiting (there is no point in starting it)."""
+        return self.future is not None and self.future.done()
+
+    def finish(self, value: Any, error: WorkFailed | None = None) -> None:
+        """Deliver the outcome to the requester's future and the flock's hook."""
+        future = self.future
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+        if self.on_done is not None:
+            self.on_done(self, value, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +127,8 @@ class AgentCard:
     task_types: tuple[str, ...]
     max_concurrent_tasks: int
     ref: Any  # ActorRef[Any]; Any keeps this module free of a ref import cycle
+    take_work: Callable[[Work], bool] | None = None
+    """Hands work to the agent directly, bypassing its mailbox (see :meth:`Agent.take_work`)."""
 
 
 class AgentPort:
@@ -182,6 +209,7 @@ class Agent(Actor[Any]):
         self._started = time.monotonic()
         self._port: AgentPort | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._handoff: Work | None = None  # see _runner
 
     # ------------------------------------------------------------------ identity
 
@@ -209,6 +237,7 @@ class Agent(Actor[Any]):
             task_types=self.task_types,
             max_concurrent_tasks=self.max_concurrent_tasks,
             ref=self.context.ref,
+            take_work=self.take_work,
         )
 
     def heartbeat(self) -> Heartbeat:
@@ -265,7 +294,7 @@ class Agent(Actor[Any]):
     # ------------------------------------------------------------------ messages
 
     async def receive(self, message: Any) -> Any:
-        if type(message) is Work:
+        if type(message) is Work:  # handed over while this instance could not take it directly
             self._start_work(message)
         elif message is _BEAT:
             if self._port is not None:
@@ -280,23 +309,65 @@ class Agent(Actor[Any]):
             log.warning("agent %s ignores unexpected message %r", self.agent_id, message)
         return None
 
+    def take_work(self, work: Work) -> bool:
+        """Start ``work`` now, bypassing the mailbox; the flock's way to hand work over.
+
+        Returns False, taking nothing, when this instance cannot take work right now (it is
+        starting, failed, restarting or stopping): the flock then sends the work through the
+        mailbox, where a restarted instance finds it.
+        """
+        if not self.context.runs(self):
+            return False
+        if self._handoff is _WAITING:
+            self._handoff = work  # a runner that just freed its slot goes on with it
+        else:
+            self._start_work(work)
+        return True
+
     def _start_work(self, work: Work) -> None:
-        if work.future.done():  # the requester gave up while it waited in the queue
-            self._finished()
-            return
-        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
-        method_name = table.get(work.key)
-        if method_name is None:
-            work.future.set_exception(
-                WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered"))
-            )
-            self._finished()
-            return
-        task = asyncio.get_running_loop().create_task(self._run(work, getattr(self, method_name)))
+        task = asyncio.get_running_loop().create_task(self._runner(work))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, work: Work, method: Callable[..., Coroutine[Any, Any, Any]]) -> None:
+    async def _runner(self, work: Work) -> None:
+        """Run ``work``, then each piece the flock hands over as its slot frees up.
+
+        Under load the flock's queue is rarely empty, so one runner Task does many pieces of
+        work in a row instead of one Task (and its scheduling) per piece. The handover is
+        synchronous: ``_finished`` reports the free slot, the flock's dispatcher calls
+        :meth:`take_work` within that call, and ``_handoff`` carries the piece back here.
+        """
+        while True:
+            try:
+                if not work.abandoned:
+                    await self._run(work)
+            except asyncio.CancelledError:  # the agent stops; nothing more for this runner
+                self._finished()
+                raise
+            self._handoff = _WAITING
+            try:
+                self._finished()
+            finally:
+                handed, self._handoff = self._handoff, None
+            if handed is _WAITING or handed is None:
+                return
+            work = handed
+            try:
+                await asyncio.sleep(0)  # one piece per loop turn, as if each had its own Task
+            except asyncio.CancelledError:
+                work.finish(None, self._stopped(work))
+                self._finished()
+                raise
+
+    async def _run(self, work: Work) -> None:
+        """Run one piece of work; its outcome goes to ``work.finish`` (never raised, except
+        the cancellation of a stopping agent)."""
+        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
+        method_name = table.get(work.key)
+        if method_name is None:
+            work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered")))
+            return
+        method: Callable[..., Coroutine[Any, Any, Any]] = getattr(self, method_name)
         try:
             if work.kind == "task":
                 result = await method(work.payload)
@@ -307,23 +378,26 @@ class Agent(Actor[Any]):
             else:
                 result = await method(work.payload)
         except asyncio.CancelledError:
-            if not work.future.done():
-                work.future.set_exception(
-                    WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
-                )
+            work.finish(None, self._stopped(work))
             raise
         except Exception as exc:  # the work failed, not the agent: its requester gets the error
             self.tasks_processed += 1
             log.warning("agent %s: %s %s failed: %r", self.agent_id, work.kind, work.key, exc)
-            if not work.future.done():
-                work.future.set_exception(WorkFailed(self.agent_id, work.kind, work.key, exc))
+            work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, exc))
         else:
             self.tasks_processed += 1
-            if not work.future.done():
-                work.future.set_result(result)
-        finally:
-            self._finished()
+            work.finish(result)
+
+    def _stopped(self, work: Work) -> WorkFailed:
+        return WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
 
     def _finished(self) -> None:
         if self._port is not None:
             self._port.work_done(self.agent_id)
+
+
+class _Waiting:
+    """``Agent._handoff`` while a runner reports its free slot: it takes the next piece."""
+
+
+_WAITING: Any = _Waiting()

@@ -30,13 +30,13 @@ import logging
 import re
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
 
 from flockrt._version import __version__
-from flockrt.actors.agent import AgentCard
+from flockrt.actors.agent import AgentCard, Work
 from flockrt.actors.system import ActorSystem
 from flockrt.bus import subjects
 from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
@@ -69,7 +69,7 @@ from flockrt.errors import (
     WorkFailed,
     WorkTimeout,
 )
-from flockrt.local import LocalFlock
+from flockrt.local import PRIORITIES, LocalFlock
 
 __all__ = ["CORRELATION_HEADER", "NatsFlock"]
 
@@ -655,7 +655,7 @@ class NatsFlock(LocalFlock):
                     self.invalid_messages[message.subject] += 1
                     log.warning("invalid task in a batch for %s: %s", item.subject, exc)
                     continue
-                self.start_task(task)
+                self.dispatch_task(task)
             elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
                 # Not ours to run: send it on by itself, to whoever takes that subject.
                 await self._publish(item.subject, item.message)
@@ -678,19 +678,20 @@ class NatsFlock(LocalFlock):
         correlation = message.headers.get(CORRELATION_HEADER)
         if correlation and correlation != task.id:
             self._correlations[task.id] = correlation
+        then: Callable[[TaskResult], None] | None = None
+        if message.reply:
+            reply, headers = message.reply, dict(message.headers)
+
+            def then(result: TaskResult) -> None:
+                self._publish_nowait(reply, result, headers)
+
         try:
-            result = self.start_task(task)
+            self.dispatch_task(task, then)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
             failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
             self._publish_result(failed)
-            if message.reply:
-                await self._publish(message.reply, failed, message.headers)
-            return
-        if message.reply:
-            reply, headers = message.reply, dict(message.headers)
-            result.add_done_callback(
-                lambda done: self._later(lambda: self._publish(reply, done.result(), headers))
-            )
+            if then is not None:
+                then(failed)
 
     async def _on_capability(self, message: Message) -> None:
         request = self._decode(message, CapabilityRequest)
@@ -703,8 +704,10 @@ class NatsFlock(LocalFlock):
     async def _answer_capability(self, message: Message, request: CapabilityRequest) -> None:
         response: CapabilityResponse
         try:
-            work = self._dispatch("capability", request.capability, request.parameters, 1)
-            result = await self._wait(work.future, "capability", request.capability, request.timeout / 1000)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            work = Work("capability", request.capability, request.parameters, future, PRIORITIES["medium"])
+            self._dispatch(work)
+            result = await self._wait(future, "capability", request.capability, request.timeout / 1000)
             response = CapabilityResponse(
                 correlation_id=request.correlation_id, result=result, agent_id=work.agent_id
             )
@@ -768,14 +771,23 @@ class NatsFlock(LocalFlock):
         # The correlation id travels on: the one the task came with, else the task id.
         correlation = self._correlations.pop(result.task_id, None) or result.task_id
         headers = {CORRELATION_HEADER: correlation} if correlation else None
-        self._later(lambda: self._publish(subjects.TASK_RESULT, result, headers))
+        self._publish_nowait(subjects.TASK_RESULT, result, headers)
+
+    def _publish_nowait(self, subject: str, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+        """Publish from synchronous code (a finished task's result), without an outbox turn."""
+        msgpack = headers is not None and headers.get("Content-Type") == MSGPACK
+        try:
+            self.bus.publish_nowait(
+                subject, self.codec.encode(payload, msgpack=msgpack), headers=_outgoing_headers(headers)
+            )
+        except BusUnavailable as exc:  # closing: nothing more goes out
+            log.debug("not published to %s: %s", subject, exc)
 
     async def _publish(self, subject: str, payload: Any, headers: dict[str, str] | Any = None) -> None:
         msgpack = bool(headers) and headers.get("Content-Type") == MSGPACK
-        out_headers = {k: v for k, v in (headers or {}).items() if k in (CORRELATION_HEADER, "Content-Type")}
         try:
             await self.bus.publish(
-                subject, self.codec.encode(payload, msgpack=msgpack), headers=out_headers or None
+                subject, self.codec.encode(payload, msgpack=msgpack), headers=_outgoing_headers(headers)
             )
         except BusUnavailable as exc:  # closing: nothing more goes out
             log.debug("not published to %s: %s", subject, exc)
@@ -798,6 +810,14 @@ class NatsFlock(LocalFlock):
         task = asyncio.get_running_loop().create_task(coroutine)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+
+def _outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Of an incoming message's headers, those an answer carries on (or None)."""
+    if not headers:
+        return None
+    kept = {k: v for k, v in headers.items() if k in (CORRELATION_HEADER, "Content-Type")}
+    return kept or None
 
 
 def _endpoint_name(capability: str) -> str:
