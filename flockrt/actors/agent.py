@@ -337,6 +337,7 @@ class Agent(Actor[Any]):
         synchronous: ``_finished`` reports the free slot, the flock's dispatcher calls
         :meth:`take_work` within that call, and ``_handoff`` carries the piece back here.
         """
+        in_a_row = 0
         while True:
             try:
                 if not work.abandoned:
@@ -352,12 +353,14 @@ class Agent(Actor[Any]):
             if handed is _WAITING or handed is None:
                 return
             work = handed
-            try:
-                await asyncio.sleep(0)  # one piece per loop turn, as if each had its own Task
-            except asyncio.CancelledError:
-                work.finish(None, self._stopped(work))
-                self._finished()
-                raise
+            in_a_row += 1
+            if in_a_row % _RUNS_PER_TURN == 0:  # handlers that never wait must not hog the loop
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    work.finish(None, self._stopped(work))
+                    self._finished()
+                    raise
 
     async def _run(self, work: Work) -> None:
         """Run one piece of work; its outcome goes to ``work.finish`` (never raised, except
@@ -394,6 +397,10 @@ class Agent(Actor[Any]):
     def _finished(self) -> None:
         if self._port is not None:
             self._port.work_done(self.agent_id)
+
+
+_RUNS_PER_TURN = 64
+"""Pieces of work a runner does in a row before it yields to the loop (as an actor's turn)."""
 
 
 class _Waiting:
