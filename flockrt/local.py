@@ -53,6 +53,8 @@ class _Member:
     skills: tuple[_Skill, ...] = ()
     running: int = 0
     done: int = 0
+    version: int = 0
+    """Which of its entries in the free heaps is current (see LocalFlock._offer)."""
 
     @property
     def free(self) -> bool:
@@ -91,9 +93,13 @@ class LocalFlock(AgentPort):
         self.directory = directory if directory is not None else Directory(heartbeat_interval)
         self._members: dict[str, _Member] = {}
         self._skills: dict[_Skill, set[str]] = {}
-        # Agents with a free slot, per skill: dispatch looks only at these, so a busy flock
-        # learns "nobody is free" at once instead of scanning every agent per task.
-        self._free: dict[_Skill, set[str]] = {}
+        # Agents with a free slot, per skill, as a heap keyed like the fair choice: the least
+        # loaded, then the one that did least so far, then the smallest id. Entries are never
+        # updated in place: a member's change pushes a new entry with a new version, and
+        # entries whose version is not the member's current one are dropped when they surface.
+        # So picking an agent costs O(log agents), and "nobody is free" is O(1).
+        self._free: dict[_Skill, list[tuple[float, int, str, int]]] = {}
+        self._versions = itertools.count(1)
         self._queues: dict[_Skill, list[tuple[int, int, Work]]] = {}
         self._order = itertools.count()
         # Task ids: a random per-process prefix and a counter. As unique as uuid4 for this use
@@ -109,10 +115,11 @@ class LocalFlock(AgentPort):
         skills = tuple(("capability", c) for c in card.capabilities) + tuple(
             ("task", t) for t in card.task_types
         )
-        self._members[card.id] = _Member(card, skills)
+        member = self._members[card.id] = _Member(card, skills)
         for skill in skills:
             self._skills.setdefault(skill, set()).add(card.id)
-            self._free.setdefault(skill, set()).add(card.id)
+            self._free.setdefault(skill, [])
+        self._offer(member)
         self.directory.on_announcement(
             AgentAnnouncement(
                 id=card.id,
@@ -134,7 +141,6 @@ class LocalFlock(AgentPort):
             return
         for skill in member.skills:
             self._skills[skill].discard(agent_id)
-            self._free[skill].discard(agent_id)
         self.directory.mark_offline(agent_id)
 
     def work_done(self, agent_id: str) -> None:
@@ -143,8 +149,7 @@ class LocalFlock(AgentPort):
             return
         member.running = max(member.running - 1, 0)
         member.done += 1
-        for skill in member.skills:
-            self._free[skill].add(agent_id)
+        self._offer(member)
         for skill in member.skills:
             self._pump(skill)
 
@@ -376,23 +381,41 @@ class LocalFlock(AgentPort):
                     return  # it will pull again when it finishes something
             heapq.heappop(queue)
             member.running += 1
-            if not member.free:
-                for member_skill in member.skills:
-                    self._free[member_skill].discard(member.card.id)
+            self._offer(member)
 
     def _free_member(self, skill: _Skill) -> _Member | None:
         """The least loaded agent with a free slot; ties go to the one that did least so far,
         then to the smallest id, so the choice is fair and deterministic."""
-        best: _Member | None = None
-        best_key: tuple[float, int, str] | None = None
-        for agent_id in self._free.get(skill, ()):
+        heap = self._free.get(skill)
+        while heap:
+            _, _, agent_id, version = heap[0]
+            member = self._members.get(agent_id)
+            if member is not None and member.version == version and member.card.ref.is_alive:
+                return member
+            heapq.heappop(heap)  # stale: the member changed, left, or is stopping
+        return None
+
+    def _offer(self, member: _Member) -> None:
+        """``member`` changed (load, work done, arrival): its entries in the free heaps are
+        replaced by one current entry per skill, if it has a free slot."""
+        member.version = version = next(self._versions)
+        if member.free:
+            entry = (member.load, member.done, member.card.id, version)
+            for skill in member.skills:
+                heap = self._free[skill]
+                heapq.heappush(heap, entry)
+                if len(heap) > 4 * len(self._skills[skill]) + 64:
+                    self._compact(skill)
+
+    def _compact(self, skill: _Skill) -> None:
+        """Drop the stale entries of a free heap (they pile up when no work is dispatched)."""
+        current = []
+        for agent_id in self._skills[skill]:
             member = self._members[agent_id]
-            if not member.card.ref.is_alive:
-                continue
-            key = (member.load, member.done, agent_id)
-            if best_key is None or key < best_key:
-                best, best_key = member, key
-        return best
+            if member.free:
+                current.append((member.load, member.done, agent_id, member.version))
+        heapq.heapify(current)
+        self._free[skill] = current
 
     async def _wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:
         try:
