@@ -101,6 +101,7 @@ class LocalFlock(AgentPort):
         self._free: dict[_Skill, list[tuple[float, int, str, int]]] = {}
         self._versions = itertools.count(1)
         self._queues: dict[_Skill, list[tuple[int, int, Work]]] = {}
+        self._pumping: set[_Skill] = set()  # skills whose queue _pump is handing out right now
         self._order = itertools.count()
         # Task ids: a random per-process prefix and a counter. As unique as uuid4 for this use
         # (48 random bits per process) at a fraction of the cost (uuid4 was 8% of fan-out).
@@ -362,26 +363,38 @@ class LocalFlock(AgentPort):
         Invariant: while work waits in a skill's queue, no agent of that skill has a free slot
         (every slot that frees up calls work_done, which pumps). So the agent that just
         finished is the one that gets the next piece, which lets its runner go on with it.
+
+        Work whose handler never waits runs inside ``take_work`` and calls work_done, which
+        pumps again: that inner call returns at once and this loop goes on, so draining a
+        long queue does not recurse.
         """
         queue = self._queues.get(skill)
-        while queue:
-            member = self._free_member(skill)
-            if member is None:
-                return
-            _, _, work = queue[0]
-            if work.abandoned:  # its requester gave up
-                heapq.heappop(queue)
-                continue
-            work.agent_id = member.card.id
-            take_work = member.card.take_work
-            if take_work is None or not take_work(work):
-                try:  # the agent cannot take it right now (restarting, say): its mailbox keeps it
-                    member.card.ref.tell(work)
-                except MailboxFull:
-                    return  # it will pull again when it finishes something
-            heapq.heappop(queue)
-            member.running += 1
-            self._offer(member)
+        if not queue or skill in self._pumping:
+            return
+        self._pumping.add(skill)
+        try:
+            while queue:
+                member = self._free_member(skill)
+                if member is None:
+                    return
+                entry = heapq.heappop(queue)
+                work = entry[2]
+                if work.abandoned:  # its requester gave up
+                    continue
+                work.agent_id = member.card.id
+                member.running += 1  # before the handover: inline work finishes within it
+                self._offer(member)
+                take_work = member.card.take_work
+                if take_work is None or not take_work(work):
+                    try:  # the agent cannot take it right now (restarting, say): its mailbox keeps it
+                        member.card.ref.tell(work)
+                    except MailboxFull:  # it will pull again when it finishes something
+                        member.running -= 1
+                        self._offer(member)
+                        heapq.heappush(queue, entry)
+                        return
+        finally:
+            self._pumping.discard(skill)
 
     def _free_member(self, skill: _Skill) -> _Member | None:
         """The least loaded agent with a free slot; ties go to the one that did least so far,

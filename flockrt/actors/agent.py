@@ -16,6 +16,7 @@ any actor and announces itself again.
 from __future__ import annotations
 
 import asyncio
+import dis
 import inspect
 import logging
 import time
@@ -182,6 +183,8 @@ class Agent(Actor[Any]):
     max_concurrent_tasks: int = 1
     _flockrt_capabilities: ClassVar[dict[str, str]] = {}
     _flockrt_task_types: ClassVar[dict[str, str]] = {}
+    _flockrt_inline: ClassVar[frozenset[str]] = frozenset()
+    """Skill methods that never wait (see :func:`_never_waits`): run inline, without a Task."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -195,6 +198,8 @@ class Agent(Actor[Any]):
                     task_types[task_type] = attr
         cls._flockrt_capabilities = capabilities
         cls._flockrt_task_types = task_types
+        methods = {*capabilities.values(), *task_types.values()}
+        cls._flockrt_inline = frozenset(m for m in methods if _never_waits(getattr(cls, m)))
 
     def __init__(
         self, agent_id: str, *, name: str | None = None, max_concurrent_tasks: int | None = None
@@ -318,11 +323,37 @@ class Agent(Actor[Any]):
         """
         if not self.context.runs(self):
             return False
-        if self._handoff is _WAITING:
+        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
+        if table.get(work.key) in self._flockrt_inline:
+            self._run_inline(work)
+        elif self._handoff is _WAITING:
             self._handoff = work  # a runner that just freed its slot goes on with it
         else:
             self._start_work(work)
         return True
+
+    def _run_inline(self, work: Work) -> None:
+        """Run work whose handler never waits, here and now: its coroutine has no suspension
+        point, so one ``send`` runs it to the end, and no Task (nor loop turn) is needed.
+
+        A Task would add nothing but its cost: the handler cannot be cancelled half-way, and
+        it cannot keep ``asyncio.current_task()`` for later (it has no later).
+        """
+        if not work.abandoned:
+            try:
+                step = self._call(work)
+                if step is not None:
+                    step.send(None)
+                    step.close()  # it waited after all (a method replaced on the instance?)
+                    raise RuntimeError("an inline handler tried to wait")
+            except StopIteration as returned:
+                self.tasks_processed += 1
+                work.finish(returned.value)
+            except (Exception, asyncio.CancelledError) as exc:
+                # No cancellation can be under way in a step that cannot suspend: a
+                # CancelledError here is the handler's own exception, failing the work.
+                self._failed(work, exc)
+        self._finished()
 
     def _start_work(self, work: Work) -> None:
         task = asyncio.get_running_loop().create_task(self._runner(work))
@@ -365,31 +396,42 @@ class Agent(Actor[Any]):
     async def _run(self, work: Work) -> None:
         """Run one piece of work; its outcome goes to ``work.finish`` (never raised, except
         the cancellation of a stopping agent)."""
-        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
-        method_name = table.get(work.key)
-        if method_name is None:
-            work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered")))
-            return
-        method: Callable[..., Coroutine[Any, Any, Any]] = getattr(self, method_name)
         try:
-            if work.kind == "task":
-                result = await method(work.payload)
-            elif isinstance(work.payload, dict):
-                result = await method(**work.payload)
-            elif work.payload is None:
-                result = await method()
-            else:
-                result = await method(work.payload)
+            step = self._call(work)
+            if step is None:
+                return
+            result = await step
         except asyncio.CancelledError:
             work.finish(None, self._stopped(work))
             raise
         except Exception as exc:  # the work failed, not the agent: its requester gets the error
-            self.tasks_processed += 1
-            log.warning("agent %s: %s %s failed: %r", self.agent_id, work.kind, work.key, exc)
-            work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, exc))
+            self._failed(work, exc)
         else:
             self.tasks_processed += 1
             work.finish(result)
+
+    def _call(self, work: Work) -> Coroutine[Any, Any, Any] | None:
+        """The handler's coroutine for ``work`` (not started), or None when the skill is not
+        offered (the work is then finished as failed)."""
+        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
+        method_name = table.get(work.key)
+        if method_name is None:
+            work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered")))
+            return None
+        method: Callable[..., Coroutine[Any, Any, Any]] = getattr(self, method_name)
+        if work.kind == "task":
+            return method(work.payload)
+        if isinstance(work.payload, dict):
+            return method(**work.payload)
+        if work.payload is None:
+            return method()
+        return method(work.payload)
+
+    def _failed(self, work: Work, exc: BaseException) -> None:
+        """The work failed, not the agent: its requester gets the error."""
+        self.tasks_processed += 1
+        log.warning("agent %s: %s %s failed: %r", self.agent_id, work.kind, work.key, exc)
+        work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, exc))
 
     def _stopped(self, work: Work) -> WorkFailed:
         return WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
@@ -397,6 +439,22 @@ class Agent(Actor[Any]):
     def _finished(self) -> None:
         if self._port is not None:
             self._port.work_done(self.agent_id)
+
+
+_WAIT_OPCODES = frozenset(
+    dis.opmap[name]
+    for name in ("GET_AWAITABLE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH", "YIELD_VALUE")
+    if name in dis.opmap
+)
+
+
+def _never_waits(method: Any) -> bool:
+    """Whether ``method`` is an ``async def`` with no await, ``async for`` or ``async with``
+    in its body: its coroutine then finishes in its first step, whatever it calls."""
+    code = getattr(method, "__code__", None)
+    if code is None or not inspect.iscoroutinefunction(method):
+        return False
+    return not any(instruction.opcode in _WAIT_OPCODES for instruction in dis.get_instructions(code))
 
 
 _RUNS_PER_TURN = 64
