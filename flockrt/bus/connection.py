@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -92,9 +93,9 @@ class BusStats:
     handler_errors: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message received from NATS.
+class Message(msgspec.Struct, frozen=True):
+    """A message received from NATS (a Struct: one is built per message, in a tenth of the
+    time a frozen dataclass takes).
 
     Attributes:
         subject: Where it arrived.

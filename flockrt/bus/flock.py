@@ -774,7 +774,10 @@ class NatsFlock(LocalFlock):
         # The correlation id travels on: the one the task came with, else the task id.
         correlation = self._correlations.pop(result.task_id, None) or result.task_id
         headers = {CORRELATION_HEADER: correlation} if correlation else None
-        self._publish_nowait(subjects.TASK_RESULT, result, headers)
+        try:
+            self.bus.publish_nowait(subjects.TASK_RESULT, self.codec.encode(result), headers=headers)
+        except BusUnavailable as exc:  # closing: nothing more goes out
+            log.debug("result of %s not published: %s", result.task_id, exc)
 
     def _publish_nowait(self, subject: str, payload: Any, headers: Mapping[str, str] | None = None) -> None:
         """Publish from synchronous code (a finished task's result), without an outbox turn."""
