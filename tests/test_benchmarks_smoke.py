@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("suite", "rows"),
     [
         ("kernel", ["| 1 tell, 1 actor"]),
-        ("bus", ["| 1 fan-out ", "| 3 capability, 100 requesters"]),
+        ("bus", ["| 1 fan-out ", "| 2b batched, results batched", "| 3 capability, 100 requesters"]),
     ],
 )
 def test_quick_benchmark_runs(tmp_path: Path, suite: str, rows: list[str]) -> None:

@@ -28,12 +28,13 @@ the header the correlation id its task came with (none: it is the ``taskId``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import msgspec
 
@@ -155,6 +156,7 @@ class NatsFlock(LocalFlock):
         self.persist_directory = persist_directory
         self._announcements: dict[str, AgentAnnouncement] = {}  # local agents, for the bucket
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
+        self._unreported: set[str] = set()  # ids of tasks whose results go back in a batch
         self._results_subscription: Subscription | None = None
         self.on_result(self._publish_result)
 
@@ -481,6 +483,7 @@ class NatsFlock(LocalFlock):
             if waiter is not None and not waiter.done():
                 waiter.set_result(result)
 
+    @overload
     async def submit_many(
         self,
         task_type: str,
@@ -488,27 +491,116 @@ class NatsFlock(LocalFlock):
         *,
         priority: Priority = "medium",
         metadata: dict[str, Any] | None = None,
-    ) -> list[str]:
+        results: Literal["each"] = "each",
+        timeout: float | None = None,
+    ) -> list[str]: ...
+
+    @overload
+    async def submit_many(
+        self,
+        task_type: str,
+        items: Iterable[Any],
+        *,
+        priority: Priority = "medium",
+        metadata: dict[str, Any] | None = None,
+        results: Literal["batch"],
+        timeout: float | None = None,
+    ) -> list[TaskResult]: ...
+
+    async def submit_many(
+        self,
+        task_type: str,
+        items: Iterable[Any],
+        *,
+        priority: Priority = "medium",
+        metadata: dict[str, Any] | None = None,
+        results: Literal["each", "batch"] = "each",
+        timeout: float | None = None,
+    ) -> list[str] | list[TaskResult]:
         """Submit one task per item of ``items`` in as few NATS messages as the caps allow.
 
         The tasks travel in ``batch.messages`` messages; the process that takes a batch (queue
         group) runs the tasks it can and republishes the others on their own subjects, so each
-        task is still handled once. Returns the task ids, in order.
+        task is still handled once.
+
+        ``results`` says how the results come back:
+
+        - ``"each"`` (default): one TaskResult per task on ``task.result``, as for tasks
+          submitted one by one; every AI Flock peer understands it. Returns the task ids, in
+          order.
+        - ``"batch"``: the batcher applied to results. Each batch message is a request, and the
+          process that takes it answers with ONE message: the array of the batch's TaskResults,
+          in order, on this process's reply subject (nothing on ``task.result``). Returns the
+          TaskResults, in order, once all have come back. A flockrt extension: the process
+          taking the batch must be a flockrt process.
+
+        Raises:
+            NoCapableAgent: with ``results="batch"``, no process takes batches.
+            WorkTimeout: with ``results="batch"``, the results did not all come back within
+                ``timeout`` seconds (default 30).
+            ValueError: ``results="batch"`` in durable mode (tasks are stored one by one).
         """
         subject = subjects.tasks(task_type)
-        tasks = [self.new_task(task_type, item, priority=priority, metadata=metadata) for item in items]
+        tasks = [
+            self.new_task(task_type, item, priority=priority, metadata=metadata, timeout=timeout)
+            for item in items
+        ]
+        if results == "batch":
+            return await self._submit_batch_for_results(task_type, tasks, timeout)
         if self.durable is not None:  # each task is stored on its own (dedup by id)
             for task in tasks:
                 await self.durable.submit(task, headers={CORRELATION_HEADER: task.id})
             return [task.id for task in tasks]
         if not self.bus.connected and self.has_skill("task", task_type):
             for task in tasks:
-                self.start_task(task)
+                self.dispatch_task(task)
             return [task.id for task in tasks]
         batch = [BatchItem(subject=subject, message=task) for task in tasks]
         for start in range(0, len(batch), self.batch_max):
             await self._publish_batch(batch[start : start + self.batch_max])
         return [task.id for task in tasks]
+
+    async def _submit_batch_for_results(
+        self, task_type: str, tasks: list[TaskMessage], timeout: float | None
+    ) -> list[TaskResult]:
+        if self.durable is not None:
+            raise ValueError('results="batch" is not available in durable mode: tasks are stored one by one')
+        limit = timeout if timeout is not None else 30.0
+        if not self.bus.connected and self.has_skill("task", task_type):
+            futures = [self.start_task(task) for task in tasks]
+            return list(await self._wait(asyncio.gather(*futures), "task", task_type, limit))
+        subject = subjects.tasks(task_type)
+        batches = [
+            [BatchItem(subject=subject, message=task) for task in tasks[start : start + self.batch_max]]
+            for start in range(0, len(tasks), self.batch_max)
+        ]
+        replies = await asyncio.gather(*(self._request_batch(batch, task_type, limit) for batch in batches))
+        return [result for reply in replies for result in reply]
+
+    async def _request_batch(
+        self, items: list[BatchItem], task_type: str, timeout: float
+    ) -> list[TaskResult]:
+        data = self.codec.encode(items)
+        if len(data) > self.codec.max_bytes and len(items) > 1:  # over the payload limit: halve
+            middle = len(items) // 2
+            return [
+                *await self._request_batch(items[:middle], task_type, timeout),
+                *await self._request_batch(items[middle:], task_type, timeout),
+            ]
+        try:
+            reply = await self.bus.request(subjects.BATCH, data, timeout=timeout)
+        except NoResponders:
+            raise NoCapableAgent("task", task_type) from None
+        except BusTimeout:
+            raise WorkTimeout("task", task_type, timeout) from None
+        results = self.codec.decode(
+            reply.subject, reply.data, list[TaskResult], reply.headers.get("Content-Type")
+        )
+        if len(results) != len(items):
+            raise InvalidMessage(
+                reply.subject, None, f"{len(results)} results for a batch of {len(items)} tasks"
+            )
+        return results
 
     async def _publish_batch(self, items: list[BatchItem]) -> None:
         data = self.codec.encode(items)
@@ -609,7 +701,13 @@ class NatsFlock(LocalFlock):
         await self.bus.publish(subjects.BROADCAST, self.codec.encode(payload))
 
     async def _request(
-        self, subject: str, payload: Any, kind: str, key: str, timeout: float, headers: dict[str, str]
+        self,
+        subject: str,
+        payload: Any,
+        kind: str,
+        key: str,
+        timeout: float,
+        headers: dict[str, str] | None,
     ) -> Message:
         try:
             return await self.bus.request(
@@ -649,6 +747,14 @@ class NatsFlock(LocalFlock):
     async def _on_batch(self, message: Message) -> None:
         items = self._decode(message, list[BatchItem])
         if items is None:
+            if message.reply:
+                await self._publish(message.reply, [], message.headers)
+            return
+        if message.reply:  # submit_many(..., results="batch"): one array of results back
+            if items:
+                self._answer_batch(message, items)
+            else:
+                await self._publish(message.reply, [], message.headers)
             return
         for item in items:
             task_type = item.subject[len("tasks.") :] if item.subject.startswith("tasks.") else None
@@ -666,6 +772,66 @@ class NatsFlock(LocalFlock):
             else:
                 self.invalid_messages[message.subject] += 1
                 log.warning("batch item with an unusable subject %r dropped", item.subject)
+
+    def _answer_batch(self, message: Message, items: list[BatchItem]) -> None:
+        """Run a batch's tasks and answer its request with one array of their TaskResults, in
+        order, once the last one is in. Those results do not go to ``task.result``."""
+        reply, headers = message.reply, _outgoing_headers(message.headers)
+        results: list[TaskResult | None] = [None] * len(items)
+        missing = len(items)
+
+        def settle(index: int, result: TaskResult) -> None:
+            nonlocal missing
+            results[index] = result
+            missing -= 1
+            if missing == 0:
+                try:
+                    self.bus.publish_nowait(reply, self.codec.encode(results), headers=headers)
+                except BusUnavailable as exc:
+                    log.debug("batch results not published: %s", exc)
+
+        foreign: list[tuple[int, BatchItem]] = []
+        for index, item in enumerate(items):
+            task_type = item.subject[len("tasks.") :] if item.subject.startswith("tasks.") else None
+            try:
+                task = msgspec.convert(item.message, TaskMessage)
+            except msgspec.ValidationError as exc:
+                self.invalid_messages[message.subject] += 1
+                log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                settle(
+                    index,
+                    TaskResult(task_id="", processed_by="", status="error", error=f"invalid task: {exc}"),
+                )
+                continue
+            if task_type is not None and self.has_skill("task", task_type):
+                self._unreported.add(task.id)
+                self.dispatch_task(task, functools.partial(settle, index))
+            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
+                foreign.append((index, item))
+            else:
+                self.invalid_messages[message.subject] += 1
+                log.warning("batch item with an unusable subject %r", item.subject)
+                error = f"unusable subject {item.subject!r}"
+                settle(index, TaskResult(task_id=task.id, processed_by="", status="error", error=error))
+        if foreign:  # not ours to run: ask whoever takes their subjects, one by one
+            self._spawn(self._forward_batch_items(foreign, settle))
+
+    async def _forward_batch_items(
+        self, items: list[tuple[int, BatchItem]], settle: Callable[[int, TaskResult], None]
+    ) -> None:
+        async def forward(index: int, item: BatchItem) -> None:
+            task = msgspec.convert(item.message, TaskMessage)
+            timeout = task.timeout / 1000 if task.timeout else 30.0
+            try:
+                reply = await self._request(item.subject, task, "task", task.type, timeout, None)
+                result = self.codec.decode(
+                    reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type")
+                )
+            except (FlockError, ValueError) as exc:
+                result = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
+            settle(index, result)
+
+        await asyncio.gather(*(forward(index, item) for index, item in items))
 
     async def _on_broadcast(self, message: Message) -> None:
         broadcast = self._decode(message, Broadcast)
@@ -775,6 +941,9 @@ class NatsFlock(LocalFlock):
         # The correlation id travels on: the one the task came with, in the header; else it is
         # the task's id, which the result carries as taskId (a header repeating it would cost
         # about 7 us a result to build and parse, a fifth of a fan-out task's whole cost).
+        if self._unreported and result.task_id in self._unreported:
+            self._unreported.discard(result.task_id)
+            return  # it goes back in its batch's answer (see _answer_batch)
         correlation = self._correlations.pop(result.task_id, None)
         headers = {CORRELATION_HEADER: correlation} if correlation else None
         try:
