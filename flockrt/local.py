@@ -354,8 +354,21 @@ class LocalFlock(AgentPort):
         skill = (work.kind, work.key)
         if not self._skills.get(skill):
             raise NoCapableAgent(work.kind, work.key)
-        heapq.heappush(self._queues.setdefault(skill, []), (work.priority, next(self._order), work))
-        self._pump(skill)
+        queue = self._queues.setdefault(skill, [])
+        if queue or skill in self._pumping:
+            heapq.heappush(queue, (work.priority, next(self._order), work))
+            self._pump(skill)
+            return
+        # Nothing waits: straight to the best free agent, if there is one (no queue to order).
+        self._pumping.add(skill)
+        try:
+            member = self._free_member(skill)
+            if member is None or not self._hand_over(member, work):
+                heapq.heappush(queue, (work.priority, next(self._order), work))
+        finally:
+            self._pumping.discard(skill)
+        if queue:  # work queued while an inline handler ran, or the work above
+            self._pump(skill)
 
     def _pump(self, skill: _Skill) -> None:
         """Hand queued work to free agents, highest priority first, least loaded agent first.
@@ -365,8 +378,8 @@ class LocalFlock(AgentPort):
         finished is the one that gets the next piece, which lets its runner go on with it.
 
         Work whose handler never waits runs inside ``take_work`` and calls work_done, which
-        pumps again: that inner call returns at once and this loop goes on, so draining a
-        long queue does not recurse.
+        pumps again: that inner call returns at once (``_pumping``) and this loop goes on, so
+        draining a long queue does not recurse.
         """
         queue = self._queues.get(skill)
         if not queue or skill in self._pumping:
@@ -378,23 +391,29 @@ class LocalFlock(AgentPort):
                 if member is None:
                     return
                 entry = heapq.heappop(queue)
-                work = entry[2]
-                if work.abandoned:  # its requester gave up
+                if entry[2].abandoned:  # its requester gave up
                     continue
-                work.agent_id = member.card.id
-                member.running += 1  # before the handover: inline work finishes within it
-                self._offer(member)
-                take_work = member.card.take_work
-                if take_work is None or not take_work(work):
-                    try:  # the agent cannot take it right now (restarting, say): its mailbox keeps it
-                        member.card.ref.tell(work)
-                    except MailboxFull:  # it will pull again when it finishes something
-                        member.running -= 1
-                        self._offer(member)
-                        heapq.heappush(queue, entry)
-                        return
+                if not self._hand_over(member, entry[2]):
+                    heapq.heappush(queue, entry)
+                    return  # the agent will pull again when it finishes something
         finally:
             self._pumping.discard(skill)
+
+    def _hand_over(self, member: _Member, work: Work) -> bool:
+        """Give ``work`` to ``member``: directly, or through its mailbox while it cannot take
+        work (restarting, say). False if its mailbox is full."""
+        work.agent_id = member.card.id
+        member.running += 1  # before the handover: inline work finishes within it
+        self._offer(member)
+        take_work = member.card.take_work
+        if take_work is None or not take_work(work):
+            try:
+                member.card.ref.tell(work)
+            except MailboxFull:
+                member.running -= 1
+                self._offer(member)
+                return False
+        return True
 
     def _free_member(self, skill: _Skill) -> _Member | None:
         """The least loaded agent with a free slot; ties go to the one that did least so far,
