@@ -44,6 +44,9 @@ log = logging.getLogger("flockrt.flock")
 
 PRIORITIES: dict[str, int] = {"high": 0, "medium": 1, "low": 2}
 
+_HEAP_SLACK = 4
+"""A free heap is compacted when it holds this many entries per agent (plus 64): stale ones."""
+
 _Skill = tuple[str, str]  # ("capability" | "task", name)
 
 
@@ -431,12 +434,13 @@ class LocalFlock(AgentPort):
         """``member`` changed (load, work done, arrival): its entries in the free heaps are
         replaced by one current entry per skill, if it has a free slot."""
         member.version = version = next(self._versions)
-        if member.free:
-            entry = (member.load, member.done, member.card.id, version)
+        capacity = member.card.max_concurrent_tasks
+        if member.running < capacity:
+            entry = (member.running / capacity, member.done, member.card.id, version)
             for skill in member.skills:
                 heap = self._free[skill]
                 heapq.heappush(heap, entry)
-                if len(heap) > 4 * len(self._skills[skill]) + 64:
+                if len(heap) > _HEAP_SLACK * len(self._skills[skill]) + 64:
                     self._compact(skill)
 
     def _compact(self, skill: _Skill) -> None:

@@ -156,6 +156,7 @@ class NatsFlock(LocalFlock):
         self.persist_directory = persist_directory
         self._announcements: dict[str, AgentAnnouncement] = {}  # local agents, for the bucket
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
+        self._task_subjects: dict[str, str] = {}  # task type -> its checked subject
         self._unreported: set[str] = set()  # ids of tasks whose results go back in a batch
         self._results_subscription: Subscription | None = None
         self.on_result(self._publish_result)
@@ -370,7 +371,7 @@ class NatsFlock(LocalFlock):
         )
 
     async def _serve(
-        self, skill: tuple[str, str], subject: str, handler: Callable[[Message], Awaitable[None]]
+        self, skill: tuple[str, str], subject: str, handler: Callable[[Message], Awaitable[None] | None]
     ) -> None:
         if skill not in self._skill_subscriptions and self.has_skill(*skill):
             self._skill_subscriptions[skill] = await self.bus.subscribe(subject, handler, queue=subject)
@@ -426,7 +427,7 @@ class NatsFlock(LocalFlock):
         task = self.new_task(
             task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
         )
-        subject = subjects.tasks(task_type)
+        subject = self._task_subjects.get(task_type) or self._task_subject(task_type)
         if self.durable is not None:
             return await self._submit_durably(task, wait=wait, timeout=timeout)
         if not self.bus.connected and self.has_skill("task", task_type):
@@ -443,6 +444,12 @@ class NatsFlock(LocalFlock):
         headers = {CORRELATION_HEADER: task.id}
         reply = await self._request(subject, task, "task", task_type, limit, headers)
         return self.codec.decode(reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type"))
+
+    def _task_subject(self, task_type: str) -> str:
+        subject = subjects.tasks(task_type)  # checks the type
+        if len(self._task_subjects) < 1024:
+            self._task_subjects[task_type] = subject
+        return subject
 
     async def _submit_durably(
         self, task: TaskMessage, *, wait: bool, timeout: float | None
@@ -838,12 +845,14 @@ class NatsFlock(LocalFlock):
         if broadcast is not None:
             super().broadcast(broadcast.type, broadcast.message, broadcast.data)
 
-    async def _on_task(self, message: Message) -> None:
+    def _on_task(self, message: Message) -> None:
+        # Synchronous, like everything on a task's way to its agent: a subscription calls a
+        # plain function without a coroutine of its own.
         task = self._decode(message, TaskMessage)
         if task is None:
             if message.reply:
                 error = TaskResult(task_id="", processed_by="", status="error", error="invalid task message")
-                await self._publish(message.reply, error)
+                self._publish_nowait(message.reply, error)
             return
         correlation = message.headers.get(CORRELATION_HEADER)
         if correlation and correlation != task.id:
