@@ -249,6 +249,36 @@ async def test_a_malformed_request_gets_an_error_reply(nats_server: EmbeddedNats
         assert json.loads(reply.data)["status"] == "error"
 
 
+class Pondering(Agent):
+    """A capability that waits before it answers: it runs in a Task, not inline."""
+
+    @capability("ponder")
+    async def ponder(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return f"pondered {seconds}"
+
+
+async def test_capability_requests_that_wait_are_answered_or_time_out(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    async with Node(nats_server.url, "node-a") as node:
+        await node.system.spawn(Pondering, "p-1")
+        await node.settled()
+        request = {"capability": "ponder", "parameters": {"seconds": 0.01}, "correlationId": "c-1"}
+        reply = await plain.request("capability.ponder", json.dumps(request).encode(), timeout=5)
+        assert json.loads(reply.data) == {
+            "correlationId": "c-1",
+            "result": "pondered 0.01",
+            "agentId": "p-1",
+            "error": None,
+        }
+        # Past the request's own timeout (ms) the answering side gives up and says so.
+        slow = {"capability": "ponder", "parameters": {"seconds": 5}, "timeout": 50, "correlationId": "c-2"}
+        reply = await plain.request("capability.ponder", json.dumps(slow).encode(), timeout=5)
+        answer = json.loads(reply.data)
+        assert answer["correlationId"] == "c-2" and "0.05" in answer["error"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

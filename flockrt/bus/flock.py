@@ -645,21 +645,17 @@ class NatsFlock(LocalFlock):
         """
         if self.has_skill("capability", capability):
             return await super().request_capability(capability, parameters, timeout=timeout)
-        correlation_id = uuid.uuid4().hex
+        # The correlation id travels in the request's body (correlationId), and back in the
+        # response's: no header repeating it.
         request = CapabilityRequest(
             capability=capability,
             parameters=parameters,
             requester=self.node,
             timeout=int(timeout * 1000),
-            correlation_id=correlation_id,
+            correlation_id=f"{self._id_prefix}-c{next(self._ids):x}",
         )
         reply = await self._request(
-            subjects.capability(capability),
-            request,
-            "capability",
-            capability,
-            timeout,
-            {CORRELATION_HEADER: correlation_id},
+            subjects.capability(capability), request, "capability", capability, timeout, None
         )
         response = self.codec.decode(
             reply.subject, reply.data, CapabilityResponse, reply.headers.get("Content-Type")
@@ -872,32 +868,60 @@ class NatsFlock(LocalFlock):
             if then is not None:
                 then(failed)
 
-    async def _on_capability(self, message: Message) -> None:
+    def _on_capability(self, message: Message) -> None:
+        """Answer a capability request when its work finishes: at once for a handler that
+        never waits (no Task, no timer), else from the agent's runner or at the deadline."""
         request = self._decode(message, CapabilityRequest)
         if request is None:
             if message.reply:
-                await self._publish(message.reply, CapabilityResponse(error="invalid capability request"))
+                self._publish_nowait(message.reply, CapabilityResponse(error="invalid capability request"))
             return
-        self._spawn(self._answer_capability(message, request))
+        reply, headers, correlation_id = message.reply, message.headers, request.correlation_id
+        answered = False
+        timer: asyncio.TimerHandle | None = None
 
-    async def _answer_capability(self, message: Message, request: CapabilityRequest) -> None:
-        response: CapabilityResponse
+        def answer(response: CapabilityResponse) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            if timer is not None:
+                timer.cancel()
+            if reply:
+                self._publish_nowait(reply, response, headers)
+
+        def on_done(work: Work, value: Any, error: WorkFailed | None) -> None:
+            if error is None:
+                answer(
+                    CapabilityResponse(correlation_id=correlation_id, result=value, agent_id=work.agent_id)
+                )
+            else:
+                answer(
+                    CapabilityResponse(
+                        correlation_id=correlation_id, agent_id=error.agent_id, error=repr(error.cause)
+                    )
+                )
+
+        work = Work("capability", request.capability, request.parameters, None, PRIORITIES["medium"])
+        work.on_done = on_done
         try:
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            work = Work("capability", request.capability, request.parameters, future, PRIORITIES["medium"])
             self._dispatch(work)
-            result = await self._wait(future, "capability", request.capability, request.timeout / 1000)
-            response = CapabilityResponse(
-                correlation_id=request.correlation_id, result=result, agent_id=work.agent_id
-            )
-        except WorkFailed as exc:
-            response = CapabilityResponse(
-                correlation_id=request.correlation_id, agent_id=exc.agent_id, error=repr(exc.cause)
-            )
         except FlockError as exc:
-            response = CapabilityResponse(correlation_id=request.correlation_id, error=str(exc))
-        if message.reply:
-            await self._publish(message.reply, response, message.headers)
+            answer(CapabilityResponse(correlation_id=correlation_id, error=str(exc)))
+            return
+        if not answered:  # it runs (or waits for an agent) for a while: answer by the deadline
+            timeout = request.timeout / 1000
+            # A requester's future, cancelled at the deadline: work that has not started by then
+            # is skipped.
+            work.future = asyncio.get_running_loop().create_future()
+
+            def expire() -> None:
+                assert work.future is not None
+                work.future.cancel()
+                late = WorkTimeout("capability", request.capability, timeout)
+                answer(CapabilityResponse(correlation_id=correlation_id, error=str(late)))
+
+            timer = asyncio.get_running_loop().call_later(timeout, expire)
 
     async def _on_inbox(self, message: Message) -> None:
         direct = self._decode(message, DirectMessage)
