@@ -111,6 +111,8 @@ class LocalFlock(AgentPort):
         self._id_prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
         self._result_listeners: list[Callable[[TaskResult], None]] = []
+        self.tasks_finished: dict[str, int] = {"ok": 0, "error": 0}
+        """Tasks run by this process's agents, by outcome (a counter for the metrics layer)."""
         system.register_extension(AgentPort, self)
 
     # ------------------------------------------------------------------ AgentPort
@@ -464,10 +466,12 @@ class LocalFlock(AgentPort):
         task: TaskMessage = work.payload
         duration_ms = (time.monotonic() - work.enqueued) * 1000
         if error is None:
+            self.tasks_finished["ok"] += 1
             outcome = TaskResult(
                 task_id=task.id, result=value, processed_by=work.agent_id, duration_ms=duration_ms
             )
         else:
+            self.tasks_finished["error"] += 1
             outcome = TaskResult(
                 task_id=task.id,
                 processed_by=error.agent_id,
