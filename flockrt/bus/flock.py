@@ -33,7 +33,7 @@ import logging
 import re
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 import msgspec
@@ -58,6 +58,7 @@ from flockrt.bus.schema import (
     Heartbeat,
     InvalidMessage,
     Priority,
+    TaskBatchItem,
     TaskMessage,
     TaskResult,
 )
@@ -748,7 +749,13 @@ class NatsFlock(LocalFlock):
             self.directory.on_heartbeat(heartbeat)
 
     async def _on_batch(self, message: Message) -> None:
-        items = self._decode(message, list[BatchItem])
+        items: Sequence[TaskBatchItem | BatchItem] | None
+        try:  # a batch of tasks only (as submit_many sends) decodes in one pass
+            items = self.codec.decode(
+                message.subject, message.data, list[TaskBatchItem], message.headers.get("Content-Type")
+            )
+        except InvalidMessage:  # anything else, item by item (naming the bad ones)
+            items = self._decode(message, list[BatchItem])
         if items is None:
             if message.reply:
                 await self._publish(message.reply, [], message.headers)
@@ -763,7 +770,7 @@ class NatsFlock(LocalFlock):
             task_type = item.subject[len("tasks.") :] if item.subject.startswith("tasks.") else None
             if task_type is not None and self.has_skill("task", task_type):
                 try:
-                    task = msgspec.convert(item.message, TaskMessage)
+                    task = _as_task(item)
                 except msgspec.ValidationError as exc:
                     self.invalid_messages[message.subject] += 1
                     log.warning("invalid task in a batch for %s: %s", item.subject, exc)
@@ -776,7 +783,7 @@ class NatsFlock(LocalFlock):
                 self.invalid_messages[message.subject] += 1
                 log.warning("batch item with an unusable subject %r dropped", item.subject)
 
-    def _answer_batch(self, message: Message, items: list[BatchItem]) -> None:
+    def _answer_batch(self, message: Message, items: Sequence[TaskBatchItem | BatchItem]) -> None:
         """Run a batch's tasks and answer its request with one array of their TaskResults, in
         order, once the last one is in. Those results do not go to ``task.result``."""
         reply, headers = message.reply, _outgoing_headers(message.headers)
@@ -793,11 +800,11 @@ class NatsFlock(LocalFlock):
                 except BusUnavailable as exc:
                     log.debug("batch results not published: %s", exc)
 
-        foreign: list[tuple[int, BatchItem]] = []
+        foreign: list[tuple[int, str, TaskMessage]] = []
         for index, item in enumerate(items):
             task_type = item.subject[len("tasks.") :] if item.subject.startswith("tasks.") else None
             try:
-                task = msgspec.convert(item.message, TaskMessage)
+                task = _as_task(item)
             except msgspec.ValidationError as exc:
                 self.invalid_messages[message.subject] += 1
                 log.warning("invalid task in a batch for %s: %s", item.subject, exc)
@@ -810,7 +817,7 @@ class NatsFlock(LocalFlock):
                 self._unreported.add(task.id)
                 self.dispatch_task(task, functools.partial(settle, index))
             elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
-                foreign.append((index, item))
+                foreign.append((index, item.subject, task))
             else:
                 self.invalid_messages[message.subject] += 1
                 log.warning("batch item with an unusable subject %r", item.subject)
@@ -820,13 +827,12 @@ class NatsFlock(LocalFlock):
             self._spawn(self._forward_batch_items(foreign, settle))
 
     async def _forward_batch_items(
-        self, items: list[tuple[int, BatchItem]], settle: Callable[[int, TaskResult], None]
+        self, items: list[tuple[int, str, TaskMessage]], settle: Callable[[int, TaskResult], None]
     ) -> None:
-        async def forward(index: int, item: BatchItem) -> None:
-            task = msgspec.convert(item.message, TaskMessage)
+        async def forward(index: int, subject: str, task: TaskMessage) -> None:
             timeout = task.timeout / 1000 if task.timeout else 30.0
             try:
-                reply = await self._request(item.subject, task, "task", task.type, timeout, None)
+                reply = await self._request(subject, task, "task", task.type, timeout, None)
                 result = self.codec.decode(
                     reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type")
                 )
@@ -834,7 +840,7 @@ class NatsFlock(LocalFlock):
                 result = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
             settle(index, result)
 
-        await asyncio.gather(*(forward(index, item) for index, item in items))
+        await asyncio.gather(*(forward(*item) for item in items))
 
     async def _on_broadcast(self, message: Message) -> None:
         broadcast = self._decode(message, Broadcast)
@@ -1021,6 +1027,13 @@ class NatsFlock(LocalFlock):
         task = asyncio.get_running_loop().create_task(coroutine)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+
+def _as_task(item: TaskBatchItem | BatchItem) -> TaskMessage:
+    """The task a batch item carries (raises msgspec.ValidationError if it is not one)."""
+    if isinstance(item.message, TaskMessage):
+        return item.message
+    return msgspec.convert(item.message, TaskMessage)
 
 
 def _outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str] | None:
