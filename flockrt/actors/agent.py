@@ -321,18 +321,19 @@ class Agent(Actor[Any]):
         starting, failed, restarting or stopping): the flock then sends the work through the
         mailbox, where a restarted instance finds it.
         """
-        if not self.context.runs(self):
+        if not self._context.runs(self):
             return False
         table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
-        if table.get(work.key) in self._flockrt_inline:
-            self._run_inline(work)
+        method_name = table.get(work.key)
+        if method_name in self._flockrt_inline:
+            self._run_inline(work, method_name)
         elif self._handoff is _WAITING:
             self._handoff = work  # a runner that just freed its slot goes on with it
         else:
             self._start_work(work)
         return True
 
-    def _run_inline(self, work: Work) -> None:
+    def _run_inline(self, work: Work, method_name: str) -> None:
         """Run work whose handler never waits, here and now: its coroutine has no suspension
         point, so one ``send`` runs it to the end, and no Task (nor loop turn) is needed.
 
@@ -341,11 +342,10 @@ class Agent(Actor[Any]):
         """
         if not work.abandoned:
             try:
-                step = self._call(work)
-                if step is not None:
-                    step.send(None)
-                    step.close()  # it waited after all (a method replaced on the instance?)
-                    raise RuntimeError("an inline handler tried to wait")
+                step = self._call(work, method_name)
+                step.send(None)
+                step.close()  # it waited after all (a method replaced on the instance?)
+                raise RuntimeError("an inline handler tried to wait")
             except StopIteration as returned:
                 self.tasks_processed += 1
                 work.finish(returned.value)
@@ -396,11 +396,13 @@ class Agent(Actor[Any]):
     async def _run(self, work: Work) -> None:
         """Run one piece of work; its outcome goes to ``work.finish`` (never raised, except
         the cancellation of a stopping agent)."""
+        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
+        method_name = table.get(work.key)
+        if method_name is None:
+            work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered")))
+            return
         try:
-            step = self._call(work)
-            if step is None:
-                return
-            result = await step
+            result = await self._call(work, method_name)
         except asyncio.CancelledError:
             work.finish(None, self._stopped(work))
             raise
@@ -410,14 +412,8 @@ class Agent(Actor[Any]):
             self.tasks_processed += 1
             work.finish(result)
 
-    def _call(self, work: Work) -> Coroutine[Any, Any, Any] | None:
-        """The handler's coroutine for ``work`` (not started), or None when the skill is not
-        offered (the work is then finished as failed)."""
-        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
-        method_name = table.get(work.key)
-        if method_name is None:
-            work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered")))
-            return None
+    def _call(self, work: Work, method_name: str) -> Coroutine[Any, Any, Any]:
+        """The coroutine of handler ``method_name`` for ``work``, not started."""
         method: Callable[..., Coroutine[Any, Any, Any]] = getattr(self, method_name)
         if work.kind == "task":
             return method(work.payload)
