@@ -125,6 +125,19 @@ class Chain(Agent):
         return int(task.data)
 
 
+async def test_a_failing_result_hook_costs_the_agent_nothing(flock: LocalFlock) -> None:
+    await flock.system.spawn(Analyst, "analyst-1")
+
+    def broken(result: TaskResult) -> None:
+        raise RuntimeError("a bug in the hook")
+
+    for _ in range(Analyst.max_concurrent_tasks):  # a runner each (the handler awaits)
+        flock.dispatch_task(flock.new_task("analysis", "one two"), broken)
+    outcome = await flock.submit("analysis", "still works", wait=True, timeout=5)
+    assert isinstance(outcome, TaskResult) and outcome.result == {"words": 2}
+    assert await flock.request_capability("text-analysis", "inline too") == {"words": 2}
+
+
 def test_handlers_that_never_wait_are_run_inline() -> None:
     assert Chain._flockrt_inline == frozenset({"link"})
     assert Analyst._flockrt_inline == frozenset({"analyze"})  # on_task awaits analyze

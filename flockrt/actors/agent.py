@@ -115,7 +115,10 @@ class Work:
             else:
                 future.set_exception(error)
         if self.on_done is not None:
-            self.on_done(self, value, error)
+            try:
+                self.on_done(self, value, error)
+            except Exception:  # a bug in the flock's hook must not cost the agent its slot
+                log.exception("%s %s: the hook on its outcome failed", self.kind, self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,19 +343,21 @@ class Agent(Actor[Any]):
         A Task would add nothing but its cost: the handler cannot be cancelled half-way, and
         it cannot keep ``asyncio.current_task()`` for later (it has no later).
         """
-        if not work.abandoned:
-            try:
-                step = self._call(work, method_name)
-                step.send(None)
-                step.close()  # it waited after all (a method replaced on the instance?)
-                raise RuntimeError("an inline handler tried to wait")
-            except StopIteration as returned:
-                self.tasks_processed += 1
-                work.finish(returned.value)
-            except (Exception, asyncio.CancelledError) as exc:
-                # No cancellation can be under way in a step that cannot suspend: a
-                # CancelledError here is the handler's own exception, failing the work.
-                self._failed(work, exc)
+        if work.abandoned:
+            self._finished()
+            return
+        try:
+            step = self._call(work, method_name)
+            step.send(None)
+            step.close()  # it waited after all (a method replaced on the instance?)
+            raise RuntimeError("an inline handler tried to wait")
+        except StopIteration as returned:
+            self.tasks_processed += 1
+            work.finish(returned.value)
+        except (Exception, asyncio.CancelledError) as exc:
+            # No cancellation can be under way in a step that cannot suspend: a
+            # CancelledError here is the handler's own exception, failing the work.
+            self._failed(work, exc)
         self._finished()
 
     def _start_work(self, work: Work) -> None:

@@ -293,6 +293,8 @@ class NatsConnection:
                 return
             except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
                 log.debug("publish to %s while the connection is going down: %r", subject, exc)
+            except nats.errors.ConnectionDrainingError:
+                raise BusUnavailable(f"cannot publish to {subject!r}: the connection is closing") from None
             else:
                 self.stats.published += 1
                 task = asyncio.get_running_loop().create_task(_resume(publishing, waiting_for))
