@@ -155,6 +155,35 @@ async def batched_fanout(
         return flight.outcome()
 
 
+async def batched_results_fanout(
+    url: str, n: int, agents: int, nodes: int, window: int, batch: int
+) -> dict[str, Any]:
+    """``submit_many(..., results="batch")``: ``batch`` tasks per request, whose results come
+    back as one message; ``window // batch`` requests in flight at once."""
+    async with _flock(url, agents, nodes, batch_max=batch) as producer:
+        flock = producer.flock
+        flight = Flight(n, window)
+        items = [{"text": TEXT}] * batch
+        starts = list(range(0, n, batch))
+
+        async def requester(mine: list[int]) -> None:
+            for start in mine:
+                size = min(batch, n - start)
+                await flight.room(size)
+                at = time.perf_counter()
+                results = await flock.submit_many(TASK_TYPE, items[:size], results="batch", timeout=60)
+                for result in results:
+                    assert result.status == "ok", result
+                    flight.sent[result.task_id] = at
+                    flight.arrived(result.task_id)
+
+        in_flight = max(1, window // batch)
+        async with asyncio.timeout(120):
+            await asyncio.gather(*(requester(starts[i::in_flight]) for i in range(in_flight)))
+            await flight.done
+        return flight.outcome()
+
+
 async def request_rate(url: str, requesters: int, per_requester: int, agents: int, nodes: int) -> float:
     """Requests/s of ``requesters`` concurrent loops of ``per_requester`` sequential
     ``request_capability`` calls; the producer node has no agent, so each one crosses NATS."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flockrt.actors.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work
+from flockrt.actors.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work, WorkDone
 from flockrt.actors.correlation import correlation_id, new_correlation_id
 from flockrt.actors.histogram import WORK_BUCKETS, Histogram
 from flockrt.actors.ref import ActorRef
@@ -47,6 +47,9 @@ log = logging.getLogger("flockrt.flock")
 
 PRIORITIES: dict[str, int] = {"high": 0, "medium": 1, "low": 2}
 
+_HEAP_SLACK = 4
+"""A free heap is compacted when it holds this many entries per agent (plus 64): stale ones."""
+
 _Skill = tuple[str, str]  # ("capability" | "task", name)
 
 
@@ -56,6 +59,8 @@ class _Member:
     skills: tuple[_Skill, ...] = ()
     running: int = 0
     done: int = 0
+    version: int = 0
+    """Which of its entries in the free heaps is current (see LocalFlock._offer)."""
 
     @property
     def free(self) -> bool:
@@ -123,10 +128,15 @@ class LocalFlock(AgentPort):
         self.directory = directory if directory is not None else Directory(heartbeat_interval)
         self._members: dict[str, _Member] = {}
         self._skills: dict[_Skill, set[str]] = {}
-        # Agents with a free slot, per skill: dispatch looks only at these, so a busy flock
-        # learns "nobody is free" at once instead of scanning every agent per task.
-        self._free: dict[_Skill, set[str]] = {}
+        # Agents with a free slot, per skill, as a heap keyed like the fair choice: the least
+        # loaded, then the one that did least so far, then the smallest id. Entries are never
+        # updated in place: a member's change pushes a new entry with a new version, and
+        # entries whose version is not the member's current one are dropped when they surface.
+        # So picking an agent costs O(log agents), and "nobody is free" is O(1).
+        self._free: dict[_Skill, list[tuple[float, int, str, int]]] = {}
+        self._versions = itertools.count(1)
         self._queues: dict[_Skill, list[tuple[int, int, Work]]] = {}
+        self._pumping: set[_Skill] = set()  # skills whose queue _pump is handing out right now
         self._order = itertools.count()
         # Task ids: a random per-process prefix and a counter. As unique as uuid4 for this use
         # (48 random bits per process) at a fraction of the cost (uuid4 was 8% of fan-out).
@@ -136,6 +146,8 @@ class LocalFlock(AgentPort):
         self.work_stats: WorkStats | None = None
         """Set (by the metrics layer) to count tasks and capability requests by outcome and
         time them; None costs the dispatcher one attribute check."""
+        self.tasks_finished: dict[str, int] = {"ok": 0, "error": 0}
+        """Tasks run by this process's agents, by outcome (a counter for the metrics layer)."""
         system.register_extension(AgentPort, self)
 
     # ------------------------------------------------------------------ AgentPort
@@ -144,10 +156,11 @@ class LocalFlock(AgentPort):
         skills = tuple(("capability", c) for c in card.capabilities) + tuple(
             ("task", t) for t in card.task_types
         )
-        self._members[card.id] = _Member(card, skills)
+        member = self._members[card.id] = _Member(card, skills)
         for skill in skills:
             self._skills.setdefault(skill, set()).add(card.id)
-            self._free.setdefault(skill, set()).add(card.id)
+            self._free.setdefault(skill, [])
+        self._offer(member)
         self.directory.on_announcement(
             AgentAnnouncement(
                 id=card.id,
@@ -169,7 +182,6 @@ class LocalFlock(AgentPort):
             return
         for skill in member.skills:
             self._skills[skill].discard(agent_id)
-            self._free[skill].discard(agent_id)
         self.directory.mark_offline(agent_id)
 
     def work_done(self, agent_id: str) -> None:
@@ -178,8 +190,7 @@ class LocalFlock(AgentPort):
             return
         member.running = max(member.running - 1, 0)
         member.done += 1
-        for skill in member.skills:
-            self._free[skill].add(agent_id)
+        self._offer(member)
         for skill in member.skills:
             self._pump(skill)
 
@@ -204,8 +215,11 @@ class LocalFlock(AgentPort):
             WorkTimeout: no answer within ``timeout`` seconds.
             WorkFailed: the agent's handler raised (the cause is attached).
         """
-        work = self._dispatch("capability", capability, parameters, PRIORITIES["medium"], progress)
-        return await self._wait(work.future, "capability", capability, timeout)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        work = Work("capability", capability, parameters, future, PRIORITIES["medium"], progress=progress)
+        work.correlation_id = correlation_id.get()
+        self._dispatch(work)
+        return await self._wait(future, "capability", capability, timeout)
 
     async def submit(
         self,
@@ -275,18 +289,46 @@ class LocalFlock(AgentPort):
         Raises:
             NoCapableAgent: no agent of this process handles the task's type.
         """
-        started = time.monotonic()
-        work = self._dispatch("task", task.type, task, PRIORITIES[task.priority], progress)
-        if work.correlation_id is None:
-            work.correlation_id = task.id  # what task.result carries too
         result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        work.future.add_done_callback(lambda _: self._task_finished(task, work, started, result))
+
+        def then(outcome: TaskResult) -> None:
+            if not result.done():
+                result.set_result(outcome)
+
+        self.dispatch_task(task, then, progress=progress)
         return result
 
     @property
     def queued_work(self) -> int:
         """Tasks and capability requests waiting for a free local agent."""
         return sum(len(queue) for queue in self._queues.values())
+
+    def dispatch_task(
+        self,
+        task: TaskMessage,
+        then: Callable[[TaskResult], None] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Queue ``task`` for a local agent; its TaskResult goes to the result listeners, then
+        to ``then``. No future and no loop turn of its own: the path of tasks from NATS. The
+        current correlation id (else the task's id) goes with it.
+
+        Raises:
+            NoCapableAgent: no agent of this process handles the task's type.
+        """
+        if then is None:
+            on_done: WorkDone = self._task_done
+        else:
+
+            def on_done(work: Work, value: Any, error: WorkFailed | None) -> None:
+                then(self._task_done(work, value, error))
+
+        work = Work(
+            "task", task.type, task, None, PRIORITIES[task.priority], on_done=on_done, progress=progress
+        )
+        work.correlation_id = correlation_id.get() or task.id  # what task.result carries too
+        self._dispatch(work)
 
     def has_skill(self, kind: str, key: str) -> bool:
         """Whether an agent of this process offers this capability ("capability") or task type ("task")."""
@@ -391,8 +433,13 @@ class LocalFlock(AgentPort):
 
     def on_result(self, listener: Callable[[TaskResult], None]) -> Callable[[], None]:
         """Call ``listener`` with every TaskResult of this process; returns an unsubscribe."""
-        self._result_listeners.append(listener)
-        return lambda: self._result_listeners.remove(listener)
+        # Copy on write: a listener may unsubscribe while results are being delivered.
+        self._result_listeners = [*self._result_listeners, listener]
+
+        def unsubscribe() -> None:
+            self._result_listeners = [other for other in self._result_listeners if other is not listener]
+
+        return unsubscribe
 
     async def spawn_pool(
         self,
@@ -421,54 +468,105 @@ class LocalFlock(AgentPort):
 
     # ------------------------------------------------------------------ dispatching
 
-    def _dispatch(
-        self, kind: str, key: str, payload: Any, priority: int, progress: ProgressCallback | None = None
-    ) -> Work:
-        skill = (kind, key)
+    def _dispatch(self, work: Work) -> None:
+        skill = (work.kind, work.key)
         if not self._skills.get(skill):
-            raise NoCapableAgent(kind, key)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        work = Work(kind, key, payload, future, priority, progress=progress)  # type: ignore[arg-type]
-        work.correlation_id = correlation_id.get()
-        heapq.heappush(self._queues.setdefault(skill, []), (priority, next(self._order), work))
-        self._pump(skill)
-        return work
+            raise NoCapableAgent(work.kind, work.key)
+        queue = self._queues.setdefault(skill, [])
+        if queue or skill in self._pumping:
+            heapq.heappush(queue, (work.priority, next(self._order), work))
+            self._pump(skill)
+            return
+        # Nothing waits: straight to the best free agent, if there is one (no queue to order).
+        self._pumping.add(skill)
+        try:
+            member = self._free_member(skill)
+            if member is None or not self._hand_over(member, work):
+                heapq.heappush(queue, (work.priority, next(self._order), work))
+        finally:
+            self._pumping.discard(skill)
+        if queue:  # work queued while an inline handler ran, or the work above
+            self._pump(skill)
 
     def _pump(self, skill: _Skill) -> None:
-        """Hand queued work to free agents, highest priority first, least loaded agent first."""
+        """Hand queued work to free agents, highest priority first, least loaded agent first.
+
+        Invariant: while work waits in a skill's queue, no agent of that skill has a free slot
+        (every slot that frees up calls work_done, which pumps). So the agent that just
+        finished is the one that gets the next piece, which lets its runner go on with it.
+
+        Work whose handler never waits runs inside ``take_work`` and calls work_done, which
+        pumps again: that inner call returns at once (``_pumping``) and this loop goes on, so
+        draining a long queue does not recurse.
+        """
         queue = self._queues.get(skill)
-        while queue:
-            member = self._free_member(skill)
-            if member is None:
-                return
-            _, _, work = queue[0]
-            if work.future.done():  # its requester gave up
-                heapq.heappop(queue)
-                continue
+        if not queue or skill in self._pumping:
+            return
+        self._pumping.add(skill)
+        try:
+            while queue:
+                member = self._free_member(skill)
+                if member is None:
+                    return
+                entry = heapq.heappop(queue)
+                if entry[2].abandoned:  # its requester gave up
+                    continue
+                if not self._hand_over(member, entry[2]):
+                    heapq.heappush(queue, entry)
+                    return  # the agent will pull again when it finishes something
+        finally:
+            self._pumping.discard(skill)
+
+    def _hand_over(self, member: _Member, work: Work) -> bool:
+        """Give ``work`` to ``member``: directly, or through its mailbox while it cannot take
+        work (restarting, say). False if its mailbox is full."""
+        work.agent_id = member.card.id
+        member.running += 1  # before the handover: inline work finishes within it
+        self._offer(member)
+        take_work = member.card.take_work
+        if take_work is None or not take_work(work):
             try:
                 member.card.ref.tell(work)
             except MailboxFull:
-                return  # it will pull again when it finishes something
-            heapq.heappop(queue)
-            work.agent_id = member.card.id
-            member.running += 1
-            if not member.free:
-                for member_skill in member.skills:
-                    self._free[member_skill].discard(member.card.id)
+                member.running -= 1
+                self._offer(member)
+                return False
+        return True
 
     def _free_member(self, skill: _Skill) -> _Member | None:
         """The least loaded agent with a free slot; ties go to the one that did least so far,
         then to the smallest id, so the choice is fair and deterministic."""
-        best: _Member | None = None
-        best_key: tuple[float, int, str] | None = None
-        for agent_id in self._free.get(skill, ()):
+        heap = self._free.get(skill)
+        while heap:
+            _, _, agent_id, version = heap[0]
+            member = self._members.get(agent_id)
+            if member is not None and member.version == version and member.card.ref.is_alive:
+                return member
+            heapq.heappop(heap)  # stale: the member changed, left, or is stopping
+        return None
+
+    def _offer(self, member: _Member) -> None:
+        """``member`` changed (load, work done, arrival): its entries in the free heaps are
+        replaced by one current entry per skill, if it has a free slot."""
+        member.version = version = next(self._versions)
+        capacity = member.card.max_concurrent_tasks
+        if member.running < capacity:
+            entry = (member.running / capacity, member.done, member.card.id, version)
+            for skill in member.skills:
+                heap = self._free[skill]
+                heapq.heappush(heap, entry)
+                if len(heap) > _HEAP_SLACK * len(self._skills[skill]) + 64:
+                    self._compact(skill)
+
+    def _compact(self, skill: _Skill) -> None:
+        """Drop the stale entries of a free heap (they pile up when no work is dispatched)."""
+        current = []
+        for agent_id in self._skills[skill]:
             member = self._members[agent_id]
-            if not member.card.ref.is_alive:
-                continue
-            key = (member.load, member.done, agent_id)
-            if best_key is None or key < best_key:
-                best, best_key = member, key
-        return best
+            if member.free:
+                current.append((member.load, member.done, agent_id, member.version))
+        heapq.heapify(current)
+        self._free[skill] = current
 
     async def _wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:
         # Capability requests are counted and timed here, where every one of them (local or
@@ -494,16 +592,17 @@ class LocalFlock(AgentPort):
         finally:
             stats.record(kind, key, outcome, time.monotonic() - started)
 
-    def _task_finished(
-        self, task: TaskMessage, work: Work, started: float, result: asyncio.Future[TaskResult]
-    ) -> None:
-        done = work.future
-        duration_ms = (time.monotonic() - started) * 1000
-        if done.cancelled():
+    def _task_done(self, work: Work, value: Any, error: WorkFailed | None) -> TaskResult:
+        """A task's work finished: its TaskResult goes to every result listener."""
+        task: TaskMessage = work.payload
+        duration_ms = (time.monotonic() - work.enqueued) * 1000
+        if error is None:
+            self.tasks_finished["ok"] += 1
             outcome = TaskResult(
-                task_id=task.id, processed_by="", status="error", error="cancelled", duration_ms=duration_ms
+                task_id=task.id, result=value, processed_by=work.agent_id, duration_ms=duration_ms
             )
-        elif isinstance(error := done.exception(), WorkFailed):
+        else:
+            self.tasks_finished["error"] += 1
             outcome = TaskResult(
                 task_id=task.id,
                 processed_by=error.agent_id,
@@ -511,22 +610,12 @@ class LocalFlock(AgentPort):
                 error=repr(error.cause),
                 duration_ms=duration_ms,
             )
-        elif error is not None:
-            outcome = TaskResult(
-                task_id=task.id, processed_by="", status="error", error=repr(error), duration_ms=duration_ms
-            )
-        else:
-            outcome = TaskResult(
-                task_id=task.id, result=done.result(), processed_by=work.agent_id, duration_ms=duration_ms
-            )
         stats = self.work_stats
         if stats is not None:
-            status = "cancelled" if done.cancelled() else outcome.status
-            stats.record("task", task.type, status, duration_ms / 1000)
-        for listener in list(self._result_listeners):
+            stats.record("task", task.type, outcome.status, duration_ms / 1000)
+        for listener in self._result_listeners:
             try:
                 listener(outcome)
             except Exception:  # one listener's bug must not cost the others their result
                 log.exception("task result listener %r failed", listener)
-        if not result.done():
-            result.set_result(outcome)
+        return outcome

@@ -105,6 +105,54 @@ async def test_tasks_return_results_to_the_submitter_and_listeners(flock: LocalF
     failed = results[1]
     assert (failed.task_id, failed.status, failed.processed_by) == ("t-fail", "error", "analyst-1")
     assert "cannot analyse this" in (failed.error or "")
+    assert flock.tasks_finished == {"ok": 1, "error": 1}
+
+
+class Chain(Agent):
+    """A task handler that never waits, and hands the flock the next task of the chain."""
+
+    flock: LocalFlock
+
+    @handles_task("chain")
+    async def link(self, task: TaskMessage) -> int:
+        if task.data < 3000:  # deeper than the recursion limit, if dispatch recursed
+            self.flock.dispatch_task(self.flock.new_task("chain", task.data + 1))
+        return int(task.data)
+
+    @handles_task("wait-then-link")
+    async def waits(self, task: TaskMessage) -> int:
+        await asyncio.sleep(0)
+        return int(task.data)
+
+
+async def test_a_failing_result_hook_costs_the_agent_nothing(flock: LocalFlock) -> None:
+    await flock.system.spawn(Analyst, "analyst-1")
+
+    def broken(result: TaskResult) -> None:
+        raise RuntimeError("a bug in the hook")
+
+    for _ in range(Analyst.max_concurrent_tasks):  # a runner each (the handler awaits)
+        flock.dispatch_task(flock.new_task("analysis", "one two"), broken)
+    outcome = await flock.submit("analysis", "still works", wait=True, timeout=5)
+    assert isinstance(outcome, TaskResult) and outcome.result == {"words": 2}
+    assert await flock.request_capability("text-analysis", "inline too") == {"words": 2}
+
+
+def test_handlers_that_never_wait_are_run_inline() -> None:
+    assert Chain._flockrt_inline == frozenset({"link"})
+    assert Analyst._flockrt_inline == frozenset({"analyze"})  # on_task awaits analyze
+
+
+async def test_inline_work_does_not_recurse_through_the_dispatcher(flock: LocalFlock) -> None:
+    Chain.flock = flock
+    await flock.system.spawn(Chain, "chain-1")
+    results: list[TaskResult] = []
+    flock.on_result(results.append)
+    flock.dispatch_task(flock.new_task("chain", 0))
+    await wait_for(lambda: len(results) == 3001)
+    assert [r.result for r in results] == list(range(3001))  # in order, each once
+    outcome = await flock.submit("wait-then-link", 7, wait=True)  # a Task of the agent's runs it
+    assert isinstance(outcome, TaskResult) and outcome.result == 7
 
 
 async def test_nothing_capable_and_bad_input_are_clear_errors(flock: LocalFlock) -> None:

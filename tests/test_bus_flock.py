@@ -250,6 +250,36 @@ async def test_a_malformed_request_gets_an_error_reply(nats_server: EmbeddedNats
         assert json.loads(reply.data)["status"] == "error"
 
 
+class Pondering(Agent):
+    """A capability that waits before it answers: it runs in a Task, not inline."""
+
+    @capability("ponder")
+    async def ponder(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return f"pondered {seconds}"
+
+
+async def test_capability_requests_that_wait_are_answered_or_time_out(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    async with Node(nats_server.url, "node-a") as node:
+        await node.system.spawn(Pondering, "p-1")
+        await node.settled()
+        request = {"capability": "ponder", "parameters": {"seconds": 0.01}, "correlationId": "c-1"}
+        reply = await plain.request("capability.ponder", json.dumps(request).encode(), timeout=5)
+        assert json.loads(reply.data) == {
+            "correlationId": "c-1",
+            "result": "pondered 0.01",
+            "agentId": "p-1",
+            "error": None,
+        }
+        # Past the request's own timeout (ms) the answering side gives up and says so.
+        slow = {"capability": "ponder", "parameters": {"seconds": 5}, "timeout": 50, "correlationId": "c-2"}
+        reply = await plain.request("capability.ponder", json.dumps(slow).encode(), timeout=5)
+        answer = json.loads(reply.data)
+        assert answer["correlationId"] == "c-2" and "0.05" in answer["error"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -301,6 +331,44 @@ async def test_submit_many_travels_in_few_batches_and_each_task_runs_once(
     by_task = {r["taskId"]: r for r in results.json()}
     assert set(by_task) == set(ids)
     assert all(r["status"] == "ok" for r in by_task.values())
+
+
+async def test_submit_many_with_batched_results_gets_one_answer_per_batch(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    results, batches = Collector(), Collector()
+    await plain.subscribe("task.result", cb=results.handle)
+    await plain.subscribe("batch.messages", cb=batches.handle)
+    await plain.flush()
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await b.agents("b-1", "b-2")
+        a.flock.batch_max = 100
+        outcome = await a.flock.submit_many("general", range(250), results="batch", timeout=10)
+        await plain.flush()
+        assert results.messages == []  # batched results do not go to task.result
+        assert len(batches.messages) == 3  # 100 + 100 + 50
+        # The node taking a batch answers it also when it must forward some tasks elsewhere.
+        async with Node(nats_server.url, "node-c") as c:
+            await c.system.spawn(Special, "s-1")
+            await c.settled()
+            mixed = [{"subject": "tasks.general", "message": {"id": "g-1", "type": "general", "data": 1}}]
+            mixed += [{"subject": "tasks.special", "message": {"id": "s-1", "type": "special", "data": 2}}]
+            mixed += [{"subject": "tasks.general", "message": {"id": 3}}]  # invalid: an error result
+            reply = await plain.request("batch.messages", json.dumps(mixed).encode(), timeout=10)
+            await wait_for(lambda: len(results.messages) == 1)
+    assert [r.result["echo"] for r in outcome] == list(range(250))  # in order
+    assert all(r.status == "ok" and r.processed_by in ("b-1", "b-2") for r in outcome)
+    answer = json.loads(reply.data)
+    assert [(r["taskId"], r["status"]) for r in answer] == [("g-1", "ok"), ("s-1", "ok"), ("", "error")]
+    assert answer[1]["result"] == "special 2"
+    # The forwarded task travelled as a task of its own, with its own result on task.result.
+    assert [r["taskId"] for r in results.json()] in (["g-1"], ["s-1"])
+
+
+async def test_batched_results_need_someone_taking_batches(nats_server: EmbeddedNats) -> None:
+    async with Node(nats_server.url, "node-a") as a:
+        with pytest.raises(NoCapableAgent):
+            await a.flock.submit_many("general", range(3), results="batch", timeout=5)
 
 
 async def test_submit_with_batch_waits_for_company(nats_server: EmbeddedNats, plain: nats.NATS) -> None:
@@ -480,7 +548,8 @@ async def test_correlation_ids_travel_from_task_to_result(
     headers = {
         json.loads(m.data)["taskId"]: (m.headers or {}).get("Correlation-Id") for m in results.messages
     }
-    assert headers == {"t-corr": "trace-42", "t-own": "t-own"}
+    # A task without a header of its own: its correlation id is its id, carried as taskId.
+    assert headers == {"t-corr": "trace-42", "t-own": None}
 
 
 async def test_a_persisted_directory_lets_a_new_process_see_the_flock_at_once(

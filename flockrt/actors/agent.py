@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dis
 import inspect
 import logging
 import time
@@ -82,6 +83,10 @@ def _skill_marker(kind: str, key: str, attribute: str) -> Callable[[F], F]:
     return mark
 
 
+WorkDone = Callable[["Work", Any, "WorkFailed | None"], object]
+"""The flock's hook on a finished piece of work: ``(work, value, None)`` or ``(work, None, error)``."""
+
+
 @dataclass(eq=False, slots=True)
 class Work:
     """One piece of work a flock hands to an agent: a capability call or a task.
@@ -90,14 +95,18 @@ class Work:
         kind: "capability" or "task".
         key: The capability name or the task type.
         payload: The request's parameters, or the TaskMessage.
-        future: Receives the handler's return value or a WorkFailed.
+        future: A waiting requester's future, or None: gets the handler's return value or a
+            WorkFailed. A requester that gives up cancels it, and work not started yet is
+            then skipped.
         priority: 0 (high), 1 (medium) or 2 (low): lower runs first.
+        on_done: Called once, synchronously, when the work has finished (after ``future``);
+            how tasks get their TaskResult without a future and a loop turn each.
     """
 
     kind: Literal["capability", "task"]
     key: str
     payload: Any
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None = None
     priority: int = 1
     enqueued: float = field(default_factory=time.monotonic)
     agent_id: str = ""
@@ -106,10 +115,30 @@ class Work:
     """The correlation id of the request, set again while the agent's handler runs."""
     progress: ProgressCallback | None = None
     """Where the handler's :meth:`Agent.report_progress` goes (None: nobody listens)."""
+    on_done: WorkDone | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        """Its requester gave up waiting (there is no point in starting it)."""
+        return self.future is not None and self.future.done()
+
+    def finish(self, value: Any, error: WorkFailed | None = None) -> None:
+        """Deliver the outcome to the requester's future and the flock's hook."""
+        future = self.future
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+        if self.on_done is not None:
+            try:
+                self.on_done(self, value, error)
+            except Exception:  # a bug in the flock's hook must not cost the agent its slot
+                log.exception("%s %s: the hook on its outcome failed", self.kind, self.key)
 
 
-# The Work a handler is running: each piece of work runs in its own asyncio task, so a context
-# variable set there is seen by that handler (and what it awaits) only.
+# The Work a handler is running, in the context the handler runs in (its runner Task's, or set
+# and reset around an inline handler), so report_progress finds its requester.
 _current_work: contextvars.ContextVar[Work | None] = contextvars.ContextVar("flockrt_work", default=None)
 
 
@@ -123,6 +152,8 @@ class AgentCard:
     task_types: tuple[str, ...]
     max_concurrent_tasks: int
     ref: Any  # ActorRef[Any]; Any keeps this module free of a ref import cycle
+    take_work: Callable[[Work], bool] | None = None
+    """Hands work to the agent directly, bypassing its mailbox (see :meth:`Agent.take_work`)."""
 
 
 class AgentPort:
@@ -187,6 +218,8 @@ class Agent(Actor[Any]):
     max_concurrent_tasks: int = 1
     _flockrt_capabilities: ClassVar[dict[str, str]] = {}
     _flockrt_task_types: ClassVar[dict[str, str]] = {}
+    _flockrt_inline: ClassVar[frozenset[str]] = frozenset()
+    """Skill methods that never wait (see :func:`_never_waits`): run inline, without a Task."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -200,6 +233,8 @@ class Agent(Actor[Any]):
                     task_types[task_type] = attr
         cls._flockrt_capabilities = capabilities
         cls._flockrt_task_types = task_types
+        methods = {*capabilities.values(), *task_types.values()}
+        cls._flockrt_inline = frozenset(m for m in methods if _never_waits(getattr(cls, m)))
 
     def __init__(
         self, agent_id: str, *, name: str | None = None, max_concurrent_tasks: int | None = None
@@ -214,6 +249,7 @@ class Agent(Actor[Any]):
         self._started = time.monotonic()
         self._port: AgentPort | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._handoff: Work | None = None  # see _runner
 
     # ------------------------------------------------------------------ identity
 
@@ -241,6 +277,7 @@ class Agent(Actor[Any]):
             task_types=self.task_types,
             max_concurrent_tasks=self.max_concurrent_tasks,
             ref=self.context.ref,
+            take_work=self.take_work,
         )
 
     def heartbeat(self) -> Heartbeat:
@@ -369,7 +406,7 @@ class Agent(Actor[Any]):
     # ------------------------------------------------------------------ messages
 
     async def receive(self, message: Any) -> Any:
-        if type(message) is Work:
+        if type(message) is Work:  # handed over while this instance could not take it directly
             self._start_work(message)
         elif message is _BEAT:
             if self._port is not None:
@@ -391,84 +428,201 @@ class Agent(Actor[Any]):
             log.warning("agent %s ignores unexpected message %r", self.agent_id, message)
         return None
 
-    def _start_work(self, work: Work) -> None:
-        if work.future.done():  # the requester gave up while it waited in the queue
-            self._finished()
-            return
+    def take_work(self, work: Work) -> bool:
+        """Start ``work`` now, bypassing the mailbox; the flock's way to hand work over.
+
+        Returns False, taking nothing, when this instance cannot take work right now (it is
+        starting, failed, restarting or stopping): the flock then sends the work through the
+        mailbox, where a restarted instance finds it.
+        """
+        if not self._context.runs(self):
+            return False
         table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
         method_name = table.get(work.key)
-        if method_name is None:
-            work.future.set_exception(
-                WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered"))
-            )
+        if method_name in self._flockrt_inline:
+            self._run_inline(work, method_name)
+        elif self._handoff is _WAITING:
+            self._handoff = work  # a runner that just freed its slot goes on with it
+        else:
+            self._start_work(work)
+        return True
+
+    def _run_inline(self, work: Work, method_name: str) -> None:
+        """Run work whose handler never waits, here and now: its coroutine has no suspension
+        point, so one ``send`` runs it to the end, and no Task (nor loop turn) is needed.
+
+        A Task would add nothing but its cost: the handler cannot be cancelled half-way, and
+        it cannot keep ``asyncio.current_task()`` for later (it has no later).
+        """
+        if work.abandoned:
             self._finished()
             return
-        task = asyncio.get_running_loop().create_task(self._run(work, getattr(self, method_name)))
+        # Runs in the caller's context (a NATS callback, the dispatcher): set, then reset.
+        agent_token = current_agent.set(self.agent_id)
+        correlation_token = correlation_id.set(work.correlation_id)
+        work_token = _current_work.set(work)
+        try:
+            step = self._call(work, method_name)
+            step.send(None)
+            step.close()  # it waited after all (a method replaced on the instance?)
+            raise RuntimeError("an inline handler tried to wait")
+        except StopIteration as returned:
+            self.tasks_processed += 1
+            work.finish(returned.value)
+        except (Exception, asyncio.CancelledError) as exc:
+            # No cancellation can be under way in a step that cannot suspend: a
+            # CancelledError here is the handler's own exception, failing the work.
+            self._failed(work, exc)
+        finally:
+            _current_work.reset(work_token)
+            correlation_id.reset(correlation_token)
+            current_agent.reset(agent_token)
+        self._finished()
+
+    def _start_work(self, work: Work) -> None:
+        task = asyncio.get_running_loop().create_task(self._runner(work))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, work: Work, method: Callable[..., Coroutine[Any, Any, Any]]) -> None:
-        # Its own task, so its own context: no reset needed.
+    async def _runner(self, work: Work) -> None:
+        """Run ``work``, then each piece the flock hands over as its slot frees up.
+
+        Under load the flock's queue is rarely empty, so one runner Task does many pieces of
+        work in a row instead of one Task (and its scheduling) per piece. The handover is
+        synchronous: ``_finished`` reports the free slot, the flock's dispatcher calls
+        :meth:`take_work` within that call, and ``_handoff`` carries the piece back here.
+        """
+        in_a_row = 0
+        while True:
+            try:
+                if not work.abandoned:
+                    await self._run(work)
+            except asyncio.CancelledError:  # the agent stops; nothing more for this runner
+                self._finished()
+                raise
+            self._handoff = _WAITING
+            try:
+                self._finished()
+            finally:
+                handed, self._handoff = self._handoff, None
+            if handed is _WAITING or handed is None:
+                return
+            work = handed
+            in_a_row += 1
+            if in_a_row % _RUNS_PER_TURN == 0:  # handlers that never wait must not hog the loop
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    work.finish(None, self._stopped(work))
+                    self._finished()
+                    raise
+
+    async def _run(self, work: Work) -> None:
+        """Run one piece of work; its outcome goes to ``work.finish`` (never raised, except
+        the cancellation of a stopping agent)."""
+        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
+        method_name = table.get(work.key)
+        if method_name is None:
+            work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered")))
+            return
+        # The runner Task's own context: set for this piece, overwritten by the next one.
         current_agent.set(self.agent_id)
         correlation_id.set(work.correlation_id)
-        _current_work.set(work)  # this task's own context: seen by this handler only
-        unfollow = _follow_requester(work)
+        _current_work.set(work)
+        follow = _follow_requester(work)
         try:
-            if work.kind == "task":
-                result = await method(work.payload)
-            elif isinstance(work.payload, dict):
-                result = await method(**work.payload)
-            elif work.payload is None:
-                result = await method()
-            else:
-                result = await method(work.payload)
+            result = await self._call(work, method_name)
         except asyncio.CancelledError:
-            if not work.future.done():
-                work.future.set_exception(
-                    WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
-                )
+            if follow.cancelled:  # its requester gave up (the runner stops, its slot is freed)
+                work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("cancelled")))
+            else:
+                work.finish(None, self._stopped(work))
             raise
         except Exception as exc:  # the work failed, not the agent: its requester gets the error
-            self.tasks_processed += 1
-            log.warning("agent %s: %s %s failed: %r", self.agent_id, work.kind, work.key, exc)
-            if not work.future.done():
-                work.future.set_exception(WorkFailed(self.agent_id, work.kind, work.key, exc))
+            self._failed(work, exc)
         else:
             self.tasks_processed += 1
-            if not work.future.done():
-                work.future.set_result(result)
+            work.finish(result)
         finally:
-            unfollow()
-            self._finished()
+            follow.stop()
+
+    def _call(self, work: Work, method_name: str) -> Coroutine[Any, Any, Any]:
+        """The coroutine of handler ``method_name`` for ``work``, not started."""
+        method: Callable[..., Coroutine[Any, Any, Any]] = getattr(self, method_name)
+        if work.kind == "task":
+            return method(work.payload)
+        if isinstance(work.payload, dict):
+            return method(**work.payload)
+        if work.payload is None:
+            return method()
+        return method(work.payload)
+
+    def _failed(self, work: Work, exc: BaseException) -> None:
+        """The work failed, not the agent: its requester gets the error."""
+        self.tasks_processed += 1
+        log.warning("agent %s: %s %s failed: %r", self.agent_id, work.kind, work.key, exc)
+        work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, exc))
+
+    def _stopped(self, work: Work) -> WorkFailed:
+        return WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
 
     def _finished(self) -> None:
         if self._port is not None:
             self._port.work_done(self.agent_id)
 
 
-def _follow_requester(work: Work) -> Callable[[], None]:
-    """While the current task runs ``work``, a requester that cancels its wait (an MCP client's
-    notifications/cancelled, a caller cancelled itself, a timeout) cancels it: nobody wants the
-    result any more. Returns the function that ends this, to call when the work is over (the
-    task may go on with other work)."""
-    future: asyncio.Future[Any] | None = work.future  # None: no requester waits for it
-    task = asyncio.current_task()
-    if future is None or task is None:
-        return _nothing
-    running = True
+class _Follow:
+    """While a runner Task runs a piece of work, a requester that cancels its wait (an MCP
+    client's notifications/cancelled, a caller cancelled itself, a timeout) cancels the Task:
+    nobody wants the result any more. :meth:`stop` ends this when the work is over (the Task
+    may go on with other work); :attr:`cancelled` says whether it fired."""
 
-    def abandoned(done: asyncio.Future[Any]) -> None:
-        if running and done.cancelled():
-            task.cancel()
+    __slots__ = ("_future", "_task", "cancelled")
 
-    def unfollow() -> None:
-        nonlocal running
-        running = False
-        future.remove_done_callback(abandoned)
+    def __init__(self, future: asyncio.Future[Any] | None, task: asyncio.Task[Any] | None) -> None:
+        self._future = future
+        self._task = task
+        self.cancelled = False
+        if future is not None and task is not None:
+            future.add_done_callback(self._abandoned)
 
-    future.add_done_callback(abandoned)
-    return unfollow
+    def _abandoned(self, done: asyncio.Future[Any]) -> None:
+        if done.cancelled() and self._task is not None:
+            self.cancelled = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        if self._future is not None and self._task is not None:
+            self._future.remove_done_callback(self._abandoned)
+        self._task = None
 
 
-def _nothing() -> None:
-    pass
+def _follow_requester(work: Work) -> _Follow:
+    return _Follow(work.future, asyncio.current_task())
+
+
+_WAIT_OPCODES = frozenset(
+    dis.opmap[name]
+    for name in ("GET_AWAITABLE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH", "YIELD_VALUE")
+    if name in dis.opmap
+)
+
+
+def _never_waits(method: Any) -> bool:
+    """Whether ``method`` is an ``async def`` with no await, ``async for`` or ``async with``
+    in its body: its coroutine then finishes in its first step, whatever it calls."""
+    code = getattr(method, "__code__", None)
+    if code is None or not inspect.iscoroutinefunction(method):
+        return False
+    return not any(instruction.opcode in _WAIT_OPCODES for instruction in dis.get_instructions(code))
+
+
+_RUNS_PER_TURN = 64
+"""Pieces of work a runner does in a row before it yields to the loop (as an actor's turn)."""
+
+
+class _Waiting:
+    """``Agent._handoff`` while a runner reports its free slot: it takes the next piece."""
+
+
+_WAITING: Any = _Waiting()

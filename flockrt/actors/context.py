@@ -256,6 +256,11 @@ class ActorContext(Generic[M]):
         """One of starting, running, suspended, stopping, stopped."""
         return STATE_NAMES[self._state]
 
+    def runs(self, actor: Actor[Any]) -> bool:
+        """Whether ``actor`` is this context's current instance and it is running: started,
+        not failed or restarting, not stopping."""
+        return self._actor is actor and self._state == RUNNING and not self._closed
+
     @property
     def restarts(self) -> int:
         """How many times a supervisor restarted this actor."""

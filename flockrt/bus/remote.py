@@ -8,7 +8,8 @@ when the gateway is down), so both speak exactly the same messages:
 - ``agent.<id>.inbox``: a :class:`DirectMessage`; a ``query`` is a request whose reply is the
   ``response`` DirectMessage, any other type is a plain publish.
 
-The correlation id travels in the ``Correlation-Id`` header as well as in the message.
+The correlation id travels in the message (``correlationId``), and for direct messages in the
+``Correlation-Id`` header too.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ async def request_capability(
         correlation_id=correlation_id,
     )
     try:
-        reply = await bus.request(
-            subject, codec.encode(request), timeout=timeout, headers={CORRELATION_HEADER: correlation_id}
-        )
+        # The body's correlationId is enough for the answering side; no header repeats it (a
+        # header costs microseconds a message to build and to parse, a lot for a request).
+        reply = await bus.request(subject, codec.encode(request), timeout=timeout)
     except NoResponders:
         raise NoCapableAgent("capability", capability) from None
     except BusTimeout:

@@ -37,6 +37,7 @@ __all__ = [
     "Heartbeat",
     "InvalidMessage",
     "Priority",
+    "TaskBatchItem",
     "TaskMessage",
     "TaskResult",
     "WireMessage",
@@ -179,6 +180,14 @@ class BatchItem(_Wire, frozen=True, kw_only=True):
 
     subject: str
     message: Any
+
+
+class TaskBatchItem(_Wire, frozen=True, kw_only=True):
+    """A ``batch.messages`` item read as a task: how a batch of tasks alone (what
+    ``submit_many`` sends) is decoded in one pass; any other batch is read as BatchItems."""
+
+    subject: str
+    message: TaskMessage
 
 
 WireMessage: TypeAlias = (
