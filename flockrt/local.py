@@ -31,6 +31,7 @@ from flockrt.bus.directory import AgentInfo, Directory, StatusFilter
 from flockrt.bus.schema import (
     AgentAnnouncement,
     Broadcast,
+    CapabilityResponse,
     DirectMessage,
     Heartbeat,
     Priority,
@@ -215,11 +216,27 @@ class LocalFlock(AgentPort):
             WorkTimeout: no answer within ``timeout`` seconds.
             WorkFailed: the agent's handler raised (the cause is attached).
         """
+        response = await self.request_capability_response(
+            capability, parameters, timeout=timeout, progress=progress
+        )
+        return response.result
+
+    async def request_capability_response(
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
+    ) -> CapabilityResponse:
+        """:meth:`request_capability`, answered with who did it: the result, the agent's id
+        and the correlation id, as a :class:`~flockrt.bus.schema.CapabilityResponse`."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         work = Work("capability", capability, parameters, future, PRIORITIES["medium"], progress=progress)
         work.correlation_id = correlation_id.get()
         self._dispatch(work)
-        return await self._wait(future, "capability", capability, timeout)
+        result = await self._wait(future, "capability", capability, timeout)
+        return CapabilityResponse(correlation_id=work.correlation_id, result=result, agent_id=work.agent_id)
 
     async def submit(
         self,
@@ -569,18 +586,22 @@ class LocalFlock(AgentPort):
         self._free[skill] = current
 
     async def _wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:
-        # Capability requests are counted and timed here, where every one of them (local or
-        # from NATS) is awaited: a done-callback would cost a loop turn per request.
+        # Capability requests are counted and timed here, where every one of them is awaited:
+        # a done-callback would cost a loop turn per request. asyncio.timeout, not wait_for:
+        # on 3.11, wait_for returns the result instead of raising when a cancellation arrives
+        # just as the future completes, and the caller's cancellation would be lost.
         stats = self.work_stats if kind == "capability" else None
         if stats is None:
             try:
-                return await asyncio.wait_for(future, timeout)
+                async with asyncio.timeout(timeout):
+                    return await future
             except TimeoutError:
                 raise WorkTimeout(kind, key, timeout or 0.0) from None
         started = time.monotonic()
         outcome = "error"
         try:
-            result = await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                result = await future
             outcome = "ok"
             return result
         except TimeoutError:

@@ -77,7 +77,9 @@ async def test_every_tool_answers(flock: Flock, transport: str) -> None:
             "request_capability", {"capability": "text-analysis", "parameters": {"text": "a b c"}}
         )
         assert not result.is_error
-        assert structured(result)["result"] == {"words": 3}
+        answer = structured(result)
+        assert answer["result"] == {"words": 3}
+        assert answer["agentId"] == "analyst-1" and answer["correlationId"]  # who answered
 
         result = await call("send_message", {"to": "analyst-1", "message": {"q": 1}, "type": "query"})
         out = structured(result)
@@ -198,6 +200,38 @@ async def test_progress_notifications_when_a_token_is_sent(flock: Flock, transpo
     assert progress[-1][0] == progress[-1][1] and progress[-1][0] >= 1
     values = [value for value, _ in progress]
     assert values == sorted(set(values))  # strictly increasing, as the spec requires
+
+
+class Reporter(flockrt.Agent):
+    """Reports its progress twice while it works, as the Claude agent does while it streams."""
+
+    @flockrt.capability("reporting")
+    async def work(self) -> str:
+        self.report_progress(1, 2, "half way")
+        await asyncio.sleep(0)  # an await between the reports: a runner Task, not inline
+        self.report_progress(2, 2, "all there")
+        return "finished"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_agents_own_progress_reaches_the_caller(flock: Flock, transport: str) -> None:
+    assert flock.gateway_url is not None
+    await flock.system.spawn(Reporter, "reporter-1")
+    messages: list[str | None] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        messages.append(message)
+
+    async with client(flock.gateway_url, transport=transport) as c:
+        result = await c.call_tool(
+            "request_capability", {"capability": "reporting"}, progress_callback=on_progress
+        )
+        assert structured(result)["result"] == "finished"
+        assert structured(result)["agentId"] == "reporter-1"
+    reported = [message for message in messages if message in ("half way", "all there")]
+    assert messages[0] == "started"
+    assert messages[-1] == "done"
+    assert reported == ["half way", "all there"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -380,9 +380,8 @@ class NatsFlock(LocalFlock):
     async def _run_durable_task(self, task: TaskMessage) -> TaskResult:
         # NoCapableAgent (our last agent for the type just left) raises: the task is retried.
         result = self.start_task(task)
-        if task.timeout is not None:
-            return await asyncio.wait_for(result, task.timeout / 1000)
-        return await result
+        async with asyncio.timeout(task.timeout / 1000 if task.timeout is not None else None):
+            return await result
 
     def _handles_tasks(self) -> bool:
         return any(kind == "task" and ids for (kind, _), ids in self._skills.items())
@@ -658,15 +657,16 @@ class NatsFlock(LocalFlock):
         if items:
             self._later(lambda: self._publish_batch(items))
 
-    async def request_capability(
+    async def request_capability_response(
         self,
         capability: str,
         parameters: Any = None,
         *,
         timeout: float = 30.0,
         progress: ProgressCallback | None = None,
-    ) -> Any:
-        """Have a capable agent do ``capability``: a local one if there is one, else across NATS.
+    ) -> CapabilityResponse:
+        """Have a capable agent do ``capability``: a local one if there is one, else across NATS
+        (:meth:`request_capability` is this answer's result).
 
         ``progress`` hears what a local agent reports while it works; the wire contract has no
         progress messages, so an agent in another process reports none.
@@ -677,10 +677,10 @@ class NatsFlock(LocalFlock):
             WorkFailed: the agent's handler raised.
         """
         if self.has_skill("capability", capability):
-            return await super().request_capability(
+            return await super().request_capability_response(
                 capability, parameters, timeout=timeout, progress=progress
             )
-        return await remote.request_capability(
+        return await remote.request_capability_response(
             self.bus, self.codec, capability, parameters, requester=self.node, timeout=timeout
         )
 

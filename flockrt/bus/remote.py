@@ -23,7 +23,7 @@ from flockrt.bus.connection import NatsConnection
 from flockrt.bus.schema import CapabilityRequest, CapabilityResponse, Codec, DirectMessage
 from flockrt.errors import BusTimeout, NoCapableAgent, NoResponders, UnknownAgent, WorkFailed, WorkTimeout
 
-__all__ = ["CORRELATION_HEADER", "request_capability", "send_direct"]
+__all__ = ["CORRELATION_HEADER", "request_capability", "request_capability_response", "send_direct"]
 
 CORRELATION_HEADER = "Correlation-Id"
 
@@ -37,10 +37,26 @@ async def request_capability(
     requester: str,
     timeout: float = 30.0,
 ) -> Any:
+    """:func:`request_capability_response`'s result alone."""
+    response = await request_capability_response(
+        bus, codec, capability, parameters, requester=requester, timeout=timeout
+    )
+    return response.result
+
+
+async def request_capability_response(
+    bus: NatsConnection,
+    codec: Codec,
+    capability: str,
+    parameters: Any = None,
+    *,
+    requester: str,
+    timeout: float = 30.0,
+) -> CapabilityResponse:
     """Ask whoever offers ``capability`` on NATS (queue group: one of them answers).
 
     Returns:
-        The answering agent's result.
+        The answer: the agent's result, its id and the correlation id.
 
     Raises:
         NoCapableAgent: nobody subscribes to ``capability.<name>``.
@@ -69,7 +85,7 @@ async def request_capability(
     response = codec.decode(reply.subject, reply.data, CapabilityResponse, reply.headers.get("Content-Type"))
     if response.error is not None:
         raise WorkFailed(response.agent_id, "capability", capability, RuntimeError(response.error))
-    return response.result
+    return response
 
 
 async def send_direct(

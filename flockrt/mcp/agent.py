@@ -112,7 +112,8 @@ class OutsideAgent(Agent):
         self._pending[correlation_id] = future
         try:
             self._link.push(MESSAGE_NOTIFICATION, msgspec.to_builtins(direct))
-            return await asyncio.wait_for(future, self._answer_timeout)
+            async with asyncio.timeout(self._answer_timeout):
+                return await future
         finally:
             self._pending.pop(correlation_id, None)
 

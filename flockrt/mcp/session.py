@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import secrets
 import time
@@ -253,6 +254,7 @@ class Session:
         progress = None if token is None else _Progress(token, notify, self.gateway.progress_interval)
         if progress is not None:
             await progress.start()
+        _current_progress.set(progress)
         try:
             content = await getattr(self, f"_tool_{tool.name}")(arguments, request_id)
             is_error = False
@@ -300,17 +302,21 @@ class Session:
         self, args: tools.RequestCapability, request_id: Any
     ) -> dict[str, Any]:
         _check_argument("capability", args.capability, request_id)
+        progress = _current_progress.get()
         try:
-            result = await self.gateway.flock.request_capability(
-                args.capability, args.parameters, timeout=self._timeout(args.timeout)
+            response = await self.gateway.flock.request_capability_response(
+                args.capability,
+                args.parameters,
+                timeout=self._timeout(args.timeout),
+                progress=progress.report if progress is not None else None,
             )
         except FlockError as exc:
             raise _failure(exc) from None
         return {
             "capability": args.capability,
-            "result": result,
-            "agentId": None,
-            "correlationId": secrets.token_hex(16),
+            "result": response.result,
+            "agentId": response.agent_id,
+            "correlationId": response.correlation_id or secrets.token_hex(16),
         }
 
     async def _tool_list_agents(self, args: tools.ListAgents, request_id: Any) -> dict[str, Any]:
@@ -507,9 +513,14 @@ class Session:
 
 
 class _Progress:
-    """Progress notifications of one tool call: 0 when it starts, one more every ``interval``
-    seconds while it runs (with how long it has waited), and last ``n`` of ``n``. The value only
-    ever increases, as the MCP spec requires."""
+    """Progress notifications of one tool call: 0 when it starts, one more for each report of
+    the agent doing the work (its message, e.g. how much of Claude's answer has streamed in) or,
+    while nothing is reported, every ``interval`` seconds (how long it has waited), and last
+    ``n`` of ``n``. The value only ever increases, as the MCP spec requires.
+
+    :meth:`report` is the agent's :data:`~flockrt.ProgressCallback`: synchronous, it queues the
+    report for the ticker Task, which owns the sending (a report that finds the queue full is
+    dropped: progress is advice, and the next report says more)."""
 
     def __init__(self, token: Any, notify: Notify, interval: float) -> None:
         self.token = token
@@ -518,6 +529,15 @@ class _Progress:
         self.value = 0
         self.started = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
+        self._reports: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
+        self.dropped = 0
+
+    def report(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        text = message or (f"{done:g} of {total:g}" if total is not None else f"{done:g}")
+        try:
+            self._reports.put_nowait(text)
+        except asyncio.QueueFull:
+            self.dropped += 1
 
     async def _send(self, message: str, total: int | None = None) -> None:
         params: dict[str, Any] = {"progressToken": self.token, "progress": self.value, "message": message}
@@ -531,12 +551,18 @@ class _Progress:
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            try:
+                # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancellation that
+                # arrives as a report does, and stop() would wait for this loop forever.
+                async with asyncio.timeout(self.interval):
+                    message = await self._reports.get()
+            except TimeoutError:
+                message = f"waiting {int((time.monotonic() - self.started) * 1000)} ms"
             self.value += 1
-            await self._send(f"waiting {int((time.monotonic() - self.started) * 1000)} ms")
+            await self._send(message)
 
     async def stop(self) -> None:
-        """Stop the periodic notifications (and wait until the ticker is gone)."""
+        """Stop the notifications (and wait until the ticker is gone)."""
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
@@ -545,6 +571,12 @@ class _Progress:
     async def done(self) -> None:
         self.value += 1
         await self._send("done", total=self.value)
+
+
+_current_progress: contextvars.ContextVar[_Progress | None] = contextvars.ContextVar(
+    "flockrt_mcp_progress", default=None
+)
+"""The progress of the tool call running in this context (each call runs in a Task of its own)."""
 
 
 def _failure(exc: FlockError) -> _Failure:
