@@ -198,14 +198,14 @@ class Flock:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop in reverse order; ``timeout`` bounds the actors' graceful stop. Idempotent."""
+        budget = timeout if timeout is not None else self.config.runtime.shutdown_timeout
         try:
             if self.gateway is not None:
-                await self.gateway.close()
+                # MCP requests in flight may finish (half the budget; the agents get the rest).
+                await self.gateway.close(drain=budget / 2)
             if self.web is not None:
                 await self.web.stop()
-            await self.system.shutdown(
-                timeout=timeout if timeout is not None else self.config.runtime.shutdown_timeout
-            )
+            await self.system.shutdown(timeout=budget)
             if isinstance(self.flock, NatsFlock):
                 await self.flock.close()
             if self.bus is not None:

@@ -43,8 +43,11 @@ class Analyst(Agent):
 class Gated(Agent):
     """Its work waits for a gate, so tests control when capacity frees up."""
 
-    def __init__(self, agent_id: str, gate: asyncio.Event, log: list[Any], **options: Any) -> None:
+    def __init__(
+        self, agent_id: str, gate: asyncio.Event, log: list[Any], drain_timeout: float = 5.0, **options: Any
+    ) -> None:
         super().__init__(agent_id, **options)
+        self.drain_timeout = drain_timeout
         self.gate = gate
         self.log = log
         self.broadcasts: list[Broadcast] = []
@@ -267,9 +270,22 @@ async def test_a_stopped_agent_goes_offline_and_takes_no_work(flock: LocalFlock)
         await flock.request_capability("text-analysis", "x")
 
 
-async def test_stopping_an_agent_fails_its_running_work(flock: LocalFlock) -> None:
+async def test_a_graceful_stop_lets_running_work_finish(flock: LocalFlock) -> None:
     gate = asyncio.Event()
     ref = await flock.system.spawn(Gated, "gated-1", gate, [])
+    pending = asyncio.ensure_future(flock.request_capability("wait", timeout=5))
+    await wait_for(lambda: ref._cell._actor is not None and ref._cell._actor.load > 0)  # type: ignore[attr-defined]
+    stopping = asyncio.ensure_future(ref.stop())
+    await wait_for(lambda: flock.list_agents() == [])  # it left the flock: no new work comes
+    assert not pending.done()
+    gate.set()
+    assert await pending == "done"  # the work in flight ended with its result
+    await stopping
+
+
+async def test_work_still_running_after_the_drain_timeout_fails(flock: LocalFlock) -> None:
+    gate = asyncio.Event()
+    ref = await flock.system.spawn(functools.partial(Gated, drain_timeout=0.01), "gated-1", gate, [])
     pending = asyncio.ensure_future(flock.request_capability("wait", timeout=5))
     await wait_for(lambda: ref._cell._actor is not None and ref._cell._actor.load > 0)  # type: ignore[attr-defined]
     await ref.stop()

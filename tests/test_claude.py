@@ -393,6 +393,7 @@ async def test_stopping_the_agent_mid_call_fails_the_work_and_frees_the_trial(
 
     def make(agent_id: str) -> ClaudeAgent:
         made.append(ClaudeAgent(agent_id, api_key=KEY, base_url=api.base_url, breaker=breaker))
+        made[-1].drain_timeout = 0  # stopped mid-call: no waiting for the call to end
         return made[-1]
 
     ref = await flock.system.spawn(make, "claude")

@@ -3,11 +3,13 @@ metrics-only listener when there is no [mcp]; idle HTTP sessions ending."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
 import pytest
 
+import flockrt
 from flockrt.config import FlockConfig, McpConfig, MetricsConfig, RuntimeConfig
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
@@ -150,3 +152,37 @@ async def test_a_port_in_use_is_a_clear_error() -> None:
         with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{first.web.port}"):
             async with Flock(flock_config(port=first.web.port)):
                 pass
+
+
+class Gate(flockrt.Agent):
+    """A capability that finishes when the test opens the gate."""
+
+    opened: asyncio.Event
+    started: asyncio.Event
+
+    @flockrt.capability("gated")
+    async def gated(self) -> str:
+        Gate.started.set()
+        await Gate.opened.wait()
+        return "finished"
+
+
+async def test_a_graceful_stop_lets_mcp_calls_in_flight_finish() -> None:
+    Gate.opened, Gate.started = asyncio.Event(), asyncio.Event()
+    flock = Flock(flock_config())
+    await flock.start()
+    try:
+        await flock.system.spawn(Gate, "gate-1")
+        assert flock.gateway_url is not None
+        async with RawPeer.connect(flock.gateway_url) as peer:
+            call = asyncio.ensure_future(peer.call("request_capability", {"capability": "gated"}))
+            await asyncio.wait_for(Gate.started.wait(), 5)
+            stopping = asyncio.ensure_future(flock.stop())  # what SIGTERM does
+            await wait_for(lambda: not flock.gateway or bool(flock.gateway.sessions))
+            assert not call.done()
+            Gate.opened.set()
+            result = await asyncio.wait_for(call, 5)
+            assert result["structuredContent"]["result"] == "finished"  # not "agent stopped"
+            await asyncio.wait_for(stopping, 10)
+    finally:
+        await flock.stop()

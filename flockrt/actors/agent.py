@@ -216,6 +216,10 @@ class Agent(Actor[Any]):
     """
 
     max_concurrent_tasks: int = 1
+    drain_timeout: float = 5.0
+    """Seconds a graceful stop waits for the work in flight to finish before cancelling it
+    (the actor's own shutdown timeout still bounds the whole stop). A restart after a failure
+    does not wait."""
     _flockrt_capabilities: ClassVar[dict[str, str]] = {}
     _flockrt_task_types: ClassVar[dict[str, str]] = {}
     _flockrt_inline: ClassVar[frozenset[str]] = frozenset()
@@ -395,12 +399,25 @@ class Agent(Actor[Any]):
 
     async def on_stop(self) -> None:
         if self._port is not None:
-            self._port.agent_stopped(self.agent_id)
+            self._port.agent_stopped(self.agent_id)  # from here on, no new work comes
         running, self._running = self._running, set()
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
+        try:
+            if running and self.context.state == "stopping" and self.drain_timeout > 0:
+                # A graceful stop (SIGTERM, a supervisor's terminate): the work in flight ends
+                # with its result rather than "agent stopped".
+                _, late = await asyncio.wait(running, timeout=self.drain_timeout)
+                if late:
+                    log.warning(
+                        "agent %s: %d pieces of work still running after %g s are cancelled",
+                        self.agent_id,
+                        len(late),
+                        self.drain_timeout,
+                    )
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
         await self.teardown()
 
     # ------------------------------------------------------------------ messages

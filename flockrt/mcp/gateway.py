@@ -97,8 +97,18 @@ class Gateway:
         self._unsubscribe_directory = self.flock.directory.subscribe(self._directory_changed)
         self._schedule_sweep()
 
-    async def close(self) -> None:
-        """End every session (their agents go offline) and stop the supervisor. Idempotent."""
+    async def close(self, drain: float = 0.0) -> None:
+        """End every session (their agents go offline) and stop the supervisor. Idempotent.
+
+        Args:
+            drain: Seconds to let the requests in flight finish first (a graceful stop);
+                what still runs after them is cancelled with its session.
+        """
+        inflight = [task for session in self.sessions.values() for task in session.inflight.values()]
+        if inflight and drain > 0:
+            _, late = await asyncio.wait(inflight, timeout=drain)
+            if late:
+                log.warning("%d MCP requests still running after %g s are cancelled", len(late), drain)
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
