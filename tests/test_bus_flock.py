@@ -628,7 +628,7 @@ async def test_a_process_that_joins_late_learns_the_agents_already_there(nats_se
 async def test_a_heartbeat_from_an_unknown_agent_asks_for_announcements(
     nats_server: EmbeddedNats, plain: nats.NATS
 ) -> None:
-    async with Node(nats_server.url, "node", heartbeat_interval=0.05) as node:
+    async with Node(nats_server.url, "node") as node:  # heartbeats 60 s apart: nobody goes offline
         discover = Collector()
         await plain.subscribe("agent.discover", cb=discover.handle)
         await plain.flush()
