@@ -569,11 +569,8 @@ class NatsFlock(LocalFlock):
                 ``timeout`` seconds (default 30).
             ValueError: ``results="batch"`` in durable mode (tasks are stored one by one).
         """
-        subject = subjects.tasks(task_type)
-        tasks = [
-            self.new_task(task_type, item, priority=priority, metadata=metadata, timeout=timeout)
-            for item in items
-        ]
+        subject = self._task_subjects.get(task_type) or self._task_subject(task_type)
+        tasks = self.new_tasks(task_type, items, priority=priority, metadata=metadata, timeout=timeout)
         if results == "batch":
             return await self._submit_batch_for_results(task_type, tasks, timeout)
         if self.durable is not None:  # each task is stored on its own (dedup by id)
@@ -598,11 +595,13 @@ class NatsFlock(LocalFlock):
         if not self.bus.connected and self.has_skill("task", task_type):
             futures = [self.start_task(task) for task in tasks]
             return list(await self._wait(asyncio.gather(*futures), "task", task_type, limit))
-        subject = subjects.tasks(task_type)
+        subject = self._task_subjects.get(task_type) or self._task_subject(task_type)
         batches = [
             [BatchItem(subject=subject, message=task) for task in tasks[start : start + self.batch_max]]
             for start in range(0, len(tasks), self.batch_max)
         ]
+        if len(batches) == 1:  # no Task for gather to wrap it in
+            return await self._request_batch(batches[0], task_type, limit)
         replies = await asyncio.gather(*(self._request_batch(batch, task_type, limit) for batch in batches))
         return [result for reply in replies for result in reply]
 
@@ -796,10 +795,15 @@ class NatsFlock(LocalFlock):
                 runs = runnable[item.subject] = self._runs_here(item.subject)
             if runs:
                 try:
-                    tasks.append(_as_task(item))
+                    task = _as_task(item)
                 except msgspec.ValidationError as exc:
                     self.invalid_messages[message.subject] += 1
                     log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                    continue
+                if self.has_skill("task", task.type):
+                    tasks.append(task)
+                else:  # on our subject, of a type nobody here handles: as _on_task answers it
+                    self._publish_result(_no_agent(task))
             elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
                 foreign.append(item)
             else:
@@ -831,8 +835,11 @@ class NatsFlock(LocalFlock):
             and self._runs_here(subject)
             and all(item.subject == subject for item in items)
         ):  # the usual batch: all ours, so their results are the answer as they are
-            self._dispatch_tasks([item.message for item in items], answer, publish=False)
-            return
+            try:
+                self._dispatch_tasks([item.message for item in items], answer, publish=False)
+                return
+            except NoCapableAgent:  # a task's type is not its subject's: nothing was queued
+                pass
         tasks: list[TaskMessage] = []
         places: list[int] = []  # where each of `tasks` is in the batch
         others: list[tuple[int, TaskResult | tuple[str, TaskMessage]]] = []  # done, or to forward
@@ -849,9 +856,11 @@ class NatsFlock(LocalFlock):
             runs = runnable.get(item.subject)
             if runs is None:
                 runs = runnable[item.subject] = self._runs_here(item.subject)
-            if runs:
+            if runs and self.has_skill("task", task.type):
                 tasks.append(task)
                 places.append(index)
+            elif runs:  # on our subject, of a type nobody here handles: as _on_task answers it
+                others.append((index, _no_agent(task)))
             elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
                 others.append((index, (item.subject, task)))
             else:
@@ -1104,6 +1113,12 @@ class NatsFlock(LocalFlock):
         task = asyncio.get_running_loop().create_task(coroutine)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+
+def _no_agent(task: TaskMessage) -> TaskResult:
+    """The error result of a task no local agent can run."""
+    error = str(NoCapableAgent("task", task.type))
+    return TaskResult(task_id=task.id, processed_by="", status="error", error=error)
 
 
 def _as_task(item: TaskBatchItem | BatchItem) -> TaskMessage:
