@@ -473,17 +473,33 @@ class LocalFlock(AgentPort):
         """``tasks[start:]`` as one piece of bulk work; each outcome becomes a TaskResult."""
         chunk = tasks[start:] if start else tasks
         places = indices[start:] if start else indices
-        finish = self._finish_task
-        publish = batch.publish
-        results = batch.results
 
-        def each(work: Work, index: int, value: Any, error: WorkFailed | None) -> None:
-            result = finish(chunk[index], work, value, error, publish)
-            if results is not None:
-                results[places[index]] = result
-                batch.missing -= 1
-                if batch.missing == 0:
-                    batch.complete()
+        def each(
+            work: Work, first: int, values: list[Any], finished: list[float], failures: dict[int, WorkFailed]
+        ) -> None:
+            count = len(values)
+            done = chunk if first == 0 and count == len(chunk) else chunk[first : first + count]
+            if failures or self.work_stats is not None or self._result_listeners or batch.publish:
+                enqueued = work.enqueued
+                outcomes = [
+                    self._task_result(task, work.agent_id, at - enqueued, value, failures.get(first + i))
+                    for i, (task, value, at) in enumerate(zip(done, values, finished, strict=True))
+                ]
+                for outcome in outcomes:
+                    self._report(outcome, batch.publish)
+            else:  # the usual case, where a TaskResult each is all there is to do: in one pass
+                agent_id, enqueued = work.agent_id, work.enqueued
+                outcomes = [
+                    TaskResult(
+                        task_id=task.id,
+                        result=value,
+                        processed_by=agent_id,
+                        duration_ms=(at - enqueued) * 1000,
+                    )
+                    for task, value, at in zip(done, values, finished, strict=True)
+                ]
+                self.tasks_finished["ok"] += count
+            batch.fill(places, first, outcomes)
 
         def on_done(work: Work, value: Any, error: WorkFailed | None) -> None:
             # Every task counts toward the agent's share (work_done adds the last one), and the
@@ -507,7 +523,7 @@ class LocalFlock(AgentPort):
         finish = self._finish_task
 
         def on_done(work: Work, value: Any, error: WorkFailed | None) -> None:
-            batch.settle(place, finish(task, work, value, error, batch.publish))
+            batch.fill((place,), 0, [finish(task, work, value, error, batch.publish)])
 
         work = Work("task", task.type, task, None, PRIORITIES[task.priority], on_done=on_done)
         work.correlation_id = correlation or task.id
@@ -777,7 +793,11 @@ class LocalFlock(AgentPort):
 
     def _task_done(self, work: Work, value: Any, error: WorkFailed | None) -> TaskResult:
         """A task's work finished: its TaskResult goes to every result listener."""
-        return self._finish_task(work.payload, work, value, error, True)
+        outcome = self._task_result(
+            work.payload, work.agent_id, time.monotonic() - work.enqueued, value, error
+        )
+        self._report(outcome, True)
+        return outcome
 
     def _publish_result(self, result: TaskResult) -> None:
         """Where a finished task's result goes before the result listeners: nowhere in one
@@ -786,13 +806,20 @@ class LocalFlock(AgentPort):
     def _finish_task(
         self, task: TaskMessage, work: Work, value: Any, error: WorkFailed | None, publish: bool
     ) -> TaskResult:
-        """``task`` (of ``work``) finished: count it, time it, and hand its TaskResult to
-        :meth:`_publish_result` (if ``publish``) and to every result listener."""
-        duration_ms = (time.monotonic() - work.enqueued) * 1000
+        """``task`` (of ``work``) finished: its TaskResult, counted, timed and reported."""
+        outcome = self._task_result(task, work.agent_id, time.monotonic() - work.enqueued, value, error)
+        self._report(outcome, publish)
+        return outcome
+
+    def _task_result(
+        self, task: TaskMessage, agent_id: str, seconds: float, value: Any, error: WorkFailed | None
+    ) -> TaskResult:
+        """A finished task's TaskResult, counted (``tasks_finished``, ``work_stats``)."""
+        duration_ms = seconds * 1000
         if error is None:
             self.tasks_finished["ok"] += 1
             outcome = TaskResult(
-                task_id=task.id, result=value, processed_by=work.agent_id, duration_ms=duration_ms
+                task_id=task.id, result=value, processed_by=agent_id, duration_ms=duration_ms
             )
         else:
             self.tasks_finished["error"] += 1
@@ -805,18 +832,21 @@ class LocalFlock(AgentPort):
             )
         stats = self.work_stats
         if stats is not None:
-            stats.record("task", task.type, outcome.status, duration_ms / 1000)
+            stats.record("task", task.type, outcome.status, seconds)
+        return outcome
+
+    def _report(self, outcome: TaskResult, publish: bool) -> None:
+        """Hand a TaskResult to :meth:`_publish_result` (if ``publish``) and every listener."""
         if publish:
             try:
                 self._publish_result(outcome)
             except Exception:  # as for a listener: the others still get the result
-                log.exception("task result of %s not published", task.id)
+                log.exception("task result of %s not published", outcome.task_id)
         for listener in self._result_listeners:
             try:
                 listener(outcome)
             except Exception:  # one listener's bug must not cost the others their result
                 log.exception("task result listener %r failed", listener)
-        return outcome
 
 
 class _Batch:
@@ -834,12 +864,20 @@ class _Batch:
         self.publish = publish
         self.results: list[TaskResult] | None = [_PENDING] * size if then is not None else None
 
-    def settle(self, place: int, result: TaskResult) -> None:
-        if self.results is not None:
-            self.results[place] = result
-            self.missing -= 1
-            if self.missing == 0:
-                self.complete()
+    def fill(self, places: Sequence[int], first: int, outcomes: list[TaskResult]) -> None:
+        """``outcomes`` are the results of the tasks at ``places[first:]`` in the batch."""
+        results = self.results
+        if results is None:
+            return
+        if type(places) is range and places.step == 1:  # the usual batch: a slice at once
+            at = places.start + first
+            results[at : at + len(outcomes)] = outcomes
+        else:
+            for place, outcome in zip(places[first:], outcomes, strict=False):
+                results[place] = outcome
+        self.missing -= len(outcomes)
+        if self.missing == 0:
+            self.complete()
 
     def complete(self) -> None:
         if self.then is not None and self.results is not None:

@@ -86,9 +86,11 @@ def _skill_marker(kind: str, key: str, attribute: str) -> Callable[[F], F]:
 WorkDone = Callable[["Work", Any, "WorkFailed | None"], object]
 """The flock's hook on a finished piece of work: ``(work, value, None)`` or ``(work, None, error)``."""
 
-TaskDone = Callable[["Work", int, Any, "WorkFailed | None"], object]
-"""The flock's hook on each task of bulk work: ``(work, index, value, error)``, ``index`` being
-the task's place in ``work.payload``."""
+TaskDone = Callable[["Work", int, "list[Any]", "list[float]", "dict[int, WorkFailed]"], object]
+"""The flock's hook on tasks of bulk work that finished: ``(work, start, values, finished,
+failures)`` for ``work.payload[start : start + len(values)]``: their handlers' return values
+(None for those that failed), when each one finished (``time.monotonic()``), and the failures
+by index in ``work.payload``."""
 
 
 @dataclass(eq=False, slots=True)
@@ -108,8 +110,9 @@ class Work:
         each: Set on *bulk* work: several tasks of one type handed over as one unit that
             occupies one slot. ``payload`` is then a list of TaskMessages, run one after the
             other (each with its own correlation id, each failing alone), and ``each`` gets
-            every task's outcome as it finishes; ``on_done`` follows once, at the end, when
-            ``cursor`` says how many were started (an agent that stops hands back the rest).
+            their outcomes (:data:`TaskDone`): all at once when the handler never waits,
+            else each as it finishes. ``on_done`` follows once, at the end, when ``cursor``
+            says how many were started (an agent that stops hands back the rest).
     """
 
     kind: Literal["capability", "task"]
@@ -504,16 +507,21 @@ class Agent(Actor[Any]):
 
     def _run_inline_bulk(self, work: Work, method_name: str) -> None:
         """Run bulk work (a list of tasks, see :attr:`Work.each`) whose handler never waits, in
-        one tight loop: as :meth:`_run_inline` per task, with what can be shared set once.
+        one tight loop: as :meth:`_run_inline` per task, with what can be shared set once, and
+        the outcomes handed to the flock together at the end.
 
         Each task gets its own correlation id (the work's, else the task's id) and fails alone.
         No task can be left unstarted: nothing in the loop can suspend, so nothing can stop the
-        agent half-way.
+        agent half-way (and reporting at the end delays no result: nobody else runs meanwhile).
         """
         each = work.each
         assert each is not None
         method: Callable[[Any], Coroutine[Any, Any, Any]] = getattr(self, method_name)
         shared_correlation = work.correlation_id
+        values: list[Any] = []
+        finished: list[float] = []
+        failures: dict[int, WorkFailed] = {}
+        keep, stamp, now = values.append, finished.append, time.monotonic
         agent_token = current_agent.set(self.agent_id)
         correlation_token = correlation_id.set(shared_correlation)
         work_token = _current_work.set(work)
@@ -521,26 +529,24 @@ class Agent(Actor[Any]):
             for index, task in enumerate(work.payload):
                 if shared_correlation is None:
                     correlation_id.set(task.id)
-                error: WorkFailed | None = None
                 try:
                     step = method(task)
                     step.send(None)
                     step.close()  # it waited after all (a method replaced on the instance?)
                     raise RuntimeError("an inline handler tried to wait")
                 except StopIteration as returned:
-                    value = returned.value
+                    keep(returned.value)
                 except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _run_inline)
-                    value, error = None, self._task_failed(work, exc)
-                self.tasks_processed += 1
-                try:  # (what _report_task does, without a call per task)
-                    each(work, index, value, error)
-                except Exception:  # a bug in the flock's hook must not cost the other tasks
-                    log.exception("%s %s: the hook on a task's outcome failed", work.kind, work.key)
+                    keep(None)
+                    failures[index] = self._task_failed(work, exc)
+                stamp(now())
         finally:
             _current_work.reset(work_token)
             correlation_id.reset(correlation_token)
             current_agent.reset(agent_token)
-        work.cursor = len(work.payload)
+            self.tasks_processed += len(values)
+            work.cursor = len(values)
+        _report_tasks(work, each, 0, values, finished, failures)
         work.finish(None)
         self._finished()
 
@@ -637,13 +643,13 @@ class Agent(Actor[Any]):
             try:
                 value = await method(task)
             except asyncio.CancelledError:  # the agent stops: this task fails, the rest go back
-                _report_task(work, each, index, None, self._stopped(work))
+                _report_tasks(work, each, index, [None], [time.monotonic()], {index: self._stopped(work)})
                 work.finish(None)
                 raise
             except Exception as exc:  # the task failed, not the agent
                 value, error = None, self._task_failed(work, exc)
             self.tasks_processed += 1
-            _report_task(work, each, index, value, error)
+            _report_tasks(work, each, index, [value], [time.monotonic()], {index: error} if error else {})
         work.finish(None)
 
     def _call(self, work: Work, method_name: str) -> Coroutine[Any, Any, Any]:
@@ -675,12 +681,19 @@ class Agent(Actor[Any]):
             self._port.work_done(self.agent_id)
 
 
-def _report_task(work: Work, each: TaskDone, index: int, value: Any, error: WorkFailed | None) -> None:
-    """One task of bulk work finished: tell the flock (a bug in its hook costs nothing else)."""
+def _report_tasks(
+    work: Work,
+    each: TaskDone,
+    start: int,
+    values: list[Any],
+    finished: list[float],
+    failures: dict[int, WorkFailed],
+) -> None:
+    """Tasks of bulk work finished: tell the flock (a bug in its hook costs nothing else)."""
     try:
-        each(work, index, value, error)
+        each(work, start, values, finished, failures)
     except Exception:
-        log.exception("%s %s: the hook on a task's outcome failed", work.kind, work.key)
+        log.exception("%s %s: the hook on its tasks' outcomes failed", work.kind, work.key)
 
 
 class _Follow:
