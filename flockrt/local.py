@@ -515,7 +515,7 @@ class LocalFlock(AgentPort):
             if member is not None and work.cursor > 1:
                 member.done += work.cursor - 1
             if work.cursor < len(chunk):
-                queue = self._queues[skill]
+                queue = self._queues.setdefault(skill, [])
                 for position in range(work.cursor, len(chunk)):
                     again = self._batch_work(places[position], chunk[position], batch, correlation)
                     heapq.heappush(queue, (again.priority, next(self._order), again))
