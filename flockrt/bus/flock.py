@@ -830,16 +830,14 @@ class NatsFlock(LocalFlock):
                 log.debug("batch results not published: %s", exc)
 
         subject = items[0].subject
-        if (
-            type(items[0]) is TaskBatchItem  # all of them are (see _on_batch): tasks, valid
-            and self._runs_here(subject)
-            and all(item.subject == subject for item in items)
-        ):  # the usual batch: all ours, so their results are the answer as they are
-            try:
-                self._dispatch_tasks([item.message for item in items], answer, publish=False)
-                return
-            except NoCapableAgent:  # a task's type is not its subject's: nothing was queued
-                pass
+        if type(items[0]) is TaskBatchItem and self._runs_here(subject):  # all are TaskBatchItems
+            same = [item.message for item in items if item.subject == subject]
+            if len(same) == len(items):  # the usual batch: all ours, their results the answer
+                try:
+                    self._dispatch_tasks(same, answer, publish=False)
+                    return
+                except NoCapableAgent:  # a task's type is not its subject's: nothing was queued
+                    pass
         tasks: list[TaskMessage] = []
         places: list[int] = []  # where each of `tasks` is in the batch
         others: list[tuple[int, TaskResult | tuple[str, TaskMessage]]] = []  # done, or to forward
