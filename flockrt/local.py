@@ -6,6 +6,11 @@ it (local agents first, the bus for the rest) and falls back to it while NATS is
 Work (capability requests and tasks) waits in one priority queue per skill and is handed to the
 least-loaded local agent that has a free slot (``max_concurrent_tasks``), so higher-priority
 work waiting in this process runs first and no agent is given more than it can run.
+
+A batch of tasks (:meth:`LocalFlock.dispatch_tasks`, what a ``batch.messages`` message brings)
+goes to an agent whose handler never waits as ONE piece of work: one slot, one handover, its
+tasks run in one loop. That is what makes a batch cheaper per task than tasks one by one; the
+rules above hold per task (see :meth:`LocalFlock._dispatch_group`).
 """
 
 from __future__ import annotations
