@@ -11,9 +11,10 @@ import pytest
 
 from flockrt import ActorSystem, ChildSpec, Supervisor
 from flockrt.actors.agent import Agent, capability, handles_task
+from flockrt.actors.correlation import correlation, correlation_id, current_agent
 from flockrt.bus.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from flockrt.errors import NoCapableAgent, UnknownAgent, WorkFailed, WorkTimeout
-from flockrt.local import LocalFlock
+from flockrt.local import LocalFlock, WorkStats, _Batch
 from tests.conftest import wait_for
 
 
@@ -322,3 +323,126 @@ async def test_spawn_pool_starts_supervised_agents(flock: LocalFlock) -> None:
     assert len(flock.list_agents(status="online")) == 3
     with pytest.raises(ValueError, match="count"):
         await flock.spawn_pool(Analyst, 0)
+
+
+# ---------------------------------------------------------------------- batches (dispatch_tasks)
+
+
+class Counter(Agent):
+    """A task handler that never waits: a batch of its tasks is one unit of work."""
+
+    seen: list[tuple[str, str | None, str | None, Any]]
+
+    @handles_task("count")
+    async def count(self, task: TaskMessage) -> int:
+        self.seen.append((self.agent_id, correlation_id.get(), current_agent.get(), task.data))
+        if task.data == "fail":
+            raise ValueError("cannot count this")
+        return len(str(task.data))
+
+
+async def test_a_batch_runs_as_one_unit_of_work_with_everything_per_task(flock: LocalFlock) -> None:
+    Counter.seen = []
+    for i in range(3):
+        await flock.system.spawn(Counter, f"counter-{i}")
+    flock.work_stats = WorkStats()
+    listened: list[TaskResult] = []
+    flock.on_result(listened.append)
+    tasks = flock.new_tasks("count", ["a", "bb", "fail", "dddd"])
+    assert len({task.id for task in tasks}) == 4 and all(task.requester == "node-a" for task in tasks)
+    answers: list[list[TaskResult]] = []
+    flock.dispatch_tasks(tasks, answers.append)
+    [results] = answers  # at once: the handler never waits
+    assert [r.task_id for r in results] == [t.id for t in tasks]
+    assert [(r.status, r.result) for r in results] == [("ok", 1), ("ok", 2), ("error", None), ("ok", 4)]
+    assert "cannot count this" in (results[2].error or "")  # a failing task fails alone
+    assert len({r.processed_by for r in results}) == 1  # one agent, one slot, one unit of work
+    assert listened == results  # every result also goes to the listeners
+    # Each task ran with its own correlation id (its id) and the agent as current agent.
+    assert [(c, a) for _, c, a, _ in Counter.seen] == [(t.id, results[0].processed_by) for t in tasks]
+    assert flock.tasks_finished == {"ok": 3, "error": 1}
+    assert flock.work_stats.outcomes == {("task", "count", "ok"): 3, ("task", "count", "error"): 1}
+    assert flock.get_agent(results[0].processed_by) is not None
+    # The next batch goes to an agent that did less so far (tasks count, not units of work).
+    flock.dispatch_tasks(flock.new_tasks("count", ["x"]), answers.append)
+    assert answers[1][0].processed_by != results[0].processed_by
+
+
+async def test_a_batch_runs_highest_priority_first_with_the_callers_correlation_id(flock: LocalFlock) -> None:
+    Counter.seen = []
+    await flock.system.spawn(Counter, "counter-1")
+    tasks = [
+        *flock.new_tasks("count", ["low-1"], priority="low"),
+        *flock.new_tasks("count", ["medium"]),
+        *flock.new_tasks("count", ["high-1", "high-2"], priority="high"),
+        *flock.new_tasks("count", ["low-2"], priority="low"),
+    ]
+    answers: list[list[TaskResult]] = []
+    with correlation("req-7"):
+        flock.dispatch_tasks(tasks, answers.append)
+    assert [data for *_, data in Counter.seen] == ["high-1", "high-2", "medium", "low-1", "low-2"]
+    assert {c for _, c, _, _ in Counter.seen} == {"req-7"}
+    assert [r.task_id for r in answers[0]] == [t.id for t in tasks]  # results in the batch's order
+    with pytest.raises(NoCapableAgent, match="painting"):  # nothing of a batch runs then
+        flock.dispatch_tasks([*flock.new_tasks("count", ["y"]), *flock.new_tasks("painting", [1])])
+    assert len(Counter.seen) == 5
+    flock.dispatch_tasks([], answers.append)
+    assert answers[-1] == []
+
+
+async def test_a_batch_for_agents_that_wait_keeps_to_their_slots_and_queues_the_rest(
+    flock: LocalFlock,
+) -> None:
+    gate, log = asyncio.Event(), []
+    await flock.system.spawn(functools.partial(Gated, "gated-1", gate, log, max_concurrent_tasks=2))
+    await flock.submit("slow", "before")  # one slot taken, the other free
+    await wait_for(lambda: running(log) == 1)
+    answers: list[list[TaskResult]] = []
+    tasks = [*flock.new_tasks("slow", ["low"], priority="low"), *flock.new_tasks("slow", ["a", "b"])]
+    flock.dispatch_tasks(tasks, answers.append)
+    await wait_for(lambda: running(log) == 2)
+    assert flock.queued_work == 2  # a task per free slot, the others wait in the queue
+    flock.dispatch_tasks(flock.new_tasks("slow", ["urgent"], priority="high"))  # queued too, by priority
+    peak = 0
+
+    def watch() -> bool:
+        nonlocal peak
+        peak = max(peak, running(log))
+        return sum(1 for event in log if event[0] == "end") == 5
+
+    gate.set()
+    await wait_for(watch)
+    assert peak <= 2
+    starts = [data for kind, _, data in log if kind == "start"]
+    assert starts[:2] == ["before", "a"] and starts[2:] == ["urgent", "b", "low"]
+    await wait_for(lambda: answers != [])
+    assert [(r.task_id, r.result) for r in answers[0]] == [(t.id, t.data) for t in tasks]
+
+
+async def test_an_agent_stopping_in_bulk_work_fails_its_task_and_hands_back_the_rest(
+    flock: LocalFlock,
+) -> None:
+    """Bulk work that reaches an agent through its mailbox (while it could not take work
+    directly) runs in its runner, task by task; if the agent stops, the tasks not begun go back
+    to the flock's queue and another agent runs them."""
+    gate, log = asyncio.Event(), []
+    first = await flock.system.spawn(Gated, "gated-1", gate, log)
+    answers: list[list[TaskResult]] = []
+    tasks = flock.new_tasks("slow", ["one", "two", "three"])
+    work = flock._bulk_work(("task", "slow"), range(3), tasks, 0, _Batch(3, answers.append, True), None)
+    work.agent_id = "gated-1"
+    flock._members["gated-1"].running += 1
+    first.tell(work)  # what _hand_over does when the agent's take_work refuses
+    await wait_for(lambda: running(log) == 1)
+    await flock.system.spawn(Gated, "gated-2", gate, log)
+    await first.stop()
+    assert work.cursor == 1
+    gate.set()
+    await wait_for(lambda: answers != [])
+    [results] = answers
+    assert [r.task_id for r in results] == [t.id for t in tasks]
+    assert results[0].status == "error" and "agent stopped" in (results[0].error or "")
+    assert [(r.status, r.result, r.processed_by) for r in results[1:]] == [
+        ("ok", "two", "gated-2"),
+        ("ok", "three", "gated-2"),
+    ]

@@ -365,6 +365,47 @@ async def test_submit_many_with_batched_results_gets_one_answer_per_batch(
     assert [r["taskId"] for r in results.json()] in (["g-1"], ["s-1"])
 
 
+class Picky(Agent):
+    """A 'picky' task handler that never waits and fails on "fail"."""
+
+    @handles_task("picky")
+    async def picky(self, task: TaskMessage) -> str:
+        if task.data == "fail":
+            raise ValueError("not this one")
+        return f"{self.agent_id}: {task.data}"
+
+
+async def test_in_a_batch_a_failing_task_or_one_of_another_type_fails_alone(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    results = Collector()
+    await plain.subscribe("task.result", cb=results.handle)
+    await plain.flush()
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await b.system.spawn(Picky, "p-1")
+        await b.settled()
+        outcome = await a.flock.submit_many("picky", ["x", "fail", "y"], results="batch", timeout=10)
+        assert [(r.status, r.result) for r in outcome] == [
+            ("ok", "p-1: x"),
+            ("error", None),
+            ("ok", "p-1: y"),
+        ]
+        assert "not this one" in (outcome[1].error or "")
+        # On the subject of a type node-b runs, a task of a type it does not: an error result
+        # for that task only, the batch answered (results="batch") or run (results each).
+        items = [
+            {"subject": "tasks.picky", "message": {"id": "k-1", "type": "picky", "data": "z"}},
+            {"subject": "tasks.picky", "message": {"id": "k-2", "type": "painting"}},
+        ]
+        reply = await plain.request("batch.messages", json.dumps(items).encode(), timeout=10)
+        answer = json.loads(reply.data)
+        assert [(r["taskId"], r["status"]) for r in answer] == [("k-1", "ok"), ("k-2", "error")]
+        assert "painting" in answer[1]["error"]
+        await plain.publish("batch.messages", json.dumps(items).encode())
+        await wait_for(lambda: len(results.messages) == 2)
+    assert sorted((r["taskId"], r["status"]) for r in results.json()) == [("k-1", "ok"), ("k-2", "error")]
+
+
 async def test_batched_results_need_someone_taking_batches(nats_server: EmbeddedNats) -> None:
     async with Node(nats_server.url, "node-a") as a:
         with pytest.raises(NoCapableAgent):

@@ -86,6 +86,12 @@ def _skill_marker(kind: str, key: str, attribute: str) -> Callable[[F], F]:
 WorkDone = Callable[["Work", Any, "WorkFailed | None"], object]
 """The flock's hook on a finished piece of work: ``(work, value, None)`` or ``(work, None, error)``."""
 
+TaskDone = Callable[["Work", int, "list[Any]", "list[float]", "dict[int, WorkFailed]"], object]
+"""The flock's hook on tasks of bulk work that finished: ``(work, start, values, finished,
+failures)`` for ``work.payload[start : start + len(values)]``: their handlers' return values
+(None for those that failed), when each one finished (``time.monotonic()``), and the failures
+by index in ``work.payload``."""
+
 
 @dataclass(eq=False, slots=True)
 class Work:
@@ -101,6 +107,12 @@ class Work:
         priority: 0 (high), 1 (medium) or 2 (low): lower runs first.
         on_done: Called once, synchronously, when the work has finished (after ``future``);
             how tasks get their TaskResult without a future and a loop turn each.
+        each: Set on *bulk* work: several tasks of one type handed over as one unit that
+            occupies one slot. ``payload`` is then a list of TaskMessages, run one after the
+            other (each with its own correlation id, each failing alone), and ``each`` gets
+            their outcomes (:data:`TaskDone`): all at once when the handler never waits,
+            else each as it finishes. ``on_done`` follows once, at the end, when ``cursor``
+            says how many were started (an agent that stops hands back the rest).
     """
 
     kind: Literal["capability", "task"]
@@ -116,6 +128,9 @@ class Work:
     progress: ProgressCallback | None = None
     """Where the handler's :meth:`Agent.report_progress` goes (None: nobody listens)."""
     on_done: WorkDone | None = None
+    each: TaskDone | None = None
+    cursor: int = 0
+    """Bulk work: how many of its tasks were started (the rest were never begun)."""
 
     @property
     def abandoned(self) -> bool:
@@ -154,6 +169,9 @@ class AgentCard:
     ref: Any  # ActorRef[Any]; Any keeps this module free of a ref import cycle
     take_work: Callable[[Work], bool] | None = None
     """Hands work to the agent directly, bypassing its mailbox (see :meth:`Agent.take_work`)."""
+    inline_task_types: frozenset[str] = frozenset()
+    """Task types whose handler never waits: the flock may hand it many of those tasks as one
+    piece of bulk work (see :attr:`Work.each`), which it runs in one go."""
 
 
 class AgentPort:
@@ -282,6 +300,11 @@ class Agent(Actor[Any]):
             max_concurrent_tasks=self.max_concurrent_tasks,
             ref=self.context.ref,
             take_work=self.take_work,
+            inline_task_types=frozenset(
+                task_type
+                for task_type, method_name in self._flockrt_task_types.items()
+                if method_name in self._flockrt_inline
+            ),
         )
 
     def heartbeat(self) -> Heartbeat:
@@ -457,7 +480,10 @@ class Agent(Actor[Any]):
         table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
         method_name = table.get(work.key)
         if method_name in self._flockrt_inline:
-            self._run_inline(work, method_name)
+            if work.each is None:
+                self._run_inline(work, method_name)
+            else:
+                self._run_inline_bulk(work, method_name)
         elif self._handoff is _WAITING:
             self._handoff = work  # a runner that just freed its slot goes on with it
         else:
@@ -494,6 +520,51 @@ class Agent(Actor[Any]):
             _current_work.reset(work_token)
             correlation_id.reset(correlation_token)
             current_agent.reset(agent_token)
+        self._finished()
+
+    def _run_inline_bulk(self, work: Work, method_name: str) -> None:
+        """Run bulk work (a list of tasks, see :attr:`Work.each`) whose handler never waits, in
+        one tight loop: as :meth:`_run_inline` per task, with what can be shared set once, and
+        the outcomes handed to the flock together at the end.
+
+        Each task gets its own correlation id (the work's, else the task's id) and fails alone.
+        No task can be left unstarted: nothing in the loop can suspend, so nothing can stop the
+        agent half-way (and reporting at the end delays no result: nobody else runs meanwhile).
+        """
+        each = work.each
+        assert each is not None
+        method: Callable[[Any], Coroutine[Any, Any, Any]] = getattr(self, method_name)
+        shared_correlation = work.correlation_id
+        values: list[Any] = []
+        finished: list[float] = []
+        failures: dict[int, WorkFailed] = {}
+        keep, stamp, now = values.append, finished.append, time.monotonic
+        agent_token = current_agent.set(self.agent_id)
+        correlation_token = correlation_id.set(shared_correlation)
+        work_token = _current_work.set(work)
+        try:
+            for index, task in enumerate(work.payload):
+                if shared_correlation is None:
+                    correlation_id.set(task.id)
+                try:
+                    step = method(task)
+                    step.send(None)
+                    step.close()  # it waited after all (a method replaced on the instance?)
+                    raise RuntimeError("an inline handler tried to wait")
+                except StopIteration as returned:
+                    keep(returned.value)
+                except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _run_inline)
+                    keep(None)
+                    failures[index] = self._task_failed(work, exc)
+                stamp(now())
+        finally:
+            _current_work.reset(work_token)
+            correlation_id.reset(correlation_token)
+            current_agent.reset(agent_token)
+            self.tasks_processed += len(values)
+            work.cursor = len(values)
+        _report_tasks(work, each, 0, values, finished, failures)
+        work.finish(None)
         self._finished()
 
     def _start_work(self, work: Work) -> None:
@@ -542,6 +613,9 @@ class Agent(Actor[Any]):
         if method_name is None:
             work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered")))
             return
+        if work.each is not None:
+            await self._run_bulk(work, method_name)
+            return
         # The runner Task's own context: set for this piece, overwritten by the next one.
         current_agent.set(self.agent_id)
         correlation_id.set(work.correlation_id)
@@ -563,6 +637,38 @@ class Agent(Actor[Any]):
         finally:
             follow.stop()
 
+    async def _run_bulk(self, work: Work, method_name: str) -> None:
+        """Run bulk work's tasks one after the other in this runner Task (as :meth:`_run` per
+        task); each outcome goes to ``work.each``, then ``work.finish`` follows.
+
+        An agent stopping half-way fails the task it was running (as for a single piece of
+        work) and hands back the ones not started: ``work.cursor`` tells the flock where to
+        pick up (see :attr:`Work.each`).
+        """
+        each = work.each
+        assert each is not None
+        method: Callable[[Any], Coroutine[Any, Any, Any]] = getattr(self, method_name)
+        current_agent.set(self.agent_id)
+        _current_work.set(work)
+        tasks = work.payload
+        while work.cursor < len(tasks):
+            index = work.cursor
+            task = tasks[index]
+            work.cursor = index + 1
+            correlation_id.set(work.correlation_id or task.id)
+            error: WorkFailed | None = None
+            try:
+                value = await method(task)
+            except asyncio.CancelledError:  # the agent stops: this task fails, the rest go back
+                _report_tasks(work, each, index, [None], [time.monotonic()], {index: self._stopped(work)})
+                work.finish(None)
+                raise
+            except Exception as exc:  # the task failed, not the agent
+                value, error = None, self._task_failed(work, exc)
+            self.tasks_processed += 1
+            _report_tasks(work, each, index, [value], [time.monotonic()], {index: error} if error else {})
+        work.finish(None)
+
     def _call(self, work: Work, method_name: str) -> Coroutine[Any, Any, Any]:
         """The coroutine of handler ``method_name`` for ``work``, not started."""
         method: Callable[..., Coroutine[Any, Any, Any]] = getattr(self, method_name)
@@ -577,8 +683,12 @@ class Agent(Actor[Any]):
     def _failed(self, work: Work, exc: BaseException) -> None:
         """The work failed, not the agent: its requester gets the error."""
         self.tasks_processed += 1
+        work.finish(None, self._task_failed(work, exc))
+
+    def _task_failed(self, work: Work, exc: BaseException) -> WorkFailed:
+        """Log a handler's exception; the WorkFailed its requester gets."""
         log.warning("agent %s: %s %s failed: %r", self.agent_id, work.kind, work.key, exc)
-        work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, exc))
+        return WorkFailed(self.agent_id, work.kind, work.key, exc)
 
     def _stopped(self, work: Work) -> WorkFailed:
         return WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
@@ -586,6 +696,21 @@ class Agent(Actor[Any]):
     def _finished(self) -> None:
         if self._port is not None:
             self._port.work_done(self.agent_id)
+
+
+def _report_tasks(
+    work: Work,
+    each: TaskDone,
+    start: int,
+    values: list[Any],
+    finished: list[float],
+    failures: dict[int, WorkFailed],
+) -> None:
+    """Tasks of bulk work finished: tell the flock (a bug in its hook costs nothing else)."""
+    try:
+        each(work, start, values, finished, failures)
+    except Exception:
+        log.exception("%s %s: the hook on its tasks' outcomes failed", work.kind, work.key)
 
 
 class _Follow:

@@ -28,7 +28,6 @@ the header the correlation id its task came with (none: it is the ``taskId``).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import re
@@ -163,10 +162,8 @@ class NatsFlock(LocalFlock):
         self._announcements: dict[str, AgentAnnouncement] = {}  # local agents, for the bucket
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._task_subjects: dict[str, str] = {}  # task type -> its checked subject
-        self._unreported: set[str] = set()  # ids of tasks whose results go back in a batch
         self._results_subscription: Subscription | None = None
         self._discovered_at = -math.inf  # when this process last asked agents to re-announce
-        self.on_result(self._publish_result)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -571,11 +568,8 @@ class NatsFlock(LocalFlock):
                 ``timeout`` seconds (default 30).
             ValueError: ``results="batch"`` in durable mode (tasks are stored one by one).
         """
-        subject = subjects.tasks(task_type)
-        tasks = [
-            self.new_task(task_type, item, priority=priority, metadata=metadata, timeout=timeout)
-            for item in items
-        ]
+        subject = self._task_subjects.get(task_type) or self._task_subject(task_type)
+        tasks = self.new_tasks(task_type, items, priority=priority, metadata=metadata, timeout=timeout)
         if results == "batch":
             return await self._submit_batch_for_results(task_type, tasks, timeout)
         if self.durable is not None:  # each task is stored on its own (dedup by id)
@@ -600,11 +594,13 @@ class NatsFlock(LocalFlock):
         if not self.bus.connected and self.has_skill("task", task_type):
             futures = [self.start_task(task) for task in tasks]
             return list(await self._wait(asyncio.gather(*futures), "task", task_type, limit))
-        subject = subjects.tasks(task_type)
+        subject = self._task_subjects.get(task_type) or self._task_subject(task_type)
         batches = [
             [BatchItem(subject=subject, message=task) for task in tasks[start : start + self.batch_max]]
             for start in range(0, len(tasks), self.batch_max)
         ]
+        if len(batches) == 1:  # no Task for gather to wrap it in
+            return await self._request_batch(batches[0], task_type, limit)
         replies = await asyncio.gather(*(self._request_batch(batch, task_type, limit) for batch in batches))
         return [result for reply in replies for result in reply]
 
@@ -790,27 +786,90 @@ class NatsFlock(LocalFlock):
             else:
                 await self._publish(message.reply, [], message.headers)
             return
+        tasks: list[TaskMessage] = []
+        foreign: list[BatchItem | TaskBatchItem] = []
+        runnable: dict[str, bool] = {}  # subject -> self._runs_here(subject), per batch
         for item in items:
-            task_type = item.subject[len("tasks.") :] if item.subject.startswith("tasks.") else None
-            if task_type is not None and self.has_skill("task", task_type):
+            runs = runnable.get(item.subject)
+            if runs is None:
+                runs = runnable[item.subject] = self._runs_here(item.subject)
+            if runs:
                 try:
                     task = _as_task(item)
                 except msgspec.ValidationError as exc:
                     self.invalid_messages[message.subject] += 1
                     log.warning("invalid task in a batch for %s: %s", item.subject, exc)
                     continue
-                self.dispatch_task(task)
+                if self.has_skill("task", task.type):
+                    tasks.append(task)
+                else:  # on our subject, of a type nobody here handles: as _on_task answers it
+                    self._publish_result(_no_agent(task))
             elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
-                # Not ours to run: send it on by itself, to whoever takes that subject.
-                await self._publish(item.subject, item.message)
+                foreign.append(item)
             else:
                 self.invalid_messages[message.subject] += 1
                 log.warning("batch item with an unusable subject %r dropped", item.subject)
+        # Ours, in a few units of work (results each on task.result, as for tasks one by one).
+        self.dispatch_tasks(tasks)
+        for item in foreign:  # not ours to run: send each on by itself, to whoever takes it
+            await self._publish(item.subject, item.message)
+
+    def _runs_here(self, subject: str) -> bool:
+        """Whether a local agent runs tasks published on ``subject``."""
+        return subject.startswith("tasks.") and self.has_skill("task", subject[len("tasks.") :])
 
     def _answer_batch(self, message: Message, items: Sequence[TaskBatchItem | BatchItem]) -> None:
         """Run a batch's tasks and answer its request with one array of their TaskResults, in
         order, once the last one is in. Those results do not go to ``task.result``."""
         reply, headers = message.reply, _outgoing_headers(message.headers)
+
+        def answer(results: list[TaskResult]) -> None:
+            try:
+                self.bus.publish_nowait(reply, self.codec.encode(results), headers=headers)
+            except BusUnavailable as exc:
+                log.debug("batch results not published: %s", exc)
+
+        subject = items[0].subject
+        if type(items[0]) is TaskBatchItem and self._runs_here(subject):  # all are TaskBatchItems
+            same = [item.message for item in items if item.subject == subject]
+            if len(same) == len(items):  # the usual batch: all ours, their results the answer
+                try:
+                    self._dispatch_tasks(same, answer, publish=False)
+                    return
+                except NoCapableAgent:  # a task's type is not its subject's: nothing was queued
+                    pass
+        tasks: list[TaskMessage] = []
+        places: list[int] = []  # where each of `tasks` is in the batch
+        others: list[tuple[int, TaskResult | tuple[str, TaskMessage]]] = []  # done, or to forward
+        runnable: dict[str, bool] = {}  # subject -> self._runs_here(subject), per batch
+        for index, item in enumerate(items):
+            try:
+                task = _as_task(item)
+            except msgspec.ValidationError as exc:
+                self.invalid_messages[message.subject] += 1
+                log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                error = f"invalid task: {exc}"
+                others.append((index, TaskResult(task_id="", processed_by="", status="error", error=error)))
+                continue
+            runs = runnable.get(item.subject)
+            if runs is None:
+                runs = runnable[item.subject] = self._runs_here(item.subject)
+            if runs and self.has_skill("task", task.type):
+                tasks.append(task)
+                places.append(index)
+            elif runs:  # on our subject, of a type nobody here handles: as _on_task answers it
+                others.append((index, _no_agent(task)))
+            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
+                others.append((index, (item.subject, task)))
+            else:
+                self.invalid_messages[message.subject] += 1
+                log.warning("batch item with an unusable subject %r", item.subject)
+                error = f"unusable subject {item.subject!r}"
+                failed = TaskResult(task_id=task.id, processed_by="", status="error", error=error)
+                others.append((index, failed))
+        if not others:
+            self._dispatch_tasks(tasks, answer, publish=False)
+            return
         results: list[TaskResult | None] = [None] * len(items)
         missing = len(items)
 
@@ -819,34 +878,20 @@ class NatsFlock(LocalFlock):
             results[index] = result
             missing -= 1
             if missing == 0:
-                try:
-                    self.bus.publish_nowait(reply, self.codec.encode(results), headers=headers)
-                except BusUnavailable as exc:
-                    log.debug("batch results not published: %s", exc)
+                answer(results)  # type: ignore[arg-type]  # no None is left
 
+        def ours(outcomes: list[TaskResult]) -> None:
+            for index, result in zip(places, outcomes, strict=True):
+                settle(index, result)
+
+        if tasks:
+            self._dispatch_tasks(tasks, ours, publish=False)
         foreign: list[tuple[int, str, TaskMessage]] = []
-        for index, item in enumerate(items):
-            task_type = item.subject[len("tasks.") :] if item.subject.startswith("tasks.") else None
-            try:
-                task = _as_task(item)
-            except msgspec.ValidationError as exc:
-                self.invalid_messages[message.subject] += 1
-                log.warning("invalid task in a batch for %s: %s", item.subject, exc)
-                settle(
-                    index,
-                    TaskResult(task_id="", processed_by="", status="error", error=f"invalid task: {exc}"),
-                )
-                continue
-            if task_type is not None and self.has_skill("task", task_type):
-                self._unreported.add(task.id)
-                self.dispatch_task(task, functools.partial(settle, index))
-            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
-                foreign.append((index, item.subject, task))
+        for index, other in others:
+            if isinstance(other, TaskResult):
+                settle(index, other)
             else:
-                self.invalid_messages[message.subject] += 1
-                log.warning("batch item with an unusable subject %r", item.subject)
-                error = f"unusable subject {item.subject!r}"
-                settle(index, TaskResult(task_id=task.id, processed_by="", status="error", error=error))
+                foreign.append((index, *other))
         if foreign:  # not ours to run: ask whoever takes their subjects, one by one
             self._spawn(self._forward_batch_items(foreign, settle))
 
@@ -1022,9 +1067,6 @@ class NatsFlock(LocalFlock):
         # The correlation id travels on: the one the task came with, in the header; else it is
         # the task's id, which the result carries as taskId (a header repeating it would cost
         # about 7 us a result to build and parse, a fifth of a fan-out task's whole cost).
-        if self._unreported and result.task_id in self._unreported:
-            self._unreported.discard(result.task_id)
-            return  # it goes back in its batch's answer (see _answer_batch)
         correlation = self._correlations.pop(result.task_id, None)
         headers = {CORRELATION_HEADER: correlation} if correlation else None
         try:
@@ -1069,6 +1111,12 @@ class NatsFlock(LocalFlock):
         task = asyncio.get_running_loop().create_task(coroutine)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+
+def _no_agent(task: TaskMessage) -> TaskResult:
+    """The error result of a task no local agent can run."""
+    error = str(NoCapableAgent("task", task.type))
+    return TaskResult(task_id=task.id, processed_by="", status="error", error=error)
 
 
 def _as_task(item: TaskBatchItem | BatchItem) -> TaskMessage:
