@@ -87,21 +87,25 @@ class CircuitBreaker:
         state = self.state
         return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and not self._trial)
 
-    def check(self) -> None:
+    def check(self) -> bool:
         """Let a call through, or raise.
 
         While half-open, the first caller is admitted as the trial; others are refused until
         the trial's outcome is recorded.
+
+        Returns:
+            Whether this call is the half-open trial: pass it to :meth:`release` if the call
+            ends without a verdict.
 
         Raises:
             CircuitOpen: the breaker is open (or half-open with a trial already in flight).
         """
         state = self.state
         if state is BreakerState.CLOSED:
-            return
+            return False
         if state is BreakerState.HALF_OPEN and not self._trial:
             self._trial = True
-            return
+            return True
         assert self._opened_at is not None
         raise CircuitOpen(self.name, self._opened_at + self.reset_timeout - self._clock())
 
@@ -125,9 +129,12 @@ class CircuitBreaker:
         self._trial = False
         return newly
 
-    def release(self) -> None:
-        """Abandon an admitted trial without a verdict (the call was cancelled, say)."""
-        self._trial = False
+    def release(self, trial: bool) -> None:
+        """A call ended without a verdict (it was cancelled, say); ``trial`` is what
+        :meth:`check` returned for it. Only the trial's own release lets another trial through:
+        a call admitted while the breaker was closed has no say in the trial."""
+        if trial:
+            self._trial = False
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name} {self.state} failures={self._failures}>"

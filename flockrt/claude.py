@@ -336,7 +336,7 @@ class ClaudeAgent(Agent):
             else (self.progress_listener is not None or limit >= self.stream_above)
         )
         try:
-            self.breaker.check()
+            trial = self.breaker.check()
         except CircuitOpen as exc:
             self._count("circuit_open")
             raise ClaudeError(
@@ -353,7 +353,7 @@ class ClaudeAgent(Agent):
                 self._opened(exc)
             raise
         except BaseException:  # cancelled (or a bug): no verdict on the API's health
-            self.breaker.release()
+            self.breaker.release(trial)
             raise
         self.breaker.record_success()
         return {

@@ -71,11 +71,11 @@ def test_a_released_trial_lets_the_next_caller_try() -> None:
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=1, clock=clock)
     breaker.record_failure()
     clock.now += 1
-    breaker.check()
+    assert breaker.check() is True  # the trial
     assert not breaker.allows()
-    breaker.release()
+    breaker.release(True)
     assert breaker.allows()
-    breaker.check()
+    assert breaker.check() is True
 
 
 def test_defaults_are_five_failures_and_sixty_seconds() -> None:
@@ -94,3 +94,17 @@ def test_defaults_are_five_failures_and_sixty_seconds() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CircuitBreaker(**kwargs)  # type: ignore[arg-type]
+
+
+def test_only_the_trial_releases_the_trial() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=1, clock=clock)
+    old = breaker.check()  # admitted while closed: not a trial
+    assert old is False
+    breaker.record_failure()
+    breaker.record_failure()  # opens
+    clock.now += 1
+    assert breaker.check() is True  # the half-open trial
+    breaker.release(old)  # the old call is cancelled: no say in the trial
+    with pytest.raises(CircuitOpen):
+        breaker.check()  # still one trial at a time

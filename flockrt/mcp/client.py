@@ -421,7 +421,7 @@ class FlockClient:
     async def _guarded(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run ``work`` through the breaker: gateway unavailability counts as a failure, any
         answer (even an error) as a success, a cancellation or a bug as neither."""
-        self.breaker.check()
+        trial = self.breaker.check()
         try:
             result = await work()
         except GatewayUnavailable:
@@ -431,7 +431,7 @@ class FlockClient:
             self.breaker.record_success()
             raise
         except BaseException:
-            self.breaker.release()
+            self.breaker.release(trial)
             raise
         self.breaker.record_success()
         return result
