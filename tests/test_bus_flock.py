@@ -22,7 +22,7 @@ from flockrt.actors.agent import Agent, capability, handles_task
 from flockrt.bus.connection import NatsConnection
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
-from flockrt.bus.schema import DirectMessage, TaskMessage, TaskResult
+from flockrt.bus.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from flockrt.errors import NoCapableAgent, UnknownAgent
 from tests.conftest import wait_for
 
@@ -693,3 +693,29 @@ async def test_wait_for_agents_says_how_many_were_there(nats_server: EmbeddedNat
         await node.agents("only-one")
         with pytest.raises(TimeoutError, match=r"1 of 2 agents with 'text-analysis' online after 0\.05 s"):
             await node.flock.wait_for_agents(2, capability="text-analysis", timeout=0.05)
+
+
+class Listener(Agent):
+    """Keeps the broadcasts it hears."""
+
+    heard: list[str]
+
+    async def on_broadcast(self, message: Broadcast) -> None:
+        Listener.heard.append(message.type)
+
+
+async def test_a_broadcast_sent_during_an_outage_reaches_local_agents_once(nats_server: EmbeddedNats) -> None:
+    Listener.heard = []
+    async with Node(nats_server.url, "node-a") as node:
+        await node.system.spawn(Listener, "listener-1")
+        await node.settled()
+        await nats_server.kill()
+        await wait_for(lambda: not node.bus.connected)
+        await node.flock.broadcast_all("during")  # delivered here now, buffered for the others
+        await wait_for(lambda: Listener.heard == ["during"])
+        await nats_server.restart()
+        await node.bus.wait_connected(timeout=10)
+        await wait_for(lambda: node.bus.stats.flushed >= 1)
+        await node.flock.broadcast_all("after")  # comes back through NATS, after the buffered one
+        await wait_for(lambda: "after" in Listener.heard)
+        assert Listener.heard == ["during", "after"]  # not "during" twice

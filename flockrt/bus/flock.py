@@ -80,7 +80,11 @@ from flockrt.errors import (
 from flockrt.local import PRIORITIES, LocalFlock
 from flockrt.supervisor.spec import Restart
 
-__all__ = ["CORRELATION_HEADER", "NatsFlock"]
+__all__ = ["CORRELATION_HEADER", "ORIGIN_HEADER", "NatsFlock"]
+
+ORIGIN_HEADER = "Flock-Origin"
+"""On a broadcast published while NATS was unreachable: the process that already delivered it
+to its own agents (a flockrt addition; other peers ignore it)."""
 
 log = logging.getLogger("flockrt.flock")
 
@@ -164,6 +168,7 @@ class NatsFlock(LocalFlock):
         self._task_subjects: dict[str, str] = {}  # task type -> its checked subject
         self._results_subscription: Subscription | None = None
         self._discovered_at = -math.inf  # when this process last asked agents to re-announce
+        self._origin = f"{self.node}-{uuid.uuid4().hex[:8]}"  # this process, in ORIGIN_HEADER
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -703,9 +708,13 @@ class NatsFlock(LocalFlock):
     async def broadcast_all(self, type: str, message: Any = None, data: Any = None) -> None:
         """Broadcast to every agent of the flock (local ones get it through NATS too)."""
         payload = Broadcast(type=type, message=message, data=data)
+        headers = None
         if not self.bus.connected:
+            # Degraded: local agents get it now; the buffered copy goes out on reconnect,
+            # marked so that this process does not deliver it a second time.
             super().broadcast(type, message, data)
-        await self.bus.publish(subjects.BROADCAST, self.codec.encode(payload))
+            headers = {ORIGIN_HEADER: self._origin}
+        await self.bus.publish(subjects.BROADCAST, self.codec.encode(payload), headers=headers)
 
     async def _request(
         self,
@@ -912,6 +921,8 @@ class NatsFlock(LocalFlock):
         await asyncio.gather(*(forward(*item) for item in items))
 
     async def _on_broadcast(self, message: Message) -> None:
+        if message.headers.get(ORIGIN_HEADER) == self._origin:
+            return  # delivered here already, when it was sent while NATS was away
         broadcast = self._decode(message, Broadcast)
         if broadcast is not None:
             super().broadcast(broadcast.type, broadcast.message, broadcast.data)
