@@ -259,12 +259,16 @@ class GatewayUnavailable(FlockError, ConnectionError):
 
     Attributes:
         url: The gateway's URL.
+        sent: The request had gone out before the failure, so it may have been carried out:
+            its outcome is unknown, and doing it again elsewhere could do it twice.
     """
 
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"MCP gateway at {url} is unavailable: {reason}")
+    def __init__(self, url: str, reason: str, *, sent: bool = False) -> None:
+        outcome = "; the request had been sent, its outcome is unknown" if sent else ""
+        super().__init__(f"MCP gateway at {url} is unavailable: {reason}{outcome}")
         self.url = url
         self.reason = reason
+        self.sent = sent
 
 
 class NotAuthorized(FlockError, PermissionError):

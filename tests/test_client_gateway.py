@@ -365,3 +365,22 @@ async def test_cancelling_a_call_cancels_the_work_in_the_flock(flock: Flock, cli
     # The client told the gateway (notifications/cancelled), which stopped the agent's work.
     await asyncio.wait_for(Slow.cancelled.wait(), 5)
     assert await client.request_capability("upper", {"text": "still usable"}) == "STILL USABLE"
+
+
+async def test_no_fallback_for_a_request_the_gateway_may_have_carried_out(nats_server: EmbeddedNats) -> None:
+    Slow.started, Slow.cancelled = asyncio.Event(), asyncio.Event()
+    config = flock_config(nats={"url": nats_server.url}, mcp={"port": 0}, agents=False, name="gw")
+    async with Flock(config) as front:
+        await front.system.spawn(Slow, "slow-1")
+        client = FlockClient(gateway_url(front), nats_url=nats_server.url, reconnect=False, timeout=5)
+        try:
+            call = asyncio.ensure_future(client.request_capability("slow", {}))
+            await asyncio.wait_for(Slow.started.wait(), 5)  # delivered and running
+            assert front.gateway is not None
+            for ws in list(front.gateway.websockets):  # the connection drops mid-call
+                await ws.close()
+            with pytest.raises(GatewayUnavailable, match="its outcome is unknown") as failed:
+                await call
+            assert failed.value.sent and client.fallbacks == 0  # not run a second time over NATS
+        finally:
+            await client.close()

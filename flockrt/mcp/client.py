@@ -139,7 +139,9 @@ class _Session:
                 return await future
         except TimeoutError:
             await self._cancel_remote(request_id, "the client stopped waiting")
-            raise GatewayUnavailable(self.url, f"no answer to {method} within {timeout:g} s") from None
+            raise GatewayUnavailable(
+                self.url, f"no answer to {method} within {timeout:g} s", sent=True
+            ) from None
         except asyncio.CancelledError:
             await asyncio.shield(self._cancel_remote(request_id, "the caller was cancelled"))
             raise
@@ -175,9 +177,9 @@ class _Session:
         self._fail_pending("the client closed the connection")
 
     def _fail_pending(self, reason: str) -> None:
-        for future in self._pending.values():
+        for future in self._pending.values():  # requests sent, not answered
             if not future.done():
-                future.set_exception(GatewayUnavailable(self.url, reason))
+                future.set_exception(GatewayUnavailable(self.url, reason, sent=True))
         self._pending.clear()
 
     async def _read(self) -> None:
@@ -614,8 +616,8 @@ class FlockClient:
             arguments["metadata"] = metadata
         try:
             result = await self.call_tool("send_message", arguments, timeout=limit)
-        except (GatewayUnavailable, CircuitOpen):
-            if self.nats_url is None:
+        except (GatewayUnavailable, CircuitOpen) as exc:
+            if self.nats_url is None or _maybe_done(exc):
                 raise
             answer = await remote.send_direct(
                 await self._nats(),
@@ -651,8 +653,8 @@ class FlockClient:
         }
         try:
             result = await self.call_tool("request_capability", arguments, timeout=limit)
-        except (GatewayUnavailable, CircuitOpen):
-            if self.nats_url is None:
+        except (GatewayUnavailable, CircuitOpen) as exc:
+            if self.nats_url is None or _maybe_done(exc):
                 raise
             answer = await remote.request_capability(
                 await self._nats(),
@@ -935,3 +937,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "connection attempt timed out"
     return str(exc) or type(exc).__name__
+
+
+def _maybe_done(exc: GatewayUnavailable | CircuitOpen) -> bool:
+    """Whether a failed call may have been carried out anyway (sent before the connection
+    went): falling back to NATS could then do it twice, so the caller hears of it instead."""
+    return isinstance(exc, GatewayUnavailable) and exc.sent
