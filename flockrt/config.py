@@ -108,6 +108,17 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     persist_directory: bool = False
     """Keep the agent directory in a JetStream key-value bucket, so a new process sees the
     flock at once."""
+    credentials: str = ""
+    """A NATS ``.creds`` file (user JWT and NKey seed), as the ``nats`` CLI takes it."""
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    """Username and password, or a token, for servers configured with them."""
+    tls_ca: str = ""
+    """CA bundle that signed the server's certificate ("" = the system's, for tls:// URLs)."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """Client certificate and its key, for servers that verify clients (mutual TLS)."""
 
 
 class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -362,6 +373,18 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             problems.append(f"nats.max_retries: expected >= 1, got {nats.max_retries}")
         if nats.buffer_limit < 0:
             problems.append(f"nats.buffer_limit: expected >= 0, got {nats.buffer_limit}")
+        for key in ("credentials", "tls_ca", "tls_cert", "tls_key"):
+            value = getattr(nats, key)
+            if value and not Path(value).is_file():
+                problems.append(f"nats.{key}: no such file: {value!r}")
+        if bool(nats.user) != bool(nats.password):
+            problems.append("nats.user / nats.password: expected both or neither")
+        if bool(nats.tls_cert) != bool(nats.tls_key):
+            problems.append("nats.tls_cert / nats.tls_key: expected both or neither")
+        if nats.url == "embedded" and (nats.credentials or nats.user or nats.token or nats.tls_ca):
+            problems.append(
+                "nats: credentials, user, token and TLS are for a server of your own, not the embedded one"
+            )
         if nats.url != "embedded" and not all(
             re.match(r"^(nats|tls|ws|wss)://\S+$", server.strip()) for server in nats.url.split(",")
         ):

@@ -22,7 +22,7 @@ import msgspec
 from flockrt.actors.agent import Agent
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
-from flockrt.bus.connection import NatsConnection
+from flockrt.bus.connection import NatsConnection, tls_context
 from flockrt.bus.directory import AgentInfo, StatusFilter
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
@@ -144,8 +144,21 @@ class Flock:
                 self.server = EmbeddedNats(port=nats.port or None, store_dir=nats.store_dir or None)
                 await self.server.start()
                 url = self.server.url
+            tls = (
+                tls_context(nats.tls_ca, nats.tls_cert, nats.tls_key)
+                if nats.tls_ca or nats.tls_cert
+                else None
+            )
             self.bus = NatsConnection(
-                url, name=runtime.name, max_retries=nats.max_retries, buffer_limit=nats.buffer_limit
+                url,
+                name=runtime.name,
+                max_retries=nats.max_retries,
+                buffer_limit=nats.buffer_limit,
+                credentials=nats.credentials or None,
+                user=nats.user or None,
+                password=nats.password or None,
+                token=nats.token or None,
+                tls=tls,
             )
             await self.bus.start()
             heartbeat = nats.heartbeat_interval / 1000

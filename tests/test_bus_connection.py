@@ -251,3 +251,29 @@ async def test_several_cluster_urls_connect_to_one_that_answers(nats_server: Emb
         assert b"memory" in reply.data
     finally:
         await bus.close()
+
+
+async def test_user_password_and_token_authentication(tmp_path: Path) -> None:
+    from flockrt.config import FlockConfig, NatsConfig
+    from flockrt.runtime import Flock
+
+    async with EmbeddedNats(
+        store_dir=tmp_path / "a", extra_args=("--user", "flock", "--pass", "s3cret")
+    ) as server:
+        good = FlockConfig(nats=NatsConfig(url=server.url, user="flock", password="s3cret"))
+        async with Flock(good) as flock:
+            assert flock.bus is not None
+            await flock.bus.wait_connected(5)
+        wrong = bus_for(server.url, user="flock", password="wrong")
+        try:
+            await wrong.start()
+            assert not wrong.connected  # refused: degraded, trying again in the background
+        finally:
+            await wrong.close()
+    async with EmbeddedNats(store_dir=tmp_path / "b", extra_args=("--auth", "t0ken")) as server:
+        bus = bus_for(server.url, token="t0ken")
+        try:
+            await bus.start()
+            await bus.wait_connected(5)
+        finally:
+            await bus.close()

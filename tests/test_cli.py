@@ -289,3 +289,17 @@ def test_auth_tokens_from_the_environment_and_prefixed_agent_ids(tmp_path: Path)
 def test_every_shipped_config_checks(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(ROOT / "configs" / name)]) == 0
     assert ": ok (" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("url = 'nats://h:4222'\nuser = 'u'\n", "nats.user / nats.password: expected both or neither"),
+        ("url = 'nats://h:4222'\ncredentials = '/no/such.creds'\n", "nats.credentials: no such file"),
+        ("token = 't'\n", "credentials, user, token and TLS are for a server of your own"),
+        ("url = 'tls://h:4222'\ntls_cert = '/etc/hostname'\n", "nats.tls_cert / nats.tls_key: expected both"),
+    ],
+)
+def test_nats_authentication_settings_are_checked(tmp_path: Path, section: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write(tmp_path, "[nats]\n" + section), env={})

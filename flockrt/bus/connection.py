@@ -31,6 +31,7 @@ import enum
 import json
 import logging
 import random
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
@@ -145,6 +146,19 @@ class _Outgoing:
     reply: str
 
 
+def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
+    """A client TLS context: verifying the server with ``ca`` (default: the system's CAs), and
+    presenting ``cert``/``key`` when the server verifies clients (mutual TLS).
+
+    Raises:
+        OSError / ssl.SSLError: a file is missing or not a certificate or key.
+    """
+    context = ssl.create_default_context(cafile=ca or None)
+    if cert:
+        context.load_cert_chain(cert, key or None)
+    return context
+
+
 class NatsConnection:
     """One shared NATS connection with degraded mode.
 
@@ -157,7 +171,12 @@ class NatsConnection:
         max_backoff: Upper bound of the background loop's backoff, in seconds.
         buffer_limit: Publishes kept while degraded; more are dropped and counted.
         connect_timeout: Seconds one connection attempt may take.
-        options: Further nats-py connect options (credentials, TLS), passed through.
+        credentials: A NATS ``.creds`` file (user JWT and NKey seed).
+        user: Username (with ``password``) for servers configured with them.
+        password: The user's password.
+        token: An authentication token.
+        tls: TLS settings (see :func:`tls_context`); a ``tls://`` URL alone uses the system's.
+        options: Further nats-py connect options, passed through.
     """
 
     def __init__(
@@ -170,6 +189,11 @@ class NatsConnection:
         max_backoff: float = 5.0,
         buffer_limit: int = 10_000,
         connect_timeout: float = 2.0,
+        credentials: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> None:
         if buffer_limit < 0:
@@ -184,6 +208,15 @@ class NatsConnection:
         self._buffer_limit = buffer_limit
         self._connect_timeout = connect_timeout
         self._options = dict(options or {})
+        # Authentication and TLS, as nats-py names them.
+        if credentials:
+            self._options["user_credentials"] = credentials
+        if user:
+            self._options.update(user=user, password=password)
+        if token:
+            self._options["token"] = token
+        if tls is not None:
+            self._options["tls"] = tls
         self._nc: Client | None = None
         self._state = BusState.CONNECTING
         self._buffer: deque[_Outgoing] = deque()
