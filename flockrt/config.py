@@ -13,6 +13,7 @@ import functools
 import importlib
 import inspect
 import ipaddress
+import math
 import os
 import re
 import types
@@ -27,6 +28,7 @@ from flockrt.actors.actor import Actor
 from flockrt.actors.agent import Agent
 from flockrt.errors import FlockError
 from flockrt.supervisor.spec import ChildSpec, Restart
+from flockrt.supervisor.supervisor import Supervisor
 
 __all__ = [
     "AgentConfig",
@@ -219,6 +221,19 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     """Keyword arguments for the class."""
 
 
+class GroupConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``[[supervisors]]``: a supervisor of its own under the root, with its strategy, its
+    restart intensity and its agents (``[[supervisors.agents]]``, as ``[[agents]]``)."""
+
+    id: str
+    strategy: Literal["one_for_one", "one_for_all", "rest_for_one"] = "one_for_one"
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+    restart: Restart = "permanent"
+    """How the root restarts this supervisor when it gives up."""
+    agents: list[AgentConfig] = msgspec.field(default_factory=list)
+
+
 class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """The whole file."""
 
@@ -229,16 +244,35 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     metrics: MetricsConfig | None = None
     claude: ClaudeConfig = msgspec.field(default_factory=ClaudeConfig)
     agents: list[AgentConfig] = msgspec.field(default_factory=list)
+    supervisors: list[GroupConfig] = msgspec.field(default_factory=list)
 
     def child_specs(self) -> list[ChildSpec]:
-        """The root supervisor's children, in file order (``id-1``.. when count > 1).
+        """The root supervisor's children: the ``[[agents]]`` in file order (``id-1``.. when
+        count > 1), then one supervisor per ``[[supervisors]]`` entry with its own agents.
 
         A class with a ``flock_options(config, agent_id, options)`` classmethod is built with
         the keyword arguments it returns (its own section of the file, like ``[claude]``,
         merged with the entry's options), and left out when it returns None (it logs why).
         """
+        specs = self._agent_specs(self.agents)
+        for group in self.supervisors:
+            factory = functools.partial(
+                Supervisor,
+                self._agent_specs(group.agents),
+                strategy=group.strategy,
+                max_restarts=group.max_restarts,
+                max_seconds=group.max_seconds,
+            )
+            specs.append(
+                ChildSpec(
+                    id=group.id, factory=factory, restart=group.restart, shutdown=math.inf, type="supervisor"
+                )
+            )
+        return specs
+
+    def _agent_specs(self, agents: list[AgentConfig]) -> list[ChildSpec]:
         specs = []
-        for agent in self.agents:
+        for agent in agents:
             cls = resolve_class(agent.class_)
             options = dict(agent.options)
             flock_options = getattr(cls, "flock_options", None)
@@ -428,29 +462,46 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             f"got {config.runtime.name!r}"
         )
     seen: set[str] = set()
-    for i, agent in enumerate(config.agents):
+    # Children in tree order: the root's agents, then each supervisor and its agents.
+    entries: list[tuple[str, AgentConfig | GroupConfig]] = [
+        (f"agents[{i}]", agent) for i, agent in enumerate(config.agents)
+    ]
+    for g, group in enumerate(config.supervisors):
+        entries.append((f"supervisors[{g}]", group))
+        entries += [(f"supervisors[{g}].agents[{i}]", agent) for i, agent in enumerate(group.agents)]
+    for where, entry in entries:
+        if isinstance(entry, GroupConfig):
+            if not re.fullmatch(r"[A-Za-z0-9_\-]+", entry.id):
+                problems.append(f"{where}.id: expected letters, digits, '_' or '-', got {entry.id!r}")
+            if entry.id in seen:
+                problems.append(f"{where}.id: {entry.id!r} is used twice")
+            seen.add(entry.id)
+            if entry.max_restarts < 0:
+                problems.append(f"{where}.max_restarts: expected >= 0, got {entry.max_restarts}")
+            if entry.max_seconds <= 0:
+                problems.append(f"{where}.max_seconds: expected > 0, got {entry.max_seconds}")
+            continue
+        agent = entry
         if agent.count < 1:
-            problems.append(f"agents[{i}].count: expected >= 1, got {agent.count}")
+            problems.append(f"{where}.count: expected >= 1, got {agent.count}")
         if agent.shutdown < 0:
-            problems.append(f"agents[{i}].shutdown: expected >= 0, got {agent.shutdown}")
+            problems.append(f"{where}.shutdown: expected >= 0, got {agent.shutdown}")
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", agent.id):
-            problems.append(f"agents[{i}].id: expected letters, digits, '_', '-' or '.', got {agent.id!r}")
+            problems.append(f"{where}.id: expected letters, digits, '_', '-' or '.', got {agent.id!r}")
         if agent.id in seen:
-            problems.append(f"agents[{i}].id: {agent.id!r} is used twice")
+            problems.append(f"{where}.id: {agent.id!r} is used twice")
         seen.add(agent.id)
         try:
             cls = resolve_class(agent.class_)
         except ConfigError as exc:
-            problems.append(f"agents[{i}].class: {exc}")
+            problems.append(f"{where}.class: {exc}")
             continue
         if issubclass(cls, Agent) and "." in agent.id:
-            problems.append(
-                f"agents[{i}].id: an agent's id is part of NATS subjects: no '.', got {agent.id!r}"
-            )
+            problems.append(f"{where}.id: an agent's id is part of NATS subjects: no '.', got {agent.id!r}")
         try:
             inspect.signature(cls).bind(*(("id",) if issubclass(cls, Agent) else ()), **agent.options)
         except TypeError as exc:
-            problems.append(f"agents[{i}].options: {agent.class_} does not take them: {exc}")
+            problems.append(f"{where}.options: {agent.class_} does not take them: {exc}")
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
 

@@ -303,3 +303,32 @@ def test_every_shipped_config_checks(name: str, capsys: pytest.CaptureFixture[st
 def test_nats_authentication_settings_are_checked(tmp_path: Path, section: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(expected)):
         load_config(write(tmp_path, "[nats]\n" + section), env={})
+
+
+async def test_supervisors_of_their_own_under_the_root(tmp_path: Path) -> None:
+    from flockrt.runtime import Flock
+
+    path = write(
+        tmp_path,
+        "[[agents]]\nid = 'echo'\nclass = 'echo'\n"
+        "[[supervisors]]\nid = 'text-pool'\nstrategy = 'one_for_all'\nmax_restarts = 5\nmax_seconds = 10.0\n"
+        "[[supervisors.agents]]\nid = 'text'\nclass = 'text'\ncount = 2\n",
+    )
+    config = load_config(path, env={})
+    async with Flock(config) as flock:
+        root = flock.system.snapshot()["children"][0]
+        assert [child["name"] for child in root["children"]] == ["echo", "text-pool"]
+        group = root["children"][1]
+        assert [child["name"] for child in group["children"]] == ["text-1", "text-2"]
+        assert sorted(agent.id for agent in flock.list_agents()) == ["echo", "text-1", "text-2"]
+    bad = write(
+        tmp_path,
+        "[[supervisors]]\nid = 'g'\n[[supervisors.agents]]\nid = 'x'\nclass = 'echo'\nrestart = 'always'\n",
+    )
+    with pytest.raises(
+        ConfigError, match=r"supervisors\[0\]\.agents\[0\]\.restart: expected one of permanent"
+    ):
+        load_config(bad, env={})
+    twice = write(tmp_path, "[[agents]]\nid = 'g'\nclass = 'echo'\n[[supervisors]]\nid = 'g'\n")
+    with pytest.raises(ConfigError, match=r"supervisors\[0\]\.id: 'g' is used twice"):
+        load_config(twice, env={})
