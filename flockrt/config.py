@@ -18,7 +18,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -219,6 +219,8 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     shutdown: float = 5.0
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     """Keyword arguments for the class."""
+    capabilities: list[str] | None = None
+    """Offer only these of the class's capabilities (default: all it declares)."""
 
 
 class GroupConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -281,7 +283,9 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
                 if configured is None:
                     continue
                 options = configured
-            factory = functools.partial(cls, **options) if options else cls
+            factory: Callable[..., Actor[Any]] = functools.partial(cls, **options) if options else cls
+            if agent.capabilities is not None:
+                factory = functools.partial(_offering_only, factory, tuple(agent.capabilities))
             ids = [agent.id] if agent.count == 1 else [f"{agent.id}-{i}" for i in range(1, agent.count + 1)]
             if self.runtime.prefix_agent_ids:
                 ids = [f"{self.runtime.name}-{i}" for i in ids]
@@ -496,6 +500,15 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
         except ConfigError as exc:
             problems.append(f"{where}.class: {exc}")
             continue
+        if agent.capabilities is not None:
+            declared = getattr(cls, "_flockrt_capabilities", {}) if issubclass(cls, Agent) else {}
+            unknown = [name for name in agent.capabilities if name not in declared]
+            if unknown:
+                offered = ", ".join(declared) or "none"
+                missing = ", ".join(unknown)
+                problems.append(
+                    f"{where}.capabilities: {agent.class_} does not offer {missing} (it offers {offered})"
+                )
         if issubclass(cls, Agent) and "." in agent.id:
             problems.append(f"{where}.id: an agent's id is part of NATS subjects: no '.', got {agent.id!r}")
         try:
@@ -504,6 +517,13 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             problems.append(f"{where}.options: {agent.class_} does not take them: {exc}")
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
+
+
+def _offering_only(factory: Callable[..., Actor[Any]], names: tuple[str, ...], *args: Any) -> Actor[Any]:
+    agent = factory(*args)
+    if isinstance(agent, Agent):
+        agent.offer_only(names)
+    return agent
 
 
 def resolve_class(name: str) -> type[Actor[Any]]:

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 
 from flockrt.cli import main
 from flockrt.config import ENV_OVERRIDES, ConfigError, load_config
+from flockrt.errors import NoCapableAgent
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "flock.toml"
@@ -332,3 +333,20 @@ async def test_supervisors_of_their_own_under_the_root(tmp_path: Path) -> None:
     twice = write(tmp_path, "[[agents]]\nid = 'g'\nclass = 'echo'\n[[supervisors]]\nid = 'g'\n")
     with pytest.raises(ConfigError, match=r"supervisors\[0\]\.id: 'g' is used twice"):
         load_config(twice, env={})
+
+
+async def test_an_agent_entry_may_offer_only_some_capabilities(tmp_path: Path) -> None:
+    from flockrt.runtime import Flock
+
+    path = write(tmp_path, "[[agents]]\nid = 't'\nclass = 'text'\ncapabilities = ['text-analysis']\n")
+    async with Flock(load_config(path, env={})) as flock:
+        (agent,) = flock.list_agents()
+        assert agent.capabilities == ("text-analysis",)
+        assert (await flock.request_capability("text-analysis", {"text": "a b"}))["words"] == 2
+        with pytest.raises(NoCapableAgent):
+            await flock.request_capability("text-processing", {"text": "a b"})
+    bad = write(tmp_path, "[[agents]]\nid = 't'\nclass = 'text'\ncapabilities = ['mind-reading']\n")
+    with pytest.raises(
+        ConfigError, match=r"agents\[0\]\.capabilities: text does not offer mind-reading \(it offers"
+    ):
+        load_config(bad, env={})

@@ -26,7 +26,7 @@ import dis
 import inspect
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -332,6 +332,22 @@ class Agent(Actor[Any]):
         # Instance attributes shadow the class's table: other instances keep theirs.
         vars(self)[attribute] = handler
         vars(self)["_flockrt_capabilities"] = {**self._flockrt_capabilities, name: attribute}
+
+    def offer_only(self, names: Iterable[str]) -> None:
+        """Offer only these of the class's capabilities (a config's ``capabilities = [...]``):
+        the others are neither announced nor answered. Call it before the agent starts.
+
+        Raises:
+            ValueError: a name the class does not offer.
+        """
+        wanted = list(names)
+        unknown = [name for name in wanted if name not in self._flockrt_capabilities]
+        if unknown:
+            offered = ", ".join(self._flockrt_capabilities) or "none"
+            raise ValueError(
+                f"{type(self).__name__} does not offer {', '.join(unknown)} (it offers {offered})"
+            )
+        vars(self)["_flockrt_capabilities"] = {name: self._flockrt_capabilities[name] for name in wanted}
 
     # ------------------------------------------------------------------ hooks for subclasses
 
