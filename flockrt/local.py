@@ -366,10 +366,11 @@ class LocalFlock(AgentPort):
         then: Callable[[TaskResult], None] | None = None,
         *,
         progress: ProgressCallback | None = None,
+        correlation: str | None = None,
     ) -> None:
         """Queue ``task`` for a local agent; its TaskResult goes to the result listeners, then
         to ``then``. No future and no loop turn of its own: the path of tasks from NATS. The
-        current correlation id (else the task's id) goes with it.
+        ``correlation`` id (default: the current one, else the task's id) goes with it.
 
         Raises:
             NoCapableAgent: no agent of this process handles the task's type.
@@ -384,7 +385,7 @@ class LocalFlock(AgentPort):
         work = Work(
             "task", task.type, task, None, PRIORITIES[task.priority], on_done=on_done, progress=progress
         )
-        work.correlation_id = correlation_id.get() or task.id  # what task.result carries too
+        work.correlation_id = correlation or correlation_id.get() or task.id  # as task.result has it
         self._dispatch(work)
 
     def dispatch_tasks(

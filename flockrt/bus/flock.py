@@ -946,16 +946,15 @@ class NatsFlock(LocalFlock):
             def then(result: TaskResult) -> None:
                 self._publish_nowait(reply, result, headers)
 
-        token = current_correlation.set(correlation or task.id)  # for the work and its logs
         try:
-            self.dispatch_task(task, then)
+            # The correlation id goes with the work (to its handler and logs) as an argument:
+            # setting the context variable here would cost a set and a reset per task.
+            self.dispatch_task(task, then, correlation=correlation or task.id)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
             failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
             self._publish_result(failed)
             if then is not None:
                 then(failed)
-        finally:
-            current_correlation.reset(token)
 
     def _on_capability(self, message: Message) -> None:
         """Answer a capability request when its work finishes: at once for a handler that
