@@ -21,10 +21,10 @@ from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus.directory import AgentInfo
 from flockrt.bus.flock import NatsFlock
-from flockrt.config import McpConfig
+from flockrt.config import McpConfig, is_loopback
 from flockrt.local import LocalFlock
 from flockrt.mcp.agent import OutsideAgent
-from flockrt.mcp.auth import Authenticator, check_bind
+from flockrt.mcp.auth import Authenticator, allowed_hosts, check_bind
 from flockrt.mcp.session import Session
 from flockrt.mcp.tools import TOOLS
 from flockrt.supervisor.spec import ChildSpec
@@ -72,6 +72,10 @@ class Gateway:
         self.max_sessions = max_sessions
         self._sweeper: asyncio.TimerHandle | None = None
         self.auth = Authenticator(config.auth)
+        self.loopback = is_loopback(config.host)
+        """Whether the gateway is bound to loopback: then the Host header must name it."""
+        self.allowed_hosts = allowed_hosts(config.host, config.allowed_origins)
+        """Host names that reach the gateway (the Host check, and Origins on them are its own)."""
         self.sessions: dict[str, Session] = {}
         self.claimed: set[str] = set()
         """Agent ids of the outside agents of open sessions (announced or being announced)."""

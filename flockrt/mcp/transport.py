@@ -11,7 +11,8 @@ it asked for progress; ``initialize`` creates the session and returns ``Mcp-Sess
 every later request carries. GET opens the session's server stream (SSE) for notifications.
 DELETE ends the session. Bad input is answered with a JSON-RPC error body and a 4xx status.
 
-Both check the bearer token and the Origin before anything else (401, 403).
+Both check the Host (on a loopback gateway), the Origin and the bearer token before anything
+else (403, 403, 401).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from flockrt.actors.correlation import correlation
 from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.mcp import observe
-from flockrt.mcp.auth import Principal, Unauthorized, origin_allowed
+from flockrt.mcp.auth import Principal, Unauthorized, host_allowed, origin_allowed
 from flockrt.mcp.gateway import Gateway
 from flockrt.mcp.protocol import (
     FORBIDDEN,
@@ -57,13 +58,16 @@ def _json_error(status: int, error: dict[str, Any], headers: dict[str, str] | No
 
 
 def admit(gateway: Gateway, request: web.Request) -> Principal:
-    """Check the Origin and the bearer token of a request to ``/mcp``.
+    """Check the Host, the Origin and the bearer token of a request to ``/mcp``.
 
     Raises:
-        web.HTTPForbidden: a foreign Origin.
+        web.HTTPForbidden: a foreign Host (on a loopback gateway) or a foreign Origin.
         web.HTTPUnauthorized: a missing or bad token (when authentication is configured).
     """
-    if not origin_allowed(request.headers.get("Origin"), request.host, gateway.config.allowed_origins):
+    if gateway.loopback and not host_allowed(request.headers.get("Host"), gateway.allowed_hosts):
+        raise web.HTTPForbidden(text="forbidden: this Host does not name the gateway\n")
+    origin = request.headers.get("Origin")
+    if not origin_allowed(origin, gateway.allowed_hosts, gateway.config.allowed_origins):
         raise web.HTTPForbidden(text="forbidden: this Origin may not use the gateway\n")
     try:
         return gateway.auth.authenticate(request.headers.get("Authorization"))
