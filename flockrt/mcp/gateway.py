@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -154,9 +154,15 @@ class Gateway:
 
     def close_later(self, session: Session) -> None:
         """Close ``session`` in a task the gateway owns (from code that cannot await)."""
-        task = asyncio.get_running_loop().create_task(session.close())
+        self.own(session.close())
+
+    def own(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` (clean-up that must finish) in a task the gateway owns and awaits when
+        it closes."""
+        task = asyncio.get_running_loop().create_task(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        return task
 
     def expire_idle(self, now: float | None = None) -> int:
         """End the Streamable HTTP sessions idle for longer than ``session_idle_timeout``.

@@ -344,8 +344,8 @@ class Session:
         # Claimed before the first await: two connections announcing one id at once get one agent.
         self.gateway.claimed.add(args.id)
         self.agent_id = args.id
-        try:
-            self._agent_ref = await DynamicSupervisor.start_child(
+        start = asyncio.ensure_future(
+            DynamicSupervisor.start_child(
                 self.gateway.supervisor,
                 args.id,
                 self,
@@ -354,6 +354,16 @@ class Session:
                 args.max_concurrent_tasks,
                 self.gateway.config.timeout / 1000,
             )
+        )
+        try:
+            # Shielded: cancelling the announcement (notifications/cancelled, the connection
+            # closing) does not stop the supervisor from starting the agent, so the agent it
+            # starts must still be stopped, or it stays online with nobody behind it.
+            self._agent_ref = await asyncio.shield(start)
+        except asyncio.CancelledError:
+            # The stop runs in a task the gateway owns: a second cancellation cannot orphan it.
+            await asyncio.shield(self.gateway.own(self._abandon_start(start)))
+            raise
         except FlockError as exc:
             self.agent_id = None
             self.gateway.claimed.discard(args.id)
@@ -497,6 +507,19 @@ class Session:
         self.gateway.forget(self)
         if self.transport == "http":
             observe.connection("http", -1)
+
+    async def _abandon_start(self, start: asyncio.Future[ActorRef[Any]]) -> None:
+        """An announcement was cancelled while its agent started: wait for the start to end,
+        stop the agent it started and release its id (the session may announce again)."""
+        agent_id = self.agent_id
+        try:
+            self._agent_ref = await start
+        except Exception as exc:  # it did not start: nothing to stop
+            log.debug("session %s: cancelled start of agent %s failed: %r", self.id, agent_id, exc)
+        await self._stop_agent()
+        if self.agent_id == agent_id:
+            self.agent_id = None
+            self.agent = None
 
     async def _stop_agent(self) -> None:
         if self.agent is not None:
