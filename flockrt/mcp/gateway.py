@@ -49,6 +49,8 @@ class Gateway:
             WebSocket session ends with its connection instead.
         max_sessions: Sessions held at once; more get HTTP 503 (a flood of ``initialize``
             requests must not exhaust the process).
+        keepalive_interval: Seconds between SSE comments on an idle Streamable HTTP server
+            stream (GET), which find a client that vanished.
 
     Raises:
         GatewayConfigError: the config would expose an unauthenticated gateway beyond loopback.
@@ -62,6 +64,7 @@ class Gateway:
         progress_interval: float = 1.0,
         session_idle_timeout: float = 600.0,
         max_sessions: int = 10_000,
+        keepalive_interval: float = 15.0,
     ) -> None:
         check_bind(config)
         self.config = config
@@ -70,6 +73,7 @@ class Gateway:
         self.progress_interval = progress_interval
         self.session_idle_timeout = session_idle_timeout
         self.max_sessions = max_sessions
+        self.keepalive_interval = keepalive_interval
         self._sweeper: asyncio.TimerHandle | None = None
         self.auth = Authenticator(config.auth)
         self.loopback = is_loopback(config.host)

@@ -14,6 +14,7 @@ slow tool call does not hold up the others on the same connection, and
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import logging
@@ -59,7 +60,7 @@ from flockrt.supervisor.supervisor import DynamicSupervisor
 if TYPE_CHECKING:
     from flockrt.mcp.gateway import Gateway
 
-__all__ = ["Notify", "Session"]
+__all__ = ["Notify", "ServerStream", "Session"]
 
 log = logging.getLogger("flockrt.mcp")
 
@@ -82,6 +83,19 @@ class _Failure(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+class ServerStream:
+    """One Streamable HTTP server stream (GET) of a session."""
+
+    __slots__ = ("ended", "request", "superseded")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.superseded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done when a new GET takes over."""
+        self.ended = asyncio.Event()
+        """Set when the stream's handler has finished (and put back what it held)."""
 
 
 class Session:
@@ -113,6 +127,10 @@ class Session:
         self.closed = False
         self.streaming = False
         """Whether a Streamable HTTP server stream (GET) is draining the outbox."""
+        self.stream: ServerStream | None = None
+        """The Streamable HTTP server stream draining the outbox (a new GET takes over)."""
+        self._unsent: collections.deque[bytes] = collections.deque()
+        """Notifications a failed stream put back: the next stream sends them first."""
         self.last_active = time.monotonic()
         self.dropped = 0
         """Notifications dropped because the peer did not read its outbox fast enough."""
@@ -133,6 +151,14 @@ class Session:
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("session %s: outbox full, notification %s dropped", self.id, method)
+
+    def put_back(self, data: bytes) -> None:
+        """A stream could not write ``data``: it goes back to the head of the outbox."""
+        self._unsent.appendleft(data)
+
+    def take_unsent(self) -> bytes | None:
+        """The notification put back first, if any (before anything in the outbox)."""
+        return self._unsent.popleft() if self._unsent else None
 
     def attach(self, agent: OutsideAgent) -> None:
         """Called by this session's OutsideAgent when it starts."""

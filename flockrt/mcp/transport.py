@@ -42,7 +42,7 @@ from flockrt.mcp.protocol import (
     error_response,
     parse,
 )
-from flockrt.mcp.session import Notify, Session
+from flockrt.mcp.session import Notify, ServerStream, Session
 
 __all__ = ["SESSION_HEADER", "handle_delete", "handle_get", "handle_post", "handle_websocket"]
 
@@ -344,32 +344,70 @@ async def _answer_with_stream(
     return stream
 
 
+_KEEPALIVE = b": keepalive\n\n"
+
+
 async def handle_get(gateway: Gateway, request: web.Request) -> web.StreamResponse:
-    """The session's server stream: its notifications as SSE, until the client goes away."""
+    """The session's server stream: its notifications as SSE, until the client goes away.
+
+    An SSE comment every ``gateway.keepalive_interval`` seconds finds a client that vanished
+    (the write fails) and keeps proxies from timing the stream out. A new GET takes over from
+    the session's current stream (a client that reconnects may not know its old one is dead).
+    A notification whose write fails goes back to the head of the outbox for the next stream.
+    """
     principal = admit(gateway, request)
     if "text/event-stream" not in request.headers.get("Accept", ""):
         raise web.HTTPNotAcceptable(text="the server stream is text/event-stream\n")
     session = _session_of(gateway, request, principal)
-    if session.streaming:
-        raise web.HTTPConflict(text="this session already has a server stream\n")
     stream = web.StreamResponse(
         headers={SESSION_HEADER: session.id, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await stream.prepare(request)
+    me = ServerStream(request)
+    previous, session.stream = session.stream, me
     session.streaming = True
     observe.connection("sse", +1)
+    getter: asyncio.Task[bytes] | None = None
     try:
-        while not session.closed:
-            data = await session.outbox.get()
+        if previous is not None:  # take over: it puts back what it holds, then ends
+            previous.superseded.set_result(None)
+            await previous.ended.wait()
+        while not session.closed and not me.superseded.done():
+            data = session.take_unsent()
+            if data is None:
+                if getter is None:
+                    getter = asyncio.get_running_loop().create_task(session.outbox.get())
+                await asyncio.wait(
+                    (getter, me.superseded),
+                    timeout=gateway.keepalive_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not getter.done():
+                    if not me.superseded.done():
+                        await stream.write(_KEEPALIVE)
+                    continue
+                data, getter = getter.result(), None
             if not data:  # the session closed
                 break
-            await stream.write(_sse(data))
+            try:
+                await stream.write(_sse(data))
+            except BaseException:
+                session.put_back(data)
+                raise
     except ConnectionResetError:
         pass  # the client went away; it may open the stream again
     finally:
+        if getter is not None:
+            getter.cancel()
+            await asyncio.wait((getter,))
+            if not getter.cancelled() and getter.exception() is None:
+                session.put_back(getter.result())
         observe.connection("sse", -1)
-        session.streaming = False
+        if session.stream is me:
+            session.stream = None
+            session.streaming = False
         session.last_active = time.monotonic()  # idleness counts from the end of the stream
+        me.ended.set()
     return stream
 
 
