@@ -145,6 +145,37 @@ async def test_an_http_session_belongs_to_its_token(secured: Flock) -> None:
     assert (status, body["result"]) == (200, {})
 
 
+async def test_a_refreshed_jwt_keeps_its_http_session(secured: Flock) -> None:
+    url = secured.gateway_url
+    assert url is not None and secured.gateway is not None
+    old = signed(agentId="a", capabilities=["x"])
+    status, _, headers = await post(
+        url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}, bearer(old)
+    )
+    assert status == 200
+    session_id = headers["Mcp-Session-Id"]
+    fresh = jwt.encode(
+        {"exp": int(time.time()) + 3600, "agentId": "a", "capabilities": ["x"]}, SECRET, algorithm="HS256"
+    )
+    status, body, _ = await post(
+        url, {"jsonrpc": "2.0", "id": 2, "method": "ping"}, {**bearer(fresh), "Mcp-Session-Id": session_id}
+    )
+    assert (status, body["result"]) == (200, {})
+    # The session now lives by the new token's expiry.
+    assert (
+        secured.gateway.sessions[session_id].principal.expires
+        == jwt.decode(fresh, SECRET, algorithms=["HS256"])["exp"]
+    )
+    # Other rights are another token.
+    for other in (signed(agentId="a"), signed(agentId="a", capabilities=["x", "y"]), signed(agentId="b")):
+        status, _, _ = await post(
+            url,
+            {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+            {**bearer(other), "Mcp-Session-Id": session_id},
+        )
+        assert status == 403
+
+
 async def test_an_action_beyond_the_token_is_403_over_http(secured: Flock) -> None:
     url = secured.gateway_url
     assert url is not None

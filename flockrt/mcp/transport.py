@@ -199,8 +199,12 @@ def _session_of(gateway: Gateway, request: web.Request, principal: Principal) ->
     session = gateway.sessions.get(session_id)
     if session is None or session.transport != "http":
         raise web.HTTPNotFound(text="unknown or ended session\n")
-    if session.principal != principal:
+    # The same rights, not the same token: a client refreshes its JWT (a new ``exp``) and keeps
+    # its session, which from now on expires with the new token.
+    held = session.principal
+    if (held.agent_id, held.capabilities) != (principal.agent_id, principal.capabilities):
         raise web.HTTPForbidden(text="forbidden: the session belongs to another token\n")
+    session.principal = principal
     return session
 
 
