@@ -51,6 +51,10 @@ class Gateway:
             requests must not exhaust the process).
         keepalive_interval: Seconds between SSE comments on an idle Streamable HTTP server
             stream (GET), which find a client that vanished.
+        init_timeout: Seconds a WebSocket connection may go without initializing its session
+            before it is closed (1008).
+        max_inflight: Requests of one session running at once; more are refused with -32000
+            (HTTP 429).
 
     Raises:
         GatewayConfigError: the config would expose an unauthenticated gateway beyond loopback.
@@ -65,6 +69,8 @@ class Gateway:
         session_idle_timeout: float = 600.0,
         max_sessions: int = 10_000,
         keepalive_interval: float = 15.0,
+        init_timeout: float = 10.0,
+        max_inflight: int = 64,
     ) -> None:
         check_bind(config)
         self.config = config
@@ -74,6 +80,8 @@ class Gateway:
         self.session_idle_timeout = session_idle_timeout
         self.max_sessions = max_sessions
         self.keepalive_interval = keepalive_interval
+        self.init_timeout = init_timeout
+        self.max_inflight = max_inflight
         self._sweeper: asyncio.TimerHandle | None = None
         self.auth = Authenticator(config.auth)
         self.loopback = is_loopback(config.host)
@@ -87,7 +95,7 @@ class Gateway:
         self._supervisor: ActorRef[Any] | None = None
         self._subscribers: dict[str, set[Session]] = {}
         self._unsubscribe_directory: Callable[[], None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
         self.websockets: set[web.WebSocketResponse] = set()
         """Open WebSocket connections, closed with 1001 (going away) when the gateway stops."""
 
@@ -160,7 +168,7 @@ class Gateway:
         """Close ``session`` in a task the gateway owns (from code that cannot await)."""
         self.own(session.close())
 
-    def own(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def own(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` (clean-up that must finish) in a task the gateway owns and awaits when
         it closes."""
         task = asyncio.get_running_loop().create_task(work)

@@ -46,6 +46,7 @@ from flockrt.mcp.protocol import (
     INVALID_REQUEST,
     LATEST_VERSION,
     METHOD_NOT_FOUND,
+    RATE_LIMITED,
     RESOURCE_NOT_FOUND,
     SUPPORTED_VERSIONS,
     UNSUPPORTED_PROTOCOL_VERSION,
@@ -74,6 +75,8 @@ _TREE_URI = "flock://tree"
 _AGENTS_URI = "flock://agents"
 _AGENT_PREFIX = "flock://agents/"
 _JSON = "application/json"
+MAX_TIMEOUT_MS = 600_000
+"""The longest ``timeout`` a tool call may ask for: a client cannot pin work down for days."""
 
 
 class _Failure(Exception):
@@ -165,6 +168,21 @@ class Session:
         self.agent = agent
 
     # ------------------------------------------------------------------ client -> server
+
+    def check_inflight(self, request_id: Any) -> None:
+        """Refuse a request beyond the ``max_inflight`` this session may have running.
+
+        Raises:
+            JsonRpcError: -32000, too many requests in flight.
+        """
+        limit = self.gateway.max_inflight
+        if len(self.inflight) >= limit:
+            raise JsonRpcError(
+                RATE_LIMITED,
+                f"too many requests in flight (at most {limit} per session); wait for some answers",
+                {"limit": limit},
+                request_id,
+            )
 
     def run(self, request_id: Any, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run the handling of request ``request_id`` in a task this session owns, so that a
@@ -299,14 +317,21 @@ class Session:
             "isError": is_error,
         }
 
-    def _timeout(self, milliseconds: int | None) -> float:
+    def _timeout(self, milliseconds: int | None, request_id: Any) -> float:
+        if milliseconds is not None and milliseconds > MAX_TIMEOUT_MS:
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f"invalid argument 'timeout': at most {MAX_TIMEOUT_MS} ms (10 minutes), got {milliseconds}",
+                {"argument": "timeout"},
+                request_id,
+            )
         return (milliseconds if milliseconds is not None else self.gateway.config.timeout) / 1000
 
     async def _tool_send_message(self, args: tools.SendMessage, request_id: Any) -> dict[str, Any]:
         _check_argument("to", args.to, request_id)
         flock = self.gateway.flock
         message_id = secrets.token_hex(16)
-        timeout = self._timeout(args.timeout)
+        timeout = self._timeout(args.timeout, request_id)
         try:
             answer = await flock.send_message(
                 args.to,
@@ -329,11 +354,12 @@ class Session:
     ) -> dict[str, Any]:
         _check_argument("capability", args.capability, request_id)
         progress = _current_progress.get()
+        timeout = self._timeout(args.timeout, request_id)
         try:
             response = await self.gateway.flock.request_capability_response(
                 args.capability,
                 args.parameters,
-                timeout=self._timeout(args.timeout),
+                timeout=timeout,
                 progress=progress.report if progress is not None else None,
             )
         except FlockError as exc:
@@ -413,7 +439,7 @@ class Session:
 
     async def _tool_submit_task(self, args: tools.SubmitTask, request_id: Any) -> dict[str, Any]:
         _check_argument("type", args.type, request_id)
-        timeout = self._timeout(args.timeout)
+        timeout = self._timeout(args.timeout, request_id)
         try:
             outcome = await self.gateway.flock.submit(
                 args.type, args.data, priority=args.priority, wait=args.wait, timeout=timeout
@@ -492,6 +518,9 @@ class Session:
 
     async def _resources_subscribe(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
         uri = self._uri(params, request_id)
+        # Only what exists: subscriptions to made-up agent ids would pile up without bound.
+        if uri.startswith(_AGENT_PREFIX) and self.gateway.flock.get_agent(uri[len(_AGENT_PREFIX) :]) is None:
+            raise JsonRpcError(RESOURCE_NOT_FOUND, f"resource not found: {uri}", {"uri": uri}, request_id)
         self.subscriptions.add(uri)
         self.gateway.subscribe(self, uri)
         return {}

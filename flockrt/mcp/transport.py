@@ -106,7 +106,16 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
         while True:
             await send(await session.outbox.get())
 
-    writer = asyncio.get_running_loop().create_task(pump_outbox())
+    loop = asyncio.get_running_loop()
+    writer = loop.create_task(pump_outbox())
+
+    def expire_uninitialized() -> None:
+        # A connection that never initializes holds a session slot for nothing.
+        if session.protocol_version is None and not ws.closed:
+            log.info("session %s: not initialized within %g s: closed", session.id, gateway.init_timeout)
+            gateway.own(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"initialize timeout"))
+
+    init_timer = loop.call_later(gateway.init_timeout, expire_uninitialized)
     refused = 0
     try:
         async for frame in ws:
@@ -130,6 +139,7 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
                 break
             # ERROR (an oversize frame: aiohttp has closed with 1009) and CLOSE end the loop.
     finally:
+        init_timer.cancel()
         observe.connection("websocket", -1)
         writer.cancel()
         gateway.websockets.discard(ws)
@@ -162,6 +172,12 @@ async def _dispatch_frame(session: Session, data: str, send: Notify) -> None:
     if not incoming.is_request:
         with contextlib.suppress(JsonRpcError):  # nobody to answer a bad notification
             await session.handle(incoming, send)
+        return
+    try:
+        session.check_inflight(incoming.id)
+    except JsonRpcError as exc:
+        await send(encode(exc.response()))
+        observe.request(incoming.method, "rate_limited", started)
         return
     session.run(incoming.id, _serve_request(session, incoming, send, started))
 
@@ -277,6 +293,11 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         except JsonRpcError as exc:
             return _json_error(400, exc.response(), headers)
         return web.Response(status=202, headers=headers)
+    try:
+        session.check_inflight(incoming.id)
+    except JsonRpcError as exc:
+        note.outcome = "rate_limited"
+        return _json_error(429, exc.response(), {**headers, "Retry-After": "1"})
     if _wants_progress(incoming) and "text/event-stream" in request.headers.get("Accept", ""):
         return await _answer_with_stream(session, incoming, request, headers, note)
     task = session.run(incoming.id, session.handle(incoming, _discard))
