@@ -43,7 +43,15 @@ from flockrt.bus.schema import (
     TaskMessage,
     TaskResult,
 )
-from flockrt.errors import MailboxFull, NoCapableAgent, UnknownAgent, WorkFailed, WorkTimeout
+from flockrt.errors import (
+    ActorStopped,
+    AskTimeout,
+    MailboxFull,
+    NoCapableAgent,
+    UnknownAgent,
+    WorkFailed,
+    WorkTimeout,
+)
 from flockrt.supervisor.spec import ChildSpec, Restart
 from flockrt.supervisor.supervisor import Supervisor
 
@@ -107,6 +115,24 @@ class WorkStats:
         if histogram is None:
             histogram = self.durations[kind, key] = Histogram(self.bounds)
         histogram.observe(seconds)
+
+
+async def _deferred_answer(
+    answer: asyncio.Future[Any], deadline: float | None, ref: ActorRef[Any], timeout: float | None
+) -> Any:
+    """Wait for an answer an agent gives later (a Task it owns) within the asker's own
+    timeout; an asker that gives up (timeout, cancellation) cancels it."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.wait((answer,))
+    except TimeoutError:
+        raise AskTimeout(ref, timeout if timeout is not None else 0.0) from None
+    finally:
+        if not answer.done():
+            answer.cancel()
+    if answer.cancelled():
+        raise ActorStopped(ref, "stopped before answering")
+    return answer.result()
 
 
 class LocalFlock(AgentPort):
@@ -599,7 +625,11 @@ class LocalFlock(AgentPort):
             correlation_id=new_correlation_id() if type == "query" else correlation_id.get(),
         )
         if type == "query":
-            answer = await member.card.ref.ask(direct, timeout=timeout)
+            ref = member.card.ref
+            deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+            answer = await ref.ask(direct, timeout=timeout)
+            if isinstance(answer, asyncio.Future):  # answered later (see Agent.on_message)
+                answer = await _deferred_answer(answer, deadline, ref, timeout)
             if isinstance(answer, WorkFailed):  # the agent could not answer (see Agent.on_message)
                 raise answer
             return answer

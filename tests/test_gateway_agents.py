@@ -378,3 +378,113 @@ async def test_two_connections_announcing_one_id_at_once_get_one_agent(flock: Fl
     async with RawPeer.connect(flock.gateway_url) as again:
         await wait_for(lambda: status(flock, "twin") == "offline")
         assert not (await again.call("announce_agent", {"id": "twin"}))["isError"]  # free again
+
+
+@pytest.fixture
+def held_start(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Outside agents' setup waits for the test: (started, release)."""
+    from flockrt.mcp.agent import OutsideAgent
+
+    started, release = asyncio.Event(), asyncio.Event()
+    setup = OutsideAgent.setup
+
+    async def held(self: OutsideAgent) -> None:
+        started.set()
+        await release.wait()
+        await setup(self)
+
+    monkeypatch.setattr(OutsideAgent, "setup", held)
+    return started, release
+
+
+def the_session(flock: Flock) -> Any:
+    assert flock.gateway is not None
+    (session,) = flock.gateway.sessions.values()
+    return session
+
+
+async def test_an_announcement_cancelled_while_its_agent_starts_leaves_no_agent_online(
+    flock: Flock, held_start: tuple[asyncio.Event, asyncio.Event]
+) -> None:
+    assert flock.gateway_url is not None and flock.gateway is not None
+    started, release = held_start
+    async with RawPeer.connect(flock.gateway_url) as peer:
+        announce = asyncio.ensure_future(peer.call("announce_agent", {"id": "orphan"}))
+        await asyncio.wait_for(started.wait(), 5)
+        (task,) = the_session(flock).inflight.values()
+        await peer.notify("notifications/cancelled", {"requestId": 2})
+        await wait_for(lambda: task.cancelling() > 0)
+        release.set()
+        await wait_for(lambda: task.done())
+        await wait_for(lambda: status(flock, "orphan") in (None, "offline"))
+        assert "orphan" not in flock.gateway.claimed and the_session(flock).agent_id is None
+        announce.cancel()
+        # The id is free again, for this very connection.
+        assert not (await peer.call("announce_agent", {"id": "orphan"}))["isError"]
+        assert status(flock, "orphan") == "online"
+
+
+async def test_a_connection_closed_while_its_agent_starts_leaves_no_agent_online(
+    flock: Flock, held_start: tuple[asyncio.Event, asyncio.Event]
+) -> None:
+    assert flock.gateway_url is not None and flock.gateway is not None
+    started, release = held_start
+    async with RawPeer.connect(flock.gateway_url) as peer:
+        await peer.send_raw(
+            '{"jsonrpc": "2.0", "id": 9, "method": "tools/call",'
+            ' "params": {"name": "announce_agent", "arguments": {"id": "ghost"}}}'
+        )
+        await asyncio.wait_for(started.wait(), 5)
+        session = the_session(flock)
+    await wait_for(lambda: session.closed)
+    release.set()
+    await wait_for(lambda: not flock.gateway.sessions and not session.inflight)
+    await wait_for(lambda: status(flock, "ghost") in (None, "offline"))
+    assert not flock.gateway.claimed
+    assert flock.gateway.supervisor.is_alive
+    async with RawPeer.connect(flock.gateway_url) as again:
+        assert not (await again.call("announce_agent", {"id": "ghost"}))["isError"]
+
+
+async def test_queries_to_an_outside_agent_do_not_wait_for_each_other(flock: Flock) -> None:
+    """An unanswered query holds up neither the next query nor other messages (heartbeats go
+    through the same mailbox), and each push has its own id to answer with, even when the
+    askers share one tracing correlation id."""
+    from flockrt.actors.correlation import correlation
+
+    assert flock.gateway_url is not None and flock.flock is not None
+    async with RawPeer.connect(flock.gateway_url) as x:
+        await x.call("announce_agent", {"id": "x"})
+        with correlation("one-trace"):
+            first = asyncio.ensure_future(flock.flock.send_message("x", "q1", type="query", timeout=30))
+            second = asyncio.ensure_future(flock.flock.send_message("x", "q2", type="query", timeout=30))
+            one = await x.next("notifications/flock/message")
+            two = await x.next("notifications/flock/message")
+        assert (one["message"], two["message"]) == ("q1", "q2")
+        assert one["correlationId"] != two["correlationId"]
+        assert "one-trace" not in (one["correlationId"], two["correlationId"])
+        await flock.flock.send_message("x", "news", type="command")
+        assert (await x.next("notifications/flock/message"))["message"] == "news"
+        for message, reply in ((two, "a2"), (one, "a1")):  # answered out of order
+            result = await x.call(
+                "send_response",
+                {"to": message["from"], "response": reply, "correlationId": message["correlationId"]},
+            )
+            assert result["structuredContent"] == {"delivered": True}
+        assert (await first, await second) == ("a1", "a2")
+
+
+async def test_a_query_the_asker_gave_up_on_is_forgotten(flock: Flock) -> None:
+    assert flock.gateway_url is not None and flock.flock is not None
+    async with RawPeer.connect(flock.gateway_url) as x:
+        await x.call("announce_agent", {"id": "x"})
+        agent = the_session(flock).agent
+        with pytest.raises(FlockError):
+            await flock.flock.send_message("x", "q", type="query", timeout=0.2)
+        pushed = await x.next("notifications/flock/message")
+        await wait_for(lambda: not agent._answering and not agent._pending)
+        late = await x.call(
+            "send_response", {"to": pushed["from"], "response": 1, "correlationId": pushed["correlationId"]}
+        )
+        assert late["isError"]
+        assert status(flock, "x") == "online"

@@ -167,9 +167,15 @@ async def test_resources_read_and_subscriptions(flock: Flock, transport: str) ->
             await c.read_resource("flock://agents/ghost")
         assert missing.value.error.code == -32002
 
+        # Only resources that exist can be subscribed (an unknown agent is -32002).
+        with pytest.raises(MCPError) as unknown:
+            await c.subscribe_resource("flock://agents/analyst-2")
+        assert unknown.value.error.code == -32002
+        second = await flock.system.spawn(Analyst, "analyst-2")
+        await wait_for(lambda: flock.flock is not None and flock.flock.get_agent("analyst-2") is not None)
         await c.subscribe_resource("flock://agents")
         await c.subscribe_resource("flock://agents/analyst-2")
-        await flock.system.spawn(Analyst, "analyst-2")
+        await second.stop()
         await wait_for(lambda: {"flock://agents", "flock://agents/analyst-2"} <= set(updates))
         await c.unsubscribe_resource("flock://agents")
         await c.unsubscribe_resource("flock://agents/analyst-2")

@@ -145,6 +145,37 @@ async def test_an_http_session_belongs_to_its_token(secured: Flock) -> None:
     assert (status, body["result"]) == (200, {})
 
 
+async def test_a_refreshed_jwt_keeps_its_http_session(secured: Flock) -> None:
+    url = secured.gateway_url
+    assert url is not None and secured.gateway is not None
+    old = signed(agentId="a", capabilities=["x"])
+    status, _, headers = await post(
+        url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}, bearer(old)
+    )
+    assert status == 200
+    session_id = headers["Mcp-Session-Id"]
+    fresh = jwt.encode(
+        {"exp": int(time.time()) + 3600, "agentId": "a", "capabilities": ["x"]}, SECRET, algorithm="HS256"
+    )
+    status, body, _ = await post(
+        url, {"jsonrpc": "2.0", "id": 2, "method": "ping"}, {**bearer(fresh), "Mcp-Session-Id": session_id}
+    )
+    assert (status, body["result"]) == (200, {})
+    # The session now lives by the new token's expiry.
+    assert (
+        secured.gateway.sessions[session_id].principal.expires
+        == jwt.decode(fresh, SECRET, algorithms=["HS256"])["exp"]
+    )
+    # Other rights are another token.
+    for other in (signed(agentId="a"), signed(agentId="a", capabilities=["x", "y"]), signed(agentId="b")):
+        status, _, _ = await post(
+            url,
+            {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+            {**bearer(other), "Mcp-Session-Id": session_id},
+        )
+        assert status == 403
+
+
 async def test_an_action_beyond_the_token_is_403_over_http(secured: Flock) -> None:
     url = secured.gateway_url
     assert url is not None
@@ -406,3 +437,48 @@ async def test_a_connection_whose_token_expires_is_closed_1008(
         assert response["error"]["code"] == -32003 and "expired" in response["error"]["message"]
         await peer._reader
         assert peer.close_code == 1008
+
+
+async def test_a_rebinding_page_is_forbidden(flock: Flock) -> None:
+    """DNS rebinding: a page at http://evil.example:PORT resolved to 127.0.0.1 sends its own name
+    as Host and Origin; neither names the gateway, so it gets 403 (the Origin is not compared
+    with the Host header, which the page controls too)."""
+    url = flock.gateway_url
+    assert url is not None
+    port = url.split("/")[2].rsplit(":", 1)[1]
+    evil = f"evil.example:{port}"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+    for headers in (
+        {"Host": evil, "Origin": f"http://{evil}"},
+        {"Host": evil},
+        {"Host": f"127.0.0.1:{port}", "Origin": f"http://{evil}"},
+    ):
+        status, _, _ = await post(url, init, headers)
+        assert status == 403, headers
+        assert await ws_status(url, headers) == 403, headers
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+        status, _, _ = await post(url, init, {"Host": host, "Origin": f"http://{host}"})
+        assert status == 200, host
+
+
+async def test_hosts_named_in_allowed_origins_may_reach_the_gateway(secured: Flock) -> None:
+    url = secured.gateway_url
+    assert url is not None
+    headers = {**bearer("static-token"), "Host": "app.example", "Origin": "https://app.example"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+    status, _, _ = await post(url, init, headers)
+    assert status == 200
+
+
+def test_the_host_check_parses_every_form() -> None:
+    from flockrt.mcp.auth import allowed_hosts, host_allowed, origin_allowed
+
+    hosts = allowed_hosts("127.0.0.1", ["https://app.example:8443"])
+    assert host_allowed("[::1]:4002", hosts) and host_allowed("LOCALHOST:1", hosts)
+    assert host_allowed("app.example", hosts)
+    assert not host_allowed(None, hosts) and not host_allowed("", hosts)
+    assert not host_allowed("evil.example:4002", hosts) and not host_allowed("[bad", hosts)
+    assert origin_allowed(None, hosts, []) and origin_allowed("http://localhost:3000", hosts, [])
+    assert not origin_allowed("http://evil.example:4002", hosts, [])
+    assert not origin_allowed("null", hosts, []) and origin_allowed("null", hosts, ["*"])
+    assert "::1" in allowed_hosts("::1", []) and "gw.internal" in allowed_hosts("gw.internal", [])

@@ -362,6 +362,11 @@ class Agent(Actor[Any]):
 
         To fail a query without failing the agent (raising here would), return a
         :class:`~flockrt.errors.WorkFailed`: the asker gets it raised.
+
+        To answer a query later without holding up the mailbox (heartbeats, further
+        messages), return an :class:`asyncio.Task` the agent owns (cancelled and awaited in
+        :meth:`teardown`): its result is the answer. The asker waits for it within its own
+        timeout and cancels it when it gives up.
         """
         log.info("agent %s: unhandled %s message from %s", self.agent_id, message.type, message.sender)
         return None

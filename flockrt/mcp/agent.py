@@ -79,11 +79,20 @@ class OutsideAgent(Agent):
         self._capabilities = capabilities
         self._answer_timeout = answer_timeout
         self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._answering: set[asyncio.Task[Any]] = set()
+        """Queries waiting for the outside agent's answer, each in a task of its own."""
         for capability in capabilities:
             self.add_capability(capability, functools.partial(self._forward_capability, capability))
 
     async def setup(self) -> None:
         self._link.attach(self)
+
+    async def teardown(self) -> None:
+        tasks, self._answering = self._answering, set()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ answers
 
@@ -136,14 +145,23 @@ class OutsideAgent(Agent):
         if message.type != "query":
             self._link.push(MESSAGE_NOTIFICATION, msgspec.to_builtins(message))
             return None
-        correlation_id = message.correlation_id or uuid.uuid4().hex
-        if message.correlation_id is None:
-            message = msgspec.structs.replace(message, correlation_id=correlation_id)
+        # The id the outside agent answers with is fresh for every push, whatever the
+        # tracing correlation id (which the asker may choose, and reuse) is.
+        answer_id = uuid.uuid4().hex
+        pushed = msgspec.structs.replace(message, correlation_id=answer_id)
+        # Answered in a task of its own: heartbeats and further queries keep flowing while the
+        # outside agent thinks. The asker awaits the task within its own timeout.
+        task = asyncio.get_running_loop().create_task(self._answer_query(answer_id, pushed))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+        return task
+
+    async def _answer_query(self, answer_id: str, query: DirectMessage) -> Any:
         try:
-            return await self._await_answer(correlation_id, message)
+            return await self._await_answer(answer_id, query)
         except (OutsideAgentFailed, AgentDisconnected, TimeoutError) as exc:
             # The asker gets the failure; raising would fail this agent instead.
-            return WorkFailed(self.agent_id, "query", message.id, exc)
+            return WorkFailed(self.agent_id, "query", query.id, exc)
 
     async def on_broadcast(self, message: Broadcast) -> None:
         self._link.push(BROADCAST_NOTIFICATION, msgspec.to_builtins(message))

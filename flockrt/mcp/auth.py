@@ -29,7 +29,9 @@ __all__ = [
     "Principal",
     "TokenBucket",
     "Unauthorized",
+    "allowed_hosts",
     "check_bind",
+    "host_allowed",
     "origin_allowed",
 ]
 
@@ -152,17 +154,55 @@ def check_bind(config: McpConfig) -> None:
         raise GatewayConfigError(problem)
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
-    """Whether a browser at ``origin`` may use the gateway reached as ``host``.
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
-    No Origin header (a non-browser client) is allowed; so is the gateway's own origin and any
-    listed in ``allowed_origins`` (``*`` allows every origin). Blocking other origins stops a web
-    page from driving a loopback gateway (DNS rebinding).
+
+def _hostname(netloc: str) -> str | None:
+    """The host name of a ``Host`` header value or URL netloc, without port or brackets
+    (lowercase), or None when it cannot be parsed."""
+    try:
+        name = urlsplit(f"//{netloc.strip()}").hostname
+    except ValueError:
+        return None
+    return name or None
+
+
+def allowed_hosts(bind_host: str, allowed_origins: list[str]) -> frozenset[str]:
+    """The host names the gateway may be reached as: the loopback names, the address it is bound
+    to, and the hosts of ``allowed_origins`` (``*`` names none)."""
+    names = set(_LOOPBACK_NAMES)
+    bind = _hostname(f"[{bind_host}]" if ":" in bind_host else bind_host)
+    if bind:
+        names.add(bind)
+    for origin in allowed_origins:
+        name = urlsplit(origin).hostname if "//" in origin else _hostname(origin)
+        if name:
+            names.add(name)
+    return frozenset(names)
+
+
+def host_allowed(host: str | None, hosts: frozenset[str]) -> bool:
+    """Whether a ``Host`` header names the gateway (any port). A page rebinding its own name to
+    127.0.0.1 (DNS rebinding) sends its own name, which is not among ``hosts``."""
+    name = _hostname(host) if host else None
+    return name is not None and name in hosts
+
+
+def origin_allowed(origin: str | None, hosts: frozenset[str], allowed: list[str]) -> bool:
+    """Whether a browser at ``origin`` may use the gateway.
+
+    No Origin header (a non-browser client) is allowed; so is an origin on one of the gateway's
+    own host names (``hosts``: loopback, the bind address, any port) and any listed in
+    ``allowed_origins`` (``*`` allows every origin). The Origin is never compared with the
+    request's ``Host`` header, which a rebinding page controls as well.
     """
-    if origin is None or "*" in allowed or origin in allowed:
+    if origin is None or "*" in allowed or origin.rstrip("/") in allowed:
         return True
-    parts = urlsplit(origin)
-    return bool(host) and parts.netloc == host
+    try:
+        name = urlsplit(origin).hostname
+    except ValueError:
+        return False
+    return name is not None and name in hosts
 
 
 class TokenBucket:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -21,10 +21,10 @@ from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus.directory import AgentInfo
 from flockrt.bus.flock import NatsFlock
-from flockrt.config import McpConfig
+from flockrt.config import McpConfig, is_loopback
 from flockrt.local import LocalFlock
 from flockrt.mcp.agent import OutsideAgent
-from flockrt.mcp.auth import Authenticator, check_bind
+from flockrt.mcp.auth import Authenticator, allowed_hosts, check_bind
 from flockrt.mcp.session import Session
 from flockrt.mcp.tools import TOOLS
 from flockrt.supervisor.spec import ChildSpec
@@ -49,6 +49,12 @@ class Gateway:
             WebSocket session ends with its connection instead.
         max_sessions: Sessions held at once; more get HTTP 503 (a flood of ``initialize``
             requests must not exhaust the process).
+        keepalive_interval: Seconds between SSE comments on an idle Streamable HTTP server
+            stream (GET), which find a client that vanished.
+        init_timeout: Seconds a WebSocket connection may go without initializing its session
+            before it is closed (1008).
+        max_inflight: Requests of one session running at once; more are refused with -32000
+            (HTTP 429).
 
     Raises:
         GatewayConfigError: the config would expose an unauthenticated gateway beyond loopback.
@@ -62,6 +68,9 @@ class Gateway:
         progress_interval: float = 1.0,
         session_idle_timeout: float = 600.0,
         max_sessions: int = 10_000,
+        keepalive_interval: float = 15.0,
+        init_timeout: float = 10.0,
+        max_inflight: int = 64,
     ) -> None:
         check_bind(config)
         self.config = config
@@ -70,8 +79,15 @@ class Gateway:
         self.progress_interval = progress_interval
         self.session_idle_timeout = session_idle_timeout
         self.max_sessions = max_sessions
+        self.keepalive_interval = keepalive_interval
+        self.init_timeout = init_timeout
+        self.max_inflight = max_inflight
         self._sweeper: asyncio.TimerHandle | None = None
         self.auth = Authenticator(config.auth)
+        self.loopback = is_loopback(config.host)
+        """Whether the gateway is bound to loopback: then the Host header must name it."""
+        self.allowed_hosts = allowed_hosts(config.host, config.allowed_origins)
+        """Host names that reach the gateway (the Host check, and Origins on them are its own)."""
         self.sessions: dict[str, Session] = {}
         self.claimed: set[str] = set()
         """Agent ids of the outside agents of open sessions (announced or being announced)."""
@@ -79,7 +95,7 @@ class Gateway:
         self._supervisor: ActorRef[Any] | None = None
         self._subscribers: dict[str, set[Session]] = {}
         self._unsubscribe_directory: Callable[[], None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
         self.websockets: set[web.WebSocketResponse] = set()
         """Open WebSocket connections, closed with 1001 (going away) when the gateway stops."""
 
@@ -150,9 +166,15 @@ class Gateway:
 
     def close_later(self, session: Session) -> None:
         """Close ``session`` in a task the gateway owns (from code that cannot await)."""
-        task = asyncio.get_running_loop().create_task(session.close())
+        self.own(session.close())
+
+    def own(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``work`` (clean-up that must finish) in a task the gateway owns and awaits when
+        it closes."""
+        task = asyncio.get_running_loop().create_task(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        return task
 
     def expire_idle(self, now: float | None = None) -> int:
         """End the Streamable HTTP sessions idle for longer than ``session_idle_timeout``.

@@ -14,6 +14,7 @@ slow tool call does not hold up the others on the same connection, and
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import logging
@@ -45,6 +46,7 @@ from flockrt.mcp.protocol import (
     INVALID_REQUEST,
     LATEST_VERSION,
     METHOD_NOT_FOUND,
+    RATE_LIMITED,
     RESOURCE_NOT_FOUND,
     SUPPORTED_VERSIONS,
     UNSUPPORTED_PROTOCOL_VERSION,
@@ -59,7 +61,7 @@ from flockrt.supervisor.supervisor import DynamicSupervisor
 if TYPE_CHECKING:
     from flockrt.mcp.gateway import Gateway
 
-__all__ = ["Notify", "Session"]
+__all__ = ["Notify", "ServerStream", "Session"]
 
 log = logging.getLogger("flockrt.mcp")
 
@@ -73,6 +75,8 @@ _TREE_URI = "flock://tree"
 _AGENTS_URI = "flock://agents"
 _AGENT_PREFIX = "flock://agents/"
 _JSON = "application/json"
+MAX_TIMEOUT_MS = 600_000
+"""The longest ``timeout`` a tool call may ask for: a client cannot pin work down for days."""
 
 
 class _Failure(Exception):
@@ -82,6 +86,19 @@ class _Failure(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+class ServerStream:
+    """One Streamable HTTP server stream (GET) of a session."""
+
+    __slots__ = ("ended", "request", "superseded")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.superseded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done when a new GET takes over."""
+        self.ended = asyncio.Event()
+        """Set when the stream's handler has finished (and put back what it held)."""
 
 
 class Session:
@@ -113,6 +130,10 @@ class Session:
         self.closed = False
         self.streaming = False
         """Whether a Streamable HTTP server stream (GET) is draining the outbox."""
+        self.stream: ServerStream | None = None
+        """The Streamable HTTP server stream draining the outbox (a new GET takes over)."""
+        self._unsent: collections.deque[bytes] = collections.deque()
+        """Notifications a failed stream put back: the next stream sends them first."""
         self.last_active = time.monotonic()
         self.dropped = 0
         """Notifications dropped because the peer did not read its outbox fast enough."""
@@ -134,11 +155,34 @@ class Session:
             self.dropped += 1
             log.warning("session %s: outbox full, notification %s dropped", self.id, method)
 
+    def put_back(self, data: bytes) -> None:
+        """A stream could not write ``data``: it goes back to the head of the outbox."""
+        self._unsent.appendleft(data)
+
+    def take_unsent(self) -> bytes | None:
+        """The notification put back first, if any (before anything in the outbox)."""
+        return self._unsent.popleft() if self._unsent else None
+
     def attach(self, agent: OutsideAgent) -> None:
         """Called by this session's OutsideAgent when it starts."""
         self.agent = agent
 
     # ------------------------------------------------------------------ client -> server
+
+    def check_inflight(self, request_id: Any) -> None:
+        """Refuse a request beyond the ``max_inflight`` this session may have running.
+
+        Raises:
+            JsonRpcError: -32000, too many requests in flight.
+        """
+        limit = self.gateway.max_inflight
+        if len(self.inflight) >= limit:
+            raise JsonRpcError(
+                RATE_LIMITED,
+                f"too many requests in flight (at most {limit} per session); wait for some answers",
+                {"limit": limit},
+                request_id,
+            )
 
     def run(self, request_id: Any, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run the handling of request ``request_id`` in a task this session owns, so that a
@@ -273,14 +317,21 @@ class Session:
             "isError": is_error,
         }
 
-    def _timeout(self, milliseconds: int | None) -> float:
+    def _timeout(self, milliseconds: int | None, request_id: Any) -> float:
+        if milliseconds is not None and milliseconds > MAX_TIMEOUT_MS:
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f"invalid argument 'timeout': at most {MAX_TIMEOUT_MS} ms (10 minutes), got {milliseconds}",
+                {"argument": "timeout"},
+                request_id,
+            )
         return (milliseconds if milliseconds is not None else self.gateway.config.timeout) / 1000
 
     async def _tool_send_message(self, args: tools.SendMessage, request_id: Any) -> dict[str, Any]:
         _check_argument("to", args.to, request_id)
         flock = self.gateway.flock
         message_id = secrets.token_hex(16)
-        timeout = self._timeout(args.timeout)
+        timeout = self._timeout(args.timeout, request_id)
         try:
             answer = await flock.send_message(
                 args.to,
@@ -303,11 +354,12 @@ class Session:
     ) -> dict[str, Any]:
         _check_argument("capability", args.capability, request_id)
         progress = _current_progress.get()
+        timeout = self._timeout(args.timeout, request_id)
         try:
             response = await self.gateway.flock.request_capability_response(
                 args.capability,
                 args.parameters,
-                timeout=self._timeout(args.timeout),
+                timeout=timeout,
                 progress=progress.report if progress is not None else None,
             )
         except FlockError as exc:
@@ -344,8 +396,8 @@ class Session:
         # Claimed before the first await: two connections announcing one id at once get one agent.
         self.gateway.claimed.add(args.id)
         self.agent_id = args.id
-        try:
-            self._agent_ref = await DynamicSupervisor.start_child(
+        start = asyncio.ensure_future(
+            DynamicSupervisor.start_child(
                 self.gateway.supervisor,
                 args.id,
                 self,
@@ -354,6 +406,16 @@ class Session:
                 args.max_concurrent_tasks,
                 self.gateway.config.timeout / 1000,
             )
+        )
+        try:
+            # Shielded: cancelling the announcement (notifications/cancelled, the connection
+            # closing) does not stop the supervisor from starting the agent, so the agent it
+            # starts must still be stopped, or it stays online with nobody behind it.
+            self._agent_ref = await asyncio.shield(start)
+        except asyncio.CancelledError:
+            # The stop runs in a task the gateway owns: a second cancellation cannot orphan it.
+            await asyncio.shield(self.gateway.own(self._abandon_start(start)))
+            raise
         except FlockError as exc:
             self.agent_id = None
             self.gateway.claimed.discard(args.id)
@@ -377,7 +439,7 @@ class Session:
 
     async def _tool_submit_task(self, args: tools.SubmitTask, request_id: Any) -> dict[str, Any]:
         _check_argument("type", args.type, request_id)
-        timeout = self._timeout(args.timeout)
+        timeout = self._timeout(args.timeout, request_id)
         try:
             outcome = await self.gateway.flock.submit(
                 args.type, args.data, priority=args.priority, wait=args.wait, timeout=timeout
@@ -456,6 +518,9 @@ class Session:
 
     async def _resources_subscribe(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
         uri = self._uri(params, request_id)
+        # Only what exists: subscriptions to made-up agent ids would pile up without bound.
+        if uri.startswith(_AGENT_PREFIX) and self.gateway.flock.get_agent(uri[len(_AGENT_PREFIX) :]) is None:
+            raise JsonRpcError(RESOURCE_NOT_FOUND, f"resource not found: {uri}", {"uri": uri}, request_id)
         self.subscriptions.add(uri)
         self.gateway.subscribe(self, uri)
         return {}
@@ -497,6 +562,19 @@ class Session:
         self.gateway.forget(self)
         if self.transport == "http":
             observe.connection("http", -1)
+
+    async def _abandon_start(self, start: asyncio.Future[ActorRef[Any]]) -> None:
+        """An announcement was cancelled while its agent started: wait for the start to end,
+        stop the agent it started and release its id (the session may announce again)."""
+        agent_id = self.agent_id
+        try:
+            self._agent_ref = await start
+        except Exception as exc:  # it did not start: nothing to stop
+            log.debug("session %s: cancelled start of agent %s failed: %r", self.id, agent_id, exc)
+        await self._stop_agent()
+        if self.agent_id == agent_id:
+            self.agent_id = None
+            self.agent = None
 
     async def _stop_agent(self) -> None:
         if self.agent is not None:

@@ -11,7 +11,8 @@ it asked for progress; ``initialize`` creates the session and returns ``Mcp-Sess
 every later request carries. GET opens the session's server stream (SSE) for notifications.
 DELETE ends the session. Bad input is answered with a JSON-RPC error body and a 4xx status.
 
-Both check the bearer token and the Origin before anything else (401, 403).
+Both check the Host (on a loopback gateway), the Origin and the bearer token before anything
+else (403, 403, 401).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from flockrt.actors.correlation import correlation
 from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.mcp import observe
-from flockrt.mcp.auth import Principal, Unauthorized, origin_allowed
+from flockrt.mcp.auth import Principal, Unauthorized, host_allowed, origin_allowed
 from flockrt.mcp.gateway import Gateway
 from flockrt.mcp.protocol import (
     FORBIDDEN,
@@ -41,7 +42,7 @@ from flockrt.mcp.protocol import (
     error_response,
     parse,
 )
-from flockrt.mcp.session import Notify, Session
+from flockrt.mcp.session import Notify, ServerStream, Session
 
 __all__ = ["SESSION_HEADER", "handle_delete", "handle_get", "handle_post", "handle_websocket"]
 
@@ -57,13 +58,16 @@ def _json_error(status: int, error: dict[str, Any], headers: dict[str, str] | No
 
 
 def admit(gateway: Gateway, request: web.Request) -> Principal:
-    """Check the Origin and the bearer token of a request to ``/mcp``.
+    """Check the Host, the Origin and the bearer token of a request to ``/mcp``.
 
     Raises:
-        web.HTTPForbidden: a foreign Origin.
+        web.HTTPForbidden: a foreign Host (on a loopback gateway) or a foreign Origin.
         web.HTTPUnauthorized: a missing or bad token (when authentication is configured).
     """
-    if not origin_allowed(request.headers.get("Origin"), request.host, gateway.config.allowed_origins):
+    if gateway.loopback and not host_allowed(request.headers.get("Host"), gateway.allowed_hosts):
+        raise web.HTTPForbidden(text="forbidden: this Host does not name the gateway\n")
+    origin = request.headers.get("Origin")
+    if not origin_allowed(origin, gateway.allowed_hosts, gateway.config.allowed_origins):
         raise web.HTTPForbidden(text="forbidden: this Origin may not use the gateway\n")
     try:
         return gateway.auth.authenticate(request.headers.get("Authorization"))
@@ -102,7 +106,16 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
         while True:
             await send(await session.outbox.get())
 
-    writer = asyncio.get_running_loop().create_task(pump_outbox())
+    loop = asyncio.get_running_loop()
+    writer = loop.create_task(pump_outbox())
+
+    def expire_uninitialized() -> None:
+        # A connection that never initializes holds a session slot for nothing.
+        if session.protocol_version is None and not ws.closed:
+            log.info("session %s: not initialized within %g s: closed", session.id, gateway.init_timeout)
+            gateway.own(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"initialize timeout"))
+
+    init_timer = loop.call_later(gateway.init_timeout, expire_uninitialized)
     refused = 0
     try:
         async for frame in ws:
@@ -126,6 +139,7 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
                 break
             # ERROR (an oversize frame: aiohttp has closed with 1009) and CLOSE end the loop.
     finally:
+        init_timer.cancel()
         observe.connection("websocket", -1)
         writer.cancel()
         gateway.websockets.discard(ws)
@@ -158,6 +172,12 @@ async def _dispatch_frame(session: Session, data: str, send: Notify) -> None:
     if not incoming.is_request:
         with contextlib.suppress(JsonRpcError):  # nobody to answer a bad notification
             await session.handle(incoming, send)
+        return
+    try:
+        session.check_inflight(incoming.id)
+    except JsonRpcError as exc:
+        await send(encode(exc.response()))
+        observe.request(incoming.method, "rate_limited", started)
         return
     session.run(incoming.id, _serve_request(session, incoming, send, started))
 
@@ -195,8 +215,12 @@ def _session_of(gateway: Gateway, request: web.Request, principal: Principal) ->
     session = gateway.sessions.get(session_id)
     if session is None or session.transport != "http":
         raise web.HTTPNotFound(text="unknown or ended session\n")
-    if session.principal != principal:
+    # The same rights, not the same token: a client refreshes its JWT (a new ``exp``) and keeps
+    # its session, which from now on expires with the new token.
+    held = session.principal
+    if (held.agent_id, held.capabilities) != (principal.agent_id, principal.capabilities):
         raise web.HTTPForbidden(text="forbidden: the session belongs to another token\n")
+    session.principal = principal
     return session
 
 
@@ -269,6 +293,11 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         except JsonRpcError as exc:
             return _json_error(400, exc.response(), headers)
         return web.Response(status=202, headers=headers)
+    try:
+        session.check_inflight(incoming.id)
+    except JsonRpcError as exc:
+        note.outcome = "rate_limited"
+        return _json_error(429, exc.response(), {**headers, "Retry-After": "1"})
     if _wants_progress(incoming) and "text/event-stream" in request.headers.get("Accept", ""):
         return await _answer_with_stream(session, incoming, request, headers, note)
     task = session.run(incoming.id, session.handle(incoming, _discard))
@@ -340,32 +369,70 @@ async def _answer_with_stream(
     return stream
 
 
+_KEEPALIVE = b": keepalive\n\n"
+
+
 async def handle_get(gateway: Gateway, request: web.Request) -> web.StreamResponse:
-    """The session's server stream: its notifications as SSE, until the client goes away."""
+    """The session's server stream: its notifications as SSE, until the client goes away.
+
+    An SSE comment every ``gateway.keepalive_interval`` seconds finds a client that vanished
+    (the write fails) and keeps proxies from timing the stream out. A new GET takes over from
+    the session's current stream (a client that reconnects may not know its old one is dead).
+    A notification whose write fails goes back to the head of the outbox for the next stream.
+    """
     principal = admit(gateway, request)
     if "text/event-stream" not in request.headers.get("Accept", ""):
         raise web.HTTPNotAcceptable(text="the server stream is text/event-stream\n")
     session = _session_of(gateway, request, principal)
-    if session.streaming:
-        raise web.HTTPConflict(text="this session already has a server stream\n")
     stream = web.StreamResponse(
         headers={SESSION_HEADER: session.id, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await stream.prepare(request)
+    me = ServerStream(request)
+    previous, session.stream = session.stream, me
     session.streaming = True
     observe.connection("sse", +1)
+    getter: asyncio.Task[bytes] | None = None
     try:
-        while not session.closed:
-            data = await session.outbox.get()
+        if previous is not None:  # take over: it puts back what it holds, then ends
+            previous.superseded.set_result(None)
+            await previous.ended.wait()
+        while not session.closed and not me.superseded.done():
+            data = session.take_unsent()
+            if data is None:
+                if getter is None:
+                    getter = asyncio.get_running_loop().create_task(session.outbox.get())
+                await asyncio.wait(
+                    (getter, me.superseded),
+                    timeout=gateway.keepalive_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not getter.done():
+                    if not me.superseded.done():
+                        await stream.write(_KEEPALIVE)
+                    continue
+                data, getter = getter.result(), None
             if not data:  # the session closed
                 break
-            await stream.write(_sse(data))
+            try:
+                await stream.write(_sse(data))
+            except BaseException:
+                session.put_back(data)
+                raise
     except ConnectionResetError:
         pass  # the client went away; it may open the stream again
     finally:
+        if getter is not None:
+            getter.cancel()
+            await asyncio.wait((getter,))
+            if not getter.cancelled() and getter.exception() is None:
+                session.put_back(getter.result())
         observe.connection("sse", -1)
-        session.streaming = False
+        if session.stream is me:
+            session.stream = None
+            session.streaming = False
         session.last_active = time.monotonic()  # idleness counts from the end of the stream
+        me.ended.set()
     return stream
 
 
