@@ -12,14 +12,17 @@ is up), else 503.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
 from flockrt import metrics
 from flockrt.errors import FlockError
 from flockrt.mcp import transport
+from flockrt.mcp.auth import host_allowed
 from flockrt.mcp.gateway import Gateway
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 __all__ = ["ListenError", "WebServer", "build_app"]
 
@@ -41,7 +44,20 @@ def build_app(gateway: Gateway | None = None, *, ready: Callable[[], bool] = lam
         ready: The readiness check behind ``/readyz``.
     """
     limit = gateway.config.max_message_bytes if gateway is not None else _DEFAULT_BODY_LIMIT
-    app = web.Application(client_max_size=limit)
+    middlewares = []
+    if gateway is not None and gateway.loopback:
+        hosts = gateway.allowed_hosts
+
+        @web.middleware
+        async def named_host_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+            # DNS rebinding: a page whose name now resolves to 127.0.0.1 sends its own name as
+            # Host. On loopback, every route (metrics and health too) answers only its names.
+            if not host_allowed(request.headers.get(hdrs.HOST), hosts):
+                raise web.HTTPForbidden(text="forbidden: this Host does not name the gateway\n")
+            return await handler(request)
+
+        middlewares.append(named_host_only)
+    app = web.Application(client_max_size=limit, middlewares=middlewares)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

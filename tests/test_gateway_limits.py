@@ -104,6 +104,10 @@ async def test_tool_timeouts_are_capped(flock: Flock) -> None:
             with pytest.raises(RpcError) as refused:
                 await peer.call(tool, {**arguments, "timeout": 600_001})
             assert refused.value.code == -32602 and "timeout" in str(refused.value)
+        listing = {tool["name"]: tool for tool in (await peer.request("tools/list"))["result"]["tools"]}
+        for tool in ("send_message", "request_capability", "submit_task"):
+            bound = listing[tool]["inputSchema"]["properties"]["timeout"]
+            assert "600000" in json.dumps(bound)  # the schema says it too
 
 
 async def test_only_existing_resources_can_be_subscribed(flock: Flock) -> None:

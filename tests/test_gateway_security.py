@@ -459,6 +459,13 @@ async def test_a_rebinding_page_is_forbidden(flock: Flock) -> None:
     for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
         status, _, _ = await post(url, init, {"Host": host, "Origin": f"http://{host}"})
         assert status == 200, host
+    base = url.removesuffix("/mcp")
+    async with aiohttp.ClientSession() as http:
+        for path in ("/metrics", "/healthz", "/readyz"):  # the page cannot read these either
+            async with http.get(base + path, headers={"Host": evil}) as response:
+                assert response.status == 403, path
+            async with http.get(base + path) as response:
+                assert response.status == 200, path
 
 
 async def test_hosts_named_in_allowed_origins_may_reach_the_gateway(secured: Flock) -> None:

@@ -35,6 +35,12 @@ __all__ = [
 Milliseconds = Annotated[int, msgspec.Meta(ge=0)]
 """A duration in milliseconds, never negative."""
 
+MAX_TIMEOUT_MS = 600_000
+"""The longest a tool call may ask to wait (10 minutes): a caller cannot park work for longer."""
+
+Timeout = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIMEOUT_MS)]
+"""A tool's ``timeout`` argument, in milliseconds (its schema says the bounds)."""
+
 
 class _Args(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
     """Base of tool arguments: camelCase keys, unknown keys refused."""
@@ -45,13 +51,13 @@ class SendMessage(_Args, frozen=True, kw_only=True):
     message: Any
     type: str = "command"
     metadata: dict[str, Any] | None = None
-    timeout: Milliseconds | None = None
+    timeout: Timeout | None = None
 
 
 class RequestCapability(_Args, frozen=True, kw_only=True):
     capability: str
     parameters: Any = msgspec.field(default_factory=dict)
-    timeout: Milliseconds | None = None
+    timeout: Timeout | None = None
 
 
 class ListAgents(_Args, frozen=True, kw_only=True):
@@ -83,7 +89,7 @@ class SubmitTask(_Args, frozen=True, kw_only=True):
     data: Any = None
     priority: Literal["low", "medium", "high"] = "medium"
     wait: bool = False
-    timeout: Milliseconds | None = None
+    timeout: Timeout | None = None
 
 
 class Broadcast(_Args, frozen=True, kw_only=True):
