@@ -26,6 +26,16 @@ import flockrt
 from flockrt.config import AuthConfig, FlockConfig, McpConfig, NatsConfig, RuntimeConfig
 from flockrt.runtime import Flock
 
+INIT_PARAMS: dict[str, Any] = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "t", "version": "0"},
+}
+"""The params of an ``initialize`` request."""
+INIT_REQUEST: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT_PARAMS}
+JSON_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+"""What a Streamable HTTP client sends with a POST."""
+
 
 @asynccontextmanager
 async def websocket_transport(

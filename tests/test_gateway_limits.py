@@ -13,19 +13,7 @@ import pytest
 
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
-from tests.mcp_support import RawPeer, RpcError, flock_config
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    },
-}
-JSON_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+from tests.mcp_support import INIT_REQUEST, JSON_HEADERS, RawPeer, RpcError, flock_config
 
 
 @pytest.fixture
@@ -75,7 +63,7 @@ async def test_requests_in_flight_are_capped_per_session(flock: Flock) -> None:
         # Over Streamable HTTP: 429 with the same error.
         url = flock.gateway_url
         async with aiohttp.ClientSession() as http:
-            async with http.post(url, json=INIT, headers=JSON_HEADERS) as r:
+            async with http.post(url, json=INIT_REQUEST, headers=JSON_HEADERS) as r:
                 headers = {**JSON_HEADERS, "Mcp-Session-Id": r.headers["Mcp-Session-Id"]}
             posts = [
                 asyncio.ensure_future(http.post(url, data=query("x", n), headers=headers)) for n in (2, 3)

@@ -16,11 +16,18 @@ import pytest
 from flockrt.config import AuthConfig, McpConfig
 from flockrt.mcp.auth import GatewayConfigError, TokenBucket, check_bind
 from flockrt.runtime import Flock
-from tests.mcp_support import RawPeer, client, flock_config, structured, ws_url
+from tests.mcp_support import (
+    INIT_PARAMS,
+    INIT_REQUEST,
+    JSON_HEADERS,
+    RawPeer,
+    client,
+    flock_config,
+    structured,
+    ws_url,
+)
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
-INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
-JSON_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -105,7 +112,7 @@ async def test_tokens_are_required_when_configured(secured: Flock) -> None:
     assert await ws_status(url, bearer(jwt.encode({"agentId": "a"}, SECRET))) == 401  # no exp
     assert await ws_status(url, bearer("static-token")) == 101
     assert await ws_status(url, bearer(signed(agentId="a"))) == 101
-    status, _, headers = await post(url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT})
+    status, _, headers = await post(url, INIT_REQUEST)
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
     # The official client, with a token, over both transports.
     for transport in ("http", "websocket"):
@@ -130,9 +137,7 @@ async def test_foreign_origins_are_forbidden(secured: Flock) -> None:
 async def test_an_http_session_belongs_to_its_token(secured: Flock) -> None:
     url = secured.gateway_url
     assert url is not None
-    status, _, headers = await post(
-        url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}, bearer("static-token")
-    )
+    status, _, headers = await post(url, INIT_REQUEST, bearer("static-token"))
     assert status == 200
     session = {"Mcp-Session-Id": headers["Mcp-Session-Id"]}
     status, _, _ = await post(
@@ -149,9 +154,7 @@ async def test_a_refreshed_jwt_keeps_its_http_session(secured: Flock) -> None:
     url = secured.gateway_url
     assert url is not None and secured.gateway is not None
     old = signed(agentId="a", capabilities=["x"])
-    status, _, headers = await post(
-        url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}, bearer(old)
-    )
+    status, _, headers = await post(url, INIT_REQUEST, bearer(old))
     assert status == 200
     session_id = headers["Mcp-Session-Id"]
     fresh = jwt.encode(
@@ -180,9 +183,7 @@ async def test_an_action_beyond_the_token_is_403_over_http(secured: Flock) -> No
     url = secured.gateway_url
     assert url is not None
     token = bearer(signed(agentId="alpha"))
-    status, _, headers = await post(
-        url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}, token
-    )
+    status, _, headers = await post(url, INIT_REQUEST, token)
     session = {**token, "Mcp-Session-Id": headers["Mcp-Session-Id"]}
     call = {"name": "announce_agent", "arguments": {"id": "beta"}}
     status, body, _ = await post(
@@ -274,9 +275,9 @@ async def test_requests_before_initialize_are_refused(flock: Flock) -> None:
         assert (await peer.request("ping"))["result"] == {}
         bad = await peer.request("initialize", {"capabilities": {}})
         assert bad["error"]["code"] == -32602 and "protocolVersion" in bad["error"]["message"]
-        old = await peer.request("initialize", {**INIT, "protocolVersion": "2025-03-26"})
+        old = await peer.request("initialize", {**INIT_PARAMS, "protocolVersion": "2025-03-26"})
         assert old["result"]["protocolVersion"] == "2025-03-26"
-        again = await peer.request("initialize", INIT)
+        again = await peer.request("initialize", INIT_PARAMS)
         assert again["error"]["code"] == -32600
 
 
@@ -291,7 +292,7 @@ async def test_version_negotiation_and_discover(flock: Flock) -> None:
             "supported": ["2025-03-26", "2025-06-18", "2025-11-25"],
             "requested": "2026-07-28",
         }
-        future = await peer.request("initialize", {**INIT, "protocolVersion": "2099-01-01"})
+        future = await peer.request("initialize", {**INIT_PARAMS, "protocolVersion": "2099-01-01"})
         assert future["result"]["protocolVersion"] == "2025-11-25"
         assert future["result"]["capabilities"] == {
             "tools": {"listChanged": False},
@@ -363,9 +364,7 @@ async def test_streamable_http_bad_input(flock: Flock) -> None:
     status, body, _ = await post(url, {"jsonrpc": "2.0", "id": 1, "method": "server/discover"})
     assert status == 400 and body["error"]["code"] == -32022
 
-    status, body, headers = await post(
-        url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
-    )
+    status, body, headers = await post(url, INIT_REQUEST)
     assert status == 200 and body["result"]["protocolVersion"] == "2025-11-25"
     session = {"Mcp-Session-Id": headers["Mcp-Session-Id"]}
     status, body, _ = await post(url, {"jsonrpc": "2.0", "id": 2, "method": "nope"}, session)
@@ -388,7 +387,7 @@ async def test_streamable_http_bad_input(flock: Flock) -> None:
 async def test_streamable_http_rate_limit_is_429(flock: Flock) -> None:
     url = flock.gateway_url
     assert url is not None
-    _, _, headers = await post(url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT})
+    _, _, headers = await post(url, INIT_REQUEST)
     session = {"Mcp-Session-Id": headers["Mcp-Session-Id"]}
     statuses = []
     for i in range(40):
@@ -416,9 +415,7 @@ async def test_a_full_gateway_refuses_new_sessions_with_503(flock: Flock) -> Non
     async with RawPeer.connect(url) as first:
         flock.gateway.max_sessions = 1
         assert await ws_status(url) == 503
-        status, _, headers = await post(
-            url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
-        )
+        status, _, headers = await post(url, INIT_REQUEST)
         assert status == 503 and headers["Retry-After"] == "5"
         assert (await first.request("ping"))["result"] == {}
 
@@ -447,7 +444,7 @@ async def test_a_rebinding_page_is_forbidden(flock: Flock) -> None:
     assert url is not None
     port = url.split("/")[2].rsplit(":", 1)[1]
     evil = f"evil.example:{port}"
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+    init = INIT_REQUEST
     for headers in (
         {"Host": evil, "Origin": f"http://{evil}"},
         {"Host": evil},
@@ -472,7 +469,7 @@ async def test_hosts_named_in_allowed_origins_may_reach_the_gateway(secured: Flo
     url = secured.gateway_url
     assert url is not None
     headers = {**bearer("static-token"), "Host": "app.example", "Origin": "https://app.example"}
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+    init = INIT_REQUEST
     status, _, _ = await post(url, init, headers)
     assert status == 200
 

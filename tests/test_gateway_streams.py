@@ -13,19 +13,7 @@ import pytest
 
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
-from tests.mcp_support import flock_config
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    },
-}
-JSON_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+from tests.mcp_support import INIT_REQUEST, JSON_HEADERS, flock_config
 
 
 @pytest.fixture
@@ -38,7 +26,7 @@ async def open_session(flock: Flock) -> tuple[str, Any]:
     assert flock.gateway_url is not None and flock.gateway is not None
     async with (
         aiohttp.ClientSession() as http,
-        http.post(flock.gateway_url, json=INIT, headers=JSON_HEADERS) as r,
+        http.post(flock.gateway_url, json=INIT_REQUEST, headers=JSON_HEADERS) as r,
     ):
         assert r.status == 200
         session_id = r.headers["Mcp-Session-Id"]
