@@ -24,8 +24,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from flockrt.actors.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work, WorkDone
 from flockrt.actors.correlation import correlation_id, new_correlation_id
@@ -64,10 +64,26 @@ PRIORITIES: dict[str, int] = {"high": 0, "medium": 1, "low": 2}
 _HEAP_SLACK = 4
 """A free heap is compacted when it holds this many entries per agent (plus 64): stale ones."""
 
-_Skill = tuple[str, str]  # ("capability" | "task", name)
-
 _HEX = tuple(f"{i:x}" for i in range(1024))
 """Id suffixes of the tasks of a batch (formatting a number costs more than the task)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Skill:
+    """A capability or a task type offered in this process: who offers it, who of them has a
+    free slot, and the work waiting for one. Work is dispatched per skill."""
+
+    kind: Literal["capability", "task"]
+    name: str
+    agents: set[str] = field(default_factory=set)
+    """The local agents that offer it (ids)."""
+    free: list[tuple[float, int, str, int]] = field(default_factory=list)
+    """Those with a free slot, as a heap keyed like the fair choice (see LocalFlock._offer)."""
+    waiting: list[tuple[int, int, Work]] = field(default_factory=list)
+    """Work waiting for a free agent, as a heap: highest priority (lowest number) first, then
+    the oldest."""
+    pumping: bool = False
+    """Whether LocalFlock._pump (or a dispatch) is handing out its work right now."""
 
 
 @dataclass(eq=False, slots=True)
@@ -75,9 +91,11 @@ class _Member:
     card: AgentCard
     skills: tuple[_Skill, ...] = ()
     running: int = 0
-    done: int = 0
+    handed: dict[_Skill, int] = field(default_factory=dict)
+    """Pieces of work of each skill handed to it so far (a task of bulk work counts as one):
+    the fair choice's tie-break, so each kind of work spreads over the agents that do it."""
     version: int = 0
-    """Which of its entries in the free heaps is current (see LocalFlock._offer)."""
+    """Which of its entries in the free heaps is current (see LocalFlock._offer); 0: none."""
 
     @property
     def free(self) -> bool:
@@ -162,16 +180,16 @@ class LocalFlock(AgentPort):
         self.heartbeat_interval = heartbeat_interval
         self.directory = directory if directory is not None else Directory(heartbeat_interval)
         self._members: dict[str, _Member] = {}
-        self._skills: dict[_Skill, set[str]] = {}
-        # Agents with a free slot, per skill, as a heap keyed like the fair choice: the least
-        # loaded, then the one that did least so far, then the smallest id. Entries are never
-        # updated in place: a member's change pushes a new entry with a new version, and
-        # entries whose version is not the member's current one are dropped when they surface.
-        # So picking an agent costs O(log agents), and "nobody is free" is O(1).
-        self._free: dict[_Skill, list[tuple[float, int, str, int]]] = {}
+        self._skills: dict[tuple[str, str], _Skill] = {}  # by (kind, name)
+        self._task_skills: dict[str, _Skill] = {}  # the task types among them, by name
+        # The free heaps of the skills (_Skill.free) are keyed like the fair choice: the least
+        # loaded, then the one handed least of the skill so far, then the smallest id. Entries
+        # are not updated in place: a member's change pushes a new entry with a new version,
+        # and entries whose version is not the member's current one are dropped when they
+        # surface. So picking an agent costs O(log agents), and "nobody is free" is O(1).
+        # (The one exception is the fast path of _run_now, see there.)
         self._versions = itertools.count(1)
-        self._queues: dict[_Skill, list[tuple[int, int, Work]]] = {}
-        self._pumping: set[_Skill] = set()  # skills whose queue _pump is handing out right now
+        self._heap_changes = 0  # grows whenever a free heap changes (see _run_now)
         self._order = itertools.count()
         # Task ids: a random per-process prefix and a counter. As unique as uuid4 for this use
         # (48 random bits per process) at a fraction of the cost (uuid4 was 8% of fan-out).
@@ -188,13 +206,12 @@ class LocalFlock(AgentPort):
     # ------------------------------------------------------------------ AgentPort
 
     def agent_started(self, card: AgentCard) -> None:
-        skills = tuple(("capability", c) for c in card.capabilities) + tuple(
-            ("task", t) for t in card.task_types
+        skills = tuple(self._skill("capability", c) for c in card.capabilities) + tuple(
+            self._skill("task", t) for t in card.task_types
         )
         member = self._members[card.id] = _Member(card, skills)
         for skill in skills:
-            self._skills.setdefault(skill, set()).add(card.id)
-            self._free.setdefault(skill, [])
+            skill.agents.add(card.id)
         self._offer(member)
         self.directory.on_announcement(
             AgentAnnouncement(
@@ -216,7 +233,7 @@ class LocalFlock(AgentPort):
         if member is None:
             return
         for skill in member.skills:
-            self._skills[skill].discard(agent_id)
+            skill.agents.discard(agent_id)
         self.directory.mark_offline(agent_id)
 
     def work_done(self, agent_id: str) -> None:
@@ -224,7 +241,6 @@ class LocalFlock(AgentPort):
         if member is None:
             return
         member.running = max(member.running - 1, 0)
-        member.done += 1
         self._offer(member)
         for skill in member.skills:
             self._pump(skill)
@@ -384,7 +400,7 @@ class LocalFlock(AgentPort):
     @property
     def queued_work(self) -> int:
         """Tasks and capability requests waiting for a free local agent."""
-        return sum(len(queue) for queue in self._queues.values())
+        return sum(len(skill.waiting) for skill in self._skills.values())
 
     def dispatch_task(
         self,
@@ -401,6 +417,8 @@ class LocalFlock(AgentPort):
         Raises:
             NoCapableAgent: no agent of this process handles the task's type.
         """
+        if progress is None and self._run_now(task, then, correlation):
+            return
         if then is None:
             on_done: WorkDone = self._task_done
         else:
@@ -413,6 +431,63 @@ class LocalFlock(AgentPort):
         )
         work.correlation_id = correlation or correlation_id.get() or task.id  # as task.result has it
         self._dispatch(work)
+
+    def _run_now(
+        self, task: TaskMessage, then: Callable[[TaskResult], None] | None, correlation: str | None
+    ) -> bool:
+        """The fast path of :meth:`dispatch_task`: when nothing of the task's type waits and
+        the best free agent's handler for it never waits, that agent runs it here and now
+        (:meth:`Agent.run_task`), with no :class:`Work`, no handover and no second look at
+        the free heaps. False, having done nothing, when the task must take the usual path.
+
+        The rules of the usual path hold: the agent is the fair choice (:meth:`_free_member`),
+        it is busy while the handler runs (a slot taken, its free entries stale, so work
+        dispatched meanwhile goes elsewhere or waits), and work that was queued meanwhile is
+        pumped once the slot is free again.
+        """
+        skill = self._task_skills.get(task.type)
+        if skill is None or skill.pumping or skill.waiting:
+            return False
+        member = self._free_member(skill)
+        if member is None:
+            return False
+        card = member.card
+        if card.run_task is None or task.type not in card.inline_task_types:
+            return False
+        started = time.monotonic()
+        heap = skill.free
+        entry = heap[0]  # the member's current entry (see _free_member)
+        changes = self._heap_changes
+        member.version = 0  # its free entries are stale while it runs (it may be at capacity)
+        member.running += 1
+        skill.pumping = True
+        try:
+            ran = card.run_task(task, correlation or correlation_id.get() or task.id)
+        finally:
+            skill.pumping = False
+            member.running -= 1
+        if ran is not None:
+            member.handed[skill] = handed = member.handed.get(skill, 0) + 1
+        if self._heap_changes == changes:
+            # No free heap changed while it ran, so its entries are all still in place, and
+            # only its key in this skill's heap moves (one more handed): one sift, no stale
+            # entries left behind. Its load is what it was.
+            member.version = entry[3]
+            if ran is not None:
+                heapq.heapreplace(heap, (entry[0], handed, entry[2], entry[3]))
+        else:  # work was dispatched while it ran (its handler did that): a full re-offer
+            self._offer(member)
+        if ran is None:  # it cannot take work right now (restarting, say): the usual path
+            return False
+        value, error = ran
+        result = self._task_result(task, card.id, time.monotonic() - started, value, error)
+        self._report(result, True)
+        if then is not None:
+            then(result)
+        for other in member.skills:  # work for its skills may have been queued while it ran
+            if other.waiting:
+                self._pump(other)
+        return True
 
     def dispatch_tasks(
         self, tasks: Sequence[TaskMessage], then: Callable[[list[TaskResult]], None] | None = None
@@ -457,11 +532,11 @@ class LocalFlock(AgentPort):
                 places.sort(key=lambda index: PRIORITIES[tasks[index].priority])
                 groups[key] = (places, [tasks[index] for index in places])
         for key in groups:
-            if not self._skills.get(("task", key)):
+            if not self.has_skill("task", key):
                 raise NoCapableAgent("task", key)
         correlation = correlation_id.get()
         for key, (indices, ordered) in groups.items():
-            self._dispatch_group(("task", key), indices, ordered, batch, correlation)
+            self._dispatch_group(self._task_skills[key], indices, ordered, batch, correlation)
 
     def _dispatch_group(
         self,
@@ -484,32 +559,33 @@ class LocalFlock(AgentPort):
           can wait behind it;
         - one agent doing them all instead of one agent each delays none of them: inline work
           runs one piece after another either way, inside this call;
-        - ``done`` grows by the number of tasks, so the fair choice spreads the next batches.
+        - the agent's ``handed`` count grows by the number of tasks, so the fair choice
+          spreads the next batches.
 
         Tasks for agents whose handler waits are handed over one per free slot, as by
         :meth:`dispatch_task`, and the rest wait in the queue: a chunk handed to one of those
         would run its tasks one after another while other agents might sit idle.
         """
-        queue = self._queues.setdefault(skill, [])
+        queue = skill.waiting
         start, count = 0, len(tasks)
-        if not queue and skill not in self._pumping:
-            self._pumping.add(skill)
+        if not queue and not skill.pumping:
+            skill.pumping = True
             try:
                 while start < count:
                     member = self._free_member(skill)
                     if member is None:
                         break
-                    if skill[1] in member.card.inline_task_types:
+                    if skill.name in member.card.inline_task_types:
                         work = self._bulk_work(skill, indices, tasks, start, batch, correlation)
                         taken = count - start
                     else:
                         work = self._batch_work(indices[start], tasks[start], batch, correlation)
                         taken = 1
-                    if not self._hand_over(member, work):
+                    if not self._hand_over(member, skill, work):
                         break
                     start += taken
             finally:
-                self._pumping.discard(skill)
+                skill.pumping = False
         for position in range(start, count):
             task = tasks[position]
             work = self._batch_work(indices[position], task, batch, correlation)
@@ -558,19 +634,21 @@ class LocalFlock(AgentPort):
             batch.fill(places, first, outcomes)
 
         def on_done(work: Work, value: Any, error: WorkFailed | None) -> None:
-            # Every task counts toward the agent's share (work_done adds the last one), and the
-            # tasks an agent that stopped never began go back to the queue.
-            member = self._members.get(work.agent_id)
-            if member is not None and work.cursor > 1:
-                member.done += work.cursor - 1
+            # The tasks an agent that stopped never began go back to the queue (and no longer
+            # count toward its share).
             if work.cursor < len(chunk):
-                queue = self._queues.setdefault(skill, [])
+                member = self._members.get(work.agent_id)
+                if member is not None:
+                    member.handed[skill] = member.handed.get(skill, 0) - (len(chunk) - work.cursor)
+                queue = skill.waiting
                 for position in range(work.cursor, len(chunk)):
                     again = self._batch_work(places[position], chunk[position], batch, correlation)
                     heapq.heappush(queue, (again.priority, next(self._order), again))
                 self._pump(skill)
 
-        work = Work("task", skill[1], chunk, None, PRIORITIES[chunk[0].priority], on_done=on_done, each=each)
+        work = Work(
+            "task", skill.name, chunk, None, PRIORITIES[chunk[0].priority], on_done=on_done, each=each
+        )
         work.correlation_id = correlation  # None: each task's own id (see Agent._run_inline_bulk)
         return work
 
@@ -587,7 +665,8 @@ class LocalFlock(AgentPort):
 
     def has_skill(self, kind: str, key: str) -> bool:
         """Whether an agent of this process offers this capability ("capability") or task type ("task")."""
-        return bool(self._skills.get((kind, key)))
+        skill = self._skills.get((kind, key))
+        return skill is not None and bool(skill.agents)
 
     def is_local(self, agent_id: str) -> bool:
         """Whether ``agent_id`` is an agent of this process."""
@@ -727,23 +806,32 @@ class LocalFlock(AgentPort):
 
     # ------------------------------------------------------------------ dispatching
 
+    def _skill(self, kind: Literal["capability", "task"], name: str) -> _Skill:
+        """The skill ``kind``/``name``, created the first time an agent offers it."""
+        skill = self._skills.get((kind, name))
+        if skill is None:
+            skill = self._skills[kind, name] = _Skill(kind, name)
+            if kind == "task":
+                self._task_skills[name] = skill
+        return skill
+
     def _dispatch(self, work: Work) -> None:
-        skill = (work.kind, work.key)
-        if not self._skills.get(skill):
+        skill = self._skills.get((work.kind, work.key))
+        if skill is None or not skill.agents:
             raise NoCapableAgent(work.kind, work.key)
-        queue = self._queues.setdefault(skill, [])
-        if queue or skill in self._pumping:
+        queue = skill.waiting
+        if queue or skill.pumping:
             heapq.heappush(queue, (work.priority, next(self._order), work))
             self._pump(skill)
             return
         # Nothing waits: straight to the best free agent, if there is one (no queue to order).
-        self._pumping.add(skill)
+        skill.pumping = True
         try:
             member = self._free_member(skill)
-            if member is None or not self._hand_over(member, work):
+            if member is None or not self._hand_over(member, skill, work):
                 heapq.heappush(queue, (work.priority, next(self._order), work))
         finally:
-            self._pumping.discard(skill)
+            skill.pumping = False
         if queue:  # work queued while an inline handler ran, or the work above
             self._pump(skill)
 
@@ -755,13 +843,13 @@ class LocalFlock(AgentPort):
         finished is the one that gets the next piece, which lets its runner go on with it.
 
         Work whose handler never waits runs inside ``take_work`` and calls work_done, which
-        pumps again: that inner call returns at once (``_pumping``) and this loop goes on, so
-        draining a long queue does not recurse.
+        pumps again: that inner call returns at once (``_Skill.pumping``) and this loop goes on,
+        so draining a long queue does not recurse.
         """
-        queue = self._queues.get(skill)
-        if not queue or skill in self._pumping:
+        queue = skill.waiting
+        if not queue or skill.pumping:
             return
-        self._pumping.add(skill)
+        skill.pumping = True
         try:
             while queue:
                 member = self._free_member(skill)
@@ -770,17 +858,18 @@ class LocalFlock(AgentPort):
                 entry = heapq.heappop(queue)
                 if entry[2].abandoned:  # its requester gave up
                     continue
-                if not self._hand_over(member, entry[2]):
+                if not self._hand_over(member, skill, entry[2]):
                     heapq.heappush(queue, entry)
                     return  # the agent will pull again when it finishes something
         finally:
-            self._pumping.discard(skill)
+            skill.pumping = False
 
-    def _hand_over(self, member: _Member, work: Work) -> bool:
-        """Give ``work`` to ``member``: directly, or through its mailbox while it cannot take
-        work (restarting, say). False if its mailbox is full."""
+    def _hand_over(self, member: _Member, skill: _Skill, work: Work) -> bool:
+        """Give ``work`` (of ``skill``) to ``member``: directly, or through its mailbox while it
+        cannot take work (restarting, say). False if its mailbox is full."""
         work.agent_id = member.card.id
         member.running += 1  # before the handover: inline work finishes within it
+        member.handed[skill] = member.handed.get(skill, 0) + (1 if work.each is None else len(work.payload))
         self._offer(member)
         take_work = member.card.take_work
         if take_work is None or not take_work(work):
@@ -793,15 +882,17 @@ class LocalFlock(AgentPort):
         return True
 
     def _free_member(self, skill: _Skill) -> _Member | None:
-        """The least loaded agent with a free slot; ties go to the one that did least so far,
-        then to the smallest id, so the choice is fair and deterministic."""
-        heap = self._free.get(skill)
+        """The least loaded agent with a free slot; ties go to the one handed least of this
+        skill so far, then to the smallest id, so the choice is fair and deterministic. Its
+        current entry is then at the top of the skill's free heap."""
+        heap = skill.free
         while heap:
             _, _, agent_id, version = heap[0]
             member = self._members.get(agent_id)
             if member is not None and member.version == version and member.card.ref.is_alive:
                 return member
             heapq.heappop(heap)  # stale: the member changed, left, or is stopping
+            self._heap_changes += 1
         return None
 
     def _offer(self, member: _Member) -> None:
@@ -810,22 +901,24 @@ class LocalFlock(AgentPort):
         member.version = version = next(self._versions)
         capacity = member.card.max_concurrent_tasks
         if member.running < capacity:
-            entry = (member.running / capacity, member.done, member.card.id, version)
+            load, agent_id, handed = member.running / capacity, member.card.id, member.handed
             for skill in member.skills:
-                heap = self._free[skill]
-                heapq.heappush(heap, entry)
-                if len(heap) > _HEAP_SLACK * len(self._skills[skill]) + 64:
+                heap = skill.free
+                heapq.heappush(heap, (load, handed.get(skill, 0), agent_id, version))
+                if len(heap) > _HEAP_SLACK * len(skill.agents) + 64:
                     self._compact(skill)
+            self._heap_changes += 1
 
     def _compact(self, skill: _Skill) -> None:
         """Drop the stale entries of a free heap (they pile up when no work is dispatched)."""
         current = []
-        for agent_id in self._skills[skill]:
+        for agent_id in skill.agents:
             member = self._members[agent_id]
             if member.free:
-                current.append((member.load, member.done, agent_id, member.version))
+                current.append((member.load, member.handed.get(skill, 0), agent_id, member.version))
         heapq.heapify(current)
-        self._free[skill] = current
+        skill.free = current
+        self._heap_changes += 1
 
     async def _wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:
         # Capability requests are counted and timed here, where every one of them is awaited:

@@ -159,6 +159,80 @@ async def test_inline_work_does_not_recurse_through_the_dispatcher(flock: LocalF
     assert isinstance(outcome, TaskResult) and outcome.result == 7
 
 
+class Relay(Agent):
+    """Inline handlers of two task types; a "first" task dispatches a "second" one to the flock
+    while it runs, and each task records how many handlers of this agent were running."""
+
+    flock: LocalFlock
+    seen: list[tuple[str, str, int]]
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(agent_id)
+        self.inside = 0
+
+    def _enter(self, task: TaskMessage) -> None:
+        self.inside += 1
+        self.seen.append((task.type, self.agent_id, self.inside))
+
+    @handles_task("first")
+    async def first(self, task: TaskMessage) -> str:
+        self._enter(task)
+        self.flock.dispatch_task(self.flock.new_task("second", task.data))
+        self.inside -= 1
+        return "first done"
+
+    @handles_task("second")
+    async def second(self, task: TaskMessage) -> str:
+        self._enter(task)
+        self.inside -= 1
+        if task.data == "fail":
+            raise ValueError("second failed")
+        return "second done"
+
+
+async def test_inline_tasks_spread_over_the_free_agents(flock: LocalFlock) -> None:
+    Relay.flock, Relay.seen = flock, []
+    for i in range(4):
+        await flock.system.spawn(Relay, f"relay-{i}")
+    results: list[TaskResult] = []
+    flock.on_result(results.append)
+    for _ in range(40):
+        flock.dispatch_task(flock.new_task("second", "x"))
+    assert len(results) == 40  # each ran within its dispatch (no Task, no loop turn)
+    counts = {
+        agent: sum(1 for r in results if r.processed_by == agent)
+        for agent in ("relay-0", "relay-1", "relay-2", "relay-3")
+    }
+    assert counts == {"relay-0": 10, "relay-1": 10, "relay-2": 10, "relay-3": 10}
+    assert [r.processed_by for r in results[:5]] == ["relay-0", "relay-1", "relay-2", "relay-3", "relay-0"]
+
+
+async def test_work_dispatched_by_an_inline_handler_waits_for_a_free_agent(flock: LocalFlock) -> None:
+    """The only agent is busy while its handler runs: the task it dispatches meanwhile waits
+    in the queue and runs once the agent is free, never two at once."""
+    Relay.flock, Relay.seen = flock, []
+    await flock.system.spawn(Relay, "relay-0")
+    results: list[TaskResult] = []
+    flock.on_result(results.append)
+    flock.dispatch_task(flock.new_task("first", "ok"))
+    assert [(r.result, r.processed_by) for r in results] == [
+        ("first done", "relay-0"),
+        ("second done", "relay-0"),
+    ]
+    assert [inside for _, _, inside in Relay.seen] == [1, 1]
+    # And the agent is still offered for both types afterwards, failures included.
+    flock.dispatch_task(flock.new_task("first", "fail"))
+    assert [(r.status, r.processed_by) for r in results[2:]] == [("ok", "relay-0"), ("error", "relay-0")]
+    assert "second failed" in (results[3].error or "")
+    outcome = await flock.submit("second", "ok", wait=True, timeout=5)
+    assert isinstance(outcome, TaskResult) and (outcome.result, outcome.processed_by) == (
+        "second done",
+        "relay-0",
+    )
+    assert [inside for _, _, inside in Relay.seen] == [1, 1, 1, 1, 1]
+    assert flock.tasks_finished == {"ok": 4, "error": 1}
+
+
 async def test_nothing_capable_and_bad_input_are_clear_errors(flock: LocalFlock) -> None:
     await flock.system.spawn(Analyst, "analyst-1")
     with pytest.raises(NoCapableAgent, match="no agent offers capability 'translation'"):
@@ -429,7 +503,9 @@ async def test_an_agent_stopping_in_bulk_work_fails_its_task_and_hands_back_the_
     first = await flock.system.spawn(Gated, "gated-1", gate, log)
     answers: list[list[TaskResult]] = []
     tasks = flock.new_tasks("slow", ["one", "two", "three"])
-    work = flock._bulk_work(("task", "slow"), range(3), tasks, 0, _Batch(3, answers.append, True), None)
+    work = flock._bulk_work(
+        flock._task_skills["slow"], range(3), tasks, 0, _Batch(3, answers.append, True), None
+    )
     work.agent_id = "gated-1"
     flock._members["gated-1"].running += 1
     first.tell(work)  # what _hand_over does when the agent's take_work refuses

@@ -525,7 +525,7 @@ async def test_higher_priority_tasks_waiting_in_a_process_run_first(
             task = {"id": name, "type": "ordered", "data": name, "priority": name}
             await plain.publish("tasks.ordered", json.dumps(task).encode())
         await plain.flush()
-        await wait_for(lambda: sum(len(q) for q in node.flock._queues.values()) == 3)
+        await wait_for(lambda: node.flock.queued_work == 3)
         gate.set()
         await wait_for(lambda: len(started) == 4)
     assert started == ["first", "high", "medium", "low"]

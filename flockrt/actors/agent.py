@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from flockrt.actors.actor import Actor
 from flockrt.actors.correlation import correlation_id, current_agent
-from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
+from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat, TaskMessage
 from flockrt.bus.subjects import check_token
 from flockrt.errors import NoCapableAgent, WorkFailed
 
@@ -169,6 +169,8 @@ class AgentCard:
     ref: Any  # ActorRef[Any]; Any keeps this module free of a ref import cycle
     take_work: Callable[[Work], bool] | None = None
     """Hands work to the agent directly, bypassing its mailbox (see :meth:`Agent.take_work`)."""
+    run_task: Callable[[TaskMessage, str | None], tuple[Any, WorkFailed | None] | None] | None = None
+    """Runs a task of an inline type here and now, with no Work (see :meth:`Agent.run_task`)."""
     inline_task_types: frozenset[str] = frozenset()
     """Task types whose handler never waits: the flock may hand it many of those tasks as one
     piece of bulk work (see :attr:`Work.each`), which it runs in one go."""
@@ -300,6 +302,7 @@ class Agent(Actor[Any]):
             max_concurrent_tasks=self.max_concurrent_tasks,
             ref=self.context.ref,
             take_work=self.take_work,
+            run_task=self.run_task,
             inline_task_types=frozenset(
                 task_type
                 for task_type, method_name in self._flockrt_task_types.items()
@@ -511,40 +514,70 @@ class Agent(Actor[Any]):
             self._start_work(work)
         return True
 
-    def _run_inline(self, work: Work, method_name: str) -> None:
-        """Run work whose handler never waits, here and now: its coroutine has no suspension
-        point, so one ``send`` runs it to the end, and no Task (nor loop turn) is needed.
+    def run_task(self, task: TaskMessage, correlation: str | None) -> tuple[Any, WorkFailed | None] | None:
+        """Run ``task``, of a type whose handler never waits (``AgentCard.inline_task_types``),
+        here and now: the flock's fast path for a task that finds a free agent, with no
+        :class:`Work` and no handover (the flock keeps the agent's slot count itself).
 
-        A Task would add nothing but its cost: the handler cannot be cancelled half-way, and
-        it cannot keep ``asyncio.current_task()`` for later (it has no later).
+        Returns:
+            ``(value, None)``, or ``(None, failure)`` when the handler raised; None, having
+            run nothing, when this instance cannot take work right now (see :meth:`take_work`).
         """
+        if not self._context.runs(self):
+            return None
+        method: Callable[[TaskMessage], Coroutine[Any, Any, Any]] = getattr(
+            self, self._flockrt_task_types[task.type]
+        )
+        self.tasks_processed += 1
+        try:
+            return self._step(method(task), correlation), None
+        except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _step)
+            return None, self._task_failed("task", task.type, exc)
+
+    def _run_inline(self, work: Work, method_name: str) -> None:
+        """Run work whose handler never waits, here and now (see :meth:`_step`)."""
         if work.abandoned:
             self._finished()
             return
-        # Runs in the caller's context (a NATS callback, the dispatcher): set, then reset. The
-        # work itself only matters to report_progress, so only when someone listens (a
-        # context variable's set and reset cost a quarter of a microsecond).
-        agent_token = current_agent.set(self.agent_id)
-        correlation_token = correlation_id.set(work.correlation_id)
+        # The work itself only matters to report_progress, so it is set only when someone
+        # listens (a context variable's set and reset cost a quarter of a microsecond).
         work_token = _current_work.set(work) if work.progress is not None else None
         try:
-            step = self._call(work, method_name)
-            step.send(None)
-            step.close()  # it waited after all (a method replaced on the instance?)
-            raise RuntimeError("an inline handler tried to wait")
-        except StopIteration as returned:
-            self.tasks_processed += 1
-            work.finish(returned.value)
-        except (Exception, asyncio.CancelledError) as exc:
-            # No cancellation can be under way in a step that cannot suspend: a
-            # CancelledError here is the handler's own exception, failing the work.
+            value = self._step(self._call(work, method_name), work.correlation_id)
+        except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _step)
             self._failed(work, exc)
+        else:
+            self.tasks_processed += 1
+            work.finish(value)
         finally:
             if work_token is not None:
                 _current_work.reset(work_token)
+        self._finished()
+
+    def _step(self, handler: Coroutine[Any, Any, Any], correlation: str | None) -> Any:
+        """Run the coroutine of a handler that never waits to its end and return its value (or
+        raise its exception): it has no suspension point, so one ``send`` runs it through, and
+        no Task (nor loop turn) is needed.
+
+        A Task would add nothing but its cost: the handler cannot be cancelled half-way, and it
+        cannot keep ``asyncio.current_task()`` for later (it has no later). So no cancellation
+        can be under way in it either: a CancelledError it raises is its own exception, which
+        fails the work like any other.
+
+        It runs in the caller's context (a NATS callback, the dispatcher): the agent's and the
+        correlation ids are set around it, then reset.
+        """
+        agent_token = current_agent.set(self.agent_id)
+        correlation_token = correlation_id.set(correlation)
+        try:
+            handler.send(None)
+        except StopIteration as returned:
+            return returned.value
+        finally:
             correlation_id.reset(correlation_token)
             current_agent.reset(agent_token)
-        self._finished()
+        handler.close()  # it waited after all (a method replaced on the instance?)
+        raise RuntimeError("an inline handler tried to wait")
 
     def _run_inline_bulk(self, work: Work, method_name: str) -> None:
         """Run bulk work (a list of tasks, see :attr:`Work.each`) whose handler never waits, in
@@ -579,7 +612,7 @@ class Agent(Actor[Any]):
                     keep(returned.value)
                 except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _run_inline)
                     keep(None)
-                    failures[index] = self._task_failed(work, exc)
+                    failures[index] = self._task_failed(work.kind, work.key, exc)
                 stamp(now())
         finally:
             _current_work.reset(work_token)
@@ -688,7 +721,7 @@ class Agent(Actor[Any]):
                 work.finish(None)
                 raise
             except Exception as exc:  # the task failed, not the agent
-                value, error = None, self._task_failed(work, exc)
+                value, error = None, self._task_failed(work.kind, work.key, exc)
             self.tasks_processed += 1
             _report_tasks(work, each, index, [value], [time.monotonic()], {index: error} if error else {})
         work.finish(None)
@@ -707,12 +740,12 @@ class Agent(Actor[Any]):
     def _failed(self, work: Work, exc: BaseException) -> None:
         """The work failed, not the agent: its requester gets the error."""
         self.tasks_processed += 1
-        work.finish(None, self._task_failed(work, exc))
+        work.finish(None, self._task_failed(work.kind, work.key, exc))
 
-    def _task_failed(self, work: Work, exc: BaseException) -> WorkFailed:
+    def _task_failed(self, kind: str, key: str, exc: BaseException) -> WorkFailed:
         """Log a handler's exception; the WorkFailed its requester gets."""
-        log.warning("agent %s: %s %s failed: %r", self.agent_id, work.kind, work.key, exc)
-        return WorkFailed(self.agent_id, work.kind, work.key, exc)
+        log.warning("agent %s: %s %s failed: %r", self.agent_id, kind, key, exc)
+        return WorkFailed(self.agent_id, kind, key, exc)
 
     def _stopped(self, work: Work) -> WorkFailed:
         return WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))

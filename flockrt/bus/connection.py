@@ -35,6 +35,7 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -76,6 +77,9 @@ class BusState(enum.StrEnum):
     DEGRADED = "degraded"
     """NATS unreachable: publishes are buffered, requests fail fast, reconnection goes on."""
     CLOSED = "closed"
+
+
+_CONNECTED = BusState.CONNECTED  # a global, for the per-message checks
 
 
 @dataclass(slots=True)
@@ -314,11 +318,10 @@ class NatsConnection:
         the rest of that wait then runs in a task of this connection's. Degraded, the message
         is buffered as with :meth:`publish`.
         """
-        if self._state is BusState.CLOSED:
-            raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
         nc = self._nc
-        if self._state is BusState.CONNECTED and nc is not None and not self._buffer:
-            publishing = nc.publish(subject, data, headers=headers)
+        state = self._state
+        if state is _CONNECTED and nc is not None and not self._buffer:  # the usual case first
+            publishing = nc.publish(subject, data, "", headers)
             try:
                 waiting_for = publishing.send(None)
             except StopIteration:
@@ -334,6 +337,8 @@ class NatsConnection:
                 self._publishing.add(task)
                 task.add_done_callback(self._publishing.discard)
                 return
+        elif state is BusState.CLOSED:
+            raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
         self._buffer_publish(_Outgoing(subject, data, headers, ""))
 
     async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
@@ -683,10 +688,12 @@ class NatsConnection:
         return True
 
     async def _attach(self, nc: Client, subscription: Subscription) -> None:
+        handler = subscription.handler
+
         async def deliver(msg: Msg) -> None:
             self.stats.received += 1
-            try:
-                pending = subscription.handler(_wrap(msg))
+            try:  # (_wrap, inlined: this runs for every message)
+                pending = handler(Message(msg.subject, msg.data, msg.headers or _NO_HEADERS, msg.reply))
                 if pending is not None:
                     await pending
             except Exception as exc:  # isolation boundary: one bad message must not end the subscription
@@ -804,8 +811,12 @@ class _Resumed:
                     return
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+"""The headers of a message that has none (one shared, read-only mapping)."""
+
+
 def _wrap(msg: Msg) -> Message:
-    return Message(subject=msg.subject, data=msg.data, headers=msg.headers or {}, reply=msg.reply)
+    return Message(msg.subject, msg.data, msg.headers or _NO_HEADERS, msg.reply)
 
 
 # ---------------------------------------------------------------------- JetStream

@@ -386,13 +386,15 @@ class NatsFlock(LocalFlock):
             return await result
 
     def _handles_tasks(self) -> bool:
-        return any(kind == "task" and ids for (kind, _), ids in self._skills.items())
+        return any(skill.kind == "task" and skill.agents for skill in self._skills.values())
 
     def _capacity(self, skill: tuple[str, str]) -> int:
+        offering = self._skills.get(skill)
+        agents = offering.agents if offering is not None else set()
         return sum(
             member.card.max_concurrent_tasks
             for agent_id, member in self._members.items()
-            if agent_id in self._skills.get(skill, ())
+            if agent_id in agents
         )
 
     async def _serve(

@@ -254,7 +254,11 @@ class Codec:
         if len(data) > self.max_bytes:
             raise InvalidMessage(subject, None, f"{len(data)} bytes is over the {self.max_bytes} byte limit")
         msgpack = content_type == MSGPACK
-        decoder = self._decoder(type, msgpack)
+        decoder = (
+            self._decoder(type, True)
+            if msgpack
+            else (self._json_decoders.get(type) or self._decoder(type, False))
+        )
         try:
             result: T = decoder.decode(data)
         except msgspec.ValidationError as exc:
