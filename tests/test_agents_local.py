@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -231,6 +232,80 @@ async def test_work_dispatched_by_an_inline_handler_waits_for_a_free_agent(flock
     )
     assert [inside for _, _, inside in Relay.seen] == [1, 1, 1, 1, 1]
     assert flock.tasks_finished == {"ok": 4, "error": 1}
+
+
+user_var: contextvars.ContextVar[str] = contextvars.ContextVar("user_var", default="unset")
+
+
+class Nesting(Agent):
+    """Two inline task types on one agent with two slots: "outer" dispatches an "inner" task,
+    which this same agent (it has a free slot) runs within the outer handler."""
+
+    max_concurrent_tasks = 2
+    flock: LocalFlock
+    seen: list[tuple[str, str | None, str | None, str]]
+
+    def _see(self, task: TaskMessage) -> None:
+        self.seen.append((task.type, current_agent.get(), correlation_id.get(), user_var.get()))
+        user_var.set(f"set by {task.type}")  # must not leak into whoever called the handler
+
+    @handles_task("outer")
+    async def outer(self, task: TaskMessage) -> str:
+        self._see(task)
+        self.flock.dispatch_task(self.flock.new_task("inner", None, task_id="inner-1"))
+        self._see(task)  # its context is its own again after the inner handler
+        return "outer"
+
+    @handles_task("inner")
+    async def inner(self, task: TaskMessage) -> str:
+        self._see(task)
+        return "inner"
+
+
+async def test_inline_handlers_run_in_the_agents_context_even_when_nested(flock: LocalFlock) -> None:
+    Nesting.flock, Nesting.seen = flock, []
+    await flock.system.spawn(Nesting, "nesting-1")
+    results: list[TaskResult] = []
+    flock.on_result(results.append)
+    reports: list[Any] = []  # a progress listener: the outer task goes the Work path (a handover)
+    user_var.set("the caller's")  # not carried into the handlers (the agent's context)
+    flock.start_task(flock.new_task("outer", None, task_id="outer-1"), progress=lambda *a: reports.append(a))
+    assert [(r.task_id, r.result, r.processed_by) for r in results] == [
+        ("inner-1", "inner", "nesting-1"),
+        ("outer-1", "outer", "nesting-1"),
+    ]
+    assert Nesting.seen == [
+        ("outer", "nesting-1", "outer-1", "unset"),
+        ("inner", "nesting-1", "outer-1", "set by outer"),  # a copy of the outer's context; its id travels on
+        ("outer", "nesting-1", "outer-1", "set by outer"),
+    ]
+    assert (user_var.get(), current_agent.get(), correlation_id.get()) == ("the caller's", None, None)
+    flock.dispatch_task(flock.new_task("inner", None, task_id="inner-2"))  # the fast path
+    assert Nesting.seen[-1] == ("inner", "nesting-1", "inner-2", "unset")  # the outer ran in a copy
+    assert (user_var.get(), current_agent.get(), correlation_id.get()) == ("the caller's", None, None)
+
+
+class Reporter(Agent):
+    @capability("write")
+    async def write(self, pages: int) -> int:
+        for page in range(1, pages + 1):
+            self.report_progress(page, pages)
+        return pages
+
+    @handles_task("write")
+    async def write_task(self, task: TaskMessage) -> int:
+        self.report_progress(1, 1)
+        return 1
+
+
+async def test_progress_reaches_only_the_listener_of_its_own_work(flock: LocalFlock) -> None:
+    await flock.system.spawn(Reporter, "reporter-1")
+    heard: list[tuple[float, float | None]] = []
+    assert await flock.request_capability("write", 2, progress=lambda d, t, m: heard.append((d, t))) == 2
+    assert heard == [(1, 2), (2, 2)]
+    assert await flock.request_capability("write", 3) == 3  # nobody listens: nothing reaches the old one
+    flock.dispatch_task(flock.new_task("write"))  # the fast path, in the agent's own context
+    assert heard == [(1, 2), (2, 2)]
 
 
 async def test_nothing_capable_and_bad_input_are_clear_errors(flock: LocalFlock) -> None:

@@ -274,6 +274,10 @@ class Agent(Actor[Any]):
         self._port: AgentPort | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._handoff: Work | None = None  # see _runner
+        # Where handlers that never wait run (see _step): a context of the agent's own.
+        self._inline_context = contextvars.Context()
+        self._inline_context.run(current_agent.set, self.agent_id)
+        self._stepping = 0
 
     # ------------------------------------------------------------------ identity
 
@@ -539,22 +543,20 @@ class Agent(Actor[Any]):
         if work.abandoned:
             self._finished()
             return
-        # The work itself only matters to report_progress, so it is set only when someone
-        # listens (a context variable's set and reset cost a quarter of a microsecond).
-        work_token = _current_work.set(work) if work.progress is not None else None
+        # The work itself only matters to report_progress, so only when someone listens.
+        listened = work if work.progress is not None else None
         try:
-            value = self._step(self._call(work, method_name), work.correlation_id)
+            value = self._step(self._call(work, method_name), work.correlation_id, listened)
         except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _step)
             self._failed(work, exc)
         else:
             self.tasks_processed += 1
             work.finish(value)
-        finally:
-            if work_token is not None:
-                _current_work.reset(work_token)
         self._finished()
 
-    def _step(self, handler: Coroutine[Any, Any, Any], correlation: str | None) -> Any:
+    def _step(
+        self, handler: Coroutine[Any, Any, Any], correlation: str | None, work: Work | None = None
+    ) -> Any:
         """Run the coroutine of a handler that never waits to its end and return its value (or
         raise its exception): it has no suspension point, so one ``send`` runs it through, and
         no Task (nor loop turn) is needed.
@@ -564,18 +566,36 @@ class Agent(Actor[Any]):
         can be under way in it either: a CancelledError it raises is its own exception, which
         fails the work like any other.
 
-        It runs in the caller's context (a NATS callback, the dispatcher): the agent's and the
-        correlation ids are set around it, then reset.
+        It runs in a context of the agent's own, as work in the agent's runner Tasks does:
+        the agent's id is set there once, the correlation id per piece of work, and nothing
+        the handler sets in it leaks into the caller's context (a NATS callback, the code
+        that dispatched the work). Entering that context costs less than setting and
+        resetting both ids in the caller's.
+
+        Copies of it serve the rarer cases: ``work`` whose progress someone listens to (it is
+        set there for report_progress, and must not stay behind for the next piece of work),
+        and a handler that leads to another inline handler of the same agent through a
+        dispatch (a context cannot be entered twice).
         """
-        agent_token = current_agent.set(self.agent_id)
-        correlation_token = correlation_id.set(correlation)
+        if self._stepping:
+            context = contextvars.copy_context()
+        elif work is not None:
+            context = self._inline_context.copy()
+        else:
+            context = self._inline_context
+        return context.run(self._send, handler, correlation, work)
+
+    def _send(self, handler: Coroutine[Any, Any, Any], correlation: str | None, work: Work | None) -> Any:
+        correlation_id.set(correlation)
+        if work is not None or self._stepping:  # (nested: the outer handler's work is not ours)
+            _current_work.set(work)
+        self._stepping += 1
         try:
             handler.send(None)
         except StopIteration as returned:
             return returned.value
         finally:
-            correlation_id.reset(correlation_token)
-            current_agent.reset(agent_token)
+            self._stepping -= 1
         handler.close()  # it waited after all (a method replaced on the instance?)
         raise RuntimeError("an inline handler tried to wait")
 

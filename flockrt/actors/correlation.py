@@ -6,7 +6,9 @@ capability request, query or MCP call it belongs to, and the agent it ran in. Th
 - from a NATS message's ``Correlation-Id`` header into the work it starts, and from there into
   what that work sends on (capability requests, direct messages, results);
 - through the flock's dispatcher: the id current when work is submitted is stored on the
-  :class:`~flockrt.Work` and set again in the agent's task that runs it;
+  :class:`~flockrt.Work` and set again where the agent runs it (its runner Task, or for a
+  handler that never waits, a context the agent keeps for that). Handlers run in the agent's
+  contexts, not the submitter's: other context variables the submitter set are not carried;
 - into a query's handler, from the DirectMessage's ``correlation_id``.
 
 Actor mailboxes do not carry them (a context var set by a sender would otherwise leak into
