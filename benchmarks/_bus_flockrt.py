@@ -105,10 +105,12 @@ async def _flock(url: str, agents: int, nodes: int, batch_max: int = 100) -> Asy
 
 
 async def _results(producer: Node, flight: Flight) -> None:
-    """Count the TaskResults on task.result, decoded as flockrt decodes them."""
+    """Count the TaskResults on task.result, decoded as flockrt decodes them. The handler is
+    a plain function, which flockrt's subscriptions take (nats-py's callbacks must be
+    coroutine functions, so the bare baseline's is one)."""
     codec = producer.flock.codec
 
-    async def on_result(message: Message) -> None:
+    def on_result(message: Message) -> None:
         result = codec.decode(message.subject, message.data, TaskResult)
         flight.arrived(result.task_id)
 

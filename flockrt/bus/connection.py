@@ -296,16 +296,17 @@ class NatsConnection:
         self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, reply: str = ""
     ) -> None:
         """Publish ``data``; while degraded it is buffered (or dropped and counted when full)."""
-        if self._state is BusState.CLOSED:
-            raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
         nc = self._nc
-        if self._state is BusState.CONNECTED and nc is not None and not self._buffer:
+        state = self._state
+        if state is _CONNECTED and nc is not None and not self._buffer:  # the usual case first
             try:
-                await nc.publish(subject, data, reply=reply, headers=headers)
+                await nc.publish(subject, data, reply, headers)
                 self.stats.published += 1
                 return
             except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
                 log.debug("publish to %s while the connection is going down: %r", subject, exc)
+        elif state is BusState.CLOSED:
+            raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
         self._buffer_publish(_Outgoing(subject, data, headers, reply))
 
     def publish_nowait(self, subject: str, data: bytes, *, headers: dict[str, str] | None = None) -> None:

@@ -739,8 +739,10 @@ class NatsFlock(LocalFlock):
     # ------------------------------------------------------------------ inbound
 
     def _decode(self, message: Message, type: type[T]) -> T | None:
+        headers = message.headers
         try:
-            return self.codec.decode(message.subject, message.data, type, message.headers.get("Content-Type"))
+            content_type = headers.get("Content-Type") if headers else None  # most have no headers
+            return self.codec.decode(message.subject, message.data, type, content_type)
         except InvalidMessage as exc:
             self.invalid_messages[message.subject] += 1
             log.warning(
@@ -938,7 +940,7 @@ class NatsFlock(LocalFlock):
                 error = TaskResult(task_id="", processed_by="", status="error", error="invalid task message")
                 self._publish_nowait(message.reply, error)
             return
-        correlation = message.headers.get(CORRELATION_HEADER)
+        correlation = message.headers.get(CORRELATION_HEADER) if message.headers else None
         if correlation and correlation != task.id:
             self._correlations[task.id] = correlation
         then: Callable[[TaskResult], None] | None = None
@@ -950,8 +952,11 @@ class NatsFlock(LocalFlock):
 
         try:
             # The correlation id goes with the work (to its handler and logs) as an argument:
-            # setting the context variable here would cost a set and a reset per task.
-            self.dispatch_task(task, then, correlation=correlation or task.id)
+            # setting the context variable here would cost a set and a reset per task. The
+            # fast path of dispatch_task first, without the detour.
+            correlation = correlation or task.id
+            if not self._run_now(task, then, correlation):
+                self.dispatch_task(task, then, correlation=correlation)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
             failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
             self._publish_result(failed)
