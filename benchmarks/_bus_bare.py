@@ -21,7 +21,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from benchmarks._harness import CAPABILITY, TASK_TYPE, TEXT, Flight
+from benchmarks._harness import CAPABILITY, TASK_TYPE, TEXT, Flight, cpu_per_message
 
 TASKS = f"tasks.{TASK_TYPE}"
 RESULTS = "task.result"
@@ -155,3 +155,16 @@ async def request_rate(url: str, requesters: int, per_requester: int, agents: in
             elapsed = time.perf_counter() - start
     assert len(answers) == requesters * per_requester and answers[-1] == {"words": len(TEXT.split())}
     return requesters * per_requester / elapsed
+
+
+async def worker_cpu(url: str, n: int, agents: int) -> float:
+    """CPU microseconds per task of a worker: ``n`` task messages handed to an agent's
+    subscription callback, each answered with a result published on task.result (see
+    ``_bus_flockrt.worker_cpu``; which of the group's subscribers gets one costs nothing)."""
+    nc = await nats.connect(url, name="worker")
+    try:
+        agent = _Agent(nc, "agent-000")
+        messages = [Msg(nc, subject=TASKS, data=task_payload(_task_id(i))) for i in range(n)]
+        return await cpu_per_message(nc.flush, agent.on_task, messages)
+    finally:
+        await nc.close()

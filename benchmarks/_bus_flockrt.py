@@ -13,7 +13,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from benchmarks._harness import CAPABILITY, TASK_TYPE, TEXT, Flight
+from nats.aio.msg import Msg
+
+from benchmarks._harness import CAPABILITY, TASK_TYPE, TEXT, Flight, cpu_per_message
 from flockrt import ActorSystem, Agent, TaskMessage, TaskResult, capability, handles_task
 from flockrt.bus.connection import Message, NatsConnection
 from flockrt.bus.flock import NatsFlock
@@ -206,3 +208,27 @@ async def request_rate(url: str, requesters: int, per_requester: int, agents: in
             elapsed = time.perf_counter() - start
     assert len(answers) == requesters * per_requester and answers[-1] == {"words": len(TEXT.split())}
     return requesters * per_requester / elapsed
+
+
+async def worker_cpu(url: str, n: int, agents: int) -> float:
+    """CPU microseconds per task of one worker node: ``n`` task messages handed to what nats-py
+    calls for each message on the node's tasks subscription, each answered with a TaskResult
+    published on task.result (to a real nats-server; nobody listens). No socket read, no
+    parsing: what is left is the node's own work per task, without the rate's noise."""
+    node = Node(url, "worker", batch_max=100)
+    await node.start()
+    try:
+        for i in range(agents):
+            await node.system.spawn(Worker, f"agent-{i:03d}")
+        await node.flock.flush()  # the agents' subscriptions are live
+        # The callback nats-py calls per message: flockrt's own, around NatsFlock._on_task
+        # (reached through private attributes, for this measurement only).
+        subscription = node.flock._skill_subscriptions["task", TASK_TYPE]._sub
+        assert subscription is not None
+        deliver = subscription._cb
+        assert deliver is not None
+        nc = subscription._conn
+        messages = [Msg(nc, subject=f"tasks.{TASK_TYPE}", data=task_payload(f"{i:032x}")) for i in range(n)]
+        return await cpu_per_message(node.bus.flush, deliver, messages)
+    finally:
+        await node.stop()

@@ -41,6 +41,7 @@ class Sizes:
     requests: int
     requesters: int
     requests_per_requester: int
+    worker_tasks: int
     reps: int
 
 
@@ -53,6 +54,7 @@ FULL = Sizes(
     requests=5_000,
     requesters=100,
     requests_per_requester=100,
+    worker_tasks=50_000,
     reps=3,
 )
 QUICK = Sizes(
@@ -64,6 +66,7 @@ QUICK = Sizes(
     requests=500,
     requesters=100,
     requests_per_requester=10,
+    worker_tasks=2_000,
     reps=1,
 )
 
@@ -167,6 +170,21 @@ class BusSuite(Suite):
             ),
         ]
 
+    def worker(self) -> list[Row]:
+        """a worker's CPU per task, without the transport"""
+        s = self.bus_sizes
+        per_node = s.agents // s.nodes
+        args = (self.url, s.worker_tasks, per_node)
+        runs = self.interleaved(
+            {"flockrt": (_bus_flockrt.worker_cpu, args), "bare nats-py": (_bus_bare.worker_cpu, args)}
+        )
+        flockrt, bare = (min(cpu) for cpu in runs.values())
+        note = (
+            f"N={s.worker_tasks:,}: each task message handed to the node's subscription callback "
+            f"({per_node} agents), its result published; no socket read or parse"
+        )
+        return [Row("1w worker CPU per task", "us", flockrt, bare, None, note=note)]
+
     def batched(self) -> list[Row]:
         """batched fan-out: submit_many on batch.messages, results each and batched"""
         s = self.bus_sizes
@@ -249,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     with embedded_nats() as url:
         say(f"{info['nats_server']} at {url}")
         suite = BusSuite(args.loop, sizes, url)
-        workloads = [suite.fanout, suite.batched, suite.capability]
+        workloads = [suite.fanout, suite.worker, suite.batched, suite.capability]
         for number, workload in enumerate(workloads, 1):
             say(f"[{number}/{len(workloads)}] {workload.__doc__}")
             rows += workload()

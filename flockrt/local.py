@@ -869,7 +869,8 @@ class LocalFlock(AgentPort):
         cannot take work (restarting, say). False if its mailbox is full."""
         work.agent_id = member.card.id
         member.running += 1  # before the handover: inline work finishes within it
-        member.handed[skill] = member.handed.get(skill, 0) + (1 if work.each is None else len(work.payload))
+        pieces = 1 if work.each is None else len(work.payload)
+        member.handed[skill] = member.handed.get(skill, 0) + pieces
         self._offer(member)
         take_work = member.card.take_work
         if take_work is None or not take_work(work):
@@ -877,6 +878,7 @@ class LocalFlock(AgentPort):
                 member.card.ref.tell(work)
             except MailboxFull:
                 member.running -= 1
+                member.handed[skill] -= pieces
                 self._offer(member)
                 return False
         return True
