@@ -15,7 +15,15 @@ import pytest
     ("suite", "rows"),
     [
         ("kernel", ["| 1 tell, 1 actor"]),
-        ("bus", ["| 1 fan-out ", "| 1w worker CPU per task", "| 2b batched, results batched", "| 3 capability, 100 requesters"]),
+        (
+            "bus",
+            [
+                "| 1 fan-out ",
+                "| 1w worker CPU per task",
+                "| 2b batched, results batched",
+                "| 3 capability, 100 requesters",
+            ],
+        ),
         ("metrics", ["| 1 tell, 1 actor", "| 3 ask, 100 askers", "| observe 20 us"]),
         (
             "gateway",
