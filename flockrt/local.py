@@ -419,6 +419,16 @@ class LocalFlock(AgentPort):
         """
         if progress is None and self._run_now(task, then, correlation):
             return
+        self._dispatch_task_work(task, then, progress, correlation)
+
+    def _dispatch_task_work(
+        self,
+        task: TaskMessage,
+        then: Callable[[TaskResult], None] | None,
+        progress: ProgressCallback | None,
+        correlation: str | None,
+    ) -> None:
+        """:meth:`dispatch_task`'s usual path: the task as a piece of :class:`Work`."""
         if then is None:
             on_done: WorkDone = self._task_done
         else:
@@ -440,10 +450,11 @@ class LocalFlock(AgentPort):
         (:meth:`Agent.run_task`), with no :class:`Work`, no handover and no second look at
         the free heaps. False, having done nothing, when the task must take the usual path.
 
-        The rules of the usual path hold: the agent is the fair choice (:meth:`_free_member`),
-        it is busy while the handler runs (a slot taken, its free entries stale, so work
-        dispatched meanwhile goes elsewhere or waits), and work that was queued meanwhile is
-        pumped once the slot is free again.
+        The rules of the usual path hold: the agent is the fair choice (:meth:`_free_member`);
+        it is busy while the handler runs (a slot taken, and all its free entries stale, so
+        that work dispatched meanwhile, by the handler itself, goes to other agents or waits,
+        even when the agent has more slots); work queued meanwhile is pumped once it is free
+        again; and a ``then`` that raises is logged and costs nobody else anything.
         """
         skill = self._task_skills.get(task.type)
         if skill is None or skill.pumping or skill.waiting:
@@ -461,29 +472,33 @@ class LocalFlock(AgentPort):
         member.version = 0  # its free entries are stale while it runs (it may be at capacity)
         member.running += 1
         skill.pumping = True
+        ran = None
         try:
             ran = card.run_task(task, correlation or correlation_id.get() or task.id)
-        finally:
+        finally:  # (even for a BaseException: the agent must not drop out of the free heaps)
             skill.pumping = False
             member.running -= 1
-        if ran is not None:
-            member.handed[skill] = handed = member.handed.get(skill, 0) + 1
-        if self._heap_changes == changes:
-            # No free heap changed while it ran, so its entries are all still in place, and
-            # only its key in this skill's heap moves (one more handed): one sift, no stale
-            # entries left behind. Its load is what it was.
-            member.version = entry[3]
             if ran is not None:
-                heapq.heapreplace(heap, (entry[0], handed, entry[2], entry[3]))
-        else:  # work was dispatched while it ran (its handler did that): a full re-offer
-            self._offer(member)
+                member.handed[skill] = member.handed.get(skill, 0) + 1
+            if self._heap_changes == changes:
+                # No free heap changed while it ran, so its entries are all still in place,
+                # and only its key in this skill's heap moves (one more handed): one sift, no
+                # stale entries left behind. Its load is what it was.
+                member.version = entry[3]
+                if ran is not None:
+                    heapq.heapreplace(heap, (entry[0], member.handed[skill], entry[2], entry[3]))
+            else:  # work was dispatched while it ran (its handler did that): a full re-offer
+                self._offer(member)
         if ran is None:  # it cannot take work right now (restarting, say): the usual path
             return False
         value, error = ran
         result = self._task_result(task, card.id, time.monotonic() - started, value, error)
         self._report(result, True)
         if then is not None:
-            then(result)
+            try:
+                then(result)
+            except Exception:  # as Work.finish does with a failing hook
+                log.exception("task %s: the hook on its result failed", task.id)
         for other in member.skills:  # work for its skills may have been queued while it ran
             if other.waiting:
                 self._pump(other)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from flockrt.actors.correlation import correlation, correlation_id, current_agen
 from flockrt.bus.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from flockrt.errors import NoCapableAgent, UnknownAgent, WorkFailed, WorkTimeout
 from flockrt.local import LocalFlock, WorkStats, _Batch
+from flockrt.logs import ContextFilter
 from tests.conftest import wait_for
 
 
@@ -285,6 +287,119 @@ async def test_inline_handlers_run_in_the_agents_context_even_when_nested(flock:
     assert (user_var.get(), current_agent.get(), correlation_id.get()) == ("the caller's", None, None)
 
 
+class Caller(Agent):
+    """Two slots; its capability dispatches a task only a Callee handles."""
+
+    max_concurrent_tasks = 2
+    flock: LocalFlock
+    seen: list[tuple[str, str | None]]
+
+    @capability("start")
+    async def start(self) -> str:
+        self.seen.append(("start", current_agent.get()))
+        self.flock.dispatch_task(self.flock.new_task("there"))
+        return "started"
+
+    @handles_task("back")
+    async def back(self, task: TaskMessage) -> str:
+        self.seen.append(("back", current_agent.get()))
+        return "back"
+
+
+class Callee(Agent):
+    flock: LocalFlock
+
+    @handles_task("there")
+    async def there(self, task: TaskMessage) -> str:
+        Caller.seen.append(("there", current_agent.get()))
+        self.flock.dispatch_task(self.flock.new_task("back"))  # the caller has a slot free
+        return "there"
+
+
+async def test_an_inline_handler_reached_through_another_agent_runs_as_its_own_agent(
+    flock: LocalFlock,
+) -> None:
+    """caller-1's capability runs inline, its task runs inline on callee-1, whose task runs
+    inline on caller-1 again (its second slot): in a copy of callee-1's context, which must
+    say caller-1."""
+    Caller.flock = Callee.flock = flock
+    Caller.seen = []
+    await flock.system.spawn(Caller, "caller-1")
+    await flock.system.spawn(Callee, "callee-1")
+    assert await flock.request_capability("start", timeout=5) == "started"
+    assert Caller.seen == [("start", "caller-1"), ("there", "callee-1"), ("back", "caller-1")]
+
+
+async def test_a_failing_hook_on_the_fast_path_costs_nothing_else(
+    flock: LocalFlock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``then`` that raises (a reply that cannot be published, say) is logged; the work the
+    handler queued meanwhile still runs."""
+    Relay.flock, Relay.seen = flock, []
+    await flock.system.spawn(Relay, "relay-0")
+    results: list[TaskResult] = []
+    flock.on_result(results.append)
+
+    def broken(result: TaskResult) -> None:
+        raise TypeError("cannot encode the result")
+
+    flock.dispatch_task(flock.new_task("first", "ok", task_id="first-1"), broken)
+    assert [r.result for r in results] == ["first done", "second done"]
+    assert flock.queued_work == 0
+    assert "task first-1: the hook on its result failed" in caplog.text
+
+
+async def test_handlers_see_the_agents_context_whichever_way_they_run(flock: LocalFlock) -> None:
+    """An inline task, a task whose handler waits and a batch: none sees a context variable
+    the submitter set, and nothing a handler sets leaks back to the submitter."""
+    seen: list[tuple[str, str]] = []
+
+    class Mixed(Agent):
+        @handles_task("inline")
+        async def inline(self, task: TaskMessage) -> None:
+            seen.append(("inline", user_var.get()))
+            user_var.set("set by a handler")
+
+        @handles_task("waits")
+        async def waits(self, task: TaskMessage) -> None:
+            await asyncio.sleep(0)
+            seen.append(("waits", user_var.get()))
+            user_var.set("set by a handler")
+
+    await flock.system.spawn(Mixed, "mixed-1")
+    user_var.set("the submitter's")
+    await flock.submit("inline", wait=True, timeout=5)
+    await flock.submit("waits", wait=True, timeout=5)
+    finished: list[list[TaskResult]] = []
+    flock.dispatch_tasks(flock.new_tasks("inline", [1]), finished.append)
+    assert len(finished) == 1
+    assert [where for where, _ in seen] == ["inline", "waits", "inline"]
+    assert all(value != "the submitter's" for _, value in seen), seen
+    assert user_var.get() == "the submitter's"
+
+
+async def test_a_failing_inline_handler_is_logged_with_its_agent_and_correlation_id(
+    flock: LocalFlock,
+) -> None:
+    records: list[tuple[str | None, str | None]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "failed" in record.getMessage():
+                records.append((record.agent, record.correlation_id))  # type: ignore[attr-defined]
+
+    handler = Collect()
+    handler.addFilter(ContextFilter())
+    logging.getLogger("flockrt").addHandler(handler)
+    try:
+        await flock.system.spawn(Reporter, "reporter-1")
+        flock.dispatch_task(flock.new_task("write", "fail", task_id="t-1"))  # the fast path
+        flock.start_task(flock.new_task("write", "fail", task_id="t-2"), progress=lambda *a: None)
+    finally:
+        logging.getLogger("flockrt").removeHandler(handler)
+    assert records == [("reporter-1", "t-1"), ("reporter-1", "t-2")]
+
+
 class Reporter(Agent):
     @capability("write")
     async def write(self, pages: int) -> int:
@@ -294,6 +409,8 @@ class Reporter(Agent):
 
     @handles_task("write")
     async def write_task(self, task: TaskMessage) -> int:
+        if task.data == "fail":
+            raise ValueError("cannot write")
         self.report_progress(1, 1)
         return 1
 

@@ -149,11 +149,13 @@ class Work:
             try:
                 self.on_done(self, value, error)
             except Exception:  # a bug in the flock's hook must not cost the agent its slot
-                log.exception("%s %s: the hook on its outcome failed", self.kind, self.key)
+                context = {"agent": self.agent_id or None, "correlation_id": self.correlation_id}
+                log.exception("%s %s: the hook on its outcome failed", self.kind, self.key, extra=context)
 
 
-# The Work a handler is running, in the context the handler runs in (its runner Task's, or set
-# and reset around an inline handler), so report_progress finds its requester.
+# The Work a handler is running, in the context the handler runs in (its runner Task's, or a
+# copy of the agent's own for an inline handler whose progress someone listens to), so
+# report_progress finds its requester.
 _current_work: contextvars.ContextVar[Work | None] = contextvars.ContextVar("flockrt_work", default=None)
 
 
@@ -306,7 +308,7 @@ class Agent(Actor[Any]):
             max_concurrent_tasks=self.max_concurrent_tasks,
             ref=self.context.ref,
             take_work=self.take_work,
-            run_task=self.run_task,
+            run_task=self._run_task_now,
             inline_task_types=frozenset(
                 task_type
                 for task_type, method_name in self._flockrt_task_types.items()
@@ -518,7 +520,9 @@ class Agent(Actor[Any]):
             self._start_work(work)
         return True
 
-    def run_task(self, task: TaskMessage, correlation: str | None) -> tuple[Any, WorkFailed | None] | None:
+    def _run_task_now(
+        self, task: TaskMessage, correlation: str | None
+    ) -> tuple[Any, WorkFailed | None] | None:
         """Run ``task``, of a type whose handler never waits (``AgentCard.inline_task_types``),
         here and now: the flock's fast path for a task that finds a free agent, with no
         :class:`Work` and no handover (the flock keeps the agent's slot count itself).
@@ -536,7 +540,7 @@ class Agent(Actor[Any]):
         try:
             return self._step(method(task), correlation), None
         except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _step)
-            return None, self._task_failed("task", task.type, exc)
+            return None, self._task_failed("task", task.type, exc, correlation)
 
     def _run_inline(self, work: Work, method_name: str) -> None:
         """Run work whose handler never waits, here and now (see :meth:`_step`)."""
@@ -548,7 +552,7 @@ class Agent(Actor[Any]):
         try:
             value = self._step(self._call(work, method_name), work.correlation_id, listened)
         except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _step)
-            self._failed(work, exc)
+            self._failed(work, exc, work.correlation_id)
         else:
             self.tasks_processed += 1
             work.finish(value)
@@ -566,16 +570,17 @@ class Agent(Actor[Any]):
         can be under way in it either: a CancelledError it raises is its own exception, which
         fails the work like any other.
 
-        It runs in a context of the agent's own, as work in the agent's runner Tasks does:
-        the agent's id is set there once, the correlation id per piece of work, and nothing
-        the handler sets in it leaks into the caller's context (a NATS callback, the code
-        that dispatched the work). Entering that context costs less than setting and
-        resetting both ids in the caller's.
+        It runs in a context of the agent's own (see :meth:`_start_work`): the agent's id is
+        set there once, the correlation id per piece of work, and nothing the handler sets in
+        it leaks into the caller's context (a NATS callback, the code that dispatched the
+        work). Entering that context costs less than setting and resetting both ids in the
+        caller's.
 
-        Copies of it serve the rarer cases: ``work`` whose progress someone listens to (it is
-        set there for report_progress, and must not stay behind for the next piece of work),
-        and a handler that leads to another inline handler of the same agent through a
-        dispatch (a context cannot be entered twice).
+        Copies serve the rarer cases: ``work`` whose progress someone listens to (it is set in
+        a copy of the agent's context for report_progress, and must not stay behind for the
+        next piece of work), and an inline handler reached from another one (through a
+        dispatch), which runs in a copy of the context it was reached from, with its own
+        agent's id set (a context cannot be entered twice).
         """
         if self._stepping:
             context = contextvars.copy_context()
@@ -586,17 +591,19 @@ class Agent(Actor[Any]):
         return context.run(self._send, handler, correlation, work)
 
     def _send(self, handler: Coroutine[Any, Any, Any], correlation: str | None, work: Work | None) -> Any:
+        """:meth:`_step` within the context it chose."""
         correlation_id.set(correlation)
-        if work is not None or self._stepping:  # (nested: the outer handler's work is not ours)
+        if work is not None or self._stepping:  # a copy, of another handler's context maybe
+            current_agent.set(self.agent_id)
             _current_work.set(work)
         self._stepping += 1
         try:
             handler.send(None)
+            handler.close()  # it waited after all (a method replaced on the instance?)
         except StopIteration as returned:
             return returned.value
         finally:
             self._stepping -= 1
-        handler.close()  # it waited after all (a method replaced on the instance?)
         raise RuntimeError("an inline handler tried to wait")
 
     def _run_inline_bulk(self, work: Work, method_name: str) -> None:
@@ -610,15 +617,36 @@ class Agent(Actor[Any]):
         """
         each = work.each
         assert each is not None
-        method: Callable[[Any], Coroutine[Any, Any, Any]] = getattr(self, method_name)
-        shared_correlation = work.correlation_id
         values: list[Any] = []
         finished: list[float] = []
         failures: dict[int, WorkFailed] = {}
+        # A copy of the agent's context (see _step): the work is set there for report_progress.
+        context = contextvars.copy_context() if self._stepping else self._inline_context.copy()
+        try:
+            context.run(self._send_each, work, getattr(self, method_name), values, finished, failures)
+        finally:
+            self.tasks_processed += len(values)
+            work.cursor = len(values)
+        _report_tasks(work, each, 0, values, finished, failures)
+        work.finish(None)
+        self._finished()
+
+    def _send_each(
+        self,
+        work: Work,
+        method: Callable[[Any], Coroutine[Any, Any, Any]],
+        values: list[Any],
+        finished: list[float],
+        failures: dict[int, WorkFailed],
+    ) -> None:
+        """:meth:`_run_inline_bulk`'s loop, within the context it chose: each task's value (None
+        if it failed), when it finished, and its failure by index."""
+        shared_correlation = work.correlation_id
+        current_agent.set(self.agent_id)
+        correlation_id.set(shared_correlation)
+        _current_work.set(work)
         keep, stamp, now = values.append, finished.append, time.monotonic
-        agent_token = current_agent.set(self.agent_id)
-        correlation_token = correlation_id.set(shared_correlation)
-        work_token = _current_work.set(work)
+        self._stepping += 1
         try:
             for index, task in enumerate(work.payload):
                 if shared_correlation is None:
@@ -630,22 +658,22 @@ class Agent(Actor[Any]):
                     raise RuntimeError("an inline handler tried to wait")
                 except StopIteration as returned:
                     keep(returned.value)
-                except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _run_inline)
+                except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _step)
                     keep(None)
                     failures[index] = self._task_failed(work.kind, work.key, exc)
                 stamp(now())
         finally:
-            _current_work.reset(work_token)
-            correlation_id.reset(correlation_token)
-            current_agent.reset(agent_token)
-            self.tasks_processed += len(values)
-            work.cursor = len(values)
-        _report_tasks(work, each, 0, values, finished, failures)
-        work.finish(None)
-        self._finished()
+            self._stepping -= 1
 
     def _start_work(self, work: Work) -> None:
-        task = asyncio.get_running_loop().create_task(self._runner(work))
+        """Run ``work`` in a runner Task of the agent's (see :meth:`_runner`).
+
+        Like handlers that never wait (:meth:`_step`), the runner works in a context of the
+        agent's own (a copy of it), not in a copy of whatever context dispatched the work: a
+        handler sees the correlation and agent ids flockrt sets, not other context variables
+        of the code that submitted the work, and the same ones whichever way it runs.
+        """
+        task = asyncio.get_running_loop().create_task(self._runner(work), context=self._inline_context.copy())
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
@@ -757,14 +785,18 @@ class Agent(Actor[Any]):
             return method()
         return method(work.payload)
 
-    def _failed(self, work: Work, exc: BaseException) -> None:
+    def _failed(self, work: Work, exc: BaseException, correlation: str | None = None) -> None:
         """The work failed, not the agent: its requester gets the error."""
         self.tasks_processed += 1
-        work.finish(None, self._task_failed(work.kind, work.key, exc))
+        work.finish(None, self._task_failed(work.kind, work.key, exc, correlation))
 
-    def _task_failed(self, kind: str, key: str, exc: BaseException) -> WorkFailed:
-        """Log a handler's exception; the WorkFailed its requester gets."""
-        log.warning("agent %s: %s %s failed: %r", self.agent_id, kind, key, exc)
+    def _task_failed(
+        self, kind: str, key: str, exc: BaseException, correlation: str | None = None
+    ) -> WorkFailed:
+        """Log a handler's exception (with the agent's and the ``correlation`` id, for when it
+        is logged outside the handler's context); the WorkFailed its requester gets."""
+        context = {"agent": self.agent_id, "correlation_id": correlation}
+        log.warning("agent %s: %s %s failed: %r", self.agent_id, kind, key, exc, extra=context)
         return WorkFailed(self.agent_id, kind, key, exc)
 
     def _stopped(self, work: Work) -> WorkFailed:

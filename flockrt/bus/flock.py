@@ -956,7 +956,7 @@ class NatsFlock(LocalFlock):
             # fast path of dispatch_task first, without the detour.
             correlation = correlation or task.id
             if not self._run_now(task, then, correlation):
-                self.dispatch_task(task, then, correlation=correlation)
+                self._dispatch_task_work(task, then, None, correlation)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
             failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
             self._publish_result(failed)
