@@ -39,7 +39,7 @@ def dead_url() -> str:
     return f"ws://127.0.0.1:{port}/mcp"
 
 
-def flock_config(*, agents: bool = True, name: str = "test-flock", **sections: Any) -> FlockConfig:
+def agents_flock_config(*, agents: bool = True, name: str = "test-flock", **sections: Any) -> FlockConfig:
     """A flock of two agents, ``rec`` (a Recorder) and ``echo`` (prefix "echo: "), or none
     without ``agents``, plus the given sections (``nats={"url": ...}``, ``mcp={"port": 0}``)."""
     members = [

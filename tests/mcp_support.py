@@ -102,9 +102,11 @@ async def _http_with_headers(url: str, headers: dict[str, str]) -> AsyncIterator
         yield streams
 
 
-def flock_config(
+def gateway_flock_config(
     *, nats_url: str | None = None, node: str = "gw", auth: AuthConfig | None = None, **mcp: Any
 ) -> FlockConfig:
+    """A flock with the gateway on a free port (``mcp`` options on top) and no agents of its
+    own; ``tests.client_support.agents_flock_config`` is the one with agents."""
     return FlockConfig(
         runtime=RuntimeConfig(name=node, shutdown_timeout=5.0),
         nats=NatsConfig(url=nats_url) if nats_url else None,

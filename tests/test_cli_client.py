@@ -19,7 +19,7 @@ from flockrt import ActorSystem, Agent, ChildSpec, Supervisor
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.cli import draw_tree, main, operate
 from flockrt.runtime import Flock
-from tests.client_support import dead_url, flock_config
+from tests.client_support import agents_flock_config, dead_url
 from tests.test_cli import read_until, shipped_config_on_a_free_port, start_flock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 async def nats_flock(nats_server: EmbeddedNats) -> AsyncIterator[Flock]:
-    async with Flock(flock_config(nats={"url": nats_server.url})) as flock:
+    async with Flock(agents_flock_config(nats={"url": nats_server.url})) as flock:
         yield flock
 
 

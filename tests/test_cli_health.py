@@ -9,7 +9,7 @@ import pytest
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.cli import main
 from flockrt.runtime import Flock
-from tests.client_support import dead_url, flock_config
+from tests.client_support import agents_flock_config, dead_url
 from tests.conftest import wait_for
 
 
@@ -19,7 +19,7 @@ def base_url(flock: Flock) -> str:
 
 
 async def test_healthy_and_ready_flock(capsys: pytest.CaptureFixture[str]) -> None:
-    async with Flock(flock_config(mcp={"port": 0})) as flock:
+    async with Flock(agents_flock_config(mcp={"port": 0})) as flock:
         url = base_url(flock)
         assert await asyncio.to_thread(main, ["health", "--url", url]) == 0
         assert capsys.readouterr().out.strip() == f'{url}/healthz: {{"status": "ok"}}'
@@ -29,7 +29,7 @@ async def test_healthy_and_ready_flock(capsys: pytest.CaptureFixture[str]) -> No
 async def test_alive_but_not_ready_while_nats_is_away(
     nats_server: EmbeddedNats, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with Flock(flock_config(mcp={"port": 0}, nats={"url": nats_server.url})) as flock:
+    async with Flock(agents_flock_config(mcp={"port": 0}, nats={"url": nats_server.url})) as flock:
         url = base_url(flock)
         assert await asyncio.to_thread(main, ["health", "--url", url, "--ready"]) == 0
         await nats_server.kill()

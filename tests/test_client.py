@@ -26,7 +26,7 @@ from flockrt.bus.embedded import EmbeddedNats
 from flockrt.cli import operate
 from flockrt.runtime import Flock
 from tests import client_support
-from tests.client_support import dead_url, flock_config
+from tests.client_support import agents_flock_config, dead_url
 from tests.conftest import wait_for
 
 
@@ -42,7 +42,7 @@ class Clock:
 async def nats_flock(nats_server: EmbeddedNats) -> AsyncIterator[Flock]:
     """A flock on the test's nats-server, with no gateway: agents rec (Recorder) and echo."""
     client_support.RECEIVED.clear()
-    async with Flock(flock_config(nats={"url": nats_server.url})) as flock:
+    async with Flock(agents_flock_config(nats={"url": nats_server.url})) as flock:
         yield flock
 
 

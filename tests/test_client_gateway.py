@@ -35,7 +35,7 @@ from flockrt.cli import operate
 from flockrt.local import LocalFlock
 from flockrt.runtime import Flock
 from tests import client_support
-from tests.client_support import flock_config
+from tests.client_support import agents_flock_config
 from tests.conftest import wait_for
 from tests.mcp_support import Slow
 
@@ -55,7 +55,7 @@ def gateway_url(flock: Flock) -> str:
 async def flock(nats_server: EmbeddedNats) -> AsyncIterator[Flock]:
     """A flock with a gateway on a free port: agents rec (a Recorder) and echo."""
     client_support.RECEIVED.clear()
-    async with Flock(flock_config(nats={"url": nats_server.url}, mcp={"port": 0})) as running:
+    async with Flock(agents_flock_config(nats={"url": nats_server.url}, mcp={"port": 0})) as running:
         yield running
 
 
@@ -178,7 +178,7 @@ async def test_a_handler_that_raises_fails_the_request_instead_of_answering(floc
 
 
 async def test_reconnects_and_announces_again_after_the_gateway_restarts(nats_server: EmbeddedNats) -> None:
-    config = flock_config(nats={"url": nats_server.url}, mcp={"port": 0}, agents=False, name="gw-1")
+    config = agents_flock_config(nats={"url": nats_server.url}, mcp={"port": 0}, agents=False, name="gw-1")
     first = Flock(config)
     await first.start()
     url = gateway_url(first)
@@ -190,7 +190,9 @@ async def test_reconnects_and_announces_again_after_the_gateway_restarts(nats_se
         await client.announce_agent("doubler", capabilities=["double"])
         await first.stop()  # the gateway closes every connection; the client starts reconnecting
         await wait_for(lambda: not client.connected)
-        again = flock_config(nats={"url": nats_server.url}, mcp={"port": port}, agents=False, name="gw-2")
+        again = agents_flock_config(
+            nats={"url": nats_server.url}, mcp={"port": port}, agents=False, name="gw-2"
+        )
         async with Flock(again) as second:
             await wait_for(lambda: client.reconnects == 1, timeout=10)
             await wait_for(lambda: agents_of(second).get_agent("doubler") is not None, timeout=5)
@@ -246,7 +248,7 @@ async def test_while_its_id_is_taken_the_client_keeps_trying_to_announce_again(
 async def test_the_breaker_opens_on_a_dead_gateway_and_closes_on_a_live_one(
     nats_server: EmbeddedNats,
 ) -> None:
-    config = flock_config(nats={"url": nats_server.url}, mcp={"port": 0}, name="gw-1")
+    config = agents_flock_config(nats={"url": nats_server.url}, mcp={"port": 0}, name="gw-1")
     first = Flock(config)
     await first.start()
     url = gateway_url(first)
@@ -259,7 +261,7 @@ async def test_the_breaker_opens_on_a_dead_gateway_and_closes_on_a_live_one(
         for _ in range(2):
             with pytest.raises(GatewayUnavailable):
                 await client.list_agents()
-        async with Flock(flock_config(nats={"url": nats_server.url}, mcp={"port": port})):
+        async with Flock(agents_flock_config(nats={"url": nats_server.url}, mcp={"port": port})):
             with pytest.raises(CircuitOpen):  # the gateway is back, but the breaker is still open
                 await client.list_agents()
             now[0] += 60  # half-open: the next call is a trial, and it succeeds
@@ -271,8 +273,8 @@ async def test_the_breaker_opens_on_a_dead_gateway_and_closes_on_a_live_one(
 
 async def test_falls_back_to_nats_when_the_gateway_goes_away(nats_server: EmbeddedNats) -> None:
     client_support.RECEIVED.clear()
-    agents = flock_config(nats={"url": nats_server.url}, name="workers")
-    gateway = flock_config(nats={"url": nats_server.url}, mcp={"port": 0}, agents=False, name="gw")
+    agents = agents_flock_config(nats={"url": nats_server.url}, name="workers")
+    gateway = agents_flock_config(nats={"url": nats_server.url}, mcp={"port": 0}, agents=False, name="gw")
     async with Flock(agents), Flock(gateway) as front:
         client = FlockClient(gateway_url(front), nats_url=nats_server.url, reconnect=False, timeout=5)
         try:
@@ -324,7 +326,7 @@ async def test_operator_commands_against_the_gateway(
 async def test_tokens_static_and_jwt(nats_server: EmbeddedNats, capsys: pytest.CaptureFixture[str]) -> None:
     secret = "a-test-secret-that-is-long-enough-for-hs256"
     auth = {"tokens": ["static-token"], "jwt_secret": secret}
-    config = flock_config(nats={"url": nats_server.url}, mcp={"port": 0, "auth": auth})
+    config = agents_flock_config(nats={"url": nats_server.url}, mcp={"port": 0, "auth": auth})
     async with Flock(config) as running:
         url = gateway_url(running)
         for token in (None, "wrong-token"):
@@ -369,7 +371,7 @@ async def test_cancelling_a_call_cancels_the_work_in_the_flock(flock: Flock, cli
 
 async def test_no_fallback_for_a_request_the_gateway_may_have_carried_out(nats_server: EmbeddedNats) -> None:
     Slow.started, Slow.cancelled = asyncio.Event(), asyncio.Event()
-    config = flock_config(nats={"url": nats_server.url}, mcp={"port": 0}, agents=False, name="gw")
+    config = agents_flock_config(nats={"url": nats_server.url}, mcp={"port": 0}, agents=False, name="gw")
     async with Flock(config) as front:
         await front.system.spawn(Slow, "slow-1")
         client = FlockClient(gateway_url(front), nats_url=nats_server.url, reconnect=False, timeout=5)

@@ -22,14 +22,14 @@ from flockrt.config import ENV_OVERRIDES, AuthConfig
 from flockrt.errors import FlockError
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
-from tests.mcp_support import Analyst, RawPeer, RpcError, flock_config
+from tests.mcp_support import Analyst, RawPeer, RpcError, gateway_flock_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 async def flock() -> AsyncIterator[Flock]:
-    async with Flock(flock_config()) as running:
+    async with Flock(gateway_flock_config()) as running:
         await running.system.spawn(Analyst, "analyst-1", name="analyst-1")
         yield running
 
@@ -164,7 +164,7 @@ async def test_a_query_pending_when_the_outside_agent_disconnects_fails_at_once(
 
 async def test_a_jwt_binds_the_connection_to_its_agent_and_capabilities() -> None:
     secret = "a-test-secret-of-at-least-32-bytes!"
-    config = flock_config(auth=AuthConfig(jwt_secret=secret))
+    config = gateway_flock_config(auth=AuthConfig(jwt_secret=secret))
 
     def token(**claims: Any) -> dict[str, str]:
         body = {"exp": int(time.time()) + 60, **claims}
@@ -209,7 +209,7 @@ async def test_outside_agents_on_two_processes_talk_over_nats(
     )
     try:
         remote_url = await read_gateway_url(proc)
-        async with Flock(flock_config(nats_url=nats_server.url, node="node-a")) as flock:
+        async with Flock(gateway_flock_config(nats_url=nats_server.url, node="node-a")) as flock:
             assert flock.gateway_url is not None and flock.flock is not None
             await flock.system.spawn(Analyst, "local-analyst")
             async with RawPeer.connect(flock.gateway_url) as alpha, RawPeer.connect(remote_url) as beta:

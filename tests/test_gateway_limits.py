@@ -13,12 +13,12 @@ import pytest
 
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
-from tests.mcp_support import INIT_REQUEST, JSON_HEADERS, RawPeer, RpcError, flock_config
+from tests.mcp_support import INIT_REQUEST, JSON_HEADERS, RawPeer, RpcError, gateway_flock_config
 
 
 @pytest.fixture
 async def flock() -> AsyncIterator[Flock]:
-    async with Flock(flock_config()) as running:
+    async with Flock(gateway_flock_config()) as running:
         yield running
 
 

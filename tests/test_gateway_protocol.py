@@ -17,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 import flockrt
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
-from tests.mcp_support import Analyst, Slow, client, flock_config, structured
+from tests.mcp_support import Analyst, Slow, client, gateway_flock_config, structured
 
 TRANSPORTS = ["http", "websocket"]
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprec
 
 @pytest.fixture
 async def flock() -> AsyncIterator[Flock]:
-    async with Flock(flock_config()) as running:
+    async with Flock(gateway_flock_config()) as running:
         await running.system.spawn(Analyst, "analyst-1", name="analyst-1")
         yield running
 

@@ -13,12 +13,12 @@ import flockrt
 from flockrt.config import FlockConfig, McpConfig, MetricsConfig, RuntimeConfig
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
-from tests.mcp_support import RawPeer, flock_config
+from tests.mcp_support import RawPeer, gateway_flock_config
 
 
 async def test_the_gateway_logs_where_it_listens_and_stops_first(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="flockrt.runtime")
-    flock = Flock(flock_config())
+    flock = Flock(gateway_flock_config())
     await flock.start()
     try:
         assert flock.gateway_url is not None and flock.gateway_url.startswith("http://127.0.0.1:")
@@ -63,7 +63,7 @@ async def test_a_disabled_gateway_is_not_started() -> None:
 
 
 async def test_readyz_is_503_when_the_flock_cannot_take_work() -> None:
-    async with Flock(flock_config()) as flock:
+    async with Flock(gateway_flock_config()) as flock:
         assert flock.gateway_url is not None
         base = flock.gateway_url.removesuffix("/mcp")
         flock.system._failure = RuntimeError("root gave up")  # what a failed root supervisor leaves
@@ -75,7 +75,7 @@ async def test_readyz_is_503_when_the_flock_cannot_take_work() -> None:
 
 
 async def test_idle_http_sessions_end_and_their_agents_go_offline() -> None:
-    async with Flock(flock_config()) as flock:
+    async with Flock(gateway_flock_config()) as flock:
         gateway = flock.gateway
         assert gateway is not None and flock.gateway_url is not None
         init = {
@@ -123,7 +123,7 @@ async def test_requests_and_connections_are_reported_to_the_metrics(monkeypatch:
         observe, "_observe", lambda method, outcome, seconds: requests.append((method, outcome))
     )
     monkeypatch.setattr(observe, "_connections", Connections())
-    async with Flock(flock_config()) as flock:
+    async with Flock(gateway_flock_config()) as flock:
         assert flock.gateway_url is not None
         async with RawPeer.connect(flock.gateway_url) as peer:
             assert connections == {"websocket": 1}
@@ -147,10 +147,10 @@ async def test_requests_and_connections_are_reported_to_the_metrics(monkeypatch:
 async def test_a_port_in_use_is_a_clear_error() -> None:
     from flockrt.web import ListenError
 
-    async with Flock(flock_config()) as first:
+    async with Flock(gateway_flock_config()) as first:
         assert first.web is not None and first.web.port is not None
         with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{first.web.port}"):
-            async with Flock(flock_config(port=first.web.port)):
+            async with Flock(gateway_flock_config(port=first.web.port)):
                 pass
 
 
@@ -169,7 +169,7 @@ class Gate(flockrt.Agent):
 
 async def test_a_graceful_stop_lets_mcp_calls_in_flight_finish() -> None:
     Gate.opened, Gate.started = asyncio.Event(), asyncio.Event()
-    flock = Flock(flock_config())
+    flock = Flock(gateway_flock_config())
     await flock.start()
     try:
         await flock.system.spawn(Gate, "gate-1")

@@ -22,7 +22,7 @@ from tests.mcp_support import (
     JSON_HEADERS,
     RawPeer,
     client,
-    flock_config,
+    gateway_flock_config,
     structured,
     ws_url,
 )
@@ -32,14 +32,14 @@ SECRET = "a-test-secret-of-at-least-32-bytes!"
 
 @pytest.fixture
 async def flock() -> AsyncIterator[Flock]:
-    async with Flock(flock_config(max_message_bytes=4096, rate_limit=50.0, rate_burst=20)) as running:
+    async with Flock(gateway_flock_config(max_message_bytes=4096, rate_limit=50.0, rate_burst=20)) as running:
         yield running
 
 
 @pytest.fixture
 async def secured() -> AsyncIterator[Flock]:
     auth = AuthConfig(tokens=["static-token"], jwt_secret=SECRET)
-    async with Flock(flock_config(auth=auth, allowed_origins=["https://app.example"])) as running:
+    async with Flock(gateway_flock_config(auth=auth, allowed_origins=["https://app.example"])) as running:
         yield running
 
 
@@ -90,7 +90,7 @@ def test_refuses_to_bind_beyond_loopback_without_authentication() -> None:
 
 async def test_the_flock_does_not_start_an_unsafe_gateway() -> None:
     with pytest.raises(GatewayConfigError):
-        async with Flock(flock_config(host="0.0.0.0")):
+        async with Flock(gateway_flock_config(host="0.0.0.0")):
             pass
 
 

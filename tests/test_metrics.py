@@ -718,9 +718,9 @@ class Tracer(Agent):
 async def test_each_mcp_request_runs_with_a_correlation_id() -> None:
     from mcp import Client
 
-    from tests.mcp_support import _http_with_headers, client, flock_config, structured
+    from tests.mcp_support import _http_with_headers, client, gateway_flock_config, structured
 
-    async with Flock(flock_config()) as flock:
+    async with Flock(gateway_flock_config()) as flock:
         await flock.system.spawn(Tracer, "tracer")
         url = flock.gateway_url
         assert url is not None
@@ -740,9 +740,9 @@ async def test_metrics_endpoint_of_a_running_flock_shows_its_series() -> None:
     import aiohttp
     import msgspec
 
-    from tests.mcp_support import flock_config
+    from tests.mcp_support import gateway_flock_config
 
-    config = msgspec.structs.replace(flock_config(node="served"), metrics=MetricsConfig())
+    config = msgspec.structs.replace(gateway_flock_config(node="served"), metrics=MetricsConfig())
     async with Flock(config) as flock:
         await flock.system.spawn(Tracer, "tracer")
         assert flock.metrics_url is not None
