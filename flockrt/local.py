@@ -448,7 +448,7 @@ class LocalFlock(AgentPort):
     ) -> bool:
         """The fast path of :meth:`dispatch_task`: when nothing of the task's type waits and
         the best free agent's handler for it never waits, that agent runs it here and now
-        (:meth:`Agent.run_task`), with no :class:`Work`, no handover and no second look at
+        (``Agent._run_task_now``), with no :class:`Work`, no handover and no second look at
         the free heaps. False, having done nothing, when the task must take the usual path.
 
         The rules of the usual path hold: the agent is the fair choice (:meth:`_free_member`);
