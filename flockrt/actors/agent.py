@@ -172,7 +172,7 @@ class AgentCard:
     take_work: Callable[[Work], bool] | None = None
     """Hands work to the agent directly, bypassing its mailbox (see :meth:`Agent.take_work`)."""
     run_task: Callable[[TaskMessage, str | None], tuple[Any, WorkFailed | None] | None] | None = None
-    """Runs a task of an inline type here and now, with no Work (see :meth:`Agent.run_task`)."""
+    """Runs a task of an inline type here and now, with no Work (``Agent._run_task_now``)."""
     inline_task_types: frozenset[str] = frozenset()
     """Task types whose handler never waits: the flock may hand it many of those tasks as one
     piece of bulk work (see :attr:`Work.each`), which it runs in one go."""
