@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import multiprocessing
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,13 @@ import pytest
 
 from flockrt import ActorSystem, ChildSpec, Supervisor
 from flockrt.actors.agent import Agent, capability, handles_task
-from flockrt.actors.correlation import correlation, correlation_id, current_agent
+from flockrt.actors.correlation import (
+    correlation,
+    correlation_id,
+    current_agent,
+    new_correlation_id,
+    unique_id,
+)
 from flockrt.bus.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from flockrt.errors import NoCapableAgent, UnknownAgent, WorkFailed, WorkTimeout
 from flockrt.local import LocalFlock, WorkStats, _Batch
@@ -714,3 +721,25 @@ async def test_an_agent_stopping_in_bulk_work_fails_its_task_and_hands_back_the_
         ("ok", "two", "gated-2"),
         ("ok", "three", "gated-2"),
     ]
+
+
+def _child_ids(queue: Any) -> None:
+    queue.put([unique_id() for _ in range(3)])
+
+
+def test_unique_ids_are_unique_here_and_in_a_forked_child() -> None:
+    ids = [unique_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    with correlation() as fresh:
+        assert new_correlation_id() == fresh  # the current one travels on
+    assert new_correlation_id() != new_correlation_id()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_ids, args=(queue,))
+    child.start()
+    theirs = queue.get(timeout=30)
+    child.join(timeout=30)
+    mine = [unique_id() for _ in range(3)]
+    assert not set(theirs) & set(mine)  # the child drew a prefix of its own
+    assert theirs[0][:16] != mine[0][:16]

@@ -18,11 +18,13 @@ whatever the receiving actor handles next); agents set them per piece of work in
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 
-__all__ = ["correlation", "correlation_id", "current_agent", "new_correlation_id"]
+__all__ = ["correlation", "correlation_id", "current_agent", "new_correlation_id", "unique_id"]
 
 correlation_id: ContextVar[str | None] = ContextVar("flockrt_correlation_id", default=None)
 """The correlation id of the request being worked on, or None."""
@@ -31,9 +33,31 @@ current_agent: ContextVar[str | None] = ContextVar("flockrt_current_agent", defa
 """The id of the agent whose code is running, or None (per-agent log files use it)."""
 
 
+class _Ids:
+    """64 random bits drawn once per process (again in a forked child) and a counter."""
+
+    prefix = uuid.uuid4().hex[:16]
+    counter = itertools.count()
+
+    @classmethod
+    def renew(cls) -> None:
+        cls.prefix = uuid.uuid4().hex[:16]
+        cls.counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_Ids.renew)
+
+
+def unique_id() -> str:
+    """A fresh id, 32 hex digits like ``uuid.uuid4().hex``, as unique for naming requests and
+    messages: a random prefix per process and a counter. At a fraction of uuid4's cost, which
+    reads the system's random source for every id (a tenth of a capability request's CPU)."""
+    return f"{_Ids.prefix}{next(_Ids.counter):016x}"
+
+
 def new_correlation_id() -> str:
-    """A fresh id: the current one if there is one (so it travels on), else a random one."""
-    return correlation_id.get() or uuid.uuid4().hex
+    """A fresh id: the current one if there is one (so it travels on), else a new one."""
+    return correlation_id.get() or unique_id()
 
 
 @contextlib.contextmanager
@@ -47,7 +71,7 @@ def correlation(value: str | None = None) -> Iterator[str]:
         with correlation("req-42"):
             await flock.request_capability("echo", "hi")  # its logs and headers carry req-42
     """
-    value = value or uuid.uuid4().hex
+    value = value or unique_id()
     token = correlation_id.set(value)
     try:
         yield value

@@ -14,10 +14,9 @@ The correlation id travels in the message (``correlationId``), and for direct me
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-from flockrt.actors.correlation import new_correlation_id
+from flockrt.actors.correlation import new_correlation_id, unique_id
 from flockrt.bus import subjects
 from flockrt.bus.connection import NatsConnection
 from flockrt.bus.schema import CapabilityRequest, CapabilityResponse, Codec, DirectMessage
@@ -115,7 +114,7 @@ async def send_direct(
     subject = subjects.inbox(to)
     correlation_id = new_correlation_id()  # the current one travels on
     direct = DirectMessage(
-        id=uuid.uuid4().hex,
+        id=unique_id(),
         sender=sender,
         to=to,
         message=message,
