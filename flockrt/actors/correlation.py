@@ -62,7 +62,7 @@ def new_correlation_id() -> str:
 
 @contextlib.contextmanager
 def correlation(value: str | None = None) -> Iterator[str]:
-    """Run the block with ``value`` (default: a fresh random id) as the correlation id.
+    """Run the block with ``value`` (default: a fresh one, see :func:`unique_id`) as the correlation id.
 
     For edges that start a request: an MCP call, a CLI command, a test.
 
