@@ -446,27 +446,51 @@ class LocalFlock(AgentPort):
     def _run_now(
         self, task: TaskMessage, then: Callable[[TaskResult], None] | None, correlation: str | None
     ) -> bool:
-        """The fast path of :meth:`dispatch_task`: when nothing of the task's type waits and
-        the best free agent's handler for it never waits, that agent runs it here and now
-        (``Agent._run_task_now``), with no :class:`Work`, no handover and no second look at
-        the free heaps. False, having done nothing, when the task must take the usual path.
+        """The fast path of :meth:`dispatch_task` (see :meth:`_run_inline_now`): True once the
+        task ran and its result went out; False, having done nothing, when it must take the
+        usual path. A ``then`` that raises is logged and costs nobody else anything."""
+        skill = self._task_skills.get(task.type)
+        if skill is None:
+            return False
+        started = time.monotonic()
+        ran = self._run_inline_now(skill, task, correlation or correlation_id.get() or task.id)
+        if ran is None:
+            return False
+        member, value, error = ran
+        result = self._task_result(task, member.card.id, time.monotonic() - started, value, error)
+        self._report(result, True)
+        if then is not None:
+            try:
+                then(result)
+            except Exception:  # as Work.finish does with a failing hook
+                log.exception("task %s: the hook on its result failed", task.id)
+        self._pump_skills_of(member)
+        return True
+
+    def _run_inline_now(
+        self, skill: _Skill, payload: Any, correlation: str | None
+    ) -> tuple[_Member, Any, WorkFailed | None] | None:
+        """When nothing of ``skill`` waits and the best free agent's handler for it never
+        waits, that agent runs the work (a TaskMessage, or a capability request's parameters)
+        here and now (``Agent._run_now``), with no :class:`Work`, no handover and no second
+        look at the free heaps: the agent, and the handler's value or failure. None, having
+        done nothing, when the work must take the usual path.
 
         The rules of the usual path hold: the agent is the fair choice (:meth:`_free_member`);
         it is busy while the handler runs (a slot taken, and all its free entries stale, so
         that work dispatched meanwhile, by the handler itself, goes to other agents or waits,
-        even when the agent has more slots); work queued meanwhile is pumped once it is free
-        again; and a ``then`` that raises is logged and costs nobody else anything.
+        even when the agent has more slots). The caller reports the outcome, then calls
+        :meth:`_pump_skills_of`: work queued meanwhile goes out once the agent is free again.
         """
-        skill = self._task_skills.get(task.type)
-        if skill is None or skill.pumping or skill.waiting:
-            return False
+        if skill.pumping or skill.waiting:
+            return None
         member = self._free_member(skill)
         if member is None:
-            return False
+            return None
         card = member.card
-        if card.run_task is None or task.type not in card.inline_task_types:
-            return False
-        started = time.monotonic()
+        inline = card.inline_task_types if skill.kind == "task" else card.inline_capabilities
+        if card.run_now is None or skill.name not in inline:
+            return None
         heap = skill.free
         entry = heap[0]  # the member's current entry (see _free_member)
         changes = self._heap_changes
@@ -475,7 +499,7 @@ class LocalFlock(AgentPort):
         skill.pumping = True
         ran = None
         try:
-            ran = card.run_task(task, correlation or correlation_id.get() or task.id)
+            ran = card.run_now(skill.kind, skill.name, payload, correlation)
         finally:  # (even for a BaseException: the agent must not drop out of the free heaps)
             skill.pumping = False
             member.running -= 1
@@ -491,19 +515,14 @@ class LocalFlock(AgentPort):
             else:  # work was dispatched while it ran (its handler did that): a full re-offer
                 self._offer(member)
         if ran is None:  # it cannot take work right now (restarting, say): the usual path
-            return False
-        value, error = ran
-        result = self._task_result(task, card.id, time.monotonic() - started, value, error)
-        self._report(result, True)
-        if then is not None:
-            try:
-                then(result)
-            except Exception:  # as Work.finish does with a failing hook
-                log.exception("task %s: the hook on its result failed", task.id)
-        for other in member.skills:  # work for its skills may have been queued while it ran
-            if other.waiting:
-                self._pump(other)
-        return True
+            return None
+        return member, ran[0], ran[1]
+
+    def _pump_skills_of(self, member: _Member) -> None:
+        """Hand out work queued for ``member``'s skills while it ran inline work."""
+        for skill in member.skills:
+            if skill.waiting:
+                self._pump(skill)
 
     def dispatch_tasks(
         self, tasks: Sequence[TaskMessage], then: Callable[[list[TaskResult]], None] | None = None

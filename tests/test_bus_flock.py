@@ -19,11 +19,13 @@ from nats.aio.msg import Msg
 
 from flockrt import ActorSystem
 from flockrt.actors.agent import Agent, capability, handles_task
+from flockrt.actors.correlation import correlation_id
 from flockrt.bus.connection import NatsConnection
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
 from flockrt.bus.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from flockrt.errors import NoCapableAgent, UnknownAgent
+from flockrt.local import WorkStats
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,6 +250,62 @@ async def test_a_malformed_request_gets_an_error_reply(nats_server: EmbeddedNats
         assert json.loads(reply.data)["error"] == "invalid capability request"
         reply = await plain.request("tasks.general", b"nonsense", timeout=5)
         assert json.loads(reply.data)["status"] == "error"
+
+
+class Counting(Agent):
+    """A capability whose handler never waits: answered inline, as soon as it arrives."""
+
+    @capability("count")
+    async def count(self, text: str) -> dict[str, Any]:
+        if text == "fail":
+            raise ValueError("nothing to count")
+        return {"words": len(text.split()), "by": self.agent_id, "correlation": correlation_id.get()}
+
+
+async def test_capability_requests_for_handlers_that_never_wait_are_answered_at_once(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    async with Node(nats_server.url, "node-a") as node:
+        for i in range(2):
+            await node.system.spawn(Counting, f"counting-{i}")
+        await node.settled()
+        node.flock.work_stats = WorkStats()
+        fast = node.flock._run_inline_now
+        ran_inline: list[Any] = []
+
+        def counted(*args: Any) -> Any:
+            ran = fast(*args)
+            ran_inline.append(ran is not None)
+            return ran
+
+        node.flock._run_inline_now = counted  # type: ignore[method-assign]
+
+        async def ask(parameters: Any, correlation: str, headers: dict[str, str] | None = None) -> Any:
+            request = {"capability": "count", "parameters": parameters, "correlationId": correlation}
+            reply = await plain.request("capability.count", json.dumps(request).encode(), 5, headers=headers)
+            return json.loads(reply.data)
+
+        answers = [await ask({"text": "a b c"}, f"c-{i}") for i in range(4)]
+        assert [a["agentId"] for a in answers] == ["counting-0", "counting-1", "counting-0", "counting-1"]
+        assert answers[0] == {
+            "correlationId": "c-0",
+            "result": {"words": 3, "by": "counting-0", "correlation": "c-0"},
+            "agentId": "counting-0",
+            "error": None,
+        }
+        # The Correlation-Id header, when there is one, is what the agent's work runs with.
+        traced = await ask("x y", "c-5", {"Correlation-Id": "trace-5"})
+        assert traced["result"]["correlation"] == "trace-5" and traced["correlationId"] == "c-5"
+        failed = await ask({"text": "fail"}, "c-6")
+        assert failed["correlationId"] == "c-6" and "nothing to count" in failed["error"]
+        assert failed["agentId"] in ("counting-0", "counting-1") and failed["result"] is None
+        wrong = await ask({"words": "x"}, "c-7")  # not the handler's parameters
+        assert "TypeError" in wrong["error"]
+        outcomes = node.flock.work_stats.outcomes
+        assert (outcomes["capability", "count", "ok"], outcomes["capability", "count", "error"]) == (5, 2)
+        assert ran_inline == [True] * 7  # each went the fast path (no Work, no timer)
+        local = await node.flock.request_capability("count", "still here", timeout=5)  # in-process
+        assert local["words"] == 2 and local["by"] in ("counting-0", "counting-1")
 
 
 class Pondering(Agent):

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from flockrt.actors.actor import Actor
 from flockrt.actors.correlation import correlation_id, current_agent
-from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat, TaskMessage
+from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
 from flockrt.bus.subjects import check_token
 from flockrt.errors import NoCapableAgent, WorkFailed
 
@@ -171,11 +171,14 @@ class AgentCard:
     ref: Any  # ActorRef[Any]; Any keeps this module free of a ref import cycle
     take_work: Callable[[Work], bool] | None = None
     """Hands work to the agent directly, bypassing its mailbox (see :meth:`Agent.take_work`)."""
-    run_task: Callable[[TaskMessage, str | None], tuple[Any, WorkFailed | None] | None] | None = None
-    """Runs a task of an inline type here and now, with no Work (``Agent._run_task_now``)."""
+    run_now: Callable[[str, str, Any, str | None], tuple[Any, WorkFailed | None] | None] | None = None
+    """Runs a task or a capability request whose handler never waits here and now, with no
+    Work (``Agent._run_now``)."""
     inline_task_types: frozenset[str] = frozenset()
     """Task types whose handler never waits: the flock may hand it many of those tasks as one
     piece of bulk work (see :attr:`Work.each`), which it runs in one go."""
+    inline_capabilities: frozenset[str] = frozenset()
+    """Capabilities whose handler never waits."""
 
 
 class AgentPort:
@@ -308,10 +311,15 @@ class Agent(Actor[Any]):
             max_concurrent_tasks=self.max_concurrent_tasks,
             ref=self.context.ref,
             take_work=self.take_work,
-            run_task=self._run_task_now,
+            run_now=self._run_now,
             inline_task_types=frozenset(
                 task_type
                 for task_type, method_name in self._flockrt_task_types.items()
+                if method_name in self._flockrt_inline
+            ),
+            inline_capabilities=frozenset(
+                name
+                for name, method_name in self._flockrt_capabilities.items()
                 if method_name in self._flockrt_inline
             ),
         )
@@ -520,12 +528,13 @@ class Agent(Actor[Any]):
             self._start_work(work)
         return True
 
-    def _run_task_now(
-        self, task: TaskMessage, correlation: str | None
+    def _run_now(
+        self, kind: str, key: str, payload: Any, correlation: str | None
     ) -> tuple[Any, WorkFailed | None] | None:
-        """Run ``task``, of a type whose handler never waits (``AgentCard.inline_task_types``),
-        here and now: the flock's fast path for a task that finds a free agent, with no
-        :class:`Work` and no handover (the flock keeps the agent's slot count itself).
+        """Run a task (``payload``: the TaskMessage) or a capability request (``payload``: its
+        parameters) whose handler never waits (``AgentCard.inline_task_types``,
+        ``inline_capabilities``) here and now: the flock's fast path for work that finds a free
+        agent, with no :class:`Work` and no handover (the flock keeps the agent's slot count).
 
         Returns:
             ``(value, None)``, or ``(None, failure)`` when the handler raised; None, having
@@ -533,14 +542,12 @@ class Agent(Actor[Any]):
         """
         if not self._context.runs(self):
             return None
-        method: Callable[[TaskMessage], Coroutine[Any, Any, Any]] = getattr(
-            self, self._flockrt_task_types[task.type]
-        )
+        table = self._flockrt_capabilities if kind == "capability" else self._flockrt_task_types
         self.tasks_processed += 1
         try:
-            return self._step(method(task), correlation), None
+            return self._step(self._handler(kind, table[key], payload), correlation), None
         except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _step)
-            return None, self._task_failed("task", task.type, exc, correlation)
+            return None, self._task_failed(kind, key, exc, correlation)
 
     def _run_inline(self, work: Work, method_name: str) -> None:
         """Run work whose handler never waits, here and now (see :meth:`_step`)."""
@@ -776,14 +783,20 @@ class Agent(Actor[Any]):
 
     def _call(self, work: Work, method_name: str) -> Coroutine[Any, Any, Any]:
         """The coroutine of handler ``method_name`` for ``work``, not started."""
+        return self._handler(work.kind, method_name, work.payload)
+
+    def _handler(self, kind: str, method_name: str, payload: Any) -> Coroutine[Any, Any, Any]:
+        """The coroutine of handler ``method_name`` for a task (``payload``: the TaskMessage)
+        or a capability request (its parameters: keyword arguments when they are a JSON
+        object, else one argument, or none), not started."""
         method: Callable[..., Coroutine[Any, Any, Any]] = getattr(self, method_name)
-        if work.kind == "task":
-            return method(work.payload)
-        if isinstance(work.payload, dict):
-            return method(**work.payload)
-        if work.payload is None:
+        if kind == "task":
+            return method(payload)
+        if isinstance(payload, dict):
+            return method(**payload)
+        if payload is None:
             return method()
-        return method(work.payload)
+        return method(payload)
 
     def _failed(self, work: Work, exc: BaseException, correlation: str | None = None) -> None:
         """The work failed, not the agent: its requester gets the error."""

@@ -972,6 +972,30 @@ class NatsFlock(LocalFlock):
                 self._publish_nowait(message.reply, CapabilityResponse(error="invalid capability request"))
             return
         reply, headers, correlation_id = message.reply, message.headers, request.correlation_id
+        # The id the requester's logs know it by reaches the agent's work and its logs.
+        work_correlation = headers.get(CORRELATION_HEADER) if headers else None
+        skill = self._skills.get(("capability", request.capability))
+        if skill is not None:  # the fast path first: a free agent whose handler never waits
+            started = time.monotonic()
+            ran = self._run_inline_now(skill, request.parameters, work_correlation or correlation_id)
+            if ran is not None:
+                member, value, error = ran
+                if error is None:
+                    response = CapabilityResponse(
+                        correlation_id=correlation_id, result=value, agent_id=member.card.id
+                    )
+                else:
+                    response = CapabilityResponse(
+                        correlation_id=correlation_id, agent_id=member.card.id, error=repr(error.cause)
+                    )
+                if reply:
+                    self._publish_nowait(reply, response, headers)
+                stats = self.work_stats
+                if stats is not None:
+                    outcome = "ok" if error is None else "error"
+                    stats.record("capability", request.capability, outcome, time.monotonic() - started)
+                self._pump_skills_of(member)
+                return
         answered = False
         timer: asyncio.TimerHandle | None = None
 
@@ -1004,8 +1028,7 @@ class NatsFlock(LocalFlock):
 
         work = Work("capability", request.capability, request.parameters, None, PRIORITIES["medium"])
         work.on_done = on_done
-        # The id the requester's logs know it by reaches the agent's work and its logs.
-        work.correlation_id = headers.get(CORRELATION_HEADER) or correlation_id
+        work.correlation_id = work_correlation or correlation_id
         try:
             self._dispatch(work)
         except FlockError as exc:
