@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flockrt.actors.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work, WorkDone
-from flockrt.actors.correlation import correlation_id, new_correlation_id
+from flockrt.actors.correlation import correlation_id, new_correlation_id, unique_id
 from flockrt.actors.histogram import WORK_BUCKETS, Histogram
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
@@ -187,9 +187,9 @@ class LocalFlock(AgentPort):
         # are not updated in place: a member's change pushes a new entry with a new version,
         # and entries whose version is not the member's current one are dropped when they
         # surface. So picking an agent costs O(log agents), and "nobody is free" is O(1).
-        # (The one exception is the fast path of _run_now, see there.)
+        # (The one exception is the fast path, see _run_inline_now.)
         self._versions = itertools.count(1)
-        self._heap_changes = 0  # grows whenever a free heap changes (see _run_now)
+        self._heap_changes = 0  # grows whenever a free heap changes (see _run_inline_now)
         self._order = itertools.count()
         # Task ids: a random per-process prefix and a counter. As unique as uuid4 for this use
         # (48 random bits per process) at a fraction of the cost (uuid4 was 8% of fan-out).
@@ -729,7 +729,7 @@ class LocalFlock(AgentPort):
         if member is None:
             raise UnknownAgent(to)
         direct = DirectMessage(
-            id=uuid.uuid4().hex,
+            id=unique_id(),
             sender=sender,
             to=to,
             message=message,

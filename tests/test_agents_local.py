@@ -7,6 +7,7 @@ import contextvars
 import functools
 import logging
 import multiprocessing
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -734,12 +735,39 @@ def test_unique_ids_are_unique_here_and_in_a_forked_child() -> None:
     with correlation() as fresh:
         assert new_correlation_id() == fresh  # the current one travels on
     assert new_correlation_id() != new_correlation_id()
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork here")
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_child_ids, args=(queue,))
-    child.start()
+    with warnings.catch_warnings():  # (Python 3.12 warns of forking a process with threads)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child.start()
     theirs = queue.get(timeout=30)
     child.join(timeout=30)
     mine = [unique_id() for _ in range(3)]
     assert not set(theirs) & set(mine)  # the child drew a prefix of its own
     assert theirs[0][:16] != mine[0][:16]
+
+
+async def test_a_capability_added_again_replaces_its_handler_and_no_other(flock: LocalFlock) -> None:
+    class Added(Agent):
+        def __init__(self, agent_id: str) -> None:
+            super().__init__(agent_id)
+
+            async def first() -> str:
+                return "a, first"
+
+            async def second() -> str:
+                return "a, second"
+
+            async def other() -> str:
+                return "b"
+
+            self.add_capability("a", first)
+            self.add_capability("a", second)  # replaces a's handler
+            self.add_capability("b", other)  # and b's does not replace it in turn
+
+    await flock.system.spawn(Added, "added-1")
+    assert await flock.request_capability("a", timeout=5) == "a, second"
+    assert await flock.request_capability("b", timeout=5) == "b"

@@ -308,6 +308,42 @@ async def test_capability_requests_for_handlers_that_never_wait_are_answered_at_
         assert local["words"] == 2 and local["by"] in ("counting-0", "counting-1")
 
 
+class Unsendable(Agent):
+    """Answers with something no encoder takes: inline, and after a wait."""
+
+    max_concurrent_tasks = 2
+
+    @capability("unsendable")
+    async def unsendable(self) -> Any:
+        return object()
+
+    @capability("unsendable-later")
+    async def later(self) -> Any:
+        await asyncio.sleep(0)
+        return object()
+
+    @handles_task("follow-up")
+    async def follow_up(self, task: TaskMessage) -> str:
+        return "followed up"
+
+
+async def test_an_answer_that_cannot_be_sent_is_replaced_by_an_error_answer(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    async with Node(nats_server.url, "node-a") as node:
+        await node.system.spawn(Unsendable, "unsendable-1")
+        await node.settled()
+        for name in ("unsendable", "unsendable-later"):
+            request = {"capability": name, "correlationId": f"c-{name}"}
+            reply = await plain.request(f"capability.{name}", json.dumps(request).encode(), timeout=5)
+            answer = json.loads(reply.data)
+            assert answer["correlationId"] == f"c-{name}" and answer["agentId"] == "unsendable-1"
+            assert answer["error"].startswith("the answer could not be sent:"), answer
+        # The agent goes on, and so does work queued for it.
+        outcome = await node.flock.submit("follow-up", None, wait=True, timeout=5)
+        assert isinstance(outcome, TaskResult) and outcome.result == "followed up"
+
+
 class Pondering(Agent):
     """A capability that waits before it answers: it runs in a Task, not inline."""
 

@@ -345,7 +345,7 @@ class Agent(Actor[Any]):
             ValueError: ``name`` cannot be part of a NATS subject.
         """
         check_token("capability", name)
-        attribute = f"_flockrt_added_capability_{len(self._flockrt_capabilities)}"
+        attribute = f"_flockrt_added_capability:{name}"  # adding a name again replaces its handler
         # Instance attributes shadow the class's table: other instances keep theirs.
         vars(self)[attribute] = handler
         vars(self)["_flockrt_capabilities"] = {**self._flockrt_capabilities, name: attribute}

@@ -42,6 +42,7 @@ import msgspec
 from flockrt._version import __version__
 from flockrt.actors.agent import Agent, AgentCard, ProgressCallback, Work
 from flockrt.actors.correlation import correlation_id as current_correlation
+from flockrt.actors.correlation import unique_id
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.bus import remote, subjects
@@ -989,7 +990,7 @@ class NatsFlock(LocalFlock):
                         correlation_id=correlation_id, agent_id=member.card.id, error=repr(error.cause)
                     )
                 if reply:
-                    self._publish_nowait(reply, response, headers)
+                    self._send_answer(reply, response, headers)
                 stats = self.work_stats
                 if stats is not None:
                     outcome = "ok" if error is None else "error"
@@ -1007,7 +1008,7 @@ class NatsFlock(LocalFlock):
             if timer is not None:
                 timer.cancel()
             if reply:
-                self._publish_nowait(reply, response, headers)
+                self._send_answer(reply, response, headers)
             stats = self.work_stats
             if stats is not None:
                 stats.record("capability", request.capability, outcome, time.monotonic() - work.enqueued)
@@ -1048,6 +1049,26 @@ class NatsFlock(LocalFlock):
 
             timer = asyncio.get_running_loop().call_later(timeout, expire)
 
+    def _send_answer(self, reply: str, response: CapabilityResponse, headers: Mapping[str, str]) -> None:
+        """Publish the answer to a capability request. One that cannot be sent (a result that
+        does not encode as JSON or msgpack, or is over NATS's size limit) is replaced by an
+        answer that says so: the requester hears of it rather than waiting in vain."""
+        try:
+            self._publish_nowait(reply, response, headers)
+            return
+        except Exception as exc:
+            problem = exc
+        log.warning("the answer of %s could not be sent: %r", response.agent_id or "the flock", problem)
+        failed = CapabilityResponse(
+            correlation_id=response.correlation_id,
+            agent_id=response.agent_id,
+            error=f"the answer could not be sent: {problem!r}",
+        )
+        try:
+            self._publish_nowait(reply, failed, headers)
+        except Exception:
+            log.exception("nor could the error answer")
+
     async def _on_inbox(self, message: Message) -> None:
         direct = self._decode(message, DirectMessage)
         if direct is None:
@@ -1076,7 +1097,7 @@ class NatsFlock(LocalFlock):
         except FlockError as exc:
             error = str(exc)
         response = DirectMessage(
-            id=uuid.uuid4().hex,
+            id=unique_id(),
             sender=query.to,
             to=query.sender,
             message=answer,
