@@ -161,7 +161,8 @@ async def test_kernel_series_move_with_real_work(system: ActorSystem) -> None:
         blocker.tell("refused")
     assert value("flockrt_mailbox_overflows_total", **label) == 1
     release.set()
-    slow = await system.spawn(Blocker, asyncio.Event())
+    hang = asyncio.Event()
+    slow = await system.spawn(Blocker, hang)
     slow.tell("hang")
     with pytest.raises(AskTimeout):
         await slow.ask("never", timeout=0.01)
@@ -174,6 +175,7 @@ async def test_kernel_series_move_with_real_work(system: ActorSystem) -> None:
     assert value("flockrt_dead_letters_total", **label) == 1
     assert value("flockrt_actors_stopped_total", **label) == 1
     await sup.stop()
+    hang.set()  # else the system's shutdown waits its whole timeout for the blocked actor
 
 
 async def test_actors_by_state_counts_starting_ones(system: ActorSystem) -> None:
