@@ -700,7 +700,8 @@ async def test_an_agent_stopping_in_bulk_work_fails_its_task_and_hands_back_the_
     directly) runs in its runner, task by task; if the agent stops, the tasks not begun go back
     to the flock's queue and another agent runs them."""
     gate, log = asyncio.Event(), []
-    first = await flock.system.spawn(Gated, "gated-1", gate, log)
+    # drain_timeout 0: the stop cancels the work in flight at once (Gated's default waits 5 s)
+    first = await flock.system.spawn(functools.partial(Gated, "gated-1", gate, log, drain_timeout=0.0))
     answers: list[list[TaskResult]] = []
     tasks = flock.new_tasks("slow", ["one", "two", "three"])
     work = flock._bulk_work(
