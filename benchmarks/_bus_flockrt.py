@@ -19,7 +19,7 @@ from benchmarks._harness import CAPABILITY, TASK_TYPE, TEXT, Flight, cpu_per_mes
 from flockrt import ActorSystem, Agent, TaskMessage, TaskResult, capability, handles_task
 from flockrt.bus.connection import Message, NatsConnection
 from flockrt.bus.flock import NatsFlock
-from flockrt.bus.schema import CapabilityRequest, Codec
+from flockrt.wire.schema import CapabilityRequest, Codec
 
 _CODEC = Codec()
 

@@ -40,7 +40,7 @@ from benchmarks._table import Row, fmt, render
 from benchmarks.kernel import describe, say
 from flockrt import ActorSystem, LocalFlock
 from flockrt.actors.histogram import ASK_BUCKETS, Histogram
-from flockrt.builtins import EchoAgent
+from flockrt.agents.builtins import EchoAgent
 from flockrt.metrics import exposition, instrument
 
 SCRAPE_INTERVAL = 0.1

@@ -1,7 +1,12 @@
 """flockrt: an actor-model runtime for AI agents on pure asyncio.
 
 The public API is re-exported here; ``tests/test_public_api.py`` keeps ``__all__`` in step.
+The kernel (actors, supervisors, errors) is imported with the package; everything else is
+imported when first used (see :func:`__getattr__`).
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from flockrt._version import __version__ as __version__
 from flockrt.actors import (
@@ -9,21 +14,11 @@ from flockrt.actors import (
     ActorContext,
     ActorRef,
     ActorSystem,
-    Agent,
-    AgentCard,
-    AgentPort,
-    ProgressCallback,
     StopReason,
     SystemStats,
     Terminated,
     Timer,
-    Work,
-    capability,
-    handles_task,
 )
-from flockrt.breaker import BreakerState, CircuitBreaker
-from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, TaskMessage, TaskResult
-from flockrt.config import ConfigError, FlockConfig, load_config
 from flockrt.errors import (
     ActorFailed,
     ActorNameTaken,
@@ -49,10 +44,6 @@ from flockrt.errors import (
     WorkFailed,
     WorkTimeout,
 )
-from flockrt.local import LocalFlock
-from flockrt.mcp import AgentDisconnected, Gateway, GatewayConfigError, OutsideAgent
-from flockrt.mcp.client import FlockClient
-from flockrt.runtime import Flock
 from flockrt.supervisor import (
     Backoff,
     ChildCounts,
@@ -65,6 +56,51 @@ from flockrt.supervisor import (
     Strategy,
     Supervisor,
 )
+
+if TYPE_CHECKING:
+    from flockrt.agents.agent import (
+        Agent,
+        AgentCard,
+        AgentPort,
+        ProgressCallback,
+        Work,
+        capability,
+        handles_task,
+    )
+    from flockrt.breaker import BreakerState, CircuitBreaker
+    from flockrt.client import FlockClient
+    from flockrt.config import ConfigError, FlockConfig, load_config
+    from flockrt.flock.local import LocalFlock
+    from flockrt.mcp import AgentDisconnected, Gateway, GatewayConfigError, OutsideAgent
+    from flockrt.runtime import Flock
+    from flockrt.wire.schema import AgentEvent, Broadcast, DirectMessage, TaskMessage, TaskResult
+
+_LAZY: dict[str, str] = {
+    "Agent": "flockrt.agents.agent",
+    "AgentCard": "flockrt.agents.agent",
+    "AgentPort": "flockrt.agents.agent",
+    "ProgressCallback": "flockrt.agents.agent",
+    "Work": "flockrt.agents.agent",
+    "capability": "flockrt.agents.agent",
+    "handles_task": "flockrt.agents.agent",
+    "BreakerState": "flockrt.breaker",
+    "CircuitBreaker": "flockrt.breaker",
+    "AgentEvent": "flockrt.wire.schema",
+    "Broadcast": "flockrt.wire.schema",
+    "DirectMessage": "flockrt.wire.schema",
+    "TaskMessage": "flockrt.wire.schema",
+    "TaskResult": "flockrt.wire.schema",
+    "ConfigError": "flockrt.config",
+    "FlockConfig": "flockrt.config",
+    "load_config": "flockrt.config",
+    "LocalFlock": "flockrt.flock.local",
+    "AgentDisconnected": "flockrt.mcp",
+    "Gateway": "flockrt.mcp",
+    "GatewayConfigError": "flockrt.mcp",
+    "OutsideAgent": "flockrt.mcp",
+    "FlockClient": "flockrt.client",
+    "Flock": "flockrt.runtime",
+}
 
 __all__ = [
     "Actor",
@@ -133,3 +169,19 @@ __all__ = [
     "handles_task",
     "load_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the heavier parts of the public API on first use (PEP 562), so that a user of
+    plain actors (``import flockrt.actors``) loads none of msgspec, nats, aiohttp,
+    prometheus_client, jwt or anthropic."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flockrt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

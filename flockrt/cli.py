@@ -31,11 +31,11 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from flockrt.client.client import FlockClient
 from flockrt.config import ConfigError, FlockConfig, load_config
 from flockrt.errors import BusUnavailable, CircuitOpen, FlockError, GatewayUnavailable
 from flockrt.logs import configure_logging
 from flockrt.loop import run as run_on_loop
-from flockrt.mcp.client import FlockClient
 from flockrt.runtime import Flock
 
 __all__ = ["main"]

@@ -25,7 +25,7 @@ from typing import Any, Literal, Union
 import msgspec
 
 from flockrt.actors.actor import Actor
-from flockrt.actors.agent import Agent
+from flockrt.agents.agent import Agent
 from flockrt.errors import FlockError
 from flockrt.supervisor.spec import ChildSpec, Restart
 from flockrt.supervisor.supervisor import Supervisor
@@ -46,10 +46,10 @@ __all__ = [
 ]
 
 BUILTIN_CLASSES = {
-    "ai": "flockrt.builtins:AiTaskAgent",
-    "claude": "flockrt.claude:ClaudeAgent",
-    "echo": "flockrt.builtins:EchoAgent",
-    "text": "flockrt.builtins:TextAgent",
+    "ai": "flockrt.agents.builtins:AiTaskAgent",
+    "claude": "flockrt.agents.claude:ClaudeAgent",
+    "echo": "flockrt.agents.builtins:EchoAgent",
+    "text": "flockrt.agents.builtins:TextAgent",
 }
 """Short names a config may use as ``class``; a class is imported only when a config names it."""
 

@@ -5,7 +5,7 @@ The only module that imports prometheus_client. Every series is listed in docs/m
 How the parts report:
 
 - **The kernel and the flock** keep plain counters (``ActorSystem.stats()``, the bus's
-  ``BusStats``, the flock's :class:`~flockrt.local.WorkStats`) and, while instrumented, cheap
+  ``BusStats``, the flock's :class:`~flockrt.flock.local.WorkStats`) and, while instrumented, cheap
   histograms (:class:`~flockrt.actors.histogram.Histogram`). One collector reads them at scrape
   time, so tells and asks never touch prometheus. The runtime calls :func:`instrument` per
   actor system (with its flock and NATS connection) when ``[metrics]`` is enabled, and closes
@@ -18,7 +18,7 @@ How the parts report:
 
   ``method`` is the JSON-RPC method (``tools/call``...; unknown ones count as ``other``);
   ``outcome`` is one of :data:`MCP_OUTCOMES`.
-- **The Claude agent** (``flockrt/claude.py``) keeps plain counters in ``flockrt.claude.USAGE``,
+- **The Claude agent** (``flockrt/agents/claude.py``) keeps plain counters in ``flockrt.agents.claude.USAGE``,
   read here at scrape time (``flockrt_claude_*``): nothing to call.
 
 Example::
@@ -58,7 +58,7 @@ from prometheus_client.registry import Collector
 from flockrt._version import __version__
 from flockrt.actors import histogram
 from flockrt.actors.system import ActorSystem
-from flockrt.local import LocalFlock, WorkStats
+from flockrt.flock.local import LocalFlock, WorkStats
 
 if TYPE_CHECKING:
     from flockrt.bus.connection import NatsConnection
@@ -176,7 +176,7 @@ def observe_mcp_request(method: str, outcome: str, seconds: float) -> None:
 
 
 class _ClaudeCollector(Collector):
-    """Reads ``flockrt.claude.USAGE`` (plain counters the Claude agent keeps) at scrape time.
+    """Reads ``flockrt.agents.claude.USAGE`` (plain counters the Claude agent keeps) at scrape time.
 
     Only if that module is loaded: importing it here would import ``anthropic`` into every
     process, and a process that never loaded it has no Claude agent to report.
@@ -187,7 +187,7 @@ class _ClaudeCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         tokens, requests, retries, opened = families = self._families()
-        claude = sys.modules.get("flockrt.claude")
+        claude = sys.modules.get("flockrt.agents.claude")
         usage = getattr(claude, "USAGE", None)
         if usage is None:
             return families

@@ -19,22 +19,22 @@ from typing import Any
 
 import msgspec
 
-from flockrt.actors.agent import Agent
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
+from flockrt.agents.agent import Agent
 from flockrt.bus.connection import NatsConnection, tls_context
-from flockrt.bus.directory import AgentInfo, StatusFilter
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
-from flockrt.bus.schema import Priority, TaskResult
 from flockrt.config import FlockConfig, NatsConfig, load_config
 from flockrt.errors import FlockError
-from flockrt.local import LocalFlock
+from flockrt.flock.directory import AgentInfo, StatusFilter
+from flockrt.flock.local import LocalFlock
 from flockrt.mcp.gateway import Gateway
 from flockrt.metrics import Instrumentation, instrument
 from flockrt.supervisor.spec import Restart
 from flockrt.supervisor.supervisor import Supervisor
 from flockrt.web import WebServer, build_app
+from flockrt.wire.schema import Priority, TaskResult
 
 __all__ = ["Flock"]
 

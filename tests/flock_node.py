@@ -13,10 +13,10 @@ import sys
 from typing import Any
 
 from flockrt import ActorSystem
-from flockrt.actors.agent import Agent, capability, handles_task
+from flockrt.agents.agent import Agent, capability, handles_task
 from flockrt.bus.connection import NatsConnection
 from flockrt.bus.flock import NatsFlock
-from flockrt.bus.schema import TaskMessage
+from flockrt.wire.schema import TaskMessage
 
 
 class Worker(Agent):

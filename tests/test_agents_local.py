@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from flockrt import ActorSystem, ChildSpec, Supervisor
-from flockrt.actors.agent import Agent, capability, handles_task
 from flockrt.actors.correlation import (
     correlation,
     correlation_id,
@@ -22,10 +21,11 @@ from flockrt.actors.correlation import (
     new_correlation_id,
     unique_id,
 )
-from flockrt.bus.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
+from flockrt.agents.agent import Agent, capability, handles_task
 from flockrt.errors import NoCapableAgent, UnknownAgent, WorkFailed, WorkTimeout
-from flockrt.local import LocalFlock, WorkStats, _Batch
+from flockrt.flock.local import LocalFlock, WorkStats, _Batch
 from flockrt.logs import ContextFilter
+from flockrt.wire.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from tests.conftest import wait_for
 
 

@@ -18,14 +18,14 @@ import pytest
 from nats.aio.msg import Msg
 
 from flockrt import ActorSystem
-from flockrt.actors.agent import Agent, capability, handles_task
 from flockrt.actors.correlation import correlation_id
+from flockrt.agents.agent import Agent, capability, handles_task
 from flockrt.bus.connection import NatsConnection
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
-from flockrt.bus.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from flockrt.errors import NoCapableAgent, UnknownAgent
-from flockrt.local import WorkStats
+from flockrt.flock.local import WorkStats
+from flockrt.wire.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

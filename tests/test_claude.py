@@ -18,10 +18,10 @@ import pytest
 
 from examples.messages_api import Failure, MessagesApiStandIn
 from flockrt import ActorSystem, ClaudeError, LocalFlock, NoCapableAgent, WorkFailed
-from flockrt.actors.agent import Agent, capability
+from flockrt.agents.agent import Agent, capability
+from flockrt.agents.builtins import AiTaskAgent, analyze_text
+from flockrt.agents.claude import OUTCOMES, USAGE, ClaudeAgent
 from flockrt.breaker import CircuitBreaker
-from flockrt.builtins import AiTaskAgent, analyze_text
-from flockrt.claude import OUTCOMES, USAGE, ClaudeAgent
 from flockrt.config import ConfigError, load_config
 from flockrt.supervisor.spec import Backoff
 from tests.conftest import wait_for
@@ -162,7 +162,7 @@ async def test_rate_limit_and_overload_are_retried_with_our_backoff(
         Failure(429, "Number of request tokens has exceeded your rate limit", retry_after="0.05"),
         Failure(529, "Overloaded"),
     )
-    caplog.set_level(logging.WARNING, "flockrt.claude")
+    caplog.set_level(logging.WARNING, "flockrt.agents.claude")
     result = await flock.request_capability("claude-ai", "third time lucky")
     assert result["text"] == "Claude says: third time lucky"
     assert len(api.requests) == 3
@@ -327,7 +327,7 @@ def test_config_starts_the_claude_agent_only_with_a_key(
         '[claude]\nmax_tokens = 200\n[[agents]]\nid = "echo"\nclass = "echo"\n'
         '[[agents]]\nid = "claude"\nclass = "claude"\noptions = { max_retries = 1 }\n'
     )
-    caplog.set_level(logging.INFO, "flockrt.claude")
+    caplog.set_level(logging.INFO, "flockrt.agents.claude")
     specs = load_config(path, env={}).child_specs()
     assert [spec.id for spec in specs] == ["echo"]
     assert [r.getMessage() for r in caplog.records] == [

@@ -32,7 +32,7 @@ from flockrt import (
 from flockrt.breaker import BreakerState
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.cli import operate
-from flockrt.local import LocalFlock
+from flockrt.flock.local import LocalFlock
 from flockrt.runtime import Flock
 from tests import client_support
 from tests.client_support import agents_flock_config

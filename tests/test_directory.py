@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flockrt.bus.directory import AgentInfo, Directory
-from flockrt.bus.schema import AgentAnnouncement, Heartbeat
+from flockrt.flock.directory import AgentInfo, Directory
+from flockrt.wire.schema import AgentAnnouncement, Heartbeat
 
 EPOCH = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 INTERVAL = 30.0  # seconds between heartbeats; three may be missed, so 90 s of silence is allowed

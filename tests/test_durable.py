@@ -16,8 +16,8 @@ import pytest
 from flockrt.bus.connection import BusState, Message, NatsConnection
 from flockrt.bus.durable import DeadLetter, DurableTasks, TaskConsumer
 from flockrt.bus.embedded import EmbeddedNats
-from flockrt.bus.schema import Codec, TaskMessage, TaskResult
 from flockrt.errors import BusUnavailable, JetStreamError
+from flockrt.wire.schema import Codec, TaskMessage, TaskResult
 from tests.conftest import wait_for
 
 STREAM = "FLOCK_TASKS"

@@ -10,12 +10,12 @@ import nats
 from nats.aio.msg import Msg
 
 from flockrt import ActorSystem
-from flockrt.actors.agent import Agent, handles_task
+from flockrt.agents.agent import Agent, handles_task
 from flockrt.bus.connection import NatsConnection
 from flockrt.bus.durable import DurableTasks
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
-from flockrt.bus.schema import Codec, TaskMessage, TaskResult
+from flockrt.wire.schema import Codec, TaskMessage, TaskResult
 from tests.conftest import wait_for
 
 

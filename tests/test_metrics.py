@@ -31,15 +31,15 @@ from flockrt import (
     handles_task,
     metrics,
 )
-from flockrt.actors.agent import Agent
 from flockrt.actors.histogram import Histogram
+from flockrt.agents.agent import Agent
 from flockrt.bus.connection import BusStats, NatsConnection
 from flockrt.bus.durable import DurableStats
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
-from flockrt.bus.schema import DirectMessage
 from flockrt.config import FlockConfig, MetricsConfig, RuntimeConfig
 from flockrt.runtime import Flock
+from flockrt.wire.schema import DirectMessage
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -346,7 +346,7 @@ async def test_nats_flock_series(nats_server: EmbeddedNats) -> None:
 
 async def test_durable_task_series(nats_server: EmbeddedNats) -> None:
     from flockrt.bus.durable import DurableTasks
-    from flockrt.bus.schema import Codec
+    from flockrt.wire.schema import Codec
 
     async with ActorSystem("durable-node", shutdown_timeout=2.0) as system:
         bus = NatsConnection(nats_server.url, name="durable-node", reconnect_wait=0.05, max_backoff=0.1)
@@ -416,7 +416,7 @@ def test_mcp_requests_and_connections() -> None:
 
 async def test_claude_usage_is_read_from_the_claude_agents_counters() -> None:
     from examples.messages_api import Failure, MessagesApiStandIn
-    from flockrt.claude import ClaudeAgent
+    from flockrt.agents.claude import ClaudeAgent
     from flockrt.supervisor.spec import Backoff
 
     def counts() -> dict[str, float]:
@@ -696,7 +696,7 @@ def known_series() -> set[str]:
                 await flock.submit("general", "x", wait=True)
                 await flock.request_capability("echo", "x")
                 metrics.observe_mcp_request("ping", "ok", 0.001)
-                import flockrt.claude  # noqa: F401 - its counters are reported once it is loaded
+                import flockrt.agents.claude  # noqa: F401 - its counters are reported once it is loaded
 
                 return {name for name, _ in scrape()}
 

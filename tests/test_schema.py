@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flockrt.bus import subjects
-from flockrt.bus.schema import (
+from flockrt.wire import subjects
+from flockrt.wire.schema import (
     MSGPACK,
     AgentAnnouncement,
     AgentEvent,

@@ -1,15 +1,6 @@
 """The in-process actor kernel: actors, refs, contexts and the actor system."""
 
 from flockrt.actors.actor import Actor
-from flockrt.actors.agent import (
-    Agent,
-    AgentCard,
-    AgentPort,
-    ProgressCallback,
-    Work,
-    capability,
-    handles_task,
-)
 from flockrt.actors.context import ActorContext, Timer
 from flockrt.actors.messages import StopReason, Terminated
 from flockrt.actors.ref import ActorRef
@@ -20,15 +11,8 @@ __all__ = [
     "ActorContext",
     "ActorRef",
     "ActorSystem",
-    "Agent",
-    "AgentCard",
-    "AgentPort",
-    "ProgressCallback",
     "StopReason",
     "SystemStats",
     "Terminated",
     "Timer",
-    "Work",
-    "capability",
-    "handles_task",
 ]

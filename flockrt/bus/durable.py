@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from flockrt.bus import subjects
 from flockrt.bus.connection import BusState, JsMessage, NatsConnection, PullConsumer
-from flockrt.bus.schema import Codec, InvalidMessage, TaskMessage, TaskResult
 from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError
+from flockrt.wire import subjects
+from flockrt.wire.schema import Codec, InvalidMessage, TaskMessage, TaskResult
 
 __all__ = ["DeadLetter", "DurableStats", "DurableTasks", "TaskConsumer"]
 

@@ -1,6 +1,6 @@
 """NatsFlock: the flock across processes, speaking the AI Flock JSON messages over NATS.
 
-It is a :class:`~flockrt.local.LocalFlock` (local agents, directory, priority dispatcher) whose
+It is a :class:`~flockrt.flock.local.LocalFlock` (local agents, directory, priority dispatcher) whose
 agents are also reachable through NATS, and which reaches agents of other processes:
 
 - agents announce on ``agent.announce`` and heartbeat on ``agent.<id>.heartbeat``; every
@@ -40,17 +40,30 @@ from typing import Any, Literal, TypeVar, overload
 import msgspec
 
 from flockrt._version import __version__
-from flockrt.actors.agent import Agent, AgentCard, ProgressCallback, Work
 from flockrt.actors.correlation import correlation_id as current_correlation
 from flockrt.actors.correlation import unique_id
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
-from flockrt.bus import remote, subjects
+from flockrt.agents.agent import Agent, AgentCard, ProgressCallback, Work
+from flockrt.bus import remote
 from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
-from flockrt.bus.directory import Directory
 from flockrt.bus.durable import DurableTasks, TaskConsumer
 from flockrt.bus.remote import CORRELATION_HEADER
-from flockrt.bus.schema import (
+from flockrt.errors import (
+    BusTimeout,
+    BusUnavailable,
+    FlockError,
+    JetStreamError,
+    NoCapableAgent,
+    NoResponders,
+    WorkFailed,
+    WorkTimeout,
+)
+from flockrt.flock.directory import Directory
+from flockrt.flock.local import PRIORITIES, LocalFlock
+from flockrt.supervisor.spec import Restart
+from flockrt.wire import subjects
+from flockrt.wire.schema import (
     MSGPACK,
     AgentAnnouncement,
     AgentEvent,
@@ -68,18 +81,6 @@ from flockrt.bus.schema import (
     TaskMessage,
     TaskResult,
 )
-from flockrt.errors import (
-    BusTimeout,
-    BusUnavailable,
-    FlockError,
-    JetStreamError,
-    NoCapableAgent,
-    NoResponders,
-    WorkFailed,
-    WorkTimeout,
-)
-from flockrt.local import PRIORITIES, LocalFlock
-from flockrt.supervisor.spec import Restart
 
 __all__ = ["CORRELATION_HEADER", "ORIGIN_HEADER", "NatsFlock"]
 

@@ -1,7 +1,7 @@
 """Asking agents of the flock over NATS, from anywhere that has a connection.
 
 The two request/reply exchanges of the AI Flock design, shared by :class:`~flockrt.bus.flock.NatsFlock`
-(for agents in other processes) and by :class:`~flockrt.mcp.client.FlockClient` (its fallback
+(for agents in other processes) and by :class:`~flockrt.client.client.FlockClient` (its fallback
 when the gateway is down), so both speak exactly the same messages:
 
 - ``capability.<name>``: a :class:`CapabilityRequest`, answered by a :class:`CapabilityResponse`;
@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from flockrt.actors.correlation import new_correlation_id, unique_id
-from flockrt.bus import subjects
 from flockrt.bus.connection import NatsConnection
-from flockrt.bus.schema import CapabilityRequest, CapabilityResponse, Codec, DirectMessage
 from flockrt.errors import BusTimeout, NoCapableAgent, NoResponders, UnknownAgent, WorkFailed, WorkTimeout
+from flockrt.wire import subjects
+from flockrt.wire.schema import CapabilityRequest, CapabilityResponse, Codec, DirectMessage
 
 __all__ = ["CORRELATION_HEADER", "request_capability", "request_capability_response", "send_direct"]
 

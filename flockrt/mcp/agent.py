@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import msgspec
 
-from flockrt.actors.agent import Agent
-from flockrt.bus.schema import Broadcast, DirectMessage
+from flockrt.agents.agent import Agent
 from flockrt.errors import FlockError, WorkFailed
+from flockrt.wire.schema import Broadcast, DirectMessage
 
 __all__ = ["AgentDisconnected", "Link", "OutsideAgent", "OutsideAgentFailed"]
 

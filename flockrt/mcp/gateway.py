@@ -19,10 +19,10 @@ from aiohttp import WSCloseCode, web
 
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
-from flockrt.bus.directory import AgentInfo
 from flockrt.bus.flock import NatsFlock
 from flockrt.config import McpConfig, is_loopback
-from flockrt.local import LocalFlock
+from flockrt.flock.directory import AgentInfo
+from flockrt.flock.local import LocalFlock
 from flockrt.mcp.agent import OutsideAgent
 from flockrt.mcp.auth import Authenticator, allowed_hosts, check_bind
 from flockrt.mcp.session import Session

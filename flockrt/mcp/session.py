@@ -27,7 +27,6 @@ import msgspec
 
 from flockrt._version import __version__
 from flockrt.actors.ref import ActorRef
-from flockrt.bus.subjects import check_token
 from flockrt.errors import (
     ActorFailed,
     AskTimeout,
@@ -57,6 +56,7 @@ from flockrt.mcp.protocol import (
     result_response,
 )
 from flockrt.supervisor.supervisor import DynamicSupervisor
+from flockrt.wire.subjects import check_token
 
 if TYPE_CHECKING:
     from flockrt.mcp.gateway import Gateway

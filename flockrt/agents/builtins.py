@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from flockrt.actors.agent import Agent, capability, handles_task
-from flockrt.bus.schema import DirectMessage, TaskMessage
+from flockrt.agents.agent import Agent, capability, handles_task
+from flockrt.wire.schema import DirectMessage, TaskMessage
 
 __all__ = ["AiTaskAgent", "EchoAgent", "TextAgent", "analyze_text"]
 

@@ -40,7 +40,6 @@ __all__ = [
     "TaskBatchItem",
     "TaskMessage",
     "TaskResult",
-    "WireMessage",
     "utcnow",
 ]
 
@@ -188,19 +187,6 @@ class TaskBatchItem(_Wire, frozen=True, kw_only=True):
 
     subject: str
     message: TaskMessage
-
-
-WireMessage: TypeAlias = (
-    TaskMessage
-    | TaskResult
-    | AgentAnnouncement
-    | Heartbeat
-    | AgentEvent
-    | Broadcast
-    | DirectMessage
-    | CapabilityRequest
-    | CapabilityResponse
-)
 
 
 class InvalidMessage(FlockError, ValueError):

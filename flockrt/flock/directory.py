@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias
 
-from flockrt.bus.schema import AgentAnnouncement, Heartbeat, utcnow
+from flockrt.wire.schema import AgentAnnouncement, Heartbeat, utcnow
 
 __all__ = ["AgentInfo", "AgentStatus", "ChangeCallback", "Directory", "StatusFilter"]
 

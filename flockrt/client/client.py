@@ -44,7 +44,6 @@ from flockrt._version import __version__
 from flockrt.breaker import CircuitBreaker
 from flockrt.bus import remote
 from flockrt.bus.connection import NatsConnection
-from flockrt.bus.schema import Broadcast, Codec, DirectMessage, Priority, TaskResult
 from flockrt.errors import (
     CircuitOpen,
     GatewayError,
@@ -56,6 +55,7 @@ from flockrt.errors import (
     WorkFailed,
     WorkTimeout,
 )
+from flockrt.wire.schema import Broadcast, Codec, DirectMessage, Priority, TaskResult
 
 __all__ = [
     "ANSWERED_TYPES",

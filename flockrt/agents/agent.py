@@ -32,9 +32,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from flockrt.actors.actor import Actor
 from flockrt.actors.correlation import correlation_id, current_agent
-from flockrt.bus.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
-from flockrt.bus.subjects import check_token
 from flockrt.errors import NoCapableAgent, WorkFailed
+from flockrt.wire.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
+from flockrt.wire.subjects import check_token
 
 __all__ = ["Agent", "AgentCard", "AgentPort", "ProgressCallback", "Work", "capability", "handles_task"]
 
@@ -63,7 +63,7 @@ def capability(name: str) -> Callable[[F], F]:
 def handles_task(task_type: str) -> Callable[[F], F]:
     """Mark an ``async def`` method as the agent's handler of tasks of ``task_type``.
 
-    The method receives the :class:`~flockrt.bus.schema.TaskMessage`; its return value becomes
+    The method receives the :class:`~flockrt.wire.schema.TaskMessage`; its return value becomes
     the ``result`` of the TaskResult.
     """
     return _skill_marker("task type", task_type, _TASK_TYPE)
@@ -184,7 +184,7 @@ class AgentCard:
 class AgentPort:
     """What an agent needs from the flock it lives in.
 
-    Implemented in-process by :class:`flockrt.local.LocalFlock` (and over NATS on top of it).
+    Implemented in-process by :class:`flockrt.flock.local.LocalFlock` (and over NATS on top of it).
     Registered with ``system.register_extension(AgentPort, port)``.
     """
 

@@ -36,9 +36,9 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flockrt.actors.agent import Agent, capability
+from flockrt.agents.agent import Agent, capability
+from flockrt.agents.builtins import analyze_text
 from flockrt.breaker import CircuitBreaker
-from flockrt.builtins import analyze_text
 from flockrt.config import ClaudeConfig
 from flockrt.errors import CircuitOpen, ClaudeError
 from flockrt.supervisor.spec import Backoff
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OUTCOMES", "USAGE", "ClaudeAgent", "ClaudeUsage"]
 
-log = logging.getLogger("flockrt.claude")
+log = logging.getLogger("flockrt.agents.claude")
 
 OUTCOMES = (
     "ok",
@@ -275,7 +275,7 @@ class ClaudeAgent(Agent):
 
     @capability("text-analysis")
     async def analyze(self, text: str, instructions: str | None = None) -> dict[str, Any]:
-        """The local counts of :func:`flockrt.builtins.analyze_text` (the same keys as every
+        """The local counts of :func:`flockrt.agents.builtins.analyze_text` (the same keys as every
         text-analysis agent gives) plus Claude's ``analysis`` of the text."""
         request = f"{instructions or 'Analyse this text.'}\n\n<text>\n{text}\n</text>"
         answer = await self.complete([{"role": "user", "content": request}], system=_ANALYST)

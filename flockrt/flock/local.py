@@ -26,22 +26,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flockrt.actors.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work, WorkDone
 from flockrt.actors.correlation import correlation_id, new_correlation_id, unique_id
 from flockrt.actors.histogram import WORK_BUCKETS, Histogram
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
-from flockrt.bus.directory import AgentInfo, Directory, StatusFilter
-from flockrt.bus.schema import (
-    AgentAnnouncement,
-    Broadcast,
-    CapabilityResponse,
-    DirectMessage,
-    Heartbeat,
-    Priority,
-    TaskMessage,
-    TaskResult,
-)
+from flockrt.agents.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work, WorkDone
 from flockrt.errors import (
     ActorStopped,
     AskTimeout,
@@ -51,8 +40,19 @@ from flockrt.errors import (
     WorkFailed,
     WorkTimeout,
 )
+from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
 from flockrt.supervisor.spec import ChildSpec, Restart
 from flockrt.supervisor.supervisor import Supervisor
+from flockrt.wire.schema import (
+    AgentAnnouncement,
+    Broadcast,
+    CapabilityResponse,
+    DirectMessage,
+    Heartbeat,
+    Priority,
+    TaskMessage,
+    TaskResult,
+)
 
 __all__ = ["PRIORITIES", "LocalFlock", "WorkStats"]
 
@@ -276,7 +276,7 @@ class LocalFlock(AgentPort):
         progress: ProgressCallback | None = None,
     ) -> CapabilityResponse:
         """:meth:`request_capability`, answered with who did it: the result, the agent's id
-        and the correlation id, as a :class:`~flockrt.bus.schema.CapabilityResponse`."""
+        and the correlation id, as a :class:`~flockrt.wire.schema.CapabilityResponse`."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         work = Work("capability", capability, parameters, future, PRIORITIES["medium"], progress=progress)
         work.correlation_id = correlation_id.get()
