@@ -21,13 +21,11 @@ import heapq
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flockrt.actors.correlation import correlation_id, new_correlation_id, unique_id
-from flockrt.actors.histogram import WORK_BUCKETS, Histogram
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.agents.agent import Agent, AgentCard, AgentPort, ProgressCallback, Work, WorkDone
@@ -41,6 +39,7 @@ from flockrt.errors import (
     WorkTimeout,
 )
 from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
+from flockrt.flock.stats import WorkStats
 from flockrt.supervisor.spec import ChildSpec, Restart
 from flockrt.supervisor.supervisor import Supervisor
 from flockrt.wire.schema import (
@@ -103,35 +102,6 @@ class _Member:
     @property
     def load(self) -> float:
         return self.running / self.card.max_concurrent_tasks
-
-
-class WorkStats:
-    """Outcomes and durations of the work this process's agents did, for the metrics layer.
-
-    Keys are ``(kind, key)``: ``("task", task_type)`` or ``("capability", name)``; only skills
-    a local agent offers get here, so the set of keys stays as small as the flock's skills.
-
-    Attributes:
-        outcomes: Finished work per ``(kind, key, outcome)``; outcome is ``ok``, ``error`` (the
-            handler raised), ``timeout`` (a capability request's requester stopped waiting) or
-            ``cancelled`` (the requester went away, or a task was cancelled).
-        durations: Seconds from submission to outcome (queueing included) per ``(kind, key)``.
-    """
-
-    __slots__ = ("bounds", "durations", "outcomes")
-
-    def __init__(self, bounds: tuple[float, ...] = WORK_BUCKETS) -> None:
-        self.bounds = bounds
-        self.outcomes: Counter[tuple[str, str, str]] = Counter()
-        self.durations: dict[tuple[str, str], Histogram] = {}
-
-    def record(self, kind: str, key: str, outcome: str, seconds: float) -> None:
-        """Count one finished piece of work."""
-        self.outcomes[kind, key, outcome] += 1
-        histogram = self.durations.get((kind, key))
-        if histogram is None:
-            histogram = self.durations[kind, key] = Histogram(self.bounds)
-        histogram.observe(seconds)
 
 
 async def _deferred_answer(
