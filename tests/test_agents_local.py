@@ -508,9 +508,14 @@ async def test_direct_messages_and_broadcasts(flock: LocalFlock) -> None:
     assert await flock.send_message("analyst-1", "do it", type="command") is None
     with pytest.raises(UnknownAgent, match="nobody"):
         await flock.send_message("nobody", "hi")
-    assert flock.broadcast("notice", "hello all") == 3
+    assert flock.deliver_broadcast(Broadcast(type="notice", message="hello all")) == 3
+    await flock.broadcast("notice", "and again")  # the FlockAPI's: flock-wide, here every agent
+    assert await flock.query("analyst-1", "ping") == "analyst-1 heard ping"
+    await flock.send("analyst-1", "do it")
+    with pytest.raises(ValueError, match="query"):
+        await flock.send("analyst-1", "ping", type="query")
     for ref in gated:
-        await wait_for(lambda ref=ref: ref._cell._actor.broadcasts != [])  # type: ignore[union-attr, misc]
+        await wait_for(lambda ref=ref: len(ref._cell._actor.broadcasts) == 2)  # type: ignore[union-attr, misc]
 
 
 async def test_heartbeats_reach_the_directory() -> None:

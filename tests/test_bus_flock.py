@@ -805,11 +805,11 @@ async def test_a_broadcast_sent_during_an_outage_reaches_local_agents_once(nats_
         await node.settled()
         await nats_server.kill()
         await wait_for(lambda: not node.bus.connected)
-        await node.flock.broadcast_all("during")  # delivered here now, buffered for the others
+        await node.flock.broadcast("during")  # delivered here now, buffered for the others
         await wait_for(lambda: Listener.heard == ["during"])
         await nats_server.restart()
         await node.bus.wait_connected(timeout=10)
         await wait_for(lambda: node.bus.stats.flushed >= 1)
-        await node.flock.broadcast_all("after")  # comes back through NATS, after the buffered one
+        await node.flock.broadcast("after")  # comes back through NATS, after the buffered one
         await wait_for(lambda: "after" in Listener.heard)
         assert Listener.heard == ["during", "after"]  # not "during" twice

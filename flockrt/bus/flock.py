@@ -33,6 +33,7 @@ import math
 import re
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
@@ -173,6 +174,22 @@ class NatsFlock(LocalFlock):
         self._origin = f"{self.node}-{uuid.uuid4().hex[:8]}"  # this process, in ORIGIN_HEADER
 
     # ------------------------------------------------------------------ lifecycle
+
+    def durable_counts(self) -> dict[str, int]:
+        """Durable-task events of this process, by event (empty unless durable)."""
+        if self.durable is None:
+            return {}
+        events = self.durable.stats
+        return {
+            "submitted": events.submitted,
+            "duplicate": events.duplicates,
+            "received": events.received,
+            "acked": events.acked,
+            "redelivered": events.redelivered,
+            "dead_lettered": events.dead_lettered,
+            "invalid": events.invalid,
+            "unsettled": events.unsettled,
+        }
 
     async def start(self) -> None:
         """Subscribe to the flock-wide subjects; local agents may be spawned before or after."""
@@ -710,13 +727,18 @@ class NatsFlock(LocalFlock):
         return answer.message if answer is not None else None
 
     async def broadcast_all(self, type: str, message: Any = None, data: Any = None) -> None:
+        """Deprecated: :meth:`broadcast` is flock-wide now."""
+        warnings.warn("NatsFlock.broadcast_all is now broadcast", DeprecationWarning, stacklevel=2)
+        await self.broadcast(type, message, data)
+
+    async def broadcast(self, type: str, message: Any = None, data: Any = None) -> None:
         """Broadcast to every agent of the flock (local ones get it through NATS too)."""
         payload = Broadcast(type=type, message=message, data=data)
         headers = None
         if not self.bus.connected:
             # Degraded: local agents get it now; the buffered copy goes out on reconnect,
             # marked so that this process does not deliver it a second time.
-            super().broadcast(type, message, data)
+            self.deliver_broadcast(payload)
             headers = {ORIGIN_HEADER: self._origin}
         await self.bus.publish(subjects.BROADCAST, self.codec.encode(payload), headers=headers)
 
@@ -931,7 +953,7 @@ class NatsFlock(LocalFlock):
             return  # delivered here already, when it was sent while NATS was away
         broadcast = self._decode(message, Broadcast)
         if broadcast is not None:
-            super().broadcast(broadcast.type, broadcast.message, broadcast.data)
+            self.deliver_broadcast(broadcast)
 
     def _on_task(self, message: Message) -> None:
         # Synchronous, like everything on a task's way to its agent: a subscription calls a

@@ -21,6 +21,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -164,6 +165,8 @@ class LocalFlock(AgentPort):
         self.work_stats: WorkStats | None = None
         """Set (by the metrics layer) to count tasks and capability requests by outcome and
         time them; None costs the dispatcher one attribute check."""
+        self.invalid_messages: Counter[str] = Counter()
+        """Rejected inbound messages by subject: nothing arrives from outside in one process."""
         self.tasks_finished: dict[str, int] = {"ok": 0, "error": 0}
         """Tasks run by this process's agents, by outcome: always counted, at the cost of a dict
         increment (the metrics layer's per-type series come from ``work_stats``)."""
@@ -715,17 +718,61 @@ class LocalFlock(AgentPort):
         member.card.ref.tell(direct)
         return None
 
-    def broadcast(self, type: str, message: Any = None, data: Any = None) -> int:
+    async def send(
+        self,
+        to: str,
+        message: Any,
+        *,
+        type: str = "command",
+        sender: str = "flock",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Deliver a direct message (not a query) to agent ``to`` (see :class:`FlockAPI`)."""
+        if type == "query":
+            raise ValueError("a query waits for its answer: use query()")
+        await self.send_message(to, message, type=type, sender=sender, metadata=metadata)
+
+    async def query(
+        self,
+        to: str,
+        message: Any,
+        *,
+        sender: str = "flock",
+        timeout: float = 30.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """Ask agent ``to`` and return its answer (see :class:`FlockAPI`)."""
+        return await self.send_message(
+            to, message, type="query", sender=sender, timeout=timeout, metadata=metadata
+        )
+
+    async def broadcast(self, type: str, message: Any = None, data: Any = None) -> None:
+        """Tell every agent of the flock: in one process, every local agent."""
+        self.deliver_broadcast(Broadcast(type=type, message=message, data=data))
+
+    def deliver_broadcast(self, broadcast: Broadcast) -> int:
         """Tell every local agent; returns how many got it (full mailboxes are logged)."""
-        broadcast = Broadcast(type=type, message=message, data=data)
         delivered = 0
         for member in list(self._members.values()):
             try:
                 member.card.ref.tell(broadcast)
                 delivered += 1
             except MailboxFull:
-                log.warning("broadcast %r not delivered to %s: mailbox full", type, member.card.id)
+                log.warning("broadcast %r not delivered to %s: mailbox full", broadcast.type, member.card.id)
         return delivered
+
+    async def start(self) -> None:
+        """Nothing to start in one process (the FlockAPI's lifecycle)."""
+
+    async def close(self) -> None:
+        """Nothing to stop in one process: the agents stop with their actor system."""
+
+    async def flush(self) -> None:
+        """Nothing is queued to go out in one process."""
+
+    def durable_counts(self) -> dict[str, int]:
+        """Durable tasks run through JetStream only: none in one process."""
+        return {}
 
     def list_agents(self, status: StatusFilter = "online", capability: str | None = None) -> list[AgentInfo]:
         """Agents by status (online, offline, all) and capability."""

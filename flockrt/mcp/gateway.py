@@ -19,7 +19,6 @@ from aiohttp import WSCloseCode, web
 
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
-from flockrt.bus.flock import NatsFlock
 from flockrt.config import McpConfig, is_loopback
 from flockrt.flock.directory import AgentInfo
 from flockrt.flock.local import LocalFlock
@@ -208,15 +207,11 @@ class Gateway:
 
     async def flush(self) -> None:
         """Make what the flock queued for NATS (an outside agent's announcement) go out now."""
-        if isinstance(self.flock, NatsFlock):
-            await self.flock.flush()
+        await self.flock.flush()
 
     async def broadcast(self, type: str, message: Any, data: Any) -> None:
         """A broadcast to every agent of the flock (every process, over NATS)."""
-        if isinstance(self.flock, NatsFlock):
-            await self.flock.broadcast_all(type, message, data)
-        else:
-            self.flock.broadcast(type, message, data)
+        await self.flock.broadcast(type, message, data)
 
     # ------------------------------------------------------------------ resource subscriptions
 
