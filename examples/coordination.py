@@ -55,16 +55,13 @@ def node_config(name: str, url: str) -> FlockConfig:
 
 async def coordinate(coordinator: Flock, tasks: int = TASKS) -> dict[str, Any]:
     """List the workers, tell each its share, submit every task, collect every result."""
-    flock = coordinator.flock
-    assert isinstance(flock, flockrt.LocalFlock)  # a NatsFlock, with its LocalFlock API
+    flock = coordinator.running  # the Flock interface: here a NatsFlock
     workers = sorted(agent.id for agent in flock.list_agents("online", capability="squaring"))
     if not workers:
         raise flockrt.NoCapableAgent("capability", "squaring")
     share, extra = divmod(tasks, len(workers))
     for i, worker in enumerate(workers):
-        await flock.send_message(
-            worker, {"expect": share + (i < extra)}, type="command", sender="coordinator"
-        )
+        await flock.send(worker, {"expect": share + (i < extra)}, sender="coordinator")
 
     # Each submit with wait=True is a NATS request on tasks.square: the queue group picks the
     # worker node, which picks its least loaded agent; the result comes back to us (and is
@@ -72,9 +69,7 @@ async def coordinate(coordinator: Flock, tasks: int = TASKS) -> dict[str, Any]:
     results = await asyncio.gather(
         *(flock.submit("square", {"n": n}, wait=True, timeout=30) for n in range(tasks))
     )
-    progress = {
-        w: await flock.send_message(w, "progress", type="query", sender="coordinator") for w in workers
-    }
+    progress = {w: await flock.query(w, "progress", sender="coordinator") for w in workers}
     squares = sorted(result.result["square"] for result in results if isinstance(result, flockrt.TaskResult))
     return {"workers": workers, "results": len(results), "squares": squares, "progress": progress}
 

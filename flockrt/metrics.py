@@ -58,7 +58,8 @@ from prometheus_client.registry import Collector
 from flockrt._version import __version__
 from flockrt.actors import histogram
 from flockrt.actors.system import ActorSystem
-from flockrt.flock.local import LocalFlock, WorkStats
+from flockrt.flock.api import FlockAPI
+from flockrt.flock.stats import WorkStats
 
 if TYPE_CHECKING:
     from flockrt.bus.connection import NatsConnection
@@ -241,7 +242,7 @@ class Instrumentation:
         self,
         label: str,
         system: ActorSystem,
-        flock: LocalFlock | None,
+        flock: FlockAPI | None,
         bus: NatsConnection | None,
     ) -> None:
         self.label = label
@@ -275,7 +276,7 @@ class Instrumentation:
 def instrument(
     system: ActorSystem,
     *,
-    flock: LocalFlock | None = None,
+    flock: FlockAPI | None = None,
     bus: NatsConnection | None = None,
     label: str | None = None,
     ask_sampling: int = 8,

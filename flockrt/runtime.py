@@ -75,7 +75,7 @@ class Flock:
         self.server: EmbeddedNats | None = None
         self.bus: NatsConnection | None = None
         self.system = ActorSystem(config.runtime.name, mailbox_capacity=config.runtime.mailbox_capacity)
-        self.flock: LocalFlock | None = None
+        self.flock: LocalFlock | NatsFlock | None = None
         """The flock (a NatsFlock with a ``[nats]`` section), once started."""
         self.root: ActorRef[object] | None = None
         self.metrics: Instrumentation | None = None
@@ -232,7 +232,7 @@ class Flock:
     # ------------------------------------------------------------------ the common operations
 
     @property
-    def running(self) -> LocalFlock:
+    def running(self) -> LocalFlock | NatsFlock:
         """The started flock; raises FlockError before :meth:`start` (or after a failed one)."""
         if self.flock is None:
             raise FlockError("the flock is not started: use 'async with Flock(...)' or await start()")

@@ -23,7 +23,8 @@ from flockrt.actors.correlation import (
 )
 from flockrt.agents.agent import Agent, capability, handles_task
 from flockrt.errors import NoCapableAgent, UnknownAgent, WorkFailed, WorkTimeout
-from flockrt.flock.local import LocalFlock, WorkStats, _Batch
+from flockrt.flock.batches import Batch, _task_batch
+from flockrt.flock.local import LocalFlock, WorkStats
 from flockrt.logs import ContextFilter
 from flockrt.wire.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from tests.conftest import wait_for
@@ -131,7 +132,7 @@ class Chain(Agent):
     @handles_task("chain")
     async def link(self, task: TaskMessage) -> int:
         if task.data < 3000:  # deeper than the recursion limit, if dispatch recursed
-            self.flock.dispatch_task(self.flock.new_task("chain", task.data + 1))
+            self.flock.dispatcher.dispatch_task(self.flock.new_task("chain", task.data + 1))
         return int(task.data)
 
     @handles_task("wait-then-link")
@@ -147,7 +148,7 @@ async def test_a_failing_result_hook_costs_the_agent_nothing(flock: LocalFlock) 
         raise RuntimeError("a bug in the hook")
 
     for _ in range(Analyst.max_concurrent_tasks):  # a runner each (the handler awaits)
-        flock.dispatch_task(flock.new_task("analysis", "one two"), broken)
+        flock.dispatcher.dispatch_task(flock.new_task("analysis", "one two"), broken)
     outcome = await flock.submit("analysis", "still works", wait=True, timeout=5)
     assert isinstance(outcome, TaskResult) and outcome.result == {"words": 2}
     assert await flock.request_capability("text-analysis", "inline too") == {"words": 2}
@@ -163,7 +164,7 @@ async def test_inline_work_does_not_recurse_through_the_dispatcher(flock: LocalF
     await flock.system.spawn(Chain, "chain-1")
     results: list[TaskResult] = []
     flock.on_result(results.append)
-    flock.dispatch_task(flock.new_task("chain", 0))
+    flock.dispatcher.dispatch_task(flock.new_task("chain", 0))
     await wait_for(lambda: len(results) == 3001)
     assert [r.result for r in results] == list(range(3001))  # in order, each once
     outcome = await flock.submit("wait-then-link", 7, wait=True)  # a Task of the agent's runs it
@@ -188,7 +189,7 @@ class Relay(Agent):
     @handles_task("first")
     async def first(self, task: TaskMessage) -> str:
         self._enter(task)
-        self.flock.dispatch_task(self.flock.new_task("second", task.data))
+        self.flock.dispatcher.dispatch_task(self.flock.new_task("second", task.data))
         self.inside -= 1
         return "first done"
 
@@ -208,7 +209,7 @@ async def test_inline_tasks_spread_over_the_free_agents(flock: LocalFlock) -> No
     results: list[TaskResult] = []
     flock.on_result(results.append)
     for _ in range(40):
-        flock.dispatch_task(flock.new_task("second", "x"))
+        flock.dispatcher.dispatch_task(flock.new_task("second", "x"))
     assert len(results) == 40  # each ran within its dispatch (no Task, no loop turn)
     counts = {
         agent: sum(1 for r in results if r.processed_by == agent)
@@ -225,14 +226,14 @@ async def test_work_dispatched_by_an_inline_handler_waits_for_a_free_agent(flock
     await flock.system.spawn(Relay, "relay-0")
     results: list[TaskResult] = []
     flock.on_result(results.append)
-    flock.dispatch_task(flock.new_task("first", "ok"))
+    flock.dispatcher.dispatch_task(flock.new_task("first", "ok"))
     assert [(r.result, r.processed_by) for r in results] == [
         ("first done", "relay-0"),
         ("second done", "relay-0"),
     ]
     assert [inside for _, _, inside in Relay.seen] == [1, 1]
     # And the agent is still offered for both types afterwards, failures included.
-    flock.dispatch_task(flock.new_task("first", "fail"))
+    flock.dispatcher.dispatch_task(flock.new_task("first", "fail"))
     assert [(r.status, r.processed_by) for r in results[2:]] == [("ok", "relay-0"), ("error", "relay-0")]
     assert "second failed" in (results[3].error or "")
     outcome = await flock.submit("second", "ok", wait=True, timeout=5)
@@ -262,7 +263,7 @@ class Nesting(Agent):
     @handles_task("outer")
     async def outer(self, task: TaskMessage) -> str:
         self._see(task)
-        self.flock.dispatch_task(self.flock.new_task("inner", None, task_id="inner-1"))
+        self.flock.dispatcher.dispatch_task(self.flock.new_task("inner", None, task_id="inner-1"))
         self._see(task)  # its context is its own again after the inner handler
         return "outer"
 
@@ -279,7 +280,9 @@ async def test_inline_handlers_run_in_the_agents_context_even_when_nested(flock:
     flock.on_result(results.append)
     reports: list[Any] = []  # a progress listener: the outer task goes the Work path (a handover)
     user_var.set("the caller's")  # not carried into the handlers (the agent's context)
-    flock.start_task(flock.new_task("outer", None, task_id="outer-1"), progress=lambda *a: reports.append(a))
+    flock.dispatcher.start_task(
+        flock.new_task("outer", None, task_id="outer-1"), progress=lambda *a: reports.append(a)
+    )
     assert [(r.task_id, r.result, r.processed_by) for r in results] == [
         ("inner-1", "inner", "nesting-1"),
         ("outer-1", "outer", "nesting-1"),
@@ -290,7 +293,7 @@ async def test_inline_handlers_run_in_the_agents_context_even_when_nested(flock:
         ("outer", "nesting-1", "outer-1", "set by outer"),
     ]
     assert (user_var.get(), current_agent.get(), correlation_id.get()) == ("the caller's", None, None)
-    flock.dispatch_task(flock.new_task("inner", None, task_id="inner-2"))  # the fast path
+    flock.dispatcher.dispatch_task(flock.new_task("inner", None, task_id="inner-2"))  # the fast path
     assert Nesting.seen[-1] == ("inner", "nesting-1", "inner-2", "unset")  # the outer ran in a copy
     assert (user_var.get(), current_agent.get(), correlation_id.get()) == ("the caller's", None, None)
 
@@ -305,7 +308,7 @@ class Caller(Agent):
     @capability("start")
     async def start(self) -> str:
         self.seen.append(("start", current_agent.get()))
-        self.flock.dispatch_task(self.flock.new_task("there"))
+        self.flock.dispatcher.dispatch_task(self.flock.new_task("there"))
         return "started"
 
     @handles_task("back")
@@ -320,7 +323,7 @@ class Callee(Agent):
     @handles_task("there")
     async def there(self, task: TaskMessage) -> str:
         Caller.seen.append(("there", current_agent.get()))
-        self.flock.dispatch_task(self.flock.new_task("back"))  # the caller has a slot free
+        self.flock.dispatcher.dispatch_task(self.flock.new_task("back"))  # the caller has a slot free
         return "there"
 
 
@@ -351,7 +354,7 @@ async def test_a_failing_hook_on_the_fast_path_costs_nothing_else(
     def broken(result: TaskResult) -> None:
         raise TypeError("cannot encode the result")
 
-    flock.dispatch_task(flock.new_task("first", "ok", task_id="first-1"), broken)
+    flock.dispatcher.dispatch_task(flock.new_task("first", "ok", task_id="first-1"), broken)
     assert [r.result for r in results] == ["first done", "second done"]
     assert flock.queued_work == 0
     assert "task first-1: the hook on its result failed" in caplog.text
@@ -379,7 +382,7 @@ async def test_handlers_see_the_agents_context_whichever_way_they_run(flock: Loc
     await flock.submit("inline", wait=True, timeout=5)
     await flock.submit("waits", wait=True, timeout=5)
     finished: list[list[TaskResult]] = []
-    flock.dispatch_tasks(flock.new_tasks("inline", [1]), finished.append)
+    flock.dispatcher.dispatch_tasks(flock.new_tasks("inline", [1]), finished.append)
     assert len(finished) == 1
     assert [where for where, _ in seen] == ["inline", "waits", "inline"]
     assert all(value != "the submitter's" for _, value in seen), seen
@@ -401,8 +404,8 @@ async def test_a_failing_inline_handler_is_logged_with_its_agent_and_correlation
     logging.getLogger("flockrt").addHandler(handler)
     try:
         await flock.system.spawn(Reporter, "reporter-1")
-        flock.dispatch_task(flock.new_task("write", "fail", task_id="t-1"))  # the fast path
-        flock.start_task(flock.new_task("write", "fail", task_id="t-2"), progress=lambda *a: None)
+        flock.dispatcher.dispatch_task(flock.new_task("write", "fail", task_id="t-1"))  # the fast path
+        flock.dispatcher.start_task(flock.new_task("write", "fail", task_id="t-2"), progress=lambda *a: None)
     finally:
         logging.getLogger("flockrt").removeHandler(handler)
     assert records == [("reporter-1", "t-1"), ("reporter-1", "t-2")]
@@ -429,7 +432,7 @@ async def test_progress_reaches_only_the_listener_of_its_own_work(flock: LocalFl
     assert await flock.request_capability("write", 2, progress=lambda d, t, m: heard.append((d, t))) == 2
     assert heard == [(1, 2), (2, 2)]
     assert await flock.request_capability("write", 3) == 3  # nobody listens: nothing reaches the old one
-    flock.dispatch_task(flock.new_task("write"))  # the fast path, in the agent's own context
+    flock.dispatcher.dispatch_task(flock.new_task("write"))  # the fast path, in the agent's own context
     assert heard == [(1, 2), (2, 2)]
 
 
@@ -630,7 +633,7 @@ async def test_a_batch_runs_as_one_unit_of_work_with_everything_per_task(flock: 
     tasks = flock.new_tasks("count", ["a", "bb", "fail", "dddd"])
     assert len({task.id for task in tasks}) == 4 and all(task.requester == "node-a" for task in tasks)
     answers: list[list[TaskResult]] = []
-    flock.dispatch_tasks(tasks, answers.append)
+    flock.dispatcher.dispatch_tasks(tasks, answers.append)
     [results] = answers  # at once: the handler never waits
     assert [r.task_id for r in results] == [t.id for t in tasks]
     assert [(r.status, r.result) for r in results] == [("ok", 1), ("ok", 2), ("error", None), ("ok", 4)]
@@ -643,7 +646,7 @@ async def test_a_batch_runs_as_one_unit_of_work_with_everything_per_task(flock: 
     assert flock.work_stats.outcomes == {("task", "count", "ok"): 3, ("task", "count", "error"): 1}
     assert flock.get_agent(results[0].processed_by) is not None
     # The next batch goes to an agent that did less so far (tasks count, not units of work).
-    flock.dispatch_tasks(flock.new_tasks("count", ["x"]), answers.append)
+    flock.dispatcher.dispatch_tasks(flock.new_tasks("count", ["x"]), answers.append)
     assert answers[1][0].processed_by != results[0].processed_by
 
 
@@ -658,14 +661,14 @@ async def test_a_batch_runs_highest_priority_first_with_the_callers_correlation_
     ]
     answers: list[list[TaskResult]] = []
     with correlation("req-7"):
-        flock.dispatch_tasks(tasks, answers.append)
+        flock.dispatcher.dispatch_tasks(tasks, answers.append)
     assert [data for *_, data in Counter.seen] == ["high-1", "high-2", "medium", "low-1", "low-2"]
     assert {c for _, c, _, _ in Counter.seen} == {"req-7"}
     assert [r.task_id for r in answers[0]] == [t.id for t in tasks]  # results in the batch's order
     with pytest.raises(NoCapableAgent, match="painting"):  # nothing of a batch runs then
-        flock.dispatch_tasks([*flock.new_tasks("count", ["y"]), *flock.new_tasks("painting", [1])])
+        flock.dispatcher.dispatch_tasks([*flock.new_tasks("count", ["y"]), *flock.new_tasks("painting", [1])])
     assert len(Counter.seen) == 5
-    flock.dispatch_tasks([], answers.append)
+    flock.dispatcher.dispatch_tasks([], answers.append)
     assert answers[-1] == []
 
 
@@ -678,10 +681,12 @@ async def test_a_batch_for_agents_that_wait_keeps_to_their_slots_and_queues_the_
     await wait_for(lambda: running(log) == 1)
     answers: list[list[TaskResult]] = []
     tasks = [*flock.new_tasks("slow", ["low"], priority="low"), *flock.new_tasks("slow", ["a", "b"])]
-    flock.dispatch_tasks(tasks, answers.append)
+    flock.dispatcher.dispatch_tasks(tasks, answers.append)
     await wait_for(lambda: running(log) == 2)
     assert flock.queued_work == 2  # a task per free slot, the others wait in the queue
-    flock.dispatch_tasks(flock.new_tasks("slow", ["urgent"], priority="high"))  # queued too, by priority
+    flock.dispatcher.dispatch_tasks(
+        flock.new_tasks("slow", ["urgent"], priority="high")
+    )  # queued too, by priority
     peak = 0
 
     def watch() -> bool:
@@ -709,11 +714,10 @@ async def test_an_agent_stopping_in_bulk_work_fails_its_task_and_hands_back_the_
     first = await flock.system.spawn(functools.partial(Gated, "gated-1", gate, log, drain_timeout=0.0))
     answers: list[list[TaskResult]] = []
     tasks = flock.new_tasks("slow", ["one", "two", "three"])
-    work = flock._bulk_work(
-        flock._task_skills["slow"], range(3), tasks, 0, _Batch(3, answers.append, True), None
-    )
+    skill = flock.dispatcher._task_skills["slow"]
+    work = _task_batch(flock.dispatcher, skill, range(3), tasks, 0, Batch(3, answers.append, True), None)
     work.agent_id = "gated-1"
-    flock._members["gated-1"].running += 1
+    flock.dispatcher._members["gated-1"].running += 1
     first.tell(work)  # what _hand_over does when the agent's take_work refuses
     await wait_for(lambda: running(log) == 1)
     await flock.system.spawn(Gated, "gated-2", gate, log)

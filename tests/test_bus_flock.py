@@ -211,7 +211,7 @@ async def test_a_stopped_agent_says_goodbye(nats_server: EmbeddedNats) -> None:
     async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
         await b.agents("b-1")
         await wait_for(lambda: a.flock.get_agent("b-1") is not None)
-        ref = b.flock._members["b-1"].card.ref
+        ref = b.flock.dispatcher._members["b-1"].card.ref
         await ref.stop()
         await wait_for(lambda: a.flock.get_agent("b-1").status == "offline")  # type: ignore[union-attr]
 
@@ -270,7 +270,7 @@ async def test_capability_requests_for_handlers_that_never_wait_are_answered_at_
             await node.system.spawn(Counting, f"counting-{i}")
         await node.settled()
         node.flock.work_stats = WorkStats()
-        fast = node.flock._run_inline_now
+        fast = node.flock.dispatcher._run_inline_now
         ran_inline: list[Any] = []
 
         def counted(*args: Any) -> Any:
@@ -278,7 +278,7 @@ async def test_capability_requests_for_handlers_that_never_wait_are_answered_at_
             ran_inline.append(ran is not None)
             return ran
 
-        node.flock._run_inline_now = counted  # type: ignore[method-assign]
+        node.flock.dispatcher._run_inline_now = counted  # type: ignore[method-assign]
 
         async def ask(parameters: Any, correlation: str, headers: dict[str, str] | None = None) -> Any:
             request = {"capability": "count", "parameters": parameters, "correlationId": correlation}
@@ -661,7 +661,7 @@ async def test_capabilities_show_up_in_the_nats_service_api(
         stats = await service_info(plain, "STATS", "node-a")
         assert stats["endpoints"][0]["num_requests"] == 1
         # The last agent offering it stops: the endpoint goes away.
-        await a.flock._members["a-1"].card.ref.stop()
+        await a.flock.dispatcher._members["a-1"].card.ref.stop()
         await a.settled()
         info = await service_info(plain, "INFO", "node-a")
         assert info["endpoints"] == []
@@ -709,7 +709,7 @@ async def test_a_persisted_directory_lets_a_new_process_see_the_flock_at_once(
             assert late.flock.get_agent("a-1").node == "node-a"  # type: ignore[union-attr]
         finally:
             await late.__aexit__(None, None, None)
-        await first.flock._members["a-2"].card.ref.stop()
+        await first.flock.dispatcher._members["a-2"].card.ref.stop()
         await first.settled()
         later = await persistent("node-later")
         try:
@@ -725,7 +725,7 @@ async def test_only_nodes_that_run_tasks_take_batches(nats_server: EmbeddedNats)
         assert producer.flock._batch_subscription is None  # no agents: leave batches to others
         await producer.agents("p-1")
         assert producer.flock._batch_subscription is not None
-        await producer.flock._members["p-1"].card.ref.stop()
+        await producer.flock.dispatcher._members["p-1"].card.ref.stop()
         await producer.settled()
         assert producer.flock._batch_subscription is None
 

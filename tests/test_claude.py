@@ -303,7 +303,7 @@ async def test_progress_reaches_the_requester_of_a_delegating_agent(
     reports: list[float] = []
     task = flock.new_task("ai", "what is a flock?")
     result = await asyncio.wait_for(
-        flock.start_task(task, progress=lambda done, total, message: reports.append(done)), 5
+        flock.dispatcher.start_task(task, progress=lambda done, total, message: reports.append(done)), 5
     )
     assert (result.status, result.processed_by) == ("ok", "ai")
     assert result.result["text"] == "Claude says: what is a flock?"

@@ -559,10 +559,10 @@ async def test_each_piece_of_work_runs_with_its_own_correlation_id(system: Actor
     # Both Work messages reach the agent's mailbox before it runs: one receive loop (started
     # in c-1's context) takes both, and each must still run with its own id.
     with correlation("c-1"):
-        first = flock.start_task(flock.new_task("general", task_id="t-1"))
+        first = flock.dispatcher.start_task(flock.new_task("general", task_id="t-1"))
     with correlation("c-2"):
-        second = flock.start_task(flock.new_task("general", task_id="t-2"))
-    third = flock.start_task(flock.new_task("general", task_id="t-3"))  # no id: the task's
+        second = flock.dispatcher.start_task(flock.new_task("general", task_id="t-2"))
+    third = flock.dispatcher.start_task(flock.new_task("general", task_id="t-3"))  # no id: the task's
     await asyncio.gather(first, second, third)
     assert seen == {"t-1": ("c-1", "recorder"), "t-2": ("c-2", "recorder"), "t-3": ("t-3", "recorder")}
     assert correlation_id.get() is None

@@ -22,16 +22,25 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dis
-import inspect
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar
 
 from flockrt.actors.actor import Actor
 from flockrt.actors.correlation import correlation_id, current_agent
+from flockrt.actors.tasks import TaskOwner
+from flockrt.agents.decorators import CAPABILITY, TASK_TYPE, capability, handles_task, never_waits
+from flockrt.agents.ports import AgentCard, Membership, WorkSource
+from flockrt.agents.work import (
+    CapabilityCall,
+    ProgressCallback,
+    TaskBatch,
+    TaskRun,
+    Work,
+    current_work,
+    report_tasks,
+)
 from flockrt.errors import NoCapableAgent, WorkFailed
 from flockrt.wire.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
 from flockrt.wire.subjects import check_token
@@ -40,183 +49,8 @@ __all__ = ["Agent", "AgentCard", "AgentPort", "ProgressCallback", "Work", "capab
 
 log = logging.getLogger("flockrt.agent")
 
-F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
-
-ProgressCallback = Callable[[float, float | None, str | None], None]
-"""``progress(done, total, message)``: how far a piece of work has come (MCP's progress
-notification: ``done`` only grows; ``total`` is None when unknown). Called on the event loop;
-it must not block and should not raise (an exception is logged and ignored)."""
-
-_CAPABILITY = "__flockrt_capability__"
-_TASK_TYPE = "__flockrt_task_type__"
-
-
-def capability(name: str) -> Callable[[F], F]:
-    """Mark an ``async def`` method as the agent's handler of capability ``name``.
-
-    A request's parameters are passed as keyword arguments when they are a JSON object, else
-    as the one positional argument; the return value is the answer.
-    """
-    return _skill_marker("capability", name, _CAPABILITY)
-
-
-def handles_task(task_type: str) -> Callable[[F], F]:
-    """Mark an ``async def`` method as the agent's handler of tasks of ``task_type``.
-
-    The method receives the :class:`~flockrt.wire.schema.TaskMessage`; its return value becomes
-    the ``result`` of the TaskResult.
-    """
-    return _skill_marker("task type", task_type, _TASK_TYPE)
-
-
-def _skill_marker(kind: str, key: str, attribute: str) -> Callable[[F], F]:
-    """The decorator behind capability/handles_task: checks the name, tags the method."""
-    check_token(kind, key)
-    decorator = "capability" if attribute == _CAPABILITY else "handles_task"
-
-    def mark(method: F) -> F:
-        if not inspect.iscoroutinefunction(method):
-            raise TypeError(f"@{decorator}({key!r}) needs an async def method, got {method!r}")
-        setattr(method, attribute, key)
-        return method
-
-    return mark
-
-
-WorkDone = Callable[["Work", Any, "WorkFailed | None"], object]
-"""The flock's hook on a finished piece of work: ``(work, value, None)`` or ``(work, None, error)``."""
-
-TaskDone = Callable[["Work", int, "list[Any]", "list[float]", "dict[int, WorkFailed]"], object]
-"""The flock's hook on tasks of bulk work that finished: ``(work, start, values, finished,
-failures)`` for ``work.payload[start : start + len(values)]``: their handlers' return values
-(None for those that failed), when each one finished (``time.monotonic()``), and the failures
-by index in ``work.payload``."""
-
-
-@dataclass(eq=False, slots=True)
-class Work:
-    """One piece of work a flock hands to an agent: a capability call or a task.
-
-    Attributes:
-        kind: "capability" or "task".
-        key: The capability name or the task type.
-        payload: The request's parameters, or the TaskMessage.
-        future: A waiting requester's future, or None: gets the handler's return value or a
-            WorkFailed. A requester that gives up cancels it, and work not started yet is
-            then skipped.
-        priority: 0 (high), 1 (medium) or 2 (low): lower runs first.
-        on_done: Called once, synchronously, when the work has finished (after ``future``);
-            how tasks get their TaskResult without a future and a loop turn each.
-        each: Set on *bulk* work: several tasks of one type handed over as one unit that
-            occupies one slot. ``payload`` is then a list of TaskMessages, run one after the
-            other (each with its own correlation id, each failing alone), and ``each`` gets
-            their outcomes (:data:`TaskDone`): all at once when the handler never waits,
-            else each as it finishes. ``on_done`` follows once, at the end, when ``cursor``
-            says how many were started (an agent that stops hands back the rest).
-    """
-
-    kind: Literal["capability", "task"]
-    key: str
-    payload: Any
-    future: asyncio.Future[Any] | None = None
-    priority: int = 1
-    enqueued: float = field(default_factory=time.monotonic)
-    agent_id: str = ""
-    """Who it was handed to (set by the flock)."""
-    correlation_id: str | None = None
-    """The correlation id of the request, set again while the agent's handler runs."""
-    progress: ProgressCallback | None = None
-    """Where the handler's :meth:`Agent.report_progress` goes (None: nobody listens)."""
-    on_done: WorkDone | None = None
-    each: TaskDone | None = None
-    cursor: int = 0
-    """Bulk work: how many of its tasks were started (the rest were never begun)."""
-
-    @property
-    def abandoned(self) -> bool:
-        """Its requester gave up waiting (there is no point in starting it)."""
-        return self.future is not None and self.future.done()
-
-    def finish(self, value: Any, error: WorkFailed | None = None) -> None:
-        """Deliver the outcome to the requester's future and the flock's hook."""
-        future = self.future
-        if future is not None and not future.done():
-            if error is None:
-                future.set_result(value)
-            else:
-                future.set_exception(error)
-        if self.on_done is not None:
-            try:
-                self.on_done(self, value, error)
-            except Exception:  # a bug in the flock's hook must not cost the agent its slot
-                context = {"agent": self.agent_id or None, "correlation_id": self.correlation_id}
-                log.exception("%s %s: the hook on its outcome failed", self.kind, self.key, extra=context)
-
-
-# The Work a handler is running, in the context the handler runs in (its runner Task's, or a
-# copy of the agent's own for an inline handler whose progress someone listens to), so
-# report_progress finds its requester.
-_current_work: contextvars.ContextVar[Work | None] = contextvars.ContextVar("flockrt_work", default=None)
-
-
-@dataclass(frozen=True, slots=True)
-class AgentCard:
-    """What a flock knows of a local agent: identity, skills, capacity and its ref."""
-
-    id: str
-    name: str
-    capabilities: tuple[str, ...]
-    task_types: tuple[str, ...]
-    max_concurrent_tasks: int
-    ref: Any  # ActorRef[Any]; Any keeps this module free of a ref import cycle
-    take_work: Callable[[Work], bool] | None = None
-    """Hands work to the agent directly, bypassing its mailbox (see :meth:`Agent.take_work`)."""
-    run_now: Callable[[str, str, Any, str | None], tuple[Any, WorkFailed | None] | None] | None = None
-    """Runs a task or a capability request whose handler never waits here and now, with no
-    Work (``Agent._run_now``)."""
-    inline_task_types: frozenset[str] = frozenset()
-    """Task types whose handler never waits: the flock may hand it many of those tasks as one
-    piece of bulk work (see :attr:`Work.each`), which it runs in one go."""
-    inline_capabilities: frozenset[str] = frozenset()
-    """Capabilities whose handler never waits."""
-
-
-class AgentPort:
-    """What an agent needs from the flock it lives in.
-
-    Implemented in-process by :class:`flockrt.flock.local.LocalFlock` (and over NATS on top of it).
-    Registered with ``system.register_extension(AgentPort, port)``.
-    """
-
-    heartbeat_interval: float = 30.0
-    """Seconds between heartbeats (HEARTBEAT_INTERVAL is in milliseconds)."""
-
-    def agent_started(self, card: AgentCard) -> None:
-        """The agent is ready for work (also after a restart)."""
-        raise NotImplementedError
-
-    def agent_heartbeat(self, heartbeat: Heartbeat) -> None:
-        """A sign of life with the agent's counters."""
-        raise NotImplementedError
-
-    def agent_stopped(self, agent_id: str) -> None:
-        """The agent takes no more work (it is stopping or restarting)."""
-        raise NotImplementedError
-
-    def work_done(self, agent_id: str) -> None:
-        """One piece of work the flock handed to the agent has finished: capacity is free."""
-        raise NotImplementedError
-
-    async def request_capability(
-        self,
-        capability: str,
-        parameters: Any = None,
-        *,
-        timeout: float = 30.0,
-        progress: ProgressCallback | None = None,
-    ) -> Any:
-        """Have an agent of the flock that offers ``capability`` do it; return its answer."""
-        raise NotImplementedError
+AgentPort = Membership
+"""Deprecated name of :class:`~flockrt.agents.ports.Membership` (AgentPort was a base class)."""
 
 
 class _Beat:
@@ -256,14 +90,14 @@ class Agent(Actor[Any]):
         task_types: dict[str, str] = {}
         for klass in reversed(cls.__mro__):
             for attr, value in vars(klass).items():
-                if (name := getattr(value, _CAPABILITY, None)) is not None:
+                if (name := getattr(value, CAPABILITY, None)) is not None:
                     capabilities[name] = attr
-                if (task_type := getattr(value, _TASK_TYPE, None)) is not None:
+                if (task_type := getattr(value, TASK_TYPE, None)) is not None:
                     task_types[task_type] = attr
         cls._flockrt_capabilities = capabilities
         cls._flockrt_task_types = task_types
         methods = {*capabilities.values(), *task_types.values()}
-        cls._flockrt_inline = frozenset(m for m in methods if _never_waits(getattr(cls, m)))
+        cls._flockrt_inline = frozenset(m for m in methods if never_waits(getattr(cls, m)))
 
     def __init__(
         self, agent_id: str, *, name: str | None = None, max_concurrent_tasks: int | None = None
@@ -276,8 +110,9 @@ class Agent(Actor[Any]):
             raise ValueError(f"max_concurrent_tasks must be >= 1, got {self.max_concurrent_tasks!r}")
         self.tasks_processed = 0
         self._started = time.monotonic()
-        self._port: AgentPort | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._flock: Membership | None = None
+        self._source: WorkSource | None = None  # the dispatcher, once the agent joined its flock
+        self._running = TaskOwner(f"agent {agent_id}", log)
         self._handoff: Work | None = None  # see _runner
         # Where handlers that never wait run (see _step): a context of the agent's own.
         self._inline_context = contextvars.Context()
@@ -407,7 +242,7 @@ class Agent(Actor[Any]):
             total: What ``done`` reaches at the end, if known.
             message: A short human-readable status.
         """
-        work = _current_work.get()
+        work = current_work.get()
         if work is None or work.progress is None:
             return
         try:
@@ -418,7 +253,7 @@ class Agent(Actor[Any]):
     @property
     def progress_listener(self) -> ProgressCallback | None:
         """The progress callback of the piece of work being handled (None outside one)."""
-        work = _current_work.get()
+        work = current_work.get()
         return None if work is None else work.progress
 
     async def request_capability(
@@ -440,9 +275,9 @@ class Agent(Actor[Any]):
             WorkTimeout: no answer within ``timeout`` seconds.
             WorkFailed: the other agent's handler raised.
         """
-        if self._port is None:
+        if self._source is None:
             raise NoCapableAgent("capability", capability)
-        return await self._port.request_capability(
+        return await self._source.request_capability(
             capability, parameters, timeout=timeout, progress=progress or self.progress_listener
         )
 
@@ -450,18 +285,18 @@ class Agent(Actor[Any]):
 
     async def on_start(self) -> None:
         await self.setup()
-        port = self.context.system.extension(AgentPort)
-        self._port = port
-        if port is None:
-            log.debug("agent %s runs without a flock (no AgentPort registered)", self.agent_id)
+        flock = self.context.system.extension(Membership)  # type: ignore[type-abstract]  # a key
+        self._flock = flock
+        if flock is None:
+            log.debug("agent %s runs without a flock (no Membership registered)", self.agent_id)
             return
-        port.agent_started(self.card())
-        self.context.send_periodic(port.heartbeat_interval, _BEAT, initial_delay=0)
+        self._source = flock.agent_started(self.card())
+        self.context.send_periodic(flock.heartbeat_interval, _BEAT, initial_delay=0)
 
     async def on_stop(self) -> None:
-        if self._port is not None:
-            self._port.agent_stopped(self.agent_id)  # from here on, no new work comes
-        running, self._running = self._running, set()
+        if self._flock is not None:
+            self._flock.agent_stopped(self.agent_id)  # from here on, no new work comes
+        running = self._running.take()
         try:
             if running and self.context.state == "stopping" and self.drain_timeout > 0:
                 # A graceful stop (SIGTERM, a supervisor's terminate): the work in flight ends
@@ -475,20 +310,17 @@ class Agent(Actor[Any]):
                         self.drain_timeout,
                     )
         finally:
-            for task in running:
-                task.cancel()
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
+            await TaskOwner.cancel(running)
         await self.teardown()
 
     # ------------------------------------------------------------------ messages
 
     async def receive(self, message: Any) -> Any:
-        if type(message) is Work:  # handed over while this instance could not take it directly
+        if isinstance(message, Work):  # handed over while this instance could not take it directly
             self._start_work(message)
         elif message is _BEAT:
-            if self._port is not None:
-                self._port.agent_heartbeat(self.heartbeat())
+            if self._flock is not None:
+                self._flock.agent_heartbeat(self.heartbeat())
         elif isinstance(message, DirectMessage):
             # The receive loop's context outlives this message: set, then reset.
             agent = current_agent.set(self.agent_id)
@@ -518,10 +350,10 @@ class Agent(Actor[Any]):
         table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
         method_name = table.get(work.key)
         if method_name in self._flockrt_inline:
-            if work.each is None:
-                self._run_inline(work, method_name)
+            if type(work) is TaskBatch:
+                self._run_inline_batch(work, method_name)
             else:
-                self._run_inline_bulk(work, method_name)
+                self._run_inline(work, method_name)
         elif self._handoff is _WAITING:
             self._handoff = work  # a runner that just freed its slot goes on with it
         else:
@@ -602,7 +434,7 @@ class Agent(Actor[Any]):
         correlation_id.set(correlation)
         if work is not None or self._stepping:  # a copy, of another handler's context maybe
             current_agent.set(self.agent_id)
-            _current_work.set(work)
+            current_work.set(work)
         self._stepping += 1
         try:
             handler.send(None)
@@ -613,8 +445,8 @@ class Agent(Actor[Any]):
             self._stepping -= 1
         raise RuntimeError("an inline handler tried to wait")
 
-    def _run_inline_bulk(self, work: Work, method_name: str) -> None:
-        """Run bulk work (a list of tasks, see :attr:`Work.each`) whose handler never waits, in
+    def _run_inline_batch(self, work: TaskBatch, method_name: str) -> None:
+        """Run a :class:`TaskBatch` whose handler never waits, in
         one tight loop: as :meth:`_run_inline` per task, with what can be shared set once, and
         the outcomes handed to the flock together at the end.
 
@@ -622,8 +454,6 @@ class Agent(Actor[Any]):
         No task can be left unstarted: nothing in the loop can suspend, so nothing can stop the
         agent half-way (and reporting at the end delays no result: nobody else runs meanwhile).
         """
-        each = work.each
-        assert each is not None
         values: list[Any] = []
         finished: list[float] = []
         failures: dict[int, WorkFailed] = {}
@@ -634,28 +464,28 @@ class Agent(Actor[Any]):
         finally:
             self.tasks_processed += len(values)
             work.cursor = len(values)
-        _report_tasks(work, each, 0, values, finished, failures)
+        report_tasks(work, 0, values, finished, failures)
         work.finish(None)
         self._finished()
 
     def _send_each(
         self,
-        work: Work,
+        work: TaskBatch,
         method: Callable[[Any], Coroutine[Any, Any, Any]],
         values: list[Any],
         finished: list[float],
         failures: dict[int, WorkFailed],
     ) -> None:
-        """:meth:`_run_inline_bulk`'s loop, within the context it chose: each task's value (None
+        """:meth:`_run_inline_batch`'s loop, within the context it chose: each task's value (None
         if it failed), when it finished, and its failure by index."""
         shared_correlation = work.correlation_id
         current_agent.set(self.agent_id)
         correlation_id.set(shared_correlation)
-        _current_work.set(work)
+        current_work.set(work)
         keep, stamp, now = values.append, finished.append, time.monotonic
         self._stepping += 1
         try:
-            for index, task in enumerate(work.payload):
+            for index, task in enumerate(work.tasks):
                 if shared_correlation is None:
                     correlation_id.set(task.id)
                 try:
@@ -680,9 +510,7 @@ class Agent(Actor[Any]):
         handler sees the correlation and agent ids flockrt sets, not other context variables
         of the code that submitted the work, and the same ones whichever way it runs.
         """
-        task = asyncio.get_running_loop().create_task(self._runner(work), context=self._inline_context.copy())
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._running.spawn(self._runner(work), context=self._inline_context.copy())
 
     async def _runner(self, work: Work) -> None:
         """Run ``work``, then each piece the flock hands over as its slot frees up.
@@ -725,13 +553,13 @@ class Agent(Actor[Any]):
         if method_name is None:
             work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered")))
             return
-        if work.each is not None:
-            await self._run_bulk(work, method_name)
+        if type(work) is TaskBatch:
+            await self._run_batch(work, method_name)
             return
         # The runner Task's own context: set for this piece, overwritten by the next one.
         current_agent.set(self.agent_id)
         correlation_id.set(work.correlation_id)
-        _current_work.set(work)  # a runner's context: no reset, and the next piece replaces it
+        current_work.set(work)  # a runner's context: no reset, and the next piece replaces it
         follow = _follow_requester(work)
         try:
             result = await self._call(work, method_name)
@@ -749,20 +577,18 @@ class Agent(Actor[Any]):
         finally:
             follow.stop()
 
-    async def _run_bulk(self, work: Work, method_name: str) -> None:
-        """Run bulk work's tasks one after the other in this runner Task (as :meth:`_run` per
+    async def _run_batch(self, work: TaskBatch, method_name: str) -> None:
+        """Run a batch's tasks one after the other in this runner Task (as :meth:`_run` per
         task); each outcome goes to ``work.each``, then ``work.finish`` follows.
 
         An agent stopping half-way fails the task it was running (as for a single piece of
         work) and hands back the ones not started: ``work.cursor`` tells the flock where to
-        pick up (see :attr:`Work.each`).
+        pick up.
         """
-        each = work.each
-        assert each is not None
         method: Callable[[Any], Coroutine[Any, Any, Any]] = getattr(self, method_name)
         current_agent.set(self.agent_id)
-        _current_work.set(work)
-        tasks = work.payload
+        current_work.set(work)
+        tasks = work.tasks
         while work.cursor < len(tasks):
             index = work.cursor
             task = tasks[index]
@@ -772,18 +598,21 @@ class Agent(Actor[Any]):
             try:
                 value = await method(task)
             except asyncio.CancelledError:  # the agent stops: this task fails, the rest go back
-                _report_tasks(work, each, index, [None], [time.monotonic()], {index: self._stopped(work)})
+                report_tasks(work, index, [None], [time.monotonic()], {index: self._stopped(work)})
                 work.finish(None)
                 raise
             except Exception as exc:  # the task failed, not the agent
                 value, error = None, self._task_failed(work.kind, work.key, exc)
             self.tasks_processed += 1
-            _report_tasks(work, each, index, [value], [time.monotonic()], {index: error} if error else {})
+            report_tasks(work, index, [value], [time.monotonic()], {index: error} if error else {})
         work.finish(None)
 
     def _call(self, work: Work, method_name: str) -> Coroutine[Any, Any, Any]:
         """The coroutine of handler ``method_name`` for ``work``, not started."""
-        return self._handler(work.kind, method_name, work.payload)
+        if type(work) is TaskRun:
+            return self._handler("task", method_name, work.task)
+        assert type(work) is CapabilityCall
+        return self._handler("capability", method_name, work.parameters)
 
     def _handler(self, kind: str, method_name: str, payload: Any) -> Coroutine[Any, Any, Any]:
         """The coroutine of handler ``method_name`` for a task (``payload``: the TaskMessage)
@@ -816,23 +645,8 @@ class Agent(Actor[Any]):
         return WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
 
     def _finished(self) -> None:
-        if self._port is not None:
-            self._port.work_done(self.agent_id)
-
-
-def _report_tasks(
-    work: Work,
-    each: TaskDone,
-    start: int,
-    values: list[Any],
-    finished: list[float],
-    failures: dict[int, WorkFailed],
-) -> None:
-    """Tasks of bulk work finished: tell the flock (a bug in its hook costs nothing else)."""
-    try:
-        each(work, start, values, finished, failures)
-    except Exception:
-        log.exception("%s %s: the hook on its tasks' outcomes failed", work.kind, work.key)
+        if self._source is not None:
+            self._source.work_done(self.agent_id)
 
 
 class _Follow:
@@ -862,23 +676,8 @@ class _Follow:
 
 
 def _follow_requester(work: Work) -> _Follow:
-    return _Follow(work.future, asyncio.current_task())
-
-
-_WAIT_OPCODES = frozenset(
-    dis.opmap[name]
-    for name in ("GET_AWAITABLE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH", "YIELD_VALUE")
-    if name in dis.opmap
-)
-
-
-def _never_waits(method: Any) -> bool:
-    """Whether ``method`` is an ``async def`` with no await, ``async for`` or ``async with``
-    in its body: its coroutine then finishes in its first step, whatever it calls."""
-    code = getattr(method, "__code__", None)
-    if code is None or not inspect.iscoroutinefunction(method):
-        return False
-    return not any(instruction.opcode in _WAIT_OPCODES for instruction in dis.get_instructions(code))
+    future = work.future if type(work) is CapabilityCall else None
+    return _Follow(future, asyncio.current_task())
 
 
 _RUNS_PER_TURN = 64

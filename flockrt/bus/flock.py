@@ -36,7 +36,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 import msgspec
 
@@ -45,7 +45,10 @@ from flockrt.actors.correlation import correlation_id as current_correlation
 from flockrt.actors.correlation import unique_id
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
-from flockrt.agents.agent import Agent, AgentCard, ProgressCallback, Work
+from flockrt.actors.tasks import TaskOwner
+from flockrt.agents.agent import Agent
+from flockrt.agents.ports import AgentCard, Membership, WorkSource
+from flockrt.agents.work import CapabilityCall, ProgressCallback
 from flockrt.bus import remote
 from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
 from flockrt.bus.durable import DurableTasks, TaskConsumer
@@ -60,8 +63,12 @@ from flockrt.errors import (
     WorkFailed,
     WorkTimeout,
 )
-from flockrt.flock.directory import Directory
-from flockrt.flock.local import PRIORITIES, LocalFlock
+from flockrt.flock import batches
+from flockrt.flock.api import FlockAPI
+from flockrt.flock.batches import PRIORITIES
+from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
+from flockrt.flock.local import LocalFlock
+from flockrt.flock.stats import WorkStats
 from flockrt.supervisor.spec import Restart
 from flockrt.wire import subjects
 from flockrt.wire.schema import (
@@ -98,8 +105,12 @@ _SUBJECT = re.compile(r"^[^\s*>]+$")  # a publishable subject: no whitespace, no
 T = TypeVar("T")
 
 
-class NatsFlock(LocalFlock):
-    """A LocalFlock whose agents work together with every other process on the same NATS.
+class NatsFlock:
+    """A flock whose agents work together with every other process on the same NATS.
+
+    It HAS a :class:`~flockrt.flock.local.LocalFlock` (its agents, directory and dispatcher in
+    this process) and feeds the dispatcher what arrives over NATS; results leave through the
+    dispatcher's sink (:meth:`_publish_result`), with the correlation id of their own work.
 
     Args:
         system: The actor system the local agents live in.
@@ -134,12 +145,20 @@ class NatsFlock(LocalFlock):
         durable: DurableTasks | bool = False,
         persist_directory: bool = False,
     ) -> None:
-        super().__init__(
+        self.local = LocalFlock(
             system,
             node=node or f"node-{uuid.uuid4().hex[:8]}",
             heartbeat_interval=heartbeat_interval,
             directory=directory,
+            register=False,
         )
+        self.system = system
+        self.node = self.local.node
+        self.heartbeat_interval = heartbeat_interval
+        self.directory = self.local.directory
+        self.dispatcher = self.local.dispatcher
+        self.dispatcher.sink = self._publish_result
+        self.dispatcher.fallback = self._request_remote
         self.bus = bus
         self.codec = codec or Codec()
         self.invalid_messages: Counter[str] = Counter()
@@ -149,7 +168,7 @@ class NatsFlock(LocalFlock):
         self._subscriptions: list[Subscription] = []
         self._outbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
+        self._inflight = TaskOwner(f"NATS flock {self.node}", log)
         self._sweeper: asyncio.TimerHandle | None = None
         self.batch_window = batch_window
         self.batch_max = batch_max
@@ -161,7 +180,6 @@ class NatsFlock(LocalFlock):
         self._consumers: dict[str, TaskConsumer] = {}
         self._service: BusService | None = None
         self._served: set[str] = set()  # capabilities this process serves as service endpoints
-        self._correlations: dict[str, str] = {}  # task id -> the Correlation-Id it came with
         # Joined only while local agents handle tasks: a producer-only node taking batches
         # would just republish their tasks one by one.
         self._batch_subscription: Subscription | None = None
@@ -172,6 +190,91 @@ class NatsFlock(LocalFlock):
         self._results_subscription: Subscription | None = None
         self._discovered_at = -math.inf  # when this process last asked agents to re-announce
         self._origin = f"{self.node}-{uuid.uuid4().hex[:8]}"  # this process, in ORIGIN_HEADER
+        system.register_extension(Membership, self)  # type: ignore[type-abstract]  # a key
+
+    # ------------------------------------------------------------------ the local core
+
+    @property
+    def work_stats(self) -> WorkStats | None:
+        """Counts and times work by outcome once the metrics layer sets it (None: off)."""
+        return self.dispatcher.work_stats
+
+    @work_stats.setter
+    def work_stats(self, stats: WorkStats | None) -> None:
+        self.dispatcher.work_stats = stats
+
+    @property
+    def tasks_finished(self) -> dict[str, int]:
+        """Tasks run by this process's agents, by outcome."""
+        return self.dispatcher.tasks_finished
+
+    @property
+    def queued_work(self) -> int:
+        """Tasks and capability requests waiting for a free local agent."""
+        return self.dispatcher.queued_work
+
+    def has_skill(self, kind: str, key: str) -> bool:
+        """Whether an agent of this process offers this capability or task type."""
+        return self.dispatcher.has_skill(kind, key)
+
+    def is_local(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is an agent of this process."""
+        return self.dispatcher.is_local(agent_id)
+
+    def list_agents(self, status: StatusFilter = "online", capability: str | None = None) -> list[AgentInfo]:
+        """Agents of the whole flock this process knows of, by status and capability."""
+        return self.directory.list(status, capability)
+
+    def get_agent(self, agent_id: str) -> AgentInfo | None:
+        """One agent's info, or None."""
+        return self.directory.get(agent_id)
+
+    async def wait_for_agents(
+        self, count: int, *, capability: str | None = None, timeout: float = 10.0
+    ) -> list[AgentInfo]:
+        """Wait until at least ``count`` agents (with ``capability``) are online anywhere (see
+        :meth:`LocalFlock.wait_for_agents <flockrt.flock.local.LocalFlock.wait_for_agents>`)."""
+        return await self.local.wait_for_agents(count, capability=capability, timeout=timeout)
+
+    def on_result(self, listener: Callable[[TaskResult], None]) -> Callable[[], None]:
+        """Call ``listener`` with the TaskResult of every task this process's agents run."""
+        return self.dispatcher.on_result(listener)
+
+    def new_task(self, task_type: str, data: Any = None, **options: Any) -> TaskMessage:
+        """A TaskMessage from this node (see :func:`flockrt.flock.batches.new_task`)."""
+        return batches.new_task(self.node, task_type, data, **options)
+
+    def new_tasks(self, task_type: str, items: Iterable[Any], **options: Any) -> list[TaskMessage]:
+        """A TaskMessage per item (see :func:`flockrt.flock.batches.new_tasks`)."""
+        return batches.new_tasks(self.node, task_type, items, **options)
+
+    async def send(
+        self,
+        to: str,
+        message: Any,
+        *,
+        type: str = "command",
+        sender: str = "flock",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Deliver a direct message (not a query) to agent ``to``, here or in another process."""
+        if type == "query":
+            raise ValueError("a query waits for its answer: use query()")
+        await self.send_message(to, message, type=type, sender=sender, metadata=metadata)
+
+    async def query(
+        self,
+        to: str,
+        message: Any,
+        *,
+        sender: str = "flock",
+        timeout: float = 30.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """Ask agent ``to``, here or in another process, and return its answer."""
+        return await self.send_message(
+            to, message, type="query", sender=sender, timeout=timeout, metadata=metadata
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -228,7 +331,9 @@ class NatsFlock(LocalFlock):
     ) -> ActorRef[Any]:
         """:meth:`LocalFlock.spawn_pool`, returning once the agents are subscribed and announced
         on NATS, so that work submitted right after (from any process) finds them."""
-        pool = await super().spawn_pool(agent_class, count, id_prefix=id_prefix, restart=restart, **options)
+        pool = await self.local.spawn_pool(
+            agent_class, count, id_prefix=id_prefix, restart=restart, **options
+        )
         await self.flush()
         return pool
 
@@ -265,9 +370,7 @@ class NatsFlock(LocalFlock):
         subscriptions += [s for subs in self._agent_subscriptions.values() for s in subs]
         for subscription in subscriptions:
             await subscription.unsubscribe()
-        for task in list(self._inflight):
-            task.cancel()
-        await asyncio.gather(*self._inflight, return_exceptions=True)
+        await self._inflight.close()
 
     def _schedule_sweep(self) -> None:
         # Offline detection is lazy in the directory; a periodic sweep makes transitions show up
@@ -281,8 +384,8 @@ class NatsFlock(LocalFlock):
 
     # ------------------------------------------------------------------ AgentPort (local agents)
 
-    def agent_started(self, card: AgentCard) -> None:
-        super().agent_started(card)
+    def agent_started(self, card: AgentCard) -> WorkSource:
+        source = self.local.agent_started(card)
         announcement = AgentAnnouncement(
             id=card.id,
             name=card.name,
@@ -291,16 +394,17 @@ class NatsFlock(LocalFlock):
             node=self.node,
         )
         self._later(lambda: self._join(card, announcement))
+        return source
 
     def agent_heartbeat(self, heartbeat: Heartbeat) -> None:
-        super().agent_heartbeat(heartbeat)
+        self.local.agent_heartbeat(heartbeat)
         self._later(lambda: self._publish(subjects.heartbeat(heartbeat.agent_id), heartbeat))
         announcement = self._announcements.get(heartbeat.agent_id)
         if announcement is not None and self.persist_directory:
             self._later(lambda: self._persist(announcement))  # keeps its entry from expiring
 
     def agent_stopped(self, agent_id: str) -> None:
-        super().agent_stopped(agent_id)
+        self.local.agent_stopped(agent_id)
         goodbye = Heartbeat(agent_id=agent_id, status="offline")
         self._later(lambda: self._leave(agent_id, goodbye))
 
@@ -395,26 +499,16 @@ class NatsFlock(LocalFlock):
             return
         if self.has_skill("task", task_type):
             self._consumers[task_type] = await self.durable.consume(
-                task_type, self._run_durable_task, capacity=lambda: self._capacity(("task", task_type))
+                task_type,
+                self._run_durable_task,
+                capacity=lambda: self.dispatcher.capacity("task", task_type),
             )
 
     async def _run_durable_task(self, task: TaskMessage) -> TaskResult:
         # NoCapableAgent (our last agent for the type just left) raises: the task is retried.
-        result = self.start_task(task)
+        result = self.dispatcher.start_task(task)
         async with asyncio.timeout(task.timeout / 1000 if task.timeout is not None else None):
             return await result
-
-    def _handles_tasks(self) -> bool:
-        return any(skill.kind == "task" and skill.agents for skill in self._skills.values())
-
-    def _capacity(self, skill: tuple[str, str]) -> int:
-        offering = self._skills.get(skill)
-        agents = offering.agents if offering is not None else set()
-        return sum(
-            member.card.max_concurrent_tasks
-            for agent_id, member in self._members.items()
-            if agent_id in agents
-        )
 
     async def _serve(
         self, skill: tuple[str, str], subject: str, handler: Callable[[Message], Awaitable[None] | None]
@@ -436,7 +530,7 @@ class NatsFlock(LocalFlock):
             if not self.has_skill("capability", capability) and self._service is not None:
                 self._served.discard(capability)
                 await self._service.remove_endpoint(_endpoint_name(capability))
-        if self._batch_subscription is not None and not self._handles_tasks():
+        if self._batch_subscription is not None and not self.dispatcher.handles_tasks():
             subscription, self._batch_subscription = self._batch_subscription, None
             await subscription.unsubscribe()
         for task_type, consumer in list(self._consumers.items()):
@@ -481,7 +575,7 @@ class NatsFlock(LocalFlock):
         if self.durable is not None:
             return await self._submit_durably(task, wait=wait, timeout=timeout)
         if not self.bus.connected and self.has_skill("task", task_type):
-            return await self.run_task(task, wait=wait, timeout=timeout)
+            return await self._run_here(task, wait=wait, timeout=timeout)
         if batch and not wait:
             self._add_to_batch(BatchItem(subject=subject, message=task))
             return task.id
@@ -515,7 +609,7 @@ class NatsFlock(LocalFlock):
         self._result_waiters[task.id] = waiter
         try:
             await self.durable.submit(task, headers={CORRELATION_HEADER: task.id})
-            outcome: TaskResult = await self._wait(
+            outcome: TaskResult = await self.dispatcher.wait(
                 waiter, "task", task.type, timeout if timeout is not None else 30.0
             )
             return outcome
@@ -603,8 +697,7 @@ class NatsFlock(LocalFlock):
                 await self.durable.submit(task, headers={CORRELATION_HEADER: task.id})
             return [task.id for task in tasks]
         if not self.bus.connected and self.has_skill("task", task_type):
-            for task in tasks:
-                self.dispatch_task(task)
+            self.dispatcher.dispatch_tasks(tasks)
             return [task.id for task in tasks]
         batch = [BatchItem(subject=subject, message=task) for task in tasks]
         for start in range(0, len(batch), self.batch_max):
@@ -618,8 +711,8 @@ class NatsFlock(LocalFlock):
             raise ValueError('results="batch" is not available in durable mode: tasks are stored one by one')
         limit = timeout if timeout is not None else 30.0
         if not self.bus.connected and self.has_skill("task", task_type):
-            futures = [self.start_task(task) for task in tasks]
-            return list(await self._wait(asyncio.gather(*futures), "task", task_type, limit))
+            futures = [self.dispatcher.start_task(task) for task in tasks]
+            return list(await self.dispatcher.wait(asyncio.gather(*futures), "task", task_type, limit))
         subject = self._task_subjects.get(task_type) or self._task_subject(task_type)
         batches = [
             [BatchItem(subject=subject, message=task) for task in tasks[start : start + self.batch_max]]
@@ -698,13 +791,46 @@ class NatsFlock(LocalFlock):
             WorkTimeout: no answer within ``timeout`` seconds.
             WorkFailed: the agent's handler raised.
         """
-        if self.has_skill("capability", capability):
-            return await super().request_capability_response(
-                capability, parameters, timeout=timeout, progress=progress
-            )
+        return await self.dispatcher.request_capability_response(
+            capability, parameters, timeout=timeout, progress=progress
+        )
+
+    async def request_capability(
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
+    ) -> Any:
+        """Have a capable agent do ``capability`` (see :meth:`request_capability_response`)."""
+        response = await self.request_capability_response(
+            capability, parameters, timeout=timeout, progress=progress
+        )
+        return response.result
+
+    async def _request_remote(
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
+    ) -> CapabilityResponse:
+        """The dispatcher's fallback: a capability no local agent offers, across NATS."""
         return await remote.request_capability_response(
             self.bus, self.codec, capability, parameters, requester=self.node, timeout=timeout
         )
+
+    async def _run_here(self, task: TaskMessage, *, wait: bool, timeout: float | None) -> TaskResult | str:
+        """Run ``task`` on a local agent (while NATS is unreachable)."""
+        if not wait:
+            self.dispatcher.dispatch_task(task)
+            return task.id
+        outcome: TaskResult = await self.dispatcher.wait(
+            self.dispatcher.start_task(task), "task", task.type, timeout
+        )
+        return outcome
 
     async def send_message(
         self,
@@ -718,7 +844,7 @@ class NatsFlock(LocalFlock):
     ) -> Any:
         """Send a direct message to agent ``to``, here or in another process."""
         if self.is_local(to):
-            return await super().send_message(
+            return await self.local.send_message(
                 to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
             )
         answer = await remote.send_direct(
@@ -738,7 +864,7 @@ class NatsFlock(LocalFlock):
         if not self.bus.connected:
             # Degraded: local agents get it now; the buffered copy goes out on reconnect,
             # marked so that this process does not deliver it a second time.
-            self.deliver_broadcast(payload)
+            self.local.deliver_broadcast(payload)
             headers = {ORIGIN_HEADER: self._origin}
         await self.bus.publish(subjects.BROADCAST, self.codec.encode(payload), headers=headers)
 
@@ -840,14 +966,14 @@ class NatsFlock(LocalFlock):
                 if self.has_skill("task", task.type):
                     tasks.append(task)
                 else:  # on our subject, of a type nobody here handles: as _on_task answers it
-                    self._publish_result(_no_agent(task))
+                    self._publish_result(_no_agent(task), None)
             elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
                 foreign.append(item)
             else:
                 self.invalid_messages[message.subject] += 1
                 log.warning("batch item with an unusable subject %r dropped", item.subject)
         # Ours, in a few units of work (results each on task.result, as for tasks one by one).
-        self.dispatch_tasks(tasks)
+        self.dispatcher.dispatch_tasks(tasks)
         for item in foreign:  # not ours to run: send each on by itself, to whoever takes it
             await self._publish(item.subject, item.message)
 
@@ -871,7 +997,7 @@ class NatsFlock(LocalFlock):
             same = [item.message for item in items if item.subject == subject]
             if len(same) == len(items):  # the usual batch: all ours, their results the answer
                 try:
-                    self._dispatch_tasks(same, answer, publish=False)
+                    self.dispatcher.dispatch_tasks(same, answer, publish=False)
                     return
                 except NoCapableAgent:  # a task's type is not its subject's: nothing was queued
                     pass
@@ -905,7 +1031,7 @@ class NatsFlock(LocalFlock):
                 failed = TaskResult(task_id=task.id, processed_by="", status="error", error=error)
                 others.append((index, failed))
         if not others:
-            self._dispatch_tasks(tasks, answer, publish=False)
+            self.dispatcher.dispatch_tasks(tasks, answer, publish=False)
             return
         results: list[TaskResult | None] = [None] * len(items)
         missing = len(items)
@@ -922,7 +1048,7 @@ class NatsFlock(LocalFlock):
                 settle(index, result)
 
         if tasks:
-            self._dispatch_tasks(tasks, ours, publish=False)
+            self.dispatcher.dispatch_tasks(tasks, ours, publish=False)
         foreign: list[tuple[int, str, TaskMessage]] = []
         for index, other in others:
             if isinstance(other, TaskResult):
@@ -953,7 +1079,7 @@ class NatsFlock(LocalFlock):
             return  # delivered here already, when it was sent while NATS was away
         broadcast = self._decode(message, Broadcast)
         if broadcast is not None:
-            self.deliver_broadcast(broadcast)
+            self.local.deliver_broadcast(broadcast)
 
     def _on_task(self, message: Message) -> None:
         # Synchronous, like everything on a task's way to its agent: a subscription calls a
@@ -965,8 +1091,6 @@ class NatsFlock(LocalFlock):
                 self._publish_nowait(message.reply, error)
             return
         correlation = message.headers.get(CORRELATION_HEADER) if message.headers else None
-        if correlation and correlation != task.id:
-            self._correlations[task.id] = correlation
         then: Callable[[TaskResult], None] | None = None
         if message.reply:
             reply, headers = message.reply, dict(message.headers)
@@ -978,18 +1102,17 @@ class NatsFlock(LocalFlock):
             # The correlation id goes with the work (to its handler and logs) as an argument:
             # setting the context variable here would cost a set and a reset per task. The
             # fast path of dispatch_task first, without the detour.
-            correlation = correlation or task.id
-            if not self._run_now(task, then, correlation):
-                self._dispatch_task_work(task, then, None, correlation)
+            self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
             failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
-            self._publish_result(failed)
+            self._publish_result(failed, None)
             if then is not None:
                 then(failed)
 
     def _on_capability(self, message: Message) -> None:
-        """Answer a capability request when its work finishes: at once for a handler that
-        never waits (no Task, no timer), else from the agent's runner or at the deadline."""
+        """Answer a capability request when its work finishes: at once on the dispatcher's fast
+        path (a handler that never waits: no Work, no Task, no timer), else from the agent's
+        runner or at the deadline."""
         request = self._decode(message, CapabilityRequest)
         if request is None:
             if message.reply:
@@ -997,31 +1120,19 @@ class NatsFlock(LocalFlock):
             return
         reply, headers, correlation_id = message.reply, message.headers, request.correlation_id
         # The id the requester's logs know it by reaches the agent's work and its logs.
-        work_correlation = headers.get(CORRELATION_HEADER) if headers else None
-        skill = self._skills.get(("capability", request.capability))
-        if skill is not None:  # the fast path first: a free agent whose handler never waits
-            started = time.monotonic()
-            ran = self._run_inline_now(skill, request.parameters, work_correlation or correlation_id)
-            if ran is not None:
-                member, value, error = ran
-                if error is None:
-                    response = CapabilityResponse(
-                        correlation_id=correlation_id, result=value, agent_id=member.card.id
-                    )
-                else:
-                    response = CapabilityResponse(
-                        correlation_id=correlation_id, agent_id=member.card.id, error=repr(error.cause)
-                    )
-                if reply:
-                    self._send_answer(reply, response, headers)
-                stats = self.work_stats
-                if stats is not None:
-                    outcome = "ok" if error is None else "error"
-                    stats.record("capability", request.capability, outcome, time.monotonic() - started)
-                self._pump_skills_of(member)
-                return
+        work_correlation = (headers.get(CORRELATION_HEADER) if headers else None) or correlation_id
+        skill = self.dispatcher.skill("capability", request.capability)
+        if skill is not None and self.dispatcher.run_now(
+            skill,
+            request.parameters,
+            work_correlation,
+            self._deliver_answer,
+            (correlation_id, reply, headers),
+        ):
+            return
         answered = False
         timer: asyncio.TimerHandle | None = None
+        stats_key = request.capability
 
         def answer(response: CapabilityResponse, outcome: str) -> None:
             nonlocal answered
@@ -1032,29 +1143,23 @@ class NatsFlock(LocalFlock):
                 timer.cancel()
             if reply:
                 self._send_answer(reply, response, headers)
-            stats = self.work_stats
+            stats = self.dispatcher.work_stats
             if stats is not None:
-                stats.record("capability", request.capability, outcome, time.monotonic() - work.enqueued)
+                stats.record("capability", stats_key, outcome, time.monotonic() - work.enqueued)
 
-        def on_done(work: Work, value: Any, error: WorkFailed | None) -> None:
-            if error is None:
-                answer(
-                    CapabilityResponse(correlation_id=correlation_id, result=value, agent_id=work.agent_id),
-                    "ok",
-                )
-            else:
-                answer(
-                    CapabilityResponse(
-                        correlation_id=correlation_id, agent_id=error.agent_id, error=repr(error.cause)
-                    ),
-                    "error",
-                )
+        def on_done(work: CapabilityCall, value: Any, error: WorkFailed | None) -> None:
+            response = _capability_response(correlation_id, work.agent_id, value, error)
+            answer(response, "ok" if error is None else "error")
 
-        work = Work("capability", request.capability, request.parameters, None, PRIORITIES["medium"])
-        work.on_done = on_done
-        work.correlation_id = work_correlation or correlation_id
+        work = CapabilityCall(
+            key=request.capability,
+            parameters=request.parameters,
+            priority=PRIORITIES["medium"],
+            on_done=on_done,
+            correlation_id=work_correlation,
+        )
         try:
-            self._dispatch(work)
+            self.dispatcher.dispatch(work)
         except FlockError as exc:
             answer(CapabilityResponse(correlation_id=correlation_id, error=str(exc)), "error")
             return
@@ -1071,6 +1176,19 @@ class NatsFlock(LocalFlock):
                 answer(CapabilityResponse(correlation_id=correlation_id, error=str(late)), "timeout")
 
             timer = asyncio.get_running_loop().call_later(timeout, expire)
+
+    def _deliver_answer(
+        self,
+        origin: tuple[str | None, str, Mapping[str, str]],
+        agent_id: str,
+        value: Any,
+        error: WorkFailed | None,
+        seconds: float,
+    ) -> None:
+        """A capability request ran on the dispatcher's fast path: answer it."""
+        correlation_id, reply, headers = origin
+        if reply:
+            self._send_answer(reply, _capability_response(correlation_id, agent_id, value, error), headers)
 
     def _send_answer(self, reply: str, response: CapabilityResponse, headers: Mapping[str, str]) -> None:
         """Publish the answer to a capability request. One that cannot be sent (a result that
@@ -1098,7 +1216,7 @@ class NatsFlock(LocalFlock):
             return
         if direct.type != "query":
             try:
-                await super().send_message(
+                await self.local.send_message(
                     direct.to,
                     direct.message,
                     type=direct.type,
@@ -1114,7 +1232,7 @@ class NatsFlock(LocalFlock):
         answer: Any = None
         error: str | None = None
         try:
-            answer = await super().send_message(
+            answer = await self.local.send_message(
                 query.to, query.message, type="query", sender=query.sender, metadata=query.metadata
             )
         except FlockError as exc:
@@ -1141,18 +1259,21 @@ class NatsFlock(LocalFlock):
         agent_id = message.subject.split(".")[1]
         if event is not None and self.is_local(agent_id):
             try:
-                self._members[agent_id].card.ref.tell(event)
+                card = self.dispatcher.member(agent_id)
+                if card is not None:
+                    card.ref.tell(event)
             except FlockError as exc:
                 log.warning("event for %s not delivered: %s", agent_id, exc)
 
     # ------------------------------------------------------------------ plumbing
 
-    def _publish_result(self, result: TaskResult) -> None:
-        # The correlation id travels on: the one the task came with, in the header; else it is
-        # the task's id, which the result carries as taskId (a header repeating it would cost
-        # about 7 us a result to build and parse, a fifth of a fan-out task's whole cost).
-        correlation = self._correlations.pop(result.task_id, None)
-        headers = {CORRELATION_HEADER: correlation} if correlation else None
+    def _publish_result(self, result: TaskResult, correlation: str | None) -> None:
+        """The dispatcher's sink: a finished task's result on ``task.result``.
+
+        The correlation id of the task's work travels on, in the header, unless it is the
+        task's id, which the result carries as taskId anyway (a header repeating it would cost
+        about 7 us a result to build and parse, a fifth of a fan-out task's whole cost)."""
+        headers = {CORRELATION_HEADER: correlation} if correlation and correlation != result.task_id else None
         try:
             self.bus.publish_nowait(subjects.TASK_RESULT, self.codec.encode(result), headers=headers)
         except BusUnavailable as exc:  # closing: nothing more goes out
@@ -1192,9 +1313,16 @@ class NatsFlock(LocalFlock):
                 self._outbox.task_done()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self._inflight.spawn(coroutine)
+
+
+def _capability_response(
+    correlation_id: str | None, agent_id: str, value: Any, error: WorkFailed | None
+) -> CapabilityResponse:
+    """The answer to a capability request whose work finished."""
+    if error is None:
+        return CapabilityResponse(correlation_id=correlation_id, result=value, agent_id=agent_id)
+    return CapabilityResponse(correlation_id=correlation_id, agent_id=error.agent_id, error=repr(error.cause))
 
 
 def _no_agent(task: TaskMessage) -> TaskResult:
@@ -1221,3 +1349,8 @@ def _outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str] | Non
 def _endpoint_name(capability: str) -> str:
     """Service API endpoint names allow letters, digits, '-' and '_' only."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", capability)
+
+
+if TYPE_CHECKING:  # both flocks satisfy the one interface (mypy checks it here)
+    _nats: FlockAPI = cast(NatsFlock, None)
+    _local: FlockAPI = cast(LocalFlock, None)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload, runtime_checkable
 
 if TYPE_CHECKING:
     from flockrt.actors.ref import ActorRef
+    from flockrt.actors.system import ActorSystem
     from flockrt.agents.agent import Agent, ProgressCallback
     from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
     from flockrt.flock.stats import WorkStats
@@ -37,6 +38,7 @@ class FlockAPI(Protocol):
 
     Attributes:
         node: This process's name in the flock (unique across processes).
+        system: The actor system its local agents live in.
         directory: The agents this process knows of, with their status.
         work_stats: Set by the metrics layer to count and time work by outcome; None (the
             default) costs the dispatcher one attribute check.
@@ -45,10 +47,18 @@ class FlockAPI(Protocol):
     """
 
     node: str
+    system: ActorSystem
     directory: Directory
-    work_stats: WorkStats | None
-    tasks_finished: dict[str, int]
     invalid_messages: Counter[str]
+
+    @property
+    def work_stats(self) -> WorkStats | None: ...
+
+    @work_stats.setter
+    def work_stats(self, stats: WorkStats | None) -> None: ...
+
+    @property
+    def tasks_finished(self) -> dict[str, int]: ...
 
     @property
     def queued_work(self) -> int:
@@ -92,6 +102,30 @@ class FlockAPI(Protocol):
         """
         ...
 
+    @overload
+    async def submit_many(
+        self,
+        task_type: str,
+        items: Iterable[Any],
+        *,
+        priority: Priority = "medium",
+        metadata: dict[str, Any] | None = None,
+        results: Literal["each"] = "each",
+        timeout: float | None = None,
+    ) -> list[str]: ...
+
+    @overload
+    async def submit_many(
+        self,
+        task_type: str,
+        items: Iterable[Any],
+        *,
+        priority: Priority = "medium",
+        metadata: dict[str, Any] | None = None,
+        results: Literal["batch"],
+        timeout: float | None = None,
+    ) -> list[TaskResult]: ...
+
     async def submit_many(
         self,
         task_type: str,
@@ -132,6 +166,19 @@ class FlockAPI(Protocol):
         progress: ProgressCallback | None = None,
     ) -> CapabilityResponse:
         """:meth:`request_capability`, answered with who did it (result, agent id, correlation id)."""
+        ...
+
+    async def send_message(
+        self,
+        to: str,
+        message: Any,
+        *,
+        type: str = "command",
+        sender: str = "flock",
+        timeout: float = 30.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """The AI Flock's ``sendMessage``: :meth:`query` for ``type="query"``, else :meth:`send`."""
         ...
 
     async def send(

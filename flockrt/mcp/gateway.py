@@ -20,8 +20,8 @@ from aiohttp import WSCloseCode, web
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.config import McpConfig, is_loopback
+from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo
-from flockrt.flock.local import LocalFlock
 from flockrt.mcp.agent import OutsideAgent
 from flockrt.mcp.auth import Authenticator, allowed_hosts, check_bind
 from flockrt.mcp.session import Session
@@ -62,7 +62,7 @@ class Gateway:
     def __init__(
         self,
         config: McpConfig,
-        flock: LocalFlock,
+        flock: FlockAPI,
         *,
         progress_interval: float = 1.0,
         session_idle_timeout: float = 600.0,

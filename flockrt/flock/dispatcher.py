@@ -1,0 +1,676 @@
+"""Dispatcher: hands the work of one process to its free local agents.
+
+Work (capability requests and tasks) waits in one priority queue per skill and is handed to the
+least-loaded local agent that has a free slot (``max_concurrent_tasks``), so higher-priority
+work waiting in this process runs first and no agent is given more than it can run.
+
+There is ONE fast path, for tasks and capability requests alike (:meth:`Dispatcher.run_now`):
+when nothing of a skill waits and the best free agent's handler never waits, the agent runs the
+work then and there, with no :class:`~flockrt.agents.work.Work`, no handover and no Task.
+
+Both flocks have a dispatcher (composition): :class:`~flockrt.flock.local.LocalFlock` in one
+process, and :class:`~flockrt.bus.flock.NatsFlock`, which feeds it the tasks and capability
+requests that arrive over NATS. Finished tasks leave through one :data:`ResultSink`, which gets
+each TaskResult with the correlation id of its own work (over NATS: the ``task.result``
+publisher), and then go to every result listener.
+
+Batches of tasks (:meth:`Dispatcher.dispatch_tasks`) are in :mod:`flockrt.flock.batches`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flockrt.actors.correlation import correlation_id
+from flockrt.agents.ports import AgentCard
+from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, TaskRun, Work
+from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
+from flockrt.flock import batches
+from flockrt.flock.batches import PRIORITIES
+from flockrt.flock.stats import WorkStats
+from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
+
+__all__ = ["PRIORITIES", "CapabilityFallback", "Deliver", "Dispatcher", "ResultSink"]
+
+log = logging.getLogger("flockrt.flock")
+
+_HEAP_SLACK = 4
+"""A free heap is compacted when it holds this many entries per agent (plus 64): stale ones."""
+
+ResultSink = Callable[[TaskResult, "str | None"], None]
+"""Where a finished task's result goes before the result listeners: ``sink(result,
+correlation)``, the correlation id being that of the task's own work. Over NATS it publishes on
+``task.result``; in one process there is none."""
+
+Deliver = Callable[[Any, str, Any, "WorkFailed | None", float], None]
+"""How the fast path hands over an outcome: ``deliver(origin, agent_id, value, error, seconds)``,
+``origin`` being what the caller passed to :meth:`Dispatcher.run_now` (no closure per piece)."""
+
+CapabilityFallback = Callable[..., Awaitable[CapabilityResponse]]
+"""Where a capability request goes that no local agent offers (over NATS: another process);
+called like :meth:`Dispatcher.request_capability_response`."""
+
+
+@dataclass(eq=False, slots=True)
+class _Skill:
+    """A capability or a task type offered in this process: who offers it, who of them has a
+    free slot, and the work waiting for one. Work is dispatched per skill."""
+
+    kind: Literal["capability", "task"]
+    name: str
+    agents: set[str] = field(default_factory=set)
+    """The local agents that offer it (ids)."""
+    free: list[tuple[float, int, str, int]] = field(default_factory=list)
+    """Those with a free slot, as a heap keyed like the fair choice (see Dispatcher._offer)."""
+    waiting: list[tuple[int, int, Work]] = field(default_factory=list)
+    """Work waiting for a free agent, as a heap: highest priority (lowest number) first, then
+    the oldest."""
+    pumping: bool = False
+    """Whether Dispatcher.pump (or a dispatch) is handing out its work right now."""
+
+
+@dataclass(eq=False, slots=True)
+class _Member:
+    card: AgentCard
+    skills: tuple[_Skill, ...] = ()
+    running: int = 0
+    handed: dict[_Skill, int] = field(default_factory=dict)
+    """Pieces of work of each skill handed to it so far (a task of bulk work counts as one):
+    the fair choice's tie-break, so each kind of work spreads over the agents that do it."""
+    version: int = 0
+    """Which of its entries in the free heaps is current (see LocalFlock._offer); 0: none."""
+
+    @property
+    def free(self) -> bool:
+        return self.running < self.card.max_concurrent_tasks
+
+    @property
+    def load(self) -> float:
+        return self.running / self.card.max_concurrent_tasks
+
+
+class Dispatcher:
+    """The skills of one process's agents, who of them is free, and the work waiting for them.
+
+    It is the agents' :class:`~flockrt.agents.ports.WorkSource`: a flock calls :meth:`join`
+    and :meth:`leave` as its agents start and stop, and hands the dispatcher to each agent.
+
+    Args:
+        node: This process's name (``requester`` of the tasks it builds).
+        sink: Where finished tasks' results go first (see :data:`ResultSink`).
+        fallback: Where capability requests go that no local agent offers.
+    """
+
+    def __init__(
+        self, *, node: str, sink: ResultSink | None = None, fallback: CapabilityFallback | None = None
+    ) -> None:
+        self.node = node
+        self.sink = sink
+        self.fallback = fallback
+        self._members: dict[str, _Member] = {}
+        self._skills: dict[tuple[str, str], _Skill] = {}  # by (kind, name)
+        self._task_skills: dict[str, _Skill] = {}  # the task types among them, by name
+        # The free heaps of the skills (_Skill.free) are keyed like the fair choice: the least
+        # loaded, then the one handed least of the skill so far, then the smallest id. Entries
+        # are not updated in place: a member's change pushes a new entry with a new version,
+        # and entries whose version is not the member's current one are dropped when they
+        # surface. So picking an agent costs O(log agents), and "nobody is free" is O(1).
+        # (The one exception is the fast path, see _run_inline_now.)
+        self._versions = itertools.count(1)
+        self._heap_changes = 0  # grows whenever a free heap changes (see _run_inline_now)
+        self.order = itertools.count()
+        """Ties in a queue go to the oldest piece of work (a sequence number per piece)."""
+        self._result_listeners: list[Callable[[TaskResult], None]] = []
+        self.work_stats: WorkStats | None = None
+        """Set (by the metrics layer) to count tasks and capability requests by outcome and
+        time them; None costs one attribute check."""
+        self.tasks_finished: dict[str, int] = {"ok": 0, "error": 0}
+        """Tasks run by this process's agents, by outcome: always counted, at the cost of a dict
+        increment (the metrics layer's per-type series come from ``work_stats``)."""
+
+    # ------------------------------------------------------------------ members
+
+    def join(self, card: AgentCard) -> None:
+        """A local agent is ready for work (also after a restart)."""
+        skills = tuple(self._skill("capability", c) for c in card.capabilities) + tuple(
+            self._skill("task", t) for t in card.task_types
+        )
+        member = self._members[card.id] = _Member(card, skills)
+        for skill in skills:
+            skill.agents.add(card.id)
+        self._offer(member)
+        for skill in skills:
+            self.pump(skill)
+
+    def leave(self, agent_id: str) -> bool:
+        """A local agent takes no more work; False if it was not a member."""
+        member = self._members.pop(agent_id, None)
+        if member is None:
+            return False
+        for skill in member.skills:
+            skill.agents.discard(agent_id)
+        return True
+
+    def work_done(self, agent_id: str) -> None:
+        member = self._members.get(agent_id)
+        if member is None:
+            return
+        member.running = max(member.running - 1, 0)
+        self._offer(member)
+        for skill in member.skills:
+            self.pump(skill)
+
+    def member(self, agent_id: str) -> AgentCard | None:
+        """The card of local agent ``agent_id``, or None."""
+        member = self._members.get(agent_id)
+        return None if member is None else member.card
+
+    def members(self) -> list[AgentCard]:
+        """The cards of the local agents."""
+        return [member.card for member in self._members.values()]
+
+    def has_skill(self, kind: str, key: str) -> bool:
+        """Whether an agent of this process offers this capability ("capability") or task type ("task")."""
+        skill = self._skills.get((kind, key))
+        return skill is not None and bool(skill.agents)
+
+    def is_local(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is an agent of this process."""
+        return agent_id in self._members
+
+    def capacity(self, kind: str, key: str) -> int:
+        """Slots of the local agents that offer this skill (free or not)."""
+        skill = self._skills.get((kind, key))
+        if skill is None:
+            return 0
+        return sum(self._members[agent_id].card.max_concurrent_tasks for agent_id in skill.agents)
+
+    def handles_tasks(self) -> bool:
+        """Whether a local agent handles any task type."""
+        return any(skill.agents for skill in self._task_skills.values())
+
+    @property
+    def queued_work(self) -> int:
+        """Tasks and capability requests waiting for a free local agent."""
+        return sum(len(skill.waiting) for skill in self._skills.values())
+
+    @property
+    def has_listeners(self) -> bool:
+        """Whether anyone listens for task results (see :meth:`on_result`)."""
+        return bool(self._result_listeners)
+
+    def on_result(self, listener: Callable[[TaskResult], None]) -> Callable[[], None]:
+        """Call ``listener`` with every TaskResult of this process; returns an unsubscribe."""
+        # Copy on write: a listener may unsubscribe while results are being delivered.
+        self._result_listeners = [*self._result_listeners, listener]
+
+        def unsubscribe() -> None:
+            self._result_listeners = [other for other in self._result_listeners if other is not listener]
+
+        return unsubscribe
+
+    # ------------------------------------------------------------------ capability requests
+
+    async def request_capability(
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
+    ) -> Any:
+        """Have a capable agent do ``capability`` and return its answer.
+
+        ``progress(done, total, message)`` is called with what the agent reports while it
+        works (:meth:`~flockrt.Agent.report_progress`); an MCP gateway passes one that sends
+        ``notifications/progress``.
+
+        A capability no local agent offers goes to the dispatcher's ``fallback`` (over NATS:
+        another process), if it has one.
+
+        Raises:
+            NoCapableAgent: no agent offers it.
+            WorkTimeout: no answer within ``timeout`` seconds.
+            WorkFailed: the agent's handler raised (the cause is attached).
+        """
+        response = await self.request_capability_response(
+            capability, parameters, timeout=timeout, progress=progress
+        )
+        return response.result
+
+    async def request_capability_response(
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float = 30.0,
+        progress: ProgressCallback | None = None,
+    ) -> CapabilityResponse:
+        """:meth:`request_capability`, answered with who did it: the result, the agent's id
+        and the correlation id, as a :class:`~flockrt.wire.schema.CapabilityResponse`."""
+        if self.fallback is not None and not self.has_skill("capability", capability):
+            return await self.fallback(capability, parameters, timeout=timeout, progress=progress)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        work = CapabilityCall(
+            key=capability,
+            parameters=parameters,
+            future=future,
+            priority=PRIORITIES["medium"],
+            progress=progress,
+            correlation_id=correlation_id.get(),
+        )
+        self.dispatch(work)
+        result = await self.wait(future, "capability", capability, timeout)
+        return CapabilityResponse(correlation_id=work.correlation_id, result=result, agent_id=work.agent_id)
+
+    # ------------------------------------------------------------------ tasks
+
+    def start_task(
+        self, task: TaskMessage, *, progress: ProgressCallback | None = None
+    ) -> asyncio.Future[TaskResult]:
+        """Queue ``task`` for a local agent; the future gets its TaskResult (never an exception).
+
+        ``progress`` gets what the agent reports while it works (see :meth:`request_capability`).
+
+        Raises:
+            NoCapableAgent: no agent of this process handles the task's type.
+        """
+        result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+
+        def then(outcome: TaskResult) -> None:
+            if not result.done():
+                result.set_result(outcome)
+
+        self.dispatch_task(task, then, progress=progress)
+        return result
+
+    def dispatch_task(
+        self,
+        task: TaskMessage,
+        then: Callable[[TaskResult], None] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        correlation: str | None = None,
+    ) -> None:
+        """Queue ``task`` for a local agent; its TaskResult goes to the result listeners, then
+        to ``then``. No future and no loop turn of its own: the path of tasks from NATS. The
+        ``correlation`` id (default: the current one, else the task's id) goes with it.
+
+        Raises:
+            NoCapableAgent: no agent of this process handles the task's type.
+        """
+        correlation = correlation or correlation_id.get() or task.id  # as task.result has it
+        if progress is None:
+            skill = self._task_skills.get(task.type)
+            origin = (task, then, correlation)
+            if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
+                return
+        self._dispatch_task_work(task, then, progress, correlation)
+
+    def _dispatch_task_work(
+        self,
+        task: TaskMessage,
+        then: Callable[[TaskResult], None] | None,
+        progress: ProgressCallback | None,
+        correlation: str,
+    ) -> None:
+        """:meth:`dispatch_task`'s usual path: the task as a :class:`TaskRun`."""
+        if then is None:
+            on_done: Callable[[TaskRun, Any, WorkFailed | None], object] = self._task_done
+        else:
+
+            def on_done(work: TaskRun, value: Any, error: WorkFailed | None) -> None:
+                then(self._task_done(work, value, error))
+
+        work = TaskRun(
+            key=task.type,
+            task=task,
+            priority=PRIORITIES[task.priority],
+            on_done=on_done,
+            progress=progress,
+            correlation_id=correlation,
+        )
+        self.dispatch(work)
+
+    def dispatch_tasks(
+        self,
+        tasks: Sequence[TaskMessage],
+        then: Callable[[list[TaskResult]], None] | None = None,
+        *,
+        publish: bool = True,
+    ) -> None:
+        """Queue many tasks at once (a batch): as :meth:`dispatch_task` for each of them, at a
+        fraction of the cost per task (see :mod:`flockrt.flock.batches`).
+
+        Each TaskResult goes to the sink (unless ``publish`` is False) and the result listeners
+        as its task finishes; ``then`` gets all of them, in the order of ``tasks``, once the
+        last one is in.
+
+        Raises:
+            NoCapableAgent: no local agent handles the type of one of the tasks (and none of
+                them was queued).
+        """
+        batches.dispatch_tasks(self, tasks, then, publish=publish)
+
+    # ------------------------------------------------------------------ the fast path
+
+    def run_now(
+        self, skill: _Skill, payload: Any, correlation: str | None, deliver: Deliver, origin: Any
+    ) -> bool:
+        """THE fast path, for tasks (``payload``: the TaskMessage) and capability requests (their
+        parameters) alike: when nothing of ``skill`` waits and the best free agent's handler
+        never waits, run the work here and now (see :meth:`_run_inline_now`), count and time it
+        in ``work_stats``, hand the outcome to ``deliver(origin, agent_id, value, error,
+        seconds)``, then hand out what was queued meanwhile. True once done; False, having done
+        nothing, when the work must take the usual path. A ``deliver`` that raises is logged
+        and costs nobody else anything."""
+        started = time.monotonic()
+        ran = self._run_inline_now(skill, payload, correlation)
+        if ran is None:
+            return False
+        member, value, error = ran
+        seconds = time.monotonic() - started
+        stats = self.work_stats
+        if stats is not None:
+            stats.record(skill.kind, skill.name, "ok" if error is None else "error", seconds)
+        try:
+            deliver(origin, member.card.id, value, error, seconds)
+        except Exception:  # as Work.finish does with a failing hook
+            log.exception("%s %s: the delivery of its outcome failed", skill.kind, skill.name)
+        self.pump_skills_of(member)
+        return True
+
+    def skill(self, kind: Literal["capability", "task"], name: str) -> _Skill | None:
+        """The skill ``kind``/``name`` if a local agent ever offered it (for :meth:`run_now`)."""
+        return self._task_skills.get(name) if kind == "task" else self._skills.get((kind, name))
+
+    def _deliver_task(
+        self,
+        origin: tuple[TaskMessage, Callable[[TaskResult], None] | None, str],
+        agent_id: str,
+        value: Any,
+        error: WorkFailed | None,
+        seconds: float,
+    ) -> None:
+        """A task ran on the fast path: its TaskResult to the sink and the listeners, then to
+        its ``then``."""
+        task, then, correlation = origin
+        result = self.task_result(task, agent_id, seconds, value, error)
+        self.report(result, True, correlation)
+        if then is not None:
+            try:
+                then(result)
+            except Exception:  # as Work.finish does with a failing hook
+                log.exception("task %s: the hook on its result failed", task.id)
+
+    def _run_inline_now(
+        self, skill: _Skill, payload: Any, correlation: str | None
+    ) -> tuple[_Member, Any, WorkFailed | None] | None:
+        """When nothing of ``skill`` waits and the best free agent's handler for it never
+        waits, that agent runs the work (a TaskMessage, or a capability request's parameters)
+        here and now (``Agent._run_now``), with no :class:`Work`, no handover and no second
+        look at the free heaps: the agent, and the handler's value or failure. None, having
+        done nothing, when the work must take the usual path.
+
+        The rules of the usual path hold: the agent is the fair choice (:meth:`_free_member`);
+        it is busy while the handler runs (a slot taken, and all its free entries stale, so
+        that work dispatched meanwhile, by the handler itself, goes to other agents or waits,
+        even when the agent has more slots). The caller reports the outcome, then calls
+        :meth:`pump_skills_of`: work queued meanwhile goes out once the agent is free again.
+        """
+        if skill.pumping or skill.waiting:
+            return None
+        member = self.free_member(skill)
+        if member is None:
+            return None
+        card = member.card
+        inline = card.inline_task_types if skill.kind == "task" else card.inline_capabilities
+        if card.run_now is None or skill.name not in inline:
+            return None
+        heap = skill.free
+        entry = heap[0]  # the member's current entry (see _free_member)
+        changes = self._heap_changes
+        member.version = 0  # its free entries are stale while it runs (it may be at capacity)
+        member.running += 1
+        skill.pumping = True
+        ran = None
+        try:
+            ran = card.run_now(skill.kind, skill.name, payload, correlation)
+        finally:  # (even for a BaseException: the agent must not drop out of the free heaps)
+            skill.pumping = False
+            member.running -= 1
+            if ran is not None:
+                member.handed[skill] = member.handed.get(skill, 0) + 1
+            if self._heap_changes == changes:
+                # No free heap changed while it ran, so its entries are all still in place,
+                # and only its key in this skill's heap moves (one more handed): one sift, no
+                # stale entries left behind. Its load is what it was.
+                member.version = entry[3]
+                if ran is not None:
+                    heapq.heapreplace(heap, (entry[0], member.handed[skill], entry[2], entry[3]))
+            else:  # work was dispatched while it ran (its handler did that): a full re-offer
+                self._offer(member)
+        if ran is None:  # it cannot take work right now (restarting, say): the usual path
+            return None
+        return member, ran[0], ran[1]
+
+    def pump_skills_of(self, member: _Member) -> None:
+        """Hand out work queued for ``member``'s skills while it ran inline work."""
+        for skill in member.skills:
+            if skill.waiting:
+                self.pump(skill)
+
+    # ------------------------------------------------------------------ dispatching
+
+    def _skill(self, kind: Literal["capability", "task"], name: str) -> _Skill:
+        """The skill ``kind``/``name``, created the first time an agent offers it."""
+        skill = self._skills.get((kind, name))
+        if skill is None:
+            skill = self._skills[kind, name] = _Skill(kind, name)
+            if kind == "task":
+                self._task_skills[name] = skill
+        return skill
+
+    def dispatch(self, work: Work) -> None:
+        skill = self._skills.get((work.kind, work.key))
+        if skill is None or not skill.agents:
+            raise NoCapableAgent(work.kind, work.key)
+        queue = skill.waiting
+        if queue or skill.pumping:
+            heapq.heappush(queue, (work.priority, next(self.order), work))
+            self.pump(skill)
+            return
+        # Nothing waits: straight to the best free agent, if there is one (no queue to order).
+        skill.pumping = True
+        try:
+            member = self.free_member(skill)
+            if member is None or not self.hand_over(member, skill, work):
+                heapq.heappush(queue, (work.priority, next(self.order), work))
+        finally:
+            skill.pumping = False
+        if queue:  # work queued while an inline handler ran, or the work above
+            self.pump(skill)
+
+    def unhand(self, agent_id: str, skill: _Skill, count: int) -> None:
+        """``count`` tasks of ``skill`` handed to ``agent_id`` came back unstarted: they no
+        longer count toward its share."""
+        member = self._members.get(agent_id)
+        if member is not None:
+            member.handed[skill] = member.handed.get(skill, 0) - count
+
+    def enqueue(self, skill: _Skill, work: Work) -> None:
+        """Queue ``work`` for ``skill`` (by priority, then age) without pumping."""
+        heapq.heappush(skill.waiting, (work.priority, next(self.order), work))
+
+    def pump(self, skill: _Skill) -> None:
+        """Hand queued work to free agents, highest priority first, least loaded agent first.
+
+        Invariant: while work waits in a skill's queue, no agent of that skill has a free slot
+        (every slot that frees up calls work_done, which pumps). So the agent that just
+        finished is the one that gets the next piece, which lets its runner go on with it.
+
+        Work whose handler never waits runs inside ``take_work`` and calls work_done, which
+        pumps again: that inner call returns at once (``_Skill.pumping``) and this loop goes on,
+        so draining a long queue does not recurse.
+        """
+        queue = skill.waiting
+        if not queue or skill.pumping:
+            return
+        skill.pumping = True
+        try:
+            while queue:
+                member = self.free_member(skill)
+                if member is None:
+                    return
+                entry = heapq.heappop(queue)
+                if entry[2].abandoned:  # its requester gave up
+                    continue
+                if not self.hand_over(member, skill, entry[2]):
+                    heapq.heappush(queue, entry)
+                    return  # the agent will pull again when it finishes something
+        finally:
+            skill.pumping = False
+
+    def hand_over(self, member: _Member, skill: _Skill, work: Work) -> bool:
+        """Give ``work`` (of ``skill``) to ``member``: directly, or through its mailbox while it
+        cannot take work (restarting, say). False if its mailbox is full."""
+        work.agent_id = member.card.id
+        member.running += 1  # before the handover: inline work finishes within it
+        pieces = len(work.tasks) if type(work) is TaskBatch else 1
+        member.handed[skill] = member.handed.get(skill, 0) + pieces
+        self._offer(member)
+        take_work = member.card.take_work
+        if take_work is None or not take_work(work):
+            try:
+                member.card.ref.tell(work)
+            except MailboxFull:
+                member.running -= 1
+                member.handed[skill] -= pieces
+                self._offer(member)
+                return False
+        return True
+
+    def free_member(self, skill: _Skill) -> _Member | None:
+        """The least loaded agent with a free slot; ties go to the one handed least of this
+        skill so far, then to the smallest id, so the choice is fair and deterministic. Its
+        current entry is then at the top of the skill's free heap."""
+        heap = skill.free
+        while heap:
+            _, _, agent_id, version = heap[0]
+            member = self._members.get(agent_id)
+            if member is not None and member.version == version and member.card.ref.is_alive:
+                return member
+            heapq.heappop(heap)  # stale: the member changed, left, or is stopping
+            self._heap_changes += 1
+        return None
+
+    def _offer(self, member: _Member) -> None:
+        """``member`` changed (load, work done, arrival): its entries in the free heaps are
+        replaced by one current entry per skill, if it has a free slot."""
+        member.version = version = next(self._versions)
+        capacity = member.card.max_concurrent_tasks
+        if member.running < capacity:
+            load, agent_id, handed = member.running / capacity, member.card.id, member.handed
+            for skill in member.skills:
+                heap = skill.free
+                heapq.heappush(heap, (load, handed.get(skill, 0), agent_id, version))
+                if len(heap) > _HEAP_SLACK * len(skill.agents) + 64:
+                    self._compact(skill)
+            self._heap_changes += 1
+
+    def _compact(self, skill: _Skill) -> None:
+        """Drop the stale entries of a free heap (they pile up when no work is dispatched)."""
+        current = []
+        for agent_id in skill.agents:
+            member = self._members[agent_id]
+            if member.free:
+                current.append((member.load, member.handed.get(skill, 0), agent_id, member.version))
+        heapq.heapify(current)
+        skill.free = current
+        self._heap_changes += 1
+
+    async def wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:
+        # Capability requests are counted and timed here, where every one of them is awaited:
+        # a done-callback would cost a loop turn per request. asyncio.timeout, not wait_for:
+        # on 3.11, wait_for returns the result instead of raising when a cancellation arrives
+        # just as the future completes, and the caller's cancellation would be lost.
+        stats = self.work_stats if kind == "capability" else None
+        if stats is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await future
+            except TimeoutError:
+                raise WorkTimeout(kind, key, timeout or 0.0) from None
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            async with asyncio.timeout(timeout):
+                result = await future
+            outcome = "ok"
+            return result
+        except TimeoutError:
+            outcome = "timeout"
+            raise WorkTimeout(kind, key, timeout or 0.0) from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            stats.record(kind, key, outcome, time.monotonic() - started)
+
+    # ------------------------------------------------------------------ results
+
+    def _task_done(self, work: TaskRun, value: Any, error: WorkFailed | None) -> TaskResult:
+        """A task's work finished: its TaskResult, counted, timed and reported."""
+        return self.finish_task(work.task, work, value, error, True)
+
+    def finish_task(
+        self, task: TaskMessage, work: Work, value: Any, error: WorkFailed | None, publish: bool
+    ) -> TaskResult:
+        """``task`` (of ``work``) finished: its TaskResult, counted, timed and reported (to the
+        sink only if ``publish``) with the work's correlation id."""
+        seconds = time.monotonic() - work.enqueued
+        outcome = self.task_result(task, work.agent_id, seconds, value, error)
+        stats = self.work_stats
+        if stats is not None:
+            stats.record("task", task.type, outcome.status, seconds)
+        self.report(outcome, publish, work.correlation_id or task.id)
+        return outcome
+
+    def task_result(
+        self, task: TaskMessage, agent_id: str, seconds: float, value: Any, error: WorkFailed | None
+    ) -> TaskResult:
+        """A finished task's TaskResult, counted in ``tasks_finished`` (the caller times it)."""
+        duration_ms = seconds * 1000
+        if error is None:
+            self.tasks_finished["ok"] += 1
+            return TaskResult(task_id=task.id, result=value, processed_by=agent_id, duration_ms=duration_ms)
+        self.tasks_finished["error"] += 1
+        return TaskResult(
+            task_id=task.id,
+            processed_by=error.agent_id,
+            status="error",
+            error=repr(error.cause),
+            duration_ms=duration_ms,
+        )
+
+    def report(self, outcome: TaskResult, publish: bool, correlation: str | None) -> None:
+        """Hand a TaskResult to the sink (if ``publish``), with the correlation id of its work,
+        then to every listener."""
+        sink = self.sink
+        if publish and sink is not None:
+            try:
+                sink(outcome, correlation)
+            except Exception:  # as for a listener: the others still get the result
+                log.exception("task result of %s not published", outcome.task_id)
+        for listener in self._result_listeners:
+            try:
+                listener(outcome)
+            except Exception:  # one listener's bug must not cost the others their result
+                log.exception("task result listener %r failed", listener)
