@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -216,6 +217,19 @@ async def test_start_fails_fast_when_nats_is_down() -> None:
         await bus.close()
     with pytest.raises(ValueError, match="max_retries"):
         NatsConnection("nats://127.0.0.1:1", max_retries=0)
+
+
+def test_reconnect_backoff_doubles_from_50_ms_up_to_max_backoff_with_jitter() -> None:
+    rng = random.Random(7)
+    backoff = NatsConnection("nats://127.0.0.1:1", max_backoff=2.0)._backoff
+    for attempt in (0, 1, 3, 5, 6, 100, 5000):  # 5000: an outage of hours must not overflow
+        base = min(2.0, 0.05 * 2 ** min(attempt, 60))
+        for _ in range(20):
+            assert 0.8 * base <= backoff.delay(attempt, rng) <= 1.2 * base
+    tiny = NatsConnection("nats://127.0.0.1:1", max_backoff=0.01)._backoff
+    assert 0.008 <= tiny.delay(0, rng) <= 0.012
+    with pytest.raises(ValueError, match="max_backoff"):
+        NatsConnection("nats://127.0.0.1:1", max_backoff=-1)
 
 
 async def test_close_is_idempotent_and_later_use_is_refused(bus: NatsConnection) -> None:

@@ -30,7 +30,6 @@ import asyncio
 import enum
 import json
 import logging
-import random
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
@@ -53,6 +52,7 @@ from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service as MicroService
 
 from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError, NoResponders
+from flockrt.supervisor.spec import Backoff
 
 __all__ = [
     "BusService",
@@ -204,11 +204,14 @@ class NatsConnection:
             raise ValueError(f"buffer_limit must be >= 0, got {buffer_limit!r}")
         if max_retries < 1:  # nats-py reads 0 as "retry forever"
             raise ValueError(f"max_retries must be >= 1, got {max_retries!r}")
+        if not max_backoff >= 0:
+            raise ValueError(f"max_backoff must be >= 0 seconds, got {max_backoff!r}")
         self.url = url
         self.name = name
         self._max_retries = max_retries
         self._reconnect_wait = reconnect_wait
-        self._max_backoff = max_backoff
+        # 50 ms after the first failed attempt, doubling up to max_backoff, +-20 % jitter.
+        self._backoff = Backoff(initial=min(0.05, max_backoff), maximum=max_backoff, jitter=0.2)
         self._buffer_limit = buffer_limit
         self._connect_timeout = connect_timeout
         self._options = dict(options or {})
@@ -739,8 +742,7 @@ class NatsConnection:
     async def _reconnect_forever(self) -> None:
         attempt = 0
         while self._state is not BusState.CLOSED:
-            delay = min(self._max_backoff, 0.05 * 2**attempt) * random.uniform(0.8, 1.2)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._backoff.delay(attempt))
             if await self._try_connect():
                 self.stats.reconnects += 1
                 return

@@ -40,6 +40,7 @@ import msgspec
 
 from flockrt.bus.connection import BusState, JsMessage, NatsConnection, PullConsumer
 from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError
+from flockrt.supervisor.spec import Backoff
 from flockrt.wire import subjects
 from flockrt.wire.schema import Codec, InvalidMessage, TaskMessage, TaskResult
 
@@ -53,8 +54,9 @@ _MAX_BATCH = 100
 """Most messages one fetch asks for, however large the capacity."""
 _CAPACITY_RECHECK = 1.0
 """Seconds a full consumer waits before asking ``capacity()`` again if nothing woke it."""
-_MAX_RETRY_PAUSE = 5.0
-"""Longest pause of the fetch loop after consecutive JetStream errors."""
+_RETRY_PAUSE = Backoff(initial=0.1, maximum=5.0, jitter=0.0)
+"""Pauses of the fetch loop after consecutive JetStream errors: 0.2 s after the first, doubling
+up to 5 s (its ``delay(n)`` after the n-th error in a row)."""
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -426,7 +428,7 @@ class TaskConsumer:
                 return
             except JetStreamError as exc:
                 failures += 1
-                pause = min(_MAX_RETRY_PAUSE, 0.1 * 2**failures)
+                pause = _RETRY_PAUSE.delay(failures)
                 log.warning("durable consumer of %s: %s; retrying in %.1f s", self.task_type, exc, pause)
                 # The stream may be missing (NATS was down when setup() was due, or someone
                 # deleted it): setting it up again is idempotent, and heals that case.

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Self
 
 from flockrt.errors import NatsServerError, NatsServerNotFound
+from flockrt.supervisor.spec import Backoff
 
 # NatsServerError and NatsServerNotFound live in flockrt.errors; re-exported here for callers.
 __all__ = ["EmbeddedNats", "NatsServerError", "NatsServerNotFound", "find_nats_server"]
@@ -42,6 +43,9 @@ _PORT_ATTEMPTS = 4
 # Lines of the server's output quoted in errors: enough for the fatal line and its context,
 # without the whole JetStream banner.
 _OUTPUT_LINES = 12
+# Pauses between readiness probes while nothing listens yet (the binary is still starting):
+# 5 ms, doubling up to 100 ms, so a quick start is seen at once and a slow one does not spin.
+_PROBE_BACKOFF = Backoff(initial=0.005, maximum=0.1, jitter=0.0)
 
 
 def _die_with_parent() -> None:
@@ -354,7 +358,7 @@ class EmbeddedNats:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ready_timeout
         exited = asyncio.ensure_future(process.wait())
-        retry_delay = 0.005
+        failed_probes = 0
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -389,11 +393,10 @@ class EmbeddedNats:
                     )
                 if probe in done and probe.result():
                     return
-                if probe in done:
-                    # Nothing listens yet (the binary is still starting): poll again shortly,
-                    # backing off so a slow start does not spin.
-                    await asyncio.sleep(min(retry_delay, max(deadline - loop.time(), 0)))
-                    retry_delay = min(retry_delay * 2, 0.1)
+                if probe in done:  # nothing listens yet: poll again shortly
+                    delay = _PROBE_BACKOFF.delay(failed_probes)
+                    await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
+                    failed_probes += 1
         finally:
             if not exited.done():
                 exited.cancel()
