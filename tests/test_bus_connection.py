@@ -90,6 +90,30 @@ async def test_queue_group_delivers_each_message_once(nats_server: EmbeddedNats)
     assert handled == list(range(200))
 
 
+async def test_publish_nowait_that_must_wait_finishes_in_a_task_the_close_awaits(
+    nats_server: EmbeddedNats,
+) -> None:
+    # A pending buffer of 64 bytes: every publish is over it and waits for nats-py's flusher.
+    bus = bus_for(nats_server.url, options={"pending_size": 64})
+    watcher = bus_for(nats_server.url)
+    inbox = Inbox()
+    try:
+        await bus.start()
+        await watcher.start()
+        await watcher.subscribe("t", inbox)
+        for i in range(20):
+            bus.publish_nowait("t", b"%03d" % i + b"." * 100)
+        assert len(bus._publishing) > 0  # the waits run on, in tasks the connection owns
+        await bus.close()  # awaits them: the drain sends every message
+        assert len(bus._publishing) == 0
+        await wait_for(lambda: len(inbox.messages) == 20)
+        assert [m.data[:3] for m in inbox.messages] == [b"%03d" % i for i in range(20)]
+        assert bus.stats.published == 20
+    finally:
+        await bus.close()
+        await watcher.close()
+
+
 async def test_request_reply_and_its_failures(bus: NatsConnection) -> None:
     async def responder(message: Message) -> None:
         await bus.publish(message.reply, message.data.upper())

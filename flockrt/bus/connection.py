@@ -51,6 +51,7 @@ from nats.js.kv import KeyValue
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service as MicroService
 
+from flockrt.actors.tasks import TaskOwner
 from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError, NoResponders
 from flockrt.supervisor.spec import Backoff
 
@@ -230,9 +231,12 @@ class NatsConnection:
         self._subscriptions: set[Subscription] = set()
         self._services: set[BusService] = set()
         self._buckets: dict[str, tuple[Client, KeyValue]] = {}
+        # The reconnect loop and the buffer flusher: cancelled at close, their failures logged.
+        self._background = TaskOwner(f"NATS connection {name}", log)
         self._reconnector: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._publishing: set[asyncio.Task[None]] = set()  # publish_nowait calls nats-py made wait
+        # publish_nowait calls that nats-py made wait: awaited at close, their failures logged.
+        self._publishing = TaskOwner(f"NATS connection {name}", log)
         self._state_changed = asyncio.Event()
         self.stats = BusStats()
 
@@ -274,12 +278,8 @@ class NatsConnection:
         if self._state is BusState.CLOSED:
             return
         self._set_state(BusState.CLOSED)
-        if self._publishing:  # their messages are in nats-py's buffer: the drain sends them
-            await asyncio.gather(*self._publishing, return_exceptions=True)
-        for task in (self._reconnector, self._flusher):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await self._publishing.wait(None)  # their messages are in nats-py's buffer: the drain sends them
+        await self._background.close()
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
             try:
@@ -337,9 +337,7 @@ class NatsConnection:
                 raise BusUnavailable(f"cannot publish to {subject!r}: the connection is closing") from None
             else:
                 self.stats.published += 1
-                task = asyncio.get_running_loop().create_task(_resume(publishing, waiting_for))
-                self._publishing.add(task)
-                task.add_done_callback(self._publishing.discard)
+                self._publishing.spawn(_resume(publishing, waiting_for), name="flockrt-publish")
                 return
         elif state is BusState.CLOSED:
             raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
@@ -710,7 +708,7 @@ class NatsConnection:
         """Connected (again): flush the buffer in order, then accept direct publishes."""
         if self._buffer:
             if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_buffer())
+                self._flusher = self._background.spawn(self._flush_buffer(), name="flockrt-bus-flush")
         else:
             self._set_state(BusState.CONNECTED)
 
@@ -737,7 +735,7 @@ class NatsConnection:
 
     def _start_reconnector(self) -> None:
         if self._reconnector is None or self._reconnector.done():
-            self._reconnector = asyncio.get_running_loop().create_task(self._reconnect_forever())
+            self._reconnector = self._background.spawn(self._reconnect_forever(), name="flockrt-reconnect")
 
     async def _reconnect_forever(self) -> None:
         attempt = 0
