@@ -267,6 +267,22 @@ async def test_close_is_idempotent_and_later_use_is_refused(bus: NatsConnection)
         await bus.wait_connected(timeout=1)
 
 
+async def test_key_value_through_the_jetstream_part_and_its_older_names(bus: NatsConnection) -> None:
+    from flockrt.bus import connection, jetstream
+
+    assert (connection.JsMessage, connection.PullConsumer) == (jetstream.JsMessage, jetstream.PullConsumer)
+    await bus.jetstream.kv_put("DIR", "a-1", b"one")
+    await bus.kv_put("DIR", "a-2", b"two")
+    assert await bus.kv_items("DIR") == {"a-1": b"one", "a-2": b"two"}
+    await bus.kv_delete("DIR", "a-1")
+    await bus.kv_delete("DIR", "never-there")  # no error
+    assert await bus.jetstream.kv_items("DIR") == {"a-2": b"two"}
+    await bus.close()
+    assert bus.closed
+    with pytest.raises(BusUnavailable, match="closed"):
+        await bus.kv_put("DIR", "a-3", b"three")  # never buffered
+
+
 async def test_unsubscribe_stops_delivery(bus: NatsConnection) -> None:
     inbox, sentinel = Inbox(), Inbox()
     subscription = await bus.subscribe("t", inbox)

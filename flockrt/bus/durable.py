@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from flockrt.bus.connection import BusState, JsMessage, NatsConnection, PullConsumer
+from flockrt.bus.connection import BusState, NatsConnection
+from flockrt.bus.jetstream import JsMessage, PullConsumer
 from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError
 from flockrt.supervisor.spec import Backoff
 from flockrt.wire import subjects
@@ -174,7 +175,7 @@ class DurableTasks:
             BusTimeout: JetStream did not answer in time.
             JetStreamError: JetStream refused the stream (see :class:`JetStreamError`).
         """
-        await self.connection.ensure_work_queue(
+        await self.connection.jetstream.ensure_work_queue(
             self.stream, self.subjects, duplicate_window=self.duplicate_window
         )
 
@@ -197,7 +198,7 @@ class DurableTasks:
             BusTimeout: no confirmation in time; it may be stored (submit it again to be sure).
             JetStreamError: no stream captures ``tasks.<type>``.
         """
-        stored = await self.connection.js_publish(
+        stored = await self.connection.jetstream.publish(
             subjects.tasks(task.type), self.codec.encode(task), msg_id=task.id, headers=headers
         )
         if stored:
@@ -234,7 +235,7 @@ class DurableTasks:
         subject = subjects.tasks(task_type)
         if subject == self.dead_letter_subject:
             raise ValueError(f"task type {task_type!r} would consume the dead letters on {subject!r}")
-        pull = await self.connection.pull(
+        pull = await self.connection.jetstream.pull(
             self.stream,
             _consumer_name(task_type),
             subject,
@@ -266,7 +267,7 @@ class DurableTasks:
         try:
             if self._store_dead_letters:
                 # Keyed by the stream sequence: dead-lettering again after a crash stores one.
-                await self.connection.js_publish(
+                await self.connection.jetstream.publish(
                     self.dead_letter_subject, data, msg_id=f"dead:{self.stream}:{message.sequence}"
                 )
             else:
