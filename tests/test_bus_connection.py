@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -87,6 +88,30 @@ async def test_queue_group_delivers_each_message_once(nats_server: EmbeddedNats)
         await second.close()
     handled = sorted(int(p) for inbox in inboxes for p in inbox.payloads)
     assert handled == list(range(200))
+
+
+async def test_publish_nowait_that_must_wait_finishes_in_a_task_the_close_awaits(
+    nats_server: EmbeddedNats,
+) -> None:
+    # A pending buffer of 64 bytes: every publish is over it and waits for nats-py's flusher.
+    bus = bus_for(nats_server.url, options={"pending_size": 64})
+    watcher = bus_for(nats_server.url)
+    inbox = Inbox()
+    try:
+        await bus.start()
+        await watcher.start()
+        await watcher.subscribe("t", inbox)
+        for i in range(20):
+            bus.publish_nowait("t", b"%03d" % i + b"." * 100)
+        assert len(bus._publishing) > 0  # the waits run on, in tasks the connection owns
+        await bus.close()  # awaits them: the drain sends every message
+        assert len(bus._publishing) == 0
+        await wait_for(lambda: len(inbox.messages) == 20)
+        assert [m.data[:3] for m in inbox.messages] == [b"%03d" % i for i in range(20)]
+        assert bus.stats.published == 20
+    finally:
+        await bus.close()
+        await watcher.close()
 
 
 async def test_request_reply_and_its_failures(bus: NatsConnection) -> None:
@@ -218,6 +243,19 @@ async def test_start_fails_fast_when_nats_is_down() -> None:
         NatsConnection("nats://127.0.0.1:1", max_retries=0)
 
 
+def test_reconnect_backoff_doubles_from_50_ms_up_to_max_backoff_with_jitter() -> None:
+    rng = random.Random(7)
+    backoff = NatsConnection("nats://127.0.0.1:1", max_backoff=2.0)._backoff
+    for attempt in (0, 1, 3, 5, 6, 100, 5000):  # 5000: an outage of hours must not overflow
+        base = min(2.0, 0.05 * 2 ** min(attempt, 60))
+        for _ in range(20):
+            assert 0.8 * base <= backoff.delay(attempt, rng) <= 1.2 * base
+    tiny = NatsConnection("nats://127.0.0.1:1", max_backoff=0.01)._backoff
+    assert 0.008 <= tiny.delay(0, rng) <= 0.012
+    with pytest.raises(ValueError, match="max_backoff"):
+        NatsConnection("nats://127.0.0.1:1", max_backoff=-1)
+
+
 async def test_close_is_idempotent_and_later_use_is_refused(bus: NatsConnection) -> None:
     await bus.close()
     await bus.close()
@@ -227,6 +265,22 @@ async def test_close_is_idempotent_and_later_use_is_refused(bus: NatsConnection)
         await bus.request("t", b"x", timeout=1)
     with pytest.raises(BusUnavailable, match="closed"):
         await bus.wait_connected(timeout=1)
+
+
+async def test_key_value_through_the_jetstream_part_and_its_older_names(bus: NatsConnection) -> None:
+    from flockrt.bus import connection, jetstream
+
+    assert (connection.JsMessage, connection.PullConsumer) == (jetstream.JsMessage, jetstream.PullConsumer)
+    await bus.jetstream.kv_put("DIR", "a-1", b"one")
+    await bus.kv_put("DIR", "a-2", b"two")
+    assert await bus.kv_items("DIR") == {"a-1": b"one", "a-2": b"two"}
+    await bus.kv_delete("DIR", "a-1")
+    await bus.kv_delete("DIR", "never-there")  # no error
+    assert await bus.jetstream.kv_items("DIR") == {"a-2": b"two"}
+    await bus.close()
+    assert bus.closed
+    with pytest.raises(BusUnavailable, match="closed"):
+        await bus.kv_put("DIR", "a-3", b"three")  # never buffered
 
 
 async def test_unsubscribe_stops_delivery(bus: NatsConnection) -> None:

