@@ -26,7 +26,7 @@ import msgspec
 
 from flockrt.actors.actor import Actor
 from flockrt.agents.agent import Agent
-from flockrt.errors import FlockError
+from flockrt.errors import ConfigError
 from flockrt.supervisor.spec import ChildSpec, Restart
 from flockrt.supervisor.supervisor import Supervisor
 
@@ -52,10 +52,6 @@ BUILTIN_CLASSES = {
     "text": "flockrt.agents.builtins:TextAgent",
 }
 """Short names a config may use as ``class``; a class is imported only when a config names it."""
-
-
-class ConfigError(FlockError, ValueError):
-    """The configuration is invalid; the message names the key and what was expected."""
 
 
 _LOG_LEVELS_LIST = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
