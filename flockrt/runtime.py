@@ -19,13 +19,14 @@ from typing import Any
 
 import msgspec
 
+from flockrt import assembly
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.agents.agent import Agent
 from flockrt.bus.connection import NatsConnection, tls_context
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
-from flockrt.config import FlockConfig, NatsConfig, load_config
+from flockrt.config import FlockConfig, NatsConfig
 from flockrt.errors import FlockError
 from flockrt.flock.directory import AgentInfo, StatusFilter
 from flockrt.flock.local import LocalFlock
@@ -88,8 +89,8 @@ class Flock:
     @classmethod
     def from_config(cls, path: str | Path, env: dict[str, str] | None = None) -> Flock:
         """The flock a TOML file describes, with the environment overrides applied (see
-        :func:`~flockrt.config.load_config`, which raises ConfigError naming a bad key)."""
-        return cls(load_config(path, env))
+        :func:`flockrt.assembly.load`, which raises ConfigError naming a bad key or class)."""
+        return cls(assembly.load(path, env))
 
     @property
     def nats_url(self) -> str | None:
@@ -128,7 +129,13 @@ class Flock:
         await self.stop()
 
     async def start(self) -> None:
-        """Start every part; if one fails, the parts already started are stopped again."""
+        """Start every part; if one fails, the parts already started are stopped again.
+
+        Raises:
+            ConfigError: a class of the config cannot be imported, or does not fit its entry
+                (checked before anything starts).
+        """
+        assembly.check(self.config)
         try:
             await self._start()
         except BaseException:
@@ -182,7 +189,7 @@ class Flock:
         self.root = await self.system.spawn(
             functools.partial(
                 Supervisor,
-                config.child_specs(),
+                assembly.child_specs(config),
                 strategy=tree.strategy,
                 max_restarts=tree.max_restarts,
                 max_seconds=tree.max_seconds,
