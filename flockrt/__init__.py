@@ -29,10 +29,13 @@ from flockrt.errors import (
     BusUnavailable,
     CircuitOpen,
     ClaudeError,
+    ConfigError,
     FlockError,
     GatewayError,
     GatewayUnavailable,
+    InvalidMessage,
     JetStreamError,
+    ListenError,
     MailboxFull,
     NatsServerError,
     NatsServerNotFound,
@@ -71,7 +74,7 @@ if TYPE_CHECKING:
     )
     from flockrt.breaker import BreakerState, CircuitBreaker
     from flockrt.client import FlockClient
-    from flockrt.config import ConfigError, FlockConfig, load_config
+    from flockrt.config import FlockConfig, load_config
     from flockrt.flock.local import LocalFlock
     from flockrt.mcp import AgentDisconnected, Gateway, GatewayConfigError, OutsideAgent
     from flockrt.runtime import Flock
@@ -92,7 +95,6 @@ _LAZY: dict[str, str] = {
     "DirectMessage": "flockrt.wire.schema",
     "TaskMessage": "flockrt.wire.schema",
     "TaskResult": "flockrt.wire.schema",
-    "ConfigError": "flockrt.config",
     "FlockConfig": "flockrt.config",
     "load_config": "flockrt.config",
     "LocalFlock": "flockrt.flock.local",
@@ -142,7 +144,9 @@ __all__ = [
     "GatewayConfigError",
     "GatewayError",
     "GatewayUnavailable",
+    "InvalidMessage",
     "JetStreamError",
+    "ListenError",
     "LocalFlock",
     "MailboxFull",
     "NatsServerError",

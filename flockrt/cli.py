@@ -31,9 +31,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from flockrt import assembly
 from flockrt.client.client import FlockClient
-from flockrt.config import ConfigError, FlockConfig, load_config
-from flockrt.errors import BusUnavailable, CircuitOpen, FlockError, GatewayUnavailable
+from flockrt.config import FlockConfig
+from flockrt.errors import BusUnavailable, CircuitOpen, ConfigError, FlockError, GatewayUnavailable
 from flockrt.logs import configure_logging
 from flockrt.loop import run as run_on_loop
 from flockrt.runtime import Flock
@@ -431,12 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             logger.setLevel(level)
     try:
-        config = load_config(args.config)
+        config = assembly.load(args.config)
     except ConfigError as exc:
         print(f"flockrt: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "check":
-        specs = config.child_specs()
+        specs = assembly.child_specs(config)
         print(f"{args.config}: ok ({len(specs)} actors under one {config.supervisor.strategy} supervisor)")
         return EXIT_OK
     runtime = config.runtime

@@ -4,31 +4,27 @@ Errors name the key path and what was expected, for example
 ``agents[2].restart: expected one of permanent, transient, temporary, got "always"``.
 
 Sections: ``[runtime]``, ``[nats]``, ``[mcp]`` (with ``[mcp.auth]``), ``[metrics]``,
-``[claude]``, ``[supervisor]`` (the root of the tree) and ``[[agents]]``.
+``[claude]``, ``[supervisor]`` (the root of the tree), ``[[agents]]`` and ``[[supervisors]]``.
+
+This module is plain data: it imports no actor, agent or user class. Turning a config into the
+supervision tree it describes (and the checks that need the classes) is
+:mod:`flockrt.assembly`'s job.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
 import ipaddress
-import math
 import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeAlias, Union
 
 import msgspec
 
-from flockrt.actors.actor import Actor
-from flockrt.agents.agent import Agent
-from flockrt.errors import FlockError
-from flockrt.supervisor.spec import ChildSpec, Restart
-from flockrt.supervisor.supervisor import Supervisor
+from flockrt.errors import ConfigError
 
 __all__ = [
     "AgentConfig",
@@ -41,22 +37,15 @@ __all__ = [
     "NatsConfig",
     "RuntimeConfig",
     "SupervisorConfig",
+    "agent_entries",
+    "config_problems",
+    "decode_config",
     "load_config",
-    "resolve_class",
 ]
 
-BUILTIN_CLASSES = {
-    "ai": "flockrt.agents.builtins:AiTaskAgent",
-    "claude": "flockrt.agents.claude:ClaudeAgent",
-    "echo": "flockrt.agents.builtins:EchoAgent",
-    "text": "flockrt.agents.builtins:TextAgent",
-}
-"""Short names a config may use as ``class``; a class is imported only when a config names it."""
-
-
-class ConfigError(FlockError, ValueError):
-    """The configuration is invalid; the message names the key and what was expected."""
-
+Restart: TypeAlias = Literal["permanent", "transient", "temporary"]
+"""The restart values of ``flockrt.supervisor.spec.Restart``, spelled out again so that this
+module stays plain data: it imports no part of the runtime."""
 
 _LOG_LEVELS_LIST = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LOG_LEVELS = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -248,55 +237,6 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     agents: list[AgentConfig] = msgspec.field(default_factory=list)
     supervisors: list[GroupConfig] = msgspec.field(default_factory=list)
 
-    def child_specs(self) -> list[ChildSpec]:
-        """The root supervisor's children: the ``[[agents]]`` in file order (``id-1``.. when
-        count > 1), then one supervisor per ``[[supervisors]]`` entry with its own agents.
-
-        A class with a ``flock_options(config, agent_id, options)`` classmethod is built with
-        the keyword arguments it returns (its own section of the file, like ``[claude]``,
-        merged with the entry's options), and left out when it returns None (it logs why).
-        """
-        specs = self._agent_specs(self.agents)
-        for group in self.supervisors:
-            factory = functools.partial(
-                Supervisor,
-                self._agent_specs(group.agents),
-                strategy=group.strategy,
-                max_restarts=group.max_restarts,
-                max_seconds=group.max_seconds,
-            )
-            specs.append(
-                ChildSpec(
-                    id=group.id, factory=factory, restart=group.restart, shutdown=math.inf, type="supervisor"
-                )
-            )
-        return specs
-
-    def _agent_specs(self, agents: list[AgentConfig]) -> list[ChildSpec]:
-        specs = []
-        for agent in agents:
-            cls = resolve_class(agent.class_)
-            options = dict(agent.options)
-            flock_options = getattr(cls, "flock_options", None)
-            if flock_options is not None:
-                configured = flock_options(self, agent.id, options)
-                if configured is None:
-                    continue
-                options = configured
-            factory: Callable[..., Actor[Any]] = functools.partial(cls, **options) if options else cls
-            if agent.capabilities is not None:
-                factory = functools.partial(_offering_only, factory, tuple(agent.capabilities))
-            ids = [agent.id] if agent.count == 1 else [f"{agent.id}-{i}" for i in range(1, agent.count + 1)]
-            if self.runtime.prefix_agent_ids:
-                ids = [f"{self.runtime.name}-{i}" for i in ids]
-            # An Agent's first argument is its flock-wide id: the child id.
-            args = (lambda i: (i,)) if issubclass(cls, Agent) else (lambda i: ())
-            specs += [
-                ChildSpec(id=i, factory=factory, args=args(i), restart=agent.restart, shutdown=agent.shutdown)
-                for i in ids
-            ]
-        return specs
-
 
 # Environment variables of the AI Flock design that override the file: (section, key, kind).
 # Durations are in milliseconds, as there.
@@ -324,6 +264,10 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> FlockConfig:
     """Read and validate a config file, then apply the environment overrides.
 
+    This checks what the file says; whether its classes exist and take their options is
+    checked where they are imported, by :func:`flockrt.assembly.load` (what ``flockrt check``
+    and ``flockrt run`` call) and when a :class:`~flockrt.runtime.Flock` starts.
+
     Args:
         path: The TOML file.
         env: Where to read the variables of :data:`ENV_OVERRIDES` (default: ``os.environ``).
@@ -334,6 +278,20 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Flock
     Raises:
         ConfigError: unreadable file, bad TOML, or a value of the wrong type or range (a bad
             variable is named as such).
+    """
+    config = decode_config(path, env)
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return config
+
+
+def decode_config(path: str | Path, env: Mapping[str, str] | None = None) -> FlockConfig:
+    """Read a config file and apply the environment overrides: :func:`load_config` without
+    the range checks (for a caller that adds checks of its own, see :func:`config_problems`).
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, a value of the wrong type, or a bad variable.
     """
     path = Path(path)
     try:
@@ -346,9 +304,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Flock
         raise ConfigError(f"{path}: {_explain(str(exc))}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    config = _apply_env(config, os.environ if env is None else env)
-    _check_ranges(config, path)
-    return config
+    return _apply_env(config, os.environ if env is None else env)
 
 
 def _apply_env(config: FlockConfig, env: Mapping[str, str]) -> FlockConfig:
@@ -391,7 +347,9 @@ def _apply_env(config: FlockConfig, env: Mapping[str, str]) -> FlockConfig:
     return config
 
 
-def _check_ranges(config: FlockConfig, path: Path) -> None:
+def config_problems(config: FlockConfig) -> list[str]:
+    """Every value of ``config`` out of its range, as ``key: expected ..., got ...`` (empty
+    when all is well); the checks that need no class imported."""
     problems = []
     if config.runtime.mailbox_capacity < 1:
         problems.append(f"runtime.mailbox_capacity: expected >= 1, got {config.runtime.mailbox_capacity}")
@@ -466,14 +424,7 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
             f"got {config.runtime.name!r}"
         )
     seen: set[str] = set()
-    # Children in tree order: the root's agents, then each supervisor and its agents.
-    entries: list[tuple[str, AgentConfig | GroupConfig]] = [
-        (f"agents[{i}]", agent) for i, agent in enumerate(config.agents)
-    ]
-    for g, group in enumerate(config.supervisors):
-        entries.append((f"supervisors[{g}]", group))
-        entries += [(f"supervisors[{g}].agents[{i}]", agent) for i, agent in enumerate(group.agents)]
-    for where, entry in entries:
+    for where, entry in _entries(config):
         if isinstance(entry, GroupConfig):
             if not re.fullmatch(r"[A-Za-z0-9_\-]+", entry.id):
                 problems.append(f"{where}.id: expected letters, digits, '_' or '-', got {entry.id!r}")
@@ -495,52 +446,25 @@ def _check_ranges(config: FlockConfig, path: Path) -> None:
         if agent.id in seen:
             problems.append(f"{where}.id: {agent.id!r} is used twice")
         seen.add(agent.id)
-        try:
-            cls = resolve_class(agent.class_)
-        except ConfigError as exc:
-            problems.append(f"{where}.class: {exc}")
-            continue
-        if agent.capabilities is not None:
-            declared = getattr(cls, "_flockrt_capabilities", {}) if issubclass(cls, Agent) else {}
-            unknown = [name for name in agent.capabilities if name not in declared]
-            if unknown:
-                offered = ", ".join(declared) or "none"
-                missing = ", ".join(unknown)
-                problems.append(
-                    f"{where}.capabilities: {agent.class_} does not offer {missing} (it offers {offered})"
-                )
-        if issubclass(cls, Agent) and "." in agent.id:
-            problems.append(f"{where}.id: an agent's id is part of NATS subjects: no '.', got {agent.id!r}")
-        try:
-            inspect.signature(cls).bind(*(("id",) if issubclass(cls, Agent) else ()), **agent.options)
-        except TypeError as exc:
-            problems.append(f"{where}.options: {agent.class_} does not take them: {exc}")
-    if problems:
-        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return problems
 
 
-def _offering_only(factory: Callable[..., Actor[Any]], names: tuple[str, ...], *args: Any) -> Actor[Any]:
-    agent = factory(*args)
-    if isinstance(agent, Agent):
-        agent.offer_only(names)
-    return agent
+def agent_entries(config: FlockConfig) -> list[tuple[str, AgentConfig]]:
+    """Every ``[[agents]]`` entry with its key path (``supervisors[0].agents[1]``), in tree
+    order: the root's agents, then each supervisor's."""
+    return [(where, entry) for where, entry in _entries(config) if isinstance(entry, AgentConfig)]
 
 
-def resolve_class(name: str) -> type[Actor[Any]]:
-    """Turn a built-in name or ``package.module:Class`` into an Actor subclass."""
-    target = BUILTIN_CLASSES.get(name, name)
-    module_name, _, attr = target.partition(":")
-    if not attr:
-        builtins = ", ".join(sorted(BUILTIN_CLASSES))
-        raise ConfigError(f"expected a built-in name ({builtins}) or 'package.module:Class', got {name!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r} for {name!r}: {exc}") from None
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, Actor)):
-        raise ConfigError(f"{target!r} is not an Actor subclass")
-    return cls
+def _entries(config: FlockConfig) -> list[tuple[str, AgentConfig | GroupConfig]]:
+    """The children in tree order with their key paths: the root's agents, then each
+    supervisor followed by its agents."""
+    entries: list[tuple[str, AgentConfig | GroupConfig]] = [
+        (f"agents[{i}]", agent) for i, agent in enumerate(config.agents)
+    ]
+    for g, group in enumerate(config.supervisors):
+        entries.append((f"supervisors[{g}]", group))
+        entries += [(f"supervisors[{g}].agents[{i}]", agent) for i, agent in enumerate(group.agents)]
+    return entries
 
 
 # ---------------------------------------------------------------------- error messages

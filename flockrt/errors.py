@@ -22,10 +22,13 @@ __all__ = [
     "BusUnavailable",
     "CircuitOpen",
     "ClaudeError",
+    "ConfigError",
     "FlockError",
     "GatewayError",
     "GatewayUnavailable",
+    "InvalidMessage",
     "JetStreamError",
+    "ListenError",
     "MailboxFull",
     "NatsServerError",
     "NatsServerNotFound",
@@ -43,6 +46,16 @@ __all__ = [
 
 class FlockError(Exception):
     """Base class of every error raised by flockrt."""
+
+
+class ConfigError(FlockError, ValueError):
+    """The flock's configuration is invalid: a key of the wrong type or out of range, a class
+    that cannot be imported or does not take its options, a bad environment variable.
+
+    The message names the key path and what was expected (``agents[2].restart: expected one
+    of permanent, transient, temporary, got "always"``): fix the file or the variable and
+    start again; nothing was started.
+    """
 
 
 class MailboxFull(FlockError):
@@ -150,6 +163,27 @@ class BusTimeout(FlockError, TimeoutError):
         super().__init__(f"no reply on {subject!r} within {timeout:g} s")
         self.subject = subject
         self.timeout = timeout
+
+
+class InvalidMessage(FlockError, ValueError):
+    """A message on ``subject`` could not be decoded or failed validation.
+
+    The receiver counts it, logs it and carries on: the sender has a bug or speaks another
+    version of the wire schema, and sending the same bytes again fails the same way.
+
+    Attributes:
+        subject: Where it arrived.
+        field: The offending field's path (``priority``, ``capabilities[2]``), or None when the
+            payload as a whole is bad (not JSON, too large).
+        reason: What was wrong, in words.
+    """
+
+    def __init__(self, subject: str, field: str | None, reason: str) -> None:
+        where = f"field {field!r}" if field else "payload"
+        super().__init__(f"invalid message on {subject!r}: {where}: {reason}")
+        self.subject = subject
+        self.field = field
+        self.reason = reason
 
 
 class NoCapableAgent(FlockError, LookupError):
@@ -288,6 +322,15 @@ class CircuitOpen(FlockError, ConnectionError):
         super().__init__(f"circuit breaker for {name} is open; next trial in {max(retry_after, 0.0):.1f} s")
         self.name = name
         self.retry_after = retry_after
+
+
+class ListenError(FlockError, OSError):
+    """An HTTP listener (the gateway, or ``/metrics`` alone) could not bind its address: the
+    port is in use, or the host is not an address of this machine.
+
+    ``errno`` is the operating system's. Nothing listens: pick another port (0 picks a free
+    one) or host, or stop what holds the port, then start again.
+    """
 
 
 class GatewayUnavailable(FlockError, ConnectionError):

@@ -5,7 +5,7 @@ The only module that imports prometheus_client. Every series is listed in docs/m
 How the parts report:
 
 - **The kernel and the flock** keep plain counters (``ActorSystem.stats()``, the bus's
-  ``BusStats``, the flock's :class:`~flockrt.flock.local.WorkStats`) and, while instrumented, cheap
+  ``BusStats``, the flock's :class:`~flockrt.flock.stats.WorkStats`) and, while instrumented, cheap
   histograms (:class:`~flockrt.actors.histogram.Histogram`). One collector reads them at scrape
   time, so tells and asks never touch prometheus. The runtime calls :func:`instrument` per
   actor system (with its flock and NATS connection) when ``[metrics]`` is enabled, and closes
@@ -58,11 +58,11 @@ from prometheus_client.registry import Collector
 from flockrt._version import __version__
 from flockrt.actors import histogram
 from flockrt.actors.system import ActorSystem
-from flockrt.flock.api import FlockAPI
 from flockrt.flock.stats import WorkStats
 
 if TYPE_CHECKING:
     from flockrt.bus.connection import NatsConnection
+    from flockrt.flock.api import FlockAPI
 
 __all__ = [
     "MCP_CONNECTIONS",
@@ -456,23 +456,10 @@ class _FlockCollector(Collector):
             by_status[info.status] = by_status.get(info.status, 0) + 1
         for status, n in by_status.items():
             family("flockrt_agents").add_metric([target.label, status], n)
-        invalid = getattr(flock, "invalid_messages", None)  # a NatsFlock's
-        if invalid is not None:
-            family("flockrt_nats_invalid_messages").add_metric([target.label], sum(invalid.values()))
-        durable = getattr(flock, "durable", None)  # a NatsFlock's, in durable mode
-        if durable is not None:
-            events = durable.stats
-            for event, n in (
-                ("submitted", events.submitted),
-                ("duplicate", events.duplicates),
-                ("received", events.received),
-                ("acked", events.acked),
-                ("redelivered", events.redelivered),
-                ("dead_lettered", events.dead_lettered),
-                ("invalid", events.invalid),
-                ("unsettled", events.unsettled),
-            ):
-                family("flockrt_durable_tasks").add_metric([target.label, event], n)
+        invalid = sum(flock.invalid_messages.values())  # always 0 in one process
+        family("flockrt_nats_invalid_messages").add_metric([target.label], invalid)
+        for event, n in flock.durable_counts().items():  # none unless tasks are durable
+            family("flockrt_durable_tasks").add_metric([target.label, event], n)
 
     def _collect_bus(self, families: list[Metric], target: Instrumentation) -> None:
         bus = target.bus

@@ -19,14 +19,16 @@ from typing import Any
 
 import msgspec
 
+from flockrt import assembly
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.agents.agent import Agent
 from flockrt.bus.connection import NatsConnection, tls_context
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
-from flockrt.config import FlockConfig, NatsConfig, load_config
+from flockrt.config import FlockConfig, NatsConfig
 from flockrt.errors import FlockError
+from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo, StatusFilter
 from flockrt.flock.local import LocalFlock
 from flockrt.mcp.gateway import Gateway
@@ -44,7 +46,8 @@ log = logging.getLogger("flockrt.runtime")
 class Flock:
     """A running flock: built from a config file, a :class:`~flockrt.config.FlockConfig`, or
     a few keywords, and used directly for the common operations (the full API is on
-    :attr:`flock`, a :class:`~flockrt.LocalFlock` or, over NATS, a ``NatsFlock``).
+    :attr:`flock`: the :class:`~flockrt.flock.api.FlockAPI` of a :class:`~flockrt.LocalFlock`
+    or, over NATS, a ``NatsFlock``).
 
     Example::
 
@@ -75,8 +78,8 @@ class Flock:
         self.server: EmbeddedNats | None = None
         self.bus: NatsConnection | None = None
         self.system = ActorSystem(config.runtime.name, mailbox_capacity=config.runtime.mailbox_capacity)
-        self.flock: LocalFlock | NatsFlock | None = None
-        """The flock (a NatsFlock with a ``[nats]`` section), once started."""
+        self.flock: FlockAPI | None = None
+        """The flock (a NatsFlock with a ``[nats]`` section, else a LocalFlock), once started."""
         self.root: ActorRef[object] | None = None
         self.metrics: Instrumentation | None = None
         """This flock's series in ``flockrt.metrics.REGISTRY``, while ``[metrics]`` is enabled."""
@@ -88,8 +91,8 @@ class Flock:
     @classmethod
     def from_config(cls, path: str | Path, env: dict[str, str] | None = None) -> Flock:
         """The flock a TOML file describes, with the environment overrides applied (see
-        :func:`~flockrt.config.load_config`, which raises ConfigError naming a bad key)."""
-        return cls(load_config(path, env))
+        :func:`flockrt.assembly.load`, which raises ConfigError naming a bad key or class)."""
+        return cls(assembly.load(path, env))
 
     @property
     def nats_url(self) -> str | None:
@@ -128,7 +131,13 @@ class Flock:
         await self.stop()
 
     async def start(self) -> None:
-        """Start every part; if one fails, the parts already started are stopped again."""
+        """Start every part; if one fails, the parts already started are stopped again.
+
+        Raises:
+            ConfigError: a class of the config cannot be imported, or does not fit its entry
+                (checked before anything starts).
+        """
+        assembly.check(self.config)
         try:
             await self._start()
         except BaseException:
@@ -137,6 +146,7 @@ class Flock:
 
     async def _start(self) -> None:
         config, runtime = self.config, self.config.runtime
+        flock: FlockAPI
         if config.nats is not None:
             nats = config.nats
             url = nats.url
@@ -161,20 +171,19 @@ class Flock:
                 tls=tls,
             )
             await self.bus.start()
-            heartbeat = nats.heartbeat_interval / 1000
-            nats_flock = NatsFlock(
+            flock = NatsFlock(
                 self.system,
                 self.bus,
                 node=runtime.name,
-                heartbeat_interval=heartbeat,
+                heartbeat_interval=nats.heartbeat_interval / 1000,
                 durable=nats.durable,
                 persist_directory=nats.persist_directory,
             )
-            self.flock = nats_flock
-            await nats_flock.start()
         else:
-            self.flock = LocalFlock(self.system, node=runtime.name)
+            flock = LocalFlock(self.system, node=runtime.name)
             log.info("no [nats] section: the flock stays in this process")
+        self.flock = flock
+        await flock.start()
         if config.metrics is not None and config.metrics.enabled:
             self.metrics = instrument(self.system, flock=self.flock, bus=self.bus, label=runtime.name)
             log.info("metrics on: flockrt_* series labelled system=%r", self.metrics.label)
@@ -182,7 +191,7 @@ class Flock:
         self.root = await self.system.spawn(
             functools.partial(
                 Supervisor,
-                config.child_specs(),
+                assembly.child_specs(config),
                 strategy=tree.strategy,
                 max_restarts=tree.max_restarts,
                 max_seconds=tree.max_seconds,
@@ -190,16 +199,14 @@ class Flock:
             name="root",
             shutdown_timeout=math.inf,  # stop() bounds the whole stop; each agent has its own
         )
-        if isinstance(self.flock, NatsFlock):
-            await self.flock.flush()
-        await self._start_web()
+        await flock.flush()  # the agents' announcements are out before anyone is let in
+        await self._start_web(flock)
 
-    async def _start_web(self) -> None:
+    async def _start_web(self, flock: FlockAPI) -> None:
         """The gateway (with /metrics) if [mcp] is enabled, else /metrics alone if [metrics] is."""
         config = self.config
-        assert self.flock is not None
         if config.mcp is not None and config.mcp.enabled:
-            self.gateway = Gateway(config.mcp, self.flock)
+            self.gateway = Gateway(config.mcp, flock)
             await self.gateway.start()
             self.web = WebServer(build_app(self.gateway, ready=self.ready), config.mcp.host, config.mcp.port)
             await self.web.start()
@@ -219,7 +226,7 @@ class Flock:
             if self.web is not None:
                 await self.web.stop()
             await self.system.shutdown(timeout=budget)
-            if isinstance(self.flock, NatsFlock):
+            if self.flock is not None:
                 await self.flock.close()
             if self.bus is not None:
                 await self.bus.close()
@@ -232,7 +239,7 @@ class Flock:
     # ------------------------------------------------------------------ the common operations
 
     @property
-    def running(self) -> LocalFlock | NatsFlock:
+    def running(self) -> FlockAPI:
         """The started flock; raises FlockError before :meth:`start` (or after a failed one)."""
         if self.flock is None:
             raise FlockError("the flock is not started: use 'async with Flock(...)' or await start()")
@@ -242,7 +249,7 @@ class Flock:
         self, agent_class: type[Agent], count: int, *, restart: Restart = "permanent", **options: Any
     ) -> ActorRef[Any]:
         """Start ``count`` agents of ``agent_class`` under a supervisor of their own (see
-        :meth:`flockrt.LocalFlock.spawn_pool`)."""
+        :meth:`flockrt.flock.api.FlockAPI.spawn_pool`)."""
         return await self.running.spawn_pool(agent_class, count, restart=restart, **options)
 
     async def request_capability(
@@ -267,7 +274,10 @@ class Flock:
         self, to: str, message: Any, *, type: str = "command", timeout: float = 30.0
     ) -> Any:
         """A direct message to agent ``to``; a ``query`` returns its answer."""
-        return await self.running.send_message(to, message, type=type, timeout=timeout)
+        if type == "query":
+            return await self.running.query(to, message, timeout=timeout)
+        await self.running.send(to, message, type=type)
+        return None
 
     def list_agents(self, status: StatusFilter = "online", capability: str | None = None) -> list[AgentInfo]:
         """The agents this process knows of, by status and capability."""

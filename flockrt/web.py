@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 
 from flockrt import metrics
-from flockrt.errors import FlockError
+from flockrt.errors import ListenError
 from flockrt.mcp import transport
 from flockrt.mcp.auth import host_allowed
 from flockrt.mcp.gateway import Gateway
@@ -27,10 +27,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 __all__ = ["ListenError", "WebServer", "build_app"]
 
 log = logging.getLogger("flockrt.web")
-
-
-class ListenError(FlockError, OSError):
-    """The listener could not bind its address (in use, not an address of this machine)."""
 
 
 _DEFAULT_BODY_LIMIT = 1024 * 1024

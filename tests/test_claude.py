@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from examples.messages_api import Failure, MessagesApiStandIn
-from flockrt import ActorSystem, ClaudeError, LocalFlock, NoCapableAgent, WorkFailed
+from flockrt import ActorSystem, ClaudeError, LocalFlock, NoCapableAgent, WorkFailed, assembly
 from flockrt.agents.agent import Agent, capability
 from flockrt.agents.builtins import AiTaskAgent, analyze_text
 from flockrt.agents.claude import OUTCOMES, USAGE, ClaudeAgent
@@ -328,13 +328,13 @@ def test_config_starts_the_claude_agent_only_with_a_key(
         '[[agents]]\nid = "claude"\nclass = "claude"\noptions = { max_retries = 1 }\n'
     )
     caplog.set_level(logging.INFO, "flockrt.agents.claude")
-    specs = load_config(path, env={}).child_specs()
+    specs = assembly.child_specs(load_config(path, env={}))
     assert [spec.id for spec in specs] == ["echo"]
     assert [r.getMessage() for r in caplog.records] == [
         "Claude agent 'claude' skipped: no API key (set ANTHROPIC_API_KEY or [claude] api_key)"
     ]
     config = load_config(path, env={"ANTHROPIC_API_KEY": KEY, "CLAUDE_MODEL": "claude-other"})
-    specs = config.child_specs()
+    specs = assembly.child_specs(config)
     assert [spec.id for spec in specs] == ["echo", "claude"]
     agent = specs[1].factory(*specs[1].args)
     assert isinstance(agent, ClaudeAgent)

@@ -15,6 +15,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from flockrt import assembly
 from flockrt.cli import main
 from flockrt.config import ENV_OVERRIDES, ConfigError, load_config
 from flockrt.errors import NoCapableAgent
@@ -84,8 +85,8 @@ def test_bad_configs_name_the_key(
     err = capsys.readouterr().err
     assert expected in err
     assert "Traceback" not in err
-    with pytest.raises(ConfigError):
-        load_config(path)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        assembly.load(path)  # what check and run read; load_config checks no class
 
 
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -280,7 +281,7 @@ def test_auth_tokens_from_the_environment_and_prefixed_agent_ids(tmp_path: Path)
         load_config(path, env={})
     config = load_config(path, env={"MCP_AUTH_TOKENS": "one, two,", "AGENT_ID": "node-3"})
     assert config.mcp is not None and config.mcp.auth.tokens == ["one", "two"]
-    assert [spec.id for spec in config.child_specs()] == ["node-3-e-1", "node-3-e-2"]
+    assert [spec.id for spec in assembly.child_specs(config)] == ["node-3-e-1", "node-3-e-2"]
     with pytest.raises(ConfigError, match=r"runtime.name: prefixes agent ids .* got 'a.b'"):
         load_config(path, env={"MCP_AUTH_TOKENS": "x", "AGENT_ID": "a.b"})
     assert load_config(write(tmp_path, ""), env={"MCP_AUTH_TOKENS": "x"}).mcp is None  # no gateway, no tokens
@@ -349,4 +350,18 @@ async def test_an_agent_entry_may_offer_only_some_capabilities(tmp_path: Path) -
     with pytest.raises(
         ConfigError, match=r"agents\[0\]\.capabilities: text does not offer mind-reading \(it offers"
     ):
-        load_config(bad, env={})
+        assembly.load(bad, env={})
+
+
+async def test_classes_are_checked_by_the_assembly_before_anything_starts(tmp_path: Path) -> None:
+    from flockrt.runtime import Flock
+
+    path = write(tmp_path, "[nats]\nport = 0\n[[agents]]\nid = 'x'\nclass = 'no.such.module:X'\n")
+    config = load_config(path, env={})  # plain data: the config imports no class
+    expected = r"agents\[0\]\.class: cannot import 'no.such.module'"
+    with pytest.raises(ConfigError, match=expected):
+        assembly.load(path, env={})
+    flock = Flock(config)
+    with pytest.raises(ConfigError, match=expected):
+        await flock.start()
+    assert (flock.server, flock.bus, flock.flock) == (None, None, None)  # no NATS server was started

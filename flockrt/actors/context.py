@@ -17,6 +17,9 @@ Stopping is graceful: once a stop is requested the actor is *closed* (new messag
 letters, new asks fail with ActorStopped) but a running actor first handles what its mailbox
 already holds, then stops its children, then runs ``on_stop``. A failed actor, or one that
 overruns its shutdown timeout and is killed, sends what is left to dead letters instead.
+
+Starting and restarting the instance is in :mod:`flockrt.actors.instance`, timers in
+:mod:`flockrt.actors.timers`; both work on the context's fields directly, as this module does.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from flockrt.actors.actor import Actor
 from flockrt.actors.messages import StopReason, Terminated, _Ask, _ChildExited, _ChildFailed
 from flockrt.actors.ref import ActorRef
+from flockrt.actors.timers import Timer, cancel_timers, start_timer
 from flockrt.errors import ActorFailed, ActorStopped, RestartIntensityExceeded
 
 if TYPE_CHECKING:
@@ -54,54 +58,6 @@ class _ActorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         actor = self.extra["actor"] if self.extra else "?"
         kwargs.setdefault("extra", {})["actor"] = actor
         return f"[{actor}] {msg}", kwargs
-
-
-class Timer:
-    """A pending ``send_after`` or ``send_periodic``; :meth:`cancel` stops it.
-
-    Timers belong to their actor: they are cancelled when it fails, restarts or stops.
-    """
-
-    __slots__ = ("_context", "_handle", "_interval", "_message", "_when")
-
-    def __init__(self, context: ActorContext[Any], message: Any, interval: float | None) -> None:
-        self._context = context
-        self._message = message
-        self._interval = interval
-        self._handle: asyncio.TimerHandle | None = None
-        self._when = 0.0
-
-    @property
-    def active(self) -> bool:
-        """True until the timer fired for the last time or was cancelled."""
-        return self._handle is not None
-
-    def cancel(self) -> None:
-        """Stop the timer; a message it already delivered stays delivered."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-            timers = self._context._timers
-            if timers is not None:
-                timers.discard(self)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        self._when = when
-        self._handle = loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        context = self._context
-        if self._interval is None:
-            self._handle = None
-            if context._timers is not None:
-                context._timers.discard(self)
-        else:
-            # Re-arm from the planned time, not from now, so periodic timers do not drift; if
-            # the loop fell behind by more than an interval, skip the missed ticks.
-            loop = context._system._loop
-            when = max(self._when + self._interval, loop.time())
-            self._arm(loop, when)
-        context._deliver_timer(self._message)
 
 
 class ActorContext(Generic[M]):
@@ -314,7 +270,7 @@ class ActorContext(Generic[M]):
 
     def send_after(self, delay: float, message: M) -> Timer:
         """Tell ``message`` to this actor once, ``delay`` seconds from now."""
-        return self._start_timer(delay, message, None)
+        return start_timer(self, delay, message, None)
 
     def send_periodic(self, interval: float, message: M, *, initial_delay: float | None = None) -> Timer:
         """Tell ``message`` to this actor every ``interval`` seconds until cancelled.
@@ -323,7 +279,7 @@ class ActorContext(Generic[M]):
         """
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval!r}")
-        return self._start_timer(interval if initial_delay is None else initial_delay, message, interval)
+        return start_timer(self, interval if initial_delay is None else initial_delay, message, interval)
 
     def stop(self, ref: ActorRef[Any] | None = None) -> asyncio.Future[StopReason]:
         """Stop this actor (or another, such as a child) gracefully; see ActorRef.stop.
@@ -353,18 +309,6 @@ class ActorContext(Generic[M]):
         q.append(message)
         if not self._scheduled:
             self._activate()
-
-    def _deliver_timer(self, message: Any) -> None:
-        if self._closed:
-            self._system._dead_letter(self, message)
-            return
-        q = self._mailbox
-        if q is not None and len(q) >= self._capacity:
-            self._system._mailbox_overflows += 1
-            log.warning("timer message for %s dropped: mailbox full (%d)", self.path, self._capacity)
-            self._system._dead_letter(self, message)
-            return
-        self._enqueue_unbounded(message)
 
     def _post_system(self, message: _ChildFailed | _ChildExited) -> None:
         if self._state == STOPPED:
@@ -557,7 +501,7 @@ class ActorContext(Generic[M]):
             self._begin_termination(error)
             return
         self._set_state(SUSPENDED)
-        self._cancel_timers()
+        cancel_timers(self)
         parent = self._parent
         if parent is None:
             system._root_failed(error)
@@ -671,7 +615,7 @@ class ActorContext(Generic[M]):
         system = self._system
         if self._parent is not None:
             system._live -= 1
-        self._cancel_timers()
+        cancel_timers(self)
         actor = self._actor
         # A supervisor that ended with an error, or any actor that failed because an escalation
         # reached it: its parent (if not a supervisor) fails in turn, up to the root.
@@ -723,92 +667,6 @@ class ActorContext(Generic[M]):
         states[self._state] -= 1
         states[state] += 1
         self._state = state
-
-    def _cancel_timers(self) -> None:
-        timers, self._timers = self._timers, None
-        if timers:
-            for timer in timers:
-                if timer._handle is not None:
-                    timer._handle.cancel()
-                    timer._handle = None
-
-    def _start_timer(self, delay: float, message: Any, interval: float | None) -> Timer:
-        if delay < 0:
-            raise ValueError(f"delay must be >= 0, got {delay!r}")
-        if self._closed:
-            raise ActorStopped(self._ref, "is stopping; no timers can be started")
-        timer = Timer(self, message, interval)
-        loop = self._system._loop
-        timer._arm(loop, loop.time() + delay)
-        if self._timers is None:
-            self._timers = set()
-        self._timers.add(timer)
-        return timer
-
-    # ------------------------------------------------------------------ (re)starting
-
-    async def _start_instance(self, error: BaseException | None) -> None:
-        """Create a fresh actor instance and run on_start (or on_restart(error))."""
-        actor = self._factory(*self._args)
-        if not isinstance(actor, Actor):
-            raise TypeError(f"factory {self._factory!r} returned {actor!r}, not an Actor")
-        actor._context = self
-        self._actor = actor
-        self._is_async = type(actor)._flockrt_async_receive
-        pending = actor.on_start() if error is None else actor.on_restart(error)
-        if pending is not None:
-            await pending
-        if self._state < STOPPING:
-            self._set_state(RUNNING)
-            if (self._mailbox or self._sysq) and not self._scheduled:
-                self._activate()
-            elif self._closed:
-                self._begin_termination(self._reason)  # stop was requested during on_start
-
-    async def _quiesce(self, timeout: float | None) -> None:
-        """Stop taking messages (they stay queued); let the one in flight finish or cancel it."""
-        if self._state == RUNNING:
-            self._set_state(SUSPENDED)
-        task = self._task
-        if task is None or task is asyncio.current_task():
-            return
-        if timeout is None or timeout > 0:
-            finished, _ = await asyncio.wait((task,), timeout=timeout)
-            if finished:
-                return
-        task.cancel()
-        await asyncio.wait((task,))
-
-    async def _teardown(self, timeout: float | None) -> None:
-        """End the current instance before a restart: children, timers, then on_stop."""
-        self._cancel_timers()
-        actor = self._actor
-        if actor is None:
-            return
-        if not self._children and actor._flockrt_plain_stop:
-            self._actor = None  # nothing to wait for: skip the timeout machinery (restart latency)
-            return
-        try:
-            async with asyncio.timeout(timeout):
-                if self._children:
-                    await actor._flockrt_stop_children()
-                await self._call_hook(actor.on_stop, "on_stop")
-        except TimeoutError:
-            log.warning("actor %s did not finish on_stop within %g s before restart", self.path, timeout)
-        if self._children:
-            for child in reversed(list(self._children)):
-                child._kill("killed")
-        self._actor = None
-
-    async def _restart(self, error: BaseException | None) -> None:
-        """Replace the instance by a fresh one, keeping this context, ref and mailbox."""
-        await self._quiesce(self._shutdown_timeout)
-        await self._teardown(self._shutdown_timeout)
-        if self._state >= STOPPING:
-            return
-        self._set_state(SUSPENDED)
-        self._restarts += 1
-        await self._start_instance(error)
 
     # ------------------------------------------------------------------ introspection
 

@@ -15,6 +15,7 @@ from flockrt.actors.actor import Actor
 from flockrt.actors.context import RUNNING, STATE_NAMES, ActorContext
 from flockrt.actors.deadlines import AskDeadlines
 from flockrt.actors.histogram import Histogram
+from flockrt.actors.instance import start_instance
 from flockrt.actors.ref import ActorRef
 from flockrt.errors import ActorNameTaken, ActorStartFailed, ActorStopped, SystemStopped
 
@@ -296,7 +297,7 @@ class ActorSystem:
         children[cell] = None
         self._live += 1
         try:
-            await cell._start_instance(None)
+            await start_instance(cell, None)
         except BaseException as exc:
             # Never started: undo quietly (the parent is told through this exception, not
             # through a child-exit message), stopping any children on_start had spawned.

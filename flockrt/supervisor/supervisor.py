@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from flockrt.actors.actor import Actor
 from flockrt.actors.context import RUNNING, STOPPING, ActorContext
+from flockrt.actors.instance import quiesce, restart_instance, teardown
 from flockrt.actors.messages import StopReason
 from flockrt.actors.ref import DEFAULT_ASK_TIMEOUT, ActorRef
 from flockrt.errors import FlockError, RestartIntensityExceeded
@@ -281,8 +282,8 @@ class _SupervisorBase(Actor[Any]):
         for other in reversed(group):
             cell = other.cell
             if cell is not None and cell._state < STOPPING:
-                await cell._quiesce(cell._shutdown_timeout)
-                await cell._teardown(cell._shutdown_timeout)
+                await quiesce(cell, cell._shutdown_timeout)
+                await teardown(cell, cell._shutdown_timeout)
         for member in group:
             if member not in self._children:
                 continue  # removed while we were stopping the group
@@ -303,7 +304,7 @@ class _SupervisorBase(Actor[Any]):
             child.backoff = None
         cell = child.cell
         if cell is not None and cell._state < STOPPING:
-            await cell._restart(error)
+            await restart_instance(cell, error)
         else:
             if cell is not None:
                 self._by_cell.pop(cell, None)

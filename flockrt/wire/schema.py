@@ -21,7 +21,7 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import msgspec
 
-from flockrt.errors import FlockError
+from flockrt.errors import InvalidMessage
 
 __all__ = [
     "MSGPACK",
@@ -187,24 +187,6 @@ class TaskBatchItem(_Wire, frozen=True, kw_only=True):
 
     subject: str
     message: TaskMessage
-
-
-class InvalidMessage(FlockError, ValueError):
-    """A message on ``subject`` could not be decoded or failed validation.
-
-    Attributes:
-        subject: Where it arrived.
-        field: The offending field's path (``priority``, ``capabilities[2]``), or None when the
-            payload as a whole is bad (not JSON, too large).
-        reason: What was wrong, in words.
-    """
-
-    def __init__(self, subject: str, field: str | None, reason: str) -> None:
-        where = f"field {field!r}" if field else "payload"
-        super().__init__(f"invalid message on {subject!r}: {where}: {reason}")
-        self.subject = subject
-        self.field = field
-        self.reason = reason
 
 
 _AT = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$")
