@@ -17,30 +17,13 @@ from typing import Any, Protocol
 import msgspec
 
 from flockrt.agents.agent import Agent
-from flockrt.errors import FlockError, WorkFailed
+from flockrt.errors import AgentDisconnected, OutsideAgentFailed, WorkFailed
 from flockrt.wire.schema import Broadcast, DirectMessage
 
 __all__ = ["AgentDisconnected", "Link", "OutsideAgent", "OutsideAgentFailed"]
 
 MESSAGE_NOTIFICATION = "notifications/flock/message"
 BROADCAST_NOTIFICATION = "notifications/flock/broadcast"
-
-
-class AgentDisconnected(FlockError, ConnectionError):
-    """The outside agent's connection closed before it answered."""
-
-    def __init__(self, agent_id: str) -> None:
-        super().__init__(f"outside agent {agent_id} disconnected before answering")
-        self.agent_id = agent_id
-
-
-class OutsideAgentFailed(FlockError):
-    """The outside agent answered with ``send_response {error}``: its handler failed."""
-
-    def __init__(self, agent_id: str, error: str) -> None:
-        super().__init__(f"outside agent {agent_id} failed: {error}")
-        self.agent_id = agent_id
-        self.error = error
 
 
 class Link(Protocol):
