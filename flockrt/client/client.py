@@ -48,13 +48,10 @@ from flockrt.errors import (
     CircuitOpen,
     GatewayError,
     GatewayUnavailable,
-    NoCapableAgent,
     NotAuthorized,
     ToolError,
-    UnknownAgent,
-    WorkFailed,
-    WorkTimeout,
 )
+from flockrt.wire.failures import FailureKind, failure_error
 from flockrt.wire.schema import Broadcast, Codec, DirectMessage, Priority, TaskResult
 
 __all__ = [
@@ -900,25 +897,14 @@ def _structured(tool: str, arguments: Mapping[str, Any], result: Any, timeout: f
         content = {}
     if not result.get("isError"):
         return content
-    kind = str(content.get("error", "failed"))
-    message = str(content.get("message", ""))
-    if kind == "no_capable_agent":
-        if tool == "request_capability":
-            raise NoCapableAgent("capability", str(arguments.get("capability")))
-        raise NoCapableAgent("task", str(arguments.get("type")))
-    if kind == "timeout":
-        key = {"request_capability": "capability", "send_message": "to", "submit_task": "type"}.get(tool)
-        what = {"request_capability": "capability", "send_message": "query", "submit_task": "task"}.get(tool)
-        raise WorkTimeout(what or tool, str(arguments.get(key or "", "")), timeout)
-    if kind == "unknown_agent":
-        raise UnknownAgent(str(arguments.get("to") or arguments.get("agent_id") or message))
-    if kind == "forbidden":
-        raise NotAuthorized(f"{tool}: {message}")
-    if kind == "failed" and tool == "request_capability":
-        capability = str(arguments.get("capability"))
-        agent = str(content.get("agentId") or "")
-        raise WorkFailed(agent, "capability", capability, ToolError(tool, kind, message))
-    raise ToolError(tool, kind, message)
+    raise failure_error(
+        str(content.get("error", FailureKind.FAILED)),
+        tool,
+        arguments,
+        str(content.get("message", "")),
+        timeout=timeout,
+        agent_id=str(content.get("agentId") or ""),
+    )
 
 
 def _check_str(what: str, value: Any) -> str:

@@ -28,12 +28,7 @@ import msgspec
 from flockrt._version import __version__
 from flockrt.actors.ref import ActorRef
 from flockrt.errors import (
-    ActorFailed,
-    AskTimeout,
     FlockError,
-    NoCapableAgent,
-    UnknownAgent,
-    WorkTimeout,
 )
 from flockrt.mcp import observe, tools
 from flockrt.mcp.agent import OutsideAgent
@@ -56,6 +51,7 @@ from flockrt.mcp.protocol import (
     result_response,
 )
 from flockrt.supervisor.supervisor import DynamicSupervisor
+from flockrt.wire.failures import FailureKind
 from flockrt.wire.subjects import check_token
 
 if TYPE_CHECKING:
@@ -81,7 +77,7 @@ _JSON = "application/json"
 class _Failure(Exception):
     """A business failure of a tool: returned as a result with ``isError``, not a JSON-RPC error."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -302,7 +298,7 @@ class Session:
             content = await getattr(self, f"_tool_{tool.name}")(arguments, request_id)
             is_error = False
         except _Failure as failure:
-            content, is_error = {"error": failure.kind, "message": failure.message}, True
+            content, is_error = {"error": failure.kind.value, "message": failure.message}, True
         except Forbidden as exc:
             raise JsonRpcError(FORBIDDEN, f"forbidden: {exc}", {"status": 403}, request_id) from None
         finally:
@@ -371,7 +367,7 @@ class Session:
     async def _tool_get_agent_info(self, args: tools.GetAgentInfo, request_id: Any) -> dict[str, Any]:
         info = self.gateway.flock.get_agent(args.agent_id)
         if info is None:
-            raise _Failure("unknown_agent", f"no agent {args.agent_id!r} in the flock")
+            raise _Failure(FailureKind.UNKNOWN_AGENT, f"no agent {args.agent_id!r} in the flock")
         return {"agent": info.to_json()}
 
     async def _tool_announce_agent(self, args: tools.AnnounceAgent, request_id: Any) -> dict[str, Any]:
@@ -382,10 +378,10 @@ class Session:
         if self.agent_id is not None:
             if self.agent_id == args.id:
                 return {"agentId": args.id, "announced": True}
-            raise _Failure("forbidden", f"this connection is already agent {self.agent_id!r}")
+            raise _Failure(FailureKind.FORBIDDEN, f"this connection is already agent {self.agent_id!r}")
         known = self.gateway.flock.get_agent(args.id)
         if args.id in self.gateway.claimed or (known is not None and known.status == "online"):
-            raise _Failure("failed", f"agent id {args.id!r} is already online in the flock")
+            raise _Failure(FailureKind.FAILED, f"agent id {args.id!r} is already online in the flock")
         # Claimed before the first await: two connections announcing one id at once get one agent.
         self.gateway.claimed.add(args.id)
         self.agent_id = args.id
@@ -412,20 +408,20 @@ class Session:
         except FlockError as exc:
             self.agent_id = None
             self.gateway.claimed.discard(args.id)
-            raise _Failure("failed", f"agent {args.id!r} could not start: {exc}") from None
+            raise _Failure(FailureKind.FAILED, f"agent {args.id!r} could not start: {exc}") from None
         if self.closed:  # the connection went away while the agent started
             await self._stop_agent()
-            raise _Failure("failed", "the connection closed")
+            raise _Failure(FailureKind.FAILED, "the connection closed")
         await self.gateway.flush()
         log.info("session %s is now agent %s (capabilities %s)", self.id, args.id, list(args.capabilities))
         return {"agentId": args.id, "announced": True}
 
     async def _tool_send_response(self, args: tools.SendResponse, request_id: Any) -> dict[str, Any]:
         if self.agent is None:
-            raise _Failure("forbidden", "send_response: this connection has not announced an agent")
+            raise _Failure(FailureKind.FORBIDDEN, "send_response: this connection has not announced an agent")
         if not self.agent.resolve(args.correlation_id, args.response, args.error):
             raise _Failure(
-                "failed",
+                FailureKind.FAILED,
                 f"agent {self.agent_id!r} has no pending query or capability request {args.correlation_id!r}",
             )
         return {"delivered": True}
@@ -651,15 +647,7 @@ _current_progress: contextvars.ContextVar[_Progress | None] = contextvars.Contex
 
 
 def _failure(exc: FlockError) -> _Failure:
-    if isinstance(exc, NoCapableAgent):
-        return _Failure("no_capable_agent", str(exc))
-    if isinstance(exc, WorkTimeout | AskTimeout):
-        return _Failure("timeout", str(exc))
-    if isinstance(exc, UnknownAgent):
-        return _Failure("unknown_agent", str(exc))
-    if isinstance(exc, ActorFailed) and isinstance(exc.__cause__, FlockError):
-        return _failure(exc.__cause__)
-    return _Failure("failed", str(exc))
+    return _Failure(FailureKind.of(exc), str(exc))
 
 
 def _check_argument(name: str, value: str, request_id: Any) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from flockrt.mcp.protocol import INVALID_PARAMS, JsonRpcError
+from flockrt.wire.failures import FailureKind
 
 __all__ = [
     "TOOLS",
@@ -153,7 +154,7 @@ _AGENT: Final = _object(
 # Every structuredContent may instead be a business failure: {error, message} with isError.
 _FAILURE: Final = _object(
     ["error", "message"],
-    error={"type": "string", "enum": ["no_capable_agent", "timeout", "unknown_agent", "failed", "forbidden"]},
+    error={"type": "string", "enum": [kind.value for kind in FailureKind]},
     message=_STRING,
 )
 
