@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from flockrt.actors.tasks import TaskOwner
 from flockrt.agents.agent import Agent
 from flockrt.errors import AgentDisconnected, OutsideAgentFailed, WorkFailed
 from flockrt.wire.schema import Broadcast, DirectMessage
@@ -62,7 +63,7 @@ class OutsideAgent(Agent):
         self._capabilities = capabilities
         self._answer_timeout = answer_timeout
         self._pending: dict[str, asyncio.Future[Any]] = {}
-        self._answering: set[asyncio.Task[Any]] = set()
+        self._answering = TaskOwner(f"outside agent {agent_id}")
         """Queries waiting for the outside agent's answer, each in a task of its own."""
         for capability in capabilities:
             self.add_capability(capability, functools.partial(self._forward_capability, capability))
@@ -71,11 +72,7 @@ class OutsideAgent(Agent):
         self._link.attach(self)
 
     async def teardown(self) -> None:
-        tasks, self._answering = self._answering, set()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._answering.close()
 
     # ------------------------------------------------------------------ answers
 
@@ -134,10 +131,7 @@ class OutsideAgent(Agent):
         pushed = msgspec.structs.replace(message, correlation_id=answer_id)
         # Answered in a task of its own: heartbeats and further queries keep flowing while the
         # outside agent thinks. The asker awaits the task within its own timeout.
-        task = asyncio.get_running_loop().create_task(self._answer_query(answer_id, pushed))
-        self._answering.add(task)
-        task.add_done_callback(self._answering.discard)
-        return task
+        return self._answering.spawn(self._answer_query(answer_id, pushed), name=f"answer {message.id}")
 
     async def _answer_query(self, answer_id: str, query: DirectMessage) -> Any:
         try:
