@@ -199,7 +199,7 @@ class Flock:
         config = self.config
         assert self.flock is not None
         if config.mcp is not None and config.mcp.enabled:
-            self.gateway = Gateway(config.mcp, self.flock)
+            self.gateway = Gateway(config.mcp, self.flock, system=self.system)
             await self.gateway.start()
             self.web = WebServer(build_app(self.gateway, ready=self.ready), config.mcp.host, config.mcp.port)
             await self.web.start()

@@ -21,8 +21,8 @@ from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.actors.tasks import TaskOwner
 from flockrt.config import McpConfig, is_loopback
+from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo
-from flockrt.flock.local import LocalFlock
 from flockrt.mcp.agent import OutsideAgent
 from flockrt.mcp.auth import Authenticator, allowed_hosts, check_bind
 from flockrt.mcp.session import Session
@@ -42,7 +42,10 @@ class Gateway:
 
     Args:
         config: The ``[mcp]`` section.
-        flock: The flock it serves (in-process, or over NATS).
+        flock: The flock it serves (in-process, or over NATS: any implementation of the
+            Flock interface).
+        system: The actor system of this process: the outside agents' supervisor runs in it,
+            and its tree is the ``flock://tree`` resource.
         progress_interval: Seconds between progress notifications of a long tool call.
         session_idle_timeout: Seconds a Streamable HTTP session may go without a request (and
             without a server stream open) before it is ended, with its outside agent. A
@@ -63,8 +66,9 @@ class Gateway:
     def __init__(
         self,
         config: McpConfig,
-        flock: LocalFlock,
+        flock: FlockAPI,
         *,
+        system: ActorSystem,
         progress_interval: float = 1.0,
         session_idle_timeout: float = 600.0,
         max_sessions: int = 10_000,
@@ -75,7 +79,7 @@ class Gateway:
         check_bind(config)
         self.config = config
         self.flock = flock
-        self.system: ActorSystem = flock.system
+        self.system = system
         self.progress_interval = progress_interval
         self.session_idle_timeout = session_idle_timeout
         self.max_sessions = max_sessions
