@@ -24,6 +24,7 @@ from flockrt.errors import (
     ActorNameTaken,
     ActorStartFailed,
     ActorStopped,
+    AgentDisconnected,
     AskTimeout,
     BusTimeout,
     BusUnavailable,
@@ -31,10 +32,13 @@ from flockrt.errors import (
     ClaudeError,
     ConfigError,
     FlockError,
+    Forbidden,
+    GatewayConfigError,
     GatewayError,
     GatewayUnavailable,
     InvalidMessage,
     JetStreamError,
+    JsonRpcError,
     ListenError,
     MailboxFull,
     NatsServerError,
@@ -42,9 +46,11 @@ from flockrt.errors import (
     NoCapableAgent,
     NoResponders,
     NotAuthorized,
+    OutsideAgentFailed,
     RestartIntensityExceeded,
     SystemStopped,
     ToolError,
+    Unauthorized,
     UnknownAgent,
     WorkFailed,
     WorkTimeout,
@@ -76,7 +82,7 @@ if TYPE_CHECKING:
     from flockrt.client import FlockClient
     from flockrt.config import FlockConfig, load_config
     from flockrt.flock.local import LocalFlock
-    from flockrt.mcp import AgentDisconnected, Gateway, GatewayConfigError, OutsideAgent
+    from flockrt.mcp import Gateway, OutsideAgent
     from flockrt.runtime import Flock
     from flockrt.wire.schema import AgentEvent, Broadcast, DirectMessage, TaskMessage, TaskResult
 
@@ -98,9 +104,7 @@ _LAZY: dict[str, str] = {
     "FlockConfig": "flockrt.config",
     "load_config": "flockrt.config",
     "LocalFlock": "flockrt.flock.local",
-    "AgentDisconnected": "flockrt.mcp",
     "Gateway": "flockrt.mcp",
-    "GatewayConfigError": "flockrt.mcp",
     "OutsideAgent": "flockrt.mcp",
     "FlockClient": "flockrt.client",
     "Flock": "flockrt.runtime",
@@ -140,12 +144,14 @@ __all__ = [
     "FlockClient",
     "FlockConfig",
     "FlockError",
+    "Forbidden",
     "Gateway",
     "GatewayConfigError",
     "GatewayError",
     "GatewayUnavailable",
     "InvalidMessage",
     "JetStreamError",
+    "JsonRpcError",
     "ListenError",
     "LocalFlock",
     "MailboxFull",
@@ -155,6 +161,7 @@ __all__ = [
     "NoResponders",
     "NotAuthorized",
     "OutsideAgent",
+    "OutsideAgentFailed",
     "ProgressCallback",
     "Restart",
     "RestartIntensityExceeded",
@@ -169,6 +176,7 @@ __all__ = [
     "Terminated",
     "Timer",
     "ToolError",
+    "Unauthorized",
     "UnknownAgent",
     "Work",
     "WorkFailed",

@@ -17,6 +17,7 @@ __all__ = [
     "ActorNameTaken",
     "ActorStartFailed",
     "ActorStopped",
+    "AgentDisconnected",
     "AskTimeout",
     "BusTimeout",
     "BusUnavailable",
@@ -24,10 +25,13 @@ __all__ = [
     "ClaudeError",
     "ConfigError",
     "FlockError",
+    "Forbidden",
+    "GatewayConfigError",
     "GatewayError",
     "GatewayUnavailable",
     "InvalidMessage",
     "JetStreamError",
+    "JsonRpcError",
     "ListenError",
     "MailboxFull",
     "NatsServerError",
@@ -35,9 +39,11 @@ __all__ = [
     "NoCapableAgent",
     "NoResponders",
     "NotAuthorized",
+    "OutsideAgentFailed",
     "RestartIntensityExceeded",
     "SystemStopped",
     "ToolError",
+    "Unauthorized",
     "UnknownAgent",
     "WorkFailed",
     "WorkTimeout",
@@ -382,3 +388,74 @@ class ToolError(FlockError):
         super().__init__(f"{tool}: {kind}: {message}")
         self.tool = tool
         self.kind = kind
+
+
+class GatewayConfigError(FlockError, ValueError):
+    """The ``[mcp]`` configuration cannot be served safely (or at all), so the gateway refuses
+    to start: for example a bind address beyond loopback with no bearer tokens or JWT secret,
+    or a JWT secret too short to be safe. The message names the key; fix the config."""
+
+
+class Unauthorized(FlockError):
+    """A request to the gateway carried no bearer token, or one that is not valid (unknown,
+    malformed, badly signed or expired): HTTP 401. Send ``Authorization: Bearer <token>``
+    with a token the gateway accepts; retrying with the same one will not help."""
+
+
+class Forbidden(FlockError):
+    """The bearer token is valid but does not grant this action (acting as another agent,
+    announcing a capability it does not list): HTTP 403, JSON-RPC -32003. Use a token that
+    grants it; retrying with the same one will not help."""
+
+
+class JsonRpcError(FlockError):
+    """A JSON-RPC error the gateway sends back to its peer (bad JSON, an unknown method, a
+    missing or mistyped argument, a rate limit, ...): the request was refused and nothing of it
+    was carried out, so after fixing what the message names it is safe to send again.
+
+    Attributes:
+        code: The JSON-RPC error code (-32602: invalid params, naming the argument).
+        message: A sentence a person can act on.
+        data: Optional structured details (``{"argument": name}`` for -32602).
+        request_id: The id of the request it answers (None when it could not be read).
+    """
+
+    def __init__(self, code: int, message: str, data: Any = None, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+        self.request_id = request_id
+
+    def response(self) -> dict[str, Any]:
+        """The JSON-RPC error response object (``id`` null when the request's id is unknown)."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return {"jsonrpc": "2.0", "id": self.request_id, "error": error}
+
+
+class AgentDisconnected(FlockError, ConnectionError):
+    """An outside agent's MCP connection closed before it answered a query or capability
+    request sent to it. Whether it acted on the message is unknown; ask another agent, or the
+    same one once it has announced itself again."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"outside agent {agent_id} disconnected before answering")
+        self.agent_id = agent_id
+
+
+class OutsideAgentFailed(FlockError):
+    """An outside agent answered with a failure (``send_response`` with ``error``): its own
+    handler failed on the request. The message carries its words; a retry is as safe as the
+    request itself.
+
+    Attributes:
+        agent_id: The outside agent.
+        error: What it reported.
+    """
+
+    def __init__(self, agent_id: str, error: str) -> None:
+        super().__init__(f"outside agent {agent_id} failed: {error}")
+        self.agent_id = agent_id
+        self.error = error

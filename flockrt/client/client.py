@@ -22,40 +22,46 @@ Outside agent. After :meth:`FlockClient.announce_agent`, the client is an agent 
 messages for it arrive pushed by the gateway and go to the handler registered for their type
 (:meth:`FlockClient.register_message_handler`); a handler's return value for a ``query`` or a
 ``capability_request`` is sent back as the answer.
+
+The parts live apart: the JSON-RPC connection and the handshake in :mod:`flockrt.client.rpc`,
+pushed messages and their handlers in :mod:`flockrt.client.inbox`, the NATS fallback in
+:mod:`flockrt.client.fallback`; this module holds the client that ties them together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
-import itertools
 import logging
-import random
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import aiohttp
 import msgspec
 
-from flockrt._version import __version__
+from flockrt.actors.tasks import TaskOwner
 from flockrt.breaker import CircuitBreaker
-from flockrt.bus import remote
-from flockrt.bus.connection import NatsConnection
+from flockrt.client.fallback import NatsFallback
+from flockrt.client.inbox import ANSWERED_TYPES, BroadcastHandler, Inbox, MessageHandler
+from flockrt.client.rpc import (
+    FORBIDDEN,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    RpcSession,
+    _RpcError,
+    open_session,
+    structured,
+)
 from flockrt.errors import (
     CircuitOpen,
     GatewayError,
     GatewayUnavailable,
-    NoCapableAgent,
     NotAuthorized,
     ToolError,
-    UnknownAgent,
-    WorkFailed,
-    WorkTimeout,
 )
-from flockrt.wire.schema import Broadcast, Codec, DirectMessage, Priority, TaskResult
+from flockrt.supervisor.spec import Backoff
+from flockrt.wire.schema import Priority, TaskResult
 
 __all__ = [
     "ANSWERED_TYPES",
@@ -71,190 +77,9 @@ log = logging.getLogger("flockrt.client")
 
 T = TypeVar("T")
 
-PROTOCOL_VERSION: Final = "2025-11-25"
-"""The MCP protocol version the client asks for."""
-SUPPORTED_VERSIONS: Final = ("2025-03-26", "2025-06-18", "2025-11-25")
-"""Versions the client accepts from the gateway (the tools it uses are the same in each)."""
 DEFAULT_URL: Final = "ws://127.0.0.1:4002/mcp"
 
-ANSWERED_TYPES: Final = frozenset({"query", "capability_request"})
-"""Pushed message types whose handler's return value is sent back with send_response."""
-
-MessageHandler: TypeAlias = Callable[[DirectMessage], Awaitable[Any] | Any]
-"""Called with each pushed DirectMessage of its type; may be sync or async."""
-BroadcastHandler: TypeAlias = Callable[[Broadcast], Awaitable[Any] | Any]
-
-_FORBIDDEN = -32003
-_METHOD_NOT_FOUND = -32601
 _GRACE = 5.0  # seconds a call may take beyond the timeout the gateway works to, before we give up
-
-_json_encode = msgspec.json.Encoder().encode
-_json_decode = msgspec.json.Decoder().decode
-
-
-class _Session:
-    """One initialized WebSocket session: JSON-RPC requests in flight and the task reading frames.
-
-    The reader task is owned here: :meth:`close` cancels and awaits it. When the socket ends by
-    itself, every request in flight fails with GatewayUnavailable and ``on_lost`` is called.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        ws: aiohttp.ClientWebSocketResponse,
-        on_notification: Callable[[str, Any], None],
-        on_lost: Callable[[_Session], None],
-    ) -> None:
-        self.url = url
-        self.ws = ws
-        self._on_notification = on_notification
-        self._on_lost = on_lost
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._closing = False
-        self.reader = asyncio.get_running_loop().create_task(self._read())
-        self.server_info: dict[str, Any] = {}
-        self.protocol_version = ""
-
-    @property
-    def alive(self) -> bool:
-        return not self._closing and not self.ws.closed and not self.reader.done()
-
-    async def request(self, method: str, params: Mapping[str, Any], timeout: float) -> Any:
-        """Send a request and return its ``result``.
-
-        Raises:
-            GatewayUnavailable: the connection is gone, or no answer within ``timeout`` s.
-            _RpcError: the gateway answered with a JSON-RPC error (the caller names it).
-        """
-        if not self.alive:
-            raise GatewayUnavailable(self.url, "the connection is closed")
-        request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            await self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            await self._cancel_remote(request_id, "the client stopped waiting")
-            raise GatewayUnavailable(
-                self.url, f"no answer to {method} within {timeout:g} s", sent=True
-            ) from None
-        except asyncio.CancelledError:
-            await asyncio.shield(self._cancel_remote(request_id, "the caller was cancelled"))
-            raise
-        finally:
-            self._pending.pop(request_id, None)
-
-    async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
-        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-        if params is not None:
-            message["params"] = params
-        await self._send(message)
-
-    async def _send(self, message: Mapping[str, Any]) -> None:
-        try:
-            await self.ws.send_str(_json_encode(message).decode())
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            # aiohttp raises ConnectionResetError (or RuntimeError on a closing socket).
-            raise GatewayUnavailable(self.url, f"connection lost while sending: {exc}") from exc
-
-    async def _cancel_remote(self, request_id: int, reason: str) -> None:
-        # Best effort: the gateway may stop the work the abandoned request started.
-        if self.alive:
-            with contextlib.suppress(GatewayUnavailable):
-                await self.notify("notifications/cancelled", {"requestId": request_id, "reason": reason})
-
-    async def close(self) -> None:
-        """Close the socket and stop reading; requests in flight fail. Idempotent."""
-        self._closing = True
-        if not self.ws.closed:
-            await self.ws.close()
-        self.reader.cancel()
-        await asyncio.gather(self.reader, return_exceptions=True)
-        self._fail_pending("the client closed the connection")
-
-    def _fail_pending(self, reason: str) -> None:
-        for future in self._pending.values():  # requests sent, not answered
-            if not future.done():
-                future.set_exception(GatewayUnavailable(self.url, reason, sent=True))
-        self._pending.clear()
-
-    async def _read(self) -> None:
-        reason = "the gateway closed the connection"
-        try:
-            async for frame in self.ws:
-                if frame.type is aiohttp.WSMsgType.TEXT:
-                    await self._dispatch(frame.data)
-                elif frame.type is aiohttp.WSMsgType.ERROR:
-                    reason = f"connection error: {self.ws.exception()!r}"
-                    break
-                else:
-                    log.warning("gateway %s sent an unexpected %s frame; ignored", self.url, frame.type.name)
-            if self.ws.close_code not in (None, aiohttp.WSCloseCode.OK):
-                reason = f"the gateway closed the connection (code {self.ws.close_code})"
-        finally:
-            self._fail_pending(reason)
-            if not self._closing:
-                log.warning("lost the connection to %s: %s", self.url, reason)
-                self._on_lost(self)
-        if not self.ws.closed:  # after an error frame: let the socket go too
-            await self.ws.close()
-
-    async def _dispatch(self, text: str) -> None:
-        try:
-            message = _json_decode(text)
-        except msgspec.DecodeError:
-            log.warning("gateway %s sent a frame that is not JSON; ignored", self.url)
-            return
-        if not isinstance(message, dict):
-            log.warning("gateway %s sent a JSON-RPC batch or a bare value; ignored", self.url)
-            return
-        method = message.get("method")
-        if isinstance(method, str):
-            if "id" in message:  # a request from the server
-                await self._answer_server(message["id"], method)
-            else:
-                self._on_notification(method, message.get("params"))
-            return
-        request_id = message.get("id")
-        future = self._pending.get(request_id) if isinstance(request_id, int) else None
-        if future is None or future.done():
-            log.debug("gateway %s answered an unknown or abandoned request %r", self.url, message.get("id"))
-            return
-        error = message.get("error")
-        if isinstance(error, dict):
-            future.set_exception(_rpc_error(error))
-        else:
-            future.set_result(message.get("result"))
-
-    async def _answer_server(self, request_id: Any, method: str) -> None:
-        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
-        if method == "ping":
-            reply["result"] = {}
-        else:
-            reply["error"] = {"code": _METHOD_NOT_FOUND, "message": f"method not found: {method}"}
-        try:
-            await self._send(reply)
-        except GatewayUnavailable as exc:
-            log.debug("could not answer the gateway's %s: %s", method, exc)
-
-
-class _RpcError(Exception):
-    """A JSON-RPC error object, before the caller names the method it answered."""
-
-    def __init__(self, code: int, message: str, data: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-def _rpc_error(error: Mapping[str, Any]) -> _RpcError:
-    code = error.get("code")
-    return _RpcError(code if isinstance(code, int) else 0, str(error.get("message", "")), error.get("data"))
 
 
 class FlockClient:
@@ -324,15 +149,21 @@ class FlockClient:
         self.name = name
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http: aiohttp.ClientSession | None = None
-        self._session: _Session | None = None
+        # Centred on 3/4 of the nominal delay with a third of jitter: each wait is uniform in
+        # [1/2, 1] of min(max_backoff, backoff * 2**attempt).
+        self._backoff = Backoff(
+            initial=backoff * 0.75, maximum=max_backoff * 0.75, multiplier=2.0, jitter=1 / 3
+        )
+        self._session: RpcSession | None = None
         self._connect_lock = asyncio.Lock()
+        self._tasks = TaskOwner(f"FlockClient of {url}", log)
+        """The reconnector and the handlers of pushed messages."""
         self._reconnector: asyncio.Task[None] | None = None
-        self._handler_tasks: set[asyncio.Task[None]] = set()
-        self._handlers: dict[str, MessageHandler] = {}
-        self._broadcast_handlers: list[BroadcastHandler] = []
+        self._inbox = Inbox(self._tasks, self._answer)
         self._announcement: dict[str, Any] | None = None
-        self._bus: NatsConnection | None = None
-        self._codec = Codec()
+        self._fallback = (
+            NatsFallback(self.nats_url, name=name, connect_timeout=connect_timeout) if self.nats_url else None
+        )
         self._closed = False
         self._client_id = f"client-{uuid.uuid4().hex[:12]}"
         self.reconnects = 0
@@ -385,16 +216,14 @@ class FlockClient:
             if self.nats_url is None:
                 raise
             log.warning("%s; using the flock's NATS at %s until it is back", exc, self.nats_url)
-            await self._nats()
+            assert self._fallback is not None
+            await self._fallback.connect()
             self._start_reconnector()
 
     async def close(self) -> None:
         """Close the connection, stop reconnecting and cancel running handlers. Idempotent."""
         self._closed = True
-        tasks = [t for t in (self._reconnector, *self._handler_tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
         self._reconnector = None
         session, self._session = self._session, None
         if session is not None:
@@ -402,11 +231,10 @@ class FlockClient:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        if self._bus is not None:
-            await self._bus.close()
-            self._bus = None
+        if self._fallback is not None:
+            await self._fallback.close()
 
-    async def _ensure_session(self) -> _Session:
+    async def _ensure_session(self) -> RpcSession:
         """The live session, connecting first if there is none.
 
         The caller has passed the breaker and records the outcome in it.
@@ -438,56 +266,27 @@ class FlockClient:
         self.breaker.record_success()
         return result
 
-    async def _open(self) -> _Session:
+    async def _open(self) -> RpcSession:
         """Open a socket, do the handshake, re-announce; the caller holds the connect lock."""
         if self._closed:
             raise GatewayUnavailable(self.url, "the client is closed")
         if self._http is None:
             self._http = aiohttp.ClientSession()
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                ws = await self._http.ws_connect(self.url, protocols=("mcp",), headers=self._headers)
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status in (401, 403):
-                what = "no or bad token" if exc.status == 401 else "origin or rights refused"
-                raise NotAuthorized(f"MCP gateway at {self.url} refused: {exc.status} ({what})") from None
-            raise GatewayUnavailable(self.url, f"WebSocket upgrade failed: HTTP {exc.status}") from None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise GatewayUnavailable(self.url, _describe(exc)) from None
-        if ws.protocol != "mcp":
-            await ws.close()
-            raise GatewayUnavailable(
-                self.url, f"the server did not accept the 'mcp' subprotocol at {self.url}"
-            )
-        session = _Session(self.url, ws, self._on_notification, self._on_lost)
-        try:
-            init = await session.request(
-                "initialize",
-                {
-                    "protocolVersion": PROTOCOL_VERSION,
-                    "capabilities": {},
-                    "clientInfo": {"name": self.name, "version": __version__},
-                },
-                self.connect_timeout,
-            )
-            version = init.get("protocolVersion") if isinstance(init, dict) else None
-            if version not in SUPPORTED_VERSIONS:
-                raise GatewayUnavailable(self.url, f"unsupported MCP protocol version {version!r}")
-            session.protocol_version = version
-            session.server_info = dict(init.get("serverInfo") or {})
-            await session.notify("notifications/initialized")
-        except _RpcError as exc:
-            await session.close()
-            raise GatewayUnavailable(self.url, f"initialize failed: {exc.message} ({exc.code})") from None
-        except BaseException:
-            await session.close()
-            raise
+        session = await open_session(
+            self._http,
+            self.url,
+            headers=self._headers,
+            timeout=self.connect_timeout,
+            client_name=self.name,
+            on_notification=self._inbox.on_notification,
+            on_lost=self._on_lost,
+        )
         self._session = session
         if self._announcement is not None:
             await self._reannounce(session)
         return session
 
-    async def _reannounce(self, session: _Session) -> None:
+    async def _reannounce(self, session: RpcSession) -> None:
         """Announce the agent again on a new session.
 
         Raises:
@@ -501,7 +300,7 @@ class FlockClient:
             result = await session.request(
                 "tools/call", {"name": "announce_agent", "arguments": self._announcement}, self.timeout
             )
-            _structured("announce_agent", self._announcement, result, self.timeout)
+            structured("announce_agent", self._announcement, result, self.timeout)
         except (ToolError, _RpcError) as exc:
             await session.close()
             self._session = None
@@ -512,7 +311,7 @@ class FlockClient:
             return
         log.info("announced %s again after reconnecting", agent_id)
 
-    def _on_lost(self, session: _Session) -> None:
+    def _on_lost(self, session: RpcSession) -> None:
         if self._session is session:
             self._session = None
             self.breaker.record_failure()
@@ -520,15 +319,15 @@ class FlockClient:
 
     def _start_reconnector(self) -> None:
         if self.reconnect and not self._closed and (self._reconnector is None or self._reconnector.done()):
-            self._reconnector = asyncio.get_running_loop().create_task(self._reconnect_forever())
+            self._reconnector = self._tasks.spawn(self._reconnect_forever(), name="reconnect")
 
     async def _reconnect_forever(self) -> None:
         # Not breaker-guarded: the backoff spaces the attempts, and the first success closes
         # the breaker, so callers stop failing fast as soon as the gateway is back.
-        delay = self.backoff
+        attempt = 0
         while not self._closed:
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self.max_backoff)
+            await asyncio.sleep(self._backoff.delay(attempt))
+            attempt += 1
             try:
                 async with self._connect_lock:
                     if self._session is None or not self._session.alive:
@@ -577,10 +376,10 @@ class FlockClient:
         try:
             result = await self._guarded(call)
         except _RpcError as exc:
-            if exc.code == _FORBIDDEN:
+            if exc.code == FORBIDDEN:
                 raise NotAuthorized(f"{name}: {exc.message}") from None
             raise GatewayError(name, exc.code, exc.message, exc.data) from None
-        return _structured(name, arguments, result, timeout if timeout is not None else self.timeout)
+        return structured(name, arguments, result, timeout if timeout is not None else self.timeout)
 
     async def send_message(
         self,
@@ -617,11 +416,9 @@ class FlockClient:
         try:
             result = await self.call_tool("send_message", arguments, timeout=limit)
         except (GatewayUnavailable, CircuitOpen) as exc:
-            if self.nats_url is None or _maybe_done(exc):
+            if self._fallback is None or _maybe_done(exc):
                 raise
-            answer = await remote.send_direct(
-                await self._nats(),
-                self._codec,
+            answer = await self._fallback.send_direct(
                 to,
                 message,
                 type=type,
@@ -630,7 +427,7 @@ class FlockClient:
                 metadata=metadata,
             )
             self.fallbacks += 1
-            return answer.message if answer is not None else None
+            return answer
         return result.get("response") if type == "query" else None
 
     async def request_capability(
@@ -654,15 +451,10 @@ class FlockClient:
         try:
             result = await self.call_tool("request_capability", arguments, timeout=limit)
         except (GatewayUnavailable, CircuitOpen) as exc:
-            if self.nats_url is None or _maybe_done(exc):
+            if self._fallback is None or _maybe_done(exc):
                 raise
-            answer = await remote.request_capability(
-                await self._nats(),
-                self._codec,
-                capability,
-                parameters,
-                requester=self.agent_id or self._client_id,
-                timeout=limit,
+            answer = await self._fallback.request_capability(
+                capability, parameters, requester=self.agent_id or self._client_id, timeout=limit
             )
             self.fallbacks += 1
             return answer
@@ -809,116 +601,14 @@ class FlockClient:
         the requester fails at once where the gateway supports it (else it times out). Handlers
         run concurrently, each in a task the client owns (cancelled by :meth:`close`).
         """
-        _check_str("type", type)
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, got {handler!r}")
-        self._handlers[type] = handler
+        self._inbox.register(_check_str("type", type), handler)
 
     def register_broadcast_handler(self, handler: BroadcastHandler) -> None:
         """Call ``handler`` with each :class:`~flockrt.Broadcast` pushed to this connection."""
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, got {handler!r}")
-        self._broadcast_handlers.append(handler)
+        self._inbox.register_broadcast(handler)
 
-    def _on_notification(self, method: str, params: Any) -> None:
-        if method == "notifications/flock/message":
-            try:
-                message = msgspec.convert(params, DirectMessage)
-            except msgspec.ValidationError as exc:
-                log.warning("the gateway pushed a malformed message (%s); ignored", exc)
-                return
-            handler = self._handlers.get(message.type) or self._handlers.get("*")
-            if handler is None:
-                log.warning(
-                    "no handler for a pushed %r message from %s; dropped", message.type, message.sender
-                )
-                return
-            self._run_handler(self._handle_message(handler, message))
-        elif method == "notifications/flock/broadcast":
-            try:
-                broadcast = msgspec.convert(params, Broadcast)
-            except msgspec.ValidationError as exc:
-                log.warning("the gateway pushed a malformed broadcast (%s); ignored", exc)
-                return
-            for broadcast_handler in self._broadcast_handlers:
-                self._run_handler(self._call(broadcast_handler, broadcast))
-        else:
-            log.debug("notification %s from the gateway ignored", method)
-
-    def _run_handler(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._handler_tasks.add(task)
-        task.add_done_callback(self._handler_tasks.discard)
-
-    async def _handle_message(self, handler: MessageHandler, message: DirectMessage) -> None:
-        answer: Any = None
-        error: str | None = None
-        try:
-            answer = await _call_handler(handler, message)
-        except Exception as exc:
-            log.exception(
-                "handler for %r message %s from %s failed", message.type, message.id, message.sender
-            )
-            # Tell the requester now rather than let it wait for its timeout.
-            error = f"{message.to}: handler failed: {exc!r}"
-        if message.type not in ANSWERED_TYPES or not message.correlation_id:
-            return
-        try:
-            await self.send_response(message.sender, answer, message.correlation_id, error=error)
-        except (GatewayUnavailable, CircuitOpen, GatewayError, NotAuthorized, ToolError) as exc:
-            log.warning("answer to %s from %s not delivered: %s", message.id, message.sender, exc)
-
-    async def _call(self, handler: BroadcastHandler, broadcast: Broadcast) -> None:
-        try:
-            await _call_handler(handler, broadcast)
-        except Exception:
-            log.exception("broadcast handler failed on %r", broadcast.type)
-
-    # ------------------------------------------------------------------ NATS fallback
-
-    async def _nats(self) -> NatsConnection:
-        assert self.nats_url is not None
-        if self._bus is None:
-            self._bus = NatsConnection(self.nats_url, name=self.name, connect_timeout=self.connect_timeout)
-            await self._bus.start()
-        return self._bus
-
-
-async def _call_handler(handler: Callable[[Any], Any], argument: Any) -> Any:
-    result = handler(argument)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-def _structured(tool: str, arguments: Mapping[str, Any], result: Any, timeout: float) -> dict[str, Any]:
-    """The CallToolResult's structuredContent, or the flockrt error its isError stands for."""
-    if not isinstance(result, dict):
-        raise GatewayError(tool, 0, f"expected a CallToolResult object, got {type(result).__name__}")
-    content = result.get("structuredContent")
-    if not isinstance(content, dict):
-        content = {}
-    if not result.get("isError"):
-        return content
-    kind = str(content.get("error", "failed"))
-    message = str(content.get("message", ""))
-    if kind == "no_capable_agent":
-        if tool == "request_capability":
-            raise NoCapableAgent("capability", str(arguments.get("capability")))
-        raise NoCapableAgent("task", str(arguments.get("type")))
-    if kind == "timeout":
-        key = {"request_capability": "capability", "send_message": "to", "submit_task": "type"}.get(tool)
-        what = {"request_capability": "capability", "send_message": "query", "submit_task": "task"}.get(tool)
-        raise WorkTimeout(what or tool, str(arguments.get(key or "", "")), timeout)
-    if kind == "unknown_agent":
-        raise UnknownAgent(str(arguments.get("to") or arguments.get("agent_id") or message))
-    if kind == "forbidden":
-        raise NotAuthorized(f"{tool}: {message}")
-    if kind == "failed" and tool == "request_capability":
-        capability = str(arguments.get("capability"))
-        agent = str(content.get("agentId") or "")
-        raise WorkFailed(agent, "capability", capability, ToolError(tool, kind, message))
-    raise ToolError(tool, kind, message)
+    async def _answer(self, to: str, response: Any, correlation_id: str, error: str | None) -> None:
+        await self.send_response(to, response, correlation_id, error=error)
 
 
 def _check_str(what: str, value: Any) -> str:
@@ -931,12 +621,6 @@ def _ms(seconds: float) -> int:
     if not seconds > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {seconds!r}")
     return max(1, round(seconds * 1000))
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "connection attempt timed out"
-    return str(exc) or type(exc).__name__
 
 
 def _maybe_done(exc: GatewayUnavailable | CircuitOpen) -> bool:

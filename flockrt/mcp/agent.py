@@ -16,31 +16,15 @@ from typing import Any, Protocol
 
 import msgspec
 
+from flockrt.actors.tasks import TaskOwner
 from flockrt.agents.agent import Agent
-from flockrt.errors import FlockError, WorkFailed
+from flockrt.errors import AgentDisconnected, OutsideAgentFailed, WorkFailed
 from flockrt.wire.schema import Broadcast, DirectMessage
 
 __all__ = ["AgentDisconnected", "Link", "OutsideAgent", "OutsideAgentFailed"]
 
 MESSAGE_NOTIFICATION = "notifications/flock/message"
 BROADCAST_NOTIFICATION = "notifications/flock/broadcast"
-
-
-class AgentDisconnected(FlockError, ConnectionError):
-    """The outside agent's connection closed before it answered."""
-
-    def __init__(self, agent_id: str) -> None:
-        super().__init__(f"outside agent {agent_id} disconnected before answering")
-        self.agent_id = agent_id
-
-
-class OutsideAgentFailed(FlockError):
-    """The outside agent answered with ``send_response {error}``: its handler failed."""
-
-    def __init__(self, agent_id: str, error: str) -> None:
-        super().__init__(f"outside agent {agent_id} failed: {error}")
-        self.agent_id = agent_id
-        self.error = error
 
 
 class Link(Protocol):
@@ -79,7 +63,7 @@ class OutsideAgent(Agent):
         self._capabilities = capabilities
         self._answer_timeout = answer_timeout
         self._pending: dict[str, asyncio.Future[Any]] = {}
-        self._answering: set[asyncio.Task[Any]] = set()
+        self._answering = TaskOwner(f"outside agent {agent_id}")
         """Queries waiting for the outside agent's answer, each in a task of its own."""
         for capability in capabilities:
             self.add_capability(capability, functools.partial(self._forward_capability, capability))
@@ -88,11 +72,7 @@ class OutsideAgent(Agent):
         self._link.attach(self)
 
     async def teardown(self) -> None:
-        tasks, self._answering = self._answering, set()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._answering.close()
 
     # ------------------------------------------------------------------ answers
 
@@ -151,10 +131,7 @@ class OutsideAgent(Agent):
         pushed = msgspec.structs.replace(message, correlation_id=answer_id)
         # Answered in a task of its own: heartbeats and further queries keep flowing while the
         # outside agent thinks. The asker awaits the task within its own timeout.
-        task = asyncio.get_running_loop().create_task(self._answer_query(answer_id, pushed))
-        self._answering.add(task)
-        task.add_done_callback(self._answering.discard)
-        return task
+        return self._answering.spawn(self._answer_query(answer_id, pushed), name=f"answer {message.id}")
 
     async def _answer_query(self, answer_id: str, query: DirectMessage) -> Any:
         try:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import jwt
 
 from flockrt.config import JWT_SECRET_MIN_BYTES, AuthConfig, McpConfig, exposure_problem
-from flockrt.errors import FlockError
+from flockrt.errors import Forbidden, GatewayConfigError, Unauthorized
 
 __all__ = [
     "ANONYMOUS",
@@ -34,18 +34,6 @@ __all__ = [
     "host_allowed",
     "origin_allowed",
 ]
-
-
-class GatewayConfigError(FlockError, ValueError):
-    """The ``[mcp]`` configuration cannot be served safely (or at all)."""
-
-
-class Unauthorized(FlockError):
-    """No bearer token, or one that is not valid (HTTP 401)."""
-
-
-class Forbidden(FlockError):
-    """The token is valid but does not grant this action (HTTP 403, JSON-RPC -32003)."""
 
 
 @dataclass(frozen=True, slots=True)

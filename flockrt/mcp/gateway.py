@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from flockrt.actors.ref import ActorRef
-from flockrt.actors.system import ActorSystem
+from flockrt.actors.tasks import TaskOwner
 from flockrt.config import McpConfig, is_loopback
 from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo
@@ -41,7 +41,8 @@ class Gateway:
 
     Args:
         config: The ``[mcp]`` section.
-        flock: The flock it serves (in-process, or over NATS).
+        flock: The flock it serves (in-process, or over NATS: any implementation of the
+            Flock interface).
         progress_interval: Seconds between progress notifications of a long tool call.
         session_idle_timeout: Seconds a Streamable HTTP session may go without a request (and
             without a server stream open) before it is ended, with its outside agent. A
@@ -74,7 +75,9 @@ class Gateway:
         check_bind(config)
         self.config = config
         self.flock = flock
-        self.system: ActorSystem = flock.system
+        self.system = flock.system
+        """The actor system of this process: the outside agents' supervisor runs in it, and its
+        tree is the ``flock://tree`` resource."""
         self.progress_interval = progress_interval
         self.session_idle_timeout = session_idle_timeout
         self.max_sessions = max_sessions
@@ -94,7 +97,7 @@ class Gateway:
         self._supervisor: ActorRef[Any] | None = None
         self._subscribers: dict[str, set[Session]] = {}
         self._unsubscribe_directory: Callable[[], None] | None = None
-        self._closing: set[asyncio.Task[Any]] = set()
+        self._closing = TaskOwner("MCP gateway", log)
         self.websockets: set[web.WebSocketResponse] = set()
         """Open WebSocket connections, closed with 1001 (going away) when the gateway stops."""
 
@@ -134,8 +137,7 @@ class Gateway:
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway stopping")
         for session in list(self.sessions.values()):
             await session.close()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closing.wait(None)
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None and supervisor.is_alive:
             await supervisor.stop()
@@ -170,10 +172,7 @@ class Gateway:
     def own(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` (clean-up that must finish) in a task the gateway owns and awaits when
         it closes."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-        return task
+        return self._closing.spawn(work)
 
     def expire_idle(self, now: float | None = None) -> int:
         """End the Streamable HTTP sessions idle for longer than ``session_idle_timeout``.

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
-from flockrt.errors import FlockError
+from flockrt.errors import JsonRpcError
 
 __all__ = [
     "DISCOVER_VERSION",
@@ -56,28 +56,6 @@ FORBIDDEN: Final = -32003
 """Server-defined: the bearer token does not grant this action (HTTP 403 over Streamable HTTP)."""
 UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
 """MCP 2026-07-28: the requested version is not served; ``data.supported`` lists those that are."""
-
-
-class JsonRpcError(FlockError):
-    """A JSON-RPC error to send back to the peer.
-
-    Attributes:
-        code: The JSON-RPC error code.
-        message: A sentence a person can act on (names the bad argument for -32602).
-        data: Optional structured details.
-        request_id: The id of the request it answers (None when it could not be read).
-    """
-
-    def __init__(self, code: int, message: str, data: Any = None, request_id: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-        self.request_id = request_id
-
-    def response(self) -> dict[str, Any]:
-        """The error response object."""
-        return error_response(self.request_id, self.code, self.message, self.data)
 
 
 class Incoming(msgspec.Struct, frozen=True):

@@ -16,24 +16,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-import msgspec
-
 from flockrt._version import __version__
 from flockrt.actors.ref import ActorRef
 from flockrt.errors import (
-    ActorFailed,
-    AskTimeout,
     FlockError,
-    NoCapableAgent,
-    UnknownAgent,
-    WorkTimeout,
 )
 from flockrt.mcp import observe, tools
 from flockrt.mcp.agent import OutsideAgent
@@ -56,10 +48,10 @@ from flockrt.mcp.protocol import (
     result_response,
 )
 from flockrt.supervisor.supervisor import DynamicSupervisor
-from flockrt.wire.subjects import check_token
+from flockrt.wire.failures import FailureKind
 
 if TYPE_CHECKING:
-    from flockrt.mcp.gateway import Gateway
+    from flockrt.mcp.host import SessionHost
 
 __all__ = ["Notify", "ServerStream", "Session"]
 
@@ -75,16 +67,6 @@ _TREE_URI = "flock://tree"
 _AGENTS_URI = "flock://agents"
 _AGENT_PREFIX = "flock://agents/"
 _JSON = "application/json"
-"""The longest ``timeout`` a tool call may ask for: a client cannot pin work down for days."""
-
-
-class _Failure(Exception):
-    """A business failure of a tool: returned as a result with ``isError``, not a JSON-RPC error."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 class ServerStream:
@@ -104,16 +86,16 @@ class Session:
     """One client of the gateway.
 
     Args:
-        gateway: The gateway it belongs to.
+        host: The gateway it belongs to (seen through what a session needs of it).
         principal: What its bearer token allows.
         transport: ``websocket`` or ``http``.
     """
 
     def __init__(
-        self, gateway: Gateway, principal: Principal, transport: Literal["websocket", "http"]
+        self, host: SessionHost, principal: Principal, transport: Literal["websocket", "http"]
     ) -> None:
         self.id = secrets.token_hex(16)
-        self.gateway = gateway
+        self.host = host
         self.principal = principal
         self.transport = transport
         self.protocol_version: str | None = None
@@ -122,7 +104,7 @@ class Session:
         self.agent_id: str | None = None
         self._agent_ref: ActorRef[Any] | None = None
         self.subscriptions: set[str] = set()
-        config = gateway.config
+        config = host.config
         self.bucket = TokenBucket(config.rate_limit, config.rate_burst)
         self.inflight: dict[Any, asyncio.Task[Any]] = {}
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue(_OUTBOX_LIMIT)
@@ -174,7 +156,7 @@ class Session:
         Raises:
             JsonRpcError: -32000, too many requests in flight.
         """
-        limit = self.gateway.max_inflight
+        limit = self.host.max_inflight
         if len(self.inflight) >= limit:
             raise JsonRpcError(
                 RATE_LIMITED,
@@ -282,7 +264,7 @@ class Session:
     # ------------------------------------------------------------------ tools
 
     async def _tools_list(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
-        return {"tools": self.gateway.tool_listing}
+        return {"tools": self.host.tool_listing}
 
     async def _tools_call(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
         name = params.get("name")
@@ -294,15 +276,13 @@ class Session:
         arguments = tools.convert_arguments(tool, params.get("arguments"), request_id)
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
-        progress = None if token is None else _Progress(token, notify, self.gateway.progress_interval)
+        progress = None if token is None else _Progress(token, notify, self.host.progress_interval)
         if progress is not None:
             await progress.start()
-        _current_progress.set(progress)
         try:
-            content = await getattr(self, f"_tool_{tool.name}")(arguments, request_id)
-            is_error = False
-        except _Failure as failure:
-            content, is_error = {"error": failure.kind, "message": failure.message}, True
+            outcome = await tool.handler(
+                self, arguments, request_id, progress.report if progress is not None else None
+            )
         except Forbidden as exc:
             raise JsonRpcError(FORBIDDEN, f"forbidden: {exc}", {"status": 403}, request_id) from None
         finally:
@@ -310,94 +290,38 @@ class Session:
                 await progress.stop()
         if progress is not None:
             await progress.done()
+        if isinstance(outcome, tools.Failure):
+            content, is_error = outcome.content(), True
+        else:
+            content, is_error = outcome, False
         return {
             "content": [{"type": "text", "text": encode(content).decode()}],
             "structuredContent": content,
             "isError": is_error,
         }
 
-    def _timeout(self, milliseconds: int | None, request_id: Any) -> float:
-        # The argument's bounds (tools.Timeout, at most 10 minutes) were checked on the way in.
-        return (milliseconds if milliseconds is not None else self.gateway.config.timeout) / 1000
-
-    async def _tool_send_message(self, args: tools.SendMessage, request_id: Any) -> dict[str, Any]:
-        _check_argument("to", args.to, request_id)
-        flock = self.gateway.flock
-        message_id = secrets.token_hex(16)
-        timeout = self._timeout(args.timeout, request_id)
-        try:
-            answer = await flock.send_message(
-                args.to,
-                args.message,
-                type=args.type,
-                sender=self.sender,
-                timeout=timeout,
-                metadata=args.metadata,
-            )
-        except FlockError as exc:
-            raise _failure(exc) from None
-        out: dict[str, Any] = {"id": message_id, "to": args.to, "delivered": True}
-        if args.type == "query":
-            out["response"] = answer
-            out["from"] = args.to
-        return out
-
-    async def _tool_request_capability(
-        self, args: tools.RequestCapability, request_id: Any
-    ) -> dict[str, Any]:
-        _check_argument("capability", args.capability, request_id)
-        progress = _current_progress.get()
-        timeout = self._timeout(args.timeout, request_id)
-        try:
-            response = await self.gateway.flock.request_capability_response(
-                args.capability,
-                args.parameters,
-                timeout=timeout,
-                progress=progress.report if progress is not None else None,
-            )
-        except FlockError as exc:
-            raise _failure(exc) from None
-        return {
-            "capability": args.capability,
-            "result": response.result,
-            "agentId": response.agent_id,
-            "correlationId": response.correlation_id or secrets.token_hex(16),
-        }
-
-    async def _tool_list_agents(self, args: tools.ListAgents, request_id: Any) -> dict[str, Any]:
-        agents = self.gateway.flock.list_agents(args.status, args.capability)
-        return {"agents": [info.to_json() for info in agents]}
-
-    async def _tool_get_agent_info(self, args: tools.GetAgentInfo, request_id: Any) -> dict[str, Any]:
-        info = self.gateway.flock.get_agent(args.agent_id)
-        if info is None:
-            raise _Failure("unknown_agent", f"no agent {args.agent_id!r} in the flock")
-        return {"agent": info.to_json()}
-
-    async def _tool_announce_agent(self, args: tools.AnnounceAgent, request_id: Any) -> dict[str, Any]:
-        _check_argument("id", args.id, request_id)
-        for capability in args.capabilities:
-            _check_argument("capabilities", capability, request_id)
-        self.principal.check_announce(args.id, args.capabilities)
+    async def announce(self, args: tools.AnnounceAgent) -> tools.Outcome:
+        """Become agent ``args.id``: start its OutsideAgent under the host's supervisor (the
+        tool's handler has checked the arguments and the token's rights)."""
         if self.agent_id is not None:
             if self.agent_id == args.id:
                 return {"agentId": args.id, "announced": True}
-            raise _Failure("forbidden", f"this connection is already agent {self.agent_id!r}")
-        known = self.gateway.flock.get_agent(args.id)
-        if args.id in self.gateway.claimed or (known is not None and known.status == "online"):
-            raise _Failure("failed", f"agent id {args.id!r} is already online in the flock")
+            return tools.Failure(FailureKind.FORBIDDEN, f"this connection is already agent {self.agent_id!r}")
+        known = self.host.flock.get_agent(args.id)
+        if args.id in self.host.claimed or (known is not None and known.status == "online"):
+            return tools.Failure(FailureKind.FAILED, f"agent id {args.id!r} is already online in the flock")
         # Claimed before the first await: two connections announcing one id at once get one agent.
-        self.gateway.claimed.add(args.id)
+        self.host.claimed.add(args.id)
         self.agent_id = args.id
         start = asyncio.ensure_future(
             DynamicSupervisor.start_child(
-                self.gateway.supervisor,
+                self.host.supervisor,
                 args.id,
                 self,
                 args.name,
                 tuple(dict.fromkeys(args.capabilities)),
                 args.max_concurrent_tasks,
-                self.gateway.config.timeout / 1000,
+                self.host.config.timeout / 1000,
             )
         )
         try:
@@ -407,53 +331,18 @@ class Session:
             self._agent_ref = await asyncio.shield(start)
         except asyncio.CancelledError:
             # The stop runs in a task the gateway owns: a second cancellation cannot orphan it.
-            await asyncio.shield(self.gateway.own(self._abandon_start(start)))
+            await asyncio.shield(self.host.own(self._abandon_start(start)))
             raise
         except FlockError as exc:
             self.agent_id = None
-            self.gateway.claimed.discard(args.id)
-            raise _Failure("failed", f"agent {args.id!r} could not start: {exc}") from None
+            self.host.claimed.discard(args.id)
+            return tools.Failure(FailureKind.FAILED, f"agent {args.id!r} could not start: {exc}")
         if self.closed:  # the connection went away while the agent started
             await self._stop_agent()
-            raise _Failure("failed", "the connection closed")
-        await self.gateway.flush()
+            return tools.Failure(FailureKind.FAILED, "the connection closed")
+        await self.host.flush()
         log.info("session %s is now agent %s (capabilities %s)", self.id, args.id, list(args.capabilities))
         return {"agentId": args.id, "announced": True}
-
-    async def _tool_send_response(self, args: tools.SendResponse, request_id: Any) -> dict[str, Any]:
-        if self.agent is None:
-            raise _Failure("forbidden", "send_response: this connection has not announced an agent")
-        if not self.agent.resolve(args.correlation_id, args.response, args.error):
-            raise _Failure(
-                "failed",
-                f"agent {self.agent_id!r} has no pending query or capability request {args.correlation_id!r}",
-            )
-        return {"delivered": True}
-
-    async def _tool_submit_task(self, args: tools.SubmitTask, request_id: Any) -> dict[str, Any]:
-        _check_argument("type", args.type, request_id)
-        timeout = self._timeout(args.timeout, request_id)
-        try:
-            outcome = await self.gateway.flock.submit(
-                args.type, args.data, priority=args.priority, wait=args.wait, timeout=timeout
-            )
-        except FlockError as exc:
-            raise _failure(exc) from None
-        if isinstance(outcome, str):
-            return {"taskId": outcome}
-        return {"taskId": outcome.task_id, "result": msgspec.to_builtins(outcome)}
-
-    async def _tool_broadcast(self, args: tools.Broadcast, request_id: Any) -> dict[str, Any]:
-        try:
-            await self.gateway.broadcast(args.type, args.message, args.data)
-        except FlockError as exc:
-            raise _failure(exc) from None
-        return {"delivered": True}
-
-    async def _tool_get_supervision_tree(
-        self, args: tools.GetSupervisionTree, request_id: Any
-    ) -> dict[str, Any]:
-        return {"tree": self.gateway.system.snapshot()}
 
     # ------------------------------------------------------------------ resources
 
@@ -496,12 +385,12 @@ class Session:
 
     async def _resources_read(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
         uri = self._uri(params, request_id)
-        flock = self.gateway.flock
+        flock = self.host.flock
         body: Any
         if uri == _AGENTS_URI:
             body = {"agents": [info.to_json() for info in flock.list_agents("all")]}
         elif uri == _TREE_URI:
-            body = {"tree": self.gateway.system.snapshot()}
+            body = {"tree": self.host.system.snapshot()}
         else:
             info = flock.get_agent(uri[len(_AGENT_PREFIX) :])
             if info is None:
@@ -512,16 +401,16 @@ class Session:
     async def _resources_subscribe(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
         uri = self._uri(params, request_id)
         # Only what exists: subscriptions to made-up agent ids would pile up without bound.
-        if uri.startswith(_AGENT_PREFIX) and self.gateway.flock.get_agent(uri[len(_AGENT_PREFIX) :]) is None:
+        if uri.startswith(_AGENT_PREFIX) and self.host.flock.get_agent(uri[len(_AGENT_PREFIX) :]) is None:
             raise JsonRpcError(RESOURCE_NOT_FOUND, f"resource not found: {uri}", {"uri": uri}, request_id)
         self.subscriptions.add(uri)
-        self.gateway.subscribe(self, uri)
+        self.host.subscribe(self, uri)
         return {}
 
     async def _resources_unsubscribe(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
         uri = self._uri(params, request_id)
         self.subscriptions.discard(uri)
-        self.gateway.unsubscribe(self, uri)
+        self.host.unsubscribe(self, uri)
         return {}
 
     _METHODS: ClassVar[dict[str, Callable[[Session, dict[str, Any], Any, Notify], Awaitable[Any]]]] = {
@@ -544,7 +433,7 @@ class Session:
         with contextlib.suppress(asyncio.QueueFull):
             self.outbox.put_nowait(b"")  # wakes a server stream waiting for notifications
         for uri in self.subscriptions:
-            self.gateway.unsubscribe(self, uri)
+            self.host.unsubscribe(self, uri)
         self.subscriptions.clear()
         tasks = list(self.inflight.values())
         for task in tasks:
@@ -552,7 +441,7 @@ class Session:
         await self._stop_agent()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.gateway.forget(self)
+        self.host.forget(self)
         if self.transport == "http":
             observe.connection("http", -1)
 
@@ -575,12 +464,12 @@ class Session:
         ref, self._agent_ref = self._agent_ref, None
         if ref is not None and ref.is_alive:
             try:
-                await DynamicSupervisor.terminate_child(self.gateway.supervisor, ref)
+                await DynamicSupervisor.terminate_child(self.host.supervisor, ref)
             except (FlockError, KeyError) as exc:  # the system is already stopping it
                 log.debug("session %s: agent %s already stopping: %r", self.id, self.agent_id, exc)
             log.info("session %s closed: agent %s is offline", self.id, self.agent_id)
         if self.agent_id is not None:
-            self.gateway.claimed.discard(self.agent_id)
+            self.host.claimed.discard(self.agent_id)
 
 
 class _Progress:
@@ -642,30 +531,3 @@ class _Progress:
     async def done(self) -> None:
         self.value += 1
         await self._send("done", total=self.value)
-
-
-_current_progress: contextvars.ContextVar[_Progress | None] = contextvars.ContextVar(
-    "flockrt_mcp_progress", default=None
-)
-"""The progress of the tool call running in this context (each call runs in a Task of its own)."""
-
-
-def _failure(exc: FlockError) -> _Failure:
-    if isinstance(exc, NoCapableAgent):
-        return _Failure("no_capable_agent", str(exc))
-    if isinstance(exc, WorkTimeout | AskTimeout):
-        return _Failure("timeout", str(exc))
-    if isinstance(exc, UnknownAgent):
-        return _Failure("unknown_agent", str(exc))
-    if isinstance(exc, ActorFailed) and isinstance(exc.__cause__, FlockError):
-        return _failure(exc.__cause__)
-    return _Failure("failed", str(exc))
-
-
-def _check_argument(name: str, value: str, request_id: Any) -> None:
-    try:
-        check_token(name, value)
-    except ValueError as exc:
-        raise JsonRpcError(
-            INVALID_PARAMS, f"invalid argument {name!r}: {exc}", {"argument": name}, request_id
-        ) from None

@@ -4,30 +4,51 @@ Arguments are validated by converting the ``arguments`` object to the tool's str
 (no coercion of ``"5"`` to 5) and refusing unknown keys, so a malformed call becomes a -32602
 error naming the argument. The input schema each tool advertises is generated from the same
 struct, so the two cannot drift apart. Durations are milliseconds, as in the AI Flock design.
+
+Each tool names its handler: a function of the calling session (seen through :class:`Caller`)
+and the converted arguments, which returns the tool's structuredContent or, for a business
+failure (nobody offers the capability, the work timed out, ...), a :class:`Failure` value that
+the session answers with ``isError``.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Protocol, TypeAlias
 
 import msgspec
 
-from flockrt.mcp.protocol import INVALID_PARAMS, JsonRpcError
+from flockrt.errors import FlockError, JsonRpcError
+from flockrt.mcp.protocol import INVALID_PARAMS
+from flockrt.wire.failures import FailureKind
+from flockrt.wire.subjects import check_token
+
+if TYPE_CHECKING:
+    from flockrt.agents.agent import ProgressCallback
+    from flockrt.mcp.agent import OutsideAgent
+    from flockrt.mcp.auth import Principal
+    from flockrt.mcp.host import SessionHost
 
 __all__ = [
     "TOOLS",
     "AnnounceAgent",
     "Broadcast",
+    "Caller",
+    "Failure",
     "GetAgentInfo",
     "GetSupervisionTree",
+    "Handler",
     "ListAgents",
+    "Outcome",
     "RequestCapability",
     "SendMessage",
     "SendResponse",
     "SubmitTask",
     "Tool",
+    "check_argument",
     "convert_arguments",
 ]
 
@@ -103,13 +124,74 @@ class GetSupervisionTree(_Args, frozen=True, kw_only=True):
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """A business failure of a tool: answered as a result with ``isError``, not as a JSON-RPC
+    error (the call itself was fine; what it asked for did not happen)."""
+
+    kind: FailureKind
+    message: str
+
+    @classmethod
+    def of(cls, exc: FlockError) -> Failure:
+        """The failure a flock error is reported as."""
+        return cls(FailureKind.of(exc), str(exc))
+
+    def content(self) -> dict[str, Any]:
+        """Its structuredContent (the wire contract: ``{"error": kind, "message": ...}``)."""
+        return {"error": self.kind.value, "message": self.message}
+
+
+Outcome: TypeAlias = dict[str, Any] | Failure
+"""What a tool handler returns: its structuredContent, or its failure."""
+
+
+class Caller(Protocol):
+    """What a tool handler needs from the session that calls it."""
+
+    @property
+    def host(self) -> SessionHost:
+        """The gateway the session belongs to."""
+        ...
+
+    @property
+    def principal(self) -> Principal:
+        """What the session's token allows."""
+        ...
+
+    @property
+    def sender(self) -> str:
+        """Who messages from the session are from."""
+        ...
+
+    @property
+    def agent(self) -> OutsideAgent | None:
+        """The session's outside agent, once it has started."""
+        ...
+
+    @property
+    def agent_id(self) -> str | None:
+        """The id the session announced (or is announcing) itself as."""
+        ...
+
+    async def announce(self, args: AnnounceAgent) -> Outcome:
+        """Make the session agent ``args.id`` (arguments and rights already checked)."""
+        ...
+
+
+Handler: TypeAlias = Callable[[Caller, Any, Any, "ProgressCallback | None"], Awaitable[Outcome]]
+"""A tool's handler: called with the session, the arguments struct, the request's id (for
+-32602 errors) and, when the client asked for progress, the callback reporting it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Tool:
-    """One tool: its name, what it does, its argument struct and its schemas."""
+    """One tool: its name, what it does, its argument struct, its output schema and its handler."""
 
     name: str
     description: str
     arguments: type[_Args]
     output_schema: dict[str, Any]
+    handler: Handler
 
     def listing(self) -> dict[str, Any]:
         """The ``tools/list`` entry."""
@@ -153,13 +235,156 @@ _AGENT: Final = _object(
 # Every structuredContent may instead be a business failure: {error, message} with isError.
 _FAILURE: Final = _object(
     ["error", "message"],
-    error={"type": "string", "enum": ["no_capable_agent", "timeout", "unknown_agent", "failed", "forbidden"]},
+    error={"type": "string", "enum": [kind.value for kind in FailureKind]},
     message=_STRING,
 )
 
 
 def _or_failure(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "anyOf": [schema, _FAILURE]}
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+def check_argument(name: str, value: str, request_id: Any) -> None:
+    """Refuse an argument that cannot be a NATS subject token (an agent id, a capability).
+
+    Raises:
+        JsonRpcError: -32602 naming the argument.
+    """
+    try:
+        check_token(name, value)
+    except ValueError as exc:
+        raise JsonRpcError(
+            INVALID_PARAMS, f"invalid argument {name!r}: {exc}", {"argument": name}, request_id
+        ) from None
+
+
+def _timeout(caller: Caller, milliseconds: int | None) -> float:
+    # The argument's bounds (Timeout, at most 10 minutes) were checked on the way in.
+    return (milliseconds if milliseconds is not None else caller.host.config.timeout) / 1000
+
+
+async def _send_message(
+    caller: Caller, args: SendMessage, request_id: Any, progress: ProgressCallback | None
+) -> Outcome:
+    check_argument("to", args.to, request_id)
+    flock = caller.host.flock
+    message_id = secrets.token_hex(16)
+    try:
+        if args.type == "query":
+            answer = await flock.query(
+                args.to,
+                args.message,
+                sender=caller.sender,
+                timeout=_timeout(caller, args.timeout),
+                metadata=args.metadata,
+            )
+        else:
+            await flock.send(
+                args.to, args.message, type=args.type, sender=caller.sender, metadata=args.metadata
+            )
+    except FlockError as exc:
+        return Failure.of(exc)
+    out: dict[str, Any] = {"id": message_id, "to": args.to, "delivered": True}
+    if args.type == "query":
+        out["response"] = answer
+        out["from"] = args.to
+    return out
+
+
+async def _request_capability(
+    caller: Caller, args: RequestCapability, request_id: Any, progress: ProgressCallback | None
+) -> Outcome:
+    check_argument("capability", args.capability, request_id)
+    try:
+        response = await caller.host.flock.request_capability_response(
+            args.capability, args.parameters, timeout=_timeout(caller, args.timeout), progress=progress
+        )
+    except FlockError as exc:
+        return Failure.of(exc)
+    return {
+        "capability": args.capability,
+        "result": response.result,
+        "agentId": response.agent_id,
+        "correlationId": response.correlation_id or secrets.token_hex(16),
+    }
+
+
+async def _list_agents(
+    caller: Caller, args: ListAgents, request_id: Any, progress: ProgressCallback | None
+) -> Outcome:
+    agents = caller.host.flock.list_agents(args.status, args.capability)
+    return {"agents": [info.to_json() for info in agents]}
+
+
+async def _get_agent_info(
+    caller: Caller, args: GetAgentInfo, request_id: Any, progress: ProgressCallback | None
+) -> Outcome:
+    info = caller.host.flock.get_agent(args.agent_id)
+    if info is None:
+        return Failure(FailureKind.UNKNOWN_AGENT, f"no agent {args.agent_id!r} in the flock")
+    return {"agent": info.to_json()}
+
+
+async def _announce_agent(
+    caller: Caller, args: AnnounceAgent, request_id: Any, progress: ProgressCallback | None
+) -> Outcome:
+    check_argument("id", args.id, request_id)
+    for capability in args.capabilities:
+        check_argument("capabilities", capability, request_id)
+    caller.principal.check_announce(args.id, args.capabilities)
+    return await caller.announce(args)
+
+
+async def _send_response(
+    caller: Caller, args: SendResponse, request_id: Any, progress: ProgressCallback | None
+) -> Outcome:
+    agent = caller.agent
+    if agent is None:
+        return Failure(FailureKind.FORBIDDEN, "send_response: this connection has not announced an agent")
+    if not agent.resolve(args.correlation_id, args.response, args.error):
+        return Failure(
+            FailureKind.FAILED,
+            f"agent {caller.agent_id!r} has no pending query or capability request {args.correlation_id!r}",
+        )
+    return {"delivered": True}
+
+
+async def _submit_task(
+    caller: Caller, args: SubmitTask, request_id: Any, progress: ProgressCallback | None
+) -> Outcome:
+    check_argument("type", args.type, request_id)
+    try:
+        outcome = await caller.host.flock.submit(
+            args.type,
+            args.data,
+            priority=args.priority,
+            wait=args.wait,
+            timeout=_timeout(caller, args.timeout),
+        )
+    except FlockError as exc:
+        return Failure.of(exc)
+    if isinstance(outcome, str):
+        return {"taskId": outcome}
+    return {"taskId": outcome.task_id, "result": msgspec.to_builtins(outcome)}
+
+
+async def _broadcast(
+    caller: Caller, args: Broadcast, request_id: Any, progress: ProgressCallback | None
+) -> Outcome:
+    try:
+        await caller.host.broadcast(args.type, args.message, args.data)
+    except FlockError as exc:
+        return Failure.of(exc)
+    return {"delivered": True}
+
+
+async def _get_supervision_tree(
+    caller: Caller, args: GetSupervisionTree, request_id: Any, progress: ProgressCallback | None
+) -> Outcome:
+    return {"tree": caller.host.system.snapshot()}
 
 
 TOOLS: Final[dict[str, Tool]] = {
@@ -179,6 +404,7 @@ TOOLS: Final[dict[str, Tool]] = {
                     **{"from": _STRING},
                 )
             ),
+            _send_message,
         ),
         Tool(
             "request_capability",
@@ -193,18 +419,21 @@ TOOLS: Final[dict[str, Tool]] = {
                     correlationId=_STRING,
                 )
             ),
+            _request_capability,
         ),
         Tool(
             "list_agents",
             "The agents of the flock, by status (online, offline, all) and capability.",
             ListAgents,
             _or_failure(_object(["agents"], agents={"type": "array", "items": _AGENT})),
+            _list_agents,
         ),
         Tool(
             "get_agent_info",
             "What the flock knows of one agent.",
             GetAgentInfo,
             _or_failure(_object(["agent"], agent=_AGENT)),
+            _get_agent_info,
         ),
         Tool(
             "announce_agent",
@@ -212,30 +441,35 @@ TOOLS: Final[dict[str, Tool]] = {
             "arrive as notifications/flock/message; answer them with send_response.",
             AnnounceAgent,
             _or_failure(_object(["agentId", "announced"], agentId=_STRING, announced=_BOOL)),
+            _announce_agent,
         ),
         Tool(
             "send_response",
             "Answer a query or capability request this connection's agent received.",
             SendResponse,
             _or_failure(_object(["delivered"], delivered=_BOOL)),
+            _send_response,
         ),
         Tool(
             "submit_task",
             "Submit a task; one agent of the flock handles it. With wait, returns its result.",
             SubmitTask,
             _or_failure(_object(["taskId"], taskId=_STRING, result=_ANY)),
+            _submit_task,
         ),
         Tool(
             "broadcast",
             "Send a message to every agent of the flock.",
             Broadcast,
             _or_failure(_object(["delivered"], delivered=_BOOL)),
+            _broadcast,
         ),
         Tool(
             "get_supervision_tree",
             "The supervision tree of the gateway's process: actors, supervisors, states, restarts.",
             GetSupervisionTree,
             _or_failure(_object(["tree"], tree={"type": "object"})),
+            _get_supervision_tree,
         ),
     )
 }
