@@ -418,7 +418,7 @@ async def test_submit_many_travels_in_few_batches_and_each_task_runs_once(
     async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
         await a.agents("a-1")
         await b.agents("b-1")
-        a.flock.batch_max = 100
+        a.flock.batcher.max_items = 100
         ids = await a.flock.submit_many("general", range(250), priority="low")
         await wait_for(lambda: len(results.messages) == 250, timeout=20)
     assert len(batches.messages) == 3  # 100 + 100 + 50
@@ -436,7 +436,7 @@ async def test_submit_many_with_batched_results_gets_one_answer_per_batch(
     await plain.flush()
     async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
         await b.agents("b-1", "b-2")
-        a.flock.batch_max = 100
+        a.flock.batcher.max_items = 100
         outcome = await a.flock.submit_many("general", range(250), results="batch", timeout=10)
         await plain.flush()
         assert results.messages == []  # batched results do not go to task.result
@@ -513,7 +513,7 @@ async def test_submit_with_batch_waits_for_company(nats_server: EmbeddedNats, pl
     await plain.flush()
     async with Node(nats_server.url, "node-a") as a:
         await a.agents("a-1")
-        a.flock.batch_window = 0.05
+        a.flock.batcher.window = 0.05
         for i in range(10):
             await a.flock.submit("general", i, batch=True)
         await wait_for(lambda: len(results.messages) == 10)
@@ -722,12 +722,12 @@ async def test_a_persisted_directory_lets_a_new_process_see_the_flock_at_once(
 
 async def test_only_nodes_that_run_tasks_take_batches(nats_server: EmbeddedNats) -> None:
     async with Node(nats_server.url, "producer") as producer:
-        assert producer.flock._batch_subscription is None  # no agents: leave batches to others
+        assert producer.flock.intake._batch_subscription is None  # no agents: leave batches to others
         await producer.agents("p-1")
-        assert producer.flock._batch_subscription is not None
+        assert producer.flock.intake._batch_subscription is not None
         await producer.flock.dispatcher._members["p-1"].card.ref.stop()
         await producer.settled()
-        assert producer.flock._batch_subscription is None
+        assert producer.flock.intake._batch_subscription is None
 
 
 async def test_nats_down_during_a_run_then_recovery(nats_server: EmbeddedNats) -> None:
@@ -767,7 +767,7 @@ async def test_a_heartbeat_from_an_unknown_agent_asks_for_announcements(
         discover = Collector()
         await plain.subscribe("agent.discover", cb=discover.handle)
         await plain.flush()
-        node.flock._discovered_at = -math.inf  # as if its own request at start were long ago
+        node.flock.presence.discovered_at = -math.inf  # as if its own request at start were long ago
         await plain.publish("agent.stranger.heartbeat", json.dumps({"agentId": "stranger"}).encode())
         await wait_for(lambda: len(discover.messages) == 1)
         assert discover.json()[0]["requester"] == "node"

@@ -92,7 +92,9 @@ async def test_a_killed_and_restarted_server_loses_no_task(nats_server: Embedded
     system, bus, flock = await durable_node(nats_server.url, "node-a", attempts, gate)
     try:
         ids = [await flock.submit("durable", i) for i in range(12)]
-        await wait_for(lambda: flock._consumers["durable"].running == 4)  # in hand, waiting at the gate
+        await wait_for(
+            lambda: flock.intake._consumers["durable"].running == 4
+        )  # in hand, waiting at the gate
         await nats_server.kill()
         await nats_server.restart()
         await bus.wait_connected(timeout=10)

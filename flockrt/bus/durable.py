@@ -208,6 +208,20 @@ class DurableTasks:
             log.info("task %s (%s) was already submitted; duplicate dropped", task.id, task.type)
         return stored
 
+    def counts(self) -> dict[str, int]:
+        """What :attr:`stats` counted, by event name (the metrics layer's labels)."""
+        events = self.stats
+        return {
+            "submitted": events.submitted,
+            "duplicate": events.duplicates,
+            "received": events.received,
+            "acked": events.acked,
+            "redelivered": events.redelivered,
+            "dead_lettered": events.dead_lettered,
+            "invalid": events.invalid,
+            "unsettled": events.unsettled,
+        }
+
     async def consume(
         self, task_type: str, run: RunTask, *, capacity: Callable[[], int] = lambda: 1
     ) -> TaskConsumer:

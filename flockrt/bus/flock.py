@@ -1,91 +1,70 @@
 """NatsFlock: the flock across processes, speaking the AI Flock JSON messages over NATS.
 
-It is a :class:`~flockrt.flock.local.LocalFlock` (local agents, directory, priority dispatcher) whose
-agents are also reachable through NATS, and which reaches agents of other processes:
+It implements the Flock interface (:class:`~flockrt.flock.api.FlockAPI`) by composition:
 
-- agents announce on ``agent.announce`` and heartbeat on ``agent.<id>.heartbeat``; every
-  process builds its directory from what it hears;
-- for every task type a local agent handles, the process consumes ``tasks.<type>`` in the queue
-  group ``tasks.<type>``, so each task is handled once across the flock; results go to
-  ``task.result`` and to the reply subject of a request;
-- for every capability a local agent offers, the process answers ``capability.<name>``
-  requests (queue group ``capability.<name>``);
-- each local agent receives ``agent.<id>.inbox`` (direct messages; a query is answered on the
-  reply subject, or on the sender's inbox as a ``response``), ``agent.<id>.events`` and
-  ``broadcast``.
+- a :class:`~flockrt.flock.local.LocalFlock` core: the local agents, the directory, and the
+  dispatcher that hands them work;
+- an :class:`~flockrt.bus.outlet.Outlet`: decoding (bad messages are counted in
+  :attr:`invalid_messages` and logged, never raised), publishing, the outbox, and the sink of
+  finished tasks' results, which carries each result's own correlation id in the
+  ``Correlation-Id`` header when it differs from the ``taskId``;
+- an :class:`~flockrt.bus.intake.Intake`: the queue groups on ``tasks.<type>``,
+  ``capability.<name>`` and ``batch.messages`` through which NATS work reaches local agents;
+- a :class:`~flockrt.bus.presence.Presence`: announcements, heartbeats, discovery and the
+  persisted directory;
+- a :class:`~flockrt.bus.batcher.Batcher` for outgoing ``batch.messages``.
 
-Producers submit through NATS, so the queue groups spread the work; capability requests go to
-a local agent first and across NATS otherwise. While NATS is unreachable the flock keeps working
-in-process (the connection buffers what it publishes).
-
-Malformed messages on any subject are counted in :attr:`invalid_messages` and logged with the
-subject and the field; nothing crashes and every subscription lives on. Correlation ids travel
-in the ``Correlation-Id`` header when they differ from the id the message already carries: a
-task's correlation id is its id unless the header says otherwise, and a TaskResult carries in
-the header the correlation id its task came with (none: it is the ``taskId``).
+The flock itself delivers ``agent.<id>.inbox`` (direct messages; a query is answered on the
+reply subject, or on the sender's inbox as a ``response``), ``agent.<id>.events`` and
+``broadcast`` to local agents, and is what producers call: tasks are published so the queue
+groups spread them; capability requests go to a local agent first and across NATS otherwise.
+While NATS is unreachable the flock keeps working in-process (the connection buffers what it
+publishes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import re
-import time
 import uuid
 import warnings
-from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
-
-import msgspec
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from flockrt._version import __version__
 from flockrt.actors.correlation import correlation_id as current_correlation
 from flockrt.actors.correlation import unique_id
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
-from flockrt.actors.tasks import TaskOwner
 from flockrt.agents.agent import Agent
 from flockrt.agents.ports import AgentCard, Membership, WorkSource
-from flockrt.agents.work import CapabilityCall, ProgressCallback
+from flockrt.agents.work import ProgressCallback
 from flockrt.bus import remote
-from flockrt.bus.connection import BusService, Message, NatsConnection, Subscription
-from flockrt.bus.durable import DurableTasks, TaskConsumer
+from flockrt.bus.batcher import Batcher
+from flockrt.bus.connection import Message, NatsConnection, Subscription
+from flockrt.bus.durable import DurableTasks
+from flockrt.bus.intake import Intake
+from flockrt.bus.outlet import Outlet
+from flockrt.bus.presence import Presence
 from flockrt.bus.remote import CORRELATION_HEADER
-from flockrt.errors import (
-    BusTimeout,
-    BusUnavailable,
-    FlockError,
-    JetStreamError,
-    NoCapableAgent,
-    NoResponders,
-    WorkFailed,
-    WorkTimeout,
-)
+from flockrt.errors import BusUnavailable, FlockError
 from flockrt.flock import batches
 from flockrt.flock.api import FlockAPI
-from flockrt.flock.batches import PRIORITIES
 from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
 from flockrt.flock.local import LocalFlock
 from flockrt.flock.stats import WorkStats
 from flockrt.supervisor.spec import Restart
 from flockrt.wire import subjects
 from flockrt.wire.schema import (
-    MSGPACK,
     AgentAnnouncement,
     AgentEvent,
     BatchItem,
     Broadcast,
-    CapabilityRequest,
     CapabilityResponse,
     Codec,
     DirectMessage,
-    DiscoveryRequest,
     Heartbeat,
-    InvalidMessage,
     Priority,
-    TaskBatchItem,
     TaskMessage,
     TaskResult,
 )
@@ -99,18 +78,12 @@ to its own agents (a flockrt addition; other peers ignore it)."""
 log = logging.getLogger("flockrt.flock")
 
 
-_KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")  # what a key-value key may contain
-_SUBJECT = re.compile(r"^[^\s*>]+$")  # a publishable subject: no whitespace, no wildcards
-
-T = TypeVar("T")
-
-
 class NatsFlock:
     """A flock whose agents work together with every other process on the same NATS.
 
     It HAS a :class:`~flockrt.flock.local.LocalFlock` (its agents, directory and dispatcher in
     this process) and feeds the dispatcher what arrives over NATS; results leave through the
-    dispatcher's sink (:meth:`_publish_result`), with the correlation id of their own work.
+    dispatcher's sink (:meth:`Outlet.publish_result <flockrt.bus.outlet.Outlet.publish_result>`).
 
     Args:
         system: The actor system the local agents live in.
@@ -157,38 +130,37 @@ class NatsFlock:
         self.heartbeat_interval = heartbeat_interval
         self.directory = self.local.directory
         self.dispatcher = self.local.dispatcher
-        self.dispatcher.sink = self._publish_result
-        self.dispatcher.fallback = self._request_remote
         self.bus = bus
         self.codec = codec or Codec()
-        self.invalid_messages: Counter[str] = Counter()
+        self.outlet = Outlet(bus, self.codec, self.node)
+        """How this flock talks on the bus (and the sink of its tasks' results)."""
+        self.invalid_messages = self.outlet.invalid
         """Rejected messages by subject."""
-        self._skill_subscriptions: dict[tuple[str, str], Subscription] = {}
+        self.dispatcher.sink = self.outlet.publish_result
+        self.dispatcher.fallback = self._request_remote
         self._agent_subscriptions: dict[str, list[Subscription]] = {}
         self._subscriptions: list[Subscription] = []
-        self._outbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
-        self._inflight = TaskOwner(f"NATS flock {self.node}", log)
-        self._sweeper: asyncio.TimerHandle | None = None
-        self.batch_window = batch_window
-        self.batch_max = batch_max
-        self._batch: list[BatchItem] = []
-        self._batch_timer: asyncio.TimerHandle | None = None
+        self.batcher = Batcher(self.outlet, window=batch_window, max_items=batch_max)
+        """Outgoing ``batch.messages`` (``submit(..., batch=True)``, ``submit_many``)."""
         if durable is True:
             durable = DurableTasks(bus, self.codec)
         self.durable: DurableTasks | None = durable or None
-        self._consumers: dict[str, TaskConsumer] = {}
-        self._service: BusService | None = None
-        self._served: set[str] = set()  # capabilities this process serves as service endpoints
-        # Joined only while local agents handle tasks: a producer-only node taking batches
-        # would just republish their tasks one by one.
-        self._batch_subscription: Subscription | None = None
-        self.persist_directory = persist_directory
-        self._announcements: dict[str, AgentAnnouncement] = {}  # local agents, for the bucket
+        self.intake = Intake(
+            self.outlet, self.dispatcher, node=self.node, version=__version__, durable=self.durable
+        )
+        """What this process takes from NATS for its agents."""
+        self.presence = Presence(
+            self.outlet,
+            self.directory,
+            self.dispatcher,
+            node=self.node,
+            heartbeat_interval=heartbeat_interval,
+            persist=persist_directory,
+        )
+        """How its agents are known across the flock, and others' here."""
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._task_subjects: dict[str, str] = {}  # task type -> its checked subject
         self._results_subscription: Subscription | None = None
-        self._discovered_at = -math.inf  # when this process last asked agents to re-announce
         self._origin = f"{self.node}-{uuid.uuid4().hex[:8]}"  # this process, in ORIGIN_HEADER
         system.register_extension(Membership, self)  # type: ignore[type-abstract]  # a key
 
@@ -280,45 +252,19 @@ class NatsFlock:
 
     def durable_counts(self) -> dict[str, int]:
         """Durable-task events of this process, by event (empty unless durable)."""
-        if self.durable is None:
-            return {}
-        events = self.durable.stats
-        return {
-            "submitted": events.submitted,
-            "duplicate": events.duplicates,
-            "received": events.received,
-            "acked": events.acked,
-            "redelivered": events.redelivered,
-            "dead_lettered": events.dead_lettered,
-            "invalid": events.invalid,
-            "unsettled": events.unsettled,
-        }
+        return {} if self.durable is None else self.durable.counts()
 
     async def start(self) -> None:
         """Subscribe to the flock-wide subjects; local agents may be spawned before or after."""
-        self._worker = asyncio.get_running_loop().create_task(self._work_outbox())
-        self._subscriptions += [
-            await self.bus.subscribe(subjects.ANNOUNCE, self._on_announce),
-            await self.bus.subscribe("agent.*.heartbeat", self._on_heartbeat),
-            await self.bus.subscribe(subjects.BROADCAST, self._on_broadcast),
-            await self.bus.subscribe(subjects.DISCOVER, self._on_discover),
-        ]
-        # The NATS service API: `nats micro ls/info/stats` list this process's capabilities.
-        self._service = await self.bus.add_service(
-            "flockrt",
-            __version__,
-            description="flockrt agents; one endpoint per capability they offer",
-            metadata={"node": self.node},
-        )
-        if self.persist_directory:
-            await self._load_directory()
-        await self._discover()  # the agents that started before this process re-announce
+        self.outlet.start()
+        self._subscriptions.append(await self.bus.subscribe(subjects.BROADCAST, self._on_broadcast))
+        await self.intake.start()
+        await self.presence.start()  # the agents that started before this process re-announce
         if self.durable is not None:
             try:
                 await self.durable.setup()
             except BusUnavailable:
                 log.warning("NATS unreachable: the durable task stream is set up once it is back")
-        self._schedule_sweep()
 
     async def spawn_pool(
         self,
@@ -343,46 +289,23 @@ class NatsFlock:
 
         Useful right after spawning agents, before other processes are told to use them.
         """
-        if self._worker is not None:
-            await self._outbox.join()
+        await self.outlet.drain()
         await self.bus.flush()
 
     async def close(self) -> None:
         """Stop taking messages from NATS; what was queued to publish is sent first."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        self._flush_batch()
-        if self._worker is not None:
-            await self._outbox.join()
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-        if self._service is not None:
-            await self._service.stop()
-        for consumer in self._consumers.values():
-            await consumer.stop()
-        self._consumers.clear()
-        subscriptions = self._subscriptions + list(self._skill_subscriptions.values())
+        self.batcher.flush()
+        await self.outlet.drain()
+        await self.presence.close()
+        await self.intake.close()
+        subscriptions = self._subscriptions + [s for subs in self._agent_subscriptions.values() for s in subs]
         if self._results_subscription is not None:
             subscriptions.append(self._results_subscription)
-        if self._batch_subscription is not None:
-            subscriptions.append(self._batch_subscription)
-            self._batch_subscription = None
-        subscriptions += [s for subs in self._agent_subscriptions.values() for s in subs]
         for subscription in subscriptions:
             await subscription.unsubscribe()
-        await self._inflight.close()
+        await self.outlet.close()
 
-    def _schedule_sweep(self) -> None:
-        # Offline detection is lazy in the directory; a periodic sweep makes transitions show up
-        # (and notify subscribers) even when nobody asks.
-        loop = asyncio.get_running_loop()
-        self._sweeper = loop.call_later(self.heartbeat_interval, self._sweep)
-
-    def _sweep(self) -> None:
-        self.directory.sweep()
-        self._schedule_sweep()
-
-    # ------------------------------------------------------------------ AgentPort (local agents)
+    # ------------------------------------------------------------------ Membership (local agents)
 
     def agent_started(self, card: AgentCard) -> WorkSource:
         source = self.local.agent_started(card)
@@ -393,20 +316,16 @@ class NatsFlock:
             max_concurrent_tasks=card.max_concurrent_tasks,
             node=self.node,
         )
-        self._later(lambda: self._join(card, announcement))
+        self.outlet.later(lambda: self._join(card, announcement))
         return source
 
     def agent_heartbeat(self, heartbeat: Heartbeat) -> None:
         self.local.agent_heartbeat(heartbeat)
-        self._later(lambda: self._publish(subjects.heartbeat(heartbeat.agent_id), heartbeat))
-        announcement = self._announcements.get(heartbeat.agent_id)
-        if announcement is not None and self.persist_directory:
-            self._later(lambda: self._persist(announcement))  # keeps its entry from expiring
+        self.presence.heartbeat(heartbeat)
 
     def agent_stopped(self, agent_id: str) -> None:
         self.local.agent_stopped(agent_id)
-        goodbye = Heartbeat(agent_id=agent_id, status="offline")
-        self._later(lambda: self._leave(agent_id, goodbye))
+        self.outlet.later(lambda: self._leave(agent_id))
 
     async def _join(self, card: AgentCard, announcement: AgentAnnouncement) -> None:
         agent_id = card.id
@@ -415,129 +334,21 @@ class NatsFlock:
                 await self.bus.subscribe(subjects.inbox(agent_id), self._on_inbox),
                 await self.bus.subscribe(subjects.events(agent_id), self._on_event),
             ]
-        for capability in card.capabilities:
-            await self._serve_capability(capability)
-        if card.task_types and self._batch_subscription is None:
-            self._batch_subscription = await self.bus.subscribe(
-                subjects.BATCH, self._on_batch, queue=subjects.BATCH
-            )
-        for task_type in card.task_types:
-            if self.durable is not None:
-                await self._consume_durably(task_type)
-            else:
-                await self._serve(("task", task_type), subjects.tasks(task_type), self._on_task)
-        await self._publish(subjects.ANNOUNCE, announcement)
-        self._announcements[agent_id] = announcement
-        if self.persist_directory:
-            await self._persist(announcement)
+        await self.intake.join(card)
+        await self.presence.announce(announcement)
+
+    async def _leave(self, agent_id: str) -> None:
+        gone = not self.is_local(agent_id)  # (a restarted instance may be back already)
+        if gone:
+            for subscription in self._agent_subscriptions.pop(agent_id, []):
+                await subscription.unsubscribe()
+        await self.intake.leave()
+        await self.presence.goodbye(agent_id, gone=gone)
 
     # ------------------------------------------------------------------ persisted directory
 
-    DIRECTORY_BUCKET = "FLOCK_AGENTS"
-
-    @property
     def _directory_ttl(self) -> float:
         return max(3 * self.heartbeat_interval, 1.0)
-
-    async def _persist(self, announcement: AgentAnnouncement) -> None:
-        if not _KV_KEY.match(announcement.id):
-            log.debug("agent id %r cannot be a key-value key; not persisted", announcement.id)
-            return
-        try:
-            await self.bus.kv_put(
-                self.DIRECTORY_BUCKET,
-                announcement.id,
-                self.codec.encode(announcement),
-                ttl=self._directory_ttl,
-            )
-        except (BusUnavailable, BusTimeout, JetStreamError) as exc:  # best effort: heartbeats still work
-            log.debug("directory entry for %s not persisted: %s", announcement.id, exc)
-
-    async def _forget_persisted(self, agent_id: str) -> None:
-        if self.persist_directory and _KV_KEY.match(agent_id):
-            try:
-                await self.bus.kv_delete(self.DIRECTORY_BUCKET, agent_id, ttl=self._directory_ttl)
-            except (BusUnavailable, BusTimeout, JetStreamError) as exc:
-                log.debug("directory entry for %s not removed: %s", agent_id, exc)
-
-    async def _load_directory(self) -> None:
-        try:
-            entries = await self.bus.kv_items(self.DIRECTORY_BUCKET, ttl=self._directory_ttl)
-        except (BusUnavailable, BusTimeout, JetStreamError) as exc:
-            log.warning("persisted directory not loaded (%s); it fills from heartbeats instead", exc)
-            return
-        loaded = 0
-        for key, data in entries.items():
-            announcement = self._decode(
-                Message(f"$KV.{self.DIRECTORY_BUCKET}.{key}", data, {}, ""), AgentAnnouncement
-            )
-            if announcement is not None and not self.is_local(announcement.id):
-                self.directory.on_announcement(announcement)
-                loaded += 1
-        log.info("loaded %d agents from the persisted directory", loaded)
-
-    async def _serve_capability(self, capability: str) -> None:
-        """Answer capability.<name> in its queue group, as an endpoint of the process's service."""
-        if capability in self._served or not self.has_skill("capability", capability):
-            return
-        assert self._service is not None, "start() the flock before its agents join"
-        subject = subjects.capability(capability)
-        await self._service.add_endpoint(
-            _endpoint_name(capability),
-            subject,
-            self._on_capability,
-            queue=subject,
-            metadata={"capability": capability},
-        )
-        self._served.add(capability)
-
-    async def _consume_durably(self, task_type: str) -> None:
-        assert self.durable is not None
-        consumer = self._consumers.get(task_type)
-        if consumer is not None:
-            consumer.wake()  # more capacity for this type
-            return
-        if self.has_skill("task", task_type):
-            self._consumers[task_type] = await self.durable.consume(
-                task_type,
-                self._run_durable_task,
-                capacity=lambda: self.dispatcher.capacity("task", task_type),
-            )
-
-    async def _run_durable_task(self, task: TaskMessage) -> TaskResult:
-        # NoCapableAgent (our last agent for the type just left) raises: the task is retried.
-        result = self.dispatcher.start_task(task)
-        async with asyncio.timeout(task.timeout / 1000 if task.timeout is not None else None):
-            return await result
-
-    async def _serve(
-        self, skill: tuple[str, str], subject: str, handler: Callable[[Message], Awaitable[None] | None]
-    ) -> None:
-        if skill not in self._skill_subscriptions and self.has_skill(*skill):
-            self._skill_subscriptions[skill] = await self.bus.subscribe(subject, handler, queue=subject)
-
-    async def _leave(self, agent_id: str, goodbye: Heartbeat) -> None:
-        if not self.is_local(agent_id):
-            for subscription in self._agent_subscriptions.pop(agent_id, []):
-                await subscription.unsubscribe()
-            self._announcements.pop(agent_id, None)
-            await self._forget_persisted(agent_id)
-        for skill, subscription in list(self._skill_subscriptions.items()):
-            if not self.has_skill(*skill):  # its last local agent is gone: let others take it
-                del self._skill_subscriptions[skill]
-                await subscription.unsubscribe()
-        for capability in list(self._served):
-            if not self.has_skill("capability", capability) and self._service is not None:
-                self._served.discard(capability)
-                await self._service.remove_endpoint(_endpoint_name(capability))
-        if self._batch_subscription is not None and not self.dispatcher.handles_tasks():
-            subscription, self._batch_subscription = self._batch_subscription, None
-            await subscription.unsubscribe()
-        for task_type, consumer in list(self._consumers.items()):
-            if not self.has_skill("task", task_type):
-                del self._consumers[task_type]
-                await consumer.stop()
-        await self._publish(subjects.heartbeat(agent_id), goodbye)
 
     # ------------------------------------------------------------------ producers (flock-wide)
 
@@ -577,13 +388,13 @@ class NatsFlock:
         if not self.bus.connected and self.has_skill("task", task_type):
             return await self._run_here(task, wait=wait, timeout=timeout)
         if batch and not wait:
-            self._add_to_batch(BatchItem(subject=subject, message=task))
+            self.batcher.add(BatchItem(subject=subject, message=task))
             return task.id
         if not wait:
             await self.bus.publish(subject, self.codec.encode(task), headers=headers)
             return task.id
         limit = timeout if timeout is not None else 30.0
-        reply = await self._request(subject, task, "task", task_type, limit, headers)
+        reply = await self.outlet.request(subject, task, "task", task_type, limit, headers)
         return self.codec.decode(reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type"))
 
     def _task_subject(self, task_type: str) -> str:
@@ -625,7 +436,7 @@ class NatsFlock:
     async def _on_result_message(self, message: Message) -> None:
         if not self._result_waiters:
             return
-        result = self._decode(message, TaskResult)
+        result = self.outlet.decode(message, TaskResult)
         if result is not None and result.status == "ok":
             waiter = self._result_waiters.get(result.task_id)
             if waiter is not None and not waiter.done():
@@ -699,9 +510,8 @@ class NatsFlock:
         if not self.bus.connected and self.has_skill("task", task_type):
             self.dispatcher.dispatch_tasks(tasks)
             return [task.id for task in tasks]
-        batch = [BatchItem(subject=subject, message=task) for task in tasks]
-        for start in range(0, len(batch), self.batch_max):
-            await self._publish_batch(batch[start : start + self.batch_max])
+        for batch in self.batcher.split(subject, tasks):
+            await self.batcher.publish(batch)
         return [task.id for task in tasks]
 
     async def _submit_batch_for_results(
@@ -714,63 +524,11 @@ class NatsFlock:
             futures = [self.dispatcher.start_task(task) for task in tasks]
             return list(await self.dispatcher.wait(asyncio.gather(*futures), "task", task_type, limit))
         subject = self._task_subjects.get(task_type) or self._task_subject(task_type)
-        batches = [
-            [BatchItem(subject=subject, message=task) for task in tasks[start : start + self.batch_max]]
-            for start in range(0, len(tasks), self.batch_max)
-        ]
+        batches = self.batcher.split(subject, tasks)
         if len(batches) == 1:  # no Task for gather to wrap it in
-            return await self._request_batch(batches[0], task_type, limit)
-        replies = await asyncio.gather(*(self._request_batch(batch, task_type, limit) for batch in batches))
+            return await self.batcher.request(batches[0], task_type, limit)
+        replies = await asyncio.gather(*(self.batcher.request(batch, task_type, limit) for batch in batches))
         return [result for reply in replies for result in reply]
-
-    async def _request_batch(
-        self, items: list[BatchItem], task_type: str, timeout: float
-    ) -> list[TaskResult]:
-        data = self.codec.encode(items)
-        if len(data) > self.codec.max_bytes and len(items) > 1:  # over the payload limit: halve
-            middle = len(items) // 2
-            return [
-                *await self._request_batch(items[:middle], task_type, timeout),
-                *await self._request_batch(items[middle:], task_type, timeout),
-            ]
-        try:
-            reply = await self.bus.request(subjects.BATCH, data, timeout=timeout)
-        except NoResponders:
-            raise NoCapableAgent("task", task_type) from None
-        except BusTimeout:
-            raise WorkTimeout("task", task_type, timeout) from None
-        results = self.codec.decode(
-            reply.subject, reply.data, list[TaskResult], reply.headers.get("Content-Type")
-        )
-        if len(results) != len(items):
-            raise InvalidMessage(
-                reply.subject, None, f"{len(results)} results for a batch of {len(items)} tasks"
-            )
-        return results
-
-    async def _publish_batch(self, items: list[BatchItem]) -> None:
-        data = self.codec.encode(items)
-        if len(data) > self.codec.max_bytes and len(items) > 1:  # over the payload limit: halve
-            middle = len(items) // 2
-            await self._publish_batch(items[:middle])
-            await self._publish_batch(items[middle:])
-            return
-        await self.bus.publish(subjects.BATCH, data)
-
-    def _add_to_batch(self, item: BatchItem) -> None:
-        self._batch.append(item)
-        if len(self._batch) >= self.batch_max:
-            self._flush_batch()
-        elif self._batch_timer is None:
-            self._batch_timer = asyncio.get_running_loop().call_later(self.batch_window, self._flush_batch)
-
-    def _flush_batch(self) -> None:
-        if self._batch_timer is not None:
-            self._batch_timer.cancel()
-            self._batch_timer = None
-        items, self._batch = self._batch, []
-        if items:
-            self._later(lambda: self._publish_batch(items))
 
     async def request_capability_response(
         self,
@@ -868,350 +626,17 @@ class NatsFlock:
             headers = {ORIGIN_HEADER: self._origin}
         await self.bus.publish(subjects.BROADCAST, self.codec.encode(payload), headers=headers)
 
-    async def _request(
-        self,
-        subject: str,
-        payload: Any,
-        kind: str,
-        key: str,
-        timeout: float,
-        headers: dict[str, str] | None,
-    ) -> Message:
-        try:
-            return await self.bus.request(
-                subject, self.codec.encode(payload), timeout=timeout, headers=headers
-            )
-        except NoResponders:
-            raise NoCapableAgent(kind, key) from None
-        except BusTimeout:
-            raise WorkTimeout(kind, key, timeout) from None
-
     # ------------------------------------------------------------------ inbound
-
-    def _decode(self, message: Message, type: type[T]) -> T | None:
-        headers = message.headers
-        try:
-            content_type = headers.get("Content-Type") if headers else None  # most have no headers
-            return self.codec.decode(message.subject, message.data, type, content_type)
-        except InvalidMessage as exc:
-            self.invalid_messages[message.subject] += 1
-            log.warning(
-                "%s (rejected %d on this subject so far)", exc, self.invalid_messages[message.subject]
-            )
-            return None
-
-    async def _on_announce(self, message: Message) -> None:
-        announcement = self._decode(message, AgentAnnouncement)
-        if announcement is not None and not self.is_local(announcement.id):
-            self.directory.on_announcement(announcement)
-
-    async def _on_heartbeat(self, message: Message) -> None:
-        heartbeat = self._decode(message, Heartbeat)
-        if heartbeat is None or self.is_local(heartbeat.agent_id):
-            return
-        if heartbeat.status == "offline":
-            self.directory.mark_offline(heartbeat.agent_id)
-            return
-        if self.directory.get(heartbeat.agent_id) is None:
-            # Heard of only now, by a heartbeat: its announcement went by before we listened
-            # (or while NATS was away). Ask for announcements, at most once per interval.
-            now = time.monotonic()
-            if now - self._discovered_at >= self.heartbeat_interval:
-                self._later(self._discover)
-        self.directory.on_heartbeat(heartbeat)
-
-    async def _discover(self) -> None:
-        self._discovered_at = time.monotonic()
-        await self._publish(subjects.DISCOVER, DiscoveryRequest(requester=self.node))
-
-    async def _on_discover(self, message: Message) -> None:
-        request = self._decode(message, DiscoveryRequest)
-        if request is None or request.requester == self.node:
-            return
-        for announcement in list(self._announcements.values()):
-            await self._publish(subjects.ANNOUNCE, announcement)
-
-    async def _on_batch(self, message: Message) -> None:
-        items: Sequence[TaskBatchItem | BatchItem] | None
-        try:  # a batch of tasks only (as submit_many sends) decodes in one pass
-            items = self.codec.decode(
-                message.subject, message.data, list[TaskBatchItem], message.headers.get("Content-Type")
-            )
-        except InvalidMessage:  # anything else, item by item (naming the bad ones)
-            items = self._decode(message, list[BatchItem])
-        if items is None:
-            if message.reply:
-                await self._publish(message.reply, [], message.headers)
-            return
-        if message.reply:  # submit_many(..., results="batch"): one array of results back
-            if items:
-                self._answer_batch(message, items)
-            else:
-                await self._publish(message.reply, [], message.headers)
-            return
-        tasks: list[TaskMessage] = []
-        foreign: list[BatchItem | TaskBatchItem] = []
-        runnable: dict[str, bool] = {}  # subject -> self._runs_here(subject), per batch
-        for item in items:
-            runs = runnable.get(item.subject)
-            if runs is None:
-                runs = runnable[item.subject] = self._runs_here(item.subject)
-            if runs:
-                try:
-                    task = _as_task(item)
-                except msgspec.ValidationError as exc:
-                    self.invalid_messages[message.subject] += 1
-                    log.warning("invalid task in a batch for %s: %s", item.subject, exc)
-                    continue
-                if self.has_skill("task", task.type):
-                    tasks.append(task)
-                else:  # on our subject, of a type nobody here handles: as _on_task answers it
-                    self._publish_result(_no_agent(task), None)
-            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
-                foreign.append(item)
-            else:
-                self.invalid_messages[message.subject] += 1
-                log.warning("batch item with an unusable subject %r dropped", item.subject)
-        # Ours, in a few units of work (results each on task.result, as for tasks one by one).
-        self.dispatcher.dispatch_tasks(tasks)
-        for item in foreign:  # not ours to run: send each on by itself, to whoever takes it
-            await self._publish(item.subject, item.message)
-
-    def _runs_here(self, subject: str) -> bool:
-        """Whether a local agent runs tasks published on ``subject``."""
-        return subject.startswith("tasks.") and self.has_skill("task", subject[len("tasks.") :])
-
-    def _answer_batch(self, message: Message, items: Sequence[TaskBatchItem | BatchItem]) -> None:
-        """Run a batch's tasks and answer its request with one array of their TaskResults, in
-        order, once the last one is in. Those results do not go to ``task.result``."""
-        reply, headers = message.reply, _outgoing_headers(message.headers)
-
-        def answer(results: list[TaskResult]) -> None:
-            try:
-                self.bus.publish_nowait(reply, self.codec.encode(results), headers=headers)
-            except BusUnavailable as exc:
-                log.debug("batch results not published: %s", exc)
-
-        subject = items[0].subject
-        if type(items[0]) is TaskBatchItem and self._runs_here(subject):  # all are TaskBatchItems
-            same = [item.message for item in items if item.subject == subject]
-            if len(same) == len(items):  # the usual batch: all ours, their results the answer
-                try:
-                    self.dispatcher.dispatch_tasks(same, answer, publish=False)
-                    return
-                except NoCapableAgent:  # a task's type is not its subject's: nothing was queued
-                    pass
-        tasks: list[TaskMessage] = []
-        places: list[int] = []  # where each of `tasks` is in the batch
-        others: list[tuple[int, TaskResult | tuple[str, TaskMessage]]] = []  # done, or to forward
-        runnable: dict[str, bool] = {}  # subject -> self._runs_here(subject), per batch
-        for index, item in enumerate(items):
-            try:
-                task = _as_task(item)
-            except msgspec.ValidationError as exc:
-                self.invalid_messages[message.subject] += 1
-                log.warning("invalid task in a batch for %s: %s", item.subject, exc)
-                error = f"invalid task: {exc}"
-                others.append((index, TaskResult(task_id="", processed_by="", status="error", error=error)))
-                continue
-            runs = runnable.get(item.subject)
-            if runs is None:
-                runs = runnable[item.subject] = self._runs_here(item.subject)
-            if runs and self.has_skill("task", task.type):
-                tasks.append(task)
-                places.append(index)
-            elif runs:  # on our subject, of a type nobody here handles: as _on_task answers it
-                others.append((index, _no_agent(task)))
-            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
-                others.append((index, (item.subject, task)))
-            else:
-                self.invalid_messages[message.subject] += 1
-                log.warning("batch item with an unusable subject %r", item.subject)
-                error = f"unusable subject {item.subject!r}"
-                failed = TaskResult(task_id=task.id, processed_by="", status="error", error=error)
-                others.append((index, failed))
-        if not others:
-            self.dispatcher.dispatch_tasks(tasks, answer, publish=False)
-            return
-        results: list[TaskResult | None] = [None] * len(items)
-        missing = len(items)
-
-        def settle(index: int, result: TaskResult) -> None:
-            nonlocal missing
-            results[index] = result
-            missing -= 1
-            if missing == 0:
-                answer(results)  # type: ignore[arg-type]  # no None is left
-
-        def ours(outcomes: list[TaskResult]) -> None:
-            for index, result in zip(places, outcomes, strict=True):
-                settle(index, result)
-
-        if tasks:
-            self.dispatcher.dispatch_tasks(tasks, ours, publish=False)
-        foreign: list[tuple[int, str, TaskMessage]] = []
-        for index, other in others:
-            if isinstance(other, TaskResult):
-                settle(index, other)
-            else:
-                foreign.append((index, *other))
-        if foreign:  # not ours to run: ask whoever takes their subjects, one by one
-            self._spawn(self._forward_batch_items(foreign, settle))
-
-    async def _forward_batch_items(
-        self, items: list[tuple[int, str, TaskMessage]], settle: Callable[[int, TaskResult], None]
-    ) -> None:
-        async def forward(index: int, subject: str, task: TaskMessage) -> None:
-            timeout = task.timeout / 1000 if task.timeout else 30.0
-            try:
-                reply = await self._request(subject, task, "task", task.type, timeout, None)
-                result = self.codec.decode(
-                    reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type")
-                )
-            except (FlockError, ValueError) as exc:
-                result = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
-            settle(index, result)
-
-        await asyncio.gather(*(forward(*item) for item in items))
 
     async def _on_broadcast(self, message: Message) -> None:
         if message.headers.get(ORIGIN_HEADER) == self._origin:
             return  # delivered here already, when it was sent while NATS was away
-        broadcast = self._decode(message, Broadcast)
+        broadcast = self.outlet.decode(message, Broadcast)
         if broadcast is not None:
             self.local.deliver_broadcast(broadcast)
 
-    def _on_task(self, message: Message) -> None:
-        # Synchronous, like everything on a task's way to its agent: a subscription calls a
-        # plain function without a coroutine of its own.
-        task = self._decode(message, TaskMessage)
-        if task is None:
-            if message.reply:
-                error = TaskResult(task_id="", processed_by="", status="error", error="invalid task message")
-                self._publish_nowait(message.reply, error)
-            return
-        correlation = message.headers.get(CORRELATION_HEADER) if message.headers else None
-        then: Callable[[TaskResult], None] | None = None
-        if message.reply:
-            reply, headers = message.reply, dict(message.headers)
-
-            def then(result: TaskResult) -> None:
-                self._publish_nowait(reply, result, headers)
-
-        try:
-            # The correlation id goes with the work (to its handler and logs) as an argument:
-            # setting the context variable here would cost a set and a reset per task. The
-            # fast path of dispatch_task first, without the detour.
-            self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
-        except NoCapableAgent as exc:  # our last agent for this type left a moment ago
-            failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
-            self._publish_result(failed, None)
-            if then is not None:
-                then(failed)
-
-    def _on_capability(self, message: Message) -> None:
-        """Answer a capability request when its work finishes: at once on the dispatcher's fast
-        path (a handler that never waits: no Work, no Task, no timer), else from the agent's
-        runner or at the deadline."""
-        request = self._decode(message, CapabilityRequest)
-        if request is None:
-            if message.reply:
-                self._publish_nowait(message.reply, CapabilityResponse(error="invalid capability request"))
-            return
-        reply, headers, correlation_id = message.reply, message.headers, request.correlation_id
-        # The id the requester's logs know it by reaches the agent's work and its logs.
-        work_correlation = (headers.get(CORRELATION_HEADER) if headers else None) or correlation_id
-        skill = self.dispatcher.skill("capability", request.capability)
-        if skill is not None and self.dispatcher.run_now(
-            skill,
-            request.parameters,
-            work_correlation,
-            self._deliver_answer,
-            (correlation_id, reply, headers),
-        ):
-            return
-        answered = False
-        timer: asyncio.TimerHandle | None = None
-        stats_key = request.capability
-
-        def answer(response: CapabilityResponse, outcome: str) -> None:
-            nonlocal answered
-            if answered:
-                return
-            answered = True
-            if timer is not None:
-                timer.cancel()
-            if reply:
-                self._send_answer(reply, response, headers)
-            stats = self.dispatcher.work_stats
-            if stats is not None:
-                stats.record("capability", stats_key, outcome, time.monotonic() - work.enqueued)
-
-        def on_done(work: CapabilityCall, value: Any, error: WorkFailed | None) -> None:
-            response = _capability_response(correlation_id, work.agent_id, value, error)
-            answer(response, "ok" if error is None else "error")
-
-        work = CapabilityCall(
-            key=request.capability,
-            parameters=request.parameters,
-            priority=PRIORITIES["medium"],
-            on_done=on_done,
-            correlation_id=work_correlation,
-        )
-        try:
-            self.dispatcher.dispatch(work)
-        except FlockError as exc:
-            answer(CapabilityResponse(correlation_id=correlation_id, error=str(exc)), "error")
-            return
-        if not answered:  # it runs (or waits for an agent) for a while: answer by the deadline
-            timeout = request.timeout / 1000
-            # A requester's future, cancelled at the deadline: work that has not started by then
-            # is skipped.
-            work.future = asyncio.get_running_loop().create_future()
-
-            def expire() -> None:
-                assert work.future is not None
-                work.future.cancel()
-                late = WorkTimeout("capability", request.capability, timeout)
-                answer(CapabilityResponse(correlation_id=correlation_id, error=str(late)), "timeout")
-
-            timer = asyncio.get_running_loop().call_later(timeout, expire)
-
-    def _deliver_answer(
-        self,
-        origin: tuple[str | None, str, Mapping[str, str]],
-        agent_id: str,
-        value: Any,
-        error: WorkFailed | None,
-        seconds: float,
-    ) -> None:
-        """A capability request ran on the dispatcher's fast path: answer it."""
-        correlation_id, reply, headers = origin
-        if reply:
-            self._send_answer(reply, _capability_response(correlation_id, agent_id, value, error), headers)
-
-    def _send_answer(self, reply: str, response: CapabilityResponse, headers: Mapping[str, str]) -> None:
-        """Publish the answer to a capability request. One that cannot be sent (a result that
-        does not encode as JSON or msgpack, or is over NATS's size limit) is replaced by an
-        answer that says so: the requester hears of it rather than waiting in vain."""
-        try:
-            self._publish_nowait(reply, response, headers)
-            return
-        except Exception as exc:
-            problem = exc
-        log.warning("the answer of %s could not be sent: %r", response.agent_id or "the flock", problem)
-        failed = CapabilityResponse(
-            correlation_id=response.correlation_id,
-            agent_id=response.agent_id,
-            error=f"the answer could not be sent: {problem!r}",
-        )
-        try:
-            self._publish_nowait(reply, failed, headers)
-        except Exception:
-            log.exception("nor could the error answer")
-
     async def _on_inbox(self, message: Message) -> None:
-        direct = self._decode(message, DirectMessage)
+        direct = self.outlet.decode(message, DirectMessage)
         if direct is None:
             return
         if direct.type != "query":
@@ -1226,7 +651,7 @@ class NatsFlock:
             except FlockError as exc:
                 log.warning("direct message %s for %s not delivered: %s", direct.id, direct.to, exc)
             return
-        self._spawn(self._answer_query(message, direct))
+        self.outlet.spawn(self._answer_query(message, direct))
 
     async def _answer_query(self, message: Message, query: DirectMessage) -> None:
         answer: Any = None
@@ -1247,15 +672,15 @@ class NatsFlock:
             metadata={"error": error} if error else None,
         )
         if message.reply:
-            await self._publish(message.reply, response, message.headers)
+            await self.outlet.publish(message.reply, response, message.headers)
         else:
             try:
-                await self._publish(subjects.inbox(query.sender), response, message.headers)
+                await self.outlet.publish(subjects.inbox(query.sender), response, message.headers)
             except ValueError as exc:  # the sender's name cannot be a subject: nowhere to answer
                 log.warning("query %s: cannot answer %r: %s", query.id, query.sender, exc)
 
     async def _on_event(self, message: Message) -> None:
-        event = self._decode(message, AgentEvent)
+        event = self.outlet.decode(message, AgentEvent)
         agent_id = message.subject.split(".")[1]
         if event is not None and self.is_local(agent_id):
             try:
@@ -1266,89 +691,6 @@ class NatsFlock:
                 log.warning("event for %s not delivered: %s", agent_id, exc)
 
     # ------------------------------------------------------------------ plumbing
-
-    def _publish_result(self, result: TaskResult, correlation: str | None) -> None:
-        """The dispatcher's sink: a finished task's result on ``task.result``.
-
-        The correlation id of the task's work travels on, in the header, unless it is the
-        task's id, which the result carries as taskId anyway (a header repeating it would cost
-        about 7 us a result to build and parse, a fifth of a fan-out task's whole cost)."""
-        headers = {CORRELATION_HEADER: correlation} if correlation and correlation != result.task_id else None
-        try:
-            self.bus.publish_nowait(subjects.TASK_RESULT, self.codec.encode(result), headers=headers)
-        except BusUnavailable as exc:  # closing: nothing more goes out
-            log.debug("result of %s not published: %s", result.task_id, exc)
-
-    def _publish_nowait(self, subject: str, payload: Any, headers: Mapping[str, str] | None = None) -> None:
-        """Publish from synchronous code (a finished task's result), without an outbox turn."""
-        msgpack = headers is not None and headers.get("Content-Type") == MSGPACK
-        try:
-            self.bus.publish_nowait(
-                subject, self.codec.encode(payload, msgpack=msgpack), headers=_outgoing_headers(headers)
-            )
-        except BusUnavailable as exc:  # closing: nothing more goes out
-            log.debug("not published to %s: %s", subject, exc)
-
-    async def _publish(self, subject: str, payload: Any, headers: dict[str, str] | Any = None) -> None:
-        msgpack = bool(headers) and headers.get("Content-Type") == MSGPACK
-        try:
-            await self.bus.publish(
-                subject, self.codec.encode(payload, msgpack=msgpack), headers=_outgoing_headers(headers)
-            )
-        except BusUnavailable as exc:  # closing: nothing more goes out
-            log.debug("not published to %s: %s", subject, exc)
-
-    def _later(self, job: Callable[[], Awaitable[None]]) -> None:
-        """Run ``job`` on the outbox worker: NATS work from sync code, in order."""
-        self._outbox.put_nowait(job)
-
-    async def _work_outbox(self) -> None:
-        while True:
-            job = await self._outbox.get()
-            try:
-                await job()
-            except Exception:  # one failed publish must not stop the ones after it
-                log.exception("flock outbox job failed")
-            finally:
-                self._outbox.task_done()
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        self._inflight.spawn(coroutine)
-
-
-def _capability_response(
-    correlation_id: str | None, agent_id: str, value: Any, error: WorkFailed | None
-) -> CapabilityResponse:
-    """The answer to a capability request whose work finished."""
-    if error is None:
-        return CapabilityResponse(correlation_id=correlation_id, result=value, agent_id=agent_id)
-    return CapabilityResponse(correlation_id=correlation_id, agent_id=error.agent_id, error=repr(error.cause))
-
-
-def _no_agent(task: TaskMessage) -> TaskResult:
-    """The error result of a task no local agent can run."""
-    error = str(NoCapableAgent("task", task.type))
-    return TaskResult(task_id=task.id, processed_by="", status="error", error=error)
-
-
-def _as_task(item: TaskBatchItem | BatchItem) -> TaskMessage:
-    """The task a batch item carries (raises msgspec.ValidationError if it is not one)."""
-    if isinstance(item.message, TaskMessage):
-        return item.message
-    return msgspec.convert(item.message, TaskMessage)
-
-
-def _outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str] | None:
-    """Of an incoming message's headers, those an answer carries on (or None)."""
-    if not headers:
-        return None
-    kept = {k: v for k, v in headers.items() if k in (CORRELATION_HEADER, "Content-Type")}
-    return kept or None
-
-
-def _endpoint_name(capability: str) -> str:
-    """Service API endpoint names allow letters, digits, '-' and '_' only."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", capability)
 
 
 if TYPE_CHECKING:  # both flocks satisfy the one interface (mypy checks it here)

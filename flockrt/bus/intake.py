@@ -1,0 +1,485 @@
+"""Intake: what one process takes from NATS for its local agents.
+
+- For every task type a local agent handles, the process consumes ``tasks.<type>`` in the queue
+  group ``tasks.<type>``, so each task is handled once across the flock (in durable mode: a pull
+  consumer of the JetStream work queue, see :mod:`flockrt.bus.durable`); results go to
+  ``task.result`` through the outlet's sink, and to the reply subject of a request.
+- For every capability a local agent offers, the process answers ``capability.<name>``
+  requests (queue group ``capability.<name>``) as an endpoint of its NATS service
+  (``nats micro ls`` lists them).
+- While a local agent handles tasks, the process takes ``batch.messages`` (queue group): it runs
+  the tasks it can and republishes the others on their own subjects, so each is still handled
+  once.
+
+Tasks and capability requests go straight to the dispatcher, whose one fast path runs them at
+once when a free agent's handler never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from flockrt.agents.ports import AgentCard
+from flockrt.agents.work import CapabilityCall
+from flockrt.bus.connection import BusService, Message, Subscription
+from flockrt.bus.durable import DurableTasks, TaskConsumer
+from flockrt.bus.outlet import Outlet, outgoing_headers
+from flockrt.bus.remote import CORRELATION_HEADER
+from flockrt.errors import BusUnavailable, FlockError, NoCapableAgent, WorkFailed, WorkTimeout
+from flockrt.flock.batches import PRIORITIES
+from flockrt.flock.dispatcher import Dispatcher
+from flockrt.wire import subjects
+from flockrt.wire.schema import (
+    BatchItem,
+    CapabilityRequest,
+    CapabilityResponse,
+    InvalidMessage,
+    TaskBatchItem,
+    TaskMessage,
+    TaskResult,
+)
+
+__all__ = ["Intake"]
+
+log = logging.getLogger("flockrt.flock")
+
+_SUBJECT = re.compile(r"^[^\s*>]+$")  # a publishable subject: no whitespace, no wildcards
+
+
+class Intake:
+    """The subscriptions and handlers through which NATS work reaches local agents.
+
+    Args:
+        outlet: How the flock talks on the bus.
+        dispatcher: Hands the work to local agents.
+        node: This process's name (in its service's metadata).
+        version: flockrt's version (in its service's info).
+        durable: Consume tasks from the JetStream work queue instead of core NATS.
+    """
+
+    def __init__(
+        self, outlet: Outlet, dispatcher: Dispatcher, *, node: str, version: str, durable: DurableTasks | None
+    ) -> None:
+        self.outlet = outlet
+        self.bus = outlet.bus
+        self.codec = outlet.codec
+        self.dispatcher = dispatcher
+        self.node = node
+        self.version = version
+        self.durable = durable
+        self._skill_subscriptions: dict[tuple[str, str], Subscription] = {}
+        self._consumers: dict[str, TaskConsumer] = {}
+        self._service: BusService | None = None
+        self._served: set[str] = set()  # capabilities this process serves as service endpoints
+        # Joined only while local agents handle tasks: a producer-only node taking batches
+        # would just republish their tasks one by one.
+        self._batch_subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        """The NATS service whose endpoints are the capabilities served here."""
+        self._service = await self.bus.add_service(
+            "flockrt",
+            self.version,
+            description="flockrt agents; one endpoint per capability they offer",
+            metadata={"node": self.node},
+        )
+
+    async def close(self) -> None:
+        """Take nothing more from NATS."""
+        if self._service is not None:
+            await self._service.stop()
+        for consumer in self._consumers.values():
+            await consumer.stop()
+        self._consumers.clear()
+        subscriptions = list(self._skill_subscriptions.values())
+        self._skill_subscriptions.clear()
+        if self._batch_subscription is not None:
+            subscriptions.append(self._batch_subscription)
+            self._batch_subscription = None
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+
+    async def join(self, card: AgentCard) -> None:
+        """A local agent joined: take its skills' work from NATS (if not already taken)."""
+        for capability in card.capabilities:
+            await self._serve_capability(capability)
+        if card.task_types and self._batch_subscription is None:
+            self._batch_subscription = await self.bus.subscribe(
+                subjects.BATCH, self.on_batch, queue=subjects.BATCH
+            )
+        for task_type in card.task_types:
+            if self.durable is not None:
+                await self._consume_durably(task_type)
+            else:
+                await self._serve(("task", task_type), subjects.tasks(task_type), self.on_task)
+
+    async def leave(self) -> None:
+        """A local agent left: stop taking the work no local agent does any more."""
+        for skill, subscription in list(self._skill_subscriptions.items()):
+            if not self.dispatcher.has_skill(*skill):  # its last local agent is gone: let others take it
+                del self._skill_subscriptions[skill]
+                await subscription.unsubscribe()
+        for capability in list(self._served):
+            if not self.dispatcher.has_skill("capability", capability) and self._service is not None:
+                self._served.discard(capability)
+                await self._service.remove_endpoint(_endpoint_name(capability))
+        if self._batch_subscription is not None and not self.dispatcher.handles_tasks():
+            subscription, self._batch_subscription = self._batch_subscription, None
+            await subscription.unsubscribe()
+        for task_type, consumer in list(self._consumers.items()):
+            if not self.dispatcher.has_skill("task", task_type):
+                del self._consumers[task_type]
+                await consumer.stop()
+
+    async def _serve_capability(self, capability: str) -> None:
+        """Answer capability.<name> in its queue group, as an endpoint of the process's service."""
+        if capability in self._served or not self.dispatcher.has_skill("capability", capability):
+            return
+        assert self._service is not None, "start() the flock before its agents join"
+        subject = subjects.capability(capability)
+        await self._service.add_endpoint(
+            _endpoint_name(capability),
+            subject,
+            self.on_capability,
+            queue=subject,
+            metadata={"capability": capability},
+        )
+        self._served.add(capability)
+
+    async def _consume_durably(self, task_type: str) -> None:
+        assert self.durable is not None
+        consumer = self._consumers.get(task_type)
+        if consumer is not None:
+            consumer.wake()  # more capacity for this type
+            return
+        if self.dispatcher.has_skill("task", task_type):
+            self._consumers[task_type] = await self.durable.consume(
+                task_type,
+                self._run_durable_task,
+                capacity=lambda: self.dispatcher.capacity("task", task_type),
+            )
+
+    async def _run_durable_task(self, task: TaskMessage) -> TaskResult:
+        # NoCapableAgent (our last agent for the type just left) raises: the task is retried.
+        result = self.dispatcher.start_task(task)
+        async with asyncio.timeout(task.timeout / 1000 if task.timeout is not None else None):
+            return await result
+
+    async def _serve(
+        self, skill: tuple[str, str], subject: str, handler: Callable[[Message], Awaitable[None] | None]
+    ) -> None:
+        if skill not in self._skill_subscriptions and self.dispatcher.has_skill(*skill):
+            self._skill_subscriptions[skill] = await self.bus.subscribe(subject, handler, queue=subject)
+
+    # ------------------------------------------------------------------ tasks
+
+    def on_task(self, message: Message) -> None:
+        # Synchronous, like everything on a task's way to its agent: a subscription calls a
+        # plain function without a coroutine of its own.
+        task = self.outlet.decode(message, TaskMessage)
+        if task is None:
+            if message.reply:
+                error = TaskResult(task_id="", processed_by="", status="error", error="invalid task message")
+                self.outlet.publish_nowait(message.reply, error)
+            return
+        correlation = message.headers.get(CORRELATION_HEADER) if message.headers else None
+        then: Callable[[TaskResult], None] | None = None
+        if message.reply:
+            reply, headers = message.reply, dict(message.headers)
+
+            def then(result: TaskResult) -> None:
+                self.outlet.publish_nowait(reply, result, headers)
+
+        try:
+            # The correlation id goes with the work (to its handler and logs) as an argument:
+            # setting the context variable here would cost a set and a reset per task. The
+            # fast path of dispatch_task first, without the detour.
+            self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
+        except NoCapableAgent as exc:  # our last agent for this type left a moment ago
+            failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
+            self.outlet.publish_result(failed, None)
+            if then is not None:
+                then(failed)
+
+    # ------------------------------------------------------------------ capability requests
+
+    def on_capability(self, message: Message) -> None:
+        """Answer a capability request when its work finishes: at once on the dispatcher's fast
+        path (a handler that never waits: no Work, no Task, no timer), else from the agent's
+        runner or at the deadline."""
+        request = self.outlet.decode(message, CapabilityRequest)
+        if request is None:
+            if message.reply:
+                invalid = CapabilityResponse(error="invalid capability request")
+                self.outlet.publish_nowait(message.reply, invalid)
+            return
+        reply, headers, correlation_id = message.reply, message.headers, request.correlation_id
+        # The id the requester's logs know it by reaches the agent's work and its logs.
+        work_correlation = (headers.get(CORRELATION_HEADER) if headers else None) or correlation_id
+        skill = self.dispatcher.skill("capability", request.capability)
+        if skill is not None and self.dispatcher.run_now(
+            skill,
+            request.parameters,
+            work_correlation,
+            self._deliver_answer,
+            (correlation_id, reply, headers),
+        ):
+            return
+        answered = False
+        timer: asyncio.TimerHandle | None = None
+        stats_key = request.capability
+
+        def answer(response: CapabilityResponse, outcome: str) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            if timer is not None:
+                timer.cancel()
+            if reply:
+                self._send_answer(reply, response, headers)
+            stats = self.dispatcher.work_stats
+            if stats is not None:
+                stats.record("capability", stats_key, outcome, time.monotonic() - work.enqueued)
+
+        def on_done(work: CapabilityCall, value: Any, error: WorkFailed | None) -> None:
+            response = _capability_response(correlation_id, work.agent_id, value, error)
+            answer(response, "ok" if error is None else "error")
+
+        work = CapabilityCall(
+            key=request.capability,
+            parameters=request.parameters,
+            priority=PRIORITIES["medium"],
+            on_done=on_done,
+            correlation_id=work_correlation,
+        )
+        try:
+            self.dispatcher.dispatch(work)
+        except FlockError as exc:
+            answer(CapabilityResponse(correlation_id=correlation_id, error=str(exc)), "error")
+            return
+        if not answered:  # it runs (or waits for an agent) for a while: answer by the deadline
+            timeout = request.timeout / 1000
+            # A requester's future, cancelled at the deadline: work that has not started by then
+            # is skipped.
+            work.future = asyncio.get_running_loop().create_future()
+
+            def expire() -> None:
+                assert work.future is not None
+                work.future.cancel()
+                late = WorkTimeout("capability", request.capability, timeout)
+                answer(CapabilityResponse(correlation_id=correlation_id, error=str(late)), "timeout")
+
+            timer = asyncio.get_running_loop().call_later(timeout, expire)
+
+    def _deliver_answer(
+        self,
+        origin: tuple[str | None, str, Mapping[str, str]],
+        agent_id: str,
+        value: Any,
+        error: WorkFailed | None,
+        seconds: float,
+    ) -> None:
+        """A capability request ran on the dispatcher's fast path: answer it."""
+        correlation_id, reply, headers = origin
+        if reply:
+            self._send_answer(reply, _capability_response(correlation_id, agent_id, value, error), headers)
+
+    def _send_answer(self, reply: str, response: CapabilityResponse, headers: Mapping[str, str]) -> None:
+        """Publish the answer to a capability request. One that cannot be sent (a result that
+        does not encode as JSON or msgpack, or is over NATS's size limit) is replaced by an
+        answer that says so: the requester hears of it rather than waiting in vain."""
+        try:
+            self.outlet.publish_nowait(reply, response, headers)
+            return
+        except Exception as exc:
+            problem = exc
+        log.warning("the answer of %s could not be sent: %r", response.agent_id or "the flock", problem)
+        failed = CapabilityResponse(
+            correlation_id=response.correlation_id,
+            agent_id=response.agent_id,
+            error=f"the answer could not be sent: {problem!r}",
+        )
+        try:
+            self.outlet.publish_nowait(reply, failed, headers)
+        except Exception:
+            log.exception("nor could the error answer")
+
+    # ------------------------------------------------------------------ batches
+
+    async def on_batch(self, message: Message) -> None:
+        items: Sequence[TaskBatchItem | BatchItem] | None
+        try:  # a batch of tasks only (as submit_many sends) decodes in one pass
+            items = self.codec.decode(
+                message.subject, message.data, list[TaskBatchItem], message.headers.get("Content-Type")
+            )
+        except InvalidMessage:  # anything else, item by item (naming the bad ones)
+            items = self.outlet.decode(message, list[BatchItem])
+        if items is None:
+            if message.reply:
+                await self.outlet.publish(message.reply, [], message.headers)
+            return
+        if message.reply:  # submit_many(..., results="batch"): one array of results back
+            if items:
+                self._answer_batch(message, items)
+            else:
+                await self.outlet.publish(message.reply, [], message.headers)
+            return
+        tasks: list[TaskMessage] = []
+        foreign: list[BatchItem | TaskBatchItem] = []
+        runnable: dict[str, bool] = {}  # subject -> self._runs_here(subject), per batch
+        for item in items:
+            runs = runnable.get(item.subject)
+            if runs is None:
+                runs = runnable[item.subject] = self._runs_here(item.subject)
+            if runs:
+                try:
+                    task = _as_task(item)
+                except msgspec.ValidationError as exc:
+                    self.outlet.invalid[message.subject] += 1
+                    log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                    continue
+                if self.dispatcher.has_skill("task", task.type):
+                    tasks.append(task)
+                else:  # on our subject, of a type nobody here handles: as _on_task answers it
+                    self.outlet.publish_result(_no_agent(task), None)
+            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
+                foreign.append(item)
+            else:
+                self.outlet.invalid[message.subject] += 1
+                log.warning("batch item with an unusable subject %r dropped", item.subject)
+        # Ours, in a few units of work (results each on task.result, as for tasks one by one).
+        self.dispatcher.dispatch_tasks(tasks)
+        for item in foreign:  # not ours to run: send each on by itself, to whoever takes it
+            await self.outlet.publish(item.subject, item.message)
+
+    def _runs_here(self, subject: str) -> bool:
+        """Whether a local agent runs tasks published on ``subject``."""
+        return subject.startswith("tasks.") and self.dispatcher.has_skill("task", subject[len("tasks.") :])
+
+    def _answer_batch(self, message: Message, items: Sequence[TaskBatchItem | BatchItem]) -> None:
+        """Run a batch's tasks and answer its request with one array of their TaskResults, in
+        order, once the last one is in. Those results do not go to ``task.result``."""
+        reply, headers = message.reply, outgoing_headers(message.headers)
+
+        def answer(results: list[TaskResult]) -> None:
+            try:
+                self.bus.publish_nowait(reply, self.codec.encode(results), headers=headers)
+            except BusUnavailable as exc:
+                log.debug("batch results not published: %s", exc)
+
+        subject = items[0].subject
+        if type(items[0]) is TaskBatchItem and self._runs_here(subject):  # all are TaskBatchItems
+            same = [item.message for item in items if item.subject == subject]
+            if len(same) == len(items):  # the usual batch: all ours, their results the answer
+                try:
+                    self.dispatcher.dispatch_tasks(same, answer, publish=False)
+                    return
+                except NoCapableAgent:  # a task's type is not its subject's: nothing was queued
+                    pass
+        tasks: list[TaskMessage] = []
+        places: list[int] = []  # where each of `tasks` is in the batch
+        others: list[tuple[int, TaskResult | tuple[str, TaskMessage]]] = []  # done, or to forward
+        runnable: dict[str, bool] = {}  # subject -> self._runs_here(subject), per batch
+        for index, item in enumerate(items):
+            try:
+                task = _as_task(item)
+            except msgspec.ValidationError as exc:
+                self.outlet.invalid[message.subject] += 1
+                log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                error = f"invalid task: {exc}"
+                others.append((index, TaskResult(task_id="", processed_by="", status="error", error=error)))
+                continue
+            runs = runnable.get(item.subject)
+            if runs is None:
+                runs = runnable[item.subject] = self._runs_here(item.subject)
+            if runs and self.dispatcher.has_skill("task", task.type):
+                tasks.append(task)
+                places.append(index)
+            elif runs:  # on our subject, of a type nobody here handles: as _on_task answers it
+                others.append((index, _no_agent(task)))
+            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
+                others.append((index, (item.subject, task)))
+            else:
+                self.outlet.invalid[message.subject] += 1
+                log.warning("batch item with an unusable subject %r", item.subject)
+                error = f"unusable subject {item.subject!r}"
+                failed = TaskResult(task_id=task.id, processed_by="", status="error", error=error)
+                others.append((index, failed))
+        if not others:
+            self.dispatcher.dispatch_tasks(tasks, answer, publish=False)
+            return
+        results: list[TaskResult | None] = [None] * len(items)
+        missing = len(items)
+
+        def settle(index: int, result: TaskResult) -> None:
+            nonlocal missing
+            results[index] = result
+            missing -= 1
+            if missing == 0:
+                answer(results)  # type: ignore[arg-type]  # no None is left
+
+        def ours(outcomes: list[TaskResult]) -> None:
+            for index, result in zip(places, outcomes, strict=True):
+                settle(index, result)
+
+        if tasks:
+            self.dispatcher.dispatch_tasks(tasks, ours, publish=False)
+        foreign: list[tuple[int, str, TaskMessage]] = []
+        for index, other in others:
+            if isinstance(other, TaskResult):
+                settle(index, other)
+            else:
+                foreign.append((index, *other))
+        if foreign:  # not ours to run: ask whoever takes their subjects, one by one
+            self.outlet.spawn(self._forward_batch_items(foreign, settle))
+
+    async def _forward_batch_items(
+        self, items: list[tuple[int, str, TaskMessage]], settle: Callable[[int, TaskResult], None]
+    ) -> None:
+        async def forward(index: int, subject: str, task: TaskMessage) -> None:
+            timeout = task.timeout / 1000 if task.timeout else 30.0
+            try:
+                reply = await self.outlet.request(subject, task, "task", task.type, timeout, None)
+                result = self.codec.decode(
+                    reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type")
+                )
+            except (FlockError, ValueError) as exc:
+                result = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
+            settle(index, result)
+
+        await asyncio.gather(*(forward(*item) for item in items))
+
+
+def _capability_response(
+    correlation_id: str | None, agent_id: str, value: Any, error: WorkFailed | None
+) -> CapabilityResponse:
+    """The answer to a capability request whose work finished."""
+    if error is None:
+        return CapabilityResponse(correlation_id=correlation_id, result=value, agent_id=agent_id)
+    return CapabilityResponse(correlation_id=correlation_id, agent_id=error.agent_id, error=repr(error.cause))
+
+
+def _no_agent(task: TaskMessage) -> TaskResult:
+    """The error result of a task no local agent can run."""
+    error = str(NoCapableAgent("task", task.type))
+    return TaskResult(task_id=task.id, processed_by="", status="error", error=error)
+
+
+def _as_task(item: TaskBatchItem | BatchItem) -> TaskMessage:
+    """The task a batch item carries (raises msgspec.ValidationError if it is not one)."""
+    if isinstance(item.message, TaskMessage):
+        return item.message
+    return msgspec.convert(item.message, TaskMessage)
+
+
+def _endpoint_name(capability: str) -> str:
+    """Service API endpoint names allow letters, digits, '-' and '_' only."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", capability)
