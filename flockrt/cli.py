@@ -29,15 +29,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flockrt import assembly
-from flockrt.client.client import FlockClient
-from flockrt.config import FlockConfig
 from flockrt.errors import BusUnavailable, CircuitOpen, ConfigError, FlockError, GatewayUnavailable
-from flockrt.logs import configure_logging
-from flockrt.loop import run as run_on_loop
-from flockrt.runtime import Flock
+
+# The command imports what a subcommand needs when it runs, so that `flockrt --help`, `health`
+# and `bench` do not pay for NATS, aiohttp, msgspec and prometheus_client.
+if TYPE_CHECKING:
+    from flockrt.client.client import FlockClient
+    from flockrt.config import FlockConfig
 
 __all__ = ["main"]
 
@@ -48,6 +48,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 async def serve(config: FlockConfig, stop: asyncio.Event) -> int:
     """Run the configured flock until ``stop`` is set or the root fails; return the exit status."""
+    from flockrt.runtime import Flock
+
     runtime = config.runtime
     flock = Flock(config)
     try:
@@ -385,6 +387,8 @@ async def operate(argv: Sequence[str]) -> int:
 
 
 async def _operate(args: argparse.Namespace) -> int:
+    from flockrt.client.client import FlockClient
+
     nats_url = getattr(args, "nats", None)
     try:
         _parse_json_arguments(args)
@@ -431,6 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_operate(args))
         finally:
             logger.setLevel(level)
+    from flockrt import assembly
+    from flockrt.logs import configure_logging
+    from flockrt.loop import run as run_on_loop
+
     try:
         config = assembly.load(args.config)
     except ConfigError as exc:
