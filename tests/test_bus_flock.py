@@ -23,7 +23,7 @@ from flockrt.agents.agent import Agent, capability, handles_task
 from flockrt.bus.connection import NatsConnection
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
-from flockrt.errors import NoCapableAgent, UnknownAgent
+from flockrt.errors import NoCapableAgent, UnknownAgent, WorkFailed
 from flockrt.flock.local import WorkStats
 from flockrt.wire.schema import Broadcast, DirectMessage, TaskMessage, TaskResult
 from tests.conftest import wait_for
@@ -45,6 +45,8 @@ class General(Agent):
         return {"words": len(text.split())}
 
     async def on_message(self, message: DirectMessage) -> Any:
+        if message.message == "unencodable":
+            return object()  # no JSON for this
         return f"{self.agent_id} got {message.message}"
 
 
@@ -193,6 +195,22 @@ async def test_capability_request_and_direct_query_across_nodes(nats_server: Emb
         with pytest.raises(UnknownAgent):
             await a.flock.send_message("nobody", "hello", type="query", timeout=5)
         await wait_for(lambda: (info := a.flock.get_agent("b-1")) is not None and info.node == "node-b")
+
+
+async def test_a_query_answer_that_cannot_be_sent_fails_the_query_at_once(
+    nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent answering a query from another process with a value that does not encode: the
+    asker gets an error right away (not its timeout), and the answering process logs why."""
+    async with Node(nats_server.url, "node-a") as a, Node(nats_server.url, "node-b") as b:
+        await b.agents("b-1")
+        await a.settled()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(WorkFailed, match="could not be sent"):
+            await a.flock.query("b-1", "unencodable", timeout=20)
+        assert asyncio.get_running_loop().time() - started < 10
+        assert "the answer of b-1 could not be sent" in caplog.text
+        assert await a.flock.query("b-1", "hello", timeout=5) == "b-1 got hello"  # b-1 lives on
 
 
 async def test_a_silent_node_goes_offline_after_missed_heartbeats(nats_server: EmbeddedNats) -> None:

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from flockrt._version import __version__
 from flockrt.actors.correlation import correlation_id as current_correlation
-from flockrt.actors.correlation import unique_id
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.agents.agent import Agent
@@ -43,11 +42,12 @@ from flockrt.bus import remote
 from flockrt.bus.batcher import Batcher
 from flockrt.bus.connection import Message, NatsConnection, Subscription
 from flockrt.bus.durable import DurableTasks
+from flockrt.bus.inboxes import Inboxes
 from flockrt.bus.intake import Intake
 from flockrt.bus.outlet import Outlet
 from flockrt.bus.presence import Presence
 from flockrt.bus.remote import CORRELATION_HEADER
-from flockrt.errors import BusUnavailable, FlockError
+from flockrt.errors import BusUnavailable
 from flockrt.flock import batches
 from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
@@ -57,12 +57,10 @@ from flockrt.supervisor.spec import Restart
 from flockrt.wire import subjects
 from flockrt.wire.schema import (
     AgentAnnouncement,
-    AgentEvent,
     BatchItem,
     Broadcast,
     CapabilityResponse,
     Codec,
-    DirectMessage,
     Heartbeat,
     Priority,
     TaskMessage,
@@ -138,7 +136,6 @@ class NatsFlock:
         """Rejected messages by subject."""
         self.dispatcher.sink = self.outlet.publish_result
         self.dispatcher.fallback = self._request_remote
-        self._agent_subscriptions: dict[str, list[Subscription]] = {}
         self._subscriptions: list[Subscription] = []
         self.batcher = Batcher(self.outlet, window=batch_window, max_items=batch_max)
         """Outgoing ``batch.messages`` (``submit(..., batch=True)``, ``submit_many``)."""
@@ -158,6 +155,8 @@ class NatsFlock:
             persist=persist_directory,
         )
         """How its agents are known across the flock, and others' here."""
+        self.inboxes = Inboxes(self.outlet, self.local)
+        """Direct messages and events for its agents."""
         self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._task_subjects: dict[str, str] = {}  # task type -> its checked subject
         self._results_subscription: Subscription | None = None
@@ -298,7 +297,8 @@ class NatsFlock:
         await self.outlet.drain()
         await self.presence.close()
         await self.intake.close()
-        subscriptions = self._subscriptions + [s for subs in self._agent_subscriptions.values() for s in subs]
+        await self.inboxes.close()
+        subscriptions = list(self._subscriptions)
         if self._results_subscription is not None:
             subscriptions.append(self._results_subscription)
         for subscription in subscriptions:
@@ -328,20 +328,14 @@ class NatsFlock:
         self.outlet.later(lambda: self._leave(agent_id))
 
     async def _join(self, card: AgentCard, announcement: AgentAnnouncement) -> None:
-        agent_id = card.id
-        if agent_id not in self._agent_subscriptions:
-            self._agent_subscriptions[agent_id] = [
-                await self.bus.subscribe(subjects.inbox(agent_id), self._on_inbox),
-                await self.bus.subscribe(subjects.events(agent_id), self._on_event),
-            ]
+        await self.inboxes.join(card.id)
         await self.intake.join(card)
         await self.presence.announce(announcement)
 
     async def _leave(self, agent_id: str) -> None:
         gone = not self.is_local(agent_id)  # (a restarted instance may be back already)
         if gone:
-            for subscription in self._agent_subscriptions.pop(agent_id, []):
-                await subscription.unsubscribe()
+            await self.inboxes.leave(agent_id)
         await self.intake.leave()
         await self.presence.goodbye(agent_id, gone=gone)
 
@@ -634,63 +628,6 @@ class NatsFlock:
         broadcast = self.outlet.decode(message, Broadcast)
         if broadcast is not None:
             self.local.deliver_broadcast(broadcast)
-
-    async def _on_inbox(self, message: Message) -> None:
-        direct = self.outlet.decode(message, DirectMessage)
-        if direct is None:
-            return
-        if direct.type != "query":
-            try:
-                await self.local.send_message(
-                    direct.to,
-                    direct.message,
-                    type=direct.type,
-                    sender=direct.sender,
-                    metadata=direct.metadata,
-                )
-            except FlockError as exc:
-                log.warning("direct message %s for %s not delivered: %s", direct.id, direct.to, exc)
-            return
-        self.outlet.spawn(self._answer_query(message, direct))
-
-    async def _answer_query(self, message: Message, query: DirectMessage) -> None:
-        answer: Any = None
-        error: str | None = None
-        try:
-            answer = await self.local.send_message(
-                query.to, query.message, type="query", sender=query.sender, metadata=query.metadata
-            )
-        except FlockError as exc:
-            error = str(exc)
-        response = DirectMessage(
-            id=unique_id(),
-            sender=query.to,
-            to=query.sender,
-            message=answer,
-            type="response",
-            correlation_id=query.correlation_id,
-            metadata={"error": error} if error else None,
-        )
-        if message.reply:
-            await self.outlet.publish(message.reply, response, message.headers)
-        else:
-            try:
-                await self.outlet.publish(subjects.inbox(query.sender), response, message.headers)
-            except ValueError as exc:  # the sender's name cannot be a subject: nowhere to answer
-                log.warning("query %s: cannot answer %r: %s", query.id, query.sender, exc)
-
-    async def _on_event(self, message: Message) -> None:
-        event = self.outlet.decode(message, AgentEvent)
-        agent_id = message.subject.split(".")[1]
-        if event is not None and self.is_local(agent_id):
-            try:
-                card = self.dispatcher.member(agent_id)
-                if card is not None:
-                    card.ref.tell(event)
-            except FlockError as exc:
-                log.warning("event for %s not delivered: %s", agent_id, exc)
-
-    # ------------------------------------------------------------------ plumbing
 
 
 if TYPE_CHECKING:  # both flocks satisfy the one interface (mypy checks it here)
