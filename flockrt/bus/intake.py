@@ -199,8 +199,8 @@ class Intake:
 
         try:
             # The correlation id goes with the work (to its handler and logs) as an argument:
-            # setting the context variable here would cost a set and a reset per task. The
-            # fast path of dispatch_task first, without the detour.
+            # setting the context variable here would cost a set and a reset per task.
+            # dispatch_task tries the dispatcher's one fast path first.
             self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
             failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))

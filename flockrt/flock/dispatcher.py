@@ -85,7 +85,7 @@ class _Member:
     """Pieces of work of each skill handed to it so far (a task of bulk work counts as one):
     the fair choice's tie-break, so each kind of work spreads over the agents that do it."""
     version: int = 0
-    """Which of its entries in the free heaps is current (see LocalFlock._offer); 0: none."""
+    """Which of its entries in the free heaps is current (see Dispatcher._offer); 0: none."""
 
     @property
     def free(self) -> bool:
@@ -419,11 +419,11 @@ class Dispatcher:
         look at the free heaps: the agent, and the handler's value or failure. None, having
         done nothing, when the work must take the usual path.
 
-        The rules of the usual path hold: the agent is the fair choice (:meth:`_free_member`);
+        The rules of the usual path hold: the agent is the fair choice (:meth:`free_member`);
         it is busy while the handler runs (a slot taken, and all its free entries stale, so
         that work dispatched meanwhile, by the handler itself, goes to other agents or waits,
-        even when the agent has more slots). The caller reports the outcome, then calls
-        :meth:`pump_skills_of`: work queued meanwhile goes out once the agent is free again.
+        even when the agent has more slots). :meth:`run_now` then hands the outcome over and
+        calls :meth:`pump_skills_of`: work queued meanwhile goes out once the agent is free again.
         """
         if skill.pumping or skill.waiting:
             return None
@@ -479,6 +479,11 @@ class Dispatcher:
         return skill
 
     def dispatch(self, work: Work) -> None:
+        """Hand ``work`` to the best free agent of its skill, or queue it by priority.
+
+        Raises:
+            NoCapableAgent: no local agent offers the skill.
+        """
         skill = self._skills.get((work.kind, work.key))
         if skill is None or not skill.agents:
             raise NoCapableAgent(work.kind, work.key)
@@ -597,6 +602,11 @@ class Dispatcher:
         self._heap_changes += 1
 
     async def wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:
+        """Await ``future`` (of work ``kind``/``key``) for at most ``timeout`` seconds.
+
+        Raises:
+            WorkTimeout: it did not finish in time.
+        """
         # Capability requests are counted and timed here, where every one of them is awaited:
         # a done-callback would cost a loop turn per request. asyncio.timeout, not wait_for:
         # on 3.11, wait_for returns the result instead of raising when a cancellation arrives
