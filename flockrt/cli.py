@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-BENCH_SUITES = ("kernel", "bus", "gateway", "metrics")
+BENCH_SUITES = ("kernel", "bus", "gateway", "metrics", "startup")
 """The suites of ``benchmarks/`` that ``flockrt bench`` runs, in this order."""
 
 
@@ -216,7 +216,7 @@ def _bench(args: argparse.Namespace) -> int:
         command = [sys.executable, "-m", f"benchmarks.{suite}"]
         if args.quick:
             command.append("--quick")
-        if args.loop and suite != "gateway":
+        if args.loop and suite not in ("gateway", "startup"):
             command += ["--loop", args.loop]
         if args.json is not None:
             args.json.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,14 @@ import pytest
                 "| 4 WebSocket connections held",
             ],
         ),
+        (
+            "startup",
+            [
+                "| a python -c pass, median",
+                "| b import flockrt.actors, median",
+                "| d flockrt --help, import cost",
+            ],
+        ),
     ],
 )
 def test_quick_benchmark_runs(tmp_path: Path, suite: str, rows: list[str]) -> None:
@@ -55,4 +63,4 @@ def test_bench_names_an_unknown_suite() -> None:
         [sys.executable, "-m", "flockrt", "bench", "kernal"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "unknown suite 'kernal'; expected kernel, bus, gateway, metrics" in result.stderr
+    assert "unknown suite 'kernal'; expected kernel, bus, gateway, metrics, startup" in result.stderr
