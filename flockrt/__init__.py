@@ -1,8 +1,8 @@
 """flockrt: an actor-model runtime for AI agents on pure asyncio.
 
 The public API is re-exported here; ``tests/test_public_api.py`` keeps ``__all__`` in step.
-The kernel (actors, supervisors, errors) is imported with the package; everything else is
-imported when first used (see :func:`__getattr__`).
+The actor kernel and the errors are imported with the package; everything else (supervisors
+included) is imported when first used (see :func:`__getattr__`).
 """
 
 import importlib
@@ -55,18 +55,6 @@ from flockrt.errors import (
     WorkFailed,
     WorkTimeout,
 )
-from flockrt.supervisor import (
-    Backoff,
-    ChildCounts,
-    ChildInfo,
-    ChildSpec,
-    ChildType,
-    DynamicSupervisor,
-    Restart,
-    RestartLimiter,
-    Strategy,
-    Supervisor,
-)
 
 if TYPE_CHECKING:
     from flockrt.agents.agent import (
@@ -84,9 +72,31 @@ if TYPE_CHECKING:
     from flockrt.flock.local import LocalFlock
     from flockrt.mcp import Gateway, OutsideAgent
     from flockrt.runtime import Flock
+    from flockrt.supervisor import (
+        Backoff,
+        ChildCounts,
+        ChildInfo,
+        ChildSpec,
+        ChildType,
+        DynamicSupervisor,
+        Restart,
+        RestartLimiter,
+        Strategy,
+        Supervisor,
+    )
     from flockrt.wire.schema import AgentEvent, Broadcast, DirectMessage, TaskMessage, TaskResult
 
 _LAZY: dict[str, str] = {
+    "Backoff": "flockrt.supervisor",
+    "ChildCounts": "flockrt.supervisor",
+    "ChildInfo": "flockrt.supervisor",
+    "ChildSpec": "flockrt.supervisor",
+    "ChildType": "flockrt.supervisor",
+    "DynamicSupervisor": "flockrt.supervisor",
+    "Restart": "flockrt.supervisor",
+    "RestartLimiter": "flockrt.supervisor",
+    "Strategy": "flockrt.supervisor",
+    "Supervisor": "flockrt.supervisor",
     "Agent": "flockrt.agents.agent",
     "AgentCard": "flockrt.agents.agent",
     "AgentPort": "flockrt.agents.agent",
