@@ -265,9 +265,12 @@ async def test_a_malformed_request_gets_an_error_reply(nats_server: EmbeddedNats
     async with Node(nats_server.url, "node-a") as node:
         await node.agents("general-1")
         reply = await plain.request("capability.text-analysis", b'{"capability": 3}', timeout=5)
-        assert json.loads(reply.data)["error"] == "invalid capability request"
+        # The error says what is wrong, and the reply is a service API error.
+        assert "field 'capability': expected `str`" in json.loads(reply.data)["error"]
+        assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "400"
         reply = await plain.request("tasks.general", b"nonsense", timeout=5)
         assert json.loads(reply.data)["status"] == "error"
+        assert "not valid JSON" in json.loads(reply.data)["error"]
 
 
 class Counting(Agent):

@@ -28,15 +28,17 @@ import msgspec
 
 from flockrt.agents.ports import AgentCard
 from flockrt.agents.work import CapabilityCall
-from flockrt.bus.connection import BusService, Message, Subscription
+from flockrt.bus.connection import Message, Subscription
 from flockrt.bus.durable import DurableTasks, TaskConsumer
-from flockrt.bus.outlet import Outlet, outgoing_headers
+from flockrt.bus.outlet import Outlet, outgoing_headers, unsendable_result
 from flockrt.bus.remote import CORRELATION_HEADER
+from flockrt.bus.service import BusService, service_error_headers
 from flockrt.errors import BusUnavailable, FlockError, NoCapableAgent, WorkFailed, WorkTimeout
 from flockrt.flock.batches import PRIORITIES
 from flockrt.flock.dispatcher import Dispatcher
 from flockrt.wire import subjects
 from flockrt.wire.schema import (
+    MSGPACK,
     BatchItem,
     CapabilityRequest,
     CapabilityResponse,
@@ -184,10 +186,11 @@ class Intake:
         # Synchronous, like everything on a task's way to its agent: a subscription calls a
         # plain function without a coroutine of its own.
         task = self.outlet.decode(message, TaskMessage)
-        if task is None:
+        if task is None:  # counted and logged by decode
             if message.reply:
-                error = TaskResult(task_id="", processed_by="", status="error", error="invalid task message")
-                self.outlet.publish_nowait(message.reply, error)
+                reason = self.outlet.why_invalid(message, TaskMessage)
+                error = TaskResult(task_id="", processed_by="", status="error", error=reason)
+                self.outlet.publish_nowait(message.reply, error, message.headers)
             return
         correlation = message.headers.get(CORRELATION_HEADER) if message.headers else None
         then: Callable[[TaskResult], None] | None = None
@@ -195,7 +198,7 @@ class Intake:
             reply, headers = message.reply, dict(message.headers)
 
             def then(result: TaskResult) -> None:
-                self.outlet.publish_nowait(reply, result, headers)
+                self.outlet.publish_nowait(reply, result, headers, unsendable_result)
 
         try:
             # The correlation id goes with the work (to its handler and logs) as an argument:
@@ -215,12 +218,13 @@ class Intake:
         path (a handler that never waits: no Work, no Task, no timer), else from the agent's
         runner or at the deadline."""
         request = self.outlet.decode(message, CapabilityRequest)
-        if request is None:
+        if request is None:  # counted and logged by decode
             if message.reply:
-                invalid = CapabilityResponse(error="invalid capability request")
-                self.outlet.publish_nowait(message.reply, invalid)
+                invalid = CapabilityResponse(error=self.outlet.why_invalid(message, CapabilityRequest))
+                self._send_answer(message.reply, invalid, message.headers, message.subject, 400)
             return
         reply, headers, correlation_id = message.reply, message.headers, request.correlation_id
+        subject = message.subject
         # The id the requester's logs know it by reaches the agent's work and its logs.
         work_correlation = (headers.get(CORRELATION_HEADER) if headers else None) or correlation_id
         skill = self.dispatcher.skill("capability", request.capability)
@@ -229,14 +233,14 @@ class Intake:
             request.parameters,
             work_correlation,
             self._deliver_answer,
-            (correlation_id, reply, headers),
+            (correlation_id, reply, headers, subject),
         ):
             return
         answered = False
         timer: asyncio.TimerHandle | None = None
         stats_key = request.capability
 
-        def answer(response: CapabilityResponse, outcome: str) -> None:
+        def answer(response: CapabilityResponse, outcome: str, code: int = 500) -> None:
             nonlocal answered
             if answered:
                 return
@@ -244,7 +248,7 @@ class Intake:
             if timer is not None:
                 timer.cancel()
             if reply:
-                self._send_answer(reply, response, headers)
+                self._send_answer(reply, response, headers, subject, code)
             stats = self.dispatcher.work_stats
             if stats is not None:
                 stats.record("capability", stats_key, outcome, time.monotonic() - work.enqueued)
@@ -262,8 +266,8 @@ class Intake:
         )
         try:
             self.dispatcher.dispatch(work)
-        except FlockError as exc:
-            answer(CapabilityResponse(correlation_id=correlation_id, error=str(exc)), "error")
+        except FlockError as exc:  # no agent here offers it any more, or none can take it
+            answer(CapabilityResponse(correlation_id=correlation_id, error=str(exc)), "error", 503)
             return
         if not answered:  # it runs (or waits for an agent) for a while: answer by the deadline
             timeout = request.timeout / 1000
@@ -275,42 +279,45 @@ class Intake:
                 assert work.future is not None
                 work.future.cancel()
                 late = WorkTimeout("capability", request.capability, timeout)
-                answer(CapabilityResponse(correlation_id=correlation_id, error=str(late)), "timeout")
+                answer(CapabilityResponse(correlation_id=correlation_id, error=str(late)), "timeout", 504)
 
             timer = asyncio.get_running_loop().call_later(timeout, expire)
 
     def _deliver_answer(
         self,
-        origin: tuple[str | None, str, Mapping[str, str]],
+        origin: tuple[str | None, str, Mapping[str, str], str],
         agent_id: str,
         value: Any,
         error: WorkFailed | None,
         seconds: float,
     ) -> None:
         """A capability request ran on the dispatcher's fast path: answer it."""
-        correlation_id, reply, headers = origin
+        correlation_id, reply, headers, subject = origin
         if reply:
-            self._send_answer(reply, _capability_response(correlation_id, agent_id, value, error), headers)
+            response = _capability_response(correlation_id, agent_id, value, error)
+            self._send_answer(reply, response, headers, subject, 500)
 
-    def _send_answer(self, reply: str, response: CapabilityResponse, headers: Mapping[str, str]) -> None:
-        """Publish the answer to a capability request. One that cannot be sent (a result that
-        does not encode as JSON or msgpack, or is over NATS's size limit) is replaced by an
-        answer that says so: the requester hears of it rather than waiting in vain."""
-        try:
-            self.outlet.publish_nowait(reply, response, headers)
-            return
-        except Exception as exc:
-            problem = exc
-        log.warning("the answer of %s could not be sent: %r", response.agent_id or "the flock", problem)
-        failed = CapabilityResponse(
-            correlation_id=response.correlation_id,
-            agent_id=response.agent_id,
-            error=f"the answer could not be sent: {problem!r}",
-        )
-        try:
-            self.outlet.publish_nowait(reply, failed, headers)
-        except Exception:
-            log.exception("nor could the error answer")
+    def _send_answer(
+        self, reply: str, response: CapabilityResponse, headers: Mapping[str, str], subject: str, code: int
+    ) -> None:
+        """Publish the answer to a capability request that arrived on ``subject``.
+
+        One that cannot be sent (a result that does not encode as JSON or msgpack, or is over
+        NATS's size limit) is replaced by an answer that says so: the requester hears of it
+        rather than waiting in vain. An error answer carries the NATS service API's error
+        headers (``code`` if it is ``response``'s own error: 400 invalid request, 500 failed,
+        503 no agent, 504 timed out) and is counted in ``$SRV.STATS``, so ``nats micro stats``
+        shows a failing capability as failing."""
+        msgpack = headers.get("Content-Type") == MSGPACK if headers else False
+        data, sent = self.outlet.encode_answer(response, _unsendable_answer, msgpack=msgpack)
+        out = outgoing_headers(headers)
+        if sent.error is not None:
+            if sent is not response:
+                code = 500
+            out = service_error_headers(code, sent.error, out)
+            if self._service is not None:
+                self._service.record_error(subject, f"{code} {sent.error}")
+        self.outlet.send(reply, data, out)
 
     # ------------------------------------------------------------------ batches
 
@@ -465,6 +472,13 @@ def _capability_response(
     if error is None:
         return CapabilityResponse(correlation_id=correlation_id, result=value, agent_id=agent_id)
     return CapabilityResponse(correlation_id=correlation_id, agent_id=error.agent_id, error=repr(error.cause))
+
+
+def _unsendable_answer(response: CapabilityResponse, problem: str) -> CapabilityResponse:
+    """The answer that goes instead of a capability answer that cannot be sent."""
+    return CapabilityResponse(
+        correlation_id=response.correlation_id, agent_id=response.agent_id, error=problem
+    )
 
 
 def _no_agent(task: TaskMessage) -> TaskResult:
