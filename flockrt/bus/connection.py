@@ -60,6 +60,9 @@ __all__ = [
 
 log = logging.getLogger("flockrt.bus")
 
+_STATUS_PINGS: Final = 3
+"""Round trips :meth:`NatsConnection.publish_checked` waits for a no-responders status."""
+
 DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
 """nats-server's default max_payload: the limit assumed until a server says its own."""
 
@@ -412,6 +415,47 @@ class NatsConnection:
             raise BusUnavailable(f"cannot request {subject!r}: the connection closed") from None
         self.stats.published += 1
         return _wrap(reply)
+
+    async def publish_checked(
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> None:
+        """Publish ``data`` and make sure somebody subscribes to ``subject``, without waiting
+        for an answer: it goes out as a request whose reply nobody waits for, and the server's
+        no-responders status, if any, is looked for after each of up to three pings (the
+        status usually comes before the first ping's answer; on a fresh connection it
+        sometimes comes a round trip later).
+
+        Raises:
+            BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
+            NoResponders: nobody subscribes to ``subject`` (the message went nowhere).
+            BusTimeout: the server did not answer the ping within ``timeout`` seconds.
+        """
+        nc = self._nc
+        if self._state is not BusState.CONNECTED or nc is None:
+            raise BusUnavailable(f"cannot publish to {subject!r}: NATS at {self.url} is unreachable")
+        status: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        inbox = nc.new_inbox()
+        try:
+            # A subscription with a future (nats-py's old-style requests): the reply is set on
+            # it as it is read, so it is there once the ping's answer, read after it, is.
+            subscription = await nc.subscribe(inbox, future=status, max_msgs=1)
+            try:
+                await nc.publish(subject, data, inbox, headers)
+                for _ in range(_STATUS_PINGS):
+                    await nc.flush(timeout)  # type: ignore[arg-type]  # nats-py says int, means seconds
+                    if status.done():
+                        break
+            finally:
+                await subscription.unsubscribe()
+        except nats.errors.FlushTimeoutError:
+            raise BusTimeout(subject, timeout) from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            raise BusUnavailable(f"cannot publish to {subject!r}: the connection closed") from None
+        self.stats.published += 1
+        if status.done() and not status.cancelled():
+            reply = status.result()
+            if reply.headers and reply.headers.get("Status") == "503":
+                raise NoResponders(subject)
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until the server has seen everything published so far (no-op while degraded)."""

@@ -9,7 +9,10 @@
   (``nats micro ls`` lists them).
 - While a local agent handles tasks, the process takes ``batch.messages`` (queue group): it runs
   the tasks it can and republishes the others on their own subjects, so each is still handled
-  once.
+  once. Only the flock's task subjects (``tasks.<type>``, not the dead-letter subject) are
+  republished: an item for any other subject (``$JS.API.*``, ``agent.announce`` ...) is
+  refused, counted as invalid on ``batch.messages`` and logged, and in a batch that is a
+  request its result is an error.
 
 Tasks and capability requests go straight to the dispatcher, whose one fast path runs them at
 once when a free agent's handler never waits.
@@ -52,7 +55,7 @@ __all__ = ["Intake"]
 
 log = logging.getLogger("flockrt.flock")
 
-_SUBJECT = re.compile(r"^[^\s*>]+$")  # a publishable subject: no whitespace, no wildcards
+_TASK_SUBJECT = re.compile(r"^tasks\.[^\s.*>]+$")  # tasks.<type>: what a batch item may stand for
 
 
 class Intake:
@@ -350,22 +353,34 @@ class Intake:
                 try:
                     task = _as_task(item)
                 except msgspec.ValidationError as exc:
-                    self.outlet.invalid[message.subject] += 1
-                    log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                    self.outlet.reject(
+                        message.subject, f"invalid task in a batch for {item.subject[:200]!r}: {exc}"
+                    )
                     continue
                 if self.dispatcher.has_skill("task", task.type):
                     tasks.append(task)
                 else:  # on our subject, of a type nobody here handles: as _on_task answers it
                     self.outlet.publish_result(_no_agent(task), None)
-            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
+            elif self._forwardable(item.subject):
                 foreign.append(item)
             else:
-                self.outlet.invalid[message.subject] += 1
-                log.warning("batch item with an unusable subject %r dropped", item.subject)
+                self._refuse(message.subject, item.subject)
         # Ours, in a few units of work (results each on task.result, as for tasks one by one).
         self.dispatcher.dispatch_tasks(tasks)
         for item in foreign:  # not ours to run: send each on by itself, to whoever takes it
             await self.outlet.publish(item.subject, item.message)
+
+    def _forwardable(self, subject: str) -> bool:
+        """Whether a batch item for ``subject`` may be republished there: a task subject of the
+        flock, not its dead letters."""
+        dead = self.durable.dead_letter_subject if self.durable is not None else None
+        return _TASK_SUBJECT.match(subject) is not None and subject != dead
+
+    def _refuse(self, batch_subject: str, subject: str) -> str:
+        """Count and log a batch item for a subject it may not stand for; the error says why."""
+        error = f"batch item for {subject[:200]!r} refused: batch items may only be tasks on tasks.<type>"
+        self.outlet.reject(batch_subject, error)
+        return error
 
     def _runs_here(self, subject: str) -> bool:
         """Whether a local agent runs tasks published on ``subject``."""
@@ -399,8 +414,9 @@ class Intake:
             try:
                 task = _as_task(item)
             except msgspec.ValidationError as exc:
-                self.outlet.invalid[message.subject] += 1
-                log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                self.outlet.reject(
+                    message.subject, f"invalid task in a batch for {item.subject[:200]!r}: {exc}"
+                )
                 error = f"invalid task: {exc}"
                 others.append((index, TaskResult(task_id="", processed_by="", status="error", error=error)))
                 continue
@@ -412,12 +428,10 @@ class Intake:
                 places.append(index)
             elif runs:  # on our subject, of a type nobody here handles: as _on_task answers it
                 others.append((index, _no_agent(task)))
-            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
+            elif self._forwardable(item.subject):
                 others.append((index, (item.subject, task)))
             else:
-                self.outlet.invalid[message.subject] += 1
-                log.warning("batch item with an unusable subject %r", item.subject)
-                error = f"unusable subject {item.subject!r}"
+                error = self._refuse(message.subject, item.subject)
                 failed = TaskResult(task_id=task.id, processed_by="", status="error", error=error)
                 others.append((index, failed))
         if not others:
@@ -479,6 +493,10 @@ def _unsendable_answer(response: CapabilityResponse, problem: str) -> Capability
     return CapabilityResponse(
         correlation_id=response.correlation_id, agent_id=response.agent_id, error=problem
     )
+
+
+def _invalid_item(subject: str, exc: Exception) -> str:
+    return f"invalid task in a batch for {subject[:200]!r}: {exc}"
 
 
 def _no_agent(task: TaskMessage) -> TaskResult:

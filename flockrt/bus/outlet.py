@@ -98,15 +98,22 @@ class Outlet:
             finally:
                 self._outbox.task_done()
 
-    def decode(self, message: Message, type: type[T]) -> T | None:
+    def decode(self, message: Message, type: type[T], counted_as: str | None = None) -> T | None:
+        """``message`` as ``type``, or None if it is invalid: counted in :attr:`invalid` under
+        its subject (or ``counted_as``: the subscription's wildcard, so made-up subjects cannot
+        grow the counter) and logged at warning."""
         headers = message.headers
         try:
             content_type = headers.get("Content-Type") if headers else None  # most have no headers
             return self.codec.decode(message.subject, message.data, type, content_type)
         except InvalidMessage as exc:
-            self.invalid[message.subject] += 1
-            log.warning("%s (rejected %d on this subject so far)", exc, self.invalid[message.subject])
+            self.reject(counted_as or message.subject, str(exc))
             return None
+
+    def reject(self, subject: str, reason: str) -> None:
+        """Count and log a message rejected on ``subject`` (a subject or a wildcard)."""
+        self.invalid[subject] += 1
+        log.warning("%s (rejected %d on %s so far)", reason, self.invalid[subject], subject)
 
     def encode_answer(
         self, answer: A, failed: Callable[[A, str], A], *, msgpack: bool = False
