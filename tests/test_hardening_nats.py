@@ -23,7 +23,7 @@ from flockrt.config import NatsLimits
 from flockrt.errors import NoCapableAgent, UnknownAgent
 from flockrt.flock.directory import Directory
 from flockrt.flock.local import LocalFlock
-from flockrt.wire.schema import AgentAnnouncement, Codec, Heartbeat, TaskMessage, TaskResult
+from flockrt.wire.schema import MAX_DEPTH, AgentAnnouncement, Codec, Heartbeat, TaskMessage, TaskResult
 from tests.conftest import wait_for
 from tests.test_bus_flock import General, Node, plain
 from tests.test_directory import FakeClock
@@ -75,8 +75,11 @@ async def test_a_task_nested_too_deeply_gets_an_error_reply_and_is_counted_as_in
         assert msgspec.msgpack.decode(reply.data)["status"] == "error"
         assert node.flock.invalid_messages["tasks.general"] == 2
         assert node.bus.stats.handler_errors == 0
-        # Still answering well-formed tasks.
+        # Still answering well-formed tasks, nested as deep as docs/flock.md promises too.
         reply = await plain.request("tasks.general", b'{"id": "ok", "type": "general"}', timeout=5)
+        assert json.loads(reply.data)["status"] == "ok"
+        allowed = b'{"id":"deep","type":"general","data":' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}"
+        reply = await plain.request("tasks.general", allowed, timeout=5)
         assert json.loads(reply.data)["status"] == "ok"
     assert errors_logged(caplog) == []
     assert "nested too deeply" in caplog.text  # a WARNING line
