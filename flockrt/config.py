@@ -35,6 +35,7 @@ __all__ = [
     "McpConfig",
     "MetricsConfig",
     "NatsConfig",
+    "NatsLimits",
     "RuntimeConfig",
     "SupervisorConfig",
     "agent_entries",
@@ -78,6 +79,28 @@ class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     max_seconds: float = 5.0
 
 
+class NatsLimits(msgspec.Struct, kw_only=True, frozen=True):
+    """What one process accepts from the NATS side, in seconds (docs/flock.md, "Limits").
+
+    Built from the ``[nats]`` keys of the same names (milliseconds there) by
+    :attr:`NatsConfig.limits`; the defaults are those of the keys.
+    """
+
+    max_id_length: int = 256
+    """Longest agent id, agent name, capability name or reported status accepted."""
+    max_capabilities: int = 256
+    """Most capabilities one announcement may list."""
+    directory_max_agents: int = 10000
+    """Most agents the directory lists (online and offline)."""
+    unannounced_ttl: float | None = None
+    """Seconds of silence before an agent known only by heartbeats is forgotten (None: three
+    heartbeat intervals, when it goes offline)."""
+    offline_ttl: float = 3600.0
+    """Seconds of silence before an offline agent is forgotten."""
+    discover_interval: float = 1.0
+    """A process answers ``agent.discover`` at most once per this many seconds."""
+
+
 class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[nats]``: the flock across processes. Without this section the flock stays in-process."""
 
@@ -110,6 +133,34 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     tls_cert: str = ""
     tls_key: str = ""
     """Client certificate and its key, for servers that verify clients (mutual TLS)."""
+    max_id_length: int = 256
+    """Longest agent id, name, capability name or status accepted from NATS; longer
+    announcements and heartbeats are rejected (counted as invalid)."""
+    max_capabilities: int = 256
+    """Most capabilities one announcement may list; more and it is rejected."""
+    directory_max_agents: int = 10000
+    """Most agents the directory lists; past it a newcomer replaces the longest silent offline
+    or unannounced agent, or is refused (counted)."""
+    unannounced_ttl: int = 0
+    """Milliseconds of silence before an agent known only by heartbeats (it never announced)
+    is forgotten (0: three heartbeat intervals)."""
+    offline_ttl: int = 3600000
+    """Milliseconds of silence before an offline agent is forgotten."""
+    discover_interval: int = 1000
+    """Milliseconds: this process answers ``agent.discover`` at most once per interval;
+    requests in between share the next answer."""
+
+    @property
+    def limits(self) -> NatsLimits:
+        """The limits of the keys above, in seconds."""
+        return NatsLimits(
+            max_id_length=self.max_id_length,
+            max_capabilities=self.max_capabilities,
+            directory_max_agents=self.directory_max_agents,
+            unannounced_ttl=self.unannounced_ttl / 1000 if self.unannounced_ttl else None,
+            offline_ttl=self.offline_ttl / 1000,
+            discover_interval=self.discover_interval / 1000,
+        )
 
 
 class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -369,6 +420,12 @@ def config_problems(config: FlockConfig) -> list[str]:
             problems.append(f"nats.max_retries: expected >= 1, got {nats.max_retries}")
         if nats.buffer_limit < 0:
             problems.append(f"nats.buffer_limit: expected >= 0, got {nats.buffer_limit}")
+        for key in ("max_id_length", "max_capabilities", "directory_max_agents", "offline_ttl"):
+            if getattr(nats, key) < 1:
+                problems.append(f"nats.{key}: expected >= 1, got {getattr(nats, key)}")
+        for key in ("unannounced_ttl", "discover_interval"):
+            if getattr(nats, key) < 0:
+                problems.append(f"nats.{key}: expected >= 0 (milliseconds), got {getattr(nats, key)}")
         for key in ("credentials", "tls_ca", "tls_cert", "tls_key"):
             value = getattr(nats, key)
             if value and not Path(value).is_file():

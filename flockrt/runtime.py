@@ -178,6 +178,7 @@ class Flock:
                 heartbeat_interval=nats.heartbeat_interval / 1000,
                 durable=nats.durable,
                 persist_directory=nats.persist_directory,
+                limits=nats.limits,
             )
         else:
             flock = LocalFlock(self.system, node=runtime.name)

@@ -7,6 +7,7 @@ offline boundary is tested to the exact second and nothing sleeps.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -575,7 +576,10 @@ def _view(info: AgentInfo) -> tuple[str, str, str, tuple[str, ...]]:
 @given(operations)
 def test_random_feeds_match_a_model_of_last_seen_times(ops: list[tuple[Any, ...]]) -> None:
     clock = FakeClock()
-    directory = Directory(INTERVAL, clock=clock, wallclock=clock.wall)
+    # Liveness only: nothing is forgotten here (eviction has tests of its own).
+    directory = Directory(
+        INTERVAL, clock=clock, wallclock=clock.wall, unannounced_ttl=math.inf, offline_ttl=math.inf
+    )
     model: dict[str, ModelAgent] = {}
     # A subscriber's mirror, built only from notifications: it must never drift from the directory.
     mirror: dict[str, tuple[str, str, str, tuple[str, ...]]] = {}

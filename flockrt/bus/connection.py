@@ -30,25 +30,24 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import nats
 import nats.errors
-from nats import micro
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
-from nats.micro.request import Request as MicroRequest
-from nats.micro.service import Service as MicroService
 
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.jetstream import JetStream, JsMessage, PullConsumer
 from flockrt.errors import BusTimeout, BusUnavailable, NoResponders
 from flockrt.supervisor.spec import Backoff
 
+if TYPE_CHECKING:
+    from flockrt.bus.service import BusService
+
 __all__ = [
-    "BusService",
     "BusState",
     "BusStats",
     "Handler",
@@ -60,6 +59,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("flockrt.bus")
+
+_STATUS_PINGS: Final = 3
+"""Round trips :meth:`NatsConnection.publish_checked` waits for a no-responders status."""
+
+DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
+"""nats-server's default max_payload: the limit assumed until a server says its own."""
 
 
 class BusState(enum.StrEnum):
@@ -223,6 +228,9 @@ class NatsConnection:
         if tls is not None:
             self._options["tls"] = tls
         self._nc: Client | None = None
+        self.max_payload = DEFAULT_MAX_PAYLOAD
+        """The largest message the server takes (its ``max_payload``; the default until the
+        first connect, then the last server's)."""
         self._state = BusState.CONNECTING
         self._buffer: deque[_Outgoing] = deque()
         self._subscriptions: set[Subscription] = set()
@@ -376,6 +384,8 @@ class NatsConnection:
         """Announce a service on the NATS service API (``$SRV.PING/INFO/STATS``), so standard
         NATS tooling (``nats micro ls``) discovers it and its endpoints; see :class:`BusService`.
         Re-created after a reconnect, like subscriptions."""
+        from flockrt.bus.service import BusService  # it builds on this module
+
         service = BusService(self, name, version, description, dict(metadata or {}))
         self._services.add(service)
         if self._nc is not None and self._state is BusState.CONNECTED:
@@ -405,6 +415,47 @@ class NatsConnection:
             raise BusUnavailable(f"cannot request {subject!r}: the connection closed") from None
         self.stats.published += 1
         return _wrap(reply)
+
+    async def publish_checked(
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> None:
+        """Publish ``data`` and make sure somebody subscribes to ``subject``, without waiting
+        for an answer: it goes out as a request whose reply nobody waits for, and the server's
+        no-responders status, if any, is looked for after each of up to three pings (the
+        status usually comes before the first ping's answer; on a fresh connection it
+        sometimes comes a round trip later).
+
+        Raises:
+            BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
+            NoResponders: nobody subscribes to ``subject`` (the message went nowhere).
+            BusTimeout: the server did not answer the ping within ``timeout`` seconds.
+        """
+        nc = self._nc
+        if self._state is not BusState.CONNECTED or nc is None:
+            raise BusUnavailable(f"cannot publish to {subject!r}: NATS at {self.url} is unreachable")
+        status: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        inbox = nc.new_inbox()
+        try:
+            # A subscription with a future (nats-py's old-style requests): the reply is set on
+            # it as it is read, so it is there once the ping's answer, read after it, is.
+            subscription = await nc.subscribe(inbox, future=status, max_msgs=1)
+            try:
+                await nc.publish(subject, data, inbox, headers)
+                for _ in range(_STATUS_PINGS):
+                    await nc.flush(timeout)  # type: ignore[arg-type]  # nats-py says int, means seconds
+                    if status.done():
+                        break
+            finally:
+                await subscription.unsubscribe()
+        except nats.errors.FlushTimeoutError:
+            raise BusTimeout(subject, timeout) from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            raise BusUnavailable(f"cannot publish to {subject!r}: the connection closed") from None
+        self.stats.published += 1
+        if status.done() and not status.cancelled():
+            reply = status.result()
+            if reply.headers and reply.headers.get("Status") == "503":
+                raise NoResponders(subject)
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until the server has seen everything published so far (no-op while degraded)."""
@@ -461,6 +512,7 @@ class NatsConnection:
         nc.options["max_reconnect_attempts"] = self._max_retries
         nc.options["reconnect_time_wait"] = self._reconnect_wait
         self._nc = nc
+        self.max_payload = nc.max_payload or DEFAULT_MAX_PAYLOAD
         for subscription in list(self._subscriptions):
             await self._attach(nc, subscription)
         for service in list(self._services):
@@ -540,6 +592,8 @@ class NatsConnection:
 
     async def _on_reconnected(self) -> None:
         self.stats.reconnects += 1
+        if self._nc is not None:  # another server of the cluster may allow another size
+            self.max_payload = self._nc.max_payload or self.max_payload
         log.info("reconnected to NATS at %s", self.url)
         self._resume()
 
@@ -598,95 +652,3 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 def _wrap(msg: Msg) -> Message:
     return Message(msg.subject, msg.data, msg.headers or _NO_HEADERS, msg.reply)
-
-
-class BusService:
-    """A service of the NATS service API (nats-py's ``nats.micro``) with its endpoints.
-
-    Each endpoint is a queue-group subscription whose requests the service counts (requests,
-    errors, processing time in ``$SRV.STATS``). Handlers receive a :class:`Message` and answer
-    on its reply subject as any request handler does.
-    """
-
-    def __init__(
-        self, bus: NatsConnection, name: str, version: str, description: str, metadata: dict[str, str]
-    ) -> None:
-        self._bus = bus
-        self.name = name
-        self.version = version
-        self.description = description
-        self.metadata = metadata
-        self._endpoints: dict[str, tuple[str, str, Handler, dict[str, str]]] = {}
-        self._service: MicroService | None = None
-
-    @property
-    def endpoints(self) -> list[str]:
-        """The endpoint names, in the order they were added."""
-        return list(self._endpoints)
-
-    async def add_endpoint(
-        self,
-        name: str,
-        subject: str,
-        handler: Handler,
-        *,
-        queue: str,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        """Serve ``subject`` (in queue group ``queue``) as endpoint ``name`` of this service."""
-        self._endpoints[name] = (subject, queue, handler, dict(metadata or {}))
-        if self._service is not None:
-            await self._add(self._service, name)
-
-    async def remove_endpoint(self, name: str) -> None:
-        """Stop serving an endpoint (the service restarts without it: nats.micro cannot drop one)."""
-        if self._endpoints.pop(name, None) is not None and self._service is not None:
-            nc = self._bus._nc
-            await self._stop()
-            if nc is not None and self._bus.connected:
-                await self._attach(nc)
-
-    async def stop(self) -> None:
-        """Leave the service API; idempotent."""
-        self._bus._services.discard(self)
-        await self._stop()
-
-    async def _stop(self) -> None:
-        service, self._service = self._service, None
-        if service is not None:
-            try:
-                await service.stop()
-            except (nats.errors.Error, OSError) as exc:  # its connection is gone already
-                log.debug("stopping service %s: %r", self.name, exc)
-
-    async def _attach(self, nc: Client) -> None:
-        service = await micro.add_service(
-            nc,
-            name=self.name,
-            version=self.version,
-            description=self.description or None,
-            metadata=self.metadata,
-        )
-        self._service = service
-        for name in self._endpoints:
-            await self._add(service, name)
-
-    async def _add(self, service: MicroService, name: str) -> None:
-        subject, queue, handler, metadata = self._endpoints[name]
-        bus = self._bus
-
-        async def serve(request: MicroRequest) -> None:
-            msg = request._msg  # the reply subject is all we need; nats-py keeps it private
-            bus.stats.received += 1
-            try:
-                pending = handler(_wrap(msg))
-                if pending is not None:
-                    await pending
-            except Exception as exc:  # isolation boundary, as for subscriptions
-                bus.stats.handler_errors += 1
-                log.exception("endpoint %s of %s failed: %r", name, self.name, exc)
-                await request.respond_error("500", str(exc))
-
-        await service.add_endpoint(
-            name=name, subject=subject, queue_group=queue, handler=serve, metadata=metadata
-        )

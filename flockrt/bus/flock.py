@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from flockrt._version import __version__
 from flockrt.actors.correlation import correlation_id as current_correlation
+from flockrt.actors.correlation import new_correlation_id, unique_id
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.agents.agent import Agent
@@ -47,7 +48,8 @@ from flockrt.bus.intake import Intake
 from flockrt.bus.outlet import Outlet
 from flockrt.bus.presence import Presence
 from flockrt.bus.remote import CORRELATION_HEADER
-from flockrt.errors import BusUnavailable
+from flockrt.config import NatsLimits
+from flockrt.errors import BusUnavailable, NoCapableAgent, NoResponders, UnknownAgent
 from flockrt.flock import batches
 from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
@@ -61,6 +63,7 @@ from flockrt.wire.schema import (
     Broadcast,
     CapabilityResponse,
     Codec,
+    DirectMessage,
     Heartbeat,
     Priority,
     TaskMessage,
@@ -100,6 +103,9 @@ class NatsFlock:
         persist_directory: Keep this process's agents in the JetStream key-value bucket
             FLOCK_AGENTS (entries expire after three missed heartbeats), and load it at start,
             so a new process sees the flock at once instead of after the next heartbeats.
+        limits: What this process accepts from others over NATS: id lengths, the directory's
+            size and eviction times, the discovery answer rate (docs/flock.md, "Limits");
+            ``[nats]``'s defaults if None. Ignored for the directory if ``directory`` is given.
     """
 
     def __init__(
@@ -115,7 +121,16 @@ class NatsFlock:
         batch_max: int = 100,
         durable: DurableTasks | bool = False,
         persist_directory: bool = False,
+        limits: NatsLimits | None = None,
     ) -> None:
+        limits = limits or NatsLimits()
+        if directory is None:
+            directory = Directory(
+                heartbeat_interval,
+                max_agents=limits.directory_max_agents,
+                unannounced_ttl=limits.unannounced_ttl,
+                offline_ttl=limits.offline_ttl,
+            )
         self.local = LocalFlock(
             system,
             node=node or f"node-{uuid.uuid4().hex[:8]}",
@@ -153,6 +168,7 @@ class NatsFlock:
             node=self.node,
             heartbeat_interval=heartbeat_interval,
             persist=persist_directory,
+            limits=limits,
         )
         """How its agents are known across the flock, and others' here."""
         self.inboxes = Inboxes(self.outlet, self.local)
@@ -339,11 +355,6 @@ class NatsFlock:
         await self.intake.leave()
         await self.presence.goodbye(agent_id, gone=gone)
 
-    # ------------------------------------------------------------------ persisted directory
-
-    def _directory_ttl(self) -> float:
-        return max(3 * self.heartbeat_interval, 1.0)
-
     # ------------------------------------------------------------------ producers (flock-wide)
 
     async def submit(
@@ -357,6 +368,7 @@ class NatsFlock:
         timeout: float | None = None,
         metadata: dict[str, Any] | None = None,
         batch: bool = False,
+        check: bool = False,
     ) -> TaskResult | str:
         """Publish a task on ``tasks.<type>``; one agent somewhere in the flock handles it.
 
@@ -365,8 +377,14 @@ class NatsFlock:
         ``batch_window`` seconds or ``batch_max`` tasks. While NATS is unreachable the task runs
         on a local agent if this process has one.
 
+        Without ``wait`` nobody checks that anyone takes the task (the fast path); with
+        ``check``, NATS says in one round trip whether any process consumes ``tasks.<type>``
+        (``batch`` is then ignored; in durable mode the stream keeps the task until one does).
+
         Raises:
-            NoCapableAgent: nobody handles ``task_type`` (no responders, none local).
+            NoCapableAgent: nobody handles ``task_type`` (no responders, none local), with
+                ``wait`` or ``check``.
+            BusUnavailable: ``check`` while NATS is unreachable and no local agent handles it.
             WorkTimeout: ``wait`` and no result within ``timeout`` seconds (default 30).
         """
         task = self.new_task(
@@ -381,6 +399,12 @@ class NatsFlock:
             return await self._submit_durably(task, wait=wait, timeout=timeout)
         if not self.bus.connected and self.has_skill("task", task_type):
             return await self._run_here(task, wait=wait, timeout=timeout)
+        if check and not wait:
+            try:
+                await self.bus.publish_checked(subject, self.codec.encode(task), headers=headers)
+            except NoResponders:
+                raise NoCapableAgent("task", task_type) from None
+            return task.id
         if batch and not wait:
             self.batcher.add(BatchItem(subject=subject, message=task))
             return task.id
@@ -600,15 +624,49 @@ class NatsFlock:
         timeout: float = 30.0,
         metadata: dict[str, Any] | None = None,
     ) -> Any:
-        """Send a direct message to agent ``to``, here or in another process."""
+        """Send a direct message to agent ``to``, here or in another process.
+
+        A message that is not a query, for an agent neither here nor in the directory, is
+        published so that NATS says whether anybody listens on ``agent.<to>.inbox`` (the
+        directory may not know an agent that started a moment ago); nobody: UnknownAgent.
+
+        Raises:
+            UnknownAgent: no such agent here, in the directory or listening on NATS.
+            WorkTimeout: a query got no answer within ``timeout`` seconds.
+            BusUnavailable: NATS is unreachable (a query, or a message for an unknown agent).
+        """
         if self.is_local(to):
             return await self.local.send_message(
                 to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
             )
+        if type != "query" and to not in self.directory:
+            await self._send_checked(to, message, type=type, sender=sender, metadata=metadata)
+            return None
         answer = await remote.send_direct(
             self.bus, self.codec, to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
         )
         return answer.message if answer is not None else None
+
+    async def _send_checked(
+        self, to: str, message: Any, *, type: str, sender: str, metadata: dict[str, Any] | None
+    ) -> None:
+        """Delivered if somebody listens on ``agent.<to>.inbox``, else UnknownAgent."""
+        correlation = new_correlation_id()  # the current one travels on
+        direct = DirectMessage(
+            id=unique_id(),
+            sender=sender,
+            to=to,
+            message=message,
+            type=type,
+            metadata=metadata,
+            correlation_id=correlation,
+        )
+        try:
+            subject = subjects.inbox(to)
+            headers = {CORRELATION_HEADER: correlation}
+            await self.bus.publish_checked(subject, self.codec.encode(direct), headers=headers)
+        except (NoResponders, ValueError):  # nobody listens, or not even a possible id
+            raise UnknownAgent(to) from None
 
     async def broadcast_all(self, type: str, message: Any = None, data: Any = None) -> None:
         """Deprecated: :meth:`broadcast` is flock-wide now."""

@@ -4,7 +4,8 @@ Each local agent receives ``agent.<id>.inbox`` (direct messages; a query is answ
 reply subject, or on the sender's inbox as a ``response``) and ``agent.<id>.events``. An answer
 that cannot be sent (it does not encode, or is over NATS's size limit) is replaced by a
 ``response`` whose ``metadata.error`` says so: the asker hears of it at once instead of waiting
-out its timeout.
+out its timeout. A message that is not a valid DirectMessage is counted and logged; if it came
+as a request (it has a reply subject), it is answered with such an error ``response`` too.
 """
 
 from __future__ import annotations
@@ -60,7 +61,17 @@ class Inboxes:
 
     async def on_inbox(self, message: Message) -> None:
         direct = self.outlet.decode(message, DirectMessage)
-        if direct is None:
+        if direct is None:  # counted and logged by decode
+            if message.reply:  # an asker waits: tell it what is wrong
+                reason = self.outlet.why_invalid(message, DirectMessage)
+                invalid = DirectMessage(
+                    id=unique_id(),
+                    sender=message.subject.split(".")[1],
+                    to="",
+                    type="response",
+                    metadata={"error": reason},
+                )
+                await self.outlet.publish(message.reply, invalid, message.headers)
             return
         if direct.type != "query":
             try:
@@ -102,17 +113,8 @@ class Inboxes:
             except ValueError as exc:  # the sender's name cannot be a subject: nowhere to answer
                 log.warning("query %s: cannot answer %r: %s", query.id, query.sender, exc)
                 return
-        try:
-            await self.outlet.publish(where, response, message.headers)
-            return
-        except Exception as exc:  # an answer that does not encode, or is over the size limit
-            problem = exc
-        # The asker hears of it at once instead of waiting out its timeout.
-        log.warning("query %s: the answer of %s could not be sent: %r", query.id, query.to, problem)
-        failed = msgspec.structs.replace(
-            response, message=None, metadata={"error": f"the answer could not be sent: {problem!r}"}
-        )
-        await self.outlet.publish(where, failed, message.headers)
+        # One that cannot be sent goes as an error response instead (see Outlet.encode_answer).
+        await self.outlet.publish(where, response, message.headers, _unsendable_response)
 
     async def on_event(self, message: Message) -> None:
         event = self.outlet.decode(message, AgentEvent)
@@ -124,3 +126,8 @@ class Inboxes:
                     card.ref.tell(event)
             except FlockError as exc:
                 log.warning("event for %s not delivered: %s", agent_id, exc)
+
+
+def _unsendable_response(response: DirectMessage, problem: str) -> DirectMessage:
+    """The response that goes instead of a query's answer that cannot be sent."""
+    return msgspec.structs.replace(response, message=None, metadata={"error": problem})

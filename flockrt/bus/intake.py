@@ -9,7 +9,10 @@
   (``nats micro ls`` lists them).
 - While a local agent handles tasks, the process takes ``batch.messages`` (queue group): it runs
   the tasks it can and republishes the others on their own subjects, so each is still handled
-  once.
+  once. Only the flock's task subjects (``tasks.<type>``, not the dead-letter subject) are
+  republished: an item for any other subject (``$JS.API.*``, ``agent.announce`` ...) is
+  refused, counted as invalid on ``batch.messages`` and logged, and in a batch that is a
+  request its result is an error.
 
 Tasks and capability requests go straight to the dispatcher, whose one fast path runs them at
 once when a free agent's handler never waits.
@@ -28,15 +31,17 @@ import msgspec
 
 from flockrt.agents.ports import AgentCard
 from flockrt.agents.work import CapabilityCall
-from flockrt.bus.connection import BusService, Message, Subscription
+from flockrt.bus.connection import Message, Subscription
 from flockrt.bus.durable import DurableTasks, TaskConsumer
-from flockrt.bus.outlet import Outlet, outgoing_headers
+from flockrt.bus.outlet import Outlet, outgoing_headers, unsendable_result
 from flockrt.bus.remote import CORRELATION_HEADER
+from flockrt.bus.service import BusService, service_error_headers
 from flockrt.errors import BusUnavailable, FlockError, NoCapableAgent, WorkFailed, WorkTimeout
 from flockrt.flock.batches import PRIORITIES
 from flockrt.flock.dispatcher import Dispatcher
 from flockrt.wire import subjects
 from flockrt.wire.schema import (
+    MSGPACK,
     BatchItem,
     CapabilityRequest,
     CapabilityResponse,
@@ -50,7 +55,7 @@ __all__ = ["Intake"]
 
 log = logging.getLogger("flockrt.flock")
 
-_SUBJECT = re.compile(r"^[^\s*>]+$")  # a publishable subject: no whitespace, no wildcards
+_TASK_SUBJECT = re.compile(r"^tasks\.[^\s.*>]+$")  # tasks.<type>: what a batch item may stand for
 
 
 class Intake:
@@ -184,10 +189,11 @@ class Intake:
         # Synchronous, like everything on a task's way to its agent: a subscription calls a
         # plain function without a coroutine of its own.
         task = self.outlet.decode(message, TaskMessage)
-        if task is None:
+        if task is None:  # counted and logged by decode
             if message.reply:
-                error = TaskResult(task_id="", processed_by="", status="error", error="invalid task message")
-                self.outlet.publish_nowait(message.reply, error)
+                reason = self.outlet.why_invalid(message, TaskMessage)
+                error = TaskResult(task_id="", processed_by="", status="error", error=reason)
+                self.outlet.publish_nowait(message.reply, error, message.headers)
             return
         correlation = message.headers.get(CORRELATION_HEADER) if message.headers else None
         then: Callable[[TaskResult], None] | None = None
@@ -195,7 +201,7 @@ class Intake:
             reply, headers = message.reply, dict(message.headers)
 
             def then(result: TaskResult) -> None:
-                self.outlet.publish_nowait(reply, result, headers)
+                self.outlet.publish_nowait(reply, result, headers, unsendable_result)
 
         try:
             # The correlation id goes with the work (to its handler and logs) as an argument:
@@ -215,12 +221,13 @@ class Intake:
         path (a handler that never waits: no Work, no Task, no timer), else from the agent's
         runner or at the deadline."""
         request = self.outlet.decode(message, CapabilityRequest)
-        if request is None:
+        if request is None:  # counted and logged by decode
             if message.reply:
-                invalid = CapabilityResponse(error="invalid capability request")
-                self.outlet.publish_nowait(message.reply, invalid)
+                invalid = CapabilityResponse(error=self.outlet.why_invalid(message, CapabilityRequest))
+                self._send_answer(message.reply, invalid, message.headers, message.subject, 400)
             return
         reply, headers, correlation_id = message.reply, message.headers, request.correlation_id
+        subject = message.subject
         # The id the requester's logs know it by reaches the agent's work and its logs.
         work_correlation = (headers.get(CORRELATION_HEADER) if headers else None) or correlation_id
         skill = self.dispatcher.skill("capability", request.capability)
@@ -229,14 +236,14 @@ class Intake:
             request.parameters,
             work_correlation,
             self._deliver_answer,
-            (correlation_id, reply, headers),
+            (correlation_id, reply, headers, subject),
         ):
             return
         answered = False
         timer: asyncio.TimerHandle | None = None
         stats_key = request.capability
 
-        def answer(response: CapabilityResponse, outcome: str) -> None:
+        def answer(response: CapabilityResponse, outcome: str, code: int = 500) -> None:
             nonlocal answered
             if answered:
                 return
@@ -244,7 +251,7 @@ class Intake:
             if timer is not None:
                 timer.cancel()
             if reply:
-                self._send_answer(reply, response, headers)
+                self._send_answer(reply, response, headers, subject, code)
             stats = self.dispatcher.work_stats
             if stats is not None:
                 stats.record("capability", stats_key, outcome, time.monotonic() - work.enqueued)
@@ -262,8 +269,8 @@ class Intake:
         )
         try:
             self.dispatcher.dispatch(work)
-        except FlockError as exc:
-            answer(CapabilityResponse(correlation_id=correlation_id, error=str(exc)), "error")
+        except FlockError as exc:  # no agent here offers it any more, or none can take it
+            answer(CapabilityResponse(correlation_id=correlation_id, error=str(exc)), "error", 503)
             return
         if not answered:  # it runs (or waits for an agent) for a while: answer by the deadline
             timeout = request.timeout / 1000
@@ -275,42 +282,45 @@ class Intake:
                 assert work.future is not None
                 work.future.cancel()
                 late = WorkTimeout("capability", request.capability, timeout)
-                answer(CapabilityResponse(correlation_id=correlation_id, error=str(late)), "timeout")
+                answer(CapabilityResponse(correlation_id=correlation_id, error=str(late)), "timeout", 504)
 
             timer = asyncio.get_running_loop().call_later(timeout, expire)
 
     def _deliver_answer(
         self,
-        origin: tuple[str | None, str, Mapping[str, str]],
+        origin: tuple[str | None, str, Mapping[str, str], str],
         agent_id: str,
         value: Any,
         error: WorkFailed | None,
         seconds: float,
     ) -> None:
         """A capability request ran on the dispatcher's fast path: answer it."""
-        correlation_id, reply, headers = origin
+        correlation_id, reply, headers, subject = origin
         if reply:
-            self._send_answer(reply, _capability_response(correlation_id, agent_id, value, error), headers)
+            response = _capability_response(correlation_id, agent_id, value, error)
+            self._send_answer(reply, response, headers, subject, 500)
 
-    def _send_answer(self, reply: str, response: CapabilityResponse, headers: Mapping[str, str]) -> None:
-        """Publish the answer to a capability request. One that cannot be sent (a result that
-        does not encode as JSON or msgpack, or is over NATS's size limit) is replaced by an
-        answer that says so: the requester hears of it rather than waiting in vain."""
-        try:
-            self.outlet.publish_nowait(reply, response, headers)
-            return
-        except Exception as exc:
-            problem = exc
-        log.warning("the answer of %s could not be sent: %r", response.agent_id or "the flock", problem)
-        failed = CapabilityResponse(
-            correlation_id=response.correlation_id,
-            agent_id=response.agent_id,
-            error=f"the answer could not be sent: {problem!r}",
-        )
-        try:
-            self.outlet.publish_nowait(reply, failed, headers)
-        except Exception:
-            log.exception("nor could the error answer")
+    def _send_answer(
+        self, reply: str, response: CapabilityResponse, headers: Mapping[str, str], subject: str, code: int
+    ) -> None:
+        """Publish the answer to a capability request that arrived on ``subject``.
+
+        One that cannot be sent (a result that does not encode as JSON or msgpack, or is over
+        NATS's size limit) is replaced by an answer that says so: the requester hears of it
+        rather than waiting in vain. An error answer carries the NATS service API's error
+        headers (``code`` if it is ``response``'s own error: 400 invalid request, 500 failed,
+        503 no agent, 504 timed out) and is counted in ``$SRV.STATS``, so ``nats micro stats``
+        shows a failing capability as failing."""
+        msgpack = headers.get("Content-Type") == MSGPACK if headers else False
+        data, sent = self.outlet.encode_answer(response, _unsendable_answer, msgpack=msgpack)
+        out = outgoing_headers(headers)
+        if sent.error is not None:
+            if sent is not response:
+                code = 500
+            out = service_error_headers(code, sent.error, out)
+            if self._service is not None:
+                self._service.record_error(subject, f"{code} {sent.error}")
+        self.outlet.send(reply, data, out)
 
     # ------------------------------------------------------------------ batches
 
@@ -343,22 +353,34 @@ class Intake:
                 try:
                     task = _as_task(item)
                 except msgspec.ValidationError as exc:
-                    self.outlet.invalid[message.subject] += 1
-                    log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                    self.outlet.reject(
+                        message.subject, f"invalid task in a batch for {item.subject[:200]!r}: {exc}"
+                    )
                     continue
                 if self.dispatcher.has_skill("task", task.type):
                     tasks.append(task)
                 else:  # on our subject, of a type nobody here handles: as _on_task answers it
                     self.outlet.publish_result(_no_agent(task), None)
-            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
+            elif self._forwardable(item.subject):
                 foreign.append(item)
             else:
-                self.outlet.invalid[message.subject] += 1
-                log.warning("batch item with an unusable subject %r dropped", item.subject)
+                self._refuse(message.subject, item.subject)
         # Ours, in a few units of work (results each on task.result, as for tasks one by one).
         self.dispatcher.dispatch_tasks(tasks)
         for item in foreign:  # not ours to run: send each on by itself, to whoever takes it
             await self.outlet.publish(item.subject, item.message)
+
+    def _forwardable(self, subject: str) -> bool:
+        """Whether a batch item for ``subject`` may be republished there: a task subject of the
+        flock, not its dead letters."""
+        dead = self.durable.dead_letter_subject if self.durable is not None else None
+        return _TASK_SUBJECT.match(subject) is not None and subject != dead
+
+    def _refuse(self, batch_subject: str, subject: str) -> str:
+        """Count and log a batch item for a subject it may not stand for; the error says why."""
+        error = f"batch item for {subject[:200]!r} refused: batch items may only be tasks on tasks.<type>"
+        self.outlet.reject(batch_subject, error)
+        return error
 
     def _runs_here(self, subject: str) -> bool:
         """Whether a local agent runs tasks published on ``subject``."""
@@ -392,8 +414,9 @@ class Intake:
             try:
                 task = _as_task(item)
             except msgspec.ValidationError as exc:
-                self.outlet.invalid[message.subject] += 1
-                log.warning("invalid task in a batch for %s: %s", item.subject, exc)
+                self.outlet.reject(
+                    message.subject, f"invalid task in a batch for {item.subject[:200]!r}: {exc}"
+                )
                 error = f"invalid task: {exc}"
                 others.append((index, TaskResult(task_id="", processed_by="", status="error", error=error)))
                 continue
@@ -405,12 +428,10 @@ class Intake:
                 places.append(index)
             elif runs:  # on our subject, of a type nobody here handles: as _on_task answers it
                 others.append((index, _no_agent(task)))
-            elif _SUBJECT.match(item.subject) and item.subject != subjects.BATCH:
+            elif self._forwardable(item.subject):
                 others.append((index, (item.subject, task)))
             else:
-                self.outlet.invalid[message.subject] += 1
-                log.warning("batch item with an unusable subject %r", item.subject)
-                error = f"unusable subject {item.subject!r}"
+                error = self._refuse(message.subject, item.subject)
                 failed = TaskResult(task_id=task.id, processed_by="", status="error", error=error)
                 others.append((index, failed))
         if not others:
@@ -465,6 +486,17 @@ def _capability_response(
     if error is None:
         return CapabilityResponse(correlation_id=correlation_id, result=value, agent_id=agent_id)
     return CapabilityResponse(correlation_id=correlation_id, agent_id=error.agent_id, error=repr(error.cause))
+
+
+def _unsendable_answer(response: CapabilityResponse, problem: str) -> CapabilityResponse:
+    """The answer that goes instead of a capability answer that cannot be sent."""
+    return CapabilityResponse(
+        correlation_id=response.correlation_id, agent_id=response.agent_id, error=problem
+    )
+
+
+def _invalid_item(subject: str, exc: Exception) -> str:
+    return f"invalid task in a batch for {subject[:200]!r}: {exc}"
 
 
 def _no_agent(task: TaskMessage) -> TaskResult:

@@ -6,6 +6,12 @@ synchronous code (an agent that starts, a heartbeat), requests that turn NATS er
 errors, the one sink of finished tasks' results, and the background Tasks of the flock, owned
 by one :class:`~flockrt.actors.tasks.TaskOwner`. The other parts of the NATS flock (intake,
 presence, the flock itself) all publish through one of these.
+
+Answers (task results, capability answers, query answers) are encoded by
+:meth:`Outlet.encode_answer`: one that cannot be sent (it does not encode, or it is over the
+server's ``max_payload``) is replaced by an error answer that says so, counted in
+:attr:`Outlet.unsendable` and logged, so the requester hears of it at once instead of waiting
+out its timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
+import msgspec
+
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.connection import Message, NatsConnection
 from flockrt.bus.remote import CORRELATION_HEADER
@@ -23,11 +31,16 @@ from flockrt.errors import BusTimeout, BusUnavailable, NoCapableAgent, NoRespond
 from flockrt.wire import subjects
 from flockrt.wire.schema import MSGPACK, Codec, InvalidMessage, TaskResult
 
-__all__ = ["Outlet", "outgoing_headers"]
+__all__ = ["Outlet", "outgoing_headers", "unsendable_result"]
 
 log = logging.getLogger("flockrt.flock")
 
 T = TypeVar("T")
+A = TypeVar("A")
+
+_UNENCODABLE = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
+"""What msgspec raises for a value it cannot encode (a type it does not know, a cycle, nesting
+past the recursion limit, an integer out of range)."""
 
 
 class Outlet:
@@ -44,6 +57,8 @@ class Outlet:
         self.codec = codec
         self.invalid: Counter[str] = Counter()
         """Rejected messages by subject."""
+        self.unsendable = 0
+        """Answers replaced by an error answer because they could not be sent."""
         self._outbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._tasks = TaskOwner(f"NATS flock {node}", log)
@@ -83,44 +98,126 @@ class Outlet:
             finally:
                 self._outbox.task_done()
 
-    def decode(self, message: Message, type: type[T]) -> T | None:
+    def decode(self, message: Message, type: type[T], counted_as: str | None = None) -> T | None:
+        """``message`` as ``type``, or None if it is invalid: counted in :attr:`invalid` under
+        its subject (or ``counted_as``: the subscription's wildcard, so made-up subjects cannot
+        grow the counter) and logged at warning."""
         headers = message.headers
         try:
             content_type = headers.get("Content-Type") if headers else None  # most have no headers
             return self.codec.decode(message.subject, message.data, type, content_type)
         except InvalidMessage as exc:
-            self.invalid[message.subject] += 1
-            log.warning("%s (rejected %d on this subject so far)", exc, self.invalid[message.subject])
+            self.reject(counted_as or message.subject, str(exc))
             return None
 
+    def reject(self, subject: str, reason: str) -> None:
+        """Count and log a message rejected on ``subject`` (a subject or a wildcard)."""
+        self.invalid[subject] += 1
+        log.warning("%s (rejected %d on %s so far)", reason, self.invalid[subject], subject)
+
+    def encode_answer(
+        self, answer: A, failed: Callable[[A, str], A], *, msgpack: bool = False
+    ) -> tuple[bytes, A]:
+        """``answer`` encoded, and the answer actually encoded: ``answer`` itself, or, if it
+        cannot be sent (it does not encode, or is over the server's ``max_payload``),
+        ``failed(answer, problem)``, an error answer saying so (counted and logged).
+
+        Checked where it is cheap: an exception msgspec raises anyway, and one comparison."""
+        try:
+            data = self.codec.encode(answer, msgpack=msgpack)
+        except _UNENCODABLE as exc:
+            problem = f"it cannot be encoded ({exc})"
+        else:
+            if len(data) <= self.bus.max_payload:
+                return data, answer
+            problem = f"it is {len(data)} bytes, over the NATS server's max_payload of {self.bus.max_payload}"
+        self.unsendable += 1
+        log.warning(
+            "the answer of %s could not be sent (%s); an error answer goes instead", _author(answer), problem
+        )
+        replacement = failed(answer, f"the answer could not be sent: {problem}")
+        return self.codec.encode(replacement, msgpack=msgpack), replacement
+
+    def why_invalid(self, message: Message, type: type[Any]) -> str:
+        """Why :meth:`decode` rejected ``message``, for an error answer (decoded again: this
+        is the rare path, and the common one stays as it is)."""
+        try:
+            self.codec.decode(message.subject, message.data, type, message.headers.get("Content-Type"))
+        except InvalidMessage as exc:
+            return str(exc)
+        return f"invalid {type.__name__}"
+
     def publish_result(self, result: TaskResult, correlation: str | None) -> None:
-        """The dispatcher's sink: a finished task's result on ``task.result``.
+        """The dispatcher's sink: a finished task's result on ``task.result`` (or, if it cannot
+        be sent, an error result that says why).
 
         The correlation id of the task's work travels on, in the header, unless it is the
         task's id, which the result carries as taskId anyway (a header repeating it would cost
         about 7 us a result to build and parse, a fifth of a fan-out task's whole cost)."""
         headers = {CORRELATION_HEADER: correlation} if correlation and correlation != result.task_id else None
+        try:  # encode_answer, inlined: this is every task's way out
+            data = self.codec.encode(result)
+        except _UNENCODABLE:
+            data = b""
+        if not data or len(data) > self.bus.max_payload:
+            data, _ = self.encode_answer(result, unsendable_result)
         try:
-            self.bus.publish_nowait(subjects.TASK_RESULT, self.codec.encode(result), headers=headers)
+            self.bus.publish_nowait(subjects.TASK_RESULT, data, headers=headers)
         except BusUnavailable as exc:  # closing: nothing more goes out
             log.debug("result of %s not published: %s", result.task_id, exc)
 
-    def publish_nowait(self, subject: str, payload: Any, headers: Mapping[str, str] | None = None) -> None:
-        """Publish from synchronous code (a finished task's result), without an outbox turn."""
+    def publish_nowait(
+        self,
+        subject: str,
+        payload: A,
+        headers: Mapping[str, str] | None = None,
+        failed: Callable[[A, str], A] | None = None,
+    ) -> A:
+        """Publish from synchronous code (a finished task's result), without an outbox turn.
+
+        Args:
+            subject: Where to.
+            payload: What (a wire struct).
+            headers: The headers of the message this answers (see :func:`outgoing_headers`).
+            failed: For an answer: builds the error answer that goes instead of one that
+                cannot be sent (see :meth:`encode_answer`).
+
+        Returns:
+            What was published: ``payload``, or the error answer that replaced it.
+        """
         msgpack = headers is not None and headers.get("Content-Type") == MSGPACK
+        if failed is None:
+            data = self.codec.encode(payload, msgpack=msgpack)
+        else:
+            data, payload = self.encode_answer(payload, failed, msgpack=msgpack)
         try:
-            self.bus.publish_nowait(
-                subject, self.codec.encode(payload, msgpack=msgpack), headers=outgoing_headers(headers)
-            )
+            self.bus.publish_nowait(subject, data, headers=outgoing_headers(headers))
+        except BusUnavailable as exc:  # closing: nothing more goes out
+            log.debug("not published to %s: %s", subject, exc)
+        return payload
+
+    def send(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+        """Publish encoded ``data`` (see :meth:`encode_answer`) from synchronous code."""
+        try:
+            self.bus.publish_nowait(subject, data, headers=headers)
         except BusUnavailable as exc:  # closing: nothing more goes out
             log.debug("not published to %s: %s", subject, exc)
 
-    async def publish(self, subject: str, payload: Any, headers: dict[str, str] | Any = None) -> None:
-        msgpack = bool(headers) and headers.get("Content-Type") == MSGPACK
+    async def publish(
+        self,
+        subject: str,
+        payload: A,
+        headers: Mapping[str, str] | None = None,
+        failed: Callable[[A, str], A] | None = None,
+    ) -> None:
+        """Publish (see :meth:`publish_nowait` for the arguments)."""
+        msgpack = headers is not None and headers.get("Content-Type") == MSGPACK
+        if failed is None:
+            data = self.codec.encode(payload, msgpack=msgpack)
+        else:
+            data, _ = self.encode_answer(payload, failed, msgpack=msgpack)
         try:
-            await self.bus.publish(
-                subject, self.codec.encode(payload, msgpack=msgpack), headers=outgoing_headers(headers)
-            )
+            await self.bus.publish(subject, data, headers=outgoing_headers(headers))
         except BusUnavailable as exc:  # closing: nothing more goes out
             log.debug("not published to %s: %s", subject, exc)
 
@@ -141,6 +238,26 @@ class Outlet:
             raise NoCapableAgent(kind, key) from None
         except BusTimeout:
             raise WorkTimeout(kind, key, timeout) from None
+
+
+def _author(answer: Any) -> str:
+    """Who gave ``answer`` (a TaskResult, CapabilityResponse or DirectMessage), for a log line."""
+    for field in ("processed_by", "agent_id", "sender"):
+        name = getattr(answer, field, None)
+        if name:
+            return str(name)
+    return "an agent"
+
+
+def unsendable_result(result: TaskResult, problem: str) -> TaskResult:
+    """The error result that goes instead of a task result that cannot be sent."""
+    return TaskResult(
+        task_id=result.task_id,
+        processed_by=result.processed_by,
+        status="error",
+        error=problem,
+        duration_ms=result.duration_ms,
+    )
 
 
 def outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str] | None:

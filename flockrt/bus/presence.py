@@ -4,8 +4,18 @@ Local agents announce on ``agent.announce`` when they join, heartbeat on
 ``agent.<id>.heartbeat``, and say goodbye (a heartbeat with status ``offline``) when they leave.
 Every process builds its directory from what it hears. A process that hears a heartbeat of an
 agent it does not know asks everyone to announce again (``agent.discover``, at most once per
-heartbeat interval). With ``persist_directory``, local agents are also kept in the JetStream
-key-value bucket FLOCK_AGENTS (entries expire after three missed heartbeats), which a process
+heartbeat interval). A process answers discovery requests at most once per
+``discover_interval``: requests that arrive in between share the next answer, so a flood of
+them costs one round of announcements per interval.
+
+What others say is bounded (:class:`~flockrt.config.NatsLimits`): an announcement or heartbeat
+with an id, name, capability name or status longer than ``max_id_length``, or listing more than
+``max_capabilities`` capabilities, is rejected (counted as invalid, under ``agent.announce`` or
+``agent.*.heartbeat``, and logged), and the directory itself is bounded (see
+:class:`~flockrt.flock.directory.Directory`).
+
+With ``persist_directory``, local agents are also kept in the JetStream key-value bucket
+FLOCK_AGENTS (entries expire after three missed heartbeats), which a process
 loads when it starts.
 """
 
@@ -19,6 +29,7 @@ import time
 
 from flockrt.bus.connection import Message, Subscription
 from flockrt.bus.outlet import Outlet
+from flockrt.config import NatsLimits
 from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError
 from flockrt.flock.directory import Directory
 from flockrt.flock.dispatcher import Dispatcher
@@ -28,6 +39,8 @@ from flockrt.wire.schema import AgentAnnouncement, DiscoveryRequest, Heartbeat
 __all__ = ["Presence"]
 
 log = logging.getLogger("flockrt.flock")
+
+_HEARTBEATS = "agent.*.heartbeat"
 
 _KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")  # what a key-value key may contain
 
@@ -42,6 +55,7 @@ class Presence:
         node: This process's name.
         heartbeat_interval: Seconds between heartbeats.
         persist: Keep local agents in the key-value bucket and load it at start.
+        limits: What is accepted from others (the defaults of ``[nats]`` if None).
     """
 
     DIRECTORY_BUCKET = "FLOCK_AGENTS"
@@ -55,6 +69,7 @@ class Presence:
         node: str,
         heartbeat_interval: float,
         persist: bool,
+        limits: NatsLimits | None = None,
     ) -> None:
         self.outlet = outlet
         self.bus = outlet.bus
@@ -66,6 +81,12 @@ class Presence:
         self.persist_directory = persist
         self.announcements: dict[str, AgentAnnouncement] = {}  # local agents, for the bucket
         self.discovered_at = -math.inf  # when this process last asked agents to re-announce
+        self.limits = limits or NatsLimits()
+        self.answered_at = -math.inf  # when this process last answered a discovery request
+        self.discover_requests_deferred = 0
+        """Discovery requests that arrived within ``discover_interval`` of an answer: they
+        share the next one."""
+        self._discover_answer: asyncio.TimerHandle | None = None
         self._subscriptions: list[Subscription] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -74,7 +95,7 @@ class Presence:
         persisted directory, and ask the agents that started before this process to announce."""
         self._subscriptions += [
             await self.bus.subscribe(subjects.ANNOUNCE, self.on_announce),
-            await self.bus.subscribe("agent.*.heartbeat", self.on_heartbeat),
+            await self.bus.subscribe(_HEARTBEATS, self.on_heartbeat),
             await self.bus.subscribe(subjects.DISCOVER, self.on_discover),
         ]
         if self.persist_directory:
@@ -85,6 +106,8 @@ class Presence:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._discover_answer is not None:
+            self._discover_answer.cancel()
         for subscription in self._subscriptions:
             await subscription.unsubscribe()
         self._subscriptions.clear()
@@ -170,12 +193,40 @@ class Presence:
 
     async def on_announce(self, message: Message) -> None:
         announcement = self.outlet.decode(message, AgentAnnouncement)
-        if announcement is not None and not self.dispatcher.is_local(announcement.id):
+        if announcement is None:
+            return
+        problem = self._over_limits(announcement.id, announcement.name, *announcement.capabilities)
+        if problem is None and len(announcement.capabilities) > self.limits.max_capabilities:
+            problem = (
+                f"{len(announcement.capabilities)} capabilities, over the limit of "
+                f"{self.limits.max_capabilities} (nats.max_capabilities)"
+            )
+        if problem is not None:
+            self.outlet.reject(
+                subjects.ANNOUNCE, f"announcement of {announcement.id[:100]!r} rejected: {problem}"
+            )
+        elif not self.dispatcher.is_local(announcement.id):
             self.directory.on_announcement(announcement)
 
+    def _over_limits(self, *names: str) -> str | None:
+        """What is wrong with these ids, names or statuses, or None."""
+        limit = self.limits.max_id_length
+        for name in names:
+            if len(name) > limit:
+                return (
+                    f"{len(name)} characters in {name[:40]!r}..., over the limit of {limit} (max_id_length)"
+                )
+        return None
+
     async def on_heartbeat(self, message: Message) -> None:
-        heartbeat = self.outlet.decode(message, Heartbeat)
-        if heartbeat is None or self.dispatcher.is_local(heartbeat.agent_id):
+        heartbeat = self.outlet.decode(message, Heartbeat, _HEARTBEATS)
+        if heartbeat is None:
+            return
+        problem = self._over_limits(heartbeat.agent_id, heartbeat.status)
+        if problem is not None:
+            self.outlet.reject(_HEARTBEATS, f"heartbeat rejected: {problem}")
+            return
+        if self.dispatcher.is_local(heartbeat.agent_id):
             return
         if heartbeat.status == "offline":
             self.directory.mark_offline(heartbeat.agent_id)
@@ -196,5 +247,22 @@ class Presence:
         request = self.outlet.decode(message, DiscoveryRequest)
         if request is None or request.requester == self.node:
             return
+        # Announcements go to every listener, so one answer serves every request made before
+        # it: within the interval, requests wait for the next answer instead of each getting one.
+        wait = self.answered_at + self.limits.discover_interval - time.monotonic()
+        if wait <= 0 and self._discover_answer is None:
+            await self._answer_discovery()
+            return
+        self.discover_requests_deferred += 1
+        if self._discover_answer is None:
+            loop = asyncio.get_running_loop()
+            self._discover_answer = loop.call_later(max(wait, 0.0), self._answer_discovery_later)
+
+    def _answer_discovery_later(self) -> None:
+        self._discover_answer = None
+        self.outlet.later(self._answer_discovery)
+
+    async def _answer_discovery(self) -> None:
+        self.answered_at = time.monotonic()
         for announcement in list(self.announcements.values()):
             await self.outlet.publish(subjects.ANNOUNCE, announcement)

@@ -92,12 +92,24 @@ class FlockAPI(Protocol):
         wait: bool = False,
         timeout: float | None = None,
         metadata: dict[str, Any] | None = None,
+        check: bool = False,
     ) -> TaskResult | str:
         """Submit a task; its id, or with ``wait=True`` its TaskResult (a failed task is a
         TaskResult with ``status="error"``, not an exception).
 
+        Without ``wait``, a task is handed on as fast as the flock can (over NATS: published,
+        and nobody checks that any process takes it). ``check=True`` makes sure somebody
+        handles ``task_type`` before returning the id, for callers that must tell a user (the
+        gateway's submit_task tool, ``flockrt submit``): over NATS it costs one round trip to
+        the server, whose no-responders status answers at once when no process consumes
+        ``tasks.<type>``. In durable mode the stream keeps the task until a process takes it,
+        so nothing is checked; in one process a task nobody handles is always refused.
+
         Raises:
-            NoCapableAgent: nobody handles ``task_type``.
+            NoCapableAgent: nobody handles ``task_type`` (always in one process; over NATS with
+                ``wait`` or ``check``).
+            BusUnavailable: ``check`` over NATS while it is unreachable and no local agent
+                handles ``task_type``.
             WorkTimeout: ``wait`` and no result within ``timeout`` seconds.
         """
         ...

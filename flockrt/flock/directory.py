@@ -12,6 +12,12 @@ ticks to notice that: the status is recomputed whenever the directory is read (:
 :meth:`~Directory.list`, :meth:`~Directory.pick`) or swept (:meth:`~Directory.sweep`, which a
 periodic caller uses so that subscribers hear about silent agents even when nobody reads).
 
+The directory is bounded, because anyone on the bus can make up agents: an agent heard of only
+by heartbeats (it never announced) is forgotten once it has been silent for ``unannounced_ttl``,
+an offline agent once it has been silent for ``offline_ttl`` (both by :meth:`~Directory.sweep`),
+and at most ``max_agents`` are listed: a new agent beyond that takes the place of the longest
+silent offline or unannounced one, or is refused (:attr:`~Directory.refused` counts them).
+
 Subscribers (:meth:`Directory.subscribe`) hear about changes that matter to a reader of the list
 (an agent added, renamed, given other capabilities, moved, going offline or online, reporting
 another status, removed), never about a heartbeat that only moved its counters: with thousands of
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -117,11 +124,13 @@ class _Entry:
     snapshot's ``last_seen``, which is wall-clock time for people to read.
     """
 
-    __slots__ = ("info", "seen")
+    __slots__ = ("announced", "info", "seen")
 
-    def __init__(self, info: AgentInfo, seen: float) -> None:
+    def __init__(self, info: AgentInfo, seen: float, announced: bool) -> None:
         self.info = info
         self.seen = seen
+        self.announced = announced
+        """Whether it announced itself (else it is known by its heartbeats only)."""
 
 
 class Directory:
@@ -141,9 +150,14 @@ class Directory:
         missed: How many intervals may pass in silence before an agent counts as offline.
         clock: Monotonic seconds, for liveness; injected by tests to move time without sleeping.
         wallclock: The current aware UTC time, for ``last_seen``.
+        max_agents: Agents listed at most (online or offline).
+        unannounced_ttl: Seconds of silence after which an agent that never announced is
+            forgotten (None: ``missed * heartbeat_interval``, when it would go offline).
+        offline_ttl: Seconds of silence after which an offline agent is forgotten.
 
     Raises:
-        ValueError: ``heartbeat_interval`` is not positive, or ``missed`` is below 1.
+        ValueError: ``heartbeat_interval`` is not positive, ``missed`` or ``max_agents`` is
+            below 1, or a ttl is not positive.
     """
 
     def __init__(
@@ -153,11 +167,29 @@ class Directory:
         missed: int = 3,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], datetime] = utcnow,
+        max_agents: int = 10_000,
+        unannounced_ttl: float | None = None,
+        offline_ttl: float = 3600.0,
     ) -> None:
         if not heartbeat_interval > 0:  # also rejects NaN
             raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
         if missed < 1:
             raise ValueError(f"missed must be >= 1, got {missed!r}")
+        if max_agents < 1:
+            raise ValueError(f"max_agents must be >= 1, got {max_agents!r}")
+        if unannounced_ttl is None:
+            unannounced_ttl = heartbeat_interval * missed
+        for name, ttl in (("unannounced_ttl", unannounced_ttl), ("offline_ttl", offline_ttl)):
+            if not ttl > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {ttl!r}")
+        self.max_agents = max_agents
+        self.unannounced_ttl = unannounced_ttl
+        self.offline_ttl = offline_ttl
+        self.refused = 0
+        """New agents not listed because the directory was full."""
+        self.evicted = 0
+        """Agents forgotten: silent past their ttl, or making room for a new one."""
+        self._no_room_until = -math.inf  # full, with nothing to forget, until then
         self.heartbeat_interval = heartbeat_interval
         self.missed = missed
         self._grace = heartbeat_interval * missed
@@ -172,7 +204,7 @@ class Directory:
 
     # -- feeding ---------------------------------------------------------------------------------
 
-    def on_announcement(self, announcement: AgentAnnouncement) -> AgentInfo:
+    def on_announcement(self, announcement: AgentAnnouncement) -> AgentInfo | None:
         """Add an agent, or update what it announced; either way it is online and seen now.
 
         A re-announcement replaces name, capabilities, node and max concurrent tasks, resets the
@@ -180,12 +212,15 @@ class Directory:
         heartbeat refreshes them).
 
         Returns:
-            The agent's new snapshot.
+            The agent's new snapshot, or None for a new agent refused because the directory is
+            full (``max_agents`` listed, none of them offline or unannounced).
         """
         now, wall = self._clock(), self._wallclock()
         capabilities = tuple(dict.fromkeys(announcement.capabilities))
         entry = self._agents.get(announcement.id)
         if entry is None:
+            if len(self._agents) >= self.max_agents and not self._make_room(now, announcement.id):
+                return None
             info = AgentInfo(
                 id=announcement.id,
                 name=announcement.name,
@@ -195,7 +230,7 @@ class Directory:
                 node=announcement.node,
                 max_concurrent_tasks=announcement.max_concurrent_tasks,
             )
-            self._agents[info.id] = _Entry(info, now)
+            self._agents[info.id] = _Entry(info, now, True)
             self._index(info.id, (), capabilities)
             self._notify(info.id, info)
             return info
@@ -211,13 +246,13 @@ class Directory:
             node=announcement.node,
             max_concurrent_tasks=announcement.max_concurrent_tasks,
         )
-        entry.info, entry.seen = info, now
+        entry.info, entry.seen, entry.announced = info, now, True
         self._index(info.id, old.capabilities, capabilities)
         if _listing_changed(old, info):
             self._notify(info.id, info)
         return info
 
-    def on_heartbeat(self, heartbeat: Heartbeat) -> AgentInfo:
+    def on_heartbeat(self, heartbeat: Heartbeat) -> AgentInfo | None:
         """Record an agent's sign of life: seen now, online, with its latest counters.
 
         A heartbeat from an agent never announced here is kept, as an agent known by its id only
@@ -229,12 +264,19 @@ class Directory:
         Subscribers are told only when the agent is new, comes back online, or reports another
         status; a heartbeat that moves nothing but counters (uptime, tasks, load) is silent.
 
+        Such an agent is forgotten after ``unannounced_ttl`` seconds of silence, and, when the
+        directory is full, it is not added (an agent that announces itself still is).
+
         Returns:
-            The agent's new snapshot (never None: an unknown agent is added, not refused).
+            The agent's new snapshot, or None for a new agent refused because the directory is
+            full.
         """
         now, wall = self._clock(), self._wallclock()
         entry = self._agents.get(heartbeat.agent_id)
         if entry is None:
+            full = len(self._agents) >= self.max_agents
+            if full and not self._room_for_unannounced(now, heartbeat.agent_id):
+                return None
             info = AgentInfo(
                 id=heartbeat.agent_id,
                 name=heartbeat.agent_id,
@@ -245,7 +287,7 @@ class Directory:
                 tasks_processed=heartbeat.tasks_processed,
                 load=heartbeat.load,
             )
-            self._agents[info.id] = _Entry(info, now)
+            self._agents[info.id] = _Entry(info, now, False)
             self._notify(info.id, info)
             return info
         old = entry.info
@@ -344,7 +386,8 @@ class Directory:
         return best
 
     def sweep(self) -> builtins.list[AgentInfo]:
-        """Recompute every agent's status now and tell subscribers about those that went offline.
+        """Recompute every agent's status now and tell subscribers about those that went
+        offline; forget the agents silent past their ttl (``unannounced_ttl``, ``offline_ttl``).
 
         Reads already do this lazily for the agents they touch; a periodic caller (every
         heartbeat interval, say) sweeps so that an agent that falls silent is reported even when
@@ -354,6 +397,7 @@ class Directory:
             The snapshots of the agents that went offline in this sweep, sorted by id.
         """
         now = self._clock()
+        self._evict_expired(now)
         lapsed = sorted(
             (entry for entry in self._agents.values() if self._lapsed(entry, now)),
             key=lambda entry: entry.info.id,
@@ -396,6 +440,68 @@ class Directory:
         return unsubscribe
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _expired(self, entry: _Entry, now: float) -> bool:
+        """Silent past its ttl: never announced, or offline."""
+        silent = now - entry.seen
+        if not entry.announced and silent > self.unannounced_ttl:
+            return True
+        return silent > self.offline_ttl and (entry.info.status == "offline" or self._lapsed(entry, now))
+
+    def _evict_expired(self, now: float) -> None:
+        expired = [agent_id for agent_id, entry in self._agents.items() if self._expired(entry, now)]
+        for agent_id in expired:
+            self.evicted += 1
+            self.remove(agent_id)
+        if expired:
+            log.info("forgot %d agents silent past their ttl", len(expired))
+
+    def _room_for_unannounced(self, now: float, newcomer: str) -> bool:
+        """Room for an agent known by a heartbeat only, in a full directory: only by forgetting
+        the expired (looked for at most once per second: a flood of made-up agents then costs
+        a comparison each)."""
+        if now >= self._no_room_until:
+            self._evict_expired(now)
+            if len(self._agents) < self.max_agents:
+                return True
+            self._no_room_until = now + 1.0
+        self._refuse(newcomer)
+        return False
+
+    def _make_room(self, now: float, newcomer: str) -> bool:
+        """Room for an agent that announced itself in a full directory: forget the expired, or
+        else the longest silent agent that is offline or never announced (looked for at most
+        once per second when there is none)."""
+        if now < self._no_room_until:
+            self._refuse(newcomer)
+            return False
+        self._evict_expired(now)
+        if len(self._agents) < self.max_agents:
+            return True
+        candidates = [
+            entry
+            for entry in self._agents.values()
+            if not entry.announced or entry.info.status == "offline" or self._lapsed(entry, now)
+        ]
+        if not candidates:
+            self._no_room_until = now + 1.0
+            self._refuse(newcomer)
+            return False
+        oldest = min(candidates, key=lambda entry: entry.seen)
+        self.evicted += 1
+        self.remove(oldest.info.id)
+        return True
+
+    def _refuse(self, agent_id: str) -> None:
+        self.refused += 1
+        if self.refused & (self.refused - 1):  # logged at the 1st, 2nd, 4th, 8th ... refusal
+            return
+        log.warning(
+            "directory full (%d agents): agent %.100r not listed (%d refused so far; raise max_agents)",
+            self.max_agents,
+            agent_id,
+            self.refused,
+        )
 
     def _candidates(self, capability: str | None) -> builtins.list[_Entry]:
         if capability is None:

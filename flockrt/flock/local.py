@@ -195,11 +195,14 @@ class LocalFlock:
         wait: bool = False,
         timeout: float | None = None,
         metadata: dict[str, Any] | None = None,
+        check: bool = False,
     ) -> TaskResult | str:
         """Submit a task; returns its id, or with ``wait=True`` its TaskResult.
 
         A failed task is a TaskResult with ``status="error"``, not an exception: results are
-        data that also goes to every result listener (``task.result``).
+        data that also goes to every result listener (``task.result``). In one process a task
+        nobody handles is always refused, so ``check`` changes nothing (it is there for the
+        flock interface).
 
         Raises:
             NoCapableAgent: no agent of this process handles ``task_type``.

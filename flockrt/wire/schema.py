@@ -24,6 +24,7 @@ import msgspec
 from flockrt.errors import InvalidMessage
 
 __all__ = [
+    "MAX_DEPTH",
     "MSGPACK",
     "AgentAnnouncement",
     "AgentEvent",
@@ -189,11 +190,22 @@ class TaskBatchItem(_Wire, frozen=True, kw_only=True):
     message: TaskMessage
 
 
+MAX_DEPTH: Final = 500
+"""Nesting depth of arrays and objects that every receiver accepts (documented in
+docs/flock.md, "Limits"). Deeper payloads may still decode, up to msgspec's own limit (the
+interpreter's recursion limit less the stack in use, about 1,000 levels); past it they are
+rejected as :data:`_TOO_DEEP`."""
+
+_TOO_DEEP = f"nested too deeply (keep arrays and objects within {MAX_DEPTH} levels)"
+
 _AT = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$")
 
 
 class Codec:
     """Encoders and decoders built once and reused (msgspec's fast path).
+
+    Every decode failure, whatever msgspec raises (a validation error, malformed JSON or
+    msgpack, a payload nested past the recursion limit), comes out as :class:`InvalidMessage`.
 
     Args:
         max_bytes: Payloads larger than this are rejected before decoding (default 1 MiB,
@@ -237,6 +249,13 @@ class Codec:
         except msgspec.DecodeError as exc:
             kind = "msgpack" if msgpack else "JSON"
             raise InvalidMessage(subject, None, f"not valid {kind}: {exc}") from None
+        except RecursionError:
+            # msgspec's own depth limit: the interpreter's recursion limit, less the stack in use
+            # (about 1,000 levels by default). Caught here, where it is raised anyway: scanning
+            # every payload for its depth first would cost the hot path.
+            raise InvalidMessage(subject, None, _TOO_DEEP) from None
+        except (ValueError, TypeError, OverflowError) as exc:  # any other way a payload can fail
+            raise InvalidMessage(subject, None, f"cannot be decoded: {exc}") from None
         return result
 
     def _decoder(self, type: Any, msgpack: bool) -> Any:
