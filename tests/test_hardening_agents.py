@@ -4,15 +4,26 @@ policy (18)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
+import msgspec
+import nats
 import pytest
 
 from examples.messages_api import Failure, MessagesApiStandIn
-from flockrt import ActorSystem, ClaudeError, LocalFlock, WorkFailed
+from flockrt import ActorSystem, ClaudeError, InvalidParameters, LocalFlock, RemoteFailure, WorkFailed
+from flockrt.agents.agent import Agent, capability, handles_task
+from flockrt.bus.embedded import EmbeddedNats
+from flockrt.wire.schema import TaskMessage
+from tests.test_bus_flock import Node, plain
 from tests.test_claude import answer, start_claude
+
+__all__ = ["plain"]  # a fixture
 
 # ---------------------------------------------------------------------------------------------
 # 18: the Claude agent retries as the SDK does, and counts every attempt
@@ -108,3 +119,141 @@ async def test_a_stream_that_fails_midway_uses_what_is_left_of_max_retries(
     assert (error.kind, error.attempts) == ("overloaded", 2)
     assert len(api.requests) == 2
     assert agent.usage.requests["overloaded"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# 15: errors in plain sentences that name the parameter, the exception's type kept as a field
+
+
+class TextAgent(Agent):
+    """Counts the calls that reach its handlers: a refused request must not reach them."""
+
+    calls = 0
+
+    @capability("text-analysis")
+    async def analyze(self, text: str, instructions: str | None = None) -> dict[str, int]:
+        TextAgent.calls += 1
+        return {"words": len(text.split())}
+
+    @capability("tally")
+    async def tally(self, counts: list[int], label="total") -> dict[str, int]:
+        TextAgent.calls += 1
+        return {label: sum(counts)}
+
+    @capability("lookup")
+    async def lookup(self, key: str) -> str:
+        return {"a": "b"}[key]
+
+    @handles_task("ai")
+    async def ai(self, task: TaskMessage) -> Any:
+        return await self.request_capability("claude-ai", {"prompt": str(task.data)})
+
+
+@pytest.mark.parametrize(
+    ("capability_name", "parameters", "parameter", "message"),
+    [
+        (
+            "text-analysis",
+            {"bogus": 1},
+            "bogus",
+            "text-analysis has no parameter 'bogus' (it takes: text, instructions)",
+        ),
+        (
+            "text-analysis",
+            {"instructions": "x"},
+            "text",
+            "text-analysis needs parameter 'text' (it takes: text, instructions)",
+        ),
+        (
+            "text-analysis",
+            None,
+            "text",
+            "text-analysis needs parameter 'text' (it takes: text, instructions)",
+        ),
+        (
+            "text-analysis",
+            {"text": 42},
+            "text",
+            "parameter 'text' of text-analysis must be a string, not an integer",
+        ),
+        ("text-analysis", 42, "text", "parameter 'text' of text-analysis must be a string, not an integer"),
+        (
+            "text-analysis",
+            {"text": "x", "instructions": []},
+            "instructions",
+            "parameter 'instructions' of text-analysis must be a string or null, not an array",
+        ),
+        (
+            "tally",
+            {"counts": [1, "two"]},
+            "counts",
+            "parameter 'counts' of tally is invalid at counts[1]: expected an integer, not a string",
+        ),
+        (
+            "tally",
+            {"counts": [1], "other": 2},
+            "other",
+            "tally has no parameter 'other' (it takes: counts, label)",
+        ),
+    ],
+)
+async def test_bad_parameters_are_refused_before_the_handler_runs_in_plain_words(
+    flock: LocalFlock, capability_name: str, parameters: Any, parameter: str, message: str
+) -> None:
+    await flock.system.spawn(TextAgent, "text")
+    before = TextAgent.calls
+    with pytest.raises(WorkFailed) as info:
+        await flock.request_capability(capability_name, parameters)
+    failed = info.value
+    assert isinstance(failed.cause, InvalidParameters)
+    assert (failed.cause.capability, failed.cause.parameter) == (capability_name, parameter)
+    assert str(failed.cause) == message
+    assert str(failed) == f"agent text: capability {capability_name!r} failed: {message}"
+    assert failed.error_type == "InvalidParameters"
+    assert TextAgent.calls == before  # the handler never ran
+    # Well-formed calls go on, untyped parameters included.
+    assert await flock.request_capability("text-analysis", {"text": "a b c"}) == {"words": 3}
+    assert await flock.request_capability("tally", {"counts": [1, 2], "label": "n"}) == {"n": 3}
+
+
+async def test_a_tasks_error_is_a_sentence_and_its_type_a_field(flock: LocalFlock) -> None:
+    await flock.system.spawn(TextAgent, "text")
+    result = await asyncio.wait_for(flock.dispatcher.start_task(flock.new_task("ai", "hi")), 5)
+    assert result.status == "error"
+    # Was: NoCapableAgent("no agent offers capability 'claude-ai'")
+    assert result.error == "no agent offers capability 'claude-ai'"
+    assert result.error_type == "NoCapableAgent"
+    assert json.loads(msgspec.json.encode(result))["errorType"] == "NoCapableAgent"
+
+
+async def test_errors_cross_processes_once_wrapped_with_their_type(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    async with Node(nats_server.url, "worker") as worker, Node(nats_server.url, "asker") as asker:
+        await worker.system.spawn(TextAgent, "text")
+        await worker.settled()
+        with pytest.raises(WorkFailed) as info:
+            await asker.flock.request_capability("text-analysis", {"bogus": 1}, timeout=5)
+        failed = info.value
+        # Was: WorkFailed(... RuntimeError('TypeError("TextAgent.analyze() got an unexpected keyword ...")'))
+        assert str(failed) == (
+            "agent text: capability 'text-analysis' failed: "
+            "text-analysis has no parameter 'bogus' (it takes: text, instructions)"
+        )
+        assert isinstance(failed.cause, RemoteFailure)
+        assert (failed.error_type, failed.cause.error_type) == ("InvalidParameters", "InvalidParameters")
+        with pytest.raises(WorkFailed) as info:
+            await asker.flock.request_capability("lookup", {"key": "z"}, timeout=5)
+        assert str(info.value) == "agent text: capability 'lookup' failed: KeyError: 'z'"
+        assert info.value.error_type == "KeyError"
+        # What any NATS peer sees: the sentence, and the type as errorType.
+        reply = await plain.request(
+            "capability.text-analysis",
+            json.dumps(
+                {"capability": "text-analysis", "parameters": {"text": 1}, "requester": "x", "timeout": 5000}
+            ).encode(),
+            timeout=5,
+        )
+        answer = json.loads(reply.data)
+        assert answer["error"] == "parameter 'text' of text-analysis must be a string, not an integer"
+        assert answer["errorType"] == "InvalidParameters"
