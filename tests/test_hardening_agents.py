@@ -5,6 +5,7 @@ policy (18)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -16,10 +17,22 @@ import nats
 import pytest
 
 from examples.messages_api import Failure, MessagesApiStandIn
-from flockrt import ActorSystem, ClaudeError, InvalidParameters, LocalFlock, RemoteFailure, WorkFailed
+from flockrt import (
+    Actor,
+    ActorRef,
+    ActorSystem,
+    ChildSpec,
+    ClaudeError,
+    InvalidParameters,
+    LocalFlock,
+    RemoteFailure,
+    Supervisor,
+    WorkFailed,
+)
 from flockrt.agents.agent import Agent, capability, handles_task
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.wire.schema import TaskMessage
+from tests.conftest import wait_for
 from tests.test_bus_flock import Node, plain
 from tests.test_claude import answer, start_claude
 
@@ -257,3 +270,85 @@ async def test_errors_cross_processes_once_wrapped_with_their_type(
         answer = json.loads(reply.data)
         assert answer["error"] == "parameter 'text' of text-analysis must be a string, not an integer"
         assert answer["errorType"] == "InvalidParameters"
+
+
+# ---------------------------------------------------------------------------------------------
+# 17: a crash storm writes a few lines a window, with counts, not a line per crash
+
+
+class Crasher(Actor[Any]):
+    async def receive(self, message: Any) -> None:
+        raise RuntimeError(f"boom {message}")
+
+
+def failure_lines(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno >= logging.WARNING]
+
+
+async def test_a_crash_storm_is_logged_once_per_window_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with ActorSystem("storm", shutdown_timeout=2.0) as system:
+        system.failure_log.window = 0.5
+        specs = [ChildSpec(id="crasher", factory=Crasher)]
+        root = await system.spawn(functools.partial(Supervisor, specs, max_restarts=10_000), name="root")
+        [info] = await Supervisor.which_children(root)
+        crasher = info.ref
+        assert isinstance(crasher, ActorRef)
+        for _ in range(200):
+            await crasher.send("same")
+        crasher.tell("other")  # another kind of failure is not hidden by the storm
+        await wait_for(lambda: system.stats().restarts >= 201)
+        lines = failure_lines(caplog, "flockrt.actor")
+        assert lines == [
+            "actor /root/crasher failed: RuntimeError('boom same')",
+            "actor /root/crasher failed: RuntimeError('boom other')",
+        ]
+        first = next(r for r in caplog.records if r.getMessage() == lines[0])
+        assert first.exc_info is not None  # the first one has its traceback
+        # When the window ends, the count: nothing was dropped silently.
+        await wait_for(lambda: len(failure_lines(caplog, "flockrt.actor")) == 3)
+        assert failure_lines(caplog, "flockrt.actor")[2] == (
+            "actor /root/crasher failed: RuntimeError('boom same') (and 199 more like it in the last 0.5 s)"
+        )
+        assert system.failure_log.suppressed == 199
+        # After the window, the next one is written in full again.
+        await crasher.send("same")
+        await wait_for(lambda: len(failure_lines(caplog, "flockrt.actor")) == 4)
+        assert (
+            failure_lines(caplog, "flockrt.actor")[3]
+            == "actor /root/crasher failed: RuntimeError('boom same')"
+        )
+        system.failure_log.window = 60.0
+        for _ in range(3):
+            await crasher.send("late")
+        await wait_for(lambda: system.stats().restarts >= 205)
+    # The system stopped within the window: its counts are logged as it stops.
+    assert failure_lines(caplog, "flockrt.actor")[-2:] == [
+        "actor /root/crasher failed: RuntimeError('boom late')",
+        "actor /root/crasher failed: RuntimeError('boom late') (and 2 more like it in the last 60 s)",
+    ]
+
+
+class Failing(Agent):
+    @capability("fail")
+    async def fail(self, why: str) -> None:
+        raise ValueError(f"cannot: {why}")
+
+
+async def test_an_agents_identical_failures_are_counted_not_repeated(
+    flock: LocalFlock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "flockrt.agent")
+    flock.system.failure_log.window = 60.0
+    await flock.system.spawn(Failing, "failing")
+    for why in ["x"] * 50 + ["y"]:
+        with pytest.raises(WorkFailed):
+            await flock.request_capability("fail", {"why": why})
+    assert failure_lines(caplog, "flockrt.agent") == [
+        "agent failing: capability fail failed: cannot: x",
+        "agent failing: capability fail failed: cannot: y",
+    ]
+    flock.system.failure_log.flush()
+    assert failure_lines(caplog, "flockrt.agent")[-1] == (
+        "agent failing: capability fail failed: cannot: x (and 49 more like it in the last 60 s)"
+    )

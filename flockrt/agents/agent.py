@@ -40,6 +40,7 @@ from flockrt.agents.work import (
     TaskRun,
     Work,
     current_work,
+    follow_requester,
     report_tasks,
 )
 from flockrt.errors import InvalidParameters, NoCapableAgent, WorkFailed
@@ -565,7 +566,7 @@ class Agent(Actor[Any]):
         current_agent.set(self.agent_id)
         correlation_id.set(work.correlation_id)
         current_work.set(work)  # a runner's context: no reset, and the next piece replaces it
-        follow = _follow_requester(work)
+        follow = follow_requester(work)
         try:
             result = await self._call(work, method_name)
         except asyncio.CancelledError:
@@ -646,7 +647,17 @@ class Agent(Actor[Any]):
         context = {"agent": self.agent_id, "correlation_id": correlation}
         failed = WorkFailed(self.agent_id, kind, key, exc)
         level = logging.INFO if isinstance(exc, InvalidParameters) else logging.WARNING  # the asker's
-        log.log(level, "agent %s: %s %s failed: %s", self.agent_id, kind, key, failed.reason, extra=context)
+        self.context.system.failure_log.log(  # a storm of identical failures: counted, not repeated
+            log,
+            level,
+            (kind, key, failed.reason),
+            "agent %s: %s %s failed: %s",
+            self.agent_id,
+            kind,
+            key,
+            failed.reason,
+            extra=context,
+        )
         return failed
 
     def _stopped(self, work: Work) -> WorkFailed:
@@ -655,37 +666,6 @@ class Agent(Actor[Any]):
     def _finished(self) -> None:
         if self._source is not None:
             self._source.work_done(self.agent_id)
-
-
-class _Follow:
-    """While a runner Task runs a piece of work, a requester that cancels its wait (an MCP
-    client's notifications/cancelled, a caller cancelled itself, a timeout) cancels the Task:
-    nobody wants the result any more. :meth:`stop` ends this when the work is over (the Task
-    may go on with other work); :attr:`cancelled` says whether it fired."""
-
-    __slots__ = ("_future", "_task", "cancelled")
-
-    def __init__(self, future: asyncio.Future[Any] | None, task: asyncio.Task[Any] | None) -> None:
-        self._future = future
-        self._task = task
-        self.cancelled = False
-        if future is not None and task is not None:
-            future.add_done_callback(self._abandoned)
-
-    def _abandoned(self, done: asyncio.Future[Any]) -> None:
-        if done.cancelled() and self._task is not None:
-            self.cancelled = True
-            self._task.cancel()
-
-    def stop(self) -> None:
-        if self._future is not None and self._task is not None:
-            self._future.remove_done_callback(self._abandoned)
-        self._task = None
-
-
-def _follow_requester(work: Work) -> _Follow:
-    future = work.future if type(work) is CapabilityCall else None
-    return _Follow(future, asyncio.current_task())
 
 
 _RUNS_PER_TURN = 64
