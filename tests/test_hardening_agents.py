@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import nats
@@ -153,6 +153,11 @@ class TextAgent(Agent):
         TextAgent.calls += 1
         return {label: sum(counts)}
 
+    @capability("pick")
+    async def pick(self, mode: Literal["fast", "slow"], level: int) -> str:
+        TextAgent.calls += 1
+        return mode
+
     @capability("lookup")
     async def lookup(self, key: str) -> str:
         return {"a": "b"}[key]
@@ -208,6 +213,14 @@ class TextAgent(Agent):
             "other",
             "tally has no parameter 'other' (it takes: counts, label)",
         ),
+        (
+            "pick",
+            {"mode": "medium"},
+            "mode",
+            "parameter 'mode' of pick must be one of 'fast', 'slow', not 'medium'",
+        ),
+        ("pick", "medium", "mode", "parameter 'mode' of pick must be one of 'fast', 'slow', not 'medium'"),
+        ("pick", "fast", "level", "pick needs parameter 'level' (it takes: mode, level)"),
     ],
 )
 async def test_bad_parameters_are_refused_before_the_handler_runs_in_plain_words(

@@ -47,6 +47,9 @@ _WORDS = {
     "object": "an object",
     "bytes": "bytes",
 }
+_convert = msgspec.convert  # the hot path's one call, looked up once
+_Invalid = msgspec.ValidationError
+
 _EXPECTED = re.compile(r"^Expected `(?P<expected>[^`]*)`, got `(?P<got>[^`]*)`")
 _AT = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$")
 
@@ -59,7 +62,18 @@ class Parameters:
         method: The handler, bound (``self`` is not a parameter).
     """
 
-    __slots__ = ("_first", "_names", "_positional", "_required", "_struct", "_takes_any", "name")
+    __slots__ = (
+        "_first",
+        "_first_name",
+        "_hints",
+        "_names",
+        "_positional",
+        "_required",
+        "_struct",
+        "_takes",
+        "_takes_any",
+        "name",
+    )
 
     def __init__(self, name: str, method: Callable[..., Any]) -> None:
         self.name = name
@@ -72,7 +86,10 @@ class Parameters:
         kinds = {p.kind for p in signature.parameters.values()}
         self._takes_any = inspect.Parameter.VAR_KEYWORD in kinds
         self._names = tuple(p.name for p in params)
-        self._required = tuple(p.name for p in params if p.default is inspect.Parameter.empty)
+        takes_value = (inspect.Parameter.POSITIONAL_ONLY, *keyword)
+        valued = [p for p in signature.parameters.values() if p.kind in takes_value]
+        self._takes = ", ".join(p.name for p in valued) or "no parameters"
+        self._required = tuple(p.name for p in valued if p.default is inspect.Parameter.empty)
         positional = [
             p
             for p in signature.parameters.values()
@@ -80,14 +97,20 @@ class Parameters:
         ]
         self._positional = bool(positional) or inspect.Parameter.VAR_POSITIONAL in kinds
         hints = {p.name: _checkable(p.annotation, method) for p in signature.parameters.values()}
+        self._first_name = positional[0].name if positional else None
         first = hints[positional[0].name] if positional else Any
         self._first: Any = None if first is Any else first
+        self._hints = hints
         self._struct: type[msgspec.Struct] | None = None
         if any(hints[p.name] is not Any for p in params):
             fields = [(p.name, hints[p.name], msgspec.field(default=None)) for p in params]
-            self._struct = msgspec.defstruct(
-                f"{name}-parameters", fields, kw_only=True, forbid_unknown_fields=not self._takes_any
-            )
+            forbid = not self._takes_any
+            try:
+                self._struct = msgspec.defstruct(
+                    "Parameters", fields, kw_only=True, forbid_unknown_fields=forbid
+                )
+            except (TypeError, ValueError):  # a name or type msgspec refuses: names checked only
+                self._struct = None
 
     def call(self, method: Callable[..., Coroutine[Any, Any, Any]], payload: Any) -> Coroutine[Any, Any, Any]:
         """The coroutine of ``method`` for ``payload`` (keyword arguments when it is a JSON
@@ -97,10 +120,11 @@ class Parameters:
             InvalidParameters: ``payload`` does not fit the handler's signature.
         """
         if isinstance(payload, dict):
-            if self._struct is not None:
+            struct = self._struct
+            if struct is not None:
                 try:
-                    msgspec.convert(payload, self._struct)
-                except msgspec.ValidationError as exc:
+                    _convert(payload, struct)
+                except _Invalid as exc:
                     raise self._invalid(str(exc), payload) from None
             try:
                 return method(**payload)
@@ -119,22 +143,21 @@ class Parameters:
                 raise problem from None
         if self._first is not None:
             try:
-                msgspec.convert(payload, self._first)
-            except msgspec.ValidationError as exc:
+                _convert(payload, self._first)
+            except _Invalid as exc:
                 raise self._invalid(str(exc), payload, first=True) from None
         try:
             return method(payload)
         except TypeError:
-            if self._positional:
+            if not self._positional:
+                text = f"{self.name} takes no value; send its parameters as an object"
+                raise InvalidParameters(self.name, None, text) from None
+            problem = self._names_problem({self._first_name: payload})
+            if problem is None:
                 raise
-            raise InvalidParameters(
-                self.name, None, f"{self.name} takes no value; send its parameters as an object"
-            ) from None
+            raise problem from None
 
     # ------------------------------------------------------------------ messages
-
-    def _takes(self) -> str:
-        return ", ".join(self._names) or "no parameters"
 
     def _names_problem(self, payload: dict[Any, Any]) -> InvalidParameters | None:
         """What is wrong with the names in ``payload``, or None (the TypeError was not ours)."""
@@ -149,12 +172,12 @@ class Parameters:
 
     def _unknown(self, key: str) -> InvalidParameters:
         return InvalidParameters(
-            self.name, key, f"{self.name} has no parameter {key!r} (it takes: {self._takes()})"
+            self.name, key, f"{self.name} has no parameter {key!r} (it takes: {self._takes})"
         )
 
     def _missing(self, key: str) -> InvalidParameters:
         return InvalidParameters(
-            self.name, key, f"{self.name} needs parameter {key!r} (it takes: {self._takes()})"
+            self.name, key, f"{self.name} needs parameter {key!r} (it takes: {self._takes})"
         )
 
     def _invalid(self, error: str, payload: Any, *, first: bool = False) -> InvalidParameters:
@@ -174,13 +197,23 @@ class Parameters:
             return InvalidParameters(self.name, None, text)
         name, rest = head["name"], head["rest"]
         expected = _EXPECTED.match(reason)
+        hint = self._hints.get(name)
         if not rest and expected is not None:
             need, got = _type_words(expected["expected"]), _type_words(expected["got"])
             text = f"parameter {name!r} of {self.name} must be {need}, not {got}"
+        elif not rest and typing.get_origin(hint) is typing.Literal:
+            choices = ", ".join(repr(choice) for choice in typing.get_args(hint))
+            text = (
+                f"parameter {name!r} of {self.name} must be one of {choices}, not {_value(payload, name)!r}"
+            )
         else:
             where = f" at {name}{rest}" if rest else ""
             text = f"parameter {name!r} of {self.name} is invalid{where}: {_words(reason)}"
         return InvalidParameters(self.name, name, text)
+
+
+def _value(payload: Any, name: str) -> Any:
+    return payload.get(name) if isinstance(payload, dict) else payload
 
 
 def _type_words(spec: str) -> str:
