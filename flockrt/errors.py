@@ -357,15 +357,18 @@ class ClaudeError(FlockError):
     """A Claude API call failed after the retries it was worth, or was not made at all.
 
     The piece of work that needed the call fails with this error (its requester sees the
-    message); the Claude agent goes on. Rate limits, overload, timeouts and connection errors
-    are retried with backoff first; while the agent's circuit breaker is open no call is made.
+    message); the Claude agent goes on. What the Anthropic SDK retries (408, 409, 429, 5xx,
+    timeouts, connection errors, as the server's ``x-should-retry`` allows) was retried first,
+    and so was a stream that failed midway; while the agent's circuit breaker is open no call
+    is made.
 
     Attributes:
         kind: ``rate_limited`` (429), ``overloaded`` (529), ``server_error`` (other 5xx),
-            ``timeout``, ``connection_error``, ``client_error`` (a 4xx: bad request, bad key),
-            ``circuit_open`` or ``no_api_key``.
+            ``timeout`` (408 too), ``connection_error``, ``client_error`` (a 4xx: bad request,
+            bad key), ``circuit_open`` or ``no_api_key``.
         status: The HTTP status of the last response, if there was one.
-        attempts: Calls made for this piece of work (0 when none was made).
+        attempts: HTTP requests made for this piece of work, retries included (0 when none
+            was made).
     """
 
     def __init__(self, message: str, *, kind: str, status: int | None = None, attempts: int = 0) -> None:
