@@ -29,6 +29,7 @@ from flockrt import (
     Supervisor,
     WorkFailed,
 )
+from flockrt.actors.repeats import RepeatedLines
 from flockrt.agents.agent import Agent, capability, handles_task
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.wire.schema import TaskMessage
@@ -365,3 +366,30 @@ async def test_an_agents_identical_failures_are_counted_not_repeated(
     assert failure_lines(caplog, "flockrt.agent")[-1] == (
         "agent failing: capability fail failed: cannot: x (and 49 more like it in the last 60 s)"
     )
+
+
+async def test_failure_lines_stay_bounded_when_every_message_differs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("flockrt.test.repeats")
+    caplog.set_level(logging.ERROR, logger.name)
+    lines = RepeatedLines(window=60.0, max_kinds=2)
+    for n in range(5):  # five kinds: two watched, the others written every time
+        lines.log(logger, logging.ERROR, n, "failure %d", n)
+        lines.log(logger, logging.ERROR, n, "failure %d", n)
+    assert [r.getMessage() for r in caplog.records] == [
+        "failure 0",
+        "failure 1",
+        "failure 2",
+        "failure 2",
+        "failure 3",
+        "failure 3",
+        "failure 4",
+        "failure 4",
+    ]
+    lines.flush()
+    assert [r.getMessage() for r in caplog.records][-2:] == [
+        "failure 0 (and 1 more like it in the last 60 s)",
+        "failure 1 (and 1 more like it in the last 60 s)",
+    ]
+    assert lines.suppressed == 2
