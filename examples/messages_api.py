@@ -41,8 +41,10 @@ __all__ = ["Failure", "MessagesApiStandIn", "echo_answer"]
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    408: "timeout_error",
     429: "rate_limit_error",
     500: "api_error",
+    503: "api_error",
     529: "overloaded_error",
 }
 
@@ -57,12 +59,14 @@ class Failure:
         retry_after: Value of the ``retry-after`` header (seconds), if any.
         mid_stream: For a streaming request, answer 200 and send the error as an ``error``
             event after the first delta (as the API does when it overloads mid-answer).
+        headers: More response headers (``retry-after-ms``, ``x-should-retry``, ...).
     """
 
     status: int
     message: str = "scripted failure"
     retry_after: str | None = None
     mid_stream: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def error_type(self) -> str:
@@ -254,6 +258,7 @@ class MessagesApiStandIn:
         headers = {"request-id": request_id}
         if failure.retry_after is not None:
             headers["retry-after"] = failure.retry_after
+        headers.update(failure.headers)
         return web.json_response(
             {
                 "type": "error",

@@ -243,7 +243,9 @@ class ClaudeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fro
     base_url: str = ""
     """Another Messages API endpoint ("" = Anthropic's)."""
     max_retries: int = 3
-    """Retries (with backoff) of rate-limited or overloaded calls."""
+    """Retries of a call, by the Anthropic SDK's policy (408, 409, 429, 5xx, timeouts, connection
+    errors; it obeys retry-after-ms, retry-after and x-should-retry), and of a stream that fails
+    midway."""
     timeout: float = 60.0
     """Seconds one call may take."""
 

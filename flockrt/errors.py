@@ -30,6 +30,7 @@ __all__ = [
     "GatewayError",
     "GatewayUnavailable",
     "InvalidMessage",
+    "InvalidParameters",
     "JetStreamError",
     "JsonRpcError",
     "ListenError",
@@ -40,6 +41,7 @@ __all__ = [
     "NoResponders",
     "NotAuthorized",
     "OutsideAgentFailed",
+    "RemoteFailure",
     "RestartIntensityExceeded",
     "SystemStopped",
     "ToolError",
@@ -213,15 +215,72 @@ class WorkTimeout(FlockError, TimeoutError):
 
 
 class WorkFailed(FlockError):
-    """The agent's handler for a capability or task raised; the cause is attached."""
+    """The agent's handler for a capability or task raised (or refused its parameters); the
+    cause is attached.
+
+    Attributes:
+        agent_id: The agent whose handler failed ("" when unknown).
+        kind: ``capability``, ``task`` or ``query``.
+        key: The capability, task type or agent.
+        cause: The exception (for work done in another process, a :class:`RemoteFailure`).
+        reason: What went wrong, in words: the cause's message (its type's name first when the
+            cause is not an error written to be read, a flockrt or a ValueError).
+        error_type: The name of the cause's class (in another process: as it reported it,
+            ``errorType`` on the wire; None if it did not say). Programs branch on this, not
+            on the message.
+    """
 
     def __init__(self, agent_id: str, kind: str, key: str, cause: BaseException) -> None:
-        super().__init__(f"agent {agent_id}: {kind} {key!r} failed: {cause!r}")
+        self.reason = _plain(cause)
+        super().__init__(f"agent {agent_id}: {kind} {key!r} failed: {self.reason}")
         self.agent_id = agent_id
         self.kind = kind
         self.key = key
         self.cause = cause
         self.__cause__ = cause
+        self.error_type: str | None = (
+            cause.error_type if isinstance(cause, RemoteFailure) else type(cause).__name__
+        )
+
+
+class RemoteFailure(FlockError):
+    """The cause of a :class:`WorkFailed` for work done in another process: what it reported.
+
+    Attributes:
+        error_type: The name of the exception's class there (``errorType`` of the answer), or
+            None when the other side did not say (an older flockrt, another language).
+    """
+
+    def __init__(self, message: str, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class InvalidParameters(FlockError, ValueError):
+    """A capability request's parameters do not fit its handler: a parameter it does not take,
+    one it needs and did not get, or a value of the wrong type. Checked before the handler
+    runs, so nothing was done: fix what the message names and send again (the same request
+    fails the same way).
+
+    Attributes:
+        capability: The capability asked for.
+        parameter: The parameter at fault, or None when the parameters as a whole are.
+    """
+
+    def __init__(self, capability: str, parameter: str | None, message: str) -> None:
+        super().__init__(message)
+        self.capability = capability
+        self.parameter = parameter
+
+
+def _plain(exc: BaseException) -> str:
+    """An exception as a sentence: its message when it was written to be read (a flockrt error,
+    a ValueError), else its class's name and its message (``KeyError: 'text'``); never a repr."""
+    text = str(exc)
+    if text and isinstance(exc, FlockError | ValueError):
+        return text
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
 
 
 class UnknownAgent(FlockError, LookupError):
@@ -298,15 +357,18 @@ class ClaudeError(FlockError):
     """A Claude API call failed after the retries it was worth, or was not made at all.
 
     The piece of work that needed the call fails with this error (its requester sees the
-    message); the Claude agent goes on. Rate limits, overload, timeouts and connection errors
-    are retried with backoff first; while the agent's circuit breaker is open no call is made.
+    message); the Claude agent goes on. What the Anthropic SDK retries (408, 409, 429, 5xx,
+    timeouts, connection errors, as the server's ``x-should-retry`` allows) was retried first,
+    and so was a stream that failed midway; while the agent's circuit breaker is open no call
+    is made.
 
     Attributes:
         kind: ``rate_limited`` (429), ``overloaded`` (529), ``server_error`` (other 5xx),
-            ``timeout``, ``connection_error``, ``client_error`` (a 4xx: bad request, bad key),
-            ``circuit_open`` or ``no_api_key``.
+            ``timeout`` (408 too), ``connection_error``, ``client_error`` (a 4xx: bad request,
+            bad key), ``circuit_open`` or ``no_api_key``.
         status: The HTTP status of the last response, if there was one.
-        attempts: Calls made for this piece of work (0 when none was made).
+        attempts: HTTP requests made for this piece of work, retries included (0 when none
+            was made).
     """
 
     def __init__(self, message: str, *, kind: str, status: int | None = None, attempts: int = 0) -> None:

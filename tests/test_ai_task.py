@@ -124,7 +124,8 @@ async def test_a_claude_failure_becomes_the_tasks_error(
     from examples.messages_api import Failure
 
     connection, results = client
-    api.fail_next(Failure(500, "Internal server error"))
+    # Not to be retried (the SDK retries a 500 unless the server says otherwise).
+    api.fail_next(Failure(500, "Internal server error", headers=(("x-should-retry", "false"),)))
     claude = ClaudeConfig(api_key=KEY, base_url=api.base_url)
     async with (
         node("workers", nats_server.url, ("ai", "ai")),

@@ -127,7 +127,8 @@ async def test_seed_shaped_json_task_is_processed_and_answered(
     assert reply.headers is not None and reply.headers["Correlation-Id"] == "c-2"
     published = {r["taskId"]: r for r in results.json()}
     assert set(published) == {"task-1", "task-2"}
-    assert set(published["task-1"]) == {"taskId", "result", "processedBy", "status", "error", "durationMs"}
+    fields = {"taskId", "result", "processedBy", "status", "error", "durationMs", "errorType"}
+    assert set(published["task-1"]) == fields
 
 
 async def test_announcements_and_heartbeats_carry_the_documented_fields(
@@ -316,6 +317,7 @@ async def test_capability_requests_for_handlers_that_never_wait_are_answered_at_
             "result": {"words": 3, "by": "counting-0", "correlation": "c-0"},
             "agentId": "counting-0",
             "error": None,
+            "errorType": None,
         }
         # The Correlation-Id header, when there is one, is what the agent's work runs with.
         traced = await ask("x y", "c-5", {"Correlation-Id": "trace-5"})
@@ -324,7 +326,8 @@ async def test_capability_requests_for_handlers_that_never_wait_are_answered_at_
         assert failed["correlationId"] == "c-6" and "nothing to count" in failed["error"]
         assert failed["agentId"] in ("counting-0", "counting-1") and failed["result"] is None
         wrong = await ask({"words": "x"}, "c-7")  # not the handler's parameters
-        assert "TypeError" in wrong["error"]
+        assert wrong["error"] == "count has no parameter 'words' (it takes: text)"
+        assert wrong["errorType"] == "InvalidParameters"
         outcomes = node.flock.work_stats.outcomes
         assert (outcomes["capability", "count", "ok"], outcomes["capability", "count", "error"]) == (5, 2)
         assert ran_inline == [True] * 7  # each went the fast path (no Work, no timer)
@@ -390,6 +393,7 @@ async def test_capability_requests_that_wait_are_answered_or_time_out(
             "result": "pondered 0.01",
             "agentId": "p-1",
             "error": None,
+            "errorType": None,
         }
         # Past the request's own timeout (ms) the answering side gives up and says so.
         slow = {"capability": "ponder", "parameters": {"seconds": 5}, "timeout": 50, "correlationId": "c-2"}

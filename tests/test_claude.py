@@ -27,6 +27,7 @@ from flockrt.supervisor.spec import Backoff
 from tests.conftest import wait_for
 
 NO_WAIT = Backoff(initial=0.0, maximum=0.0, jitter=0.0)
+NO_RETRY = (("x-should-retry", "false"),)
 KEY = "sk-test-key"
 
 
@@ -90,7 +91,7 @@ async def test_claude_ai_answers_through_the_sdk_and_counts_tokens(
         "system": "Be brief.",
     }
     assert api.headers[0]["Authorization"] == f"Bearer {KEY}"
-    assert api.headers[0]["x-stainless-retry-count"] == "0"  # the SDK does not retry on its own
+    assert api.headers[0]["x-stainless-retry-count"] == "0"  # a first attempt
     # A bare string is the prompt.
     second = await flock.request_capability("claude-ai", "just text")
     assert second["text"] == "Claude says: just text"
@@ -154,30 +155,27 @@ async def test_large_max_tokens_stream_without_a_listener(flock: LocalFlock, api
     assert large["text"] == "Claude says: b"
 
 
-async def test_rate_limit_and_overload_are_retried_with_our_backoff(
+async def test_rate_limit_and_overload_are_retried_by_the_sdk_and_counted(
     flock: LocalFlock, api: MessagesApiStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
-    agent = await start_claude(flock, api, backoff=Backoff(initial=0.01, maximum=1.0, jitter=0.0))
+    agent = await start_claude(flock, api)
     api.fail_next(
         Failure(429, "Number of request tokens has exceeded your rate limit", retry_after="0.05"),
-        Failure(529, "Overloaded"),
+        Failure(529, "Overloaded", headers=(("retry-after-ms", "20"),)),
     )
     caplog.set_level(logging.WARNING, "flockrt.agents.claude")
     result = await flock.request_capability("claude-ai", "third time lucky")
     assert result["text"] == "Claude says: third time lucky"
     assert len(api.requests) == 3
-    assert [h["x-stainless-retry-count"] for h in api.headers] == ["0", "0", "0"]
+    # The SDK retried (it says so in its header), waiting what retry-after(-ms) said.
+    assert [h["x-stainless-retry-count"] for h in api.headers] == ["0", "1", "2"]
     counts = agent.usage.requests
     assert (counts["rate_limited"], counts["overloaded"], counts["ok"]) == (1, 1, 1)
     assert agent.usage.retries == 2
-    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
-    # The 429 waits what retry-after says; the 529 (no header) the backoff's second step.
-    assert re.search(
-        r"rate limited \(429 rate_limit_error\).*attempt 1 of 4\); retrying in 0\.05 s", retries[0]
-    )
-    assert re.search(
-        r"overloaded \(529 overloaded_error\).*attempt 2 of 4\); retrying in 0\.02 s", retries[1]
-    )
+    assert [r.getMessage() for r in caplog.records] == [
+        "Claude agent claude: rate limited (429) (attempt 1 of at most 4)",
+        "Claude agent claude: overloaded (529) (attempt 2 of at most 4)",
+    ]
     assert agent.breaker.state == "closed" and agent.breaker.failures == 0
 
 
@@ -197,7 +195,8 @@ async def test_overload_in_the_middle_of_a_stream_is_retried(
 
 async def test_retries_run_out_into_a_clear_failed_work(flock: LocalFlock, api: MessagesApiStandIn) -> None:
     await start_claude(flock, api, max_retries=1)
-    api.fail_next(Failure(429, "slow down", retry_after="0"), Failure(429, "slow down", retry_after="0"))
+    soon = (("retry-after-ms", "1"),)
+    api.fail_next(Failure(429, "slow down", headers=soon), Failure(429, "slow down", headers=soon))
     with pytest.raises(WorkFailed) as info:
         await flock.request_capability("claude-ai", "in vain")
     error = info.value.cause
@@ -209,11 +208,11 @@ async def test_retries_run_out_into_a_clear_failed_work(flock: LocalFlock, api: 
     assert (await flock.request_capability("claude-ai", "later"))["text"] == "Claude says: later"
 
 
-async def test_server_error_fails_at_once_and_the_agent_keeps_working(
+async def test_a_server_error_the_server_says_not_to_retry_fails_at_once(
     flock: LocalFlock, api: MessagesApiStandIn
 ) -> None:
     agent = await start_claude(flock, api)
-    api.fail_next(Failure(500, "Internal server error"))
+    api.fail_next(Failure(500, "Internal server error", headers=NO_RETRY))
     with pytest.raises(WorkFailed) as info:
         await flock.request_capability("claude-ai", "boom")
     error = info.value.cause
@@ -232,7 +231,7 @@ async def test_breaker_opens_after_repeated_failures_then_a_trial_closes_it(
     breaker = CircuitBreaker(failure_threshold=2, reset_timeout=30.0, clock=lambda: now[0])
     agent = await start_claude(flock, api, breaker=breaker)
     opened_before = USAGE.circuit_opened
-    api.fail_next(Failure(500, "down"), Failure(500, "down"))
+    api.fail_next(Failure(500, "down", headers=NO_RETRY), Failure(500, "down", headers=NO_RETRY))
     for _ in range(2):
         with pytest.raises(WorkFailed, match="500 api_error"):
             await flock.request_capability("claude-ai", "x")

@@ -41,7 +41,7 @@ EXAMPLES: list[tuple[Any, set[str]]] = [
     ),
     (
         TaskResult(task_id="t1", result=3, processed_by="a", status="ok", duration_ms=1.5),
-        {"taskId", "result", "processedBy", "status", "error", "durationMs"},
+        {"taskId", "result", "processedBy", "status", "error", "durationMs", "errorType"},
     ),
     (
         AgentAnnouncement(id="a", name="A", capabilities=["x"], max_concurrent_tasks=2, timestamp=STAMP),
@@ -65,7 +65,7 @@ EXAMPLES: list[tuple[Any, set[str]]] = [
     ),
     (
         CapabilityResponse(correlation_id="c", result={"ok": True}, agent_id="b", error=None),
-        {"correlationId", "result", "agentId", "error"},
+        {"correlationId", "result", "agentId", "error", "errorType"},
     ),
 ]
 

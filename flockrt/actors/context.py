@@ -493,8 +493,11 @@ class ActorContext(Generic[M]):
         system._failures += 1
         if type(envelope) is _Ask and not envelope.future.done():
             envelope.future.set_exception(ActorFailed(self._ref, error))
-        if log.isEnabledFor(logging.ERROR):
-            log.error("actor %s failed: %r", self.path, error, exc_info=error)
+        if log.isEnabledFor(logging.ERROR):  # identical failures within a window: one line, counted
+            kind = (type(self._actor), type(error), str(error))
+            system.failure_log.log(
+                log, logging.ERROR, kind, "actor %s failed: %r", self.path, error, exc_info=error
+            )
         if self._state >= STOPPING:
             return
         if self._closed:  # asked to stop while draining: stop now, with the error as reason

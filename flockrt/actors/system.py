@@ -17,6 +17,7 @@ from flockrt.actors.deadlines import AskDeadlines
 from flockrt.actors.histogram import Histogram
 from flockrt.actors.instance import start_instance
 from flockrt.actors.ref import ActorRef
+from flockrt.actors.repeats import RepeatedLines
 from flockrt.errors import ActorNameTaken, ActorStartFailed, ActorStopped, SystemStopped
 
 __all__ = ["ActorSystem", "SystemStats"]
@@ -139,6 +140,9 @@ class ActorSystem:
         self._restarts = 0
         self._dead_letters = 0
         self._mailbox_overflows = 0
+        self.failure_log = RepeatedLines()
+        """Where the kernel's failure lines go: identical ones within a window (10 s) are
+        counted and logged once with their count (see :mod:`flockrt.actors.repeats`)."""
         # Actors per state (indexed like STATE_NAMES), kept by ActorContext._set_state; the
         # guardian is in them too and taken out by stats().
         self._states = [0] * len(STATE_NAMES)
@@ -207,6 +211,7 @@ class ActorSystem:
         except TimeoutError:
             log.warning("system %s: shutdown took longer than %g s; cancelling the rest", self.name, timeout)
         guardian._kill("shutdown")
+        self.failure_log.flush()  # the counts of the windows still open
 
     async def wait(self) -> None:
         """Wait until the system has stopped; raise the root failure if that is why it stopped."""

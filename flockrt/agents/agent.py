@@ -31,6 +31,7 @@ from flockrt.actors.actor import Actor
 from flockrt.actors.correlation import correlation_id, current_agent
 from flockrt.actors.tasks import TaskOwner
 from flockrt.agents.decorators import CAPABILITY, TASK_TYPE, capability, handles_task, never_waits
+from flockrt.agents.params import Parameters
 from flockrt.agents.ports import AgentCard, Membership, WorkSource
 from flockrt.agents.work import (
     CapabilityCall,
@@ -39,9 +40,10 @@ from flockrt.agents.work import (
     TaskRun,
     Work,
     current_work,
+    follow_requester,
     report_tasks,
 )
-from flockrt.errors import NoCapableAgent, WorkFailed
+from flockrt.errors import InvalidParameters, NoCapableAgent, WorkFailed
 from flockrt.wire.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
 from flockrt.wire.subjects import check_token
 
@@ -81,6 +83,8 @@ class Agent(Actor[Any]):
     does not wait."""
     _flockrt_capabilities: ClassVar[dict[str, str]] = {}
     _flockrt_task_types: ClassVar[dict[str, str]] = {}
+    _flockrt_parameters: ClassVar[dict[str, Parameters]] = {}
+    """The capability handlers' :class:`Parameters`, by method name, built on first use."""
     _flockrt_inline: ClassVar[frozenset[str]] = frozenset()
     """Skill methods that never wait (see :func:`_never_waits`): run inline, without a Task."""
 
@@ -96,6 +100,7 @@ class Agent(Actor[Any]):
                     task_types[task_type] = attr
         cls._flockrt_capabilities = capabilities
         cls._flockrt_task_types = task_types
+        cls._flockrt_parameters = {}
         methods = {*capabilities.values(), *task_types.values()}
         cls._flockrt_inline = frozenset(m for m in methods if never_waits(getattr(cls, m)))
 
@@ -184,6 +189,7 @@ class Agent(Actor[Any]):
         # Instance attributes shadow the class's table: other instances keep theirs.
         vars(self)[attribute] = handler
         vars(self)["_flockrt_capabilities"] = {**self._flockrt_capabilities, name: attribute}
+        vars(self)["_flockrt_parameters"] = {}  # its handler is this agent's own
 
     def offer_only(self, names: Iterable[str]) -> None:
         """Offer only these of the class's capabilities (a config's ``capabilities = [...]``):
@@ -560,7 +566,7 @@ class Agent(Actor[Any]):
         current_agent.set(self.agent_id)
         correlation_id.set(work.correlation_id)
         current_work.set(work)  # a runner's context: no reset, and the next piece replaces it
-        follow = _follow_requester(work)
+        follow = follow_requester(work)
         try:
             result = await self._call(work, method_name)
         except asyncio.CancelledError:
@@ -616,16 +622,17 @@ class Agent(Actor[Any]):
 
     def _handler(self, kind: str, method_name: str, payload: Any) -> Coroutine[Any, Any, Any]:
         """The coroutine of handler ``method_name`` for a task (``payload``: the TaskMessage)
-        or a capability request (its parameters: keyword arguments when they are a JSON
-        object, else one argument, or none), not started."""
+        or a capability request (its parameters, checked first: see :class:`Parameters`), not
+        started. Raises InvalidParameters when they do not fit the handler (it did not run)."""
         method: Callable[..., Coroutine[Any, Any, Any]] = getattr(self, method_name)
         if kind == "task":
             return method(payload)
-        if isinstance(payload, dict):
-            return method(**payload)
-        if payload is None:
-            return method()
-        return method(payload)
+        checks = self._flockrt_parameters
+        check = checks.get(method_name)
+        if check is None:  # built once per class and handler (an added handler: per agent)
+            names = {attribute: name for name, attribute in self._flockrt_capabilities.items()}
+            check = checks[method_name] = Parameters(names.get(method_name, method_name), method)
+        return check.call(method, payload)
 
     def _failed(self, work: Work, exc: BaseException, correlation: str | None = None) -> None:
         """The work failed, not the agent: its requester gets the error."""
@@ -638,8 +645,20 @@ class Agent(Actor[Any]):
         """Log a handler's exception (with the agent's and the ``correlation`` id, for when it
         is logged outside the handler's context); the WorkFailed its requester gets."""
         context = {"agent": self.agent_id, "correlation_id": correlation}
-        log.warning("agent %s: %s %s failed: %r", self.agent_id, kind, key, exc, extra=context)
-        return WorkFailed(self.agent_id, kind, key, exc)
+        failed = WorkFailed(self.agent_id, kind, key, exc)
+        level = logging.INFO if isinstance(exc, InvalidParameters) else logging.WARNING  # the asker's
+        self.context.system.failure_log.log(  # a storm of identical failures: counted, not repeated
+            log,
+            level,
+            (kind, key, failed.reason),
+            "agent %s: %s %s failed: %s",
+            self.agent_id,
+            kind,
+            key,
+            failed.reason,
+            extra=context,
+        )
+        return failed
 
     def _stopped(self, work: Work) -> WorkFailed:
         return WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
@@ -647,37 +666,6 @@ class Agent(Actor[Any]):
     def _finished(self) -> None:
         if self._source is not None:
             self._source.work_done(self.agent_id)
-
-
-class _Follow:
-    """While a runner Task runs a piece of work, a requester that cancels its wait (an MCP
-    client's notifications/cancelled, a caller cancelled itself, a timeout) cancels the Task:
-    nobody wants the result any more. :meth:`stop` ends this when the work is over (the Task
-    may go on with other work); :attr:`cancelled` says whether it fired."""
-
-    __slots__ = ("_future", "_task", "cancelled")
-
-    def __init__(self, future: asyncio.Future[Any] | None, task: asyncio.Task[Any] | None) -> None:
-        self._future = future
-        self._task = task
-        self.cancelled = False
-        if future is not None and task is not None:
-            future.add_done_callback(self._abandoned)
-
-    def _abandoned(self, done: asyncio.Future[Any]) -> None:
-        if done.cancelled() and self._task is not None:
-            self.cancelled = True
-            self._task.cancel()
-
-    def stop(self) -> None:
-        if self._future is not None and self._task is not None:
-            self._future.remove_done_callback(self._abandoned)
-        self._task = None
-
-
-def _follow_requester(work: Work) -> _Follow:
-    future = work.future if type(work) is CapabilityCall else None
-    return _Follow(future, asyncio.current_task())
 
 
 _RUNS_PER_TURN = 64

@@ -9,11 +9,13 @@ longer (about 1.7 s) than starting a whole flock, which a flock without Claude n
 one it advertises nothing, and a config's ``class = "claude"`` entry is left out of the tree
 with one log line.
 
-Calls go through ``anthropic.AsyncAnthropic`` with the SDK's own retries turned off
-(``max_retries=0``): the agent retries rate limits (429), overload (529 or an
-``overloaded_error`` event mid-stream), timeouts and connection errors itself, with
-exponential backoff (or the server's ``retry-after``), so the count and the delays are its own,
-logged and counted. Calls that still fail feed a :class:`CircuitBreaker`: after
+Calls go through ``anthropic.AsyncAnthropic`` with the SDK's own retry policy (``max_retries``
+from the config): it retries 408, 409, 429, 5xx (529 included), timeouts and connection errors,
+waits what ``retry-after-ms`` or ``retry-after`` says (else its exponential backoff), and obeys
+``x-should-retry``. A middleware on the client sees every attempt, so each one is counted by
+outcome and logged. The agent retries by itself only where the SDK cannot: a failure in the
+middle of a stream (an ``overloaded_error`` event, a connection lost or timed out after the
+200), with :attr:`ClaudeAgent.backoff`. Calls that still fail feed a :class:`CircuitBreaker`: after
 ``failure_threshold`` failed calls in a row it opens and work fails at once with
 :class:`~flockrt.errors.ClaudeError` (``kind="circuit_open"``) until ``reset_timeout`` has
 passed; then one trial call decides whether it closes again. Every failure is failed work with
@@ -30,6 +32,7 @@ reads at scrape time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import re
@@ -46,6 +49,7 @@ from flockrt.supervisor.spec import Backoff
 if TYPE_CHECKING:
     import anthropic
     import httpx2
+    from anthropic import APIRequest, AsyncAPIResponse, AsyncCallNext
     from anthropic.types import Message, MessageParam
 
     from flockrt.config import FlockConfig
@@ -67,6 +71,8 @@ OUTCOMES = (
 """What a request to the API can come to; ``circuit_open`` ones were never sent."""
 
 _RETRIED = frozenset({"rate_limited", "overloaded", "timeout", "connection_error"})
+"""Failures in the middle of a stream that the agent retries itself (the SDK cannot: the
+response had begun)."""
 # Failures that say the API (or the way to it) is in trouble; a client error says it is up.
 _BREAKER_FAILURES = frozenset({"rate_limited", "overloaded", "server_error", "timeout", "connection_error"})
 
@@ -108,11 +114,20 @@ USAGE = ClaudeUsage()
 
 
 class _Call:
-    """One piece of work's way through the API: attempts so far and progress reported."""
+    """One piece of work's way through the API: HTTP attempts so far (the SDK's retries
+    included) and progress reported."""
 
     attempts: int = 0
+    answered: bool = False
+    """Whether the last attempt got a successful response (a failure after it is mid-stream)."""
     characters: int = 0
     last_report: float = -math.inf
+
+
+_current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "flockrt_claude_call", default=None
+)
+"""The call an attempt belongs to, for the client's middleware (which runs in the caller's Task)."""
 
 
 _DEFAULTS = ClaudeConfig()  # the [claude] defaults are the agent's defaults
@@ -143,13 +158,16 @@ class ClaudeAgent(Agent):
         model: The model of every call.
         max_tokens: Default cap on an answer's length (a request may ask for another).
         base_url: Another Messages API endpoint ("" = the SDK's default).
-        max_retries: Retries of a rate-limited, overloaded, timed-out or unreachable call.
+        max_retries: Retries of a call (the SDK's policy: 408, 409, 429, 5xx, timeouts,
+            connection errors, as the server's ``x-should-retry`` allows), and of a stream
+            that fails midway.
         timeout: Seconds one HTTP call may take.
         stream_above: Answers allowed this many tokens or more are streamed even when nobody
             listens for progress (answers are streamed whenever somebody does).
         progress_interval: Seconds between progress reports while streaming (the first and
             the last are always sent).
-        backoff: Delays between retries when the server gives no ``retry-after``.
+        backoff: Delays between the retries of a stream that failed midway (the SDK's own
+            retries wait what the server says, else the SDK's backoff).
         breaker: The circuit breaker (default: opens after 5 failed calls, for 30 s).
         max_concurrent_tasks: Calls in flight at once (default 4).
     """
@@ -231,9 +249,14 @@ class ClaudeAgent(Agent):
             return
         import anthropic  # here, not at the top: importing the SDK takes longer than starting a flock
 
-        # The SDK's retries are off: ours are counted, logged and feed the breaker.
+        # The SDK retries (its policy honours retry-after-ms and x-should-retry); the middleware
+        # sees each of its attempts, to count and log them.
         self._client = anthropic.AsyncAnthropic(
-            api_key=self.api_key, base_url=self.base_url or None, max_retries=0, timeout=self.timeout
+            api_key=self.api_key,
+            base_url=self.base_url or None,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            middleware=[self._attempt],
         )
 
     async def teardown(self) -> None:
@@ -367,37 +390,86 @@ class ClaudeAgent(Agent):
     async def _call_with_retries(
         self, client: anthropic.AsyncAnthropic, request: dict[str, Any], streamed: bool, call: _Call
     ) -> Message:
+        """The SDK's retries happen within ``messages.create`` (or the start of a stream); a
+        stream that fails after its 200 is retried here, within what is left of ``max_retries``."""
         import anthropic
         import httpx2  # the SDK's HTTP client: transport errors in the middle of a stream arrive unwrapped
 
-        while True:
+        token = _current_call.set(call)
+        try:
+            while True:
+                try:
+                    if streamed:
+                        message = await self._stream(client, request, call)
+                    else:
+                        message = await client.messages.create(**request)
+                except (anthropic.APIError, httpx2.TransportError) as exc:
+                    outcome = _outcome(exc)
+                    midway = call.answered
+                    if midway:  # the middleware saw a 200: this failure is not counted yet
+                        self._count(outcome)
+                    left = self.max_retries + 1 - call.attempts
+                    if not midway or outcome not in _RETRIED or left <= 0:
+                        raise _error(exc, outcome, call.attempts, self.base_url) from exc
+                    delay = self.backoff.delay(call.attempts - 1)
+                    log.warning(
+                        "Claude agent %s: %s midway (attempt %d of %d); retrying in %.2f s",
+                        self.agent_id,
+                        _describe(exc, outcome),
+                        call.attempts,
+                        self.max_retries + 1,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    client = client.with_options(max_retries=left - 1)
+                    continue
+                self._count("ok", message)
+                return message
+        finally:
+            _current_call.reset(token)
+
+    async def _attempt(self, request: APIRequest, call_next: AsyncCallNext) -> AsyncAPIResponse[Any]:
+        """The client's middleware: runs once per HTTP attempt, the SDK's retries included,
+        to count it (a failed one by its outcome; a success when its answer is complete) and
+        log its failure."""
+        import anthropic
+
+        call = _current_call.get()
+        if call is not None:
             call.attempts += 1
-            if call.attempts > 1:
-                self.usage.retries += 1
-                USAGE.retries += 1
-            try:
-                if streamed:
-                    message = await self._stream(client, request, call)
-                else:
-                    message = await client.messages.create(**request)
-            except (anthropic.APIError, httpx2.TransportError) as exc:
-                outcome = _outcome(exc)
-                self._count(outcome)
-                if outcome not in _RETRIED or call.attempts > self.max_retries:
-                    raise _error(exc, outcome, call.attempts, self.base_url) from exc
-                delay = self._delay(exc, call.attempts - 1)
-                log.warning(
-                    "Claude agent %s: %s (attempt %d of %d); retrying in %.2f s",
-                    self.agent_id,
-                    _describe(exc, outcome),
-                    call.attempts,
-                    self.max_retries + 1,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            self._count("ok", message)
-            return message
+            call.answered = False
+            attempt = call.attempts
+        else:  # a call made on the client directly, not through complete()
+            attempt = request.retries_taken + 1
+        if attempt > 1:
+            self.usage.retries += 1
+            USAGE.retries += 1
+        try:
+            response = await call_next(request)
+        except anthropic.APIConnectionError as exc:  # no response: timed out or unreachable
+            outcome = "timeout" if isinstance(exc, anthropic.APITimeoutError) else "connection_error"
+            self._count(outcome)
+            self._attempt_failed(attempt, f"{outcome.replace('_', ' ')}: {exc.message}")
+            raise
+        status = response.status_code
+        if status >= 400:
+            outcome = _status_outcome(status, None)
+            self._count(outcome)
+            hint = response.headers.get("x-should-retry")
+            said = "" if hint is None else f", x-should-retry: {hint}"
+            self._attempt_failed(attempt, f"{outcome.replace('_', ' ')} ({status}{said})")
+        elif call is not None:
+            call.answered = True
+        return response
+
+    def _attempt_failed(self, attempt: int, what: str) -> None:
+        log.warning(
+            "Claude agent %s: %s (attempt %d of at most %d)",
+            self.agent_id,
+            what,
+            attempt,
+            self.max_retries + 1,
+        )
 
     async def _stream(
         self, client: anthropic.AsyncAnthropic, request: dict[str, Any], call: _Call
@@ -413,19 +485,6 @@ class ClaudeAgent(Agent):
             message = await stream.get_final_message()
         self.report_progress(call.characters, call.characters, "answer complete")
         return message
-
-    def _delay(self, exc: anthropic.APIError | httpx2.TransportError, retry: int) -> float:
-        """The server's ``retry-after`` (capped by the backoff's maximum), else the backoff."""
-        import anthropic
-
-        if isinstance(exc, anthropic.APIStatusError):
-            raw = exc.response.headers.get("retry-after")
-            if raw is not None:
-                try:
-                    return min(max(float(raw), 0.0), self.backoff.maximum)
-                except ValueError:
-                    pass  # an HTTP date: rare for this API; the backoff will do
-        return self.backoff.delay(retry)
 
     def _count(self, outcome: str, message: Message | None = None) -> None:
         for usage in (self.usage, USAGE):
@@ -458,15 +517,24 @@ def _outcome(exc: anthropic.APIError | httpx2.TransportError) -> str:
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
         return "connection_error"
     if isinstance(exc, anthropic.APIStatusError):
-        # A mid-stream error event arrives on a 200: its type says what it is.
-        if exc.status_code == 429 or exc.type == "rate_limit_error":
-            return "rate_limited"
-        if exc.status_code == 529 or exc.type == "overloaded_error":
-            return "overloaded"
-        if exc.status_code >= 500 or exc.status_code < 400:
-            return "server_error"
-        return "client_error"
+        return _status_outcome(exc.status_code, exc.type)
     return "server_error"  # e.g. a response that does not match the API's schema
+
+
+def _status_outcome(status: int, error_type: str | None) -> str:
+    """The outcome of a response with HTTP ``status`` (and the error's ``type``, if known).
+
+    A mid-stream error event arrives on a 200: its type says what it is.
+    """
+    if status == 429 or error_type == "rate_limit_error":
+        return "rate_limited"
+    if status == 529 or error_type == "overloaded_error":
+        return "overloaded"
+    if status == 408 or error_type == "timeout_error":
+        return "timeout"
+    if status >= 500 or status < 400:
+        return "server_error"
+    return "client_error"
 
 
 def _describe(exc: anthropic.APIError | httpx2.TransportError, outcome: str) -> str:
@@ -496,7 +564,7 @@ def _error(
     if outcome == "connection_error":
         where = base_url or "the default endpoint"
         text = f"cannot reach the Claude API at {where} after {attempts} attempts: {_detail(exc)}"
-    elif outcome in _RETRIED:
+    elif attempts > 1:
         text = f"Claude API {_describe(exc, outcome)}; gave up after {attempts} attempts"
     elif outcome == "client_error":
         text = f"Claude API refused the request: {_describe(exc, outcome)}"

@@ -32,7 +32,9 @@ def capability(name: str) -> Callable[[F], F]:
     """Mark an ``async def`` method as the agent's handler of capability ``name``.
 
     A request's parameters are passed as keyword arguments when they are a JSON object, else
-    as the one positional argument; the return value is the answer.
+    as the one positional argument; the return value is the answer. They are checked against
+    the method's signature and type hints first (:mod:`flockrt.agents.params`): a request that
+    does not fit fails with :class:`~flockrt.errors.InvalidParameters` and the method never runs.
     """
     return _skill_marker("capability", name, CAPABILITY)
 

@@ -26,7 +26,17 @@ from flockrt.errors import WorkFailed
 if TYPE_CHECKING:
     from flockrt.wire.schema import TaskMessage
 
-__all__ = ["CapabilityCall", "ProgressCallback", "TaskBatch", "TaskDone", "TaskRun", "Work", "WorkDone"]
+__all__ = [
+    "CapabilityCall",
+    "Follow",
+    "ProgressCallback",
+    "TaskBatch",
+    "TaskDone",
+    "TaskRun",
+    "Work",
+    "WorkDone",
+    "follow_requester",
+]
 
 log = logging.getLogger("flockrt.agent")
 
@@ -154,3 +164,35 @@ def report_tasks(
         batch.each(batch, start, values, finished, failures)
     except Exception:
         log.exception("task %s: the hook on its batch's outcomes failed", batch.key)
+
+
+class Follow:
+    """While a runner Task runs a piece of work, a requester that cancels its wait (an MCP
+    client's notifications/cancelled, a caller cancelled itself, a timeout) cancels the Task:
+    nobody wants the result any more. :meth:`stop` ends this when the work is over (the Task
+    may go on with other work); :attr:`cancelled` says whether it fired."""
+
+    __slots__ = ("_future", "_task", "cancelled")
+
+    def __init__(self, future: asyncio.Future[Any] | None, task: asyncio.Task[Any] | None) -> None:
+        self._future = future
+        self._task = task
+        self.cancelled = False
+        if future is not None and task is not None:
+            future.add_done_callback(self._abandoned)
+
+    def _abandoned(self, done: asyncio.Future[Any]) -> None:
+        if done.cancelled() and self._task is not None:
+            self.cancelled = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        if self._future is not None and self._task is not None:
+            self._future.remove_done_callback(self._abandoned)
+        self._task = None
+
+
+def follow_requester(work: Work) -> Follow:
+    """A :class:`Follow` of ``work``'s requester by the current Task (a runner's)."""
+    future = work.future if type(work) is CapabilityCall else None
+    return Follow(future, asyncio.current_task())

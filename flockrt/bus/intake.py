@@ -485,7 +485,12 @@ def _capability_response(
     """The answer to a capability request whose work finished."""
     if error is None:
         return CapabilityResponse(correlation_id=correlation_id, result=value, agent_id=agent_id)
-    return CapabilityResponse(correlation_id=correlation_id, agent_id=error.agent_id, error=repr(error.cause))
+    return CapabilityResponse(
+        correlation_id=correlation_id,
+        agent_id=error.agent_id,
+        error=error.reason,
+        error_type=error.error_type,
+    )
 
 
 def _unsendable_answer(response: CapabilityResponse, problem: str) -> CapabilityResponse:

@@ -18,7 +18,15 @@ from typing import Any
 
 from flockrt.actors.correlation import new_correlation_id, unique_id
 from flockrt.bus.connection import NatsConnection
-from flockrt.errors import BusTimeout, NoCapableAgent, NoResponders, UnknownAgent, WorkFailed, WorkTimeout
+from flockrt.errors import (
+    BusTimeout,
+    NoCapableAgent,
+    NoResponders,
+    RemoteFailure,
+    UnknownAgent,
+    WorkFailed,
+    WorkTimeout,
+)
 from flockrt.wire import subjects
 from flockrt.wire.schema import CapabilityRequest, CapabilityResponse, Codec, DirectMessage
 
@@ -83,7 +91,9 @@ async def request_capability_response(
         raise WorkTimeout("capability", capability, timeout) from None
     response = codec.decode(reply.subject, reply.data, CapabilityResponse, reply.headers.get("Content-Type"))
     if response.error is not None:
-        raise WorkFailed(response.agent_id, "capability", capability, RuntimeError(response.error))
+        # As the answering process put it: its words and the class of its error, not wrapped again.
+        cause = RemoteFailure(response.error, response.error_type)
+        raise WorkFailed(response.agent_id, "capability", capability, cause)
     return response
 
 
@@ -135,5 +145,5 @@ async def send_direct(
     answer = codec.decode(reply.subject, reply.data, DirectMessage, reply.headers.get("Content-Type"))
     error = (answer.metadata or {}).get("error")
     if error:  # the agent's process could not get an answer (see NatsFlock._answer_query)
-        raise WorkFailed(answer.sender, "query", to, RuntimeError(str(error)))
+        raise WorkFailed(answer.sender, "query", to, RemoteFailure(str(error)))
     return answer

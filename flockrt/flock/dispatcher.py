@@ -666,8 +666,9 @@ class Dispatcher:
             task_id=task.id,
             processed_by=error.agent_id,
             status="error",
-            error=repr(error.cause),
+            error=error.reason,
             duration_ms=duration_ms,
+            error_type=error.error_type,
         )
 
     def report(self, outcome: TaskResult, publish: bool, correlation: str | None) -> None:

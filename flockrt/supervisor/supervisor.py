@@ -294,7 +294,12 @@ class _SupervisorBase(Actor[Any]):
             try:
                 await self._revive_one(member, error if member is failed else None)
             except Exception as exc:
-                log.error("supervisor %s: restarting %s failed: %r", self.context.path, member.spec.id, exc)
+                kind = ("restart failed", type(exc), str(exc))  # a storm of them: counted (see repeats)
+                path, child = self.context.path, member.spec.id
+                failures = self.context._system.failure_log
+                failures.log(
+                    log, logging.ERROR, kind, "supervisor %s: restarting %s failed: %r", path, child, exc
+                )
                 await self._restart_for(member, exc)
                 return  # that restart handled the rest of the group
 

@@ -84,6 +84,9 @@ class TaskResult(_Wire, frozen=True, kw_only=True):
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
     duration_ms: float = 0.0
+    error_type: str | None = None
+    """``errorType``: the class of the exception behind ``error`` (a flockrt addition; other
+    peers may omit it). ``error`` is a sentence for people; programs branch on this."""
 
 
 class AgentAnnouncement(_Wire, frozen=True, kw_only=True):
@@ -173,6 +176,8 @@ class CapabilityResponse(_Wire, frozen=True, kw_only=True):
     result: Any = None
     agent_id: str = ""
     error: str | None = None
+    error_type: str | None = None
+    """``errorType``: the class of the exception behind ``error`` (as on TaskResult)."""
 
 
 class BatchItem(_Wire, frozen=True, kw_only=True):
