@@ -209,7 +209,7 @@ class Intake:
             # dispatch_task tries the dispatcher's one fast path first.
             self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
-            failed = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
+            failed = _failed_task(task, exc)
             self.outlet.publish_result(failed, None)
             if then is not None:
                 then(failed)
@@ -270,7 +270,10 @@ class Intake:
         try:
             self.dispatcher.dispatch(work)
         except FlockError as exc:  # no agent here offers it any more, or none can take it
-            answer(CapabilityResponse(correlation_id=correlation_id, error=str(exc)), "error", 503)
+            refused = CapabilityResponse(
+                correlation_id=correlation_id, error=str(exc), error_type=type(exc).__name__
+            )
+            answer(refused, "error", 503)
             return
         if not answered:  # it runs (or waits for an agent) for a while: answer by the deadline
             timeout = request.timeout / 1000
@@ -282,7 +285,10 @@ class Intake:
                 assert work.future is not None
                 work.future.cancel()
                 late = WorkTimeout("capability", request.capability, timeout)
-                answer(CapabilityResponse(correlation_id=correlation_id, error=str(late)), "timeout", 504)
+                expired = CapabilityResponse(
+                    correlation_id=correlation_id, error=str(late), error_type="WorkTimeout"
+                )
+                answer(expired, "timeout", 504)
 
             timer = asyncio.get_running_loop().call_later(timeout, expire)
 
@@ -473,7 +479,7 @@ class Intake:
                     reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type")
                 )
             except (FlockError, ValueError) as exc:
-                result = TaskResult(task_id=task.id, processed_by="", status="error", error=str(exc))
+                result = _failed_task(task, exc)
             settle(index, result)
 
         await asyncio.gather(*(forward(*item) for item in items))
@@ -506,8 +512,14 @@ def _invalid_item(subject: str, exc: Exception) -> str:
 
 def _no_agent(task: TaskMessage) -> TaskResult:
     """The error result of a task no local agent can run."""
-    error = str(NoCapableAgent("task", task.type))
-    return TaskResult(task_id=task.id, processed_by="", status="error", error=error)
+    return _failed_task(task, NoCapableAgent("task", task.type))
+
+
+def _failed_task(task: TaskMessage, exc: Exception) -> TaskResult:
+    """The error result of ``task`` that ``exc`` kept from running: its sentence, and its type."""
+    return TaskResult(
+        task_id=task.id, processed_by="", status="error", error=str(exc), error_type=type(exc).__name__
+    )
 
 
 def _as_task(item: TaskBatchItem | BatchItem) -> TaskMessage:
