@@ -79,13 +79,20 @@ def parse(data: bytes | str) -> Incoming:
     """Read one JSON-RPC 2.0 message.
 
     Raises:
-        JsonRpcError: -32700 when ``data`` is not JSON, -32600 when it is not one JSON-RPC 2.0
-            message (a batch, a wrong ``jsonrpc``, a method that is not a string, a bad id).
+        JsonRpcError: -32700 when ``data`` is not JSON (or nested too deeply to read),
+            -32600 when it is not one JSON-RPC 2.0 message (a batch, a wrong ``jsonrpc``, a
+            method that is not a string, a bad id).
     """
     try:
         message = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise JsonRpcError(PARSE_ERROR, f"parse error: not valid JSON ({exc})") from None
+    except RecursionError:
+        # msgspec decodes recursively: JSON nested past the interpreter's recursion limit
+        # (about 1,000 levels) cannot be read, which is the sender's fault like bad JSON.
+        raise JsonRpcError(
+            PARSE_ERROR, "parse error: the JSON is nested too deeply to be read (limit about 1,000 levels)"
+        ) from None
     if isinstance(message, list):
         raise JsonRpcError(INVALID_REQUEST, "invalid request: batches are not supported; send one message")
     if not isinstance(message, dict):

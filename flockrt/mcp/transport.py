@@ -305,7 +305,7 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         response = await task
     except asyncio.CancelledError:
         if task.cancelled() and not _current_cancelling():
-            return _json_error(200, error_response(incoming.id, -32800, "request cancelled"), headers)
+            return await _unanswered(request, headers)
         raise
     except JsonRpcError as exc:
         if incoming.method == "initialize":
@@ -317,6 +317,20 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         return _json_error(status, exc.response(), headers)
     note.outcome = observe.outcome_of(response)
     return web.Response(body=encode(response), content_type="application/json", headers=headers)
+
+
+async def _unanswered(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """The POST of a request that was cancelled (``notifications/cancelled``, or its session
+    ended): the MCP spec says a cancelled request gets no response, so its SSE stream ends
+    without one (202 with no body for a client that does not accept SSE)."""
+    if "text/event-stream" not in request.headers.get("Accept", ""):
+        return web.Response(status=202, headers=headers)
+    stream = web.StreamResponse(
+        headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await stream.prepare(request)
+    await stream.write_eof()
+    return stream
 
 
 def _current_cancelling() -> bool:

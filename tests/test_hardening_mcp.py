@@ -1,0 +1,218 @@
+"""Issue 12, the gateway's part: every bad input gets its documented answer, nothing from
+outside grows without bound, and a client that hits a limit sees what docs/gateway.md says."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import anyio
+import httpx2
+import pytest
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from flockrt.runtime import Flock
+from tests.conftest import wait_for
+from tests.mcp_support import (
+    INIT_REQUEST,
+    JSON_HEADERS,
+    RawPeer,
+    RpcError,
+    Slow,
+    gateway_flock_config,
+)
+
+DEEP = "[" * 1000 + "]" * 1000
+"""JSON nested past msgspec's recursion limit."""
+
+
+@pytest.fixture
+async def flock() -> AsyncIterator[Flock]:
+    async with Flock(gateway_flock_config()) as running:
+        yield running
+
+
+def url_of(flock: Flock) -> str:
+    assert flock.gateway_url is not None
+    return flock.gateway_url
+
+
+def frame(method: str, params: Any = None, request_id: Any = None) -> str:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    if request_id is not None:
+        message["id"] = request_id
+    return json.dumps(message)
+
+
+@asynccontextmanager
+async def http_session(url: str) -> AsyncIterator[tuple[aiohttp.ClientSession, dict[str, str]]]:
+    """A raw Streamable HTTP session: the aiohttp client and the headers of its requests."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=INIT_REQUEST, headers=JSON_HEADERS) as r:
+            assert r.status == 200
+            headers = {**JSON_HEADERS, "Mcp-Session-Id": r.headers["Mcp-Session-Id"]}
+        async with http.post(url, data=frame("notifications/initialized"), headers=headers) as r:
+            assert r.status == 202
+        yield http, headers
+
+
+# ---------------------------------------------------------------------- 1: deep nesting
+
+
+async def test_json_nested_too_deeply_is_a_parse_error_and_the_connection_stays(flock: Flock) -> None:
+    url = url_of(flock)
+    body = '{"jsonrpc": "2.0", "id": 7, "method": "ping", "params": {"x": ' + DEEP + "}}"
+    async with RawPeer.connect(url) as peer:
+        await peer.send_raw(body)
+        error = await peer.next("<unmatched>")
+        assert error["error"]["code"] == -32700 and "nested too deeply" in error["error"]["message"]
+        assert "result" in await peer.request("ping")  # the socket is still up
+    async with http_session(url) as (http, headers):
+        async with http.post(url, data=body, headers=headers) as r:
+            assert r.status == 400 and r.content_type == "application/json"
+            assert (await r.json())["error"]["code"] == -32700
+        async with http.post(url, data=frame("ping", request_id=8), headers=headers) as r:
+            assert r.status == 200 and (await r.json())["result"] == {}
+
+
+# ---------------------------------------------------------------------- 5: cancel id shapes
+
+
+@pytest.mark.parametrize("request_id", [[1], {"a": 1}, None, True, 1.5])
+async def test_a_cancel_naming_no_valid_request_id_is_ignored(flock: Flock, request_id: Any) -> None:
+    url = url_of(flock)
+    cancel = frame("notifications/cancelled", {"requestId": request_id, "reason": "x"})
+    async with RawPeer.connect(url) as peer:
+        (session,) = flock.gateway.sessions.values() if flock.gateway else ()
+        await peer.send_raw(cancel)
+        assert "result" in await peer.request("ping")  # answered after the cancel: still up
+        assert session.ignored_cancels == 1
+        assert peer.queue("<unmatched>").empty()  # a notification gets no answer
+    async with http_session(url) as (http, headers):
+        async with http.post(url, data=cancel, headers=headers) as r:
+            assert r.status == 202
+        async with http.post(url, data=frame("ping", request_id=2), headers=headers) as r:
+            assert r.status == 200
+
+
+# ---------------------------------------------------------------------- 6: reused ids
+
+
+def slow_call(request_id: Any) -> str:
+    return frame(
+        "tools/call", {"name": "request_capability", "arguments": {"capability": "slow"}}, request_id
+    )
+
+
+async def test_a_request_id_still_in_flight_is_refused_and_a_close_cancels_every_request() -> None:
+    async with Flock(gateway_flock_config()) as flock:
+        Slow.started, Slow.cancelled = asyncio.Event(), asyncio.Event()
+        await flock.system.spawn(Slow, "slow-1")
+        assert flock.gateway is not None
+        gateway, url = flock.gateway, url_of(flock)
+        async with RawPeer.connect(url) as peer:
+            (session,) = gateway.sessions.values()
+            for _ in range(5):
+                await peer.send_raw(slow_call(9))
+            refused = [await peer.next("<unmatched>") for _ in range(4)]
+            assert all(r["id"] == 9 and r["error"]["code"] == -32600 for r in refused)
+            assert "already in use" in refused[0]["error"]["message"]
+            for n in range(10, 15):
+                await peer.send_raw(slow_call(n))
+            await wait_for(lambda: len(session.inflight) == 6)
+            tasks = list(session.inflight.values())
+        await wait_for(lambda: all(task.done() for task in tasks))  # the close cancelled them all
+        assert all(task.cancelled() for task in tasks)
+
+
+# ---------------------------------------------------------------------- 7: no answer after a cancel
+
+
+async def test_a_cancelled_http_request_gets_no_answer() -> None:
+    async with Flock(gateway_flock_config()) as flock:
+        Slow.started, Slow.cancelled = asyncio.Event(), asyncio.Event()
+        await flock.system.spawn(Slow, "slow-1")
+        url = url_of(flock)
+        async with http_session(url) as (http, headers):
+            post = asyncio.ensure_future(http.post(url, data=slow_call(5), headers=headers))
+            await asyncio.wait_for(Slow.started.wait(), 5)
+            cancel = frame("notifications/cancelled", {"requestId": 5})
+            async with http.post(url, data=cancel, headers=headers) as r:
+                assert r.status == 202
+            async with await post as r:
+                # The spec: a cancelled request is not answered. Its stream ends empty.
+                assert r.status == 200 and r.content_type == "text/event-stream"
+                assert await r.read() == b""
+            await asyncio.wait_for(Slow.cancelled.wait(), 5)
+
+
+async def test_the_sdk_client_cancels_a_call_over_http_and_goes_on() -> None:
+    async with Flock(gateway_flock_config()) as flock:
+        Slow.started, Slow.cancelled = asyncio.Event(), asyncio.Event()
+        await flock.system.spawn(Slow, "slow-1")
+        url = url_of(flock)
+        answers: list[str] = []
+
+        async def seen(response: httpx2.Response) -> None:
+            if b'"slow"' in response.request.content:
+                answers.append(response.headers.get("content-type", ""))
+
+        http = create_mcp_http_client()
+        http.event_hooks["response"].append(seen)
+        async with http, streamable_http_client(url, http_client=http) as streams:
+            from mcp import Client
+
+            async with Client(_fixed(streams)) as sdk:
+                async with anyio.create_task_group() as group:
+
+                    async def call() -> None:
+                        await sdk.call_tool("request_capability", {"capability": "slow"})
+
+                    group.start_soon(call)
+                    await asyncio.wait_for(Slow.started.wait(), 5)
+                    group.cancel_scope.cancel()
+                await asyncio.wait_for(Slow.cancelled.wait(), 5)
+                await wait_for(lambda: len(answers) == 1)
+                assert answers == ["text/event-stream"]  # not a -32800 JSON answer
+                listed = await sdk.call_tool("list_agents", {})
+                assert not listed.is_error
+
+
+@asynccontextmanager
+async def _fixed(streams: Any) -> AsyncIterator[Any]:
+    yield streams
+
+
+# ---------------------------------------------------------------------- 15: plain -32602 messages
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            {"to": "a", "message": 1, "timeout": "5"},
+            "send_message: timeout must be an integer number of milliseconds from 0 to 600000 (or null)",
+        ),
+        ({"to": 5, "message": 1}, "send_message: to must be a string"),
+        ({"message": 1}, "send_message: to is required: it must be a string"),
+        ({"to": "a", "message": 1, "type": ["x"]}, "send_message: type must be a string"),
+        ({"to": "a b", "message": 1}, "to must be a non-empty string without spaces"),
+    ],
+)
+async def test_invalid_arguments_read_as_sentences_naming_the_parameter(
+    flock: Flock, arguments: dict[str, Any], message: str
+) -> None:
+    async with RawPeer.connect(url_of(flock)) as peer:
+        with pytest.raises(RpcError) as refused:
+            await peer.call("send_message", arguments)
+    error = refused.value.error
+    assert error["code"] == -32602 and error["message"].startswith(message)
+    for leak in ("`", "int", "str", "NoneType", "null`"):
+        assert leak not in error["message"].replace("integer", "").replace("string", "")
