@@ -16,6 +16,7 @@ import pytest
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from flockrt.config import AuthConfig
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
 from tests.mcp_support import (
@@ -24,6 +25,7 @@ from tests.mcp_support import (
     RawPeer,
     RpcError,
     Slow,
+    client,
     gateway_flock_config,
 )
 
@@ -216,3 +218,105 @@ async def test_invalid_arguments_read_as_sentences_naming_the_parameter(
     assert error["code"] == -32602 and error["message"].startswith(message)
     for leak in ("`", "int", "str", "NoneType", "null`"):
         assert leak not in error["message"].replace("integer", "").replace("string", "")
+
+
+# ---------------------------------------------------------------------- 8: the flood close
+
+
+async def test_a_websocket_flooding_past_the_rate_limit_is_closed_1008() -> None:
+    """A flooder gets some messages through as the bucket refills: that must not reset the
+    count that closes it (it used to: 1.17 M pings in 11 s and no close)."""
+    config = gateway_flock_config(rate_limit=10_000.0, rate_burst=100, flood_refusals=400)
+    async with Flock(config) as flock:
+        url = url_of(flock)
+        async with RawPeer.connect(url) as bystander, RawPeer.connect(url) as peer:
+            flood = frame("notifications/initialized")
+            for _ in range(20_000):
+                if peer.ws.closed or peer.close_code is not None:
+                    break
+                await peer.send_raw(flood)
+            await asyncio.wait_for(peer._reader, 10)
+            assert peer.close_code == 1008
+            assert peer.queue("<unmatched>").get_nowait()["error"]["code"] == -32000
+            assert (await bystander.request("ping"))["result"] == {}
+
+
+# ---------------------------------------------------------------------- 9: sessions per principal
+
+
+async def flood_initialize(
+    http: aiohttp.ClientSession, url: str, count: int, headers: dict[str, str]
+) -> None:
+    for _ in range(count):
+        async with http.post(url, json=INIT_REQUEST, headers={**JSON_HEADERS, **headers}) as r:
+            assert r.status == 200, await r.text()  # the flooder's own oldest sessions make room
+
+
+async def test_a_flood_of_initialize_from_one_token_denies_no_other_client() -> None:
+    config = gateway_flock_config(
+        auth=AuthConfig(tokens=["flooder", "other"]), max_sessions=40, max_sessions_per_principal=10
+    )
+    async with Flock(config) as flock:
+        assert flock.gateway is not None
+        gateway, url = flock.gateway, url_of(flock)
+        async with aiohttp.ClientSession() as http:
+            await flood_initialize(http, url, 200, {"Authorization": "Bearer flooder"})
+        assert len(gateway.sessions) == 10 and gateway.evictions == 190
+        async with client(url, token="other") as sdk:
+            assert not (await sdk.call_tool("list_agents", {})).is_error
+        async with RawPeer.connect(url, headers={"Authorization": "Bearer other"}) as peer:
+            assert (await peer.request("ping"))["result"] == {}
+
+
+async def test_on_loopback_without_a_token_each_peer_address_is_a_principal() -> None:
+    async with Flock(gateway_flock_config(max_sessions=40, max_sessions_per_principal=10)) as flock:
+        assert flock.gateway is not None
+        gateway, url = flock.gateway, url_of(flock)
+        async with aiohttp.ClientSession() as http:
+            await flood_initialize(http, url, 100, {})
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as other,
+            other.post(url, json=INIT_REQUEST, headers=JSON_HEADERS) as r,
+        ):
+            assert r.status == 200
+        owners = {session.owner for session in gateway.sessions.values()}
+        assert owners == {"peer:127.0.0.1", "peer:127.0.0.2"} and len(gateway.sessions) == 11
+        async with client(url) as sdk:  # from 127.0.0.1 too: it takes the flood's oldest place
+            assert not (await sdk.call_tool("list_agents", {})).is_error
+
+
+async def test_busy_sessions_are_never_evicted_and_the_gateway_says_so() -> None:
+    async with Flock(gateway_flock_config(max_sessions_per_principal=2)) as flock:
+        url = url_of(flock)
+        async with (
+            RawPeer.connect(url),  # initialized WebSockets: busy, never evicted
+            RawPeer.connect(url),
+            aiohttp.ClientSession() as http,
+            http.post(url, json=INIT_REQUEST, headers=JSON_HEADERS) as r,
+        ):
+            assert r.status == 429 and r.headers["Retry-After"] == "5"
+            assert "maximum of 2 sessions" in await r.text()
+
+
+# ---------------------------------------------------------------------- 10: HTTP outside agents
+
+
+async def test_an_http_outside_agent_whose_client_vanished_goes_offline() -> None:
+    async with Flock(gateway_flock_config(agent_idle_timeout=0.5)) as flock:
+        assert flock.flock is not None
+        url = url_of(flock)
+        async with http_session(url) as (http, headers):
+            announce = {"name": "announce_agent", "arguments": {"id": "gone-agent"}}
+            async with http.post(url, data=frame("tools/call", announce, 2), headers=headers) as r:
+                assert (await r.json())["result"]["structuredContent"]["announced"]
+            # No GET stream, no DELETE, no further request: the client is gone.
+            async with RawPeer.connect(url) as asker:
+                arguments = {"to": "gone-agent", "message": "q", "type": "query", "timeout": 200}
+                answer = await asker.call("send_message", arguments)
+                assert answer["isError"]
+                message = answer["structuredContent"]["message"]
+                assert "gone-agent" in message and "$" not in message
+            await wait_for(lambda: flock.flock.get_agent("gone-agent").status == "offline")  # type: ignore[union-attr]
+            async with http.post(url, data=frame("ping", request_id=3), headers=headers) as r:
+                assert r.status == 404  # its session ended with it

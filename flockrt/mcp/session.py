@@ -92,12 +92,25 @@ class Session:
     """
 
     def __init__(
-        self, host: SessionHost, principal: Principal, transport: Literal["websocket", "http"]
+        self,
+        host: SessionHost,
+        principal: Principal,
+        transport: Literal["websocket", "http"],
+        owner: str = "",
     ) -> None:
         self.id = secrets.token_hex(16)
         self.host = host
         self.principal = principal
         self.transport = transport
+        self.owner = owner
+        """Whom the session counts against for ``max_sessions_per_principal``: its bearer
+        token, or without one its peer address."""
+        self.initialized = False
+        """Whether the client said or asked anything after ``initialize`` (a session that did
+        not is the first to be evicted)."""
+        self.evict: Callable[[], None] | None = None
+        """How the transport ends the session when the gateway evicts it (a WebSocket is
+        closed with 1008); None: close the session."""
         self.protocol_version: str | None = None
         self.client_info: Any = None
         self.agent: OutsideAgent | None = None
@@ -199,6 +212,8 @@ class Session:
             JsonRpcError: for every protocol error (the transport sends it back).
         """
         self.last_active = time.monotonic()
+        if self.protocol_version is not None:
+            self.initialized = True
         if self.principal.expired:
             raise JsonRpcError(FORBIDDEN, "forbidden: the token has expired", {"status": 401}, incoming.id)
         method = incoming.method
@@ -353,6 +368,9 @@ class Session:
                 tuple(dict.fromkeys(args.capabilities)),
                 args.max_concurrent_tasks,
                 self.host.config.timeout / 1000,
+                # Named for the agent: errors that name the actor (an ask that timed out) then
+                # name the agent, not an internal path like /mcp-agents/$10.
+                name=args.id,
             )
         )
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from typing import Any
@@ -50,7 +51,38 @@ log = logging.getLogger("flockrt.mcp")
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
-_FLOOD_CLOSE = 4  # refused messages in a row, in multiples of the burst, before a flood is closed
+_FLOOD_PAUSE = 1.0
+"""Seconds without a refused message that end a flood (its count starts again)."""
+
+
+class _Flood:
+    """Counts the messages of one WebSocket refused for its rate. Messages let through in
+    between do not end a flood (a flooder always gets some through as the bucket refills);
+    only a pause of ``_FLOOD_PAUSE`` s without a refusal does."""
+
+    __slots__ = ("count", "last", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.last = -_FLOOD_PAUSE
+
+    def refused(self, now: float) -> bool:
+        """Count one refusal at ``now``; True when the flood has reached the limit."""
+        if now - self.last > _FLOOD_PAUSE:
+            self.count = 0
+        self.count += 1
+        self.last = now
+        return self.count >= self.limit
+
+
+def principal_of(request: web.Request) -> str:
+    """Whom a request's sessions count against: its bearer token (a digest of it), or without
+    one its peer address (on loopback each local client is its own principal only by address)."""
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        return "token:" + hashlib.sha256(authorization.encode()).hexdigest()[:16]
+    return f"peer:{request.remote}"
 
 
 def _json_error(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -83,7 +115,8 @@ def admit(gateway: Gateway, request: web.Request) -> Principal:
 async def handle_websocket(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """Serve one WebSocket connection as one session until it closes."""
     principal = admit(gateway, request)
-    gateway.check_capacity()
+    owner = principal_of(request)
+    gateway.make_room(owner)
     # The heartbeat (pings every 30 s) ends connections whose peer vanished without a close,
     # which would otherwise keep their outside agents online forever.
     ws = web.WebSocketResponse(
@@ -92,7 +125,7 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a WebSocket upgrade\n")
     await ws.prepare(request)
-    session = gateway.open_session(Session(gateway, principal, "websocket"))
+    session = gateway.open_session(Session(gateway, principal, "websocket", owner))
     gateway.websockets.add(ws)
     observe.connection("websocket", +1)
 
@@ -115,20 +148,29 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
             log.info("session %s: not initialized within %g s: closed", session.id, gateway.init_timeout)
             gateway.own(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"initialize timeout"))
 
+    def evicted() -> None:
+        log.info("session %s: evicted, closed", session.id)
+        gateway.own(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"session evicted"))
+
+    session.evict = evicted
     init_timer = loop.call_later(gateway.init_timeout, expire_uninitialized)
-    refused = 0
+    flood = _Flood(gateway.config.flood_refusals)
     try:
         async for frame in ws:
             if frame.type is WSMsgType.TEXT:
                 if not session.bucket.take():
-                    refused += 1
-                    if refused >= _FLOOD_CLOSE * session.bucket.burst:
+                    observe.request(None, "rate_limited", time.perf_counter())
+                    if flood.refused(time.monotonic()):
+                        log.warning(
+                            "session %s: %d messages over the rate limit without a %g s pause: closed 1008",
+                            session.id,
+                            flood.count,
+                            _FLOOD_PAUSE,
+                        )
                         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"rate limit exceeded")
                         break
                     await send(encode(error_response(None, RATE_LIMITED, "rate limit exceeded; slow down")))
-                    observe.request(None, "rate_limited", time.perf_counter())
                     continue
-                refused = 0
                 if session.principal.expired:
                     await _refuse_expired(frame.data, send)
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token expired")
@@ -271,8 +313,9 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         params = incoming.params if isinstance(incoming.params, dict) else {}
         return _json_error(400, Session.discover_error(params, incoming.id).response())
     if incoming.method == "initialize":
-        gateway.check_capacity()
-        session = gateway.open_session(Session(gateway, principal, "http"))
+        owner = principal_of(request)
+        gateway.make_room(owner)
+        session = gateway.open_session(Session(gateway, principal, "http", owner))
         observe.connection("http", +1)
     else:
         session = _session_of(gateway, request, principal)
