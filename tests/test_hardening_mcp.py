@@ -16,6 +16,8 @@ import pytest
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from flockrt.bus.embedded import EmbeddedNats
+from flockrt.cli import operate
 from flockrt.config import AuthConfig
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
@@ -320,3 +322,36 @@ async def test_an_http_outside_agent_whose_client_vanished_goes_offline() -> Non
             await wait_for(lambda: flock.flock.get_agent("gone-agent").status == "offline")  # type: ignore[union-attr]
             async with http.post(url, data=frame("ping", request_id=3), headers=headers) as r:
                 assert r.status == 404  # its session ended with it
+
+
+# ---------------------------------------------------------------------- 11: nobody there
+
+
+async def nobody_there(flock: Flock, capsys: pytest.CaptureFixture[str]) -> None:
+    """A command to an agent that does not exist and a task nobody handles are failures, in
+    the tools and in the operator commands."""
+    url = url_of(flock)
+    async with RawPeer.connect(url) as peer:
+        sent = await peer.call("send_message", {"to": "nosuch", "message": "hello"})
+        assert sent["isError"] and sent["structuredContent"]["error"] == "unknown_agent", sent
+        assert "nosuch" in sent["structuredContent"]["message"]
+        submitted = await peer.call("submit_task", {"type": "nosuchtype", "data": 1})
+        assert submitted["isError"], submitted
+        assert submitted["structuredContent"]["error"] == "no_capable_agent"
+        assert "no agent handles task type 'nosuchtype'" in submitted["structuredContent"]["message"]
+    capsys.readouterr()
+    assert await operate(["send", "nosuch", "hello", "--url", url]) == 1
+    assert "nosuch" in capsys.readouterr().err
+    assert await operate(["submit", "nosuchtype", "1", "--url", url]) == 1
+    assert "no agent handles task type 'nosuchtype'" in capsys.readouterr().err
+
+
+async def test_nobody_there_in_process(flock: Flock, capsys: pytest.CaptureFixture[str]) -> None:
+    await nobody_there(flock, capsys)
+
+
+async def test_nobody_there_over_nats(nats_server: EmbeddedNats, capsys: pytest.CaptureFixture[str]) -> None:
+    """Needs ``FlockAPI.submit(check=True)`` and UnknownAgent from ``send`` over NATS (the NATS
+    side of issue 12): until that is merged, this fails on the command and the task."""
+    async with Flock(gateway_flock_config(nats_url=nats_server.url)) as flock:
+        await nobody_there(flock, capsys)
