@@ -16,6 +16,7 @@ import pytest
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+import flockrt
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.cli import operate
 from flockrt.config import AuthConfig
@@ -355,3 +356,32 @@ async def test_nobody_there_over_nats(nats_server: EmbeddedNats, capsys: pytest.
     side of issue 12): until that is merged, this fails on the command and the task."""
     async with Flock(gateway_flock_config(nats_url=nats_server.url)) as flock:
         await nobody_there(flock, capsys)
+
+
+# ---------------------------------------------------------------------- 1: deep answers
+
+
+class Deep(flockrt.Agent):
+    """Answers with a list nested past what JSON encoding can reach."""
+
+    @flockrt.capability("deep")
+    async def deep(self) -> Any:
+        nested: Any = []
+        for _ in range(3000):
+            nested = [nested]
+        return nested
+
+
+async def test_a_result_nested_too_deeply_to_encode_is_an_error_answer() -> None:
+    async with Flock(gateway_flock_config()) as flock:
+        await flock.system.spawn(Deep, "deep-1")
+        url = url_of(flock)
+        call = frame("tools/call", {"name": "request_capability", "arguments": {"capability": "deep"}}, 4)
+        async with RawPeer.connect(url) as peer:
+            await peer.send_raw(call)
+            error = (await peer.next("<unmatched>"))["error"]
+            assert error["code"] == -32603 and "nested too deeply" in error["message"]
+            assert "result" in await peer.request("ping")
+        async with http_session(url) as (http, headers), http.post(url, data=call, headers=headers) as r:
+            assert r.status == 200 and r.content_type == "application/json"
+            assert "nested too deeply" in (await r.json())["error"]["message"]

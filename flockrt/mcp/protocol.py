@@ -31,6 +31,7 @@ __all__ = [
     "Incoming",
     "JsonRpcError",
     "encode",
+    "encode_response",
     "error_response",
     "notification",
     "parse",
@@ -143,3 +144,15 @@ def notification(method: str, params: Any) -> dict[str, Any]:
 def encode(message: Any) -> bytes:
     """JSON bytes of a message."""
     return _encoder.encode(message)
+
+
+def encode_response(response: dict[str, Any] | None) -> bytes:
+    """JSON bytes of a response; a result nested too deeply to encode (an agent's answer
+    near msgspec's depth limit, wrapped a few levels deeper) becomes a -32603 error, so the
+    request is still answered."""
+    try:
+        return _encoder.encode(response)
+    except RecursionError:
+        too_deep = "internal error: the result is nested too deeply to encode as JSON"
+        request_id = response.get("id") if response is not None else None
+        return _encoder.encode(error_response(request_id, INTERNAL_ERROR, too_deep))

@@ -33,6 +33,7 @@ from flockrt.mcp.auth import Forbidden, Principal, TokenBucket
 from flockrt.mcp.protocol import (
     DISCOVER_VERSION,
     FORBIDDEN,
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     LATEST_VERSION,
@@ -340,8 +341,17 @@ class Session:
             content, is_error = outcome.content(), True
         else:
             content, is_error = outcome, False
+        try:
+            text = encode(content).decode()
+        except RecursionError:
+            raise JsonRpcError(
+                INTERNAL_ERROR,
+                f"{name}: the result is nested too deeply to encode as JSON",
+                None,
+                request_id,
+            ) from None
         return {
-            "content": [{"type": "text", "text": encode(content).decode()}],
+            "content": [{"type": "text", "text": text}],
             "structuredContent": content,
             "isError": is_error,
         }

@@ -40,6 +40,7 @@ from flockrt.mcp.protocol import (
     Incoming,
     JsonRpcError,
     encode,
+    encode_response,
     error_response,
     parse,
 )
@@ -243,7 +244,7 @@ async def _serve_request_correlated(
         log.error("session %s: %s failed", session.id, incoming.method, exc_info=exc)
         response = error_response(incoming.id, INTERNAL_ERROR, f"internal error: {exc}")
     if response is not None:
-        await send(encode(response))
+        await send(encode_response(response))
     observe.request(incoming.method, observe.outcome_of(response), started)
 
 
@@ -359,7 +360,7 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         note.outcome = observe.outcome_of(exc.response())
         return _json_error(status, exc.response(), headers)
     note.outcome = observe.outcome_of(response)
-    return web.Response(body=encode(response), content_type="application/json", headers=headers)
+    return web.Response(body=encode_response(response), content_type="application/json", headers=headers)
 
 
 async def _unanswered(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
@@ -421,7 +422,7 @@ async def _answer_with_stream(
         response = exc.response()
     note.outcome = observe.outcome_of(response)
     if response is not None:
-        await stream.write(_sse(encode(response)))
+        await stream.write(_sse(encode_response(response)))
     await stream.write_eof()
     return stream
 
