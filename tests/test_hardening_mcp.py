@@ -385,3 +385,21 @@ async def test_a_result_nested_too_deeply_to_encode_is_an_error_answer() -> None
         async with http_session(url) as (http, headers), http.post(url, data=call, headers=headers) as r:
             assert r.status == 200 and r.content_type == "application/json"
             assert "nested too deeply" in (await r.json())["error"]["message"]
+
+
+async def test_over_http_a_request_id_still_in_flight_is_refused_with_400() -> None:
+    async with Flock(gateway_flock_config()) as flock:
+        Slow.started, Slow.cancelled = asyncio.Event(), asyncio.Event()
+        await flock.system.spawn(Slow, "slow-1")
+        assert flock.gateway is not None
+        url = url_of(flock)
+        async with http_session(url) as (http, headers):
+            first = asyncio.ensure_future(http.post(url, data=slow_call(9), headers=headers))
+            await asyncio.wait_for(Slow.started.wait(), 5)
+            async with http.post(url, data=slow_call(9), headers=headers) as r:
+                assert r.status == 400 and (await r.json())["error"]["code"] == -32600
+            (session,) = flock.gateway.sessions.values()
+            assert list(session.inflight) == [9]
+            await session.close()  # cancels the first: its stream ends without an answer
+            async with await first as r:
+                assert r.status == 200 and await r.read() == b""

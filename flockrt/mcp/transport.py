@@ -3,13 +3,15 @@
 WebSocket (subprotocol ``mcp``): one JSON-RPC message per text frame. The connection is the
 session; requests run concurrently, each answered when done; notifications (an outside agent's
 messages, resource updates, progress) go out on the same socket. Close codes: 1003 for a binary
-frame, 1008 for a flood past the rate limit or an expired token, 1009 (by aiohttp) for a frame
-over ``max_message_bytes``, 1001 when the gateway stops.
+frame, 1008 for a flood past the rate limit (``flood_refusals``), an expired token, no
+``initialize`` in time or an eviction to make room for another session, 1009 (by aiohttp) for a
+frame over ``max_message_bytes``, 1001 when the gateway stops.
 
 Streamable HTTP: POST one message; a request is answered with JSON, or with an SSE stream when
 it asked for progress; ``initialize`` creates the session and returns ``Mcp-Session-Id``, which
 every later request carries. GET opens the session's server stream (SSE) for notifications.
-DELETE ends the session. Bad input is answered with a JSON-RPC error body and a 4xx status.
+DELETE ends the session. Bad input is answered with a JSON-RPC error body and a 4xx status. A
+cancelled request is not answered: its POST gets an SSE stream that ends without an event.
 
 Both check the Host (on a loopback gateway), the Origin and the bearer token before anything
 else (403, 403, 401).
@@ -220,7 +222,7 @@ async def _dispatch_frame(session: Session, data: str, send: Notify) -> None:
         session.check_inflight(incoming.id)
     except JsonRpcError as exc:
         await send(encode(exc.response()))
-        observe.request(incoming.method, "rate_limited", started)
+        observe.request(incoming.method, observe.outcome_of(exc.response()), started)
         return
     session.run(incoming.id, _serve_request(session, incoming, send, started))
 
@@ -340,7 +342,9 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
     try:
         session.check_inflight(incoming.id)
     except JsonRpcError as exc:
-        note.outcome = "rate_limited"
+        note.outcome = observe.outcome_of(exc.response())
+        if exc.code != RATE_LIMITED:  # an id already in flight
+            return _json_error(400, exc.response(), headers)
         return _json_error(429, exc.response(), {**headers, "Retry-After": "1"})
     if _wants_progress(incoming) and "text/event-stream" in request.headers.get("Accept", ""):
         return await _answer_with_stream(session, incoming, request, headers, note)
