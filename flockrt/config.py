@@ -149,7 +149,8 @@ class McpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     max_sessions: int = 10000
     """Sessions (WebSocket connections and Streamable HTTP sessions) held at once."""
     max_sessions_per_principal: int = 100
-    """Sessions one principal holds at once: a bearer token, or without one the peer address.
+    """Sessions one principal holds at once: a bearer token (when tokens are checked), else
+    the peer address.
     A new session beyond it evicts that principal's uninitialized, then idle, sessions."""
     max_inflight: int = 64
     """Requests one session may have running at once."""

@@ -403,3 +403,27 @@ async def test_over_http_a_request_id_still_in_flight_is_refused_with_400() -> N
             await session.close()  # cancels the first: its stream ends without an answer
             async with await first as r:
                 assert r.status == 200 and await r.read() == b""
+
+
+async def test_an_uninitialized_websocket_is_evicted_first_and_closed_1008() -> None:
+    async with Flock(gateway_flock_config(max_sessions_per_principal=2)) as flock:
+        url = url_of(flock)
+        async with (
+            RawPeer.connect(url, initialize=False) as silent,
+            RawPeer.connect(url) as working,
+            RawPeer.connect(url) as newcomer,  # the third: the silent one makes room
+        ):
+            await wait_for(lambda: silent.close_code is not None)
+            assert silent.close_code == 1008
+            assert "result" in await working.request("ping")
+            assert "result" in await newcomer.request("ping")
+
+
+async def test_an_unchecked_authorization_header_does_not_make_a_new_principal() -> None:
+    async with Flock(gateway_flock_config(max_sessions_per_principal=3)) as flock:
+        assert flock.gateway is not None
+        url = url_of(flock)
+        async with aiohttp.ClientSession() as http:
+            for n in range(10):  # no auth configured: the header is anyone's to vary
+                await flood_initialize(http, url, 1, {"Authorization": f"Bearer made-up-{n}"})
+        assert len(flock.gateway.sessions) == 3

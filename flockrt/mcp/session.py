@@ -134,8 +134,6 @@ class Session:
         """Notifications dropped because the peer did not read its outbox fast enough."""
         self.ignored_cancels = 0
         """``notifications/cancelled`` ignored because they named no valid request id."""
-        self.cancelled: set[Any] = set()
-        """Ids of requests in flight that the client cancelled: they get no answer."""
 
     @property
     def sender(self) -> str:
@@ -204,7 +202,6 @@ class Session:
     def _forget_request(self, request_id: Any, task: asyncio.Task[Any]) -> None:
         if self.inflight.get(request_id) is task:
             del self.inflight[request_id]
-            self.cancelled.discard(request_id)
 
     async def handle(self, incoming: Incoming, notify: Notify) -> dict[str, Any] | None:
         """Handle one message; returns the response to a request, None for a notification.
@@ -300,7 +297,6 @@ class Session:
         task = self.inflight.get(request_id)
         if task is not None:
             log.debug("session %s: request %r cancelled by the client", self.id, request_id)
-            self.cancelled.add(request_id)
             task.cancel()
 
     # ------------------------------------------------------------------ tools
