@@ -148,7 +148,7 @@ class McpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     refusal between them) before it is closed with 1008."""
     max_sessions: int = 10000
     """Sessions (WebSocket connections and Streamable HTTP sessions) held at once."""
-    max_sessions_per_principal: int = 100
+    max_sessions_per_principal: int = 5000
     """Sessions one principal holds at once: a bearer token (when tokens are checked), else
     the peer address.
     A new session beyond it evicts that principal's uninitialized, then idle, sessions."""

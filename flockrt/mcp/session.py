@@ -310,7 +310,7 @@ class Session:
         if tool is None:
             raise JsonRpcError(
                 INVALID_PARAMS,
-                f"tools/call: there is no tool named {encode(name).decode()} (tools/list names them)"
+                f"tools/call: there is no tool named {encode(name[:64]).decode()} (tools/list names them)"
                 if isinstance(name, str)
                 else "tools/call: name must be the name of a tool, a string",
                 {"argument": "name"},
