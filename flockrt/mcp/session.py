@@ -236,7 +236,10 @@ class Session:
         handler = self._METHODS.get(method or "")
         if handler is None:
             raise JsonRpcError(
-                METHOD_NOT_FOUND, f"method not found: {encode(method).decode()}", None, incoming.id
+                METHOD_NOT_FOUND,
+                f"method not found: {encode((method or '')[:64]).decode()}",
+                None,
+                incoming.id,
             )
         return result_response(incoming.id, await handler(self, params, incoming.id, notify))
 
