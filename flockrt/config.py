@@ -194,6 +194,24 @@ class McpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     """Requests per second per connection (token bucket) ..."""
     rate_burst: int = 400
     """... with bursts up to this many."""
+    flood_refusals: int = 400
+    """Messages a WebSocket may have refused for its rate in a row (no second without a
+    refusal between them) before it is closed with 1008."""
+    max_sessions: int = 10000
+    """Sessions (WebSocket connections and Streamable HTTP sessions) held at once."""
+    max_sessions_per_principal: int = 5000
+    """Sessions one principal holds at once: a bearer token (when tokens are checked), else
+    the peer address.
+    A new session beyond it evicts that principal's uninitialized, then idle, sessions."""
+    max_inflight: int = 64
+    """Requests one session may have running at once."""
+    init_timeout: float = 10.0
+    """Seconds a session may go without initializing before it is closed."""
+    session_idle_timeout: float = 600.0
+    """Seconds a Streamable HTTP session may go without a request or an open server stream."""
+    agent_idle_timeout: float = 30.0
+    """Seconds a Streamable HTTP session carrying an outside agent may go without a request
+    or an open server stream before it ends and its agent goes offline."""
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
 
 
@@ -454,6 +472,12 @@ def config_problems(config: FlockConfig) -> list[str]:
             problems.append(f"mcp.timeout: expected > 0 (milliseconds), got {mcp.timeout}")
         if mcp.max_message_bytes < 1024:
             problems.append(f"mcp.max_message_bytes: expected >= 1024, got {mcp.max_message_bytes}")
+        for key in ("flood_refusals", "max_sessions", "max_sessions_per_principal", "max_inflight"):
+            if getattr(mcp, key) < 1:
+                problems.append(f"mcp.{key}: expected >= 1, got {getattr(mcp, key)}")
+        for key in ("init_timeout", "session_idle_timeout", "agent_idle_timeout"):
+            if getattr(mcp, key) <= 0:
+                problems.append(f"mcp.{key}: expected > 0 (seconds), got {getattr(mcp, key)}")
         exposed = exposure_problem(mcp)
         if exposed is not None:
             problems.append(exposed)

@@ -95,8 +95,8 @@ async def test_idle_http_sessions_end_and_their_agents_go_offline() -> None:
             ) as response:
                 assert response.status == 200
         session = gateway.sessions[session_id]
-        assert gateway.expire_idle(now=session.last_active + gateway.session_idle_timeout - 1) == 0
-        assert gateway.expire_idle(now=session.last_active + gateway.session_idle_timeout + 1) == 1
+        assert gateway.expire_idle(now=session.last_active + gateway.agent_idle_timeout - 1) == 0
+        assert gateway.expire_idle(now=session.last_active + gateway.agent_idle_timeout + 1) == 1
         await wait_for(lambda: session_id not in gateway.sessions)
         assert flock.flock is not None
         await wait_for(lambda: flock.flock.get_agent("idle-agent").status == "offline")  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -44,17 +44,12 @@ class Gateway:
         flock: The flock it serves (in-process, or over NATS: any implementation of the
             Flock interface).
         progress_interval: Seconds between progress notifications of a long tool call.
-        session_idle_timeout: Seconds a Streamable HTTP session may go without a request (and
-            without a server stream open) before it is ended, with its outside agent. A
-            WebSocket session ends with its connection instead.
-        max_sessions: Sessions held at once; more get HTTP 503 (a flood of ``initialize``
-            requests must not exhaust the process).
         keepalive_interval: Seconds between SSE comments on an idle Streamable HTTP server
             stream (GET), which find a client that vanished.
-        init_timeout: Seconds a WebSocket connection may go without initializing its session
-            before it is closed (1008).
-        max_inflight: Requests of one session running at once; more are refused with -32000
-            (HTTP 429).
+
+    The limits come from ``config`` (see docs/gateway.md, "Limits") and are attributes a test
+    may change on a running gateway: ``max_sessions``, ``max_sessions_per_principal``,
+    ``max_inflight``, ``init_timeout``, ``session_idle_timeout``, ``agent_idle_timeout``.
 
     Raises:
         GatewayConfigError: the config would expose an unauthenticated gateway beyond loopback.
@@ -66,11 +61,7 @@ class Gateway:
         flock: FlockAPI,
         *,
         progress_interval: float = 1.0,
-        session_idle_timeout: float = 600.0,
-        max_sessions: int = 10_000,
         keepalive_interval: float = 15.0,
-        init_timeout: float = 10.0,
-        max_inflight: int = 64,
     ) -> None:
         check_bind(config)
         self.config = config
@@ -79,12 +70,24 @@ class Gateway:
         """The actor system of this process: the outside agents' supervisor runs in it, and its
         tree is the ``flock://tree`` resource."""
         self.progress_interval = progress_interval
-        self.session_idle_timeout = session_idle_timeout
-        self.max_sessions = max_sessions
         self.keepalive_interval = keepalive_interval
-        self.init_timeout = init_timeout
-        self.max_inflight = max_inflight
+        self.session_idle_timeout = config.session_idle_timeout
+        """Seconds a Streamable HTTP session may go without a request (and without a server
+        stream open) before it is ended. A WebSocket session ends with its connection."""
+        self.agent_idle_timeout = config.agent_idle_timeout
+        """The same for a Streamable HTTP session that carries an outside agent: a client that
+        vanished without DELETE must not leave an agent online that nobody answers for."""
+        self.max_sessions = config.max_sessions
+        self.max_sessions_per_principal = config.max_sessions_per_principal
+        self.init_timeout = config.init_timeout
+        """Seconds a session may go without initializing (a WebSocket: ``initialize``; a
+        Streamable HTTP session: anything after it) before it is closed."""
+        self.max_inflight = config.max_inflight
+        self._owned: dict[str, set[Session]] = {}
+        """The open sessions of each principal (:attr:`Session.owner`)."""
         self._sweeper: asyncio.TimerHandle | None = None
+        self.evictions = 0
+        """Sessions evicted to make room for new ones."""
         self.auth = Authenticator(config.auth)
         self.loopback = is_loopback(config.host)
         """Whether the gateway is bound to loopback: then the Host header must name it."""
@@ -144,26 +147,76 @@ class Gateway:
 
     # ------------------------------------------------------------------ sessions
 
-    def check_capacity(self) -> None:
-        """Refuse a new session when ``max_sessions`` are open.
+    def make_room(self, owner: str) -> None:
+        """Make room for a new session of ``owner``, or refuse it.
+
+        A principal holds at most ``max_sessions_per_principal`` sessions and the gateway at
+        most ``max_sessions``. Beyond either, the gateway evicts a session that does no work:
+        one that never went past ``initialize`` first, else the one idle longest (no request
+        in flight, no server stream open; a WebSocket only if it is not initialized). Beyond
+        the per-principal cap only that principal's sessions are candidates; beyond the
+        gateway's cap, those of the principal holding the most. So one client's flood of
+        ``initialize`` costs that client its own sessions and nobody else's.
 
         Raises:
-            web.HTTPServiceUnavailable: the gateway is full.
+            web.HTTPTooManyRequests: ``owner`` holds its maximum and every one is busy.
+            web.HTTPServiceUnavailable: the gateway is full and no session can be evicted.
         """
-        if len(self.sessions) >= self.max_sessions:
-            raise web.HTTPServiceUnavailable(
-                text=f"the gateway holds its maximum of {self.max_sessions} sessions\n",
+        mine = self._owned.get(owner, ())
+        if len(mine) >= self.max_sessions_per_principal and not self._evict_one(mine):
+            raise web.HTTPTooManyRequests(
+                text=f"this client holds its maximum of {self.max_sessions_per_principal} sessions, "
+                "all busy; end one (DELETE) or wait\n",
                 headers={"Retry-After": "5"},
             )
+        if len(self.sessions) >= self.max_sessions:
+            largest = max(self._owned.values(), key=len, default=set())
+            if not self._evict_one(largest):
+                raise web.HTTPServiceUnavailable(
+                    text=f"the gateway holds its maximum of {self.max_sessions} sessions\n",
+                    headers={"Retry-After": "5"},
+                )
+
+    def _evict_one(self, sessions: Iterable[Session]) -> bool:
+        candidates = [
+            session
+            for session in sessions
+            if not session.closed
+            and not session.inflight
+            and not session.streaming
+            and (session.transport == "http" or not session.initialized)
+        ]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda s: (s.initialized, s.agent_id is not None, s.last_active))
+        log.info(
+            "session %s evicted (%s) to make room for another of %s",
+            victim.id,
+            "idle" if victim.initialized else "not initialized",
+            victim.owner or "a client",
+        )
+        self.evictions += 1
+        self.forget(victim)  # at once: the room is needed now; the close follows
+        if victim.evict is not None:
+            victim.evict()
+        else:
+            self.close_later(victim)
+        return True
 
     def open_session(self, session: Session) -> Session:
-        """Register a new session."""
+        """Register a new session (after :meth:`make_room`)."""
         self.sessions[session.id] = session
+        self._owned.setdefault(session.owner, set()).add(session)
         return session
 
     def forget(self, session: Session) -> None:
-        """A closed session leaves the registry."""
+        """A closed (or evicted) session leaves the registry."""
         self.sessions.pop(session.id, None)
+        owned = self._owned.get(session.owner)
+        if owned is not None:
+            owned.discard(session)
+            if not owned:
+                del self._owned[session.owner]
 
     def close_later(self, session: Session) -> None:
         """Close ``session`` in a task the gateway owns (from code that cannot await)."""
@@ -175,10 +228,14 @@ class Gateway:
         return self._closing.spawn(work)
 
     def expire_idle(self, now: float | None = None) -> int:
-        """End the Streamable HTTP sessions idle for longer than ``session_idle_timeout``.
+        """End the Streamable HTTP sessions that stopped being used.
 
-        A client that vanished without DELETE would otherwise keep its session, and its outside
-        agent online, forever. Returns how many sessions are being ended.
+        A session with no request in flight and no server stream open ends after
+        ``session_idle_timeout`` s without a request; one that carries an outside agent after
+        ``agent_idle_timeout`` s (its agent goes offline); one that never went past
+        ``initialize`` after ``init_timeout`` s. A client that vanished without DELETE would
+        otherwise keep its session, and its outside agent, online. Returns how many sessions
+        are being ended.
         """
         now = time.monotonic() if now is None else now
         idle = [
@@ -187,15 +244,32 @@ class Gateway:
             if session.transport == "http"
             and not session.streaming
             and not session.inflight
-            and now - session.last_active > self.session_idle_timeout
+            and now - session.last_active > self._idle_limit(session)
         ]
         for session in idle:
-            log.info("session %s idle for %.0f s: ended", session.id, now - session.last_active)
+            if session.agent_id is not None:
+                log.warning(
+                    "agent %s: its HTTP session %s made no request and held no stream for %.0f s: "
+                    "ended, the agent is offline",
+                    session.agent_id,
+                    session.id,
+                    now - session.last_active,
+                )
+            else:
+                log.info("session %s idle for %.0f s: ended", session.id, now - session.last_active)
             self.close_later(session)
         return len(idle)
 
+    def _idle_limit(self, session: Session) -> float:
+        if session.agent_id is not None:
+            return self.agent_idle_timeout
+        if not session.initialized:
+            return self.init_timeout
+        return self.session_idle_timeout
+
     def _schedule_sweep(self) -> None:
-        interval = max(self.session_idle_timeout / 4, 1.0)
+        shortest = min(self.session_idle_timeout, self.agent_idle_timeout, self.init_timeout)
+        interval = min(max(shortest / 4, 0.05), 5.0)
         self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
 
     def _sweep(self) -> None:

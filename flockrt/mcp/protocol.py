@@ -31,6 +31,7 @@ __all__ = [
     "Incoming",
     "JsonRpcError",
     "encode",
+    "encode_response",
     "error_response",
     "notification",
     "parse",
@@ -79,13 +80,20 @@ def parse(data: bytes | str) -> Incoming:
     """Read one JSON-RPC 2.0 message.
 
     Raises:
-        JsonRpcError: -32700 when ``data`` is not JSON, -32600 when it is not one JSON-RPC 2.0
-            message (a batch, a wrong ``jsonrpc``, a method that is not a string, a bad id).
+        JsonRpcError: -32700 when ``data`` is not JSON (or nested too deeply to read),
+            -32600 when it is not one JSON-RPC 2.0 message (a batch, a wrong ``jsonrpc``, a
+            method that is not a string, a bad id).
     """
     try:
         message = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise JsonRpcError(PARSE_ERROR, f"parse error: not valid JSON ({exc})") from None
+    except RecursionError:
+        # msgspec decodes recursively: JSON nested past the interpreter's recursion limit
+        # (about 1,000 levels) cannot be read, which is the sender's fault like bad JSON.
+        raise JsonRpcError(
+            PARSE_ERROR, "parse error: the JSON is nested too deeply to be read (limit about 1,000 levels)"
+        ) from None
     if isinstance(message, list):
         raise JsonRpcError(INVALID_REQUEST, "invalid request: batches are not supported; send one message")
     if not isinstance(message, dict):
@@ -136,3 +144,15 @@ def notification(method: str, params: Any) -> dict[str, Any]:
 def encode(message: Any) -> bytes:
     """JSON bytes of a message."""
     return _encoder.encode(message)
+
+
+def encode_response(response: dict[str, Any] | None) -> bytes:
+    """JSON bytes of a response; a result nested too deeply to encode (an agent's answer
+    near msgspec's depth limit, wrapped a few levels deeper) becomes a -32603 error, so the
+    request is still answered."""
+    try:
+        return _encoder.encode(response)
+    except RecursionError:
+        too_deep = "internal error: the result is nested too deeply to encode as JSON"
+        request_id = response.get("id") if response is not None else None
+        return _encoder.encode(error_response(request_id, INTERNAL_ERROR, too_deep))

@@ -33,6 +33,7 @@ from flockrt.mcp.auth import Forbidden, Principal, TokenBucket
 from flockrt.mcp.protocol import (
     DISCOVER_VERSION,
     FORBIDDEN,
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     LATEST_VERSION,
@@ -92,12 +93,25 @@ class Session:
     """
 
     def __init__(
-        self, host: SessionHost, principal: Principal, transport: Literal["websocket", "http"]
+        self,
+        host: SessionHost,
+        principal: Principal,
+        transport: Literal["websocket", "http"],
+        owner: str = "",
     ) -> None:
         self.id = secrets.token_hex(16)
         self.host = host
         self.principal = principal
         self.transport = transport
+        self.owner = owner
+        """Whom the session counts against for ``max_sessions_per_principal``: its bearer
+        token, or without one its peer address."""
+        self.initialized = False
+        """Whether the client said or asked anything after ``initialize`` (a session that did
+        not is the first to be evicted)."""
+        self.evict: Callable[[], None] | None = None
+        """How the transport ends the session when the gateway evicts it (a WebSocket is
+        closed with 1008); None: close the session."""
         self.protocol_version: str | None = None
         self.client_info: Any = None
         self.agent: OutsideAgent | None = None
@@ -118,6 +132,8 @@ class Session:
         self.last_active = time.monotonic()
         self.dropped = 0
         """Notifications dropped because the peer did not read its outbox fast enough."""
+        self.ignored_cancels = 0
+        """``notifications/cancelled`` ignored because they named no valid request id."""
 
     @property
     def sender(self) -> str:
@@ -151,11 +167,21 @@ class Session:
     # ------------------------------------------------------------------ client -> server
 
     def check_inflight(self, request_id: Any) -> None:
-        """Refuse a request beyond the ``max_inflight`` this session may have running.
+        """Refuse a request beyond the ``max_inflight`` this session may have running, or one
+        whose id is that of a request still in flight (its answer could not be told apart, and
+        reusing one id would slip past the cap).
 
         Raises:
-            JsonRpcError: -32000, too many requests in flight.
+            JsonRpcError: -32600, the id is in flight; -32000, too many requests in flight.
         """
+        if request_id in self.inflight:
+            raise JsonRpcError(
+                INVALID_REQUEST,
+                f"invalid request: id {encode(request_id).decode()} is already in use by a request "
+                "in flight; use a new id for each request",
+                {"id": request_id},
+                request_id,
+            )
         limit = self.host.max_inflight
         if len(self.inflight) >= limit:
             raise JsonRpcError(
@@ -184,6 +210,8 @@ class Session:
             JsonRpcError: for every protocol error (the transport sends it back).
         """
         self.last_active = time.monotonic()
+        if self.protocol_version is not None:
+            self.initialized = True
         if self.principal.expired:
             raise JsonRpcError(FORBIDDEN, "forbidden: the token has expired", {"status": 401}, incoming.id)
         method = incoming.method
@@ -207,7 +235,12 @@ class Session:
             )
         handler = self._METHODS.get(method or "")
         if handler is None:
-            raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {method!r}", None, incoming.id)
+            raise JsonRpcError(
+                METHOD_NOT_FOUND,
+                f"method not found: {encode((method or '')[:64]).decode()}",
+                None,
+                incoming.id,
+            )
         return result_response(incoming.id, await handler(self, params, incoming.id, notify))
 
     @staticmethod
@@ -234,7 +267,7 @@ class Session:
         if not isinstance(requested, str):
             raise JsonRpcError(
                 INVALID_PARAMS,
-                "initialize: invalid argument 'protocolVersion': expected a string",
+                "initialize: protocolVersion must be a string naming a protocol version",
                 {"argument": "protocolVersion"},
                 request_id,
             )
@@ -254,11 +287,19 @@ class Session:
         }
 
     def _cancel(self, params: Any) -> None:
-        if not isinstance(params, dict):
+        """``notifications/cancelled``: cancel the request it names. A notification gets no
+        answer, so one that names no request id (missing, or not a string or an integer) is
+        ignored, counted (in :attr:`ignored_cancels` and as an ``invalid``
+        ``notifications/cancelled`` in ``flockrt_mcp_requests_total``) and logged at debug."""
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+            self.ignored_cancels += 1
+            observe.request("notifications/cancelled", "invalid", time.perf_counter())
+            log.debug("session %s: notifications/cancelled without a valid requestId ignored", self.id)
             return
-        task = self.inflight.get(params.get("requestId"))
+        task = self.inflight.get(request_id)
         if task is not None:
-            log.debug("session %s: request %r cancelled by the client", self.id, params.get("requestId"))
+            log.debug("session %s: request %r cancelled by the client", self.id, request_id)
             task.cancel()
 
     # ------------------------------------------------------------------ tools
@@ -271,7 +312,12 @@ class Session:
         tool = tools.TOOLS.get(name) if isinstance(name, str) else None
         if tool is None:
             raise JsonRpcError(
-                INVALID_PARAMS, f"tools/call: unknown tool {name!r}", {"argument": "name"}, request_id
+                INVALID_PARAMS,
+                f"tools/call: there is no tool named {encode(name[:64]).decode()} (tools/list names them)"
+                if isinstance(name, str)
+                else "tools/call: name must be the name of a tool, a string",
+                {"argument": "name"},
+                request_id,
             )
         arguments = tools.convert_arguments(tool, params.get("arguments"), request_id)
         meta = params.get("_meta")
@@ -294,8 +340,17 @@ class Session:
             content, is_error = outcome.content(), True
         else:
             content, is_error = outcome, False
+        try:
+            text = encode(content).decode()
+        except RecursionError:
+            raise JsonRpcError(
+                INTERNAL_ERROR,
+                f"{name}: the result is nested too deeply to encode as JSON",
+                None,
+                request_id,
+            ) from None
         return {
-            "content": [{"type": "text", "text": encode(content).decode()}],
+            "content": [{"type": "text", "text": text}],
             "structuredContent": content,
             "isError": is_error,
         }
@@ -322,6 +377,9 @@ class Session:
                 tuple(dict.fromkeys(args.capabilities)),
                 args.max_concurrent_tasks,
                 self.host.config.timeout / 1000,
+                # Named for the agent: errors that name the actor (an ask that timed out) then
+                # name the agent, not an internal path like /mcp-agents/$10.
+                name=args.id,
             )
         )
         try:
@@ -375,7 +433,7 @@ class Session:
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise JsonRpcError(
-                INVALID_PARAMS, "invalid argument 'uri': expected a string", {"argument": "uri"}, request_id
+                INVALID_PARAMS, "uri must be a string, the URI of a resource", {"argument": "uri"}, request_id
             )
         if uri in (_AGENTS_URI, _TREE_URI) or (
             uri.startswith(_AGENT_PREFIX) and len(uri) > len(_AGENT_PREFIX)

@@ -13,6 +13,7 @@ the session answers with ``isError``.
 
 from __future__ import annotations
 
+import inspect
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -251,13 +252,17 @@ def check_argument(name: str, value: str, request_id: Any) -> None:
     """Refuse an argument that cannot be a NATS subject token (an agent id, a capability).
 
     Raises:
-        JsonRpcError: -32602 naming the argument.
+        JsonRpcError: -32602 naming the argument (without echoing the value, which may be huge).
     """
     try:
         check_token(name, value)
-    except ValueError as exc:
+    except ValueError:
         raise JsonRpcError(
-            INVALID_PARAMS, f"invalid argument {name!r}: {exc}", {"argument": name}, request_id
+            INVALID_PARAMS,
+            f"{name} must be a non-empty string without spaces, dots, '*' or '>' "
+            "(it becomes part of a NATS subject)",
+            {"argument": name},
+            request_id,
         ) from None
 
 
@@ -356,19 +361,41 @@ async def _submit_task(
     caller: Caller, args: SubmitTask, request_id: Any, progress: ProgressCallback | None
 ) -> Outcome:
     check_argument("type", args.type, request_id)
+    flock = caller.host.flock
     try:
-        outcome = await caller.host.flock.submit(
+        outcome = await flock.submit(
             args.type,
             args.data,
             priority=args.priority,
             wait=args.wait,
             timeout=_timeout(caller, args.timeout),
+            **_checked(flock),
         )
     except FlockError as exc:
         return Failure.of(exc)
     if isinstance(outcome, str):
         return {"taskId": outcome}
     return {"taskId": outcome.task_id, "result": msgspec.to_builtins(outcome)}
+
+
+_CHECKS: dict[type, dict[str, Any]] = {}
+
+
+def _checked(flock: object) -> dict[str, Any]:
+    """``check=True`` for a flock whose ``submit`` has the no-responders check: a task nobody
+    handles is then refused (NoCapableAgent, the ``no_capable_agent`` failure) instead of
+    published to nobody and answered with a task id.
+
+    Transitional: ``FlockAPI.submit(check=...)`` lands with the NATS side of issue 12; until
+    every flock has it, one without it is called as before (the in-process flock refuses a
+    task nobody handles anyway). Remove this with that merge and pass ``check=True``.
+    """
+    kind = type(flock)
+    found = _CHECKS.get(kind)
+    if found is None:
+        parameters = inspect.signature(kind.submit).parameters  # type: ignore[attr-defined]
+        found = _CHECKS[kind] = {"check": True} if "check" in parameters else {}
+    return found
 
 
 async def _broadcast(
@@ -477,35 +504,85 @@ TOOLS: Final[dict[str, Tool]] = {
 _AT = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+_TOP = re.compile(r"^[A-Za-z_]+")
+
+
+def _describe(info: msgspec.inspect.Type, name: str) -> str:
+    """What a value of ``info`` is, in words a caller reads (never a Python type name)."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        choices = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        text = " or ".join(_describe(t, name) for t in choices)
+        return f"{text} (or null)" if len(choices) < len(info.types) else text
+    if isinstance(info, msgspec.inspect.IntType):
+        unit = " number of milliseconds" if name == "timeout" else ""
+        if info.ge is not None and info.le is not None:
+            return f"an integer{unit} from {info.ge} to {info.le}"
+        if info.ge is not None:
+            return f"an integer{unit} of at least {info.ge}"
+        return f"an integer{unit}"
+    if isinstance(info, msgspec.inspect.StrType):
+        return "a string"
+    if isinstance(info, msgspec.inspect.BoolType):
+        return "true or false"
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return "one of " + ", ".join(f'"{value}"' for value in info.values)
+    if isinstance(info, msgspec.inspect.ListType):
+        item = _describe(info.item_type, name)
+        return "a list of strings" if item == "a string" else f"a list whose items are each {item}"
+    if isinstance(info, msgspec.inspect.DictType):
+        return "an object"
+    return "any JSON value"
+
+
+def _argument_texts(arguments: type[_Args]) -> dict[str, str]:
+    info = msgspec.inspect.type_info(arguments)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {field.encode_name: _describe(field.type, field.encode_name) for field in info.fields}
+
+
+_EXPECTED: Final[dict[str, dict[str, str]]] = {
+    name: _argument_texts(tool.arguments) for name, tool in TOOLS.items()
+}
+"""Per tool, per argument: what the argument must be, for -32602 messages."""
 
 
 def convert_arguments(tool: Tool, arguments: Any, request_id: Any) -> Any:
     """The tool's argument struct from a call's ``arguments``.
 
     Raises:
-        JsonRpcError: -32602 naming the argument that is missing, unexpected or of the wrong type.
+        JsonRpcError: -32602 whose message is a plain sentence naming the argument that is
+            missing, unexpected or of the wrong kind, and saying what it must be
+            (``send_message: timeout must be an integer number of milliseconds from 0 to
+            600000``); ``data.argument`` names it too.
     """
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):
         raise JsonRpcError(
-            INVALID_PARAMS, f"{tool.name}: 'arguments' must be an object", request_id=request_id
+            INVALID_PARAMS,
+            f"{tool.name}: arguments must be an object of named arguments",
+            {"argument": "arguments"},
+            request_id,
         )
     try:
         return msgspec.convert(arguments, tool.arguments, strict=True)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _AT.match(text)
-        reason, path = (match["reason"], match["path"].lstrip(".")) if match else (text, "")
-        if (missing := _MISSING.match(reason)) is not None:
-            name, reason = (f"{path}.{missing['field']}" if path else missing["field"]), "is required"
-        elif (unknown := _UNKNOWN.match(reason)) is not None:
-            name, reason = unknown["field"], "is not an argument of this tool"
-        else:
-            name, reason = path or "arguments", reason[:1].lower() + reason[1:]
+        expected = _EXPECTED[tool.name]
+        match = _AT.match(str(exc))
+        reason, path = (match["reason"], match["path"].lstrip(".")) if match else (str(exc), "")
+        top = _TOP.match(path)
+        if (missing := _MISSING.match(reason)) is not None and not path:
+            name = missing["field"]
+            message = f"{name} is required: it must be {expected.get(name, 'given')}"
+        elif (unknown := _UNKNOWN.match(reason)) is not None and not path:
+            name = unknown["field"]
+            message = f"{name} is not an argument of this tool (it takes {', '.join(expected)})"
+        elif top is not None and top[0] in expected:
+            name = top[0]
+            message = f"{name} must be {expected[name]}"
+        else:  # not reached with the tools' structs; kept plain all the same
+            name = path or "arguments"
+            message = f"{name} is not valid for this tool"
         raise JsonRpcError(
-            INVALID_PARAMS,
-            f"{tool.name}: invalid argument {name!r}: {reason}",
-            data={"argument": name},
-            request_id=request_id,
+            INVALID_PARAMS, f"{tool.name}: {message}", data={"argument": name}, request_id=request_id
         ) from None

@@ -3,13 +3,15 @@
 WebSocket (subprotocol ``mcp``): one JSON-RPC message per text frame. The connection is the
 session; requests run concurrently, each answered when done; notifications (an outside agent's
 messages, resource updates, progress) go out on the same socket. Close codes: 1003 for a binary
-frame, 1008 for a flood past the rate limit or an expired token, 1009 (by aiohttp) for a frame
-over ``max_message_bytes``, 1001 when the gateway stops.
+frame, 1008 for a flood past the rate limit (``flood_refusals``), an expired token, no
+``initialize`` in time or an eviction to make room for another session, 1009 (by aiohttp) for a
+frame over ``max_message_bytes``, 1001 when the gateway stops.
 
 Streamable HTTP: POST one message; a request is answered with JSON, or with an SSE stream when
 it asked for progress; ``initialize`` creates the session and returns ``Mcp-Session-Id``, which
 every later request carries. GET opens the session's server stream (SSE) for notifications.
-DELETE ends the session. Bad input is answered with a JSON-RPC error body and a 4xx status.
+DELETE ends the session. Bad input is answered with a JSON-RPC error body and a 4xx status. A
+cancelled request is not answered: its POST gets an SSE stream that ends without an event.
 
 Both check the Host (on a loopback gateway), the Origin and the bearer token before anything
 else (403, 403, 401).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from typing import Any
@@ -39,6 +42,7 @@ from flockrt.mcp.protocol import (
     Incoming,
     JsonRpcError,
     encode,
+    encode_response,
     error_response,
     parse,
 )
@@ -50,7 +54,39 @@ log = logging.getLogger("flockrt.mcp")
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
-_FLOOD_CLOSE = 4  # refused messages in a row, in multiples of the burst, before a flood is closed
+_FLOOD_PAUSE = 1.0
+"""Seconds without a refused message that end a flood (its count starts again)."""
+
+
+class _Flood:
+    """Counts the messages of one WebSocket refused for its rate. Messages let through in
+    between do not end a flood (a flooder always gets some through as the bucket refills);
+    only a pause of ``_FLOOD_PAUSE`` s without a refusal does."""
+
+    __slots__ = ("count", "last", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.last = -_FLOOD_PAUSE
+
+    def refused(self, now: float) -> bool:
+        """Count one refusal at ``now``; True when the flood has reached the limit."""
+        if now - self.last > _FLOOD_PAUSE:
+            self.count = 0
+        self.count += 1
+        self.last = now
+        return self.count >= self.limit
+
+
+def principal_of(gateway: Gateway, request: web.Request) -> str:
+    """Whom a request's sessions count against: its bearer token (a digest of it) on a gateway
+    that checks tokens, else its peer address (a header nobody checks could be varied at will
+    to escape the cap)."""
+    authorization = request.headers.get("Authorization")
+    if authorization and gateway.auth.required:
+        return "token:" + hashlib.sha256(authorization.encode()).hexdigest()[:16]
+    return f"peer:{request.remote}"
 
 
 def _json_error(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -83,7 +119,8 @@ def admit(gateway: Gateway, request: web.Request) -> Principal:
 async def handle_websocket(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """Serve one WebSocket connection as one session until it closes."""
     principal = admit(gateway, request)
-    gateway.check_capacity()
+    owner = principal_of(gateway, request)
+    gateway.make_room(owner)
     # The heartbeat (pings every 30 s) ends connections whose peer vanished without a close,
     # which would otherwise keep their outside agents online forever.
     ws = web.WebSocketResponse(
@@ -92,7 +129,7 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a WebSocket upgrade\n")
     await ws.prepare(request)
-    session = gateway.open_session(Session(gateway, principal, "websocket"))
+    session = gateway.open_session(Session(gateway, principal, "websocket", owner))
     gateway.websockets.add(ws)
     observe.connection("websocket", +1)
 
@@ -115,20 +152,29 @@ async def handle_websocket(gateway: Gateway, request: web.Request) -> web.Stream
             log.info("session %s: not initialized within %g s: closed", session.id, gateway.init_timeout)
             gateway.own(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"initialize timeout"))
 
+    def evicted() -> None:
+        log.info("session %s: evicted, closed", session.id)
+        gateway.own(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"session evicted"))
+
+    session.evict = evicted
     init_timer = loop.call_later(gateway.init_timeout, expire_uninitialized)
-    refused = 0
+    flood = _Flood(gateway.config.flood_refusals)
     try:
         async for frame in ws:
             if frame.type is WSMsgType.TEXT:
                 if not session.bucket.take():
-                    refused += 1
-                    if refused >= _FLOOD_CLOSE * session.bucket.burst:
+                    observe.request(None, "rate_limited", time.perf_counter())
+                    if flood.refused(time.monotonic()):
+                        log.warning(
+                            "session %s: %d messages over the rate limit without a %g s pause: closed 1008",
+                            session.id,
+                            flood.count,
+                            _FLOOD_PAUSE,
+                        )
                         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"rate limit exceeded")
                         break
                     await send(encode(error_response(None, RATE_LIMITED, "rate limit exceeded; slow down")))
-                    observe.request(None, "rate_limited", time.perf_counter())
                     continue
-                refused = 0
                 if session.principal.expired:
                     await _refuse_expired(frame.data, send)
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token expired")
@@ -177,7 +223,7 @@ async def _dispatch_frame(session: Session, data: str, send: Notify) -> None:
         session.check_inflight(incoming.id)
     except JsonRpcError as exc:
         await send(encode(exc.response()))
-        observe.request(incoming.method, "rate_limited", started)
+        observe.request(incoming.method, observe.outcome_of(exc.response()), started)
         return
     session.run(incoming.id, _serve_request(session, incoming, send, started))
 
@@ -201,7 +247,7 @@ async def _serve_request_correlated(
         log.error("session %s: %s failed", session.id, incoming.method, exc_info=exc)
         response = error_response(incoming.id, INTERNAL_ERROR, f"internal error: {exc}")
     if response is not None:
-        await send(encode(response))
+        await send(encode_response(response))
     observe.request(incoming.method, observe.outcome_of(response), started)
 
 
@@ -271,8 +317,9 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         params = incoming.params if isinstance(incoming.params, dict) else {}
         return _json_error(400, Session.discover_error(params, incoming.id).response())
     if incoming.method == "initialize":
-        gateway.check_capacity()
-        session = gateway.open_session(Session(gateway, principal, "http"))
+        owner = principal_of(gateway, request)
+        gateway.make_room(owner)
+        session = gateway.open_session(Session(gateway, principal, "http", owner))
         observe.connection("http", +1)
     else:
         session = _session_of(gateway, request, principal)
@@ -296,7 +343,9 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
     try:
         session.check_inflight(incoming.id)
     except JsonRpcError as exc:
-        note.outcome = "rate_limited"
+        note.outcome = observe.outcome_of(exc.response())
+        if exc.code != RATE_LIMITED:  # an id already in flight
+            return _json_error(400, exc.response(), headers)
         return _json_error(429, exc.response(), {**headers, "Retry-After": "1"})
     if _wants_progress(incoming) and "text/event-stream" in request.headers.get("Accept", ""):
         return await _answer_with_stream(session, incoming, request, headers, note)
@@ -305,7 +354,7 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         response = await task
     except asyncio.CancelledError:
         if task.cancelled() and not _current_cancelling():
-            return _json_error(200, error_response(incoming.id, -32800, "request cancelled"), headers)
+            return await _unanswered(request, headers)
         raise
     except JsonRpcError as exc:
         if incoming.method == "initialize":
@@ -316,7 +365,21 @@ async def _handle_post(gateway: Gateway, request: web.Request, note: _Note) -> w
         note.outcome = observe.outcome_of(exc.response())
         return _json_error(status, exc.response(), headers)
     note.outcome = observe.outcome_of(response)
-    return web.Response(body=encode(response), content_type="application/json", headers=headers)
+    return web.Response(body=encode_response(response), content_type="application/json", headers=headers)
+
+
+async def _unanswered(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """The POST of a request that was cancelled (``notifications/cancelled``, or its session
+    ended): the MCP spec says a cancelled request gets no response, so its SSE stream ends
+    without one (202 with no body for a client that does not accept SSE)."""
+    if "text/event-stream" not in request.headers.get("Accept", ""):
+        return web.Response(status=202, headers=headers)
+    stream = web.StreamResponse(
+        headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await stream.prepare(request)
+    await stream.write_eof()
+    return stream
 
 
 def _current_cancelling() -> bool:
@@ -364,7 +427,7 @@ async def _answer_with_stream(
         response = exc.response()
     note.outcome = observe.outcome_of(response)
     if response is not None:
-        await stream.write(_sse(encode(response)))
+        await stream.write(_sse(encode_response(response)))
     await stream.write_eof()
     return stream
 
