@@ -427,3 +427,21 @@ async def test_an_unchecked_authorization_header_does_not_make_a_new_principal()
             for n in range(10):  # no auth configured: the header is anyone's to vary
                 await flood_initialize(http, url, 1, {"Authorization": f"Bearer made-up-{n}"})
         assert len(flock.gateway.sessions) == 3
+
+
+# ---------------------------------------------------------------------- found by the fuzz suite
+
+
+async def test_an_sse_answer_escapes_unicode_line_breaks(flock: Flock) -> None:
+    """SSE ends lines at CR and LF only, but U+0085, U+2028 and U+2029 go out as JSON escapes,
+    so a client that splits on every Unicode line break (``str.splitlines``) still reads whole
+    events (the fuzz suite found a tool name "\\u0085" cutting an answer in two)."""
+    url = url_of(flock)
+    name = "odd\u0085\u2028\u2029name"
+    call = frame("tools/call", {"name": name, "arguments": {}, "_meta": {"progressToken": 1}}, 3)
+    async with http_session(url) as (http, headers), http.post(url, data=call, headers=headers) as r:
+        assert r.content_type == "text/event-stream"
+        body = (await r.read()).decode()
+    events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
+    [answer] = [json.loads(event) for event in events]
+    assert answer["id"] == 3 and name in answer["error"]["message"]

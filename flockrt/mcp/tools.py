@@ -13,7 +13,6 @@ the session answers with ``isError``.
 
 from __future__ import annotations
 
-import inspect
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -369,33 +368,13 @@ async def _submit_task(
             priority=args.priority,
             wait=args.wait,
             timeout=_timeout(caller, args.timeout),
-            **_checked(flock),
+            check=True,  # a task nobody handles is refused (no_capable_agent), not published to nobody
         )
     except FlockError as exc:
         return Failure.of(exc)
     if isinstance(outcome, str):
         return {"taskId": outcome}
     return {"taskId": outcome.task_id, "result": msgspec.to_builtins(outcome)}
-
-
-_CHECKS: dict[type, dict[str, Any]] = {}
-
-
-def _checked(flock: object) -> dict[str, Any]:
-    """``check=True`` for a flock whose ``submit`` has the no-responders check: a task nobody
-    handles is then refused (NoCapableAgent, the ``no_capable_agent`` failure) instead of
-    published to nobody and answered with a task id.
-
-    Transitional: ``FlockAPI.submit(check=...)`` lands with the NATS side of issue 12; until
-    every flock has it, one without it is called as before (the in-process flock refuses a
-    task nobody handles anyway). Remove this with that merge and pass ``check=True``.
-    """
-    kind = type(flock)
-    found = _CHECKS.get(kind)
-    if found is None:
-        parameters = inspect.signature(kind.submit).parameters  # type: ignore[attr-defined]
-        found = _CHECKS[kind] = {"check": True} if "check" in parameters else {}
-    return found
 
 
 async def _broadcast(

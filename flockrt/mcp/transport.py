@@ -397,7 +397,17 @@ def _wants_progress(incoming: Incoming) -> bool:
     return isinstance(meta, dict) and "progressToken" in meta
 
 
+_SEPARATORS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+"""U+0085, U+2028 and U+2029 in UTF-8, and their JSON escapes: SSE ends lines at CR and LF
+only, but parsers that split on every Unicode line break (Python's ``str.splitlines``) would cut
+an event in two. JSON may escape any character, so they go out escaped."""
+
+
 def _sse(data: bytes) -> bytes:
+    """One SSE event carrying a JSON-RPC message (``data`` holds no CR or LF: it is JSON)."""
+    if b"\xc2\x85" in data or b"\xe2\x80" in data:  # rare: not every event pays for three replaces
+        for raw, escaped in _SEPARATORS:
+            data = data.replace(raw, escaped)
     return b"event: message\ndata: " + data + b"\n\n"
 
 
