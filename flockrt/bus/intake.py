@@ -9,10 +9,12 @@
   (``nats micro ls`` lists them).
 - While a local agent handles tasks, the process takes ``batch.messages`` (queue group): it runs
   the tasks it can and republishes the others on their own subjects, so each is still handled
-  once. Only the flock's task subjects (``tasks.<type>``, not the dead-letter subject) are
-  republished: an item for any other subject (``$JS.API.*``, ``agent.announce`` ...) is
-  refused, counted as invalid on ``batch.messages`` and logged, and in a batch that is a
-  request its result is an error.
+  once. A batch is an array of ``{subject, message}`` items, or a bare array of tasks (what the
+  AI Flock seed's MessageBatcher sends), each then standing for ``tasks.<its type>``. Only
+  the flock's task subjects (``tasks.<type>``, not the dead-letter subject) are republished:
+  an item for any other subject (``$JS.API.*``, ``agent.announce`` ...) is refused, counted as
+  invalid on ``batch.messages`` and logged, and in a batch that is a request its result is an
+  error.
 
 Tasks and capability requests go straight to the dispatcher, whose one fast path runs them at
 once when a free agent's handler never waits.
@@ -336,8 +338,10 @@ class Intake:
             items = self.codec.decode(
                 message.subject, message.data, list[TaskBatchItem], message.headers.get("Content-Type")
             )
-        except InvalidMessage:  # anything else, item by item (naming the bad ones)
-            items = self.outlet.decode(message, list[BatchItem])
+        except InvalidMessage:
+            items = self._bare_tasks(message)
+            if items is None:  # anything else, item by item (naming the bad ones)
+                items = self.outlet.decode(message, list[BatchItem])
         if items is None:
             if message.reply:
                 await self.outlet.publish(message.reply, [], message.headers)
@@ -375,6 +379,18 @@ class Intake:
         self.dispatcher.dispatch_tasks(tasks)
         for item in foreign:  # not ours to run: send each on by itself, to whoever takes it
             await self.outlet.publish(item.subject, item.message)
+
+    def _bare_tasks(self, message: Message) -> list[TaskBatchItem] | None:
+        """A bare array of tasks, as the AI Flock seed's MessageBatcher sends, read as items
+        each on its own ``tasks.<type>``; None if the batch is not one."""
+        try:
+            tasks = self.codec.decode(
+                message.subject, message.data, list[TaskMessage], message.headers.get("Content-Type")
+            )
+        except InvalidMessage:
+            return None
+        # Not checked here: a type that is no subject token is refused as such an item would be.
+        return [TaskBatchItem(subject=f"tasks.{task.type}", message=task) for task in tasks]
 
     def _forwardable(self, subject: str) -> bool:
         """Whether a batch item for ``subject`` may be republished there: a task subject of the
