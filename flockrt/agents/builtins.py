@@ -61,7 +61,12 @@ class TextAgent(Agent):
     max_concurrent_tasks = 8
 
     @capability("text-analysis")
-    async def analyze(self, text: str) -> dict[str, Any]:
+    async def analyze(
+        self, text: str, useClaude: bool | None = None, model: str | None = None
+    ) -> dict[str, Any]:
+        """Counts of ``text`` and its five most common words. ``useClaude`` and ``model`` (what
+        the AI Flock seed sends) are accepted; counting needs no model, so they change nothing
+        here (the Claude agent's text-analysis uses ``model``)."""
         return analyze_text(text)
 
     @capability("text-processing")
@@ -87,14 +92,14 @@ class TextAgent(Agent):
 
 
 class AiTaskAgent(Agent):
-    """Handles the AI Flock's ``ai`` tasks without a model of its own: it asks an agent that
-    offers ``claude-ai`` (the Claude agent, in this process or another one on the same NATS)
-    and returns its answer as the task's result.
+    """Handles the AI Flock's ``ai`` tasks (and the seed's ``claude`` tasks, alike) without a
+    model of its own: it asks an agent that offers ``claude-ai`` (the Claude agent, in this
+    process or another one on the same NATS) and returns its answer as the task's result.
 
     A task's ``data`` is the prompt itself or the parameters of ``claude-ai``
-    (``{"prompt": ..., "system": ..., "max_tokens": ...}``). Without a Claude agent in the flock
-    the task fails with a result that says so; the progress the Claude agent reports reaches
-    whoever waits for the task in this process.
+    (``{"prompt": ..., "system": ..., "maxTokens": ...}``; ``max_tokens`` is accepted too).
+    Without a Claude agent in the flock the task fails with a result that says so; the
+    progress the Claude agent reports reaches whoever waits for the task in this process.
 
     Args:
         agent_id: Unique in the flock.
@@ -119,6 +124,14 @@ class AiTaskAgent(Agent):
 
     @handles_task("ai")
     async def ai_task(self, task: TaskMessage) -> Any:
+        return await self._ask(task)
+
+    @handles_task("claude")
+    async def claude_task(self, task: TaskMessage) -> Any:
+        """The AI Flock seed's task type for Claude: served exactly like ``ai``."""
+        return await self._ask(task)
+
+    async def _ask(self, task: TaskMessage) -> Any:
         parameters = (
             task.data if isinstance(task.data, dict) else {"prompt": _text_arguments(task.data)["text"]}
         )

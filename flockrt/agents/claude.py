@@ -276,9 +276,13 @@ class ClaudeAgent(Agent):
         max_tokens: int | None = None,
         temperature: float | None = None,
         stream: bool | None = None,
+        maxTokens: int | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
         """Claude's answer to ``prompt``, or to the conversation ``messages`` (Messages API
-        format), with an optional ``system`` prompt.
+        format), with an optional ``system`` prompt. ``maxTokens`` (the wire's camelCase, as the
+        AI Flock seed sends it) is ``max_tokens`` by its other name; ``model`` overrides the
+        agent's model for this call.
 
         Returns:
             ``{"text", "model", "stopReason", "usage": {"inputTokens", "outputTokens"}, "streamed"}``.
@@ -292,16 +296,30 @@ class ClaudeAgent(Agent):
         conversation: list[MessageParam] = (
             messages if messages is not None else [{"role": "user", "content": str(prompt)}]
         )
+        if max_tokens is not None and maxTokens is not None and max_tokens != maxTokens:
+            raise ValueError("claude-ai got max_tokens and maxTokens with different values (give one)")
         return await self.complete(
-            conversation, system=system, max_tokens=max_tokens, temperature=temperature, stream=stream
+            conversation,
+            system=system,
+            max_tokens=max_tokens if max_tokens is not None else maxTokens,
+            temperature=temperature,
+            stream=stream,
+            model=model,
         )
 
     @capability("text-analysis")
-    async def analyze(self, text: str, instructions: str | None = None) -> dict[str, Any]:
+    async def analyze(
+        self,
+        text: str,
+        instructions: str | None = None,
+        useClaude: bool | None = None,
+        model: str | None = None,
+    ) -> dict[str, Any]:
         """The local counts of :func:`flockrt.agents.builtins.analyze_text` (the same keys as every
-        text-analysis agent gives) plus Claude's ``analysis`` of the text."""
+        text-analysis agent gives) plus Claude's ``analysis`` of the text, by ``model`` if given.
+        ``useClaude`` (the AI Flock seed's flag) is accepted: this agent always uses Claude."""
         request = f"{instructions or 'Analyse this text.'}\n\n<text>\n{text}\n</text>"
-        answer = await self.complete([{"role": "user", "content": request}], system=_ANALYST)
+        answer = await self.complete([{"role": "user", "content": request}], system=_ANALYST, model=model)
         return {**analyze_text(text), "analysis": answer["text"], "model": answer["model"]}
 
     @capability("code-generation")
@@ -334,6 +352,7 @@ class ClaudeAgent(Agent):
         max_tokens: int | None = None,
         temperature: float | None = None,
         stream: bool | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
         """One answer from the Messages API, with retries, the breaker and usage counting.
 
@@ -348,7 +367,7 @@ class ClaudeAgent(Agent):
         if client is None:
             raise ClaudeError(f"Claude agent {self.agent_id} has no API key", kind="no_api_key")
         limit = max_tokens if max_tokens is not None else self.max_tokens
-        request: dict[str, Any] = {"model": self.model, "max_tokens": limit, "messages": messages}
+        request: dict[str, Any] = {"model": model or self.model, "max_tokens": limit, "messages": messages}
         if system:
             request["system"] = system
         if temperature is not None:
