@@ -86,23 +86,77 @@ class ListAgents(_Args, frozen=True, kw_only=True):
     capability: str | None = None
 
 
-class GetAgentInfo(_Args, frozen=True, kw_only=True, rename=None):
-    agent_id: str
+class GetAgentInfo(_Args, frozen=True, kw_only=True):
+    """``agentId`` (as the other tools spell their arguments) or ``agent_id`` (as this tool
+    first took it): either names the agent."""
+
+    given_agent_id: str | None = msgspec.field(default=None, name="agentId")
+    snake_agent_id: str | None = msgspec.field(default=None, name="agent_id")
+
+    def __post_init__(self) -> None:
+        _one_of(self.given_agent_id, self.snake_agent_id, "agentId", "agent_id")
+
+    @property
+    def agent_id(self) -> str:
+        return _either(self.given_agent_id, self.snake_agent_id)
 
 
 class AnnounceAgent(_Args, frozen=True, kw_only=True):
-    id: str
+    """The agent's ``id`` (or ``agentId``); ``timestamp`` (the AI Flock seed sends when it
+    announced) is accepted and not used: the flock stamps announcements itself."""
+
+    given_id: str | None = msgspec.field(default=None, name="id")
     name: str | None = None
     capabilities: list[str] = msgspec.field(default_factory=list)
     max_concurrent_tasks: Annotated[int, msgspec.Meta(ge=1)] = 1
+    timestamp: str | float | None = None
+    given_agent_id: str | None = msgspec.field(default=None, name="agentId")
+
+    def __post_init__(self) -> None:
+        _one_of(self.given_id, self.given_agent_id, "id", "agentId")
+
+    @property
+    def id(self) -> str:
+        return _either(self.given_id, self.given_agent_id)
 
 
 class SendResponse(_Args, frozen=True, kw_only=True):
-    to: str
+    """Ours: ``{to, response, correlationId, error}``. The AI Flock seed's
+    ``sendResponse(from, response, metadata)``: ``{from, response, metadata}`` with the
+    correlation id in ``metadata.correlationId``. ``to`` and ``from`` are informational: the
+    answer goes to whoever waits for ``correlationId``, from this connection's own agent."""
+
+    to: str | None = None
     response: Any = None
-    correlation_id: str
+    given_correlation_id: str | None = msgspec.field(default=None, name="correlationId")
     error: str | None = None
     """The outside agent's handler failed: the waiting request fails at once."""
+    sender: str | None = msgspec.field(default=None, name="from")
+    metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.correlation_id == "":
+            raise ValueError("Object missing required field `correlationId`")
+
+    @property
+    def correlation_id(self) -> str:
+        if self.given_correlation_id is not None:
+            return self.given_correlation_id
+        metadata = self.metadata or {}
+        found = metadata.get("correlationId", metadata.get("correlation_id"))
+        return found if isinstance(found, str) else ""
+
+
+def _one_of(first: str | None, second: str | None, name: str, other: str) -> None:
+    """Check that an id given under either of two names is given, and once."""
+    if first is None and second is None:
+        raise ValueError(f"Object missing required field `{name}`")
+    if first is not None and second is not None and first != second:
+        raise ValueError(f"{name} and {other} differ (give one)")
+
+
+def _either(first: str | None, second: str | None) -> str:
+    return first if first is not None else second or ""
 
 
 class SubmitTask(_Args, frozen=True, kw_only=True):
