@@ -3,7 +3,8 @@
 A connection that calls ``announce_agent`` gets one, started under the gateway's supervisor.
 To the flock it is an agent like any other (announced, heartbeating, reachable by direct
 messages and capability requests from every process); what it receives it pushes over the
-connection as JSON-RPC notifications, and the outside agent answers queries and capability
+connection as JSON-RPC notifications (direct messages and capability requests, broadcasts,
+and the events on ``agent.<id>.events``), and the outside agent answers queries and capability
 requests with the ``send_response`` tool, which resolves the waiting future here.
 """
 
@@ -19,12 +20,13 @@ import msgspec
 from flockrt.actors.tasks import TaskOwner
 from flockrt.agents.agent import Agent
 from flockrt.errors import AgentDisconnected, OutsideAgentFailed, WorkFailed
-from flockrt.wire.schema import Broadcast, DirectMessage
+from flockrt.wire.schema import AgentEvent, Broadcast, DirectMessage
 
 __all__ = ["AgentDisconnected", "Link", "OutsideAgent", "OutsideAgentFailed"]
 
 MESSAGE_NOTIFICATION = "notifications/flock/message"
 BROADCAST_NOTIFICATION = "notifications/flock/broadcast"
+EVENT_NOTIFICATION = "notifications/flock/event"
 
 
 class Link(Protocol):
@@ -142,3 +144,8 @@ class OutsideAgent(Agent):
 
     async def on_broadcast(self, message: Broadcast) -> None:
         self._link.push(BROADCAST_NOTIFICATION, msgspec.to_builtins(message))
+
+    async def on_event(self, event: AgentEvent) -> None:
+        """An event on ``agent.<id>.events`` (a ``config_update``, say): pushed as
+        ``notifications/flock/event`` with ``{type, data, to}``."""
+        self._link.push(EVENT_NOTIFICATION, {**msgspec.to_builtins(event), "to": self.agent_id})
