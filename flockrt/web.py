@@ -1,8 +1,9 @@
 """The one aiohttp app of a flockrt process: ``/mcp``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 With a gateway, ``/mcp`` serves MCP over WebSocket (an upgrade request) and Streamable HTTP
-(POST, GET, DELETE). Without one (a ``[metrics]`` section and no ``[mcp]``), the same app serves
-only the health endpoints and the metrics.
+(POST, GET, DELETE); a WebSocket upgrade on ``/`` is MCP too (the AI Flock seed connects to
+``ws://host:4002``, without a path). Without one (a ``[metrics]`` section and no ``[mcp]``),
+the same app serves only the health endpoints and the metrics.
 
 ``/healthz`` says the process is alive (200 while it serves at all). ``/readyz`` says it can do
 work: 200 when the readiness check passes (the actor system runs and, over NATS, the connection
@@ -86,6 +87,14 @@ def build_app(gateway: Gateway | None = None, *, ready: Callable[[], bool] = lam
         async def mcp_delete(request: web.Request) -> web.StreamResponse:
             return await transport.handle_delete(mcp_gateway, request)
 
+        async def root_get(request: web.Request) -> web.StreamResponse:
+            # The AI Flock seed's address (ws://host:4002) has no path: an upgrade on / is MCP
+            # over WebSocket as on /mcp. A plain GET is not MCP here (the live view's page).
+            if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
+                return await transport.handle_websocket(mcp_gateway, request)
+            raise web.HTTPNotFound()
+
+        app.router.add_get("/", root_get, allow_head=False)
         app.router.add_get("/mcp", mcp_get, allow_head=False)
         app.router.add_post("/mcp", mcp_post)
         app.router.add_delete("/mcp", mcp_delete)
