@@ -48,6 +48,7 @@ from flockrt.bus.intake import Intake
 from flockrt.bus.outlet import Outlet
 from flockrt.bus.presence import Presence
 from flockrt.bus.remote import CORRELATION_HEADER
+from flockrt.bus.results import ResultWaiters
 from flockrt.config import NatsLimits
 from flockrt.errors import BusUnavailable, NoCapableAgent, NoResponders, UnknownAgent
 from flockrt.flock import batches
@@ -173,9 +174,11 @@ class NatsFlock:
         """How its agents are known across the flock, and others' here."""
         self.inboxes = Inboxes(self.outlet, self.local)
         """Direct messages and events for its agents."""
-        self._result_waiters: dict[str, asyncio.Future[TaskResult]] = {}
+        self.results = ResultWaiters(self.outlet, self.dispatcher.wait, ok_only=self.durable is not None)
+        """Submits waiting for their task's result (a reply, or one on ``task.result``)."""
+        self._result_waiters = self.results.waiters
+        self._watch_results = self.results.watch
         self._task_subjects: dict[str, str] = {}  # task type -> its checked subject
-        self._results_subscription: Subscription | None = None
         self._origin = f"{self.node}-{uuid.uuid4().hex[:8]}"  # this process, in ORIGIN_HEADER
         system.register_extension(Membership, self)  # type: ignore[type-abstract]  # a key
 
@@ -311,12 +314,11 @@ class NatsFlock:
         """Stop taking messages from NATS; what was queued to publish is sent first."""
         self.batcher.flush()
         await self.outlet.drain()
+        await self.results.close()
         await self.presence.close()
         await self.intake.close()
         await self.inboxes.close()
         subscriptions = list(self._subscriptions)
-        if self._results_subscription is not None:
-            subscriptions.append(self._results_subscription)
         for subscription in subscriptions:
             await subscription.unsubscribe()
         await self.outlet.close()
@@ -412,8 +414,13 @@ class NatsFlock:
             await self.bus.publish(subject, self.codec.encode(task), headers=headers)
             return task.id
         limit = timeout if timeout is not None else 30.0
-        reply = await self.outlet.request(subject, task, "task", task_type, limit, headers)
-        return self.codec.decode(reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type"))
+
+        async def ask() -> TaskResult:
+            reply = await self.outlet.request(subject, task, "task", task_type, limit, headers)
+            return self.codec.decode(reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type"))
+
+        # The reply, or the result on task.result (the AI Flock seed's agents send only that).
+        return await self.results.until_result(task, ask, limit)
 
     def _task_subject(self, task_type: str) -> str:
         subject = subjects.tasks(task_type)  # checks the type
@@ -433,32 +440,12 @@ class NatsFlock:
         if not wait:
             await self.durable.submit(task, headers={CORRELATION_HEADER: task.id})
             return task.id
-        await self._watch_results()
-        waiter: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        self._result_waiters[task.id] = waiter
-        try:
+
+        async def store() -> None:
+            assert self.durable is not None
             await self.durable.submit(task, headers={CORRELATION_HEADER: task.id})
-            outcome: TaskResult = await self.dispatcher.wait(
-                waiter, "task", task.type, timeout if timeout is not None else 30.0
-            )
-            return outcome
-        finally:
-            self._result_waiters.pop(task.id, None)
 
-    async def _watch_results(self) -> None:
-        if self._results_subscription is None:
-            self._results_subscription = await self.bus.subscribe(
-                subjects.TASK_RESULT, self._on_result_message
-            )
-
-    async def _on_result_message(self, message: Message) -> None:
-        if not self._result_waiters:
-            return
-        result = self.outlet.decode(message, TaskResult)
-        if result is not None and result.status == "ok":
-            waiter = self._result_waiters.get(result.task_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(result)
+        return await self.results.until_result(task, store, timeout if timeout is not None else 30.0)
 
     @overload
     async def submit_many(
