@@ -77,4 +77,4 @@ def test_fences_are_balanced_and_named() -> None:
         assert len(fences) % 2 == 0, f"{path.name} has an unclosed code block"
         openers = fences[::2]
         assert all(openers), f"{path.name} has a code block without a language"
-        assert set(openers) <= {"python", "text", "toml", "sh"}, f"{path.name}: {sorted(set(openers))}"
+        assert set(openers) <= {"python", "text", "toml", "sh", "ts"}, f"{path.name}: {sorted(set(openers))}"

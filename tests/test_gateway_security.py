@@ -261,7 +261,7 @@ async def test_other_tools_name_their_bad_arguments(flock: Flock) -> None:
             ("announce_agent", {"id": "has space"}, "id"),
             ("announce_agent", {"id": "ok", "maxConcurrentTasks": 0}, "maxConcurrentTasks"),
             ("submit_task", {"type": "t", "priority": "urgent"}, "priority"),
-            ("get_agent_info", {}, "agent_id"),
+            ("get_agent_info", {}, "agentId"),
             ("request_capability", {"capability": "c", "timeout": -1}, "timeout"),
             ("send_response", {"to": "a", "response": 1}, "correlationId"),
         ]
