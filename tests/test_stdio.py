@@ -18,6 +18,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 import flockrt
+from flockrt.cli import _parser
 from flockrt.config import AuthConfig
 from flockrt.runtime import Flock
 from tests.client_support import dead_url
@@ -278,3 +279,15 @@ async def test_a_lost_gateway_answers_with_errors_until_it_comes_back() -> None:
             assert await bridge.exit_status() == 0
     finally:
         await bridge.kill()
+
+
+def test_the_guides_host_entries_launch_flockrt_mcp() -> None:
+    """The Claude Desktop and Claude Code lines of docs/gateway.md run this command."""
+    guide = (ROOT / "docs" / "gateway.md").read_text()
+    desktop = json.loads(next(line for line in guide.splitlines() if line.startswith('{"mcpServers"')))
+    server = desktop["mcpServers"]["flock"]
+    code = next(line for line in guide.splitlines() if line.startswith("claude mcp add flock -- "))
+    for command in ([server["command"], *server["args"]], code.split(" -- ", 1)[1].split()):
+        assert command[0] == "flockrt"
+        args = _parser().parse_args(command[1:])
+        assert args.command == "mcp" and args.url == "ws://127.0.0.1:4002/mcp"
