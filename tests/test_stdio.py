@@ -234,6 +234,26 @@ async def test_stdin_closed_or_sigterm_closes_the_socket_and_exits_0(flock: Floc
         await bridge.kill()
 
 
+async def test_the_hosts_cancellation_reaches_the_flock(flock: Flock) -> None:
+    Slow.started, Slow.cancelled = asyncio.Event(), asyncio.Event()
+    await flock.system.spawn(Slow, "slow-1")
+    bridge = await Bridge.start(gateway(flock))
+    try:
+        await bridge.initialize()
+        call = {"name": "request_capability", "arguments": {"capability": "slow"}}
+        slow = await bridge.request("tools/call", call)
+        await asyncio.wait_for(Slow.started.wait(), 10.0)
+        await bridge.send(
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": slow}}
+        )
+        await asyncio.wait_for(Slow.cancelled.wait(), 10.0)
+        # The session goes on after it.
+        listed = await bridge.answer(await bridge.request("tools/list"))
+        assert "request_capability" in {tool["name"] for tool in listed["result"]["tools"]}
+    finally:
+        await bridge.kill()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
