@@ -271,6 +271,10 @@ async def test_a_lost_gateway_answers_with_errors_until_it_comes_back() -> None:
         try:
             await first.system.spawn(Slow, "slow-1")
             await bridge.initialize()
+            subscribed = await bridge.answer(
+                await bridge.request("resources/subscribe", {"uri": "flock://agents"})
+            )
+            assert "error" not in subscribed
             slow = await bridge.request(
                 "tools/call", {"name": "request_capability", "arguments": {"capability": "slow"}}
             )
@@ -284,10 +288,14 @@ async def test_a_lost_gateway_answers_with_errors_until_it_comes_back() -> None:
         assert "the flock is unreachable" in refused["error"]["message"]
 
         async with Flock(gateway_flock_config(port=port)) as second:
-            await second.system.spawn(Analyst, "analyst-2")
             # Back: the bridge re-initializes by itself and tells the host the tools changed.
             while (await bridge.line(15.0)).get("method") != "notifications/tools/list_changed":
                 pass
+            # ... and the subscription holds on the new connection.
+            await second.system.spawn(Analyst, "analyst-2")
+            while (update := await bridge.line()).get("method") != "notifications/resources/updated":
+                pass
+            assert update["params"]["uri"] == "flock://agents"
             listed = await bridge.answer(await bridge.request("tools/list"))
             assert "request_capability" in {tool["name"] for tool in listed["result"]["tools"]}
             arguments = {"capability": "text-analysis", "parameters": {"text": "x y z"}}

@@ -7,10 +7,11 @@ one line, untouched: initialize, tools, resources, progress, cancellation and th
 notifications all pass through, and the ids stay the host's.
 
 The bridge keeps only what it needs when the gateway goes away: the ids of the host's requests
-not yet answered (each gets a JSON-RPC error saying the flock is unreachable), and the host's
-``initialize`` request, which it replays on a new socket when the gateway comes back, so that the
-host's session goes on (with a ``notifications/tools/list_changed``, since the flock's
-capabilities may have changed meanwhile). Nothing but JSON-RPC goes to stdout; logs go to stderr.
+not yet answered (each gets a JSON-RPC error saying the flock is unreachable), the host's
+``initialize`` request and the resources it subscribed to, which it replays on a new socket when
+the gateway comes back, so that the host's session goes on (with a
+``notifications/tools/list_changed``, since the flock's capabilities may have changed meanwhile).
+Nothing but JSON-RPC goes to stdout; logs go to stderr.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ answer because its gateway is unreachable (a server error of JSON-RPC's reserved
 
 _REPLAY_ID: Final = "flockrt-stdio-reinitialize"
 """The id of the replayed ``initialize``; its answer is the bridge's, not the host's."""
+_OWN_IDS: Final = "flockrt-stdio-"
+"""The prefix of the ids of requests the bridge sends itself (their answers are not relayed)."""
 _RETRY_FIRST, _RETRY_MAX = 0.1, 2.0
 """Seconds between attempts to reach a lost gateway: doubling from the first to the most."""
 _MAX_LINE: Final = 64 * 1024 * 1024
@@ -72,7 +75,10 @@ class StdioBridge:
         self._stdout = stdout if stdout is not None else sys.stdout.buffer
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._ready = False  # the socket is open and (after a replay) initialized
-        self._pending: dict[Any, None] = {}  # ids of host requests the gateway has not answered
+        # The host's requests the gateway has not answered, by id: a resources/subscribe
+        # request's URI, None for the others.
+        self._pending: dict[Any, str | None] = {}
+        self._subscriptions: set[str] = set()  # URIs the host subscribed to, renewed on a new socket
         self._initialize: bytes | None = None  # the host's initialize, replayed on a new socket
         self._initialized = False  # the host sent notifications/initialized
         self._done = asyncio.Event()  # stdin ended, stop was set, or stdout is gone
@@ -170,12 +176,19 @@ class StdioBridge:
         except msgspec.DecodeError:
             message = None  # the gateway answers it with a parse error, as it would any peer
         request_id = None
+        uri: str | None = None
         if isinstance(message, dict):
             method = message.get("method")
             if "id" in message and isinstance(method, str):
                 request_id = message["id"]
                 if method == "initialize":
                     self._initialize = line
+                elif method in ("resources/subscribe", "resources/unsubscribe"):
+                    params = message.get("params")
+                    found = params.get("uri") if isinstance(params, dict) else None
+                    if isinstance(found, str):
+                        self._subscriptions.discard(found)
+                        uri = found if method == "resources/subscribe" else None
             elif method == "notifications/initialized":
                 self._initialized = True
         ws = self._ws
@@ -184,7 +197,7 @@ class StdioBridge:
                 self._answer_error(request_id, self._unreachable())
             return
         if request_id is not None:
-            self._pending[_key(request_id)] = None
+            self._pending[_key(request_id)] = uri
         try:
             await ws.send_str(line.decode("utf-8", "replace"))
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
@@ -227,7 +240,11 @@ class StdioBridge:
                 message = None
             if isinstance(message, dict) and "method" not in message:
                 request_id = message.get("id")
-                self._pending.pop(_key(request_id), None)
+                if isinstance(request_id, str) and request_id.startswith(_OWN_IDS):
+                    return  # a renewed subscription's answer
+                subscribed = self._pending.pop(_key(request_id), None)
+                if subscribed is not None and "error" not in message:
+                    self._subscriptions.add(subscribed)
         self._write(text.encode())
 
     def _gone(self) -> None:
@@ -279,6 +296,15 @@ class StdioBridge:
                     raise GatewayUnavailable(self.url, "closed while re-initializing")
             if self._initialized:
                 await ws.send_str('{"jsonrpc":"2.0","method":"notifications/initialized"}')
+            for n, uri in enumerate(sorted(self._subscriptions)):
+                # Answered on the socket's reader, which drops the answers to the bridge's ids.
+                renew = {"uri": uri}
+                request = {
+                    "jsonrpc": "2.0",
+                    "id": f"{_OWN_IDS}subscribe-{n}",
+                    "method": "resources/subscribe",
+                }
+                await ws.send_str(_encode({**request, "params": renew}).decode())
         self._ws = ws
         self._ready = True
         if self._initialized:  # the flock's capabilities may have changed while it was away
