@@ -269,7 +269,8 @@ class StdioBridge:
                 continue
             try:
                 await self._replay(ws)
-            except (GatewayUnavailable, ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            except (OSError, aiohttp.ClientError, RuntimeError, msgspec.DecodeError) as exc:
+                # GatewayUnavailable and TimeoutError are OSErrors: a gateway not ready yet.
                 log.debug("replaying the session failed: %s", exc)
                 await ws.close()
                 continue
