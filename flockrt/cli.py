@@ -4,7 +4,8 @@
 commands talk to a running flock through its MCP gateway (with :class:`~flockrt.FlockClient`):
 ``flockrt agents``, ``flockrt tree``, ``flockrt send TO MESSAGE``, ``flockrt request CAPABILITY
 JSON`` and ``flockrt submit TYPE JSON``; ``--url`` (default ``ws://127.0.0.1:$MCP_PORT/mcp``)
-and ``--token`` (default ``$FLOCKRT_TOKEN``) say where and as whom. ``flockrt health`` asks a
+and ``--token`` (default ``$FLOCKRT_TOKEN``) say where and as whom. ``flockrt mcp`` speaks MCP
+on stdin/stdout for hosts that launch servers as commands, bridged to the gateway. ``flockrt health`` asks a
 running flock's ``/healthz`` (or ``/readyz``), for container health checks. ``flockrt bench``
 runs the benchmark suites of a source checkout and prints their tables.
 
@@ -106,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     port = os.environ.get("MCP_PORT", "4002")
     gateway.add_argument(
         "--url",
-        default=f"ws://127.0.0.1:{port}/mcp",
+        default=_default_url(),
         help="the gateway's WebSocket endpoint (default ws://127.0.0.1:$MCP_PORT/mcp, MCP_PORT=4002)",
     )
     gateway.add_argument(
@@ -139,6 +140,20 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
     submit.add_argument("--priority", choices=("low", "medium", "high"), default="medium")
 
+    mcp = commands.add_parser(
+        "mcp",
+        help="speak MCP on stdin/stdout (for Claude Desktop, Claude Code), bridged to a running flock",
+    )
+    mcp.add_argument(
+        "--url",
+        help="the gateway's WebSocket endpoint (default: from --config, else ws://127.0.0.1:$MCP_PORT/mcp)",
+    )
+    mcp.add_argument("--token", help="bearer token (default $FLOCKRT_TOKEN, else the config's first token)")
+    mcp.add_argument("--config", help="the flock's TOML config: its [mcp] section says where the gateway is")
+    mcp.add_argument(
+        "--timeout", type=_seconds, default=10.0, help="seconds a connection attempt may take (default 10)"
+    )
+
     health = commands.add_parser("health", help="check a running flock's /healthz (exit 0 when healthy)")
     health.add_argument(
         "--url",
@@ -165,6 +180,71 @@ def _parser() -> argparse.ArgumentParser:
         "--loop", choices=("asyncio", "uvloop"), help="event loop of the kernel, bus and metrics suites"
     )
     return parser
+
+
+def _default_url() -> str:
+    """The gateway's endpoint when nothing names it: ws://127.0.0.1:$MCP_PORT/mcp."""
+    return f"ws://127.0.0.1:{os.environ.get('MCP_PORT', '4002')}/mcp"
+
+
+def _mcp_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The gateway URL and token of ``flockrt mcp``: the flags, else the config's [mcp]
+    section (and its first token), else the default the operator commands use.
+
+    Raises:
+        ConfigError: the config cannot be read, has no [mcp] section, or a port of 0.
+    """
+    url, token = args.url, args.token or os.environ.get("FLOCKRT_TOKEN") or None
+    if args.config is not None and (url is None or token is None):
+        from flockrt.config import load_config
+
+        mcp = load_config(args.config).mcp
+        if mcp is None:
+            raise ConfigError(
+                f"{args.config}: no [mcp] section (or MCP_ENABLED=false): the flock has no gateway"
+            )
+        if url is None:
+            if mcp.port == 0:
+                raise ConfigError(f"{args.config}: [mcp] port = 0 picks a free port; give --url instead")
+            # A gateway bound to every interface is reached on loopback from this machine.
+            host = "127.0.0.1" if mcp.host in ("0.0.0.0", "::", "") else mcp.host
+            url = f"ws://{f'[{host}]' if ':' in host else host}:{mcp.port}/mcp"
+        if token is None and mcp.auth.tokens:
+            token = mcp.auth.tokens[0]
+    return url or _default_url(), token
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from flockrt.client.stdio import StdioBridge
+
+    try:
+        url, token = _mcp_endpoint(args)
+    except ConfigError as exc:
+        print(f"flockrt mcp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not url.startswith(("ws://", "wss://")):
+        print(f"flockrt mcp: expected a ws:// or wss:// URL, got {url!r}", file=sys.stderr)
+        return EXIT_USAGE
+    # stdout carries JSON-RPC only: every log line goes to stderr.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="flockrt mcp: %(message)s")
+    bridge = StdioBridge(url, token=token, timeout=args.timeout)
+
+    async def bridged() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await bridge.run(stop)
+
+    try:
+        asyncio.run(bridged())
+    except GatewayUnavailable as exc:
+        print(f"flockrt mcp: {exc} (is the flock running with an [mcp] section?)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except FlockError as exc:  # NotAuthorized: a token the gateway refuses
+        print(f"flockrt mcp: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 BENCH_SUITES = ("kernel", "bus", "gateway", "metrics", "startup")
@@ -425,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _health(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "mcp":
+        return _mcp(args)
     if args.command in _OPERATIONS:
         # One-shot commands say what went wrong themselves; the client's warnings about
         # reconnecting or degraded NATS would only be noise here.
