@@ -6,6 +6,7 @@ and schemas a generic client reads (no ``anyOf`` with null) for the flock's own 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mcp_types
+import nats
 import pytest
 from mcp.shared.exceptions import MCPError
 
@@ -242,3 +244,38 @@ async def test_list_changed_when_an_agent_starts_in_another_process(
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+
+
+async def test_announced_schemas_over_nats_from_new_and_older_peers(nats_server: EmbeddedNats) -> None:
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    described = {
+        "id": "new-peer",
+        "name": "new",
+        "capabilities": ["lookup"],
+        "capabilitySchemas": {
+            "lookup": {"description": "Look a word up.", "inputSchema": schema, "outputSchema": None},
+            "not-offered": {"description": "A schema of nothing the agent offers."},
+        },
+    }
+    older = {"id": "old-peer", "name": "old", "capabilities": ["legacy"]}  # no capabilitySchemas
+    async with Flock(gateway_flock_config(nats_url=nats_server.url, node="node-a")) as flock:
+        assert flock.gateway_url is not None and flock.flock is not None
+        async with RawPeer.connect(flock.gateway_url) as host:
+            peer = await nats.connect(nats_server.url, allow_reconnect=False)
+            try:
+                for announcement in (described, older):
+                    await peer.publish("agent.announce", json.dumps(announcement).encode())
+                await peer.flush()
+                await wait_for(lambda: len(flock.flock.list_agents("online")) == 2)  # type: ignore[union-attr]
+            finally:
+                await peer.close()
+            info = flock.flock.directory.get("new-peer")
+            assert info is not None and set(info.capability_schemas or {}) == {
+                "lookup"
+            }  # only what it offers
+            await host.next("notifications/tools/list_changed")
+            listed = {tool["name"]: tool for tool in (await host.request("tools/list"))["result"]["tools"]}
+    assert set(listed) == {*TOOLS, "lookup", "legacy"}
+    assert listed["lookup"]["inputSchema"] == schema
+    assert listed["lookup"]["description"] == "Look a word up."
+    assert listed["legacy"]["inputSchema"] == PERMISSIVE
