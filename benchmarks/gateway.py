@@ -9,12 +9,14 @@ plain aiohttp JSON-RPC clients (so the client costs the same for both servers):
 - flockrt: a Flock with the gateway and one in-process agent; the trivial tool is
   ``get_agent_info`` (a directory lookup), and ``request_capability`` of an echo capability goes
   through an agent as well;
+  an agent with 1,000 typed capabilities makes tools/list 1,009 tools long;
 - FastMCP (``mcp.server.mcpserver.MCPServer`` in the SDK 2.x, on uvicorn), Streamable HTTP with
   JSON responses, a trivial ``echo`` tool.
 
 Rows: tool-call latency p50/p99 on one WebSocket and on one Streamable HTTP session (sequential
 calls), tool calls per second with 100 concurrent clients (each its own session), and how many
-concurrent WebSocket connections the gateway holds with each still answering. Progress goes to
+concurrent WebSocket connections the gateway holds with each still answering, and tools/list with
+a tool per capability (1,000 of them; round trip as the client sees it, JSON parse included). Progress goes to
 stderr, the table to stdout.
 """
 
@@ -76,8 +78,27 @@ async def serve_flockrt() -> None:
     )
     async with Flock(config) as flock:
         await flock.system.spawn(Echo, "echo")
+        await flock.system.spawn(_many_capabilities(CAPABILITY_TOOLS), "many")
         print(f"ready {flock.gateway_url}", flush=True)
         await _until_stdin_closes()
+
+
+CAPABILITY_TOOLS = 1_000
+"""Capabilities of the agent whose tools the tools/list row lists (each with a typed schema)."""
+
+
+def _many_capabilities(n: int) -> type[Any]:
+    """An agent class with ``n`` typed, documented capabilities ``cap-0000`` ...: n MCP tools."""
+    import flockrt
+
+    def make(i: int) -> Any:
+        async def handler(self: Any, text: str, count: int = 1, note: str | None = None) -> dict[str, str]:
+            """Repeat a text count times."""
+            return {"text": text * count}
+
+        return flockrt.capability(f"cap-{i:04d}")(handler)
+
+    return type("Many", (flockrt.Agent,), {f"cap_{i}": make(i) for i in range(n)})
 
 
 async def serve_fastmcp() -> None:
@@ -264,6 +285,18 @@ async def latencies(client: Any, call: Call, n: int) -> list[float]:
     return samples
 
 
+async def ws_listing(url: str, n: int) -> list[float]:
+    """Round trips of tools/list on one WebSocket (the answer parsed, its length checked)."""
+
+    async def listing(client: WsClient) -> dict[str, Any]:
+        response = await client.request("tools/list", {})
+        assert len(response["result"]["tools"]) > CAPABILITY_TOOLS, len(response["result"]["tools"])
+        return response
+
+    async with aiohttp.ClientSession() as http, ws_session(http, url) as client:
+        return await latencies(client, listing, n)
+
+
 async def ws_latency(url: str, kind: str, n: int) -> list[float]:
     async with aiohttp.ClientSession() as http, ws_session(http, url) as client:
         return await latencies(client, trivial_call(kind), n)
@@ -342,6 +375,21 @@ async def run_suite(sizes: Sizes) -> list[Row]:
     rows: list[Row] = []
     async with server_process("flockrt") as flockrt_url, server_process("fastmcp") as fastmcp_url:
         say(f"flockrt gateway at {flockrt_url}, FastMCP at {fastmcp_url}")
+
+        say(f"[0/4] tools/list with {CAPABILITY_TOOLS:,} capability tools")
+        listing = percentiles_ms(await ws_listing(flockrt_url, max(20, sizes.calls // 30)))
+        rows.append(
+            Row(
+                f"0 tools/list, {CAPABILITY_TOOLS:,} capabilities p50",
+                "ms",
+                listing[0],
+                None,
+                None,
+                "< 50 ms",
+                listing[0] < 50.0,
+                f"p99 {listing[1]:.1f} ms; one WebSocket, a tool per capability with its schema",
+            )
+        )
 
         say("[1/4] latency, sequential calls on one session")
         ws = percentiles_ms(await ws_latency(flockrt_url, "flockrt", sizes.calls))

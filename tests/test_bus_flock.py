@@ -142,7 +142,15 @@ async def test_announcements_and_heartbeats_carry_the_documented_fields(
         await node.agents("general-1")
         await wait_for(lambda: len(beats.messages) >= 2)
     [announce] = [a for a in announces.json() if a["id"] == "general-1"][:1]
-    assert set(announce) == {"id", "name", "capabilities", "maxConcurrentTasks", "timestamp", "node"}
+    assert set(announce) == {
+        "id",
+        "name",
+        "capabilities",
+        "maxConcurrentTasks",
+        "timestamp",
+        "node",
+        "capabilitySchemas",
+    }
     assert (announce["capabilities"], announce["maxConcurrentTasks"], announce["node"]) == (
         ["text-analysis"],
         4,

@@ -58,6 +58,7 @@ async def test_every_tool_is_listed_with_input_and_output_schemas(flock: Flock, 
         "submit_task",
         "broadcast",
         "get_supervision_tree",
+        "text-analysis",  # the capability of analyst-1, a tool of its own
     }
     for tool in listed.values():
         assert tool.input_schema["type"] == "object"

@@ -300,7 +300,7 @@ async def test_version_negotiation_and_discover(flock: Flock) -> None:
         future = await peer.request("initialize", {**INIT_PARAMS, "protocolVersion": "2099-01-01"})
         assert future["result"]["protocolVersion"] == "2025-11-25"
         assert future["result"]["capabilities"] == {
-            "tools": {"listChanged": False},
+            "tools": {"listChanged": True},
             "resources": {"subscribe": True, "listChanged": False},
         }
 

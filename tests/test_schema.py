@@ -45,7 +45,7 @@ EXAMPLES: list[tuple[Any, set[str]]] = [
     ),
     (
         AgentAnnouncement(id="a", name="A", capabilities=["x"], max_concurrent_tasks=2, timestamp=STAMP),
-        {"id", "name", "capabilities", "maxConcurrentTasks", "timestamp", "node"},
+        {"id", "name", "capabilities", "maxConcurrentTasks", "timestamp", "node", "capabilitySchemas"},
     ),
     (
         Heartbeat(agent_id="a", status="online", timestamp=STAMP, uptime=10, tasks_processed=4),

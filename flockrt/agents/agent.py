@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -44,7 +45,7 @@ from flockrt.agents.work import (
     report_tasks,
 )
 from flockrt.errors import InvalidParameters, NoCapableAgent, WorkFailed
-from flockrt.wire.schema import AgentEvent, Broadcast, DirectMessage, Heartbeat
+from flockrt.wire.schema import AgentEvent, Broadcast, CapabilitySchema, DirectMessage, Heartbeat
 from flockrt.wire.subjects import check_token
 
 __all__ = ["Agent", "AgentCard", "AgentPort", "ProgressCallback", "Work", "capability", "handles_task"]
@@ -147,6 +148,7 @@ class Agent(Actor[Any]):
             id=self.agent_id,
             name=self.agent_name,
             capabilities=self.capabilities,
+            capability_schemas=self.capability_schemas(),
             task_types=self.task_types,
             max_concurrent_tasks=self.max_concurrent_tasks,
             ref=self.context.ref,
@@ -627,12 +629,30 @@ class Agent(Actor[Any]):
         method: Callable[..., Coroutine[Any, Any, Any]] = getattr(self, method_name)
         if kind == "task":
             return method(payload)
-        checks = self._flockrt_parameters
-        check = checks.get(method_name)
+        return self._parameters(method_name, method).call(method, payload)
+
+    def _parameters(self, method_name: str, method: Callable[..., Any]) -> Parameters:
+        check = self._flockrt_parameters.get(method_name)
         if check is None:  # built once per class and handler (an added handler: per agent)
             names = {attribute: name for name, attribute in self._flockrt_capabilities.items()}
-            check = checks[method_name] = Parameters(names.get(method_name, method_name), method)
-        return check.call(method, payload)
+            check = Parameters(names.get(method_name, method_name), method)
+            self._flockrt_parameters[method_name] = check
+        return check
+
+    def capability_schemas(self) -> dict[str, CapabilitySchema]:
+        """What each capability of the class takes, returns and does (its handler's hints and
+        docstring), as the agent announces it; an added one is not described."""
+        schemas = {}
+        for name, attribute in self._flockrt_capabilities.items():
+            if not attribute.startswith("_flockrt_added_capability:"):
+                method = getattr(self, attribute)
+                check = self._parameters(attribute, method)
+                schemas[name] = CapabilitySchema(
+                    description=inspect.getdoc(method),
+                    input_schema=check.input_schema(),
+                    output_schema=check.output_schema(method),
+                )
+        return schemas
 
     def _failed(self, work: Work, exc: BaseException, correlation: str | None = None) -> None:
         """The work failed, not the agent: its requester gets the error."""

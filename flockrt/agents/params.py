@@ -31,7 +31,7 @@ import msgspec
 
 from flockrt.errors import InvalidParameters
 
-__all__ = ["Parameters"]
+__all__ = ["Parameters", "json_schema", "plain"]
 
 _SCALARS: frozenset[Any] = frozenset({str, int, float, bool, type(None), None, Any, object})
 _CONTAINERS: frozenset[Any] = frozenset({list, dict, tuple, set, frozenset})
@@ -63,12 +63,14 @@ class Parameters:
     """
 
     __slots__ = (
+        "_defaults",
         "_first",
         "_first_name",
         "_hints",
         "_names",
         "_positional",
         "_required",
+        "_returns",
         "_struct",
         "_takes",
         "_takes_any",
@@ -101,6 +103,8 @@ class Parameters:
         first = hints[positional[0].name] if positional else Any
         self._first: Any = None if first is Any else first
         self._hints = hints
+        self._defaults = {p.name: p.default for p in params}
+        self._returns = signature.return_annotation
         self._struct: type[msgspec.Struct] | None = None
         if any(hints[p.name] is not Any for p in params):
             fields = [(p.name, hints[p.name], msgspec.field(default=None)) for p in params]
@@ -157,6 +161,39 @@ class Parameters:
                 raise
             raise problem from None
 
+    # ------------------------------------------------------------------ schemas
+
+    def input_schema(self) -> dict[str, Any]:
+        """A JSON Schema of the parameters object, from the handler's signature: each parameter
+        a property typed by its hint (untyped: any value), those without a default required,
+        others refused unless the handler takes ``**kwargs``. An optional parameter is its plain
+        type, not a union with null, so generic clients read it."""
+        properties: dict[str, Any] = {}
+        defs: dict[str, Any] = {}
+        for name in self._names:
+            hint = self._hints[name]
+            prop = {} if hint is Any else json_schema(hint, defs)
+            default = self._defaults[name]
+            if default is not inspect.Parameter.empty and _plain_json(default):
+                prop["default"] = default
+            properties[name] = prop
+        schema: dict[str, Any] = {"type": "object", "properties": properties}
+        required = [name for name in self._required if name in properties]
+        if required:
+            schema["required"] = required
+        if not self._takes_any:
+            schema["additionalProperties"] = False
+        if defs:
+            schema["$defs"] = defs
+        return schema
+
+    def output_schema(self, method: Callable[..., Any]) -> dict[str, Any] | None:
+        """A JSON Schema of what the handler returns, or None when its return is not typed."""
+        returns = _checkable(self._returns, method)
+        if returns is Any or returns is None or returns is type(None):
+            return None
+        return json_schema(returns, {})
+
     # ------------------------------------------------------------------ messages
 
     def _names_problem(self, payload: dict[Any, Any]) -> InvalidParameters | None:
@@ -210,6 +247,52 @@ class Parameters:
             where = f" at {name}{rest}" if rest else ""
             text = f"parameter {name!r} of {self.name} is invalid{where}: {_words(reason)}"
         return InvalidParameters(self.name, name, text)
+
+
+def json_schema(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of values of ``hint``, in the plain form generic MCP clients read:
+    ``X | None`` is X (null is the absence of a value), named structs go to ``defs``.
+    """
+    (schema,), components = msgspec.json.schema_components([hint], ref_template="#/$defs/{name}")
+    for component in components.values():
+        component.pop("title", None)
+    defs.update(components)
+    return plain(schema)
+
+
+def plain(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with every ``anyOf: [X, {type: null}]`` made X, recursively."""
+    options = schema.get("anyOf")
+    if isinstance(options, list):
+        rest = [option for option in options if option != {"type": "null"}]
+        if len(rest) == 1 and len(rest) < len(options):
+            merged = {k: v for k, v in schema.items() if k != "anyOf"}
+            merged.update(plain(rest[0]))
+            if merged.get("default", 0) is None:  # "absent" is how a generic client says null
+                del merged["default"]
+            return merged
+    out = dict(schema)
+    choices = out.get("enum")
+    if (
+        "type" not in out
+        and isinstance(choices, list)
+        and choices
+        and all(isinstance(c, str) for c in choices)
+    ):
+        out["type"] = "string"
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: plain(v) for k, v in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = plain(out["items"])
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = plain(out["additionalProperties"])
+    if isinstance(options, list):
+        out["anyOf"] = [plain(option) for option in options]
+    return out
+
+
+def _plain_json(value: Any) -> bool:
+    return type(value) in (str, int, float, bool)
 
 
 def _value(payload: Any, name: str) -> Any:

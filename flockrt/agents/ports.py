@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from flockrt.agents.work import ProgressCallback, Work
     from flockrt.errors import WorkFailed
-    from flockrt.wire.schema import Heartbeat
+    from flockrt.wire.schema import CapabilitySchema, Heartbeat
 
 __all__ = ["AgentCard", "Membership", "RunNow", "WorkSource"]
 
@@ -46,6 +46,8 @@ class AgentCard:
     :class:`~flockrt.agents.work.TaskBatch`, which it runs in one go."""
     inline_capabilities: frozenset[str] = frozenset()
     """Capabilities whose handler never waits."""
+    capability_schemas: dict[str, CapabilitySchema] | None = None
+    """What the capabilities take, return and do, as the agent's announcement says."""
 
 
 class WorkSource(Protocol):

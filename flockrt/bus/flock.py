@@ -333,6 +333,7 @@ class NatsFlock:
             capabilities=list(card.capabilities),
             max_concurrent_tasks=card.max_concurrent_tasks,
             node=self.node,
+            capability_schemas=card.capability_schemas,
         )
         self.outlet.later(lambda: self._join(card, announcement))
         return source

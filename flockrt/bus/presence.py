@@ -27,6 +27,8 @@ import math
 import re
 import time
 
+import msgspec
+
 from flockrt.bus.connection import Message, Subscription
 from flockrt.bus.outlet import Outlet
 from flockrt.config import NatsLimits
@@ -206,7 +208,7 @@ class Presence:
                 subjects.ANNOUNCE, f"announcement of {announcement.id[:100]!r} rejected: {problem}"
             )
         elif not self.dispatcher.is_local(announcement.id):
-            self.directory.on_announcement(announcement)
+            self.directory.on_announcement(_described_only(announcement))
 
     def _over_limits(self, *names: str) -> str | None:
         """What is wrong with these ids, names or statuses, or None."""
@@ -266,3 +268,14 @@ class Presence:
         self.answered_at = time.monotonic()
         for announcement in list(self.announcements.values()):
             await self.outlet.publish(subjects.ANNOUNCE, announcement)
+
+
+def _described_only(announcement: AgentAnnouncement) -> AgentAnnouncement:
+    """``announcement`` keeping the schemas of the capabilities it lists only (a schema of a
+    capability the agent does not offer would become a tool nobody answers)."""
+    schemas = announcement.capability_schemas
+    if not schemas or schemas.keys() <= set(announcement.capabilities):
+        return announcement
+    offered = set(announcement.capabilities)
+    kept = {name: schema for name, schema in schemas.items() if name in offered}
+    return msgspec.structs.replace(announcement, capability_schemas=kept)

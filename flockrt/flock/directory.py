@@ -30,12 +30,12 @@ import builtins
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias
 
-from flockrt.wire.schema import AgentAnnouncement, Heartbeat, utcnow
+from flockrt.wire.schema import AgentAnnouncement, CapabilitySchema, Heartbeat, utcnow
 
 __all__ = ["AgentInfo", "AgentStatus", "ChangeCallback", "Directory", "StatusFilter"]
 
@@ -89,6 +89,9 @@ class AgentInfo:
     load: float | None = None
     node: str | None = None
     max_concurrent_tasks: int | None = None
+    capability_schemas: Mapping[str, CapabilitySchema] | None = None
+    """What its announcement said each capability takes, returns and does (not in
+    :meth:`to_json`: the MCP gateway makes tools of them)."""
 
     def to_json(self) -> dict[str, Any]:
         """This agent as a JSON-able dict with the camelCase keys of the wire contract.
@@ -229,6 +232,7 @@ class Directory:
                 timestamp=announcement.timestamp,
                 node=announcement.node,
                 max_concurrent_tasks=announcement.max_concurrent_tasks,
+                capability_schemas=announcement.capability_schemas,
             )
             self._agents[info.id] = _Entry(info, now, True)
             self._index(info.id, (), capabilities)
@@ -245,6 +249,7 @@ class Directory:
             timestamp=announcement.timestamp,
             node=announcement.node,
             max_concurrent_tasks=announcement.max_concurrent_tasks,
+            capability_schemas=announcement.capability_schemas,
         )
         entry.info, entry.seen, entry.announced = info, now, True
         self._index(info.id, old.capabilities, capabilities)
@@ -560,6 +565,7 @@ def _listing_changed(old: AgentInfo, new: AgentInfo) -> bool:
         or old.capabilities != new.capabilities
         or old.node != new.node
         or old.max_concurrent_tasks != new.max_concurrent_tasks
+        or old.capability_schemas != new.capability_schemas
     )
 
 

@@ -112,6 +112,7 @@ class LocalFlock:
                 capabilities=list(card.capabilities),
                 max_concurrent_tasks=card.max_concurrent_tasks,
                 node=self.node,
+                capability_schemas=card.capability_schemas,
             )
         )
         return self.dispatcher

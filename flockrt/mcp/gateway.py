@@ -10,6 +10,7 @@ them on the aiohttp app.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -24,6 +25,7 @@ from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo
 from flockrt.mcp.agent import OutsideAgent
 from flockrt.mcp.auth import Authenticator, allowed_hosts, check_bind
+from flockrt.mcp.capabilities import CapabilityTools
 from flockrt.mcp.session import Session
 from flockrt.mcp.tools import TOOLS
 from flockrt.supervisor.spec import ChildSpec
@@ -34,6 +36,7 @@ __all__ = ["Gateway"]
 log = logging.getLogger("flockrt.mcp")
 
 _UPDATED = "notifications/resources/updated"
+_TOOLS_CHANGED = "notifications/tools/list_changed"
 
 
 class Gateway:
@@ -96,13 +99,24 @@ class Gateway:
         self.sessions: dict[str, Session] = {}
         self.claimed: set[str] = set()
         """Agent ids of the outside agents of open sessions (announced or being announced)."""
-        self.tool_listing = [tool.listing() for tool in TOOLS.values()]
+        self.capability_tools = CapabilityTools(
+            flock.directory, flock.node, [tool.listing() for tool in TOOLS.values()]
+        )
+        """The flock's tools and a tool per capability offered in the flock."""
+        self._tools_version = 0
+        """The :attr:`CapabilityTools.version` sessions were last told about."""
+        self._tools_check: asyncio.Handle | None = None
         self._supervisor: ActorRef[Any] | None = None
         self._subscribers: dict[str, set[Session]] = {}
         self._unsubscribe_directory: Callable[[], None] | None = None
         self._closing = TaskOwner("MCP gateway", log)
         self.websockets: set[web.WebSocketResponse] = set()
         """Open WebSocket connections, closed with 1001 (going away) when the gateway stops."""
+
+    @property
+    def tool_listing(self) -> list[dict[str, Any]]:
+        """The ``tools/list`` answer: the flock's tools, then one per capability."""
+        return self.capability_tools.listing()
 
     @property
     def supervisor(self) -> ActorRef[Any]:
@@ -116,6 +130,8 @@ class Gateway:
         template = ChildSpec(id="outside-agent", factory=OutsideAgent, restart="temporary", shutdown=2.0)
         self._supervisor = await self.system.spawn(DynamicSupervisor, template, name="mcp-agents")
         self._unsubscribe_directory = self.flock.directory.subscribe(self._directory_changed)
+        self.capability_tools.refresh()
+        self._tools_version = self.capability_tools.version
         self._schedule_sweep()
 
     async def close(self, drain: float = 0.0) -> None:
@@ -136,6 +152,9 @@ class Gateway:
         if self._unsubscribe_directory is not None:
             self._unsubscribe_directory()
             self._unsubscribe_directory = None
+        if self._tools_check is not None:
+            self._tools_check.cancel()
+            self._tools_check = None
         for ws in list(self.websockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway stopping")
         for session in list(self.sessions.values()):
@@ -302,8 +321,14 @@ class Gateway:
         """A change in the directory: tell the sessions subscribed to what it touches.
 
         The tree resource changes when an agent of this process starts or stops, which the
-        directory reports as a change of an agent of this node.
+        directory reports as a change of an agent of this node. The capability tools are looked
+        at again soon after (once for a burst of changes).
         """
+        self.capability_tools.touch()
+        if self._tools_check is None:
+            # Fed outside the loop (a test): the next change, or the next tools/list, sees it.
+            with contextlib.suppress(RuntimeError):
+                self._tools_check = asyncio.get_running_loop().call_soon(self._check_tools)
         if not self._subscribers:
             return
         uris = ["flock://agents", f"flock://agents/{agent_id}"]
@@ -312,3 +337,14 @@ class Gateway:
         for uri in uris:
             for session in self._subscribers.get(uri, ()):
                 session.push(_UPDATED, {"uri": uri})
+
+    def _check_tools(self) -> None:
+        """Tell the initialized sessions when the capability tools changed."""
+        self._tools_check = None
+        self.capability_tools.refresh()
+        if self.capability_tools.version == self._tools_version:
+            return
+        self._tools_version = self.capability_tools.version
+        for session in tuple(self.sessions.values()):
+            if session.initialized:  # it said something after initialize (notifications/initialized)
+                session.push(_TOOLS_CHANGED, {})

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from flockrt.actors.system import ActorSystem
     from flockrt.config import McpConfig
     from flockrt.flock.api import FlockAPI
+    from flockrt.mcp.capabilities import CapabilityTools
     from flockrt.mcp.session import Session
 
 __all__ = ["SessionHost"]
@@ -64,7 +65,12 @@ class SessionHost(Protocol):
 
     @property
     def tool_listing(self) -> list[dict[str, Any]]:
-        """The ``tools/list`` answer (built once)."""
+        """The ``tools/list`` answer: the flock's tools and a tool per capability."""
+        ...
+
+    @property
+    def capability_tools(self) -> CapabilityTools:
+        """The tools that stand for the flock's capabilities."""
         ...
 
     def own(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

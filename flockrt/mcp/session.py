@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -30,6 +31,7 @@ from flockrt.errors import (
 from flockrt.mcp import observe, tools
 from flockrt.mcp.agent import OutsideAgent
 from flockrt.mcp.auth import Forbidden, Principal, TokenBucket
+from flockrt.mcp.capabilities import call_capability
 from flockrt.mcp.protocol import (
     DISCOVER_VERSION,
     FORBIDDEN,
@@ -276,7 +278,7 @@ class Session:
         return {
             "protocolVersion": self.protocol_version,
             "capabilities": {
-                "tools": {"listChanged": False},
+                "tools": {"listChanged": True},
                 "resources": {"subscribe": True, "listChanged": False},
             },
             "serverInfo": {"name": "flockrt", "version": __version__},
@@ -305,12 +307,16 @@ class Session:
     # ------------------------------------------------------------------ tools
 
     async def _tools_list(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
-        return {"tools": self.host.tool_listing}
+        return {"tools": self.host.capability_tools.encoded()}
 
     async def _tools_call(self, params: dict[str, Any], request_id: Any, notify: Notify) -> Any:
         name = params.get("name")
         tool = tools.TOOLS.get(name) if isinstance(name, str) else None
-        if tool is None:
+        capability_tools = self.host.capability_tools
+        if tool is None and isinstance(name, str) and capability_tools.capability(name) is not None:
+            arguments = capability_tools.check(name, params.get("arguments"), request_id)
+            handler: tools.Handler = functools.partial(call_capability, name=name)
+        elif tool is None:
             raise JsonRpcError(
                 INVALID_PARAMS,
                 f"tools/call: there is no tool named {encode(name[:64]).decode()} (tools/list names them)"
@@ -319,14 +325,16 @@ class Session:
                 {"argument": "name"},
                 request_id,
             )
-        arguments = tools.convert_arguments(tool, params.get("arguments"), request_id)
+        else:
+            arguments = tools.convert_arguments(tool, params.get("arguments"), request_id)
+            handler = tool.handler
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         progress = None if token is None else _Progress(token, notify, self.host.progress_interval)
         if progress is not None:
             await progress.start()
         try:
-            outcome = await tool.handler(
+            outcome = await handler(
                 self, arguments, request_id, progress.report if progress is not None else None
             )
         except Forbidden as exc:

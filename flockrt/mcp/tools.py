@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Protocol, Type
 
 import msgspec
 
+from flockrt.agents.params import plain
 from flockrt.errors import FlockError, JsonRpcError
 from flockrt.mcp.protocol import INVALID_PARAMS
 from flockrt.wire.failures import FailureKind
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from flockrt.mcp.host import SessionHost
 
 __all__ = [
+    "FAILURE_SCHEMA",
     "TOOLS",
     "AnnounceAgent",
     "Broadcast",
@@ -257,10 +259,22 @@ class Tool:
         }
 
 
+_OBJECTS: Final = frozenset({"parameters", "metadata", "data"})
+"""Arguments that are JSON objects in the AI Flock's calls: their schema says so (the struct
+still takes any value, as AI Flock peers may send)."""
+
+
 def _input_schema(arguments: type[_Args]) -> dict[str, Any]:
+    """The struct's JSON Schema in the form generic clients read: an optional argument is a
+    plain typed, non-required property (never ``anyOf`` with null)."""
     _, components = msgspec.json.schema_components([arguments])
-    schema: dict[str, Any] = dict(components[arguments.__name__])
+    schema: dict[str, Any] = plain(components[arguments.__name__])
     schema.pop("title", None)
+    for name, prop in schema.get("properties", {}).items():
+        if name in _OBJECTS:
+            prop["type"] = "object"
+            if prop.get("default", {}) is None:
+                del prop["default"]
     schema["additionalProperties"] = False
     return schema
 
@@ -292,6 +306,10 @@ _FAILURE: Final = _object(
     error={"type": "string", "enum": [kind.value for kind in FailureKind]},
     message=_STRING,
 )
+
+
+FAILURE_SCHEMA: Final = _FAILURE
+"""The structuredContent of a business failure (``isError``)."""
 
 
 def _or_failure(schema: dict[str, Any]) -> dict[str, Any]:

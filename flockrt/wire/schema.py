@@ -27,6 +27,7 @@ __all__ = [
     "MAX_DEPTH",
     "MSGPACK",
     "AgentAnnouncement",
+    "CapabilitySchema",
     "AgentEvent",
     "BatchItem",
     "Broadcast",
@@ -89,6 +90,16 @@ class TaskResult(_Wire, frozen=True, kw_only=True):
     peers may omit it). ``error`` is a sentence for people; programs branch on this."""
 
 
+class CapabilitySchema(_Wire, frozen=True, kw_only=True):
+    """One capability as an MCP tool shows it: JSON Schemas of its parameters and result."""
+
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    """A JSON Schema of the parameters object (None: any object)."""
+    output_schema: dict[str, Any] | None = None
+    """A JSON Schema of the result (None: untyped)."""
+
+
 class AgentAnnouncement(_Wire, frozen=True, kw_only=True):
     """An agent saying it is here, on ``agent.announce``."""
 
@@ -99,6 +110,10 @@ class AgentAnnouncement(_Wire, frozen=True, kw_only=True):
     timestamp: datetime = msgspec.field(default_factory=utcnow)
     node: str | None = None
     """The flockrt process the agent lives in (a flockrt addition; other peers may omit it)."""
+    capability_schemas: dict[str, CapabilitySchema] | None = None
+    """What each capability takes, returns and does, by capability (a flockrt addition, on the
+    wire ``capabilitySchemas``; peers that omit it, or a capability it leaves out, are offered
+    as MCP tools with a permissive schema)."""
 
 
 class DiscoveryRequest(_Wire, frozen=True, kw_only=True):
