@@ -261,13 +261,18 @@ def json_schema(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def plain(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with every ``anyOf: [X, {type: null}]`` made X, recursively."""
+    """``schema`` with the ``{type: null}`` option of every ``anyOf`` dropped, recursively:
+    ``anyOf: [X, {type: null}]`` becomes X (``anyOf: [X, Y, {type: null}]``, ``anyOf: [X, Y]``).
+    A generic client says null by leaving an optional field out."""
     options = schema.get("anyOf")
     if isinstance(options, list):
         rest = [option for option in options if option != {"type": "null"}]
-        if len(rest) == 1 and len(rest) < len(options):
+        if rest and len(rest) < len(options):
             merged = {k: v for k, v in schema.items() if k != "anyOf"}
-            merged.update(plain(rest[0]))
+            if len(rest) == 1:
+                merged.update(plain(rest[0]))
+            else:
+                merged["anyOf"] = [plain(option) for option in rest]
             if merged.get("default", 0) is None:  # "absent" is how a generic client says null
                 del merged["default"]
             return merged
