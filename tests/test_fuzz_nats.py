@@ -118,8 +118,8 @@ class Harness:
         await self.system.spawn(Target, "target-1")
         await self.flock.flush()
         # task.result is read while a submit waits for a result: one waits for ever here.
-        await self.flock._watch_results()
-        self.flock._result_waiters["never"] = self.loop.create_future()
+        await self.flock.results.watch()
+        self.flock.results.waiters["never"] = self.loop.create_future()
         self.client = Client()
         await self.client.connect(self.server.url, allow_reconnect=False)
 

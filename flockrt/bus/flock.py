@@ -176,8 +176,6 @@ class NatsFlock:
         """Direct messages and events for its agents."""
         self.results = ResultWaiters(self.outlet, self.dispatcher.wait, ok_only=self.durable is not None)
         """Submits waiting for their task's result (a reply, or one on ``task.result``)."""
-        self._result_waiters = self.results.waiters
-        self._watch_results = self.results.watch
         self._task_subjects: dict[str, str] = {}  # task type -> its checked subject
         self._origin = f"{self.node}-{uuid.uuid4().hex[:8]}"  # this process, in ORIGIN_HEADER
         system.register_extension(Membership, self)  # type: ignore[type-abstract]  # a key
