@@ -7,7 +7,6 @@ the shipped flock with a key: every AI Flock task type gets its result on task.r
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -21,12 +20,12 @@ from typing import Any
 import msgspec
 import nats
 import pytest
-from nats.aio.msg import Msg
 
 from examples.messages_api import MessagesApiStandIn
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.config import AgentConfig, ClaudeConfig, FlockConfig, NatsConfig, RuntimeConfig, load_config
 from flockrt.runtime import Flock
+from tests.nats_server import Results
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-key"
@@ -42,27 +41,9 @@ async def api() -> AsyncIterator[MessagesApiStandIn]:
         yield server
 
 
-class Results:
-    """task.result as a plain NATS client sees it."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def handle(self, msg: Msg) -> None:
-        self.queue.put_nowait(json.loads(msg.data))
-
-    async def next(self) -> dict[str, Any]:
-        return await asyncio.wait_for(self.queue.get(), 10)
-
-
 @pytest.fixture
-async def client(nats_server: EmbeddedNats) -> AsyncIterator[tuple[nats.NATS, Results]]:
-    connection = await nats.connect(nats_server.url, allow_reconnect=False)
-    results = Results()
-    await connection.subscribe("task.result", cb=results.handle)
-    await connection.flush()
-    yield connection, results
-    await connection.close()
+def client(plain_nats: tuple[nats.NATS, Results]) -> tuple[nats.NATS, Results]:
+    return plain_nats
 
 
 def node(name: str, url: str, *agents: tuple[str, str], claude: ClaudeConfig | None = None) -> Flock:

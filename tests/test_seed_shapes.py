@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import nats
@@ -31,6 +30,7 @@ from flockrt.config import (
 from flockrt.runtime import Flock
 from flockrt.wire.schema import TaskResult
 from tests.mcp_support import RawPeer, RpcError
+from tests.nats_server import Results
 
 KEY = "sk-test-key"
 
@@ -47,27 +47,9 @@ def flock_config(
     )
 
 
-class Results:
-    """task.result as the seed's plain NATS client sees it."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def handle(self, msg: Msg) -> None:
-        self.queue.put_nowait(json.loads(msg.data))
-
-    async def next(self) -> dict[str, Any]:
-        return await asyncio.wait_for(self.queue.get(), 10)
-
-
 @pytest.fixture
-async def seed(nats_server: EmbeddedNats) -> AsyncIterator[tuple[nats.NATS, Results]]:
-    connection = await nats.connect(nats_server.url, allow_reconnect=False)
-    results = Results()
-    await connection.subscribe("task.result", cb=results.handle)
-    await connection.flush()
-    yield connection, results
-    await connection.close()
+def seed(plain_nats: tuple[nats.NATS, Results]) -> tuple[nats.NATS, Results]:
+    return plain_nats
 
 
 @pytest.fixture
