@@ -154,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(runtime.log_level, format=runtime.log_format, log_dir=runtime.log_dir or None)
     try:
         return run_on_loop(_serve_until_signalled(config, str(args.config)), runtime.loop)
+    except ConfigError as exc:  # found only on start: a Claude agent without its package
+        print(f"flockrt: {args.config}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except FlockError as exc:
         print(f"flockrt: {exc}", file=sys.stderr)
         return EXIT_FAILED
