@@ -203,7 +203,9 @@ def add_submit(commands: Subparsers) -> argparse.ArgumentParser:
     submit.add_argument("type", help="the task type (tasks.<type>)")
     submit.add_argument("data", nargs="?", default="null", help="the task's data as JSON (default null)")
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    submit.add_argument("--priority", choices=("low", "medium", "high"), default="medium")
+    submit.add_argument(
+        "--priority", choices=("low", "medium", "high"), default="medium", help="default medium"
+    )
     return submit
 
 
