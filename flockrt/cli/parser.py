@@ -1,7 +1,8 @@
 """The command line of ``flockrt``: every subcommand, its help and its options.
 
 Adding a subcommand: write ``add_<name>(commands)`` below (its help says in one line what it
-does, its description may say more) and add a :class:`Command` to :data:`COMMANDS` naming the
+does, its description may say more; :func:`operator_command` gives a command that talks to a
+running flock the shared options) and add a :class:`Command` to :data:`COMMANDS` naming the
 function that runs it, ``"flockrt.cli.<module>:<function>"``, taking the parsed arguments and
 returning the exit status. The module is imported only when the subcommand runs, so that
 ``flockrt --help`` stays fast: nothing here imports more than the standard library.
@@ -18,7 +19,7 @@ from typing import NamedTuple, TypeAlias
 from flockrt._version import __version__
 from flockrt.cli.endpoint import CONFIG_VARIABLE
 
-__all__ = ["BENCH_SUITES", "COMMANDS", "Command", "build_parser", "seconds"]
+__all__ = ["BENCH_SUITES", "COMMANDS", "Command", "build_parser", "operator_command", "seconds"]
 
 BENCH_SUITES = ("kernel", "bus", "gateway", "metrics", "startup")
 """The suites of ``benchmarks/`` that ``flockrt bench`` runs, in this order."""
@@ -122,7 +123,7 @@ def add_check(commands: Subparsers) -> argparse.ArgumentParser:
     return check
 
 
-def _operator(
+def operator_command(
     commands: Subparsers,
     name: str,
     help: str,
@@ -131,6 +132,9 @@ def _operator(
     nats: bool = False,
     progress: bool = False,
 ) -> argparse.ArgumentParser:
+    """A subcommand that talks to a running flock: ``--config``, ``--url``, ``--token``,
+    ``--timeout`` and ``--json`` (resolve them with :func:`flockrt.cli.endpoint.resolve`), plus
+    ``--nats`` (the NATS fallback) and ``--quiet`` (no progress on stderr) where asked for."""
     parents = [_parent(_connection, _json_option)]
     if nats:
         parents.append(_parent(_nats_option))
@@ -143,7 +147,7 @@ def _operator(
 
 
 def add_agents(commands: Subparsers) -> argparse.ArgumentParser:
-    agents = _operator(
+    agents = operator_command(
         commands,
         "agents",
         "list the flock's agents, on every node",
@@ -155,7 +159,7 @@ def add_agents(commands: Subparsers) -> argparse.ArgumentParser:
 
 
 def add_tree(commands: Subparsers) -> argparse.ArgumentParser:
-    return _operator(
+    return operator_command(
         commands,
         "tree",
         "draw the supervision tree of the gateway's process",
@@ -165,7 +169,7 @@ def add_tree(commands: Subparsers) -> argparse.ArgumentParser:
 
 
 def add_send(commands: Subparsers) -> argparse.ArgumentParser:
-    send = _operator(
+    send = operator_command(
         commands,
         "send",
         "send a direct message to an agent (a query prints its answer)",
@@ -179,7 +183,7 @@ def add_send(commands: Subparsers) -> argparse.ArgumentParser:
 
 
 def add_request(commands: Subparsers) -> argparse.ArgumentParser:
-    request = _operator(
+    request = operator_command(
         commands,
         "request",
         "have an agent offering a capability do it, and print the result",
@@ -193,7 +197,7 @@ def add_request(commands: Subparsers) -> argparse.ArgumentParser:
 
 
 def add_submit(commands: Subparsers) -> argparse.ArgumentParser:
-    submit = _operator(
+    submit = operator_command(
         commands,
         "submit",
         "submit a task to the flock (with --wait, print its result)",
