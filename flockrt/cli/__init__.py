@@ -34,8 +34,9 @@ from collections.abc import Sequence
 from flockrt.cli.operations import operate
 from flockrt.cli.output import draw_tree
 from flockrt.cli.parser import COMMANDS, build_parser
+from flockrt.cli.serve import serve
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_PIPE_CLOSED", "draw_tree", "main", "operate"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_PIPE_CLOSED", "draw_tree", "main", "operate", "serve"]
 
 EXIT_INTERRUPTED = 130
 """128 + SIGINT: what a shell reports for a command Ctrl-C stopped."""
