@@ -149,14 +149,14 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     discover_interval: int = 1000
     """Milliseconds: this process answers ``agent.discover`` at most once per interval;
     requests in between share the next answer."""
-    replicas: int = 1
     # JetStream replicas of FLOCK_TASKS and the directory bucket (1..5); an existing one is never weakened.
-    ping_interval: int = 10000
+    replicas: int = 1
     # Milliseconds between the client's pings to its server; /readyz is 503 within two of silence.
-    max_outstanding_pings: int = 2
+    ping_interval: int = 10000
     # Unanswered pings before the client drops the connection and reconnects (after ~this+1 intervals).
-    monitor_port: int = -1
+    max_outstanding_pings: int = 2
     # HTTP monitoring port of the embedded server on 127.0.0.1 (/varz, /jsz): -1 off, 0 a free one.
+    monitor_port: int = -1
 
     @property
     def limits(self) -> NatsLimits:
