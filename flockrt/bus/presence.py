@@ -101,6 +101,10 @@ class Presence:
             await self.bus.subscribe(subjects.DISCOVER, self.on_discover),
         ]
         if self.persist_directory:
+            try:  # a bucket that cannot be kept as it is (JetStreamError) fails the start
+                await self.bus.jetstream.ensure_bucket(self.DIRECTORY_BUCKET, ttl=self._directory_ttl)
+            except (BusUnavailable, BusTimeout) as exc:
+                log.debug("directory bucket not checked: %s", exc)  # load() says it, as a warning
             await self.load()
         await self.discover()
         self._schedule_sweep()
