@@ -28,6 +28,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -44,7 +46,7 @@ from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError
 if TYPE_CHECKING:
     from flockrt.bus.connection import NatsConnection
 
-__all__ = ["JetStream", "JsMessage", "PullConsumer"]
+__all__ = ["JetStream", "JsMessage", "KvEntry", "PullConsumer"]
 
 log = logging.getLogger("flockrt.bus")
 
@@ -277,20 +279,37 @@ class JetStream:
 
     async def kv_items(self, bucket: str, *, ttl: float | None = None) -> dict[str, bytes]:
         """Every live entry of ``bucket``."""
+        return {key: entry.value for key, entry in (await self.kv_entries(bucket, ttl=ttl)).items()}
+
+    async def kv_entries(self, bucket: str, *, ttl: float | None = None) -> dict[str, KvEntry]:
+        """Every live entry of ``bucket``, with when the server stored it.
+
+        Raises:
+            BusUnavailable: NATS is unreachable.
+            BusTimeout: JetStream did not answer in time.
+            JetStreamError: JetStream refused the bucket.
+        """
         kv = await self._bucket(bucket, ttl)
+        js = self._context(f"key-value bucket {bucket}", 5.0)
         try:
             keys = await kv.keys()
         except nats.js.errors.NoKeysError:
             return {}
-        items: dict[str, bytes] = {}
-        for key in keys:
-            try:
-                entry = await kv.get(key)
-            except nats.js.errors.KeyNotFoundError:  # deleted or expired meanwhile
-                continue
-            if entry.value is not None:
-                items[key] = entry.value
-        return items
+        entries: dict[str, KvEntry] = {}
+        try:
+            for key in keys:
+                try:
+                    msg = await js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
+                except nats.js.errors.NotFoundError:  # deleted or expired meanwhile
+                    continue
+                if msg.data is None or (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                    continue
+                entries[key] = KvEntry(msg.data, msg.time or datetime.now(UTC))
+        except nats.js.errors.APIError as exc:
+            raise _js_error(f"key-value bucket {bucket}", exc) from None
+        except nats.errors.TimeoutError:
+            raise BusTimeout(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", 5.0) from None
+        return entries
 
     async def ensure_bucket(self, bucket: str, *, ttl: float | None = None) -> None:
         """Create the key-value ``bucket`` (:attr:`replicas` copies, file storage, one revision
@@ -385,6 +404,19 @@ class JetStream:
             raise BusTimeout(reply, timeout) from None
         except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
             raise BusUnavailable(f"cannot settle a JetStream message: {exc!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class KvEntry:
+    """One entry of a key-value bucket.
+
+    Attributes:
+        value: What is stored.
+        stored: When the server stored it (aware UTC, by the server's clock).
+    """
+
+    value: bytes
+    stored: datetime
 
 
 class JsMessage:
