@@ -52,6 +52,7 @@ PLACEHOLDERS = [
     (r"127\.0\.0\.1:\d+", "127.0.0.1:<port>"),
     (r"/tmp/flockrt-nats-\w+", "<store dir>"),
     (r"pid \d+", "pid <pid>"),
+    (r"server flockrt-[0-9a-f]+ \([\d.]+\)", "server <name> (<version>)"),
     (r'"taskId": "[0-9a-f]+"', '"taskId": "<id>"'),
     (r'"durationMs": [0-9.e-]+', '"durationMs": <ms>'),
     (r"\(\d+ messages handled\)", "(<n> messages handled)"),
