@@ -35,6 +35,7 @@ from flockrt.mcp.gateway import Gateway
 from flockrt.metrics import Instrumentation, instrument
 from flockrt.supervisor.spec import Restart
 from flockrt.supervisor.supervisor import Supervisor
+from flockrt.view import LiveView
 from flockrt.web import WebServer, build_app
 from flockrt.wire.schema import Priority, TaskResult
 
@@ -87,6 +88,8 @@ class Flock:
         """The MCP gateway (with an enabled ``[mcp]`` section), once started."""
         self.web: WebServer | None = None
         """The HTTP listener: the gateway's, or the metrics-only one."""
+        self.view: LiveView | None = None
+        """This node's part of the live view (its state published over NATS, the feed)."""
 
     @classmethod
     def from_config(cls, path: str | Path, env: dict[str, str] | None = None) -> Flock:
@@ -201,6 +204,8 @@ class Flock:
             shutdown_timeout=math.inf,  # stop() bounds the whole stop; each agent has its own
         )
         await flock.flush()  # the agents' announcements are out before anyone is let in
+        self.view = LiveView(self.system, flock)
+        await self.view.start()
         await self._start_web(flock)
 
     async def _start_web(self, flock: FlockAPI) -> None:
@@ -209,7 +214,9 @@ class Flock:
         if config.mcp is not None and config.mcp.enabled:
             self.gateway = Gateway(config.mcp, flock)
             await self.gateway.start()
-            self.web = WebServer(build_app(self.gateway, ready=self.ready), config.mcp.host, config.mcp.port)
+            feed = self.view.feed if self.view is not None else None
+            app = build_app(self.gateway, ready=self.ready, feed=feed)
+            self.web = WebServer(app, config.mcp.host, config.mcp.port)
             await self.web.start()
             log.info("MCP gateway listening on %s (WebSocket and Streamable HTTP)", self.gateway_url)
         elif config.metrics is not None and config.metrics.enabled:
@@ -226,6 +233,8 @@ class Flock:
                 await self.gateway.close(drain=budget / 2)
             if self.web is not None:
                 await self.web.stop()
+            if self.view is not None:
+                await self.view.close()
             await self.system.shutdown(timeout=budget)
             if self.flock is not None:
                 await self.flock.close()

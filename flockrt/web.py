@@ -1,8 +1,10 @@
-"""The one aiohttp app of a flockrt process: ``/mcp``, ``/healthz``, ``/readyz``, ``/metrics``.
+"""The one aiohttp app of a flockrt process: ``/mcp``, the live view at ``/``, ``/healthz``,
+``/readyz``, ``/metrics``.
 
 With a gateway, ``/mcp`` serves MCP over WebSocket (an upgrade request) and Streamable HTTP
 (POST, GET, DELETE); a WebSocket upgrade on ``/`` is MCP too (the AI Flock seed connects to
-``ws://host:4002``, without a path). Without one (a ``[metrics]`` section and no ``[mcp]``),
+``ws://host:4002``, without a path), and a plain GET of ``/`` is the live view's page (see
+:mod:`flockrt.view.http`). Without one (a ``[metrics]`` section and no ``[mcp]``),
 the same app serves only the health endpoints and the metrics.
 
 ``/healthz`` says the process is alive (200 while it serves at all). ``/readyz`` says it can do
@@ -22,6 +24,8 @@ from flockrt.errors import ListenError
 from flockrt.mcp import transport
 from flockrt.mcp.auth import host_allowed
 from flockrt.mcp.gateway import Gateway
+from flockrt.view import http as view_http
+from flockrt.view.feed import Feed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -33,12 +37,19 @@ log = logging.getLogger("flockrt.web")
 _DEFAULT_BODY_LIMIT = 1024 * 1024
 
 
-def build_app(gateway: Gateway | None = None, *, ready: Callable[[], bool] = lambda: True) -> web.Application:
+def build_app(
+    gateway: Gateway | None = None,
+    *,
+    ready: Callable[[], bool] = lambda: True,
+    feed: Feed | None = None,
+) -> web.Application:
     """The aiohttp application: MCP (with a gateway), health, readiness and metrics.
 
     Args:
         gateway: Serve ``/mcp`` with it (None: health and metrics only).
         ready: The readiness check behind ``/readyz``.
+        feed: With a gateway, serve the live view of this feed at ``/`` (page), ``/view/feed``
+            and ``/view/state``, under the gateway's auth rules.
     """
     limit = gateway.config.max_message_bytes if gateway is not None else _DEFAULT_BODY_LIMIT
     middlewares = []
@@ -92,12 +103,16 @@ def build_app(gateway: Gateway | None = None, *, ready: Callable[[], bool] = lam
             # over WebSocket as on /mcp. A plain GET is not MCP here (the live view's page).
             if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
                 return await transport.handle_websocket(mcp_gateway, request)
-            raise web.HTTPNotFound()
+            if feed is None:
+                raise web.HTTPNotFound()
+            return view_http.page()
 
         app.router.add_get("/", root_get, allow_head=False)
         app.router.add_get("/mcp", mcp_get, allow_head=False)
         app.router.add_post("/mcp", mcp_post)
         app.router.add_delete("/mcp", mcp_delete)
+        if feed is not None:
+            view_http.add_routes(app, feed, lambda request: transport.admit(mcp_gateway, request))
     return app
 
 
