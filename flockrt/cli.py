@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flockrt.errors import BusUnavailable, CircuitOpen, ConfigError, FlockError, GatewayUnavailable
+from flockrt.view import top
 
 # The command imports what a subcommand needs when it runs, so that `flockrt --help`, `health`
 # and `bench` do not pay for NATS, aiohttp, msgspec and prometheus_client.
@@ -134,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     request.add_argument("capability")
     request.add_argument("parameters", nargs="?", default="{}", help="JSON parameters (default {})")
+    top.add_parser(commands, parents=[gateway])
     submit = commands.add_parser("submit", parents=[gateway], help="submit a task to the flock")
     submit.add_argument("type", help="the task type (tasks.<type>)")
     submit.add_argument("data", nargs="?", default="null", help="the task's data as JSON (default null)")
@@ -507,6 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(args)
     if args.command == "mcp":
         return _mcp(args)
+    if args.command == "top":
+        return top.run(args)
     if args.command in _OPERATIONS:
         # One-shot commands say what went wrong themselves; the client's warnings about
         # reconnecting or degraded NATS would only be noise here.

@@ -35,7 +35,7 @@ from flockrt.mcp.gateway import Gateway
 from flockrt.metrics import Instrumentation, instrument
 from flockrt.supervisor.spec import Restart
 from flockrt.supervisor.supervisor import Supervisor
-from flockrt.view import LiveView
+from flockrt.view.live import LiveView
 from flockrt.web import WebServer, build_app
 from flockrt.wire.schema import Priority, TaskResult
 
