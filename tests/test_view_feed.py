@@ -188,3 +188,16 @@ async def test_a_reader_that_falls_behind_gets_a_fresh_snapshot() -> None:
         assert events[0] is not None and events[0].startswith(b"event: snapshot")
         feed.close()
         assert await stream.next(1) is None
+
+
+async def test_a_node_name_that_cannot_be_a_subject_still_runs_and_hears_others(
+    nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        Flock(config("my flock", nats_server.url, "a", mcp=True)) as odd,
+        Flock(config("beta", nats_server.url, "b")) as beta,
+    ):
+        assert odd.view is not None and odd.view.states is not None and beta.view is not None
+        await wait_for(lambda: peer(odd, "beta") is not None)
+        assert odd.view.states.published == 0 and not beta.view.node.peers
+        assert "node name 'my flock' cannot be part of a NATS subject" in caplog.text

@@ -37,7 +37,13 @@ class NodeStates:
     def __init__(self, outlet: Outlet, node: str, on_state: Callable[[NodeState], None]) -> None:
         self._outlet = outlet
         self.node = node
-        self._subject = node_state_subject(node)
+        self._subject = node_state_subject_or_none(node)
+        if self._subject is None:
+            log.warning(
+                "node name %r cannot be part of a NATS subject (no spaces, dots, '*' or '>'): its state "
+                "is not published, so other nodes' live views do not show its tree; rename [runtime] name",
+                node,
+            )
         self._on_state = on_state
         self._subscription: Subscription | None = None
         self.published = 0
@@ -57,6 +63,8 @@ class NodeStates:
 
     def publish(self, state: NodeState) -> None:
         """Publish ``state`` (without waiting; while NATS is away it is buffered like any publish)."""
+        if self._subject is None:
+            return
         codec, limit = self._outlet.codec, self._outlet.bus.max_payload
         data = codec.encode(state)
         if len(data) > limit:

@@ -146,7 +146,8 @@ class NodeView:
         report = FailureReport(path=path, error=type(error).__name__, reason=reason, timestamp=utcnow())
         self._failures.append(report)
         if not self._wake.is_set():
-            asyncio.get_running_loop().call_later(self.nudge, self._wake.set)
+            with contextlib.suppress(RuntimeError):  # no loop running: the next sample shows it
+                asyncio.get_running_loop().call_later(self.nudge, self._wake.set)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
