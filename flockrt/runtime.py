@@ -204,8 +204,9 @@ class Flock:
             shutdown_timeout=math.inf,  # stop() bounds the whole stop; each agent has its own
         )
         await flock.flush()  # the agents' announcements are out before anyone is let in
-        self.view = LiveView(self.system, flock)
-        await self.view.start()
+        if config.nats is not None or (config.mcp is not None and config.mcp.enabled):
+            self.view = LiveView(self.system, flock)  # with no NATS and no gateway, nobody would see it
+            await self.view.start()
         await self._start_web(flock)
 
     async def _start_web(self, flock: FlockAPI) -> None:

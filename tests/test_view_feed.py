@@ -132,6 +132,7 @@ def _state(name: str) -> NodeState:
 async def test_a_silent_peer_goes_stale_then_is_forgotten() -> None:
     clock = _Clock()
     async with Flock(FlockConfig()) as flock:
+        assert flock.view is None  # no NATS, no gateway: nobody to show it to
         assert flock.flock is not None
         view = NodeView(flock.system, flock.flock, period=1.0, clock=clock)
         view.on_peer_state(_state("gone"))
@@ -146,7 +147,9 @@ async def test_a_silent_peer_goes_stale_then_is_forgotten() -> None:
 
 
 async def test_the_feed_sends_a_snapshot_then_only_what_changed() -> None:
-    cfg = FlockConfig(agents=[AgentConfig(id="w", class_="tests.view_agents:Crashy", count=3)])
+    cfg = FlockConfig(
+        mcp=McpConfig(port=0), agents=[AgentConfig(id="w", class_="tests.view_agents:Crashy", count=3)]
+    )
     async with Flock(cfg) as flock:
         assert flock.view is not None and flock.flock is not None
         feed = flock.view.feed
@@ -176,7 +179,7 @@ async def test_the_feed_sends_a_snapshot_then_only_what_changed() -> None:
 
 
 async def test_a_reader_that_falls_behind_gets_a_fresh_snapshot() -> None:
-    async with Flock(FlockConfig()) as flock:
+    async with Flock(FlockConfig(mcp=McpConfig(port=0))) as flock:
         assert flock.view is not None
         feed: Feed = flock.view.feed
         feed.max_queued = 2
