@@ -157,3 +157,45 @@ def test_urls_and_drawing_helpers() -> None:
     frame = draw(many, "x", height=30)
     assert len(frame) == 29, frame  # a full screen would scroll on its last newline
     assert frame[-4].startswith("… ") and "more agents" in frame[-4]
+
+
+async def test_live_mode_says_when_the_gateway_goes_away_and_reconnects() -> None:
+    first = Flock(FlockConfig(mcp=McpConfig(port=0), agents=crashy(1)))
+    await first.start()
+    assert first.web is not None and first.web.port is not None
+    port = first.web.port
+    env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flockrt", "top", "--url", first.web.url, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = ""
+
+    async def read_until(text: str) -> None:
+        nonlocal seen
+        async with asyncio.timeout(20):
+            while text not in seen:
+                chunk = await proc.stdout.read(4096)  # type: ignore[union-attr]
+                assert chunk, f"flockrt top ended early:\n{seen}"
+                seen += chunk.decode()
+
+    second: Flock | None = None
+    try:
+        await read_until("w  ")
+        await first.stop()
+        await read_until("disconnected (")
+        # The same port again, another flock: top finds it without being restarted.
+        agents = [AgentConfig(id="v", class_="tests.view_agents:Crashy", count=1)]
+        second = Flock(FlockConfig(mcp=McpConfig(port=port), agents=agents))
+        await second.start()
+        await read_until("v  ")
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await first.stop()
+        if second is not None:
+            await second.stop()

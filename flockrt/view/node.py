@@ -58,6 +58,8 @@ class NodeView:
         stale_after: A peer whose last state is older than this (seconds) is shown as stale,
             and one older than ten times this is forgotten (default ``3 * period``).
         clock: Monotonic seconds (injected by tests).
+        nudge: Seconds after a failure before the tree is taken again (the restart that
+            follows a failure lands within it, so both go out in one state).
     """
 
     def __init__(

@@ -31,6 +31,7 @@ __all__ = ["add_parser", "apply", "draw", "feed_url", "run"]
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 1, 3
 _SPARKS = "▁▂▃▄▅▆▇█"
 _REDRAW = 0.5  # seconds between two frames at most
+_RETRY = 2.0  # seconds between two attempts to reconnect
 
 
 def add_parser(commands: Any, parents: Iterable[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
@@ -116,41 +117,69 @@ async def _get_state(http: Any, url: str) -> dict[str, Any]:
 
 
 async def _watch(http: Any, url: str, shown: str, out: TextIO = sys.stdout) -> int:
-    """Follow the feed and redraw (at most every half second) until Ctrl-C."""
+    """Follow the feed and redraw (at most every half second) until Ctrl-C; when the gateway
+    goes away after the first connection, say so and reconnect every few seconds."""
+    import aiohttp
+
     picture: dict[str, Any] = {"agents": {}, "nodes": {}}
+    connected = False
     out.write("\x1b[?1049h\x1b[?25l")  # the alternate screen, no cursor
     try:
-        async with http.get(url) as response:
-            if response.status != 200:
-                raise _Refused(response.status, await response.text())
-            drawn, pending = 0.0, False
-            event, data = "", ""
-            while True:
-                try:
-                    line = await asyncio.wait_for(response.content.readline(), _REDRAW if pending else None)
-                except TimeoutError:
-                    line = None
-                if line == b"":
-                    raise ConnectionResetError("the gateway closed the feed")
-                if line is not None:
-                    text = line.decode().rstrip("\n")
-                    if text.startswith("event: "):
-                        event = text[7:]
-                    elif text.startswith("data: "):
-                        data += text[6:]
-                    elif not text and data:
-                        apply(picture, event, json.loads(data))
-                        event, data, pending = "", "", True
-                now = time.monotonic()
-                if pending and now - drawn >= _REDRAW:
-                    size = shutil.get_terminal_size()
-                    lines = draw(picture, shown, width=size.columns, color=_color(out), height=size.lines)
-                    out.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
-                    out.flush()
-                    drawn, pending = now, False
+        while True:
+            try:
+                async with http.get(url) as response:
+                    if response.status != 200:
+                        raise _Refused(response.status, await response.text())
+                    connected = True
+                    await _follow(response, picture, lambda note: _frame(out, picture, shown, note))
+                problem = "the gateway closed the feed"
+            except (aiohttp.ClientError, OSError) as exc:
+                if not connected:
+                    raise
+                problem = str(exc) or type(exc).__name__
+            _frame(out, picture, shown, f"disconnected ({problem}); retrying every {_RETRY:g} s")
+            await asyncio.sleep(_RETRY)
     finally:
         out.write("\x1b[?25h\x1b[?1049l")
         out.flush()
+
+
+async def _follow(response: Any, picture: dict[str, Any], redraw: Any) -> None:
+    """Apply the feed's events to ``picture`` until the stream ends, redrawing at most every
+    half second."""
+    drawn, pending = 0.0, False
+    event, data = "", ""
+    while True:
+        try:
+            line = await asyncio.wait_for(response.content.readline(), _REDRAW if pending else None)
+        except TimeoutError:
+            line = None
+        if line == b"":
+            return
+        if line is not None:
+            text = line.decode().rstrip("\n")
+            if text.startswith("event: "):
+                event = text[7:]
+            elif text.startswith("data: "):
+                data += text[6:]
+            elif not text and data:
+                apply(picture, event, json.loads(data))
+                event, data, pending = "", "", True
+        now = time.monotonic()
+        if pending and now - drawn >= _REDRAW:
+            redraw("")
+            drawn, pending = now, False
+
+
+def _frame(out: TextIO, picture: dict[str, Any], shown: str, note: str) -> None:
+    size = shutil.get_terminal_size()
+    lines = draw(
+        picture, shown, width=size.columns, color=_color(out), height=size.lines - (1 if note else 0)
+    )
+    if note:
+        lines.insert(1, note)
+    out.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
+    out.flush()
 
 
 def apply(picture: dict[str, Any], event: str, data: dict[str, Any]) -> None:
