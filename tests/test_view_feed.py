@@ -5,7 +5,9 @@ bad ones counted, oversize trees cut), peers going stale, and the feed's snapsho
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -204,3 +206,11 @@ async def test_a_node_name_that_cannot_be_a_subject_still_runs_and_hears_others(
         await wait_for(lambda: peer(odd, "beta") is not None)
         assert odd.view.states.published == 0 and not beta.view.node.peers
         assert "node name 'my flock' cannot be part of a NATS subject" in caplog.text
+
+
+def test_the_page_ships_as_package_data() -> None:
+    root = Path(__file__).resolve().parent.parent
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "view/page.html" in pyproject["tool"]["setuptools"]["package-data"]["flockrt"]
+    assert (root / "flockrt" / "view" / "page.html").is_file()
+    assert "playwright" in " ".join(pyproject["project"]["optional-dependencies"]["dev"])
