@@ -4,6 +4,7 @@ bad ones counted, oversize trees cut), peers going stale, and the feed's snapsho
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tomllib
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import nats
 import pytest
 
 from flockrt.bus.embedded import EmbeddedNats
-from flockrt.config import AgentConfig, FlockConfig, McpConfig, NatsConfig
+from flockrt.config import AgentConfig, AuthConfig, FlockConfig, McpConfig, NatsConfig
 from flockrt.runtime import Flock
 from flockrt.view.feed import Feed
 from flockrt.view.node import NodeView
@@ -214,3 +215,28 @@ def test_the_page_ships_as_package_data() -> None:
     assert "view/page.html" in pyproject["tool"]["setuptools"]["package-data"]["flockrt"]
     assert (root / "flockrt" / "view" / "page.html").is_file()
     assert "playwright" in " ".join(pyproject["project"]["optional-dependencies"]["dev"])
+
+
+async def test_a_stream_ends_when_its_token_expires() -> None:
+    import time
+
+    import aiohttp
+    import jwt
+
+    secret = "a-secret-of-at-least-thirty-two-bytes!"
+    config = FlockConfig(mcp=McpConfig(port=0, auth=AuthConfig(jwt_secret=secret)), agents=[])
+    async with Flock(config) as flock, aiohttp.ClientSession() as http:
+        assert flock.web is not None
+        expires = time.time() + 2
+        token = jwt.encode({"sub": "viewer", "exp": expires}, secret, algorithm="HS256")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.get(flock.web.url + "/view/feed", headers=headers) as response:
+            assert response.status == 200
+            events = 0
+            async with asyncio.timeout(15):
+                async for line in response.content:
+                    events += line.startswith(b"event: ")
+            assert time.time() >= expires and events >= 1  # ended by the expiry, not before
+        async with http.get(flock.web.url + "/view/feed", headers=headers) as response:
+            assert response.status == 401
+            assert "expired" in await response.text()

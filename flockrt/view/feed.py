@@ -133,6 +133,8 @@ class Feed:
 
     def open(self) -> FeedStream:
         """A new reader's stream: a snapshot first, then the patches."""
+        if self._due is not None:
+            self._due.cancel()
         self._tick()  # bring the others up to now, so this snapshot and the next patch agree
         stream = FeedStream(self, self.max_queued)
         stream.put(self.event("snapshot", self.snapshot()))

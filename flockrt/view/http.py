@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
+from typing import Protocol
 
 from aiohttp import hdrs, web
 
@@ -64,7 +65,14 @@ def page() -> web.Response:
     )
 
 
-def add_routes(app: web.Application, feed: Feed, admit: Callable[[web.Request], object]) -> None:
+class Admitted(Protocol):
+    """Whom ``admit`` let in (the gateway's Principal): a stream ends when its token expires."""
+
+    @property
+    def expired(self) -> bool: ...
+
+
+def add_routes(app: web.Application, feed: Feed, admit: Callable[[web.Request], Admitted]) -> None:
     """Serve ``feed`` on ``/view/feed`` and ``/view/state`` of ``app``, each request let in
     by ``admit`` (which raises the HTTP error of a request it refuses)."""
 
@@ -73,7 +81,7 @@ def add_routes(app: web.Application, feed: Feed, admit: Callable[[web.Request], 
         return web.json_response(feed.snapshot(), headers={"Cache-Control": "no-store"})
 
     async def stream(request: web.Request) -> web.StreamResponse:
-        admit(request)
+        principal = admit(request)
         if len(feed.streams) >= MAX_READERS:
             raise web.HTTPServiceUnavailable(
                 text=f"the live view has {MAX_READERS} readers already; close one and retry\n"
@@ -88,8 +96,8 @@ def add_routes(app: web.Application, feed: Feed, admit: Callable[[web.Request], 
         )
         try:
             await response.prepare(request)
-            while (event := await reader.next(KEEPALIVE)) is not None:
-                await response.write(event)
+            while (event := await reader.next(KEEPALIVE)) is not None and not principal.expired:
+                await response.write(event)  # an expired token ends the stream: the page asks again
         except ConnectionError:  # the reader went away
             pass
         finally:
