@@ -1,6 +1,7 @@
 """AI Flock scenario 2, coordination: a coordinator lists the workers of the flock, tells each
-by direct message how many tasks to expect, distributes the tasks over NATS and collects every
-result.
+by direct message how many tasks to expect, deals the tasks out over NATS (each worker gets
+exactly its share, as a direct request to it) and collects every result; each worker's own
+count then matches what it was told.
 
 Two flockrt nodes share one NATS server, as two processes on two machines would: a worker node
 with a pool of agents, and a coordinator node with none (so every task crosses NATS). Run it
@@ -35,16 +36,15 @@ class Worker(flockrt.Agent):
     async def square(self, n: int) -> int:
         return n * n
 
-    @flockrt.handles_task("square")
-    async def square_task(self, task: flockrt.TaskMessage) -> dict[str, int]:
-        self.handled += 1
-        return {"n": task.data["n"], "square": await self.square(task.data["n"])}
-
     async def on_message(self, message: flockrt.DirectMessage) -> Any:
-        if message.type == "command" and isinstance(message.message, dict) and "expect" in message.message:
-            self.expected = int(message.message["expect"])
+        body = message.message
+        if message.type == "command" and isinstance(body, dict) and "expect" in body:
+            self.expected = int(body["expect"])
             return None
-        if message.type == "query" and message.message == "progress":
+        if message.type == "query" and isinstance(body, dict) and "square" in body:
+            self.handled += 1
+            return {"n": body["square"], "square": await self.square(body["square"])}
+        if message.type == "query" and body == "progress":
             return {"expected": self.expected, "handled": self.handled}
         return await super().on_message(message)
 
@@ -54,23 +54,26 @@ def node_config(name: str, url: str) -> FlockConfig:
 
 
 async def coordinate(coordinator: Flock, tasks: int = TASKS) -> dict[str, Any]:
-    """List the workers, tell each its share, submit every task, collect every result."""
+    """List the workers, tell each its share, deal the tasks out, collect every result."""
     flock = coordinator.running  # the Flock interface: here a NatsFlock
     workers = sorted(agent.id for agent in flock.list_agents("online", capability="squaring"))
     if not workers:
         raise flockrt.NoCapableAgent("capability", "squaring")
-    share, extra = divmod(tasks, len(workers))
-    for i, worker in enumerate(workers):
-        await flock.send(worker, {"expect": share + (i < extra)}, sender="coordinator")
+    # Task n goes to worker n mod len(workers): the shares the workers are told.
+    shares = {worker: list(range(i, tasks, len(workers))) for i, worker in enumerate(workers)}
+    for worker, numbers in shares.items():
+        await flock.send(worker, {"expect": len(numbers)}, sender="coordinator")
 
-    # Each submit with wait=True is a NATS request on tasks.square: the queue group picks the
-    # worker node, which picks its least loaded agent; the result comes back to us (and is
-    # published on task.result for anyone listening).
+    # Each query is a NATS request to one worker's own subject; the answers come back to us.
     results = await asyncio.gather(
-        *(flock.submit("square", {"n": n}, wait=True, timeout=30) for n in range(tasks))
+        *(
+            flock.query(worker, {"square": n}, sender="coordinator", timeout=30)
+            for worker, numbers in shares.items()
+            for n in numbers
+        )
     )
     progress = {w: await flock.query(w, "progress", sender="coordinator") for w in workers}
-    squares = sorted(result.result["square"] for result in results if isinstance(result, flockrt.TaskResult))
+    squares = sorted(result["square"] for result in results)
     return {"workers": workers, "results": len(results), "squares": squares, "progress": progress}
 
 

@@ -320,6 +320,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "MCP_ENABLED": ("mcp", "enabled", bool),
     "MCP_PORT": ("mcp", "port", int),
     "MCP_TIMEOUT": ("mcp", "timeout", int),
+    "NATS_PORT": ("nats", "port", int),
+    "METRICS_PORT": ("metrics", "port", int),
     "ANTHROPIC_API_KEY": ("claude", "api_key", str),
     "CLAUDE_MODEL": ("claude", "model", str),
 }
@@ -329,6 +331,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "nats": NatsConfig,
     "mcp": McpConfig,
     "claude": ClaudeConfig,
+    "metrics": MetricsConfig,
 }
 
 

@@ -10,6 +10,7 @@ NATS is still there.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -27,14 +28,16 @@ from flockrt.bus.connection import NatsConnection, tls_context
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
 from flockrt.config import FlockConfig, NatsConfig
-from flockrt.errors import FlockError
+from flockrt.errors import FlockError, ListenError, NatsServerError
 from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo, StatusFilter
 from flockrt.flock.local import LocalFlock
 from flockrt.mcp.gateway import Gateway
+from flockrt.mcp.transport import admit
 from flockrt.metrics import Instrumentation, instrument
 from flockrt.supervisor.spec import Restart
 from flockrt.supervisor.supervisor import Supervisor
+from flockrt.view import http as view_http
 from flockrt.view.live import LiveView
 from flockrt.web import WebServer, build_app
 from flockrt.wire.schema import Priority, TaskResult
@@ -155,7 +158,16 @@ class Flock:
             url = nats.url
             if url == "embedded":
                 self.server = EmbeddedNats(port=nats.port or None, store_dir=nats.store_dir or None)
-                await self.server.start()
+                try:
+                    await self.server.start()
+                except NatsServerError as exc:
+                    if "address already in use" not in exc.output:
+                        raise
+                    # The server's banner says no more than this; the fix is in the config.
+                    raise NatsServerError(
+                        _port_in_use("the embedded nats-server", "nats", "NATS_PORT", "127.0.0.1", nats.port),
+                        port=nats.port,
+                    ) from None
                 url = self.server.url
             tls = (
                 tls_context(nats.tls_ca, nats.tls_cert, nats.tls_key)
@@ -215,14 +227,15 @@ class Flock:
         if config.mcp is not None and config.mcp.enabled:
             self.gateway = Gateway(config.mcp, flock)
             await self.gateway.start()
-            feed = self.view.feed if self.view is not None else None
-            app = build_app(self.gateway, ready=self.ready, feed=feed)
-            self.web = WebServer(app, config.mcp.host, config.mcp.port)
-            await self.web.start()
+            self.web = WebServer(build_app(self.gateway, ready=self.ready), config.mcp.host, config.mcp.port)
+            if self.view is not None:  # the live view, under the gateway's auth rules
+                view_http.add_routes(self.web.app, self.view.feed, functools.partial(admit, self.gateway))
+            await _listen(self.web, "the MCP gateway", "mcp", "MCP_PORT", config.mcp.host, config.mcp.port)
             log.info("MCP gateway listening on %s (WebSocket and Streamable HTTP)", self.gateway_url)
         elif config.metrics is not None and config.metrics.enabled:
-            self.web = WebServer(build_app(ready=self.ready), config.metrics.host, config.metrics.port)
-            await self.web.start()
+            metrics = config.metrics
+            self.web = WebServer(build_app(ready=self.ready), metrics.host, metrics.port)
+            await _listen(self.web, "/metrics", "metrics", "METRICS_PORT", metrics.host, metrics.port)
             log.info("metrics served on %s", self.metrics_url)
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -299,3 +312,28 @@ class Flock:
     ) -> list[AgentInfo]:
         """Wait until ``count`` agents (with ``capability``) are online, here or elsewhere."""
         return await self.running.wait_for_agents(count, capability=capability, timeout=timeout)
+
+
+def _port_in_use(what: str, section: str, variable: str, host: str, port: int) -> str:
+    """What to do about a port that is taken: the key, its variable, or ``port = 0``."""
+    return (
+        f"{what} cannot listen on {host}:{port} ([{section}] port = {port}): the port is already in use "
+        f"(another flock?). Choose another port with [{section}] port or {variable}=..., "
+        f"or port = 0 for a free one"
+    )
+
+
+async def _listen(web: WebServer, what: str, section: str, variable: str, host: str, port: int) -> None:
+    """Start ``web``; a taken port is reported as :func:`_port_in_use` says.
+
+    Raises:
+        ListenError: the address cannot be bound.
+    """
+    try:
+        await web.start()
+    except ListenError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        error = ListenError(_port_in_use(what, section, variable, host, port))
+        error.errno = exc.errno  # str() stays the message alone, without "[Errno 98]"
+        raise error from None

@@ -1,11 +1,10 @@
-"""The one aiohttp app of a flockrt process: ``/mcp``, the live view at ``/``, ``/healthz``,
-``/readyz``, ``/metrics``.
+"""The one aiohttp app of a flockrt process: ``/mcp``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 With a gateway, ``/mcp`` serves MCP over WebSocket (an upgrade request) and Streamable HTTP
 (POST, GET, DELETE); a WebSocket upgrade on ``/`` is MCP too (the AI Flock seed connects to
-``ws://host:4002``, without a path), and a plain GET of ``/`` is the live view's page (see
-:mod:`flockrt.view.http`). Without one (a ``[metrics]`` section and no ``[mcp]``),
-the same app serves only the health endpoints and the metrics.
+``ws://host:4002``, without a path), and a plain GET of ``/`` is the live view's page once
+:func:`flockrt.view.http.add_routes` added its data routes. Without one (a ``[metrics]``
+section and no ``[mcp]``), the same app serves only the health endpoints and the metrics.
 
 ``/healthz`` says the process is alive (200 while it serves at all). ``/readyz`` says it can do
 work: 200 when the readiness check passes (the actor system runs and, over NATS, the connection
@@ -25,7 +24,6 @@ from flockrt.mcp import transport
 from flockrt.mcp.auth import host_allowed
 from flockrt.mcp.gateway import Gateway
 from flockrt.view import http as view_http
-from flockrt.view.feed import Feed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,19 +35,12 @@ log = logging.getLogger("flockrt.web")
 _DEFAULT_BODY_LIMIT = 1024 * 1024
 
 
-def build_app(
-    gateway: Gateway | None = None,
-    *,
-    ready: Callable[[], bool] = lambda: True,
-    feed: Feed | None = None,
-) -> web.Application:
+def build_app(gateway: Gateway | None = None, *, ready: Callable[[], bool] = lambda: True) -> web.Application:
     """The aiohttp application: MCP (with a gateway), health, readiness and metrics.
 
     Args:
         gateway: Serve ``/mcp`` with it (None: health and metrics only).
         ready: The readiness check behind ``/readyz``.
-        feed: With a gateway, serve the live view of this feed at ``/`` (page), ``/view/feed``
-            and ``/view/state``, under the gateway's auth rules.
     """
     limit = gateway.config.max_message_bytes if gateway is not None else _DEFAULT_BODY_LIMIT
     middlewares = []
@@ -103,7 +94,7 @@ def build_app(
             # over WebSocket as on /mcp. A plain GET is not MCP here (the live view's page).
             if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
                 return await transport.handle_websocket(mcp_gateway, request)
-            if feed is None:
+            if view_http.SERVED not in request.app:  # no live view was added (view_http.add_routes)
                 raise web.HTTPNotFound()
             return view_http.page()
 
@@ -111,8 +102,6 @@ def build_app(
         app.router.add_get("/mcp", mcp_get, allow_head=False)
         app.router.add_post("/mcp", mcp_post)
         app.router.add_delete("/mcp", mcp_delete)
-        if feed is not None:
-            view_http.add_routes(app, feed, lambda request: transport.admit(mcp_gateway, request))
     return app
 
 

@@ -1,4 +1,5 @@
-"""What the Containerfile relies on, and the event-loop option, checked without a container engine."""
+"""What the Containerfile relies on, the package's metadata, and the event-loop option, checked
+without a container engine."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,54 @@ def test_containerfile_copies_existing_paths_and_runs_the_container_config() -> 
     assert re.search(r"^USER (?!root)", CONTAINERFILE, re.M), "the image must not run as root"
     assert re.search(r"^EXPOSE 4002$", CONTAINERFILE, re.M)
     assert json.loads(instruction("HEALTHCHECK").split(" CMD ")[1]) == ["flockrt", "health"]
+
+
+def test_dependencies_are_installed_before_the_source_is_copied() -> None:
+    """So the dependency layer is reused while only flockrt's source changes."""
+    lines = [line for line in CONTAINERFILE.splitlines() if line and not line.startswith("#")]
+    requirements = next(i for i, line in enumerate(lines) if "requirements.txt" in line)
+    source = lines.index("COPY flockrt ./flockrt")
+    assert requirements < source
+    copied_before = [line for line in lines[:requirements] if line.startswith("COPY")]
+    assert copied_before == ["COPY pyproject.toml ./"]
+    assert "RUN pip install --no-deps ." in "\n".join(lines[source:])
+
+
+def requirements_of_the_image(extras: str) -> list[str]:
+    """What the Containerfile's dependency step writes to requirements.txt, run here."""
+    match = re.search(r"^RUN python -c '(.+?)' > /tmp/requirements.txt", CONTAINERFILE, re.M)
+    assert match is not None
+    env = {**os.environ, "EXTRAS": extras}
+    done = subprocess.run(
+        [sys.executable, "-c", match.group(1)], capture_output=True, text=True, cwd=ROOT, env=env, check=True
+    )
+    return done.stdout.splitlines()
+
+
+def test_the_image_installs_the_dependencies_and_the_claude_extra_by_default() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert re.search(r"^ARG EXTRAS=claude$", CONTAINERFILE, re.M)
+    assert requirements_of_the_image("claude") == project["dependencies"] + ["anthropic>=0.40"]
+    assert requirements_of_the_image("") == project["dependencies"]
+
+
+def test_anthropic_is_an_extra_and_the_version_has_one_source() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    assert not any(dep.startswith("anthropic") for dep in project["dependencies"])
+    assert project["optional-dependencies"]["claude"] == ["anthropic>=0.40"]
+    assert "anthropic>=0.40" in project["optional-dependencies"]["dev"]  # the tests run the Claude agent
+    assert "version" not in project and project["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "flockrt._version.__version__"}
+    assert project["urls"] and project["classifiers"]
+
+
+def test_the_licence_file_is_the_declared_licence() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a notice
 
 
 def instruction(name: str) -> str:
@@ -102,8 +153,9 @@ def test_compose_runs_nats_and_two_nodes_of_this_image() -> None:
     assert re.findall(r"^  (node-\d|nats):", compose, re.M) == ["nats", "node-1", "node-2"]
     assert re.findall(r"AGENT_ID: (node-\d)", compose) == ["node-1", "node-2"]
     assert "NATS_URL: nats://nats:4222" in compose
-    # Every variable it sets is one the config reads.
-    for variable in re.findall(r"^\s+([A-Z_]+): ", compose, re.M):
+    # Every variable it sets for a node is one the config reads.
+    nodes = compose.split("\n  prometheus:")[0]
+    for variable in re.findall(r"^\s+([A-Z_]+): ", nodes, re.M):
         assert variable in ENV_OVERRIDES or variable == "MCP_AUTH_TOKENS", variable
 
 

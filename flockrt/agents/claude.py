@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib.util
 import logging
 import math
 import re
@@ -43,7 +44,7 @@ from flockrt.agents.agent import Agent, capability
 from flockrt.agents.builtins import analyze_text
 from flockrt.breaker import CircuitBreaker
 from flockrt.config import ClaudeConfig
-from flockrt.errors import CircuitOpen, ClaudeError
+from flockrt.errors import CircuitOpen, ClaudeError, ConfigError
 from flockrt.supervisor.spec import Backoff
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
     from flockrt.config import FlockConfig
 
-__all__ = ["OUTCOMES", "USAGE", "ClaudeAgent", "ClaudeUsage"]
+__all__ = ["INSTALL_HINT", "OUTCOMES", "USAGE", "ClaudeAgent", "ClaudeUsage", "anthropic_installed"]
 
 log = logging.getLogger("flockrt.agents.claude")
 
@@ -142,6 +143,18 @@ _CODER = (
     "then at most two sentences about it."
 )
 _FENCE = re.compile(r"```[\w+-]*\n(?P<code>.*?)```", re.S)
+
+
+INSTALL_HINT = "pip install 'flockrt[claude]'"
+"""How to install the Anthropic SDK, an optional extra of flockrt."""
+
+
+def anthropic_installed() -> bool:
+    """Whether the Anthropic SDK can be imported, without importing it (that takes seconds)."""
+    try:
+        return importlib.util.find_spec("anthropic") is not None
+    except (ImportError, ValueError):  # blocked by an import hook, or sys.modules["anthropic"] = None
+        return False
 
 
 class ClaudeAgent(Agent):
@@ -235,6 +248,10 @@ class ClaudeAgent(Agent):
                 "Claude agent %r skipped: no API key (set ANTHROPIC_API_KEY or [claude] api_key)", agent_id
             )
             return None
+        if not anthropic_installed():
+            raise ConfigError(
+                f"Claude agent {agent_id!r} needs the Anthropic SDK, which is not installed: {INSTALL_HINT}"
+            )
         return merged
 
     @property
@@ -247,6 +264,8 @@ class ClaudeAgent(Agent):
         if not self.api_key:
             log.warning("Claude agent %s has no API key: it offers no capability", self.agent_id)
             return
+        if not anthropic_installed():
+            raise ConfigError(f"Claude agent {self.agent_id} needs the Anthropic SDK: {INSTALL_HINT}")
         import anthropic  # here, not at the top: importing the SDK takes longer than starting a flock
 
         # The SDK retries (its policy honours retry-after-ms and x-should-retry); the middleware

@@ -71,6 +71,7 @@ __all__ = [
     "BroadcastHandler",
     "FlockClient",
     "MessageHandler",
+    "ProgressHandler",
 ]
 
 log = logging.getLogger("flockrt.client")
@@ -78,6 +79,9 @@ log = logging.getLogger("flockrt.client")
 T = TypeVar("T")
 
 DEFAULT_URL: Final = "ws://127.0.0.1:4002/mcp"
+
+ProgressHandler = Callable[[float, float | None, str | None], None]
+"""Hears a call's progress notifications from the gateway: (progress, total, message)."""
 
 _GRACE = 5.0  # seconds a call may take beyond the timeout the gateway works to, before we give up
 
@@ -161,6 +165,8 @@ class FlockClient:
         self._reconnector: asyncio.Task[None] | None = None
         self._inbox = Inbox(self._tasks, self._answer)
         self._announcement: dict[str, Any] | None = None
+        self._progress: dict[str, ProgressHandler] = {}
+        """The progress handlers of calls in flight, by their progressToken."""
         self._fallback = (
             NatsFallback(self.nats_url, name=name, connect_timeout=connect_timeout) if self.nats_url else None
         )
@@ -278,7 +284,7 @@ class FlockClient:
             headers=self._headers,
             timeout=self.connect_timeout,
             client_name=self.name,
-            on_notification=self._inbox.on_notification,
+            on_notification=self._on_notification,
             on_lost=self._on_lost,
         )
         self._session = session
@@ -310,6 +316,24 @@ class FlockClient:
             self._announcement = None
             return
         log.info("announced %s again after reconnecting", agent_id)
+
+    def _on_notification(self, method: str, params: Any) -> None:
+        if method != "notifications/progress":
+            self._inbox.on_notification(method, params)
+            return
+        token = params.get("progressToken") if isinstance(params, dict) else None
+        handler = self._progress.get(token) if isinstance(token, str) else None
+        progress = params.get("progress") if handler is not None else None
+        if handler is not None and isinstance(progress, int | float):
+            total, message = params.get("total"), params.get("message")
+            try:
+                handler(
+                    progress,
+                    total if isinstance(total, int | float) else None,
+                    message if isinstance(message, str) else None,
+                )
+            except Exception:  # a broken progress display must not break the call
+                log.exception("progress handler failed")
 
     def _on_lost(self, session: RpcSession) -> None:
         if self._session is session:
@@ -347,7 +371,12 @@ class FlockClient:
     # ------------------------------------------------------------------ calls
 
     async def call_tool(
-        self, name: str, arguments: Mapping[str, Any], *, timeout: float | None = None
+        self,
+        name: str,
+        arguments: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        progress: ProgressHandler | None = None,
     ) -> Any:
         """Call a gateway tool and return its ``structuredContent``.
 
@@ -358,6 +387,8 @@ class FlockClient:
             arguments: Its arguments (JSON-able).
             timeout: Seconds to wait for the answer (plus a small grace for the way back);
                 the client's ``timeout`` by default.
+            progress: Called with each progress notification the gateway sends while the
+                tool runs (the call asks for them with a ``progressToken``).
 
         Raises:
             GatewayUnavailable: the gateway cannot be reached or did not answer in time.
@@ -367,18 +398,26 @@ class FlockClient:
             NoCapableAgent, UnknownAgent, WorkTimeout, WorkFailed, ToolError: the tool failed.
         """
         limit = (timeout if timeout is not None else self.timeout) + _GRACE
-        params = {"name": name, "arguments": dict(arguments)}
+        params: dict[str, Any] = {"name": name, "arguments": dict(arguments)}
+        token = f"progress-{uuid.uuid4().hex[:12]}" if progress is not None else None
+        if token is not None:
+            params["_meta"] = {"progressToken": token}
 
         async def call() -> Any:
             session = await self._ensure_session()
             return await session.request("tools/call", params, limit)
 
         try:
+            if progress is not None and token is not None:
+                self._progress[token] = progress
             result = await self._guarded(call)
         except _RpcError as exc:
             if exc.code == FORBIDDEN:
                 raise NotAuthorized(f"{name}: {exc.message}") from None
             raise GatewayError(name, exc.code, exc.message, exc.data) from None
+        finally:
+            if token is not None:
+                self._progress.pop(token, None)
         return structured(name, arguments, result, timeout if timeout is not None else self.timeout)
 
     async def send_message(
@@ -431,9 +470,15 @@ class FlockClient:
         return result.get("response") if type == "query" else None
 
     async def request_capability(
-        self, capability: str, parameters: Any = None, *, timeout: float | None = None
+        self,
+        capability: str,
+        parameters: Any = None,
+        *,
+        timeout: float | None = None,
+        progress: ProgressHandler | None = None,
     ) -> Any:
-        """Have an agent that offers ``capability`` do it, and return its result.
+        """Have an agent that offers ``capability`` do it, and return its result; ``progress``
+        hears the gateway's progress notifications meanwhile (none over the NATS fallback).
 
         Raises:
             NoCapableAgent: no agent offers it. WorkTimeout: no answer within ``timeout`` s.
@@ -449,7 +494,7 @@ class FlockClient:
             "timeout": _ms(limit),
         }
         try:
-            result = await self.call_tool("request_capability", arguments, timeout=limit)
+            result = await self.call_tool("request_capability", arguments, timeout=limit, progress=progress)
         except (GatewayUnavailable, CircuitOpen) as exc:
             if self._fallback is None or _maybe_done(exc):
                 raise
@@ -547,8 +592,10 @@ class FlockClient:
         priority: Priority = "medium",
         wait: bool = False,
         timeout: float | None = None,
+        progress: ProgressHandler | None = None,
     ) -> TaskResult | str:
-        """Submit a task of ``task_type`` to the flock.
+        """Submit a task of ``task_type`` to the flock; ``progress`` hears the gateway's progress
+        notifications while it waits.
 
         Returns:
             The task's id, or with ``wait`` its :class:`~flockrt.TaskResult`.
@@ -567,7 +614,7 @@ class FlockClient:
             "wait": wait,
             "timeout": _ms(limit),
         }
-        result = await self.call_tool("submit_task", arguments, timeout=limit)
+        result = await self.call_tool("submit_task", arguments, timeout=limit, progress=progress)
         if not wait:
             return str(result["taskId"])
         try:

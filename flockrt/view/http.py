@@ -4,7 +4,7 @@ Events) and ``GET /view/state`` (one JSON snapshot).
 The page is static (no data in it), so it is served to anyone who may reach the gateway; it
 asks for a token when the feed answers 401. The feed and the state obey the gateway's rules
 for ``/mcp`` (:func:`flockrt.mcp.transport.admit`: the Host, the Origin and the bearer token),
-which :mod:`flockrt.web` passes in as ``admit``.
+which the runtime passes in as ``admit`` when it adds these routes to the gateway's app.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from aiohttp import hdrs, web
 
 from flockrt.view.feed import Feed
 
-__all__ = ["MAX_READERS", "add_routes", "page"]
+__all__ = ["MAX_READERS", "SERVED", "add_routes", "page"]
+
+SERVED = web.AppKey("flockrt.view.served", bool)
+"""Set on an app whose live view is served: its ``GET /`` (in :mod:`flockrt.web`) is the page."""
 
 MAX_READERS = 64
 """Feed streams open at once at most; more are refused with 503."""
@@ -107,6 +110,7 @@ def add_routes(app: web.Application, feed: Feed, admit: Callable[[web.Request], 
     async def end_streams(app: web.Application) -> None:
         feed.close()
 
+    app[SERVED] = True
     app.router.add_get("/view/state", state, allow_head=False)
     app.router.add_get("/view/feed", stream, allow_head=False)
     app.on_shutdown.append(end_streams)

@@ -7,13 +7,13 @@ recent failures and, with ``--once``, every node's supervision tree. ``--once`` 
 frame of ``/view/state`` and ``--json`` that snapshot as JSON. Plain ANSI, no curses; colour
 only on a terminal and without ``NO_COLOR``.
 
-Only the standard library is imported here; aiohttp is imported when the command runs, so
-adding the subcommand costs ``flockrt --help`` nothing.
+The command line (``--config``, ``--url``, ``--token``, ``--timeout``, ``--once``, ``--json``)
+is :mod:`flockrt.cli.top`'s; this module draws. It imports only the standard library (aiohttp
+when it runs).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -21,40 +21,16 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["add_parser", "apply", "draw", "feed_url", "run"]
+__all__ = ["apply", "draw", "feed_url", "run"]
 
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 1, 3
 _SPARKS = "▁▂▃▄▅▆▇█"
 _REDRAW = 0.5  # seconds between two frames at most
 _RETRY = 2.0  # seconds between two attempts to reconnect
-
-
-def add_parser(commands: Any, parents: Iterable[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-    """Add ``top`` to ``commands`` (the subparsers of ``flockrt``); ``parents`` bring
-    ``--url``, ``--token`` and ``--timeout``, which are added here when they do not."""
-    parents = list(parents)
-    top: argparse.ArgumentParser = commands.add_parser(
-        "top",
-        parents=parents,
-        help="watch the flock live in the terminal: nodes, agents, restarts, failures",
-        description="Watch the flock live: every node's actors, throughput and latency, every agent, "
-        "restarts and recent failures, from the gateway's live-view feed. Ctrl-C quits.",
-    )
-    known = {option for parent in parents for action in parent._actions for option in action.option_strings}
-    if "--url" not in known:
-        top.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('MCP_PORT', '4002')}")
-    if "--token" not in known:
-        top.add_argument("--token", default=os.environ.get("FLOCKRT_TOKEN"), help="default $FLOCKRT_TOKEN")
-    if "--timeout" not in known:
-        top.add_argument("--timeout", type=float, default=10.0, help="seconds to connect (default 10)")
-    top.add_argument("--once", action="store_true", help="print one frame and exit")
-    top.add_argument("--json", action="store_true", help="print one snapshot of the feed as JSON and exit")
-    return top
 
 
 def feed_url(url: str, path: str) -> str:
@@ -65,10 +41,11 @@ def feed_url(url: str, path: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``flockrt top`` with parsed ``args``; the exit status."""
+def run(url: str, token: str | None, *, timeout: float, once: bool = False, as_json: bool = False) -> int:
+    """Run ``flockrt top`` against the gateway at ``url``; the exit status (0, or 1 when the
+    gateway refused, 3 when it could not be reached). Ctrl-C ends the live mode with 0."""
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_run(args))
+        return asyncio.run(_run(url, token, timeout, once, as_json))
     return EXIT_OK
 
 
@@ -80,29 +57,29 @@ class _Refused(Exception):
         self.status = status
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(url: str, token: str | None, seconds: float, once: bool, as_json: bool) -> int:
     import aiohttp
 
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    timeout = aiohttp.ClientTimeout(total=None, connect=args.timeout, sock_connect=args.timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds)
     try:
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-            if args.once or args.json:
-                async with asyncio.timeout(args.timeout):
-                    picture = await _get_state(http, feed_url(args.url, "/view/state"))
-                if args.json:
+            if once or as_json:
+                async with asyncio.timeout(seconds):
+                    picture = await _get_state(http, feed_url(url, "/view/state"))
+                if as_json:
                     print(json.dumps(picture, indent=2))
                 else:
-                    print("\n".join(draw(picture, args.url, width=_width(), color=_color(), trees=True)))
+                    print("\n".join(draw(picture, url, width=_width(), color=_color(), trees=True)))
                 return EXIT_OK
-            return await _watch(http, feed_url(args.url, "/view/feed"), args.url)
+            return await _watch(http, feed_url(url, "/view/feed"), url)
     except _Refused as exc:
         hint = " (give --token or set FLOCKRT_TOKEN)" if exc.status == 401 else ""
         print(f"flockrt top: the gateway refused: {str(exc).strip()}{hint}", file=sys.stderr)
         return EXIT_FAILED
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         print(
-            f"flockrt top: cannot reach the gateway at {args.url}: {exc or type(exc).__name__}",
+            f"flockrt top: cannot reach the gateway at {url}: {exc or type(exc).__name__}",
             file=sys.stderr,
         )
         return EXIT_UNAVAILABLE
