@@ -199,3 +199,18 @@ async def test_live_mode_says_when_the_gateway_goes_away_and_reconnects() -> Non
         await first.stop()
         if second is not None:
             await second.stop()
+
+
+async def test_config_names_the_gateway_and_its_token(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "flock.toml"
+    path.write_text(f'[mcp]\nport = {port}\n\n[mcp.auth]\ntokens = ["from-the-config"]\n')
+    auth = AuthConfig(tokens=["from-the-config"])
+    async with Flock(FlockConfig(mcp=McpConfig(port=port, auth=auth), agents=crashy(2))):
+        status, out, err = await top("--json", "--config", str(path))
+        assert status == 0, err
+        assert sorted(json.loads(out)["agents"]) == ["w-1", "w-2"]
+    status, out, err = await top("--once", "--config", str(tmp_path / "missing.toml"))
+    assert status == 2 and "missing.toml" in err
