@@ -44,7 +44,7 @@ _CLOSED: Final = b""
 
 
 class FeedStream:
-    """One reader's queue of encoded SSE events; iterate it to get them in order."""
+    """One reader's queue of encoded SSE events, taken in order with :meth:`next`."""
 
     def __init__(self, feed: Feed, max_queued: int) -> None:
         self._feed = feed
