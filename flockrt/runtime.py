@@ -33,9 +33,12 @@ from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo, StatusFilter
 from flockrt.flock.local import LocalFlock
 from flockrt.mcp.gateway import Gateway
+from flockrt.mcp.transport import admit
 from flockrt.metrics import Instrumentation, instrument
 from flockrt.supervisor.spec import Restart
 from flockrt.supervisor.supervisor import Supervisor
+from flockrt.view import http as view_http
+from flockrt.view.live import LiveView
 from flockrt.web import WebServer, build_app
 from flockrt.wire.schema import Priority, TaskResult
 
@@ -88,6 +91,8 @@ class Flock:
         """The MCP gateway (with an enabled ``[mcp]`` section), once started."""
         self.web: WebServer | None = None
         """The HTTP listener: the gateway's, or the metrics-only one."""
+        self.view: LiveView | None = None
+        """This node's part of the live view (its state published over NATS, the feed)."""
 
     @classmethod
     def from_config(cls, path: str | Path, env: dict[str, str] | None = None) -> Flock:
@@ -226,6 +231,9 @@ class Flock:
             shutdown_timeout=math.inf,  # stop() bounds the whole stop; each agent has its own
         )
         await flock.flush()  # the agents' announcements are out before anyone is let in
+        if config.nats is not None or (config.mcp is not None and config.mcp.enabled):
+            self.view = LiveView(self.system, flock)  # with no NATS and no gateway, nobody would see it
+            await self.view.start()
         await self._start_web(flock)
 
     async def _start_web(self, flock: FlockAPI) -> None:
@@ -237,6 +245,8 @@ class Flock:
             self.web = WebServer(
                 build_app(self.gateway, readiness=self.readiness), config.mcp.host, config.mcp.port
             )
+            if self.view is not None:  # the live view, under the gateway's auth rules
+                view_http.add_routes(self.web.app, self.view.feed, functools.partial(admit, self.gateway))
             await _listen(self.web, "the MCP gateway", "mcp", "MCP_PORT", config.mcp.host, config.mcp.port)
             log.info("MCP gateway listening on %s (WebSocket and Streamable HTTP)", self.gateway_url)
         elif config.metrics is not None and config.metrics.enabled:
@@ -254,6 +264,8 @@ class Flock:
                 await self.gateway.close(drain=budget / 2)
             if self.web is not None:
                 await self.web.stop()
+            if self.view is not None:
+                await self.view.close()
             await self.system.shutdown(timeout=budget)
             if self.flock is not None:
                 await self.flock.close()

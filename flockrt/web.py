@@ -2,8 +2,9 @@
 
 With a gateway, ``/mcp`` serves MCP over WebSocket (an upgrade request) and Streamable HTTP
 (POST, GET, DELETE); a WebSocket upgrade on ``/`` is MCP too (the AI Flock seed connects to
-``ws://host:4002``, without a path). Without one (a ``[metrics]`` section and no ``[mcp]``),
-the same app serves only the health endpoints and the metrics.
+``ws://host:4002``, without a path), and a plain GET of ``/`` is the live view's page once
+:func:`flockrt.view.http.add_routes` added its data routes. Without one (a ``[metrics]``
+section and no ``[mcp]``), the same app serves only the health endpoints and the metrics.
 
 ``/healthz`` says the process is alive (200 while it serves at all). ``/readyz`` says it can do
 work: 200 when the readiness check passes (the actor system runs and, over NATS, the connection
@@ -23,6 +24,7 @@ from flockrt.errors import ListenError
 from flockrt.mcp import transport
 from flockrt.mcp.auth import host_allowed
 from flockrt.mcp.gateway import Gateway
+from flockrt.view import http as view_http
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -97,7 +99,9 @@ def build_app(
             # over WebSocket as on /mcp. A plain GET is not MCP here (the live view's page).
             if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
                 return await transport.handle_websocket(mcp_gateway, request)
-            raise web.HTTPNotFound()
+            if view_http.SERVED not in request.app:  # no live view was added (view_http.add_routes)
+                raise web.HTTPNotFound()
+            return view_http.page()
 
         app.router.add_get("/", root_get, allow_head=False)
         app.router.add_get("/mcp", mcp_get, allow_head=False)

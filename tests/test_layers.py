@@ -34,6 +34,7 @@ RANKS: dict[str, int] = {
     "bus": 8,
     "metrics": 9,
     "mcp": 10,
+    "view": 10,
     "client": 11,
     "assembly": 12,
     "web": 13,

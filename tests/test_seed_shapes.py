@@ -151,7 +151,8 @@ async def test_the_seeds_mcp_client_shapes_on_its_address_without_a_path(nats_se
         assert flock.gateway_url is not None
         root = flock.gateway_url.removesuffix("/mcp") + "/"
         async with aiohttp.ClientSession() as http, http.get(root) as plain:
-            assert plain.status == 404  # not MCP without an upgrade (the live view's page later)
+            assert plain.status == 200  # not MCP without an upgrade: the live view's page
+            assert plain.content_type == "text/html"
         async with RawPeer.connect(root) as alpha, RawPeer.connect(root) as beta:
             # requestCapability('text-analysis', {text, useClaude, model}), answered by TextAgent.
             result = await beta.call(

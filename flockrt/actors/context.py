@@ -491,6 +491,8 @@ class ActorContext(Generic[M]):
         """A handler (or a supervision decision) raised: report, then let the parent decide."""
         system = self._system
         system._failures += 1
+        if system.failure_listener is not None:
+            system.failure_listener(self.path, error)
         if type(envelope) is _Ask and not envelope.future.done():
             envelope.future.set_exception(ActorFailed(self._ref, error))
         if log.isEnabledFor(logging.ERROR):  # identical failures within a window: one line, counted

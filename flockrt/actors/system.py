@@ -156,6 +156,9 @@ class ActorSystem:
         quantiles at a fraction of that."""
         self._ask_countdown = 1
         self._extensions: dict[type[Any], Any] = {}
+        self.failure_listener: Callable[[str, BaseException], None] | None = None
+        """Called with an actor's path and error on each failure (the live view sets it); it
+        must not raise. None (the default) costs a failure one attribute check."""
 
     # ------------------------------------------------------------------ lifecycle
 

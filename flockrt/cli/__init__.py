@@ -2,9 +2,10 @@
 
 ``flockrt run CONFIG`` runs a flock, ``flockrt check CONFIG`` validates a config. The operator
 commands talk to a running flock through its MCP gateway (with :class:`~flockrt.FlockClient`):
-``flockrt agents``, ``flockrt tree``, ``flockrt send TO MESSAGE``, ``flockrt request CAPABILITY
-JSON`` and ``flockrt submit TYPE JSON``; ``--config`` (default ``$FLOCKRT_CONFIG``) finds the
-gateway, its token and the flock's NATS in the flock's config, or ``--url`` (default
+``flockrt agents``, ``flockrt tree``, ``flockrt top`` (live), ``flockrt send TO MESSAGE``,
+``flockrt request CAPABILITY JSON`` and ``flockrt submit TYPE JSON``; ``--config`` (default
+``$FLOCKRT_CONFIG``) finds the gateway, its token and the flock's NATS in the flock's config,
+or ``--url`` (default
 ``ws://127.0.0.1:$MCP_PORT/mcp``) and ``--token`` (default ``$FLOCKRT_TOKEN``) say where and as
 whom. ``flockrt mcp`` speaks MCP on stdin/stdout for hosts that launch servers as commands,
 bridged to the gateway. ``flockrt health`` asks a running flock's ``/healthz`` (or

@@ -168,6 +168,19 @@ def add_tree(commands: Subparsers) -> argparse.ArgumentParser:
     )
 
 
+def add_top(commands: Subparsers) -> argparse.ArgumentParser:
+    top = operator_command(
+        commands,
+        "top",
+        "watch the flock live: every node, agent, restart and failure (Ctrl-C quits)",
+        "Watch the flock live in the terminal, from the gateway's live-view feed: every node's actors, "
+        "tasks per second and latency, every agent, restarts and recent failures. --once prints one "
+        "frame (with the supervision trees), --json the feed's snapshot.",
+    )
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    return top
+
+
 def add_send(commands: Subparsers) -> argparse.ArgumentParser:
     send = operator_command(
         commands,
@@ -286,6 +299,7 @@ COMMANDS: dict[str, Command] = {
     "check": Command(add_check, "flockrt.cli.serve:check"),
     "agents": Command(add_agents, "flockrt.cli.operations:main"),
     "tree": Command(add_tree, "flockrt.cli.operations:main"),
+    "top": Command(add_top, "flockrt.cli.top:run"),
     "send": Command(add_send, "flockrt.cli.operations:main"),
     "request": Command(add_request, "flockrt.cli.operations:main"),
     "submit": Command(add_submit, "flockrt.cli.operations:main"),
