@@ -15,7 +15,7 @@ import logging
 import math
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -37,6 +37,9 @@ from flockrt.supervisor.spec import Restart
 from flockrt.supervisor.supervisor import Supervisor
 from flockrt.web import WebServer, build_app
 from flockrt.wire.schema import Priority, TaskResult
+
+if TYPE_CHECKING:
+    from flockrt.a2a.edge import A2AEdge
 
 __all__ = ["Flock"]
 
@@ -87,6 +90,8 @@ class Flock:
         """The MCP gateway (with an enabled ``[mcp]`` section), once started."""
         self.web: WebServer | None = None
         """The HTTP listener: the gateway's, or the metrics-only one."""
+        self.a2a: A2AEdge | None = None
+        """The A2A server (on the gateway) and remote agents, with an enabled ``[a2a]`` section."""
 
     @classmethod
     def from_config(cls, path: str | Path, env: dict[str, str] | None = None) -> Flock:
@@ -206,10 +211,17 @@ class Flock:
     async def _start_web(self, flock: FlockAPI) -> None:
         """The gateway (with /metrics) if [mcp] is enabled, else /metrics alone if [metrics] is."""
         config = self.config
+        if config.a2a is not None and config.a2a.enabled:
+            from flockrt.a2a.edge import A2AEdge  # the a2a-sdk is imported only when configured
+
+            self.a2a = A2AEdge(config.a2a, flock, config.runtime.name)
+            await self.a2a.start()
         if config.mcp is not None and config.mcp.enabled:
             self.gateway = Gateway(config.mcp, flock)
             await self.gateway.start()
             self.web = WebServer(build_app(self.gateway, ready=self.ready), config.mcp.host, config.mcp.port)
+            if self.a2a is not None:
+                self.a2a.serve(self.gateway, self.web.app)
             await self.web.start()
             log.info("MCP gateway listening on %s (WebSocket and Streamable HTTP)", self.gateway_url)
         elif config.metrics is not None and config.metrics.enabled:
@@ -221,6 +233,8 @@ class Flock:
         """Stop in reverse order; ``timeout`` bounds the actors' graceful stop. Idempotent."""
         budget = timeout if timeout is not None else self.config.runtime.shutdown_timeout
         try:
+            if self.a2a is not None:
+                await self.a2a.close()
             if self.gateway is not None:
                 # MCP requests in flight may finish (half the budget; the agents get the rest).
                 await self.gateway.close(drain=budget / 2)
