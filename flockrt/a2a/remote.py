@@ -22,7 +22,9 @@ A :class:`~flockrt.breaker.CircuitBreaker` guards each remote: requests that can
 through (refused, reset, timed out, an HTTP error) raise
 :class:`~flockrt.errors.RemoteAgentUnreachable` and count; three in a row open it, and then
 requests fail fast with :class:`~flockrt.errors.CircuitOpen` until ``refresh_interval`` has
-passed or the card can be read again.
+passed (then one trial request goes through), or until the remote comes back after being
+offline. A remote whose card can be read but whose requests fail (a wrong token, a broken
+endpoint) stays online behind its open breaker.
 """
 
 from __future__ import annotations
@@ -178,7 +180,8 @@ class RemoteLink:
         except AgentCardResolutionError as exc:
             await self._offline(str(exc))
             return
-        self.breaker.record_success()  # it answers again: let requests through
+        if self._proxy is None:  # back (or there at last): its past failures say nothing now
+            self.breaker.record_success()
         schemas = _schemas(card)
         skills = tuple(sorted(schemas))
         if self._proxy is not None and skills == self._skills:
