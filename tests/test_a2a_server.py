@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -283,6 +284,26 @@ async def test_get_and_cancel_work_on_a_task_in_flight() -> None:
         assert after.status.state == TaskState.TASK_STATE_CANCELED
         with pytest.raises(A2AError):  # a finished task cannot be cancelled again
             await client.cancel_task(CancelTaskRequest(id=task_id))
+
+
+async def test_a_client_that_leaves_a_stream_leaves_its_task_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with a2a_flock() as (_flock, base), sdk_client(base, streaming=True) as client:
+        request = SendMessageRequest(message=message("hang", data={}))
+        stream = client.send_message(request)
+        first = await anext(stream)  # the task; then the client closes the stream
+        await stream.aclose()  # type: ignore[attr-defined]
+        task_id = first.task.id
+        await asyncio.wait_for(Hang.started.wait(), 10)
+        async with sdk_client(base) as other:
+            assert (
+                await other.get_task(GetTaskRequest(id=task_id))
+            ).status.state == TaskState.TASK_STATE_WORKING
+            await other.cancel_task(CancelTaskRequest(id=task_id))
+            await asyncio.wait_for(Hang.cancelled.wait(), 10)
+            assert artifact_value(final_task(await ask(other, "steps", data={"n": 1}))) == "counted to 1"
+    assert not [r for r in caplog.records if r.name == "flockrt.a2a" and r.levelno >= logging.ERROR]
 
 
 async def test_a_failure_in_the_flock_ends_the_task_failed_with_its_reason() -> None:

@@ -298,17 +298,18 @@ class A2AServer:
         )
         await stream.prepare(request)
         try:
-            if first is not None:
-                await stream.write(_event(request_id, first))
-                async for event in events:
-                    await stream.write(_event(request_id, event))
-        except A2AError as exc:
-            await stream.write(_sse(build_error_response(request_id, exc), error=True))
-        except ConnectionResetError:
+            try:
+                if first is not None:
+                    await stream.write(_event(request_id, first))
+                    async for event in events:
+                        await stream.write(_event(request_id, event))
+            except A2AError as exc:
+                await stream.write(_sse(build_error_response(request_id, exc), error=True))
+            finally:
+                await events.aclose()
+            await stream.write_eof()
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError too
             log.debug("A2A stream %s: the client went away (its task goes on)", request_id)
-        finally:
-            await events.aclose()
-        await stream.write_eof()
         return stream
 
     # ------------------------------------------------------------------ limits
