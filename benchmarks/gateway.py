@@ -16,8 +16,11 @@ plain aiohttp JSON-RPC clients (so the client costs the same for both servers):
 Rows: tool-call latency p50/p99 on one WebSocket and on one Streamable HTTP session (sequential
 calls), tool calls per second with 100 concurrent clients (each its own session), and how many
 concurrent WebSocket connections the gateway holds with each still answering, and tools/list with
-a tool per capability (1,000 of them; round trip as the client sees it, JSON parse included). Progress goes to
-stderr, the table to stdout.
+a tool per capability (1,000 of them; round trip as the client sees it, JSON parse included), and an
+A2A ``SendMessage`` round trip (blocking, to the ``echo`` capability, which answers at once) beside
+the same call as an MCP tool call over Streamable HTTP, interleaved in one run on one server (the
+flockrt server has ``[a2a]``: the a2a-sdk of the dev extra). Progress goes to stderr, the table to
+stdout.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ QUICK = Sizes(calls=200, clients=100, calls_per_client=3, connections=100)
 
 async def serve_flockrt() -> None:
     import flockrt
-    from flockrt.config import FlockConfig, McpConfig, RuntimeConfig
+    from flockrt.config import A2aConfig, FlockConfig, McpConfig, RuntimeConfig
     from flockrt.runtime import Flock
 
     class Echo(flockrt.Agent):
@@ -75,6 +78,7 @@ async def serve_flockrt() -> None:
     config = FlockConfig(
         runtime=RuntimeConfig(name="bench", mailbox_capacity=100_000),
         mcp=McpConfig(port=0, rate_limit=0.0),  # the limiter would be what is measured
+        a2a=A2aConfig(),
     )
     async with Flock(config) as flock:
         await flock.system.spawn(Echo, "echo")
@@ -366,6 +370,44 @@ async def connections_held(url: str, target: int) -> tuple[int, int]:
                 await ws.close()
 
 
+A2A_HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
+
+
+async def a2a_beside_mcp(url: str, n: int, rounds: int = 5) -> tuple[list[float], list[float]]:
+    """Sequential round trips of the same capability call: A2A ``SendMessage`` (blocking, its
+    answer a completed task with the result as an artifact) and the MCP capability tool over
+    Streamable HTTP, alternating in ``rounds`` blocks so that both see the same machine."""
+    a2a_url = url.removesuffix("/mcp") + "/a2a"
+    message = {
+        "messageId": "bench",
+        "role": "ROLE_USER",
+        "metadata": {"skill": "echo"},
+        "parts": [{"data": {"text": "hi"}}],
+    }
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}})
+
+    async def send(http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.post(a2a_url, data=body, headers=A2A_HEADERS) as response:
+            answer: dict[str, Any] = json.loads(await response.read())
+        assert answer["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", answer
+        return answer
+
+    async def tool(client: HttpClient) -> dict[str, Any]:
+        response = await client.request("tools/call", {"name": "echo", "arguments": {"text": "hi"}})
+        assert not response["result"].get("isError"), response
+        return response
+
+    a2a: list[float] = []
+    mcp: list[float] = []
+    async with aiohttp.ClientSession() as http:
+        client = HttpClient(http, url)
+        await client.initialize()
+        for _ in range(rounds):
+            a2a += await latencies(http, send, max(1, n // rounds))
+            mcp += await latencies(client, tool, max(1, n // rounds))
+    return a2a, mcp
+
+
 def percentiles_ms(samples: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(samples, n=100)
     return cuts[49] * 1e3, cuts[98] * 1e3
@@ -376,7 +418,7 @@ async def run_suite(sizes: Sizes) -> list[Row]:
     async with server_process("flockrt") as flockrt_url, server_process("fastmcp") as fastmcp_url:
         say(f"flockrt gateway at {flockrt_url}, FastMCP at {fastmcp_url}")
 
-        say(f"[0/4] tools/list with {CAPABILITY_TOOLS:,} capability tools")
+        say(f"[0/5] tools/list with {CAPABILITY_TOOLS:,} capability tools")
         listing = percentiles_ms(await ws_listing(flockrt_url, max(20, sizes.calls // 30)))
         rows.append(
             Row(
@@ -391,7 +433,7 @@ async def run_suite(sizes: Sizes) -> list[Row]:
             )
         )
 
-        say("[1/4] latency, sequential calls on one session")
+        say("[1/5] latency, sequential calls on one session")
         ws = percentiles_ms(await ws_latency(flockrt_url, "flockrt", sizes.calls))
         ws_capability = percentiles_ms(await ws_latency(flockrt_url, "flockrt-capability", sizes.calls))
         http = percentiles_ms(await http_latency(flockrt_url, "flockrt", sizes.calls))
@@ -424,9 +466,9 @@ async def run_suite(sizes: Sizes) -> list[Row]:
             ),
         ]
 
-        say(f"[2/4] {sizes.clients} concurrent clients over WebSocket")
+        say(f"[2/5] {sizes.clients} concurrent clients over WebSocket")
         ws_rate_value = await ws_rate(flockrt_url, "flockrt", sizes.clients, sizes.calls_per_client)
-        say(f"[3/4] {sizes.clients} concurrent clients over Streamable HTTP")
+        say(f"[3/5] {sizes.clients} concurrent clients over Streamable HTTP")
         http_rate_value = await http_rate(flockrt_url, "flockrt", sizes.clients, sizes.calls_per_client)
         peer_rate = await http_rate(fastmcp_url, "fastmcp", sizes.clients, sizes.calls_per_client)
         note = f"{sizes.clients} sessions x {sizes.calls_per_client} calls; FastMCP over Streamable HTTP"
@@ -449,7 +491,34 @@ async def run_suite(sizes: Sizes) -> list[Row]:
             ),
         ]
 
-        say(f"[4/4] {sizes.connections:,} concurrent WebSocket connections")
+        say("[4/5] A2A SendMessage beside the MCP tool call, one capability that answers at once")
+        a2a_samples, mcp_samples = await a2a_beside_mcp(flockrt_url, sizes.calls)
+        a2a, mcp = percentiles_ms(a2a_samples), percentiles_ms(mcp_samples)
+        note = (
+            f"{len(a2a_samples):,} sequential calls each, interleaved; A2A / MCP p50 = {a2a[0] / mcp[0]:.1f}x"
+        )
+        a2a_rows = [
+            Row("5 A2A SendMessage, capability p50", "ms", a2a[0], None, None, note=note),
+            Row("5 A2A SendMessage, capability p99", "ms", a2a[1], None, None, note=note),
+            Row(
+                "5 MCP HTTP capability tool p50",
+                "ms",
+                mcp[0],
+                None,
+                None,
+                note="the same call: tools/call echo",
+            ),
+            Row(
+                "5 MCP HTTP capability tool p99",
+                "ms",
+                mcp[1],
+                None,
+                None,
+                note="the same call: tools/call echo",
+            ),
+        ]
+
+        say(f"[5/5] {sizes.connections:,} concurrent WebSocket connections")
         opened, answered = await connections_held(flockrt_url, sizes.connections)
         rows.append(
             Row(
@@ -463,6 +532,7 @@ async def run_suite(sizes: Sizes) -> list[Row]:
                 f"{opened:,} opened and initialized, {answered:,} answered a tool call while all were open",
             )
         )
+        rows += a2a_rows
     return rows
 
 
