@@ -21,6 +21,7 @@ from a2a.client.client import Client
 from a2a.types import (
     CancelTaskRequest,
     GetTaskRequest,
+    ListTasksRequest,
     Message,
     Part,
     Role,
@@ -334,9 +335,11 @@ async def test_tokens_are_required_when_configured_and_declared_in_the_card() ->
         async with sdk_client(base, token="sesame") as client:
             task = final_task(await ask(client, "text-analysis", text="x y"))
             assert artifact_value(task) == {"words": 2}
+            assert task.id in [listed.id for listed in (await client.list_tasks(ListTasksRequest())).tasks]
         async with sdk_client(base, token="other") as stranger:  # tasks belong to their token
             with pytest.raises(TaskNotFoundError):
                 await stranger.get_task(GetTaskRequest(id=task.id))
+            assert not (await stranger.list_tasks(ListTasksRequest())).tasks
 
 
 # ---------------------------------------------------------------------- limits and bad input

@@ -60,6 +60,8 @@ from google.protobuf.message import Message as Proto
 from flockrt.a2a.card import CARD_PATH, RPC_PATH, CardBuilder
 from flockrt.a2a.executor import OWNER, ROUTE, FlockExecutor
 from flockrt.a2a.mapping import route_of
+from flockrt.actors.correlation import correlation
+from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.config import A2aConfig
 from flockrt.mcp.auth import Principal, TokenBucket
 from flockrt.mcp.gateway import Gateway
@@ -163,6 +165,13 @@ class A2AServer:
     # ------------------------------------------------------------------ JSON-RPC
 
     async def handle_rpc(self, request: web.Request) -> web.StreamResponse:
+        # The work a request starts (the SDK runs it in a copy of this context) and its logs
+        # carry one correlation id, the caller's if it sent one; aiohttp serves a keep-alive
+        # connection's requests in one task: set, then reset.
+        with correlation(request.headers.get(CORRELATION_HEADER)):
+            return await self._handle_rpc(request)
+
+    async def _handle_rpc(self, request: web.Request) -> web.StreamResponse:
         principal = admit(self.gateway, request)
         owner = principal_of(self.gateway, request)
         if not self._bucket(owner).take():
