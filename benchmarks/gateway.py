@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import socket
 import statistics
 import sys
@@ -156,6 +157,19 @@ async def wait_listening(port: int, timeout: float = 30.0) -> None:
         return
 
 
+SERVER_PIDS: dict[str, int] = {}
+"""The process id of the server at each URL that :func:`server_process` started."""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (None where /proc is not there)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @asynccontextmanager
 async def server_process(kind: str) -> AsyncIterator[str]:
     """Start ``python -m benchmarks.gateway --serve kind``; yields the URL it prints."""
@@ -173,6 +187,7 @@ async def server_process(kind: str) -> AsyncIterator[str]:
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
         if not line.startswith("ready "):
             raise RuntimeError(f"{kind} server did not start: {line!r}")
+        SERVER_PIDS[line.split()[1]] = proc.pid
         yield line.split()[1]
     finally:
         proc.stdin.close()
@@ -373,10 +388,23 @@ async def connections_held(url: str, target: int) -> tuple[int, int]:
 A2A_HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
 
 
-async def a2a_beside_mcp(url: str, n: int, rounds: int = 5) -> tuple[list[float], list[float]]:
+@dataclasses.dataclass
+class Side:
+    """One side of :func:`a2a_beside_mcp`: round-trip times, and the server's CPU seconds."""
+
+    samples: list[float] = dataclasses.field(default_factory=list)
+    cpu: float = 0.0
+    calls: int = 0
+
+    def cpu_ms_per_call(self) -> float | None:
+        return self.cpu / self.calls * 1e3 if self.calls and self.cpu > 0 else None
+
+
+async def a2a_beside_mcp(url: str, n: int, rounds: int = 5) -> tuple[Side, Side]:
     """Sequential round trips of the same capability call: A2A ``SendMessage`` (blocking, its
     answer a completed task with the result as an artifact) and the MCP capability tool over
-    Streamable HTTP, alternating in ``rounds`` blocks so that both see the same machine."""
+    Streamable HTTP, alternating in ``rounds`` blocks so that both see the same machine. The
+    server's CPU time per call (from /proc) is the figure the machine's other load blurs least."""
     a2a_url = url.removesuffix("/mcp") + "/a2a"
     message = {
         "messageId": "bench",
@@ -397,14 +425,24 @@ async def a2a_beside_mcp(url: str, n: int, rounds: int = 5) -> tuple[list[float]
         assert not response["result"].get("isError"), response
         return response
 
-    a2a: list[float] = []
-    mcp: list[float] = []
+    a2a, mcp = Side(), Side()
+    pid = SERVER_PIDS.get(url)
+    each = max(1, n // rounds)
+
+    async def block(side: Side, client: Any, call: Call) -> None:
+        before = cpu_seconds(pid) if pid else None
+        side.samples += await latencies(client, call, each)
+        after = cpu_seconds(pid) if pid else None
+        if before is not None and after is not None:
+            side.cpu += after - before
+            side.calls += each + min(100, each)  # latencies() warms up with up to 100 calls
+
     async with aiohttp.ClientSession() as http:
         client = HttpClient(http, url)
         await client.initialize()
         for _ in range(rounds):
-            a2a += await latencies(http, send, max(1, n // rounds))
-            mcp += await latencies(client, tool, max(1, n // rounds))
+            await block(a2a, http, send)
+            await block(mcp, client, tool)
     return a2a, mcp
 
 
@@ -492,30 +530,22 @@ async def run_suite(sizes: Sizes) -> list[Row]:
         ]
 
         say("[4/5] A2A SendMessage beside the MCP tool call, one capability that answers at once")
-        a2a_samples, mcp_samples = await a2a_beside_mcp(flockrt_url, sizes.calls)
-        a2a, mcp = percentiles_ms(a2a_samples), percentiles_ms(mcp_samples)
-        note = (
-            f"{len(a2a_samples):,} sequential calls each, interleaved; A2A / MCP p50 = {a2a[0] / mcp[0]:.1f}x"
-        )
+        a2a_side, mcp_side = await a2a_beside_mcp(flockrt_url, sizes.calls)
+        a2a, mcp = percentiles_ms(a2a_side.samples), percentiles_ms(mcp_side.samples)
+        a2a_cpu, mcp_cpu = a2a_side.cpu_ms_per_call(), mcp_side.cpu_ms_per_call()
+        calls = f"{len(a2a_side.samples):,} sequential calls each, interleaved"
+        note = f"{calls}; A2A / MCP p50 = {a2a[0] / mcp[0]:.1f}x"
+        cpu_note = "the server process's CPU per call, from /proc"
+        if a2a_cpu and mcp_cpu:
+            cpu_note += f"; A2A / MCP = {a2a_cpu / mcp_cpu:.1f}x"
+        same = "the same call: tools/call echo"
         a2a_rows = [
             Row("5 A2A SendMessage, capability p50", "ms", a2a[0], None, None, note=note),
             Row("5 A2A SendMessage, capability p99", "ms", a2a[1], None, None, note=note),
-            Row(
-                "5 MCP HTTP capability tool p50",
-                "ms",
-                mcp[0],
-                None,
-                None,
-                note="the same call: tools/call echo",
-            ),
-            Row(
-                "5 MCP HTTP capability tool p99",
-                "ms",
-                mcp[1],
-                None,
-                None,
-                note="the same call: tools/call echo",
-            ),
+            Row("5 A2A SendMessage, server CPU", "ms", a2a_cpu, None, None, note=cpu_note),
+            Row("5 MCP HTTP capability tool p50", "ms", mcp[0], None, None, note=same),
+            Row("5 MCP HTTP capability tool p99", "ms", mcp[1], None, None, note=same),
+            Row("5 MCP HTTP capability tool, server CPU", "ms", mcp_cpu, None, None, note=cpu_note),
         ]
 
         say(f"[5/5] {sizes.connections:,} concurrent WebSocket connections")
