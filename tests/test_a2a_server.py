@@ -316,6 +316,19 @@ async def test_a_failure_in_the_flock_ends_the_task_failed_with_its_reason() -> 
     assert MessageToDict(task.status.message.metadata) == {"error": "timeout"}
 
 
+async def test_finished_tasks_are_kept_up_to_max_tasks_and_the_oldest_go_first() -> None:
+    async with a2a_flock(a2a=A2aConfig(max_tasks=2)) as (flock, base), sdk_client(base) as client:
+        ids = [final_task(await ask(client, "text-analysis", text=f"n {i}")).id for i in range(3)]
+        with pytest.raises(TaskNotFoundError):
+            await client.get_task(GetTaskRequest(id=ids[0]))
+        for kept in ids[1:]:
+            assert (
+                await client.get_task(GetTaskRequest(id=kept))
+            ).status.state == TaskState.TASK_STATE_COMPLETED
+        assert flock.a2a is not None and flock.a2a.server is not None
+        assert flock.a2a.server.forgotten == 1
+
+
 # ---------------------------------------------------------------------- auth
 
 

@@ -82,6 +82,7 @@ class FlockExecutor(AgentExecutor):
             await event_queue.enqueue_event(task)
         if self.inflight[owner] >= self.max_inflight:
             self.rejected += 1
+            log.info("A2A task %s rejected: its client has %d tasks in flight", task_id, self.max_inflight)
             text = (
                 f"too many tasks in flight for this client (max_inflight = {self.max_inflight}); "
                 "wait for one to finish, or cancel one"

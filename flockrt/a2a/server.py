@@ -314,6 +314,10 @@ class A2AServer:
                         await stream.write(_event(request_id, event))
             except A2AError as exc:
                 await stream.write(_sse(build_error_response(request_id, exc), error=True))
+            except Exception as exc:  # isolation boundary: the stream has started, end it with an error
+                log.exception("A2A stream %s failed", request_id)
+                error = RpcInternalError(message=f"internal error: {exc}")
+                await stream.write(_sse(build_error_response(request_id, error), error=True))
             finally:
                 await events.aclose()
             await stream.write_eof()
@@ -342,6 +346,12 @@ class A2AServer:
         while len(self._finished_tasks) > self.config.max_tasks:
             old_owner, old_id = self._finished_tasks.popleft()
             await self.store.delete(old_id, ServerCallContext(state={OWNER: old_owner}))
+            if not self.forgotten:
+                log.info(
+                    "A2A: %d finished tasks kept ([a2a] max_tasks); from now on the oldest are "
+                    "forgotten (GetTask answers 'not found'); the count is A2AServer.forgotten",
+                    self.config.max_tasks,
+                )
             self.forgotten += 1
 
 
