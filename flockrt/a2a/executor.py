@@ -103,32 +103,45 @@ class FlockExecutor(AgentExecutor):
                 await self.on_finished(owner, task_id)
 
     async def _run(self, route: Route, updater: TaskUpdater) -> None:
-        progress: asyncio.Queue[tuple[float, float | None, str | None]] = asyncio.Queue()
+        # Progress is reported synchronously and published by a pump Task, started only when the
+        # agent reports any (most work does not): in order, and all of it before the result.
+        reports: asyncio.Queue[tuple[float, float | None, str | None]] = asyncio.Queue()
+        pump: asyncio.Task[None] | None = None
+        over = False  # a report after the answer (a stray callback) goes nowhere
+
+        async def publish() -> None:
+            while True:
+                done, total, text = await reports.get()
+                try:
+                    await self._progress(updater, done, total, text)
+                except Exception:  # a report that cannot be published must not fail the work
+                    log.exception("A2A task %s: a progress update could not be published", updater.task_id)
+                finally:
+                    reports.task_done()
 
         def report(done: float, total: float | None, message: str | None) -> None:
-            progress.put_nowait((done, total, message))
+            nonlocal pump
+            if over:
+                return
+            reports.put_nowait((done, total, message))
+            if pump is None:
+                pump = asyncio.get_running_loop().create_task(publish(), name=f"progress {updater.task_id}")
 
-        work = asyncio.ensure_future(self._call(route, report))
         try:
-            while True:
-                getter = asyncio.ensure_future(progress.get())
-                await asyncio.wait((work, getter), return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
-                    break
-                await self._progress(updater, *getter.result())
-            while not progress.empty():  # reported just before the end: still in order
-                await self._progress(updater, *progress.get_nowait())
-            outcome = work.result()
+            outcome = await self._call(route, report)
         except FlockError as exc:
             outcome = _Failed(str(exc), FailureKind.of(exc).value)
+        except BaseException:  # cancelled (tasks/cancel, the server stops): no more progress
+            if pump is not None:
+                pump.cancel()
+            raise
         finally:
-            if not work.done():  # cancelled (tasks/cancel, or the server stops): so is the work
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, FlockError):
-                    await work
+            over = True
+        if pump is not None:
+            await reports.join()  # every report published, then the result
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
         if isinstance(outcome, _Failed):
             log.info("A2A task %s: %s %s failed: %s", updater.task_id, route.kind, route.name, outcome.text)
             words = updater.new_agent_message([Part(text=outcome.text)], {"error": outcome.kind})

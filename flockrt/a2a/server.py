@@ -314,6 +314,8 @@ class A2AServer:
                         await stream.write(_event(request_id, event))
             except A2AError as exc:
                 await stream.write(_sse(build_error_response(request_id, exc), error=True))
+            except ConnectionResetError:
+                raise  # the client went away: below
             except Exception as exc:  # isolation boundary: the stream has started, end it with an error
                 log.exception("A2A stream %s failed", request_id)
                 error = RpcInternalError(message=f"internal error: {exc}")
