@@ -16,8 +16,11 @@ plain aiohttp JSON-RPC clients (so the client costs the same for both servers):
 Rows: tool-call latency p50/p99 on one WebSocket and on one Streamable HTTP session (sequential
 calls), tool calls per second with 100 concurrent clients (each its own session), and how many
 concurrent WebSocket connections the gateway holds with each still answering, and tools/list with
-a tool per capability (1,000 of them; round trip as the client sees it, JSON parse included). Progress goes to
-stderr, the table to stdout.
+a tool per capability (1,000 of them; round trip as the client sees it, JSON parse included), and an
+A2A ``SendMessage`` round trip (blocking, to the ``echo`` capability, which answers at once) beside
+the same call as an MCP tool call over Streamable HTTP, interleaved in one run on one server (the
+flockrt server has ``[a2a]``: the a2a-sdk of the dev extra). Progress goes to stderr, the table to
+stdout.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import socket
 import statistics
 import sys
@@ -62,7 +66,7 @@ QUICK = Sizes(calls=200, clients=100, calls_per_client=3, connections=100)
 
 async def serve_flockrt() -> None:
     import flockrt
-    from flockrt.config import FlockConfig, McpConfig, RuntimeConfig
+    from flockrt.config import A2aConfig, FlockConfig, McpConfig, RuntimeConfig
     from flockrt.runtime import Flock
 
     class Echo(flockrt.Agent):
@@ -75,6 +79,7 @@ async def serve_flockrt() -> None:
     config = FlockConfig(
         runtime=RuntimeConfig(name="bench", mailbox_capacity=100_000),
         mcp=McpConfig(port=0, rate_limit=0.0),  # the limiter would be what is measured
+        a2a=A2aConfig(),
     )
     async with Flock(config) as flock:
         await flock.system.spawn(Echo, "echo")
@@ -152,6 +157,19 @@ async def wait_listening(port: int, timeout: float = 30.0) -> None:
         return
 
 
+SERVER_PIDS: dict[str, int] = {}
+"""The process id of the server at each URL that :func:`server_process` started."""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (None where /proc is not there)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @asynccontextmanager
 async def server_process(kind: str) -> AsyncIterator[str]:
     """Start ``python -m benchmarks.gateway --serve kind``; yields the URL it prints."""
@@ -169,6 +187,7 @@ async def server_process(kind: str) -> AsyncIterator[str]:
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
         if not line.startswith("ready "):
             raise RuntimeError(f"{kind} server did not start: {line!r}")
+        SERVER_PIDS[line.split()[1]] = proc.pid
         yield line.split()[1]
     finally:
         proc.stdin.close()
@@ -366,6 +385,67 @@ async def connections_held(url: str, target: int) -> tuple[int, int]:
                 await ws.close()
 
 
+A2A_HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
+
+
+@dataclasses.dataclass
+class Side:
+    """One side of :func:`a2a_beside_mcp`: round-trip times, and the server's CPU seconds."""
+
+    samples: list[float] = dataclasses.field(default_factory=list)
+    cpu: float = 0.0
+    calls: int = 0
+
+    def cpu_ms_per_call(self) -> float | None:
+        return self.cpu / self.calls * 1e3 if self.calls and self.cpu > 0 else None
+
+
+async def a2a_beside_mcp(url: str, n: int, rounds: int = 5) -> tuple[Side, Side]:
+    """Sequential round trips of the same capability call: A2A ``SendMessage`` (blocking, its
+    answer a completed task with the result as an artifact) and the MCP capability tool over
+    Streamable HTTP, alternating in ``rounds`` blocks so that both see the same machine. The
+    server's CPU time per call (from /proc) is the figure the machine's other load blurs least."""
+    a2a_url = url.removesuffix("/mcp") + "/a2a"
+    message = {
+        "messageId": "bench",
+        "role": "ROLE_USER",
+        "metadata": {"skill": "echo"},
+        "parts": [{"data": {"text": "hi"}}],
+    }
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}})
+
+    async def send(http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.post(a2a_url, data=body, headers=A2A_HEADERS) as response:
+            answer: dict[str, Any] = json.loads(await response.read())
+        assert answer["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", answer
+        return answer
+
+    async def tool(client: HttpClient) -> dict[str, Any]:
+        response = await client.request("tools/call", {"name": "echo", "arguments": {"text": "hi"}})
+        assert not response["result"].get("isError"), response
+        return response
+
+    a2a, mcp = Side(), Side()
+    pid = SERVER_PIDS.get(url)
+    each = max(1, n // rounds)
+
+    async def block(side: Side, client: Any, call: Call) -> None:
+        before = cpu_seconds(pid) if pid else None
+        side.samples += await latencies(client, call, each)
+        after = cpu_seconds(pid) if pid else None
+        if before is not None and after is not None:
+            side.cpu += after - before
+            side.calls += each + min(100, each)  # latencies() warms up with up to 100 calls
+
+    async with aiohttp.ClientSession() as http:
+        client = HttpClient(http, url)
+        await client.initialize()
+        for _ in range(rounds):
+            await block(a2a, http, send)
+            await block(mcp, client, tool)
+    return a2a, mcp
+
+
 def percentiles_ms(samples: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(samples, n=100)
     return cuts[49] * 1e3, cuts[98] * 1e3
@@ -376,7 +456,7 @@ async def run_suite(sizes: Sizes) -> list[Row]:
     async with server_process("flockrt") as flockrt_url, server_process("fastmcp") as fastmcp_url:
         say(f"flockrt gateway at {flockrt_url}, FastMCP at {fastmcp_url}")
 
-        say(f"[0/4] tools/list with {CAPABILITY_TOOLS:,} capability tools")
+        say(f"[0/5] tools/list with {CAPABILITY_TOOLS:,} capability tools")
         listing = percentiles_ms(await ws_listing(flockrt_url, max(20, sizes.calls // 30)))
         rows.append(
             Row(
@@ -391,7 +471,7 @@ async def run_suite(sizes: Sizes) -> list[Row]:
             )
         )
 
-        say("[1/4] latency, sequential calls on one session")
+        say("[1/5] latency, sequential calls on one session")
         ws = percentiles_ms(await ws_latency(flockrt_url, "flockrt", sizes.calls))
         ws_capability = percentiles_ms(await ws_latency(flockrt_url, "flockrt-capability", sizes.calls))
         http = percentiles_ms(await http_latency(flockrt_url, "flockrt", sizes.calls))
@@ -424,9 +504,9 @@ async def run_suite(sizes: Sizes) -> list[Row]:
             ),
         ]
 
-        say(f"[2/4] {sizes.clients} concurrent clients over WebSocket")
+        say(f"[2/5] {sizes.clients} concurrent clients over WebSocket")
         ws_rate_value = await ws_rate(flockrt_url, "flockrt", sizes.clients, sizes.calls_per_client)
-        say(f"[3/4] {sizes.clients} concurrent clients over Streamable HTTP")
+        say(f"[3/5] {sizes.clients} concurrent clients over Streamable HTTP")
         http_rate_value = await http_rate(flockrt_url, "flockrt", sizes.clients, sizes.calls_per_client)
         peer_rate = await http_rate(fastmcp_url, "fastmcp", sizes.clients, sizes.calls_per_client)
         note = f"{sizes.clients} sessions x {sizes.calls_per_client} calls; FastMCP over Streamable HTTP"
@@ -449,7 +529,26 @@ async def run_suite(sizes: Sizes) -> list[Row]:
             ),
         ]
 
-        say(f"[4/4] {sizes.connections:,} concurrent WebSocket connections")
+        say("[4/5] A2A SendMessage beside the MCP tool call, one capability that answers at once")
+        a2a_side, mcp_side = await a2a_beside_mcp(flockrt_url, sizes.calls)
+        a2a, mcp = percentiles_ms(a2a_side.samples), percentiles_ms(mcp_side.samples)
+        a2a_cpu, mcp_cpu = a2a_side.cpu_ms_per_call(), mcp_side.cpu_ms_per_call()
+        calls = f"{len(a2a_side.samples):,} sequential calls each, interleaved"
+        note = f"{calls}; A2A / MCP p50 = {a2a[0] / mcp[0]:.1f}x"
+        cpu_note = "the server process's CPU per call, from /proc"
+        if a2a_cpu and mcp_cpu:
+            cpu_note += f"; A2A / MCP = {a2a_cpu / mcp_cpu:.1f}x"
+        same = "the same call: tools/call echo"
+        a2a_rows = [
+            Row("5 A2A SendMessage, capability p50", "ms", a2a[0], None, None, note=note),
+            Row("5 A2A SendMessage, capability p99", "ms", a2a[1], None, None, note=note),
+            Row("5 A2A SendMessage, server CPU", "ms", a2a_cpu, None, None, note=cpu_note),
+            Row("5 MCP HTTP capability tool p50", "ms", mcp[0], None, None, note=same),
+            Row("5 MCP HTTP capability tool p99", "ms", mcp[1], None, None, note=same),
+            Row("5 MCP HTTP capability tool, server CPU", "ms", mcp_cpu, None, None, note=cpu_note),
+        ]
+
+        say(f"[5/5] {sizes.connections:,} concurrent WebSocket connections")
         opened, answered = await connections_held(flockrt_url, sizes.connections)
         rows.append(
             Row(
@@ -463,6 +562,7 @@ async def run_suite(sizes: Sizes) -> list[Row]:
                 f"{opened:,} opened and initialized, {answered:,} answered a tool call while all were open",
             )
         )
+        rows += a2a_rows
     return rows
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -75,6 +76,8 @@ def class_problems(config: FlockConfig) -> list[str]:
     """What is wrong with the classes of the ``[[agents]]`` entries, as
     ``agents[0].options: echo does not take them: ...`` (empty when all is well)."""
     problems = []
+    if config.a2a is not None and config.a2a.enabled and importlib.util.find_spec("a2a") is None:
+        problems.append("a2a: [a2a] needs the a2a-sdk, which is not installed: pip install 'flockrt[a2a]'")
     for where, agent in agent_entries(config):
         try:
             cls = resolve_class(agent.class_)

@@ -27,6 +27,8 @@ import msgspec
 from flockrt.errors import ConfigError
 
 __all__ = [
+    "A2aConfig",
+    "A2aRemote",
     "AgentConfig",
     "AuthConfig",
     "ClaudeConfig",
@@ -276,6 +278,36 @@ class ClaudeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fro
     """Seconds one call may take."""
 
 
+class A2aRemote(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    # ``[[a2a.remote]]``: an outside A2A agent that joins the flock as a proxy agent.
+    url: str  # its base URL (the card is at <url>/.well-known/agent-card.json)
+    token: str = ""  # bearer token sent to it ("" = none)
+    timeout: float = 30.0  # seconds one request to it may take
+    id: str = ""  # the proxy agent's id ("" = a2a-<host>-<port>)
+
+
+class A2aConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    # ``[a2a]``: the flock as an A2A server on the gateway's app, and outside A2A agents.
+    enabled: bool = True
+    default_skill: str = ""  # capability for a message naming no skill ...
+    default_task_type: str = ""  # ... or a task type for it (at most one of the two)
+    public_url: str = ""  # the gateway's URL as clients reach it ("" = from the request)
+    max_tasks: int = 10000  # finished tasks kept for tasks/get; the oldest go first
+    refresh_interval: float = 30.0  # seconds between re-reads of each remote's card
+    remote: list[A2aRemote] = msgspec.field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        found = [f"a2a.{k}: expected > 0" for k in ("max_tasks", "refresh_interval") if getattr(self, k) <= 0]
+        if self.default_skill and self.default_task_type:
+            found.append("a2a.default_skill / a2a.default_task_type: set at most one")
+        for i, r in enumerate(self.remote):
+            if not re.match(r"^https?://[^/\s]+", r.url) or r.timeout <= 0:
+                found.append(f"a2a.remote[{i}]: expected an http(s):// url and a timeout > 0, got {r.url!r}")
+            if r.id and not re.fullmatch(r"[A-Za-z0-9_\-]+", r.id):
+                found.append(f"a2a.remote[{i}].id: expected letters, digits, '_' or '-', got {r.id!r}")
+        return found
+
+
 class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[[agents]]``: ``count`` children of the root supervisor made from one class."""
 
@@ -313,6 +345,7 @@ class FlockConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
     mcp: McpConfig | None = None
     metrics: MetricsConfig | None = None
     claude: ClaudeConfig = msgspec.field(default_factory=ClaudeConfig)
+    a2a: A2aConfig | None = None
     agents: list[AgentConfig] = msgspec.field(default_factory=list)
     supervisors: list[GroupConfig] = msgspec.field(default_factory=list)
 
@@ -519,6 +552,7 @@ def config_problems(config: FlockConfig) -> list[str]:
             )
         if mcp.rate_limit <= 0 or mcp.rate_burst < 1:
             problems.append("mcp.rate_limit / mcp.rate_burst: expected > 0 and >= 1")
+    problems += config.a2a.problems() if config.a2a is not None else []
     if config.metrics is not None and not 0 <= config.metrics.port <= 65535:
         problems.append(f"metrics.port: expected 0..65535, got {config.metrics.port}")
     claude = config.claude

@@ -41,6 +41,7 @@ __all__ = [
     "NoResponders",
     "NotAuthorized",
     "OutsideAgentFailed",
+    "RemoteAgentUnreachable",
     "RemoteFailure",
     "RestartIntensityExceeded",
     "SystemStopped",
@@ -521,3 +522,22 @@ class OutsideAgentFailed(FlockError):
         super().__init__(f"outside agent {agent_id} failed: {error}")
         self.agent_id = agent_id
         self.error = error
+
+
+class RemoteAgentUnreachable(FlockError, ConnectionError):
+    """An outside A2A agent of ``[[a2a.remote]]`` could not be reached (refused, reset, timed
+    out, or it answered with an HTTP error). Whether it acted on a request that was sent is
+    unknown. Its proxy goes offline until its card can be read again; retry then, or ask
+    another agent.
+
+    Attributes:
+        agent_id: The proxy agent's id.
+        url: The remote agent's URL.
+        reason: What went wrong, in words.
+    """
+
+    def __init__(self, agent_id: str, url: str, reason: str) -> None:
+        super().__init__(f"remote A2A agent {agent_id} at {url} is unreachable: {reason}")
+        self.agent_id = agent_id
+        self.url = url
+        self.reason = reason

@@ -16,7 +16,7 @@ import logging
 import math
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -41,6 +41,9 @@ from flockrt.view import http as view_http
 from flockrt.view.live import LiveView
 from flockrt.web import WebServer, build_app
 from flockrt.wire.schema import Priority, TaskResult
+
+if TYPE_CHECKING:
+    from flockrt.a2a.edge import A2AEdge
 
 __all__ = ["Flock"]
 
@@ -93,6 +96,8 @@ class Flock:
         """The HTTP listener: the gateway's, or the metrics-only one."""
         self.view: LiveView | None = None
         """This node's part of the live view (its state published over NATS, the feed)."""
+        self.a2a: A2AEdge | None = None
+        """The A2A server (on the gateway) and remote agents, with an enabled ``[a2a]`` section."""
 
     @classmethod
     def from_config(cls, path: str | Path, env: dict[str, str] | None = None) -> Flock:
@@ -239,6 +244,11 @@ class Flock:
     async def _start_web(self, flock: FlockAPI) -> None:
         """The gateway (with /metrics) if [mcp] is enabled, else /metrics alone if [metrics] is."""
         config = self.config
+        if config.a2a is not None and config.a2a.enabled:
+            from flockrt.a2a.edge import A2AEdge  # the a2a-sdk is imported only when configured
+
+            self.a2a = A2AEdge(config.a2a, flock, config.runtime.name)
+            await self.a2a.start()
         if config.mcp is not None and config.mcp.enabled:
             self.gateway = Gateway(config.mcp, flock)
             await self.gateway.start()
@@ -247,6 +257,8 @@ class Flock:
             )
             if self.view is not None:  # the live view, under the gateway's auth rules
                 view_http.add_routes(self.web.app, self.view.feed, functools.partial(admit, self.gateway))
+            if self.a2a is not None:
+                self.a2a.serve(self.gateway, self.web.app)
             await _listen(self.web, "the MCP gateway", "mcp", "MCP_PORT", config.mcp.host, config.mcp.port)
             log.info("MCP gateway listening on %s (WebSocket and Streamable HTTP)", self.gateway_url)
         elif config.metrics is not None and config.metrics.enabled:
@@ -259,6 +271,8 @@ class Flock:
         """Stop in reverse order; ``timeout`` bounds the actors' graceful stop. Idempotent."""
         budget = timeout if timeout is not None else self.config.runtime.shutdown_timeout
         try:
+            if self.a2a is not None:
+                await self.a2a.close()
             if self.gateway is not None:
                 # MCP requests in flight may finish (half the budget; the agents get the rest).
                 await self.gateway.close(drain=budget / 2)

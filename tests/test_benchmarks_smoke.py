@@ -30,6 +30,7 @@ import pytest
             [
                 "| 1 WebSocket tool call p50",
                 "| 3 calls/s, 100 clients, HTTP",
+                "| 5 A2A SendMessage, capability p50",
                 "| 4 WebSocket connections held",
             ],
         ),

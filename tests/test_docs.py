@@ -27,6 +27,7 @@ GUIDES = [
     "gateway.md",
     "claude.md",
     "client.md",
+    "a2a.md",
 ]
 
 # A python block, then optionally (after blank lines only) the text block that shows its output.

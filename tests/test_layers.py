@@ -36,6 +36,7 @@ RANKS: dict[str, int] = {
     "mcp": 10,
     "view": 10,
     "client": 11,
+    "a2a": 11,  # beside mcp/, above it: it reuses the gateway's auth and limits
     "assembly": 12,
     "web": 13,
     "runtime": 14,
@@ -51,10 +52,11 @@ ONE_ROOM = {
     "anthropic": "agents/claude.py",
     "jwt": "mcp/auth.py",
     "prometheus_client": "metrics.py",
+    "a2a": "a2a",
 }
 """Third-party clients and the one room (or module) allowed to import each."""
 
-HEAVY = ("msgspec", "nats", "aiohttp", "prometheus_client", "jwt", "anthropic")
+HEAVY = ("msgspec", "nats", "aiohttp", "prometheus_client", "jwt", "anthropic", "a2a")
 
 EXTENSION_BASES = {"flockrt.actors.actor.Actor", "flockrt.agents.agent.Agent"}
 """Classes of one room meant to be subclassed from rooms above it; every other class is used

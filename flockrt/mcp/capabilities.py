@@ -158,6 +158,12 @@ class CapabilityTools:
         self._encoded = None
         self.version += 1
 
+    def offered(self) -> Mapping[str, CapabilitySchema | None]:
+        """Each capability offered in the flock with its schema (None: nobody described it);
+        the A2A agent card's skills."""
+        self.refresh()
+        return self._offered
+
     def listing(self) -> list[dict[str, Any]]:
         """The ``tools/list`` answer: the flock's tools, then one per capability."""
         self.refresh()
