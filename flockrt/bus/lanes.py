@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import heapq
 import itertools
+import logging
 from dataclasses import dataclass
 from functools import partial
 
@@ -424,8 +424,8 @@ class CoreLane:
         except msgspec.ValidationError:
             self.outlet.reject(message.subject, "not a keeper claim")
             return
-        if claim.node == self.node or self._keeper is None:
-            return
+        if claim.node == self.node or self._keeper is None or self._stopping:
+            return  # (a stopping keeper lets the one it handed over to keep the type)
         if message.reply:
             self.outlet.send(message.reply, _CLAIMS.encode(self.claim), None)
         elif claim.rank > self.claim.rank:
