@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 
+from flockrt import metrics
 from flockrt.bus.embedded import EmbeddedNats
 from tests.conftest import wait_for
 from tests.intake_support import Node, Process, collect_results, publish_tasks, starts, wait_keeper
+from tests.test_metrics import value
 
 TASKS = 64
 SECONDS = 0.25
@@ -88,8 +90,11 @@ async def test_a_stop_hands_back_what_never_started_and_refuses_when_nobody_else
         await wait_keeper(client, "alone")
         await publish_tasks(client, ["r1", "r2", "r3"], durable=False)
         await wait_for(lambda: alone.started == ["r1"] and len(alone.lane.held) == 2)
-        await alone.flock.stop_intake(5.0)
-        assert alone.flock.intake.stats.refused == 2  # counted (and logged)
+        assert alone.flock.queued_work == 2  # held by the intake, counted as queued
+        with metrics.instrument(alone.system, flock=alone.flock, bus=alone.bus):
+            await alone.flock.stop_intake(5.0)
+            assert value("flockrt_intake_tasks_total", event="refused", system="alone") == 2
+            assert value("flockrt_intake_tasks_total", event="taken", system="alone") == 3
         await wait_for(lambda: len(results.by_task) == 3)
     assert results.ok() == {"r1"}  # the running one finished
     refused = sorted(error["taskId"] for error in results.errors())

@@ -115,6 +115,16 @@ class Intake:
             metadata={"node": self.node},
         )
 
+    def counts(self) -> dict[str, int]:
+        """What :attr:`stats` counted, by event name (the metrics layer's labels)."""
+        stats = self.stats
+        return {
+            "taken": stats.taken,
+            "handed_back": stats.handed_back,
+            "refused": stats.refused,
+            "keeper_changes": stats.keeper_changes,
+        }
+
     @property
     def held(self) -> int:
         """Tasks taken from NATS that wait here for a free slot (not yet in the dispatcher)."""
