@@ -230,7 +230,7 @@ class CoreLane:
         for subscription in subscriptions:
             if subscription is not None:
                 await subscription.unsubscribe()
-        await self._give_back(False)
+        await self._give_back(bool(self._other))  # stragglers after a stop go where its hand-back went
 
     # ------------------------------------------------------------------ tasks
 
