@@ -283,7 +283,7 @@ class CoreLane:
             # dispatch_task tries the dispatcher's one fast path first.
             self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
-            self.running -= 1
+            self._finished()
             failed = failed_task(task, exc)
             self.outlet.publish_result(failed, None)
             if reply:
