@@ -159,6 +159,10 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     max_outstanding_pings: int = 2
     # HTTP monitoring port of the embedded server on 127.0.0.1 (/varz, /jsz): -1 off, 0 a free one.
     monitor_port: int = -1
+    # Tasks of a type a process takes beyond its agents' free slots (NATS_PREFETCH).
+    prefetch: int = 1
+    # Milliseconds of a durable task without news before JetStream redelivers it (NATS_ACK_WAIT).
+    ack_wait: int = 10000
 
     @property
     def limits(self) -> NatsLimits:
@@ -360,6 +364,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "NATS_PING_INTERVAL": ("nats", "ping_interval", int),
     "NATS_MAX_OUTSTANDING_PINGS": ("nats", "max_outstanding_pings", int),
     "NATS_MONITOR_PORT": ("nats", "monitor_port", int),
+    "NATS_PREFETCH": ("nats", "prefetch", int),
+    "NATS_ACK_WAIT": ("nats", "ack_wait", int),
     "LOG_LEVEL": ("runtime", "log_level", str),
     "AGENT_ID": ("runtime", "name", str),
     "MCP_ENABLED": ("mcp", "enabled", bool),
