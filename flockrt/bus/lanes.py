@@ -108,6 +108,9 @@ class CoreLane:
         keeper_check: Seconds between a non-keeper's checks that a keeper exists.
     """
 
+    kept_before = False
+    """Whether this lane has been keeper (its first time, alone at start, is logged at DEBUG)."""
+
     def __init__(
         self,
         task_type: str,
@@ -416,8 +419,18 @@ class CoreLane:
             return
         self._claims = await self.bus.subscribe(keeper_subject(self.task_type), self._on_claim)
         self._keeper = await self.bus.subscribe(self.subject, self.on_message, queue=self.subject)
+        # A process alone with its task type is keeper from the start: news only when it takes over.
+        quiet = not self.kept_before and why == "none answered"
+        self.kept_before = True
         self.stats.keeper_changes += 1
-        log.info("%s keeps %s with %d slots (%s)", self.node, self.subject, self.capacity, why)
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s keeps %s with %d slots (%s)",
+            self.node,
+            self.subject,
+            self.capacity,
+            why,
+        )
         await self.bus.publish(keeper_subject(self.task_type), _CLAIMS.encode(self.claim))
 
     async def _step_down(self, claim: KeeperClaim) -> None:
