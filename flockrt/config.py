@@ -161,6 +161,8 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     monitor_port: int = -1
     # Tasks of a type a process takes beyond its agents' free slots (NATS_PREFETCH).
     prefetch: int = 1
+    # Core mode: tasks of a type held beyond slots + prefetch; more are refused (NATS_MAX_HELD).
+    max_held: int = 10000
     # Milliseconds of a durable task without news before JetStream redelivers it (NATS_ACK_WAIT).
     ack_wait: int = 10000
 
@@ -365,6 +367,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "NATS_MAX_OUTSTANDING_PINGS": ("nats", "max_outstanding_pings", int),
     "NATS_MONITOR_PORT": ("nats", "monitor_port", int),
     "NATS_PREFETCH": ("nats", "prefetch", int),
+    "NATS_MAX_HELD": ("nats", "max_held", int),
     "NATS_ACK_WAIT": ("nats", "ack_wait", int),
     "LOG_LEVEL": ("runtime", "log_level", str),
     "AGENT_ID": ("runtime", "name", str),
@@ -508,8 +511,9 @@ def config_problems(config: FlockConfig) -> list[str]:
             )
         if nats.max_retries < 1:
             problems.append(f"nats.max_retries: expected >= 1, got {nats.max_retries}")
-        if nats.buffer_limit < 0:
-            problems.append(f"nats.buffer_limit: expected >= 0, got {nats.buffer_limit}")
+        for key in ("buffer_limit", "max_held"):
+            if getattr(nats, key) < 0:
+                problems.append(f"nats.{key}: expected >= 0, got {getattr(nats, key)}")
         for key in ("max_id_length", "max_capabilities", "directory_max_agents", "offline_ttl"):
             if getattr(nats, key) < 1:
                 problems.append(f"nats.{key}: expected >= 1, got {getattr(nats, key)}")

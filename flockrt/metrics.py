@@ -417,7 +417,7 @@ class _FlockCollector(Collector):
             counter(
                 "flockrt_intake_tasks",
                 "Core-mode task intake events: taken, handed_back and refused (never started, at a "
-                "graceful stop), keeper_changes.",
+                "graceful stop), keeper_changes, saturated (refused on arrival: [nats] max_held).",
                 "event",
             ),
         ]

@@ -215,6 +215,7 @@ class Flock:
                 persist_directory=nats.persist_directory,
                 limits=nats.limits,
                 prefetch=nats.prefetch,
+                max_held=nats.max_held,
                 ack_wait=nats.ack_wait / 1000,
             )
         else:

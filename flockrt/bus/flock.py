@@ -108,6 +108,7 @@ class NatsFlock:
             ``[nats]``'s defaults if None. Ignored for the directory if ``directory`` is given.
         prefetch: Tasks of a type taken beyond the free slots of its local agents
             (docs/flock.md, "Capacity-aware intake").
+        max_held: Core mode: tasks of a type held beyond ``prefetch`` before more are refused.
         ack_wait: Seconds of a durable task without news before JetStream redelivers it.
     """
 
@@ -127,6 +128,7 @@ class NatsFlock:
         limits: NatsLimits | None = None,
         prefetch: int = 1,
         ack_wait: float = 10.0,
+        max_held: int = 10000,
     ) -> None:
         limits = limits or NatsLimits()
         if directory is None:
@@ -169,6 +171,7 @@ class NatsFlock:
             version=__version__,
             durable=self.durable,
             prefetch=prefetch,
+            max_held=max_held,
         )
         """What this process takes from NATS for its agents."""
         self.presence = Presence(

@@ -73,6 +73,8 @@ class Intake:
         version: flockrt's version (in its service's info).
         durable: Consume tasks from the JetStream work queue instead of core NATS.
         prefetch: Tasks of a type taken beyond the free slots of the agents that run it.
+        max_held: Core mode: tasks of a type held beyond ``prefetch`` waiting for a slot; one
+            more is refused with an error result (``FlockSaturated``).
     """
 
     def __init__(
@@ -84,9 +86,10 @@ class Intake:
         version: str,
         durable: DurableTasks | None,
         prefetch: int = 1,
+        max_held: int = 10000,
     ) -> None:
-        if prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0, got {prefetch!r}")
+        if prefetch < 0 or max_held < 0:
+            raise ValueError(f"prefetch and max_held must be >= 0, got {prefetch!r} and {max_held!r}")
         self.outlet = outlet
         self.bus = outlet.bus
         self.codec = outlet.codec
@@ -95,6 +98,7 @@ class Intake:
         self.version = version
         self.durable = durable
         self.prefetch = prefetch
+        self.max_held = max_held
         self.stats = IntakeStats()
         """Core-mode tasks taken, handed back and refused at a stop, keeper changes."""
         self.lanes: dict[str, CoreLane] = {}
@@ -123,6 +127,7 @@ class Intake:
             "handed_back": stats.handed_back,
             "refused": stats.refused,
             "keeper_changes": stats.keeper_changes,
+            "saturated": stats.saturated,
         }
 
     @property
@@ -218,6 +223,7 @@ class Intake:
                 self.dispatcher,
                 node=self.node,
                 prefetch=self.prefetch,
+                max_held=self.max_held,
                 stats=self.stats,
             )
             await lane.start()

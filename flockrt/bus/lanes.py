@@ -11,11 +11,13 @@ it subscribes for:
 - One process per task type is the **keeper**: its subscription has no limit, so the type keeps
   an interested subscriber while every bounded process is saturated, and a publish never
   vanishes for want of one. The keeper holds the flock's overflow in memory (core NATS stores
-  nothing). The keeper is the process with the most slots for the type (ties: the greater node
-  name): a process that is not keeper asks ``flockrt.intake.<type>.keeper`` at start, when its
-  capacity changes and every ``keeper_check`` seconds; with no answer, or a weaker keeper's,
-  it becomes keeper and announces it there, and weaker keepers step down. A keeper that stops
-  hands over to another process (``flockrt.intake.<type>.standby``) before it drains.
+  nothing), up to ``max_held`` tasks beyond ``prefetch``: a task past that bound is refused at
+  once with an error result (``FlockSaturated``), counted and logged. The keeper is the
+  process with the most slots for the type (ties: the greater node name): a process that is
+  not keeper asks ``flockrt.intake.<type>.keeper`` at start, when its capacity changes and
+  every ``keeper_check`` seconds; with no answer, or a weaker keeper's, it becomes keeper and
+  announces it there, and weaker keepers step down. A keeper that stops hands over to another
+  process (``flockrt.intake.<type>.standby``) before it drains.
 
 A task is started (handed to the dispatcher) only while fewer than the type's slots run;
 the rest wait here, so a graceful stop (:meth:`CoreLane.stop_taking`) knows exactly which tasks
@@ -37,6 +39,7 @@ from functools import partial
 
 import msgspec
 
+from flockrt.actors.repeats import RepeatedLines
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.connection import Message, NatsConnection, Subscription
 from flockrt.bus.outlet import Outlet, unsendable_result
@@ -74,6 +77,9 @@ class IntakeStats:
     error result (``NodeStopping``)."""
     keeper_changes: int = 0
     """Times this process became keeper of a task type or stepped down."""
+    saturated: int = 0
+    """Tasks refused on arrival because their lane already held ``prefetch + max_held`` tasks
+    waiting for a slot: each got an error result (``FlockSaturated``)."""
 
 
 def failed_task(task: TaskMessage, exc: Exception) -> TaskResult:
@@ -104,6 +110,8 @@ class CoreLane:
             number of tasks run at once.
         node: This process's name (its rank's tie-break).
         prefetch: Tasks taken beyond the free slots (started as slots free up).
+        max_held: Tasks held beyond ``prefetch`` waiting for a slot (the keeper's overflow);
+            one more is refused at once with an error result (``FlockSaturated``).
         stats: Where the lane counts (shared by the lanes of a process).
         keeper_check: Seconds between a non-keeper's checks that a keeper exists.
     """
@@ -120,6 +128,7 @@ class CoreLane:
         node: str,
         prefetch: int,
         stats: IntakeStats,
+        max_held: int = 10000,
         keeper_check: float = 1.0,
     ) -> None:
         self.task_type = task_type
@@ -129,6 +138,7 @@ class CoreLane:
         self.dispatcher = dispatcher
         self.node = node
         self.prefetch = prefetch
+        self.max_held = max_held
         self.stats = stats
         self.keeper_check = keeper_check
         self.capacity = 0
@@ -150,6 +160,7 @@ class CoreLane:
         self._stopping = False
         self._idle: asyncio.Future[None] | None = None  # wait_idle's, while it waits
         self._then = self._done  # bound once: what a task without a reply calls when done
+        self._warnings = RepeatedLines()  # a burst of refusals: one line, then one with the count
 
     @property
     def keeper(self) -> bool:
@@ -238,6 +249,7 @@ class CoreLane:
             if subscription is not None:
                 await subscription.unsubscribe()
         await self._give_back(bool(self._other))  # stragglers after a stop go where its hand-back went
+        self._warnings.flush()  # the count of the last burst of refusals
 
     # ------------------------------------------------------------------ tasks
 
@@ -254,6 +266,9 @@ class CoreLane:
         if self.running < self.capacity and not self.held and not self._stopping:
             self._start(task, message)
             return
+        if len(self.held) >= self.prefetch + self.max_held and not self._stopping:
+            self._refuse(task, message)
+            return
         heapq.heappush(self.held, (PRIORITIES.get(task.priority, 1), next(self._order), task, message))
         if self._other is not None:  # a straggler after the stop's hand-back: back it goes too
             self._tasks.spawn(self._give_back(self._other))
@@ -266,6 +281,42 @@ class CoreLane:
             if credit.subscription is not None:
                 self._tasks.spawn(credit.subscription.unsubscribe())  # the client's bookkeeping
         self.on_message(message)
+
+    def _refuse(self, task: TaskMessage, message: Message) -> None:
+        """The lane holds all it may: answer the task with an error result at once."""
+        self.stats.saturated += 1
+        held = len(self.held)
+        self._answer(
+            task,
+            message,
+            f"node {self.node} refused it: {held} tasks of {self.subject} already wait there for a "
+            f"slot ([nats] prefetch {self.prefetch} + max_held {self.max_held}); raise [nats] max_held, "
+            "add agents or processes for this type, or use durable mode ([nats] durable = true)",
+            "FlockSaturated",
+        )
+        self._warnings.log(
+            log,
+            logging.WARNING,
+            self.subject,
+            "%s saturated on %s: %d tasks wait for a slot ([nats] prefetch %d + max_held %d); tasks "
+            "beyond get an error result (FlockSaturated, %d so far in this process); raise [nats] "
+            "max_held, add agents or processes, or use durable mode",
+            self.subject,
+            self.node,
+            held,
+            self.prefetch,
+            self.max_held,
+            self.stats.saturated,
+        )
+
+    def _answer(self, task: TaskMessage, message: Message, error: str, error_type: str) -> None:
+        """An error result for a task that will not run here, on ``task.result`` and its reply subject."""
+        result = TaskResult(
+            task_id=task.id, processed_by="", status="error", error=error, error_type=error_type
+        )
+        self.outlet.publish_result(result, None)
+        if message.reply:
+            self.outlet.publish_nowait(message.reply, result, dict(message.headers), unsendable_result)
 
     def _start(self, task: TaskMessage, message: Message) -> None:
         self.running += 1
@@ -287,10 +338,7 @@ class CoreLane:
             self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
             self._finished()
-            failed = failed_task(task, exc)
-            self.outlet.publish_result(failed, None)
-            if reply:
-                self.outlet.publish_nowait(reply, failed, dict(headers), unsendable_result)
+            self._answer(task, message, str(exc), type(exc).__name__)
 
     def _done(self, result: TaskResult) -> None:
         self._finished()
@@ -335,16 +383,8 @@ class CoreLane:
                 except BusUnavailable:
                     pass
             self.stats.refused += 1
-            refused = TaskResult(
-                task_id=task.id,
-                processed_by="",
-                status="error",
-                error=f"node {self.node} stopped before running it; no other process takes {self.subject}",
-                error_type="NodeStopping",
-            )
-            self.outlet.publish_result(refused, None)
-            if message.reply:
-                self.outlet.publish_nowait(message.reply, refused, dict(message.headers), unsendable_result)
+            error = f"node {self.node} stopped before running it; no other process takes {self.subject}"
+            self._answer(task, message, error, "NodeStopping")
         if other:
             log.info(
                 "stop: %d tasks of %s that never started handed back to the flock", len(held), self.subject
