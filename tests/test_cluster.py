@@ -1,0 +1,305 @@
+"""Work routing on a real 3-node NATS cluster with three ``flockrt run`` processes (issue 11).
+
+Each test gets its own cluster (tests/nats_cluster.py: nats-server n1..n3, routes, JetStream)
+and starts ``python -m flockrt run`` processes on it, one per NATS node, whose Recorder agents
+(tests/cluster_agent.py) append every execution to one file. A plain nats-py client publishes
+``work`` tasks on ``tasks.work`` and collects ``task.result``. Counting the record file and the
+results tells, per task, whether it ran once, twice or not at all: the delivery guarantees of
+docs/flock.md ("Delivery guarantees") are these assertions.
+
+Every wait is on a condition with a deadline; the deadlines are generous because the machine is
+shared, and every test reports what it saw when it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster_agent import read_record
+from tests.nats_cluster import (
+    FlockProcess,
+    NatsCluster,
+    Tally,
+    flock_config,
+    free_ports,
+    stop_all,
+    wait_until,
+)
+
+STREAM = "FLOCK_TASKS"
+PREFETCH = 1
+"""``[nats] prefetch`` of every process here: tasks a node may hold beyond its free slots."""
+ACK_WAIT_MS = 3000
+"""``[nats] ack_wait`` of the durable processes: a dead node's tasks return after this long."""
+
+Spawn = Callable[..., FlockProcess]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
+    cluster = NatsCluster(tmp_path)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+@pytest.fixture
+async def flocks(tmp_path: Path, cluster: NatsCluster) -> AsyncIterator[Spawn]:
+    """``flocks(name, server, slots=4, durable=False, **nats_keys)``: a flockrt process
+    connected to server ``server`` first (the others as fail-over), not yet started."""
+    processes: list[FlockProcess] = []
+
+    def spawn(name: str, server: str, *, slots: int = 4, durable: bool = False, **nats: Any) -> FlockProcess:
+        first = cluster[server]
+        url = ",".join([first.url, *(n.url for n in cluster.nodes if n is not first)])
+        port = free_ports(1)[0]
+        keys = {"prefetch": PREFETCH, **({"ack_wait": ACK_WAIT_MS} if durable else {}), **nats}
+        config = flock_config(
+            name, url, tmp_path / "record", slots=slots, durable=durable, mcp_port=port, nats=keys
+        )
+        process = FlockProcess(name, tmp_path, config, port)
+        processes.append(process)
+        return process
+
+    try:
+        yield spawn
+    finally:
+        await stop_all(processes)
+
+
+@pytest.fixture
+async def tally(cluster: NatsCluster) -> AsyncIterator[Tally]:
+    tally = Tally()
+    await tally.connect(cluster.urls, dont_randomize=True)
+    try:
+        yield tally
+    finally:
+        await tally.close()
+
+
+async def start_all(processes: Sequence[FlockProcess]) -> None:
+    for process in processes:
+        process.spawn()
+    for process in processes:
+        await process.wait_ready()
+
+
+async def publish_all(tally: Tally, durable: bool, seconds: Sequence[float]) -> None:
+    """Publish one task per entry of ``seconds``: core publishes, or JetStream publishes with
+    their acks, up to 64 at once."""
+    if not durable:
+        for s in seconds:
+            await tally.publish(s)
+        assert tally.connection is not None
+        await tally.connection.flush()
+        return
+    for start in range(0, len(seconds), 64):
+        await asyncio.gather(*(tally.js_publish(s) for s in seconds[start : start + 64]))
+
+
+def record_of(tmp_path: Path) -> Any:
+    return read_record(tmp_path / "record")
+
+
+MODES = [pytest.param(False, id="core"), pytest.param(True, id="durable")]
+
+
+@pytest.mark.parametrize("durable", MODES)
+async def test_exactly_once_across_processes(
+    tmp_path: Path, flocks: Spawn, tally: Tally, durable: bool
+) -> None:
+    processes = [flocks(f"p{i}", f"n{i}", durable=durable) for i in (1, 2, 3)]
+    await start_all(processes)
+    await publish_all(tally, durable, [0.0] * 3000)
+    await tally.wait_all_ok(60)
+
+    record = record_of(tmp_path)
+    assert record.twice() == {}, "tasks ran more than once"
+    assert set(record.started) == set(tally.sent), "a task ran that was not sent, or one sent never ran"
+    split = {p.name: record.by_node(p.name) for p in processes}
+    assert all(split.values()), f"every process takes a share: {split}"
+
+
+@pytest.mark.parametrize("durable", MODES)
+async def test_uneven_capacity_finishes_near_the_ideal(
+    tmp_path: Path, flocks: Spawn, tally: Tally, durable: bool
+) -> None:
+    small = flocks("small", "n1", slots=1, durable=durable)
+    big = flocks("big", "n2", slots=8, durable=durable)
+    await start_all([small, big])
+    # 64 tasks of 0.1-0.25 s, longest first (as a scheduler that knew them would order them).
+    rng = random.Random(11)
+    seconds = sorted((rng.uniform(0.1, 0.25) for _ in range(64)), reverse=True)
+    ideal = sum(seconds) / 9
+
+    started = time.monotonic()
+    await publish_all(tally, durable, seconds)
+    await tally.wait_all_ok(30)
+    elapsed = max(tally.first_ok.values()) - started
+
+    record = record_of(tmp_path)
+    split = {p.name: record.by_node(p.name) for p in (small, big)}
+    assert record.twice() == {}
+    assert elapsed <= 1.2 * ideal, f"{elapsed:.2f} s against an ideal of {ideal:.2f} s; split {split}"
+
+
+async def test_kill9_of_a_node_loses_nothing_in_durable_mode(
+    tmp_path: Path, flocks: Spawn, tally: Tally
+) -> None:
+    victim = flocks("p1", "n1", durable=True)
+    others = [flocks(f"p{i}", f"n{i}", durable=True) for i in (2, 3)]
+    await start_all([victim, *others])
+    await publish_all(tally, True, [0.5] * 60)
+    await wait_until(lambda: record_of(tmp_path).by_node("p1") >= 2, 20, "p1 running tasks")
+
+    await victim.kill()
+    killed = time.monotonic()
+    record = record_of(tmp_path)
+    held = [t for t, agents in record.agents.items() if agents[0].startswith("p1-") and not record.finished[t]]
+    await tally.wait_all_ok(30)
+
+    assert tally.missing() == []
+    assert held, "the victim was killed while running tasks"
+    back = max(tally.first_ok[t] for t in held) - killed
+    assert back <= 10, f"the killed node's tasks were done again {back:.1f} s after the kill"
+    record = record_of(tmp_path)
+    # Only what the victim held may run twice.
+    assert set(record.twice()) <= set(held), record.twice()
+
+
+async def test_kill9_of_a_node_loses_at_most_what_it_held_in_core_mode(
+    tmp_path: Path, flocks: Spawn, tally: Tally
+) -> None:
+    slots = 4
+    victim = flocks("p1", "n1", slots=slots)
+    others = [flocks(f"p{i}", f"n{i}", slots=slots) for i in (2, 3)]
+    await start_all([victim, *others])
+    await publish_all(tally, False, [0.5] * 60)
+    await wait_until(lambda: record_of(tmp_path).by_node("p1") >= 2, 20, "p1 running tasks")
+
+    await victim.kill()
+    # What the survivors took must all come back; the victim's are gone.
+    await wait_until(
+        lambda: all(
+            tally.first_ok.get(t) for t, agents in record_of(tmp_path).agents.items() if agents[0][:2] != "p1"
+        )
+        and len(tally.ok()) + slots + PREFETCH >= len(tally.sent),
+        30,
+        "the survivors finish their tasks",
+    )
+    record = record_of(tmp_path)
+    lost = tally.missing()
+    assert record.twice() == {}
+    assert len(lost) <= slots + PREFETCH, f"{len(lost)} lost; the victim had {slots} slots + {PREFETCH}"
+    assert all(
+        t not in record.agents or record.agents[t][0].startswith("p1-") for t in lost
+    ), "only the victim's tasks may be lost"
+
+
+async def test_kill9_of_the_stream_leader_keeps_intake_and_loses_nothing(
+    tmp_path: Path, cluster: NatsCluster, flocks: Spawn
+) -> None:
+    processes = [flocks(f"p{i}", f"n{i}", durable=True, replicas=3) for i in (1, 2, 3)]
+    await start_all(processes)
+    leader = await cluster.stream_leader(STREAM)
+    info = await cluster.stream_info(STREAM)
+    assert info["config"]["num_replicas"] == 3
+    # The producer uses the servers that survive, as a producer elsewhere would.
+    tally = Tally()
+    await tally.connect([n.url for n in cluster.nodes if n.name != leader], dont_randomize=True)
+    try:
+        acked: list[float] = []
+        stop = asyncio.Event()
+
+        async def produce() -> None:
+            while not stop.is_set():
+                await tally.js_publish(0.02)
+                acked.append(time.monotonic())
+                await asyncio.sleep(0.01)  # a steady stream, about 50 tasks/s
+
+        producer = asyncio.create_task(produce())
+        await wait_until(lambda: len(acked) >= 50, 20, "50 tasks stored before the kill")
+        await cluster.kill(leader)
+        killed = time.monotonic()
+        await wait_until(lambda: len([a for a in acked if a > killed + 1]) >= 100, 30, "intake after the kill")
+        stop.set()
+        await producer
+
+        gaps = [b - a for a, b in zip(acked, acked[1:], strict=False)]
+        assert max(gaps) <= 5, f"no task was stored for {max(gaps):.1f} s ({tally.refused} refusals)"
+        await tally.wait_all_ok(40)
+        assert tally.missing() == []
+        assert await cluster.stream_leader(STREAM) != leader
+    finally:
+        await tally.close()
+
+
+@pytest.mark.parametrize("durable", MODES)
+async def test_sigterm_during_a_stream_of_tasks(
+    tmp_path: Path, flocks: Spawn, tally: Tally, durable: bool
+) -> None:
+    victim = flocks("p1", "n1", durable=durable)
+    others = [flocks(f"p{i}", f"n{i}", durable=durable) for i in (2, 3)]
+    await start_all([victim, *others])
+    stop = asyncio.Event()
+
+    async def produce() -> None:
+        while not stop.is_set():
+            await publish_all(tally, durable, [0.2])
+            await asyncio.sleep(0.01)  # a steady stream, about 60 tasks/s
+
+    producer = asyncio.create_task(produce())
+    try:
+        await wait_until(lambda: record_of(tmp_path).by_node("p1") >= 8, 20, "p1 running tasks")
+        victim.terminate()
+        assert await victim.wait_exit(30) == 0, victim.log()[-3000:]
+        stopped_at = len(tally.sent)
+        await wait_until(lambda: len(tally.sent) >= stopped_at + 30, 20, "tasks published after the stop")
+    finally:
+        stop.set()
+        await producer
+
+    record = record_of(tmp_path)
+    assert record.twice() == {}, "a stop made tasks run twice"
+    if durable:
+        await tally.wait_all_ok(30)
+        return
+    # Core mode: every task has a result; a task the stopping node took and did not run has an
+    # error result from it (counted and logged), never silence.
+    await wait_until(lambda: tally.answered() == set(tally.sent), 30, "a result for every task")
+    failed = [t for t in tally.sent if "ok" not in tally.results[t]]
+    assert all(t not in record.started for t in failed), "an error result for a task that ran"
+    if failed:
+        assert "p1" in victim.log() and any("stop" in e for t in failed for e in tally.errors.get(t, []))
+
+
+async def test_an_operators_r3_stream_stays_r3(tmp_path: Path, cluster: NatsCluster, flocks: Spawn) -> None:
+    import nats
+
+    connection = await nats.connect(cluster.urls[0])
+    try:
+        js = connection.jetstream()
+        await js.add_stream(name=STREAM, subjects=["tasks.>"], retention="workqueue", num_replicas=3)
+    finally:
+        await connection.close()
+
+    keeper = flocks("p1", "n1", durable=True, replicas=3)
+    await keeper.start()
+    assert (await cluster.stream_info(STREAM))["config"]["num_replicas"] == 3
+
+    weakener = flocks("p2", "n2", durable=True, replicas=1)
+    weakener.spawn()
+    code = await weakener.wait_exit(30)
+    assert code != 0
+    log = weakener.log()
+    assert "replicas" in log, log[-3000:]
+    assert (await cluster.stream_info(STREAM))["config"]["num_replicas"] == 3
