@@ -223,7 +223,7 @@ async def worker_cpu(url: str, n: int, agents: int) -> float:
         await node.flock.flush()  # the agents' subscriptions are live
         # The callback nats-py calls per message: flockrt's own, around NatsFlock._on_task
         # (reached through private attributes, for this measurement only).
-        subscription = node.flock.intake._skill_subscriptions["task", TASK_TYPE]._sub
+        subscription = node.flock.intake.lanes[TASK_TYPE]._keeper._sub  # type: ignore[union-attr]
         assert subscription is not None
         deliver = subscription._cb
         assert deliver is not None

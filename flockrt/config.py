@@ -149,6 +149,10 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     discover_interval: int = 1000
     """Milliseconds: this process answers ``agent.discover`` at most once per interval;
     requests in between share the next answer."""
+    prefetch: int = 1
+    # Tasks of a type a process takes beyond its agents' free slots (NATS_PREFETCH).
+    ack_wait: int = 10000
+    # Milliseconds of a durable task without news before JetStream redelivers it (NATS_ACK_WAIT).
 
     @property
     def limits(self) -> NatsLimits:
@@ -315,6 +319,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "NATS_URL": ("nats", "url", str),
     "HEARTBEAT_INTERVAL": ("nats", "heartbeat_interval", int),
     "MAX_RETRIES": ("nats", "max_retries", int),
+    "NATS_PREFETCH": ("nats", "prefetch", int),
+    "NATS_ACK_WAIT": ("nats", "ack_wait", int),
     "LOG_LEVEL": ("runtime", "log_level", str),
     "AGENT_ID": ("runtime", "name", str),
     "MCP_ENABLED": ("mcp", "enabled", bool),

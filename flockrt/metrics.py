@@ -414,6 +414,12 @@ class _FlockCollector(Collector):
                 "dead_lettered, invalid, unsettled.",
                 "event",
             ),
+            counter(
+                "flockrt_intake_tasks",
+                "Core-mode task intake events: taken, handed_back and refused (never started, at a "
+                "graceful stop), keeper_changes.",
+                "event",
+            ),
         ]
         return families
 
@@ -460,6 +466,10 @@ class _FlockCollector(Collector):
         family("flockrt_nats_invalid_messages").add_metric([target.label], invalid)
         for event, n in flock.durable_counts().items():  # none unless tasks are durable
             family("flockrt_durable_tasks").add_metric([target.label, event], n)
+        intake = getattr(flock, "intake", None)  # a NatsFlock's (metrics does not import bus/)
+        if intake is not None:
+            for event, n in intake.counts().items():
+                family("flockrt_intake_tasks").add_metric([target.label, event], n)
 
     def _collect_bus(self, families: list[Metric], target: Instrumentation) -> None:
         bus = target.bus

@@ -179,6 +179,8 @@ class Flock:
                 durable=nats.durable,
                 persist_directory=nats.persist_directory,
                 limits=nats.limits,
+                prefetch=nats.prefetch,
+                ack_wait=nats.ack_wait / 1000,
             )
         else:
             flock = LocalFlock(self.system, node=runtime.name)
@@ -226,6 +228,8 @@ class Flock:
                 await self.gateway.close(drain=budget / 2)
             if self.web is not None:
                 await self.web.stop()
+            if isinstance(self.flock, NatsFlock):  # no new tasks; running ones finish, and are acked
+                await self.flock.stop_intake(budget)
             await self.system.shutdown(timeout=budget)
             if self.flock is not None:
                 await self.flock.close()

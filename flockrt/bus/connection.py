@@ -120,13 +120,16 @@ Handler = Callable[[Message], Awaitable[None] | None]
 class Subscription:
     """A subscription that survives reconnects; :meth:`unsubscribe` ends it."""
 
-    __slots__ = ("_bus", "_sub", "handler", "queue", "subject")
+    __slots__ = ("_bus", "_sub", "handler", "max_msgs", "queue", "subject")
 
-    def __init__(self, bus: NatsConnection, subject: str, queue: str, handler: Handler) -> None:
+    def __init__(
+        self, bus: NatsConnection, subject: str, queue: str, handler: Handler, max_msgs: int = 0
+    ) -> None:
         self._bus = bus
         self.subject = subject
         self.queue = queue
         self.handler = handler
+        self.max_msgs = max_msgs
         self._sub: NatsSubscription | None = None
 
     async def unsubscribe(self) -> None:
@@ -138,6 +141,17 @@ class Subscription:
                 await sub.unsubscribe()
             except nats.errors.Error as exc:  # already gone with its connection
                 log.debug("unsubscribe %s: %r", self.subject, exc)
+
+    async def drain(self) -> None:
+        """Stop receiving, but first handle what the server sent before it heard (one round
+        trip); idempotent."""
+        self._bus._subscriptions.discard(self)
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+            except nats.errors.Error as exc:  # already gone with its connection
+                log.debug("drain %s: %r", self.subject, exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,13 +375,16 @@ class NatsConnection:
             raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
         self._buffer_publish(_Outgoing(subject, data, headers, ""))
 
-    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
-        """Call ``handler`` for every message on ``subject`` (in a queue group if ``queue``).
+    async def subscribe(
+        self, subject: str, handler: Handler, *, queue: str = "", max_msgs: int = 0
+    ) -> Subscription:
+        """Call ``handler`` for every message on ``subject`` (in a queue group if ``queue``);
+        with ``max_msgs``, the server sends at most that many, then drops the interest.
 
         The subscription is remembered and re-established after a reconnect. A handler that
         raises is logged and counted; the subscription lives on.
         """
-        subscription = Subscription(self, subject, queue, handler)
+        subscription = Subscription(self, subject, queue, handler, max_msgs)
         self._subscriptions.add(subscription)
         if self._nc is not None and self._state is BusState.CONNECTED:
             await self._attach(self._nc, subscription)
@@ -535,6 +552,8 @@ class NatsConnection:
                 log.exception("handler for %s failed: %r", msg.subject, exc)
 
         subscription._sub = await nc.subscribe(subscription.subject, queue=subscription.queue, cb=deliver)
+        if subscription.max_msgs:  # UNSUB <sid> <max>: the server stops after that many
+            await subscription._sub.unsubscribe(limit=subscription.max_msgs)
 
     def _resume(self) -> None:
         """Connected (again): flush the buffer in order, then accept direct publishes."""

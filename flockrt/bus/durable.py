@@ -7,13 +7,16 @@ is settled, so none is lost to a crash, a failing handler or a restarted nats-se
 - :meth:`DurableTasks.submit` stores the task with ``Nats-Msg-Id`` = its id, and the stream
   drops a second submission of the same id (within its duplicate window);
 - a :class:`TaskConsumer` pulls tasks of one type, never more than the process can run
-  (``capacity``), which is also flow control across processes: what one process does not pull
-  stays in the stream for the others;
+  (``capacity``) plus ``prefetch``, which is also flow control across processes: what one
+  process does not pull stays in the stream for the others; a prefetched task waits in the
+  consumer and starts when a slot frees up;
 - a task is acked only after its handler returned an ``ok`` result. A failure (an ``error``
   result or an exception) is redelivered after the backoff delay for that delivery; a crash
-  (the process dies, or stops answering) is redelivered after ``ack_wait``. While a handler
-  runs, the consumer tells the server so every ``ack_wait / 2``, so a long task is not taken
-  for a crashed one;
+  (the process dies, or stops answering) is redelivered after ``ack_wait``. While a task is
+  held (prefetched or running), the consumer tells the server so every ``ack_wait / 3``
+  (``+WPI``), so a long task is never taken for a crashed one and ``ack_wait`` can be short;
+- :meth:`TaskConsumer.stop` is the graceful stop: no more fetches, prefetched tasks go back at
+  once (nak without delay), running ones may finish (and are acked) within the grace period;
 - after ``max_deliver`` deliveries the task is terminated and a :class:`DeadLetter` with the
   reason is published on the dead-letter subject. A message that is not a valid task is
   dead-lettered at once. When the stream captures the dead-letter subject (``tasks.dead`` in
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -134,7 +138,7 @@ class DurableTasks:
         subjects: Sequence[str] = ("tasks.>",),
         max_deliver: int = 5,
         backoff: Sequence[float] = (0.1, 0.5, 2.0),
-        ack_wait: float = 30.0,
+        ack_wait: float = 10.0,
         dead_letter_subject: str = "tasks.dead",
         duplicate_window: float = 120.0,
         fetch_timeout: float = 1.0,
@@ -223,7 +227,7 @@ class DurableTasks:
         }
 
     async def consume(
-        self, task_type: str, run: RunTask, *, capacity: Callable[[], int] = lambda: 1
+        self, task_type: str, run: RunTask, *, capacity: Callable[[], int] = lambda: 1, prefetch: int = 0
     ) -> TaskConsumer:
         """Start running tasks of ``task_type`` with ``run``, until the consumer is stopped.
 
@@ -236,7 +240,9 @@ class DurableTasks:
             capacity: How many tasks of this type the process can run at once right now (e.g.
                 the total ``max_concurrent_tasks`` of its agents for the type). Asked before
                 every fetch; tasks this consumer already runs are subtracted, so it never holds
-                more than that many unsettled tasks. Call :meth:`TaskConsumer.wake` when it grows.
+                more than that many running. Call :meth:`TaskConsumer.wake` when it grows.
+            prefetch: Tasks fetched beyond ``capacity()``; they wait in the consumer (kept
+                alive with in-progress acks) and start as running ones finish.
 
         Returns:
             The running consumer; :meth:`TaskConsumer.stop` ends it.
@@ -259,7 +265,7 @@ class DurableTasks:
             # forever; here the next delivery dead-letters it.
             max_deliver=-1,
         )
-        consumer = TaskConsumer(self, task_type, pull, run, capacity)
+        consumer = TaskConsumer(self, task_type, pull, run, capacity, prefetch)
         consumer._start()
         return consumer
 
@@ -349,7 +355,8 @@ class DurableTasks:
 class TaskConsumer:
     """A running consumer of one task type; made by :meth:`DurableTasks.consume`.
 
-    It owns its fetch loop and the handlers it runs: :meth:`stop` cancels them all.
+    It owns its fetch loop, its progress ticker and the handlers it runs: :meth:`stop` ends
+    them all.
     """
 
     def __init__(
@@ -359,24 +366,36 @@ class TaskConsumer:
         pull: PullConsumer,
         run: RunTask,
         capacity: Callable[[], int],
+        prefetch: int = 0,
     ) -> None:
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch!r}")
         self.task_type = task_type
         self._tasks = tasks
         self._pull = pull
         self._run = run
         self._capacity = capacity
+        self._prefetch = prefetch
         self._loop_task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._running: dict[asyncio.Task[None], JsMessage] = {}
         """Every task handling a fetched message, until its outcome is settled."""
         self._in_hand: set[JsMessage] = set()
-        """Fetched messages whose handler has not finished: what counts against capacity."""
+        """Started messages whose handler has not finished: what counts against capacity."""
+        self._held: deque[JsMessage] = deque()
+        """Fetched messages not started yet (the prefetch), oldest first."""
         self._room = asyncio.Event()
         self._stopped = False
 
     @property
     def running(self) -> int:
-        """Tasks fetched whose handler has not finished yet (what counts against capacity)."""
+        """Tasks started whose handler has not finished yet (what counts against capacity)."""
         return len(self._in_hand)
+
+    @property
+    def held(self) -> int:
+        """Tasks fetched and not started yet."""
+        return len(self._held)
 
     @property
     def stopped(self) -> bool:
@@ -384,15 +403,19 @@ class TaskConsumer:
 
     def wake(self) -> None:
         """Capacity may have grown (e.g. an agent joined): look for more tasks now."""
+        self._start_held()
         self._room.set()
 
     async def stop(self, grace: float = 0.0) -> None:
-        """Stop fetching, give running handlers ``grace`` seconds, then cancel the rest.
+        """Stop fetching, send back what never started, give running handlers ``grace``
+        seconds (their outcome is settled as usual: an ok result is acked), then cancel the rest.
 
-        A task whose handler is cancelled is sent back (nak without delay) so that another
-        process takes it at once instead of after ``ack_wait``; that counts as one of its
-        deliveries. An outcome still being sent is abandoned: if it did not reach the server,
-        the task is redelivered after ``ack_wait``. Idempotent.
+        Fetched tasks that never started go back at once (nak without delay): another
+        process takes them now instead of after ``ack_wait``, and they never ran here. A task
+        whose handler is cancelled after the grace period is sent back the same way; that
+        counts as one of its deliveries, and it runs again elsewhere. An outcome still being
+        sent is abandoned: if it did not reach the server, the task is redelivered after
+        ``ack_wait``. Idempotent.
         """
         if self._stopped:
             return
@@ -400,6 +423,10 @@ class TaskConsumer:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        held, self._held = list(self._held), deque()
+        await self._send_back(held, "never started")
+        if held:
+            log.info("stop: %d prefetched tasks of %s sent back to the stream", len(held), self.task_type)
         if self._running and grace > 0:
             await asyncio.wait(list(self._running), timeout=grace)
         requeue = [message for message in self._running.values() if message in self._in_hand]
@@ -407,29 +434,56 @@ class TaskConsumer:
         for job in cancelled:
             job.cancel()
         await asyncio.gather(*cancelled, return_exceptions=True)
-        for message in requeue:
+        if requeue:
+            log.warning(
+                "stop: %d tasks of %s still running after %g s were cancelled and sent back; they run again",
+                len(requeue),
+                self.task_type,
+                grace,
+            )
+        await self._send_back(requeue, "cancelled")
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        await self._pull.close()
+
+    async def _send_back(self, messages: list[JsMessage], why: str) -> None:
+        for message in messages:
             try:
                 await message.nak(timeout=self._tasks.settle_timeout)
             except (BusUnavailable, BusTimeout, JetStreamError) as exc:
-                log.debug("cancelled %r not sent back (%s); it returns after ack_wait", message, exc)
-        await self._pull.close()
+                log.debug("%s %r not sent back (%s); it returns after ack_wait", why, message, exc)
 
     # ------------------------------------------------------------------ internals
 
     def _start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(
-            self._fetch_loop(), name=f"flockrt-durable-{self.task_type}"
-        )
+        loop = asyncio.get_running_loop()
+        self._loop_task = loop.create_task(self._fetch_loop(), name=f"flockrt-durable-{self.task_type}")
         self._loop_task.add_done_callback(self._loop_ended)
+        self._ticker = loop.create_task(self._keep_alive(), name=f"flockrt-progress-{self.task_type}")
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("durable consumer of %s stopped by an error", self.task_type, exc_info=exc)
 
+    async def _keep_alive(self) -> None:
+        """Every ack_wait / 3: an in-progress ack for every task held here (prefetched or
+        running, until settled), so the server never redelivers a task that is not stuck."""
+        interval = self._tasks.ack_wait / 3
+        while True:
+            await asyncio.sleep(interval)
+            for message in [*self._held, *self._running.values()]:
+                try:
+                    await message.in_progress()
+                except BusUnavailable as exc:
+                    log.debug("progress of %r not sent: %s", message, exc)
+                    break
+
     async def _fetch_loop(self) -> None:
         failures = 0
         while True:
-            free = min(self._capacity() - len(self._in_hand), _MAX_BATCH)
+            want = self._capacity() + self._prefetch - len(self._in_hand) - len(self._held)
+            free = min(want, _MAX_BATCH)
             if free <= 0:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
@@ -454,11 +508,21 @@ class TaskConsumer:
                 await asyncio.sleep(pause)
                 continue
             failures = 0
-            for message in messages:
-                self._in_hand.add(message)
-                job = asyncio.get_running_loop().create_task(self._handle(message))
-                self._running[job] = message
-                job.add_done_callback(self._handled)
+            self._held.extend(messages)
+            self._start_held()
+
+    def _start_held(self) -> None:
+        """Start held messages while the agents have free slots."""
+        if self._stopped:
+            return
+        capacity = self._capacity()
+        loop = asyncio.get_running_loop()
+        while self._held and len(self._in_hand) < capacity:
+            message = self._held.popleft()
+            self._in_hand.add(message)
+            job = loop.create_task(self._handle(message))
+            self._running[job] = message
+            job.add_done_callback(self._handled)
 
     def _handled(self, job: asyncio.Task[None]) -> None:
         self._running.pop(job, None)
@@ -486,7 +550,7 @@ class TaskConsumer:
                     error = f"no outcome after {tasks.max_deliver} deliveries (crashed or lost its process)"
                 else:
                     try:
-                        result = await self._run_with_progress(message, decoded)
+                        result = await self._run(decoded)
                     except Exception as exc:  # isolation boundary: a failing task must not stop the consumer
                         error = f"handler raised {exc!r}"
                     else:
@@ -499,6 +563,7 @@ class TaskConsumer:
             # held up by an outage must not keep the process from running other tasks.
             self._in_hand.discard(message)
             self._room.set()
+            self._start_held()
         if error is None:
             if await tasks._settle(message, "ack", lambda: message.ack(tasks.settle_timeout)):
                 tasks.stats.acked += 1
@@ -506,24 +571,6 @@ class TaskConsumer:
             await tasks._dead_letter(message, task, error)
         else:
             await self._retry(message, task, error)
-
-    async def _run_with_progress(self, message: JsMessage, task: TaskMessage) -> TaskResult:
-        """Run the handler, telling the server every ack_wait / 2 that the task is not stuck."""
-        job = asyncio.ensure_future(self._run(task))
-        interval = self._tasks.ack_wait / 2
-        try:
-            while True:
-                done, _ = await asyncio.wait({job}, timeout=interval)
-                if done:
-                    return job.result()
-                try:
-                    await message.in_progress()
-                except BusUnavailable as exc:
-                    log.debug("progress of task %s not sent: %s", task.id, exc)
-        finally:
-            if not job.done():  # we are cancelled (stop): so is the handler
-                job.cancel()
-                await asyncio.gather(job, return_exceptions=True)
 
     async def _retry(self, message: JsMessage, task: TaskMessage, reason: str) -> None:
         tasks = self._tasks

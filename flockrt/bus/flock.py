@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from flockrt._version import __version__
 from flockrt.actors.correlation import correlation_id as current_correlation
-from flockrt.actors.correlation import new_correlation_id, unique_id
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.system import ActorSystem
 from flockrt.agents.agent import Agent
@@ -42,6 +41,7 @@ from flockrt.agents.work import ProgressCallback
 from flockrt.bus import remote
 from flockrt.bus.batcher import Batcher
 from flockrt.bus.connection import Message, NatsConnection, Subscription
+from flockrt.bus.direct import send_checked
 from flockrt.bus.durable import DurableTasks
 from flockrt.bus.inboxes import Inboxes
 from flockrt.bus.intake import Intake
@@ -50,7 +50,7 @@ from flockrt.bus.presence import Presence
 from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.bus.results import ResultWaiters
 from flockrt.config import NatsLimits
-from flockrt.errors import BusUnavailable, NoCapableAgent, NoResponders, UnknownAgent
+from flockrt.errors import BusUnavailable, NoCapableAgent, NoResponders
 from flockrt.flock import batches
 from flockrt.flock.api import FlockAPI
 from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
@@ -64,7 +64,6 @@ from flockrt.wire.schema import (
     Broadcast,
     CapabilityResponse,
     Codec,
-    DirectMessage,
     Heartbeat,
     Priority,
     TaskMessage,
@@ -107,6 +106,9 @@ class NatsFlock:
         limits: What this process accepts from others over NATS: id lengths, the directory's
             size and eviction times, the discovery answer rate (docs/flock.md, "Limits");
             ``[nats]``'s defaults if None. Ignored for the directory if ``directory`` is given.
+        prefetch: Tasks of a type taken beyond the free slots of its local agents
+            (docs/flock.md, "Capacity-aware intake").
+        ack_wait: Seconds of a durable task without news before JetStream redelivers it.
     """
 
     def __init__(
@@ -123,6 +125,8 @@ class NatsFlock:
         durable: DurableTasks | bool = False,
         persist_directory: bool = False,
         limits: NatsLimits | None = None,
+        prefetch: int = 1,
+        ack_wait: float = 10.0,
     ) -> None:
         limits = limits or NatsLimits()
         if directory is None:
@@ -156,10 +160,15 @@ class NatsFlock:
         self.batcher = Batcher(self.outlet, window=batch_window, max_items=batch_max)
         """Outgoing ``batch.messages`` (``submit(..., batch=True)``, ``submit_many``)."""
         if durable is True:
-            durable = DurableTasks(bus, self.codec)
+            durable = DurableTasks(bus, self.codec, ack_wait=ack_wait)
         self.durable: DurableTasks | None = durable or None
         self.intake = Intake(
-            self.outlet, self.dispatcher, node=self.node, version=__version__, durable=self.durable
+            self.outlet,
+            self.dispatcher,
+            node=self.node,
+            version=__version__,
+            durable=self.durable,
+            prefetch=prefetch,
         )
         """What this process takes from NATS for its agents."""
         self.presence = Presence(
@@ -199,7 +208,7 @@ class NatsFlock:
     @property
     def queued_work(self) -> int:
         """Tasks and capability requests waiting for a free local agent."""
-        return self.dispatcher.queued_work
+        return self.dispatcher.queued_work + self.intake.held
 
     def has_skill(self, kind: str, key: str) -> bool:
         """Whether an agent of this process offers this capability or task type."""
@@ -307,6 +316,13 @@ class NatsFlock:
         """
         await self.outlet.drain()
         await self.bus.flush()
+
+    async def stop_intake(self, timeout: float) -> None:
+        """The first step of a graceful stop (before the agents stop): take no more tasks, hand
+        back those that never started, let running ones finish (up to ``timeout`` seconds)."""
+        self.batcher.flush()
+        await self.intake.stop(timeout)
+        await self.outlet.drain()  # their results are out
 
     async def close(self) -> None:
         """Stop taking messages from NATS; what was queued to publish is sent first."""
@@ -626,33 +642,12 @@ class NatsFlock:
                 to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
             )
         if type != "query" and to not in self.directory:
-            await self._send_checked(to, message, type=type, sender=sender, metadata=metadata)
+            await send_checked(self.bus, self.codec, to, message, type=type, sender=sender, metadata=metadata)
             return None
         answer = await remote.send_direct(
             self.bus, self.codec, to, message, type=type, sender=sender, timeout=timeout, metadata=metadata
         )
         return answer.message if answer is not None else None
-
-    async def _send_checked(
-        self, to: str, message: Any, *, type: str, sender: str, metadata: dict[str, Any] | None
-    ) -> None:
-        """Delivered if somebody listens on ``agent.<to>.inbox``, else UnknownAgent."""
-        correlation = new_correlation_id()  # the current one travels on
-        direct = DirectMessage(
-            id=unique_id(),
-            sender=sender,
-            to=to,
-            message=message,
-            type=type,
-            metadata=metadata,
-            correlation_id=correlation,
-        )
-        try:
-            subject = subjects.inbox(to)
-            headers = {CORRELATION_HEADER: correlation}
-            await self.bus.publish_checked(subject, self.codec.encode(direct), headers=headers)
-        except (NoResponders, ValueError):  # nobody listens, or not even a possible id
-            raise UnknownAgent(to) from None
 
     async def broadcast_all(self, type: str, message: Any = None, data: Any = None) -> None:
         """Deprecated: :meth:`broadcast` is flock-wide now."""

@@ -1,9 +1,11 @@
 """Intake: what one process takes from NATS for its local agents.
 
 - For every task type a local agent handles, the process consumes ``tasks.<type>`` in the queue
-  group ``tasks.<type>``, so each task is handled once across the flock (in durable mode: a pull
-  consumer of the JetStream work queue, see :mod:`flockrt.bus.durable`); results go to
-  ``task.result`` through the outlet's sink, and to the reply subject of a request.
+  group ``tasks.<type>``, so each task is handled once across the flock, taking no more than its
+  agents' free slots for the type plus ``prefetch`` (a :class:`~flockrt.bus.lanes.CoreLane` per
+  type; in durable mode a pull consumer of the JetStream work queue, see
+  :mod:`flockrt.bus.durable`); results go to ``task.result`` through the outlet's sink, and to
+  the reply subject of a request. :meth:`Intake.stop` is the graceful stop.
 - For every capability a local agent offers, the process answers ``capability.<name>``
   requests (queue group ``capability.<name>``) as an endpoint of its NATS service
   (``nats micro ls`` lists them).
@@ -26,7 +28,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -35,7 +37,8 @@ from flockrt.agents.ports import AgentCard
 from flockrt.agents.work import CapabilityCall
 from flockrt.bus.connection import Message, Subscription
 from flockrt.bus.durable import DurableTasks, TaskConsumer
-from flockrt.bus.outlet import Outlet, outgoing_headers, unsendable_result
+from flockrt.bus.lanes import CoreLane, IntakeStats, failed_task
+from flockrt.bus.outlet import Outlet, outgoing_headers
 from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.bus.service import BusService, service_error_headers
 from flockrt.errors import BusUnavailable, FlockError, NoCapableAgent, WorkFailed, WorkTimeout
@@ -69,11 +72,21 @@ class Intake:
         node: This process's name (in its service's metadata).
         version: flockrt's version (in its service's info).
         durable: Consume tasks from the JetStream work queue instead of core NATS.
+        prefetch: Tasks of a type taken beyond the free slots of the agents that run it.
     """
 
     def __init__(
-        self, outlet: Outlet, dispatcher: Dispatcher, *, node: str, version: str, durable: DurableTasks | None
+        self,
+        outlet: Outlet,
+        dispatcher: Dispatcher,
+        *,
+        node: str,
+        version: str,
+        durable: DurableTasks | None,
+        prefetch: int = 1,
     ) -> None:
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch!r}")
         self.outlet = outlet
         self.bus = outlet.bus
         self.codec = outlet.codec
@@ -81,7 +94,11 @@ class Intake:
         self.node = node
         self.version = version
         self.durable = durable
-        self._skill_subscriptions: dict[tuple[str, str], Subscription] = {}
+        self.prefetch = prefetch
+        self.stats = IntakeStats()
+        """Core-mode tasks taken, handed back and refused at a stop, keeper changes."""
+        self.lanes: dict[str, CoreLane] = {}
+        """The core-mode intake of each task type run here."""
         self._consumers: dict[str, TaskConsumer] = {}
         self._service: BusService | None = None
         self._served: set[str] = set()  # capabilities this process serves as service endpoints
@@ -98,6 +115,47 @@ class Intake:
             metadata={"node": self.node},
         )
 
+    def counts(self) -> dict[str, int]:
+        """What :attr:`stats` counted, by event name (the metrics layer's labels)."""
+        stats = self.stats
+        return {
+            "taken": stats.taken,
+            "handed_back": stats.handed_back,
+            "refused": stats.refused,
+            "keeper_changes": stats.keeper_changes,
+        }
+
+    @property
+    def held(self) -> int:
+        """Tasks taken from NATS that wait here for a free slot (not yet in the dispatcher)."""
+        return sum(len(lane.held) for lane in self.lanes.values()) + sum(
+            consumer.held for consumer in self._consumers.values()
+        )
+
+    async def stop(self, timeout: float) -> None:
+        """The graceful stop: take no more tasks, hand back those that never started, and wait
+        up to ``timeout`` seconds for the running ones to finish (and, in durable mode, be
+        acked). Capability requests are still answered until :meth:`close`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._batch_subscription is not None:
+            subscription, self._batch_subscription = self._batch_subscription, None
+            await subscription.drain()
+        lanes = list(self.lanes.values())
+        for lane in lanes:
+            await lane.stop_taking()
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        await asyncio.gather(*(consumer.stop(max(0.0, deadline - loop.time())) for consumer in consumers))
+        for lane in lanes:
+            if not await lane.wait_idle(max(0.0, deadline - loop.time())):
+                log.warning(
+                    "stop: %d tasks of %s still running after %g s; they are cut short by the agents' stop",
+                    lane.running,
+                    lane.subject,
+                    timeout,
+                )
+
     async def close(self) -> None:
         """Take nothing more from NATS."""
         if self._service is not None:
@@ -105,12 +163,12 @@ class Intake:
         for consumer in self._consumers.values():
             await consumer.stop()
         self._consumers.clear()
-        subscriptions = list(self._skill_subscriptions.values())
-        self._skill_subscriptions.clear()
+        lanes = list(self.lanes.values())
+        self.lanes.clear()
+        for lane in lanes:
+            await lane.close()
         if self._batch_subscription is not None:
-            subscriptions.append(self._batch_subscription)
-            self._batch_subscription = None
-        for subscription in subscriptions:
+            subscription, self._batch_subscription = self._batch_subscription, None
             await subscription.unsubscribe()
 
     async def join(self, card: AgentCard) -> None:
@@ -125,14 +183,10 @@ class Intake:
             if self.durable is not None:
                 await self._consume_durably(task_type)
             else:
-                await self._serve(("task", task_type), subjects.tasks(task_type), self.on_task)
+                await self._take(task_type)
 
     async def leave(self) -> None:
         """A local agent left: stop taking the work no local agent does any more."""
-        for skill, subscription in list(self._skill_subscriptions.items()):
-            if not self.dispatcher.has_skill(*skill):  # its last local agent is gone: let others take it
-                del self._skill_subscriptions[skill]
-                await subscription.unsubscribe()
         for capability in list(self._served):
             if not self.dispatcher.has_skill("capability", capability) and self._service is not None:
                 self._served.discard(capability)
@@ -144,6 +198,29 @@ class Intake:
             if not self.dispatcher.has_skill("task", task_type):
                 del self._consumers[task_type]
                 await consumer.stop()
+        for task_type, lane in list(self.lanes.items()):
+            if not self.dispatcher.has_skill("task", task_type):
+                del self.lanes[task_type]
+                await lane.stop_taking()  # what it holds goes back to the flock
+                await lane.close()
+            else:
+                lane.refresh()  # fewer slots
+
+    async def _take(self, task_type: str) -> None:
+        """Take tasks of ``task_type`` from core NATS, as many as the local agents can run."""
+        lane = self.lanes.get(task_type)
+        if lane is not None:
+            lane.refresh()  # more capacity for this type
+        elif self.dispatcher.has_skill("task", task_type):
+            lane = self.lanes[task_type] = CoreLane(
+                task_type,
+                self.outlet,
+                self.dispatcher,
+                node=self.node,
+                prefetch=self.prefetch,
+                stats=self.stats,
+            )
+            await lane.start()
 
     async def _serve_capability(self, capability: str) -> None:
         """Answer capability.<name> in its queue group, as an endpoint of the process's service."""
@@ -171,6 +248,7 @@ class Intake:
                 task_type,
                 self._run_durable_task,
                 capacity=lambda: self.dispatcher.capacity("task", task_type),
+                prefetch=self.prefetch,
             )
 
     async def _run_durable_task(self, task: TaskMessage) -> TaskResult:
@@ -178,43 +256,6 @@ class Intake:
         result = self.dispatcher.start_task(task)
         async with asyncio.timeout(task.timeout / 1000 if task.timeout is not None else None):
             return await result
-
-    async def _serve(
-        self, skill: tuple[str, str], subject: str, handler: Callable[[Message], Awaitable[None] | None]
-    ) -> None:
-        if skill not in self._skill_subscriptions and self.dispatcher.has_skill(*skill):
-            self._skill_subscriptions[skill] = await self.bus.subscribe(subject, handler, queue=subject)
-
-    # ------------------------------------------------------------------ tasks
-
-    def on_task(self, message: Message) -> None:
-        # Synchronous, like everything on a task's way to its agent: a subscription calls a
-        # plain function without a coroutine of its own.
-        task = self.outlet.decode(message, TaskMessage)
-        if task is None:  # counted and logged by decode
-            if message.reply:
-                reason = self.outlet.why_invalid(message, TaskMessage)
-                error = TaskResult(task_id="", processed_by="", status="error", error=reason)
-                self.outlet.publish_nowait(message.reply, error, message.headers)
-            return
-        correlation = message.headers.get(CORRELATION_HEADER) if message.headers else None
-        then: Callable[[TaskResult], None] | None = None
-        if message.reply:
-            reply, headers = message.reply, dict(message.headers)
-
-            def then(result: TaskResult) -> None:
-                self.outlet.publish_nowait(reply, result, headers, unsendable_result)
-
-        try:
-            # The correlation id goes with the work (to its handler and logs) as an argument:
-            # setting the context variable here would cost a set and a reset per task.
-            # dispatch_task tries the dispatcher's one fast path first.
-            self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
-        except NoCapableAgent as exc:  # our last agent for this type left a moment ago
-            failed = _failed_task(task, exc)
-            self.outlet.publish_result(failed, None)
-            if then is not None:
-                then(failed)
 
     # ------------------------------------------------------------------ capability requests
 
@@ -495,7 +536,7 @@ class Intake:
                     reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type")
                 )
             except (FlockError, ValueError) as exc:
-                result = _failed_task(task, exc)
+                result = failed_task(task, exc)
             settle(index, result)
 
         await asyncio.gather(*(forward(*item) for item in items))
@@ -528,14 +569,7 @@ def _invalid_item(subject: str, exc: Exception) -> str:
 
 def _no_agent(task: TaskMessage) -> TaskResult:
     """The error result of a task no local agent can run."""
-    return _failed_task(task, NoCapableAgent("task", task.type))
-
-
-def _failed_task(task: TaskMessage, exc: Exception) -> TaskResult:
-    """The error result of ``task`` that ``exc`` kept from running: its sentence, and its type."""
-    return TaskResult(
-        task_id=task.id, processed_by="", status="error", error=str(exc), error_type=type(exc).__name__
-    )
+    return failed_task(task, NoCapableAgent("task", task.type))
 
 
 def _as_task(item: TaskBatchItem | BatchItem) -> TaskMessage:
