@@ -153,6 +153,14 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     # Tasks of a type a process takes beyond its agents' free slots (NATS_PREFETCH).
     ack_wait: int = 10000
     # Milliseconds of a durable task without news before JetStream redelivers it (NATS_ACK_WAIT).
+    # JetStream replicas of FLOCK_TASKS and the directory bucket (1..5); an existing one is never weakened.
+    replicas: int = 1
+    # Milliseconds between the client's pings to its server; /readyz is 503 within two of silence.
+    ping_interval: int = 10000
+    # Unanswered pings before the client drops the connection and reconnects (after ~this+1 intervals).
+    max_outstanding_pings: int = 2
+    # HTTP monitoring port of the embedded server on 127.0.0.1 (/varz, /jsz): -1 off, 0 a free one.
+    monitor_port: int = -1
 
     @property
     def limits(self) -> NatsLimits:
@@ -321,6 +329,10 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "MAX_RETRIES": ("nats", "max_retries", int),
     "NATS_PREFETCH": ("nats", "prefetch", int),
     "NATS_ACK_WAIT": ("nats", "ack_wait", int),
+    "NATS_REPLICAS": ("nats", "replicas", int),
+    "NATS_PING_INTERVAL": ("nats", "ping_interval", int),
+    "NATS_MAX_OUTSTANDING_PINGS": ("nats", "max_outstanding_pings", int),
+    "NATS_MONITOR_PORT": ("nats", "monitor_port", int),
     "LOG_LEVEL": ("runtime", "log_level", str),
     "AGENT_ID": ("runtime", "name", str),
     "MCP_ENABLED": ("mcp", "enabled", bool),
@@ -438,6 +450,17 @@ def config_problems(config: FlockConfig) -> list[str]:
         nats = config.nats
         if not 0 <= nats.port <= 65535:
             problems.append(f"nats.port: expected 0..65535, got {nats.port}")
+        for key, low, high in (
+            ("replicas", 1, 5),
+            ("ping_interval", 1, 10**9),
+            ("max_outstanding_pings", 1, 10**6),
+        ):
+            if not low <= getattr(nats, key) <= high:
+                problems.append(f"nats.{key}: expected {low}..{high}, got {getattr(nats, key)}")
+        if not -1 <= nats.monitor_port <= 65535:
+            problems.append(
+                f"nats.monitor_port: expected -1 (off), 0 (a free port) or a port, got {nats.monitor_port}"
+            )
         if nats.heartbeat_interval <= 0:
             problems.append(
                 f"nats.heartbeat_interval: expected > 0 (milliseconds), got {nats.heartbeat_interval}"

@@ -117,9 +117,17 @@ class Flock:
 
     def ready(self) -> bool:
         """Whether the flock can take work: it runs and, over NATS, is connected."""
-        if self.flock is None or self.system.failure is not None:
-            return False
-        return self.bus is None or self.bus.connected
+        return self.readiness() is None
+
+    def readiness(self) -> str | None:
+        """Why the flock cannot take work now (what ``/readyz`` answers with 503), or None:
+        not started, its actor system failed, or its NATS connection is not up and answering
+        (degraded, reconnecting, or stale: see ``NatsConnection.not_ready_reason``)."""
+        if self.flock is None:
+            return "the flock is not started"
+        if self.system.failure is not None:
+            return "the actor system stopped after a failure (see the log)"
+        return self.bus.not_ready_reason() if self.bus is not None else None
 
     async def __aenter__(self) -> Flock:
         await self.start()
@@ -151,7 +159,11 @@ class Flock:
             nats = config.nats
             url = nats.url
             if url == "embedded":
-                self.server = EmbeddedNats(port=nats.port or None, store_dir=nats.store_dir or None)
+                self.server = EmbeddedNats(
+                    port=nats.port or None,
+                    store_dir=nats.store_dir or None,
+                    monitor_port=nats.monitor_port if nats.monitor_port >= 0 else None,
+                )
                 await self.server.start()
                 url = self.server.url
             tls = (
@@ -169,6 +181,9 @@ class Flock:
                 password=nats.password or None,
                 token=nats.token or None,
                 tls=tls,
+                ping_interval=nats.ping_interval / 1000,
+                max_outstanding_pings=nats.max_outstanding_pings,
+                replicas=nats.replicas,
             )
             await self.bus.start()
             flock = NatsFlock(
@@ -211,11 +226,15 @@ class Flock:
         if config.mcp is not None and config.mcp.enabled:
             self.gateway = Gateway(config.mcp, flock)
             await self.gateway.start()
-            self.web = WebServer(build_app(self.gateway, ready=self.ready), config.mcp.host, config.mcp.port)
+            self.web = WebServer(
+                build_app(self.gateway, readiness=self.readiness), config.mcp.host, config.mcp.port
+            )
             await self.web.start()
             log.info("MCP gateway listening on %s (WebSocket and Streamable HTTP)", self.gateway_url)
         elif config.metrics is not None and config.metrics.enabled:
-            self.web = WebServer(build_app(ready=self.ready), config.metrics.host, config.metrics.port)
+            self.web = WebServer(
+                build_app(readiness=self.readiness), config.metrics.host, config.metrics.port
+            )
             await self.web.start()
             log.info("metrics served on %s", self.metrics_url)
 

@@ -7,7 +7,8 @@ the same app serves only the health endpoints and the metrics.
 
 ``/healthz`` says the process is alive (200 while it serves at all). ``/readyz`` says it can do
 work: 200 when the readiness check passes (the actor system runs and, over NATS, the connection
-is up), else 503.
+is up and its server answers pings), else 503 with the reason in the body
+(``{"status": "not ready", "reason": "..."}``).
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ log = logging.getLogger("flockrt.web")
 _DEFAULT_BODY_LIMIT = 1024 * 1024
 
 
-def build_app(gateway: Gateway | None = None, *, ready: Callable[[], bool] = lambda: True) -> web.Application:
+def build_app(
+    gateway: Gateway | None = None, *, readiness: Callable[[], str | None] = lambda: None
+) -> web.Application:
     """The aiohttp application: MCP (with a gateway), health, readiness and metrics.
 
     Args:
         gateway: Serve ``/mcp`` with it (None: health and metrics only).
-        ready: The readiness check behind ``/readyz``.
+        readiness: The check behind ``/readyz``: None when ready, else why not (a sentence
+            for an operator, sent in the 503's body).
     """
     limit = gateway.config.max_message_bytes if gateway is not None else _DEFAULT_BODY_LIMIT
     middlewares = []
@@ -60,9 +64,10 @@ def build_app(gateway: Gateway | None = None, *, ready: Callable[[], bool] = lam
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if ready():
+        reason = readiness()
+        if reason is None:
             return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready"}, status=503)
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
         body, content_type = metrics.exposition()

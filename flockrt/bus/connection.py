@@ -27,7 +27,7 @@ import enum
 import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
@@ -41,6 +41,8 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.jetstream import JetStream, JsMessage, PullConsumer
+from flockrt.bus.liveness import server_of
+from flockrt.bus.stepping import resume
 from flockrt.errors import BusTimeout, BusUnavailable, NoResponders
 from flockrt.supervisor.spec import Backoff
 
@@ -192,6 +194,11 @@ class NatsConnection:
         password: The user's password.
         token: An authentication token.
         tls: TLS settings (see :func:`tls_context`); a ``tls://`` URL alone uses the system's.
+        ping_interval: Seconds between the client's pings to its server. A server that has
+            not answered a ping for a whole interval makes :meth:`not_ready_reason` say so.
+        max_outstanding_pings: Unanswered pings after which nats-py drops the connection as
+            stale and reconnects (to another server of the cluster, if any).
+        replicas: Replicas of the JetStream streams and buckets this process creates.
         options: Further nats-py connect options, passed through.
 
     Attributes:
@@ -215,8 +222,15 @@ class NatsConnection:
         password: str | None = None,
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
+        ping_interval: float = 10.0,
+        max_outstanding_pings: int = 2,
+        replicas: int = 1,
         options: Mapping[str, Any] | None = None,
     ) -> None:
+        if not ping_interval > 0:
+            raise ValueError(f"ping_interval must be > 0 seconds, got {ping_interval!r}")
+        if max_outstanding_pings < 1:
+            raise ValueError(f"max_outstanding_pings must be >= 1, got {max_outstanding_pings!r}")
         if buffer_limit < 0:
             raise ValueError(f"buffer_limit must be >= 0, got {buffer_limit!r}")
         if max_retries < 1:  # nats-py reads 0 as "retry forever"
@@ -231,7 +245,12 @@ class NatsConnection:
         self._backoff = Backoff(initial=min(0.05, max_backoff), maximum=max_backoff, jitter=0.2)
         self._buffer_limit = buffer_limit
         self._connect_timeout = connect_timeout
-        self._options = dict(options or {})
+        self.ping_interval = ping_interval
+        self._options: dict[str, Any] = {
+            "ping_interval": ping_interval,
+            "max_outstanding_pings": max_outstanding_pings,
+            **(options or {}),
+        }
         # Authentication and TLS, as nats-py names them.
         if credentials:
             self._options["user_credentials"] = credentials
@@ -242,6 +261,8 @@ class NatsConnection:
         if tls is not None:
             self._options["tls"] = tls
         self._nc: Client | None = None
+        self.server = ""
+        """The server this process is (or was last) connected to, as :func:`server_of` names it."""
         self.max_payload = DEFAULT_MAX_PAYLOAD
         """The largest message the server takes (its ``max_payload``; the default until the
         first connect, then the last server's)."""
@@ -257,7 +278,7 @@ class NatsConnection:
         self._publishing = TaskOwner(f"NATS connection {name}", log)
         self._state_changed = asyncio.Event()
         self.stats = BusStats()
-        self.jetstream = JetStream(self)
+        self.jetstream = JetStream(self, replicas=replicas)
         # JetStream's operations under the names they had here before it had a module of its own.
         self.ensure_work_queue = self.jetstream.ensure_work_queue
         self.js_publish = self.jetstream.publish
@@ -282,6 +303,32 @@ class NatsConnection:
         """Closed for good (:meth:`close`): publishes, requests and JetStream operations raise
         :class:`BusUnavailable`."""
         return self._state is BusState.CLOSED
+
+    def not_ready_reason(self) -> str | None:
+        """Why this connection cannot carry work now (what ``/readyz`` says), or None if it can.
+
+        Not ready: closed; degraded or reconnecting; flushing what was buffered meanwhile; or
+        stale, its server silent for a whole ping interval (a ping sent an interval ago still
+        unanswered when the next goes out). A stale connection is one nats-py has not given up
+        on yet: it does after ``max_outstanding_pings`` unanswered pings, and reconnects.
+        """
+        state, nc = self._state, self._nc
+        if state is BusState.CLOSED:
+            return "the NATS connection is closed"
+        if nc is not None and nc.is_reconnecting:
+            return f"reconnecting: lost NATS server {self.server or self.url}"
+        if state is BusState.CONNECTING:
+            return f"connecting to NATS at {self.url}"
+        if state is BusState.DEGRADED:
+            if nc is not None and nc.is_connected:
+                return f"sending {len(self._buffer)} publishes buffered while NATS was unreachable"
+            return f"NATS at {self.url} is unreachable (degraded mode)"
+        if nc is not None and nc._pings_outstanding >= 2:
+            return (
+                f"NATS server {self.server} has not answered a ping for over {self.ping_interval:g} s "
+                "(stale connection)"
+            )
+        return None
 
     async def start(self) -> None:
         """Connect once; if NATS is unreachable, go degraded and keep trying in the background."""
@@ -369,7 +416,7 @@ class NatsConnection:
                 raise BusUnavailable(f"cannot publish to {subject!r}: the connection is closing") from None
             else:
                 self.stats.published += 1
-                self._publishing.spawn(_resume(publishing, waiting_for), name="flockrt-publish")
+                self._publishing.spawn(resume(publishing, waiting_for), name="flockrt-publish")
                 return
         elif state is BusState.CLOSED:
             raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
@@ -529,12 +576,13 @@ class NatsConnection:
         nc.options["max_reconnect_attempts"] = self._max_retries
         nc.options["reconnect_time_wait"] = self._reconnect_wait
         self._nc = nc
+        self.server = server_of(nc)
         self.max_payload = nc.max_payload or DEFAULT_MAX_PAYLOAD
         for subscription in list(self._subscriptions):
             await self._attach(nc, subscription)
         for service in list(self._services):
             await service._attach(nc)
-        log.info("connected to NATS at %s", self.url)
+        log.info("connected to NATS server %s", self.server)
         self._resume()
         return True
 
@@ -606,14 +654,21 @@ class NatsConnection:
 
     async def _on_disconnected(self) -> None:
         if self._state is not BusState.CLOSED:
-            log.warning("disconnected from NATS at %s; degraded until it is back", self.url)
+            log.warning(
+                "disconnected from NATS server %s; degraded until it is back", self.server or self.url
+            )
             self._set_state(BusState.DEGRADED)
 
     async def _on_reconnected(self) -> None:
         self.stats.reconnects += 1
+        previous = self.server
         if self._nc is not None:  # another server of the cluster may allow another size
             self.max_payload = self._nc.max_payload or self.max_payload
-        log.info("reconnected to NATS at %s", self.url)
+            self.server = server_of(self._nc)
+        if previous and previous != self.server:
+            log.warning("failed over from NATS server %s to %s", previous, self.server)
+        else:
+            log.info("reconnected to NATS server %s", self.server)
         self._resume()
 
     async def _on_closed(self) -> None:
@@ -627,42 +682,6 @@ class NatsConnection:
                 subscription._sub = None
             self._set_state(BusState.DEGRADED)
             self._start_reconnector()
-
-
-async def _resume(coroutine: Coroutine[Any, Any, None], waiting_for: Any) -> None:
-    """Finish ``coroutine``, which was stepped by hand and is waiting for ``waiting_for``.
-
-    A Task running this passes on what ``coroutine`` yields (the future it waits for), and
-    what the Task sends or throws in (a result, a cancellation) goes back to ``coroutine``.
-    """
-    await _Resumed(coroutine, waiting_for)
-
-
-class _Resumed:
-    __slots__ = ("coroutine", "waiting_for")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting_for: Any) -> None:
-        self.coroutine = coroutine
-        self.waiting_for = waiting_for
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coroutine, waiting_for = self.coroutine, self.waiting_for
-        while True:
-            try:
-                sent = yield waiting_for
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as exc:  # a cancellation, say: passed on to the coroutine
-                try:
-                    waiting_for = coroutine.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    waiting_for = coroutine.send(sent)
-                except StopIteration:
-                    return
 
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})

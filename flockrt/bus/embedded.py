@@ -128,6 +128,9 @@ class EmbeddedNats:
             streams before it listens, so a large store needs longer).
         stop_timeout: Seconds to wait for a graceful exit after SIGTERM before SIGKILL.
         binary: Path of the nats-server binary; None finds it with :func:`find_nats_server`.
+        monitor_port: Serve nats-server's HTTP monitoring (``/varz``, ``/jsz``, ``/healthz``,
+            ...) on this loopback port; 0 picks a free one at the first start (see
+            :attr:`monitor_url`); None (the default) serves none.
     """
 
     def __init__(
@@ -139,9 +142,15 @@ class EmbeddedNats:
         ready_timeout: float = 10.0,
         stop_timeout: float = 5.0,
         binary: str | os.PathLike[str] | None = None,
+        monitor_port: int | None = None,
     ) -> None:
         if port is not None and not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535 or None, got {port}")
+        if monitor_port is not None and not 0 <= monitor_port <= 65535:
+            raise ValueError(f"monitor_port must be 0..65535 or None, got {monitor_port}")
+        self._monitor_request = monitor_port
+        # The monitoring port in use: fixed at the first start when picked, kept by restart().
+        self._monitor_port: int | None = monitor_port or None
         self._port: int | None = port or None
         self._given_store_dir = Path(store_dir) if store_dir is not None else None
         self._store_dir: Path | None = self._given_store_dir
@@ -172,6 +181,12 @@ class EmbeddedNats:
         if self._port is None:
             raise NatsServerError("the embedded nats-server has no port yet: start it first")
         return f"nats://{HOST}:{self._port}"
+
+    @property
+    def monitor_url(self) -> str | None:
+        """``http://127.0.0.1:<port>`` of the server's HTTP monitoring, or None (off, or a free
+        port not picked yet)."""
+        return f"http://{HOST}:{self._monitor_port}" if self._monitor_port is not None else None
 
     @property
     def store_dir(self) -> Path | None:
@@ -288,21 +303,23 @@ class EmbeddedNats:
         # for, or the one a restart must keep, either binds or fails. The port is recorded once
         # a server has run on it.
         may_repick = self._port is None
+        may_repick_monitor = self._monitor_request == 0 and self._monitor_port is None
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             port = _free_port() if may_repick else self._port
             assert port is not None
+            monitor = _free_port() if may_repick_monitor else self._monitor_port
             try:
-                await self._spawn_and_wait(binary, port)
+                await self._spawn_and_wait(binary, port, monitor)
             except _PortInUse as exc:
-                if not may_repick or attempt == _PORT_ATTEMPTS:
+                if not (may_repick_monitor if exc.monitor else may_repick) or attempt == _PORT_ATTEMPTS:
                     raise exc.error from None
-                log.debug("port %d was taken before nats-server bound it; picking another", port)
+                log.debug("port %d was taken before nats-server bound it; picking another", exc.error.port)
             else:
-                self._port = port
+                self._port, self._monitor_port = port, monitor
                 return
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _spawn_and_wait(self, binary: str, port: int) -> None:
+    async def _spawn_and_wait(self, binary: str, port: int, monitor: int | None) -> None:
         assert self._store_dir is not None
         log_path = self._store_dir / LOG_FILE_NAME
         self._server_name = f"flockrt-{uuid.uuid4().hex[:12]}"
@@ -318,6 +335,8 @@ class EmbeddedNats:
             "--server_name",
             self._server_name,
         ]
+        if monitor is not None:
+            args += ["--http_port", str(monitor)]  # on --addr, loopback
         with log_path.open("ab") as log_out:
             offset = log_out.tell()
             # Own session: a Ctrl-C in the terminal reaches flockrt, which shuts its actors down
@@ -333,20 +352,21 @@ class EmbeddedNats:
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         try:
-            await self._wait_ready(port, log_path, offset)
+            await self._wait_ready(port, monitor, log_path, offset)
         except BaseException:
             # Never leave a half-started server behind (timeout, cancellation, or a probe error).
             await self._terminate(graceful=False)
             raise
         log.info(
-            "embedded nats-server ready at nats://%s:%d (store %s, pid %d)",
+            "embedded nats-server ready at nats://%s:%d (store %s, pid %d%s)",
             HOST,
             port,
             self._store_dir,
             self._process.pid,
+            f", monitoring on http://{HOST}:{monitor}" if monitor is not None else "",
         )
 
-    async def _wait_ready(self, port: int, log_path: Path, offset: int) -> None:
+    async def _wait_ready(self, port: int, monitor: int | None, log_path: Path, offset: int) -> None:
         """Wait until the server greets a client with its own INFO, or fail with its output.
 
         The server enables JetStream (recovering stored streams) before it listens for clients,
@@ -378,6 +398,17 @@ class EmbeddedNats:
                         await probe
                 if exited in done:
                     output = _read_output(log_path, offset)
+                    if "address already in use" in output and "monitor port" in output:
+                        raise _PortInUse(
+                            NatsServerError(
+                                f"nats-server could not serve its monitoring on {HOST}:{monitor}: the port "
+                                "is already in use (set [nats] monitor_port to another port, 0 for a "
+                                "free one, or -1 for none)",
+                                port=monitor,
+                                output=output,
+                            ),
+                            monitor=True,
+                        )
                     if "address already in use" in output:
                         raise _PortInUse(
                             NatsServerError(
@@ -462,6 +493,8 @@ class EmbeddedNats:
 class _PortInUse(Exception):
     """Internal: the server could not bind its port; carries the error to raise if final."""
 
-    def __init__(self, error: NatsServerError) -> None:
+    def __init__(self, error: NatsServerError, *, monitor: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
+        self.monitor = monitor
+        """Whether the monitoring port was taken (else the client port)."""

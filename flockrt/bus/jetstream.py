@@ -28,6 +28,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -38,12 +40,13 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
+from flockrt.bus.streams import reconcile
 from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError
 
 if TYPE_CHECKING:
     from flockrt.bus.connection import NatsConnection
 
-__all__ = ["JetStream", "JsMessage", "PullConsumer"]
+__all__ = ["JetStream", "JsMessage", "KvEntry", "PullConsumer"]
 
 log = logging.getLogger("flockrt.bus")
 
@@ -77,25 +80,37 @@ class JetStream:
         connection: The connection whose client carries the JetStream API.
     """
 
-    def __init__(self, connection: NatsConnection) -> None:
+    def __init__(self, connection: NatsConnection, *, replicas: int = 1) -> None:
+        if not 1 <= replicas <= 5:
+            raise ValueError(f"replicas must be 1..5 (JetStream's limit), got {replicas!r}")
         self.connection = connection
+        self.replicas = replicas
+        """Replicas of the streams and buckets this process creates (``[nats] replicas``);
+        an existing one with more is an error, one with fewer is raised to it."""
         self._buckets: dict[str, tuple[Client, KeyValue]] = {}
         """Key-value handles, each with the client it was made on (stale after a new client)."""
 
     async def ensure_work_queue(
         self, stream: str, subjects: list[str], *, duplicate_window: float = 120.0, timeout: float = 5.0
     ) -> None:
-        """Create the work-queue stream ``stream`` on ``subjects``, or bring it to this config.
+        """Create the work-queue stream ``stream`` on ``subjects``, or bring an existing one up to it.
 
-        Work-queue retention keeps a message until a consumer acks (or terminates) it, and file
-        storage keeps it across a server restart. Within ``duplicate_window`` seconds the server
-        drops a publish whose ``Nats-Msg-Id`` it has already stored.
+        Work-queue retention keeps a message until a consumer acks (or terminates) it, file
+        storage keeps it across a server restart, and :attr:`replicas` servers of a cluster
+        hold a copy each. Within ``duplicate_window`` seconds the server drops a publish whose
+        ``Nats-Msg-Id`` it has already stored.
+
+        An existing stream is never weakened (see :func:`flockrt.bus.streams.reconcile`): it
+        gains missing subjects, more replicas or a longer duplicate window, and keeps whatever
+        else an operator set.
 
         Raises:
             BusUnavailable: NATS is unreachable or the connection is closed.
             BusTimeout: JetStream did not answer within ``timeout`` seconds.
-            JetStreamError: JetStream refused the config (subjects overlap another stream, or an
-                existing stream of that name cannot be changed to it, e.g. other retention).
+            JetStreamError: JetStream refused the config (subjects overlap another stream, more
+                replicas than servers), or the existing stream has more replicas than
+                :attr:`replicas`, another retention or memory storage (the message says what
+                to change).
         """
         config = StreamConfig(
             name=stream,
@@ -103,22 +118,40 @@ class JetStream:
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=duplicate_window,
+            num_replicas=self.replicas,
         )
-        js = self._context(f"stream {stream}", timeout)
+        await self._ensure_stream(config, f"stream {stream}", timeout)
+
+    async def _ensure_stream(self, wanted: StreamConfig, what: str, timeout: float) -> None:
+        """Create the stream ``wanted`` describes, or reconcile the existing one with it."""
+        name = wanted.name
+        assert name is not None
+        js = self._context(what, timeout)
         try:
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != _STREAM_NAME_IN_USE:
-                    raise
-                await js.update_stream(config)
-                log.info("JetStream stream %s updated to subjects %s", stream, subjects)
+            for _ in range(3):  # another process may create or change it meanwhile: look again
+                try:
+                    info = await js.stream_info(name)
+                except nats.js.errors.NotFoundError:
+                    try:
+                        await js.add_stream(wanted)
+                    except nats.js.errors.BadRequestError as exc:
+                        if exc.err_code != _STREAM_NAME_IN_USE:
+                            raise
+                        continue
+                    log.info("JetStream %s created (%d replicas)", what, wanted.num_replicas or 1)
+                    return
+                update, outcome = reconcile(info.config, wanted, what=what)
+                if update is not None:
+                    await js.update_stream(update)
+                log.info("JetStream %s", outcome)
+                return
+            raise JetStreamError(f"cannot set up {what}: it kept changing under this process")
         except nats.js.errors.APIError as exc:
-            raise _js_error(f"cannot set up stream {stream!r}", exc) from None
+            raise self._setup_error(what, exc) from None
         except nats.errors.TimeoutError:
-            raise BusTimeout(f"$JS.API.STREAM.CREATE.{stream}", timeout) from None
+            raise BusTimeout(f"$JS.API.STREAM.CREATE.{name}", timeout) from None
         except nats.errors.ConnectionClosedError:
-            raise BusUnavailable(f"cannot set up stream {stream!r}: the connection closed") from None
+            raise BusUnavailable(f"cannot set up {what}: the connection closed") from None
 
     async def publish(
         self,
@@ -246,34 +279,92 @@ class JetStream:
 
     async def kv_items(self, bucket: str, *, ttl: float | None = None) -> dict[str, bytes]:
         """Every live entry of ``bucket``."""
+        return {key: entry.value for key, entry in (await self.kv_entries(bucket, ttl=ttl)).items()}
+
+    async def kv_entries(self, bucket: str, *, ttl: float | None = None) -> dict[str, KvEntry]:
+        """Every live entry of ``bucket``, with when the server stored it.
+
+        Raises:
+            BusUnavailable: NATS is unreachable.
+            BusTimeout: JetStream did not answer in time.
+            JetStreamError: JetStream refused the bucket.
+        """
         kv = await self._bucket(bucket, ttl)
+        js = self._context(f"key-value bucket {bucket}", 5.0)
         try:
             keys = await kv.keys()
         except nats.js.errors.NoKeysError:
             return {}
-        items: dict[str, bytes] = {}
-        for key in keys:
-            try:
-                entry = await kv.get(key)
-            except nats.js.errors.KeyNotFoundError:  # deleted or expired meanwhile
-                continue
-            if entry.value is not None:
-                items[key] = entry.value
-        return items
+        entries: dict[str, KvEntry] = {}
+        try:
+            for key in keys:
+                try:
+                    msg = await js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
+                except nats.js.errors.NotFoundError:  # deleted or expired meanwhile
+                    continue
+                if msg.data is None or (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                    continue
+                entries[key] = KvEntry(msg.data, msg.time or datetime.now(UTC))
+        except nats.js.errors.APIError as exc:
+            raise _js_error(f"key-value bucket {bucket}", exc) from None
+        except nats.errors.TimeoutError:
+            raise BusTimeout(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", 5.0) from None
+        return entries
+
+    async def ensure_bucket(self, bucket: str, *, ttl: float | None = None) -> None:
+        """Create the key-value ``bucket`` (:attr:`replicas` copies, file storage, one revision
+        per key, entries expiring ``ttl`` seconds after their last write), or check the
+        existing one: as with :meth:`ensure_work_queue`, it is never weakened (more replicas
+        than :attr:`replicas` is an error; fewer are raised to it). The other key-value methods
+        do this at their first use; call it to get the error at start.
+
+        Raises:
+            BusUnavailable: NATS is unreachable or the connection is closed.
+            BusTimeout: JetStream did not answer in time.
+            JetStreamError: JetStream refused the bucket, or the existing one cannot be kept
+                (the message says what to change).
+        """
+        await self._bucket(bucket, ttl)
+
+    def _setup_error(self, what: str, exc: nats.js.errors.APIError) -> JetStreamError:
+        error = _js_error(f"cannot set up {what}", exc)
+        if self.replicas > 1:  # the usual cause then: a single server, or too few
+            error = JetStreamError(
+                f"{error} ([nats] replicas = {self.replicas} needs a JetStream cluster of at least "
+                "that many servers)",
+                code=error.code,
+                err_code=error.err_code,
+                description=error.description,
+            )
+        return error
 
     async def _bucket(self, bucket: str, ttl: float | None) -> KeyValue:
         nc = self.connection._nc
         cached = self._buckets.get(bucket)
         if cached is not None and cached[0] is nc:
             return cached[1]
-        js = self._context(f"key-value bucket {bucket}", 5.0)
+        what = f"key-value bucket {bucket}"
+        js = self._context(what, 5.0)
         try:
             try:
+                # Its stream first: an existing bucket is checked (and never weakened) as a stream is.
+                stream = await js.stream_info(f"KV_{bucket}")
+            except nats.js.errors.NotFoundError:
+                kv = await js.create_key_value(
+                    bucket=bucket, ttl=ttl, history=1, storage=StorageType.FILE, replicas=self.replicas
+                )
+                log.info("JetStream %s created (%d replicas)", what, self.replicas)
+            else:
+                wanted = StreamConfig(
+                    name=stream.config.name, storage=StorageType.FILE, num_replicas=self.replicas
+                )
+                update, outcome = reconcile(stream.config, wanted, what=what)
+                if update is not None:
+                    await js.update_stream(update)
+                log.info("JetStream %s", outcome)
                 kv = await js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(bucket=bucket, ttl=ttl, history=1, storage=StorageType.FILE)
         except nats.js.errors.APIError as exc:
-            raise _js_error(f"key-value bucket {bucket}", exc) from None
+            raise self._setup_error(what, exc) from None
         except nats.errors.TimeoutError:
             raise BusTimeout(f"$JS.API (bucket {bucket})", 5.0) from None
         assert nc is not None
@@ -313,6 +404,19 @@ class JetStream:
             raise BusTimeout(reply, timeout) from None
         except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
             raise BusUnavailable(f"cannot settle a JetStream message: {exc!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class KvEntry:
+    """One entry of a key-value bucket.
+
+    Attributes:
+        value: What is stored.
+        stored: When the server stored it (aware UTC, by the server's clock).
+    """
+
+    value: bytes
+    stored: datetime
 
 
 class JsMessage:

@@ -101,6 +101,10 @@ class Presence:
             await self.bus.subscribe(subjects.DISCOVER, self.on_discover),
         ]
         if self.persist_directory:
+            try:  # a bucket that cannot be kept as it is (JetStreamError) fails the start
+                await self.bus.jetstream.ensure_bucket(self.DIRECTORY_BUCKET, ttl=self._directory_ttl)
+            except (BusUnavailable, BusTimeout) as exc:
+                log.debug("directory bucket not checked: %s", exc)  # load() says it, as a warning
             await self.load()
         await self.discover()
         self._schedule_sweep()
@@ -177,19 +181,30 @@ class Presence:
 
     async def load(self) -> None:
         try:
-            entries = await self.bus.kv_items(self.DIRECTORY_BUCKET, ttl=self._directory_ttl)
+            entries = await self.bus.jetstream.kv_entries(self.DIRECTORY_BUCKET, ttl=self._directory_ttl)
         except (BusUnavailable, BusTimeout, JetStreamError) as exc:
             log.warning("persisted directory not loaded (%s); it fills from heartbeats instead", exc)
             return
-        loaded = 0
-        for key, data in entries.items():
+        online = offline = 0
+        for key, entry in entries.items():
             announcement = self.outlet.decode(
-                Message(f"$KV.{self.DIRECTORY_BUCKET}.{key}", data, {}, ""), AgentAnnouncement
+                Message(f"$KV.{self.DIRECTORY_BUCKET}.{key}", entry.value, {}, ""), AgentAnnouncement
             )
-            if announcement is not None and not self.dispatcher.is_local(announcement.id):
-                self.directory.on_announcement(announcement)
-                loaded += 1
-        log.info("loaded %d agents from the persisted directory", loaded)
+            if announcement is None or self.dispatcher.is_local(announcement.id):
+                continue
+            # An entry is rewritten at every heartbeat: its age is the agent's silence (an entry
+            # older than three intervals is an agent that stopped without a goodbye: offline).
+            info = self.directory.restore(_described_only(announcement), entry.stored)
+            if info is not None and info.status == "online":
+                online += 1
+            elif info is not None:
+                offline += 1
+        log.info(
+            "loaded %d agents from the persisted directory (%d online, %d offline)",
+            online + offline,
+            online,
+            offline,
+        )
 
     # ------------------------------------------------------------------ other processes
 

@@ -257,6 +257,44 @@ class Directory:
             self._notify(info.id, info)
         return info
 
+    def restore(self, announcement: AgentAnnouncement, last_seen: datetime) -> AgentInfo | None:
+        """Add an agent from a stored record (the persisted directory), last heard of at
+        ``last_seen`` (aware wall-clock time, e.g. when the record was last written).
+
+        It counts as silent since then: offline already if that is more than ``missed``
+        heartbeat intervals ago (a record outlives a process killed without a goodbye), else
+        online until the rest of the grace period passes without a word from it. Its next
+        heartbeat or announcement brings it online as usual. A time in the future (clocks
+        disagree) counts as now.
+
+        Returns:
+            The agent's snapshot; the one already listed, unchanged, if the agent is known here
+            (what this process heard itself is fresher than any record); None if the directory
+            is full.
+        """
+        entry = self._agents.get(announcement.id)
+        if entry is not None:
+            return self._refresh((entry,))[0]
+        now, wall = self._clock(), self._wallclock()
+        age = max(0.0, (wall - last_seen).total_seconds())
+        if len(self._agents) >= self.max_agents and not self._make_room(now, announcement.id):
+            return None
+        info = AgentInfo(
+            id=announcement.id,
+            name=announcement.name,
+            capabilities=tuple(dict.fromkeys(announcement.capabilities)),
+            status="offline" if age > self._grace else "online",
+            last_seen=min(last_seen, wall),
+            timestamp=announcement.timestamp,
+            node=announcement.node,
+            max_concurrent_tasks=announcement.max_concurrent_tasks,
+            capability_schemas=announcement.capability_schemas,
+        )
+        self._agents[info.id] = _Entry(info, now - age, True)
+        self._index(info.id, (), info.capabilities)
+        self._notify(info.id, info)
+        return info
+
     def on_heartbeat(self, heartbeat: Heartbeat) -> AgentInfo | None:
         """Record an agent's sign of life: seen now, online, with its latest counters.
 
