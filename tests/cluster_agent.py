@@ -83,9 +83,7 @@ class Record:
 
     def by_node(self, node: str) -> int:
         """Executions begun by agents of ``node`` (agent ids are prefixed with the node name)."""
-        return sum(
-            1 for agents in self.agents.values() for agent in agents if agent.startswith(f"{node}-")
-        )
+        return sum(1 for agents in self.agents.values() for agent in agents if agent.startswith(f"{node}-"))
 
 
 def read_record(path: Path) -> Record:

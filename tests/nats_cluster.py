@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ __all__ = [
     "Tally",
     "flock_config",
     "free_ports",
+    "start_all",
     "stop_all",
     "http_status",
     "wait_until",
@@ -186,6 +188,7 @@ class NatsCluster:
     ) -> None:
         hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * size
         wrappers = [list(w) for w in wrappers] if wrappers is not None else [[] for _ in range(size)]
+        self._picked = ports is None
         picked = free_ports(3 * size) if ports is None else list(ports) * size
         self.extra = extra
         self.binary = find_nats_server()
@@ -260,9 +263,22 @@ class NatsCluster:
         await wait_until(all_healthy, timeout, f"NATS cluster {[n.name for n in chosen]} healthy", 0.1)
 
     async def start(self) -> None:
-        for node in self.nodes:
-            self._spawn(node)
-        await self.wait_healthy()
+        """Start every server and wait until the cluster is healthy. Ports picked here that
+        another process took meanwhile are picked again (up to 3 tries)."""
+        for attempt in range(3):
+            for node in self.nodes:
+                self._spawn(node)
+            try:
+                await self.wait_healthy()
+                return
+            except AssertionError:
+                taken = any("address already in use" in _tail(node.log_file) for node in self.nodes)
+                if not (taken and self._picked) or attempt == 2:
+                    raise
+            await self.stop()
+            fresh = free_ports(3 * len(self.nodes))
+            for i, node in enumerate(self.nodes):
+                node.port, node.cluster_port, node.monitor_port = fresh[3 * i : 3 * i + 3]
 
     async def kill(self, name: str) -> None:
         """``kill -9`` server ``name`` and wait until it is gone."""
@@ -320,7 +336,7 @@ def flock_config(
     *,
     slots: int = 4,
     durable: bool = False,
-    mcp_port: int,
+    mcp_port: int = 0,
     mcp_host: str = "127.0.0.1",
     nats: dict[str, Any] | None = None,
     shutdown_timeout: float = 10.0,
@@ -356,7 +372,10 @@ class FlockProcess:
         name: The node's name (``[runtime] name``).
         directory: Where its config and log go.
         config: The config text (:func:`flock_config`).
-        mcp_port: Its gateway port, where :meth:`start` waits for ``/readyz``.
+        mcp_port: Its gateway port, where :meth:`start` waits for ``/readyz``; 0 when the
+            config lets it pick a free one, which it then reads from the process's log (a port
+            picked here could be taken by another process before this one binds it, and its
+            ``/readyz`` would answer for the wrong process).
         wrapper: A command prefix (``["ip", "netns", "exec", NS]``).
         probe: How to ask its ``/readyz`` (default: :func:`http_status` on 127.0.0.1).
     """
@@ -366,7 +385,7 @@ class FlockProcess:
         name: str,
         directory: Path,
         config: str,
-        mcp_port: int,
+        mcp_port: int = 0,
         *,
         wrapper: Sequence[str] = (),
         probe: Callable[[], Awaitable[tuple[int, str]]] | None = None,
@@ -378,7 +397,7 @@ class FlockProcess:
         self.log_file = directory / f"{name}.log"
         self.wrapper = list(wrapper)
         self.process: subprocess.Popen[bytes] | None = None
-        self._probe = probe or (lambda: http_status("127.0.0.1", mcp_port, "/readyz"))
+        self._probe = probe
 
     @property
     def running(self) -> bool:
@@ -400,9 +419,22 @@ class FlockProcess:
                 start_new_session=True,
             )
 
+    def _bound_port(self) -> int:
+        """The gateway's port: the configured one, or the one its log line names."""
+        if self.mcp_port:
+            return self.mcp_port
+        match = re.search(r"MCP gateway listening on http://[^:]+:(\d+)/", self.log())
+        return int(match.group(1)) if match else 0
+
     async def readyz(self) -> int:
-        """``/readyz``'s status (0: not reachable)."""
-        status, _ = await self._probe()
+        """``/readyz``'s status (0: not reachable, or not listening yet)."""
+        if self._probe is not None:
+            status, _ = await self._probe()
+            return status
+        port = self._bound_port()
+        if not port:
+            return 0
+        status, _ = await http_status("127.0.0.1", port, "/readyz")
         return status
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
@@ -443,6 +475,14 @@ class FlockProcess:
         if await _reap(self.process, grace) is None:
             self.process.kill()
             await _reap(self.process, 5)
+
+
+async def start_all(processes: Sequence[FlockProcess]) -> None:
+    """Spawn every process at once, then wait until each is ready."""
+    for process in processes:
+        process.spawn()
+    for process in processes:
+        await process.wait_ready()
 
 
 async def stop_all(
@@ -526,6 +566,18 @@ class Tally:
                 continue
             self.sent[task_id] = time.monotonic()
             return task_id
+
+    async def publish_many(self, durable: bool, seconds: Sequence[float], at_once: int = 64) -> None:
+        """One task per entry of ``seconds``: core publishes (then a flush), or JetStream
+        publishes with their acks, ``at_once`` at a time."""
+        if not durable:
+            for s in seconds:
+                await self.publish(s)
+            assert self.connection is not None
+            await self.connection.flush()
+            return
+        for start in range(0, len(seconds), at_once):
+            await asyncio.gather(*(self.js_publish(s) for s in seconds[start : start + at_once]))
 
     def ok(self) -> set[str]:
         return {task_id for task_id, statuses in self.results.items() if "ok" in statuses}

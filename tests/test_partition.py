@@ -21,7 +21,6 @@ import ctypes
 import os
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -77,7 +76,9 @@ class Net:
 
 def _pick_prefix() -> str:
     """A 10.x.y/24 that no interface or route of this namespace uses."""
-    used = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    used = subprocess.run(
+        ["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True
+    ).stdout
     used += subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout
     for _ in range(100):
         raw = uuid.uuid4().bytes
@@ -100,7 +101,9 @@ def net() -> Iterator[Net]:
         try:
             ip("netns", "add", net.bridge_ns)
         except subprocess.CalledProcessError as exc:
-            pytest.skip(f"network namespaces cannot be made here: `ip netns add {net.bridge_ns}`: {exc.stderr}")
+            pytest.skip(
+                f"network namespaces cannot be made here: `ip netns add {net.bridge_ns}`: {exc.stderr}"
+            )
         b = ("netns", "exec", net.bridge_ns, "ip")
         commands += [
             (*b, "link", "set", "lo", "up"),
@@ -133,7 +136,9 @@ def net() -> Iterator[Net]:
             try:
                 ip(*command)
             except subprocess.CalledProcessError as exc:
-                pytest.skip(f"network namespaces cannot be set up here: `ip {' '.join(command)}`: {exc.stderr}")
+                pytest.skip(
+                    f"network namespaces cannot be set up here: `ip {' '.join(command)}`: {exc.stderr}"
+                )
         yield net
     finally:
         _cleanup(
@@ -240,9 +245,7 @@ async def test_a_silent_partition_loses_nothing_in_durable_mode_and_fails_readin
 
     producer = asyncio.create_task(produce())
     try:
-        await wait_until(
-            lambda: read_record(tmp_path / "record").by_node("p3") >= 4, 30, "p3 running tasks"
-        )
+        await wait_until(lambda: read_record(tmp_path / "record").by_node("p3") >= 4, 30, "p3 running tasks")
         net.cut(3)
         took = await wait_until(not_ready, PING_WINDOW + SLACK, "p3's /readyz turning 503 after the cut")
         sent_at_cut = len(tally.sent)
