@@ -330,6 +330,9 @@ class NatsFlock:
         await self.outlet.drain()
         await self.results.close()
         await self.presence.close()
+        await self.intake.stop(
+            0.0
+        )  # (a no-op after stop_intake) the keeper role and the unstarted tasks go back
         await self.intake.close()
         await self.inboxes.close()
         subscriptions = list(self._subscriptions)

@@ -148,7 +148,7 @@ class Intake:
         self._consumers.clear()
         await asyncio.gather(*(consumer.stop(max(0.0, deadline - loop.time())) for consumer in consumers))
         for lane in lanes:
-            if not await lane.wait_idle(max(0.0, deadline - loop.time())):
+            if not await lane.wait_idle(max(0.0, deadline - loop.time())) and timeout > 0:
                 log.warning(
                     "stop: %d tasks of %s still running after %g s; they are cut short by the agents' stop",
                     lane.running,

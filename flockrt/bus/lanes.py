@@ -140,7 +140,8 @@ class CoreLane:
         self._standby: Subscription | None = None
         self._tasks = TaskOwner(f"intake of {self.subject}", log)
         self._probe_now = asyncio.Event()
-        self._arming = False
+        self._arming: asyncio.Task[None] | None = None
+        self._other: bool | None = None  # once stopped: whether another process takes the type
         self._pumping = False
         self._stopping = False
         self._idle = asyncio.Event()
@@ -188,6 +189,8 @@ class CoreLane:
         if self._stopping:
             return
         self._stopping = True
+        if self._arming is not None:  # let it finish: its subscription is drained below
+            await asyncio.gather(self._arming, return_exceptions=True)
         await self._tasks.close()
         if self._standby is not None:
             await self._standby.unsubscribe()
@@ -205,6 +208,7 @@ class CoreLane:
         for credit in credits:
             if credit.subscription is not None:
                 await credit.subscription.drain()
+        self._other = other
         await self._give_back(other)
 
     async def wait_idle(self, timeout: float | None) -> bool:
@@ -226,7 +230,7 @@ class CoreLane:
         for subscription in subscriptions:
             if subscription is not None:
                 await subscription.unsubscribe()
-        await self._give_back(False)
+        await self._give_back(bool(self._other))  # stragglers after a stop go where its hand-back went
 
     # ------------------------------------------------------------------ tasks
 
@@ -242,8 +246,10 @@ class CoreLane:
         self.stats.taken += 1
         if self.running < self.capacity and not self.held and not self._stopping:
             self._start(task, message)
-        else:
-            heapq.heappush(self.held, (PRIORITIES.get(task.priority, 1), next(self._order), task, message))
+            return
+        heapq.heappush(self.held, (PRIORITIES.get(task.priority, 1), next(self._order), task, message))
+        if self._other is not None:  # a straggler after the stop's hand-back: back it goes too
+            self._tasks.spawn(self._give_back(self._other))
 
     def _on_bounded(self, credit: _Credit, message: Message) -> None:
         credit.received += 1
@@ -342,13 +348,12 @@ class CoreLane:
 
     def _arm_soon(self) -> None:
         """Open a bounded subscription if credit is free (none while keeper or stopping)."""
-        if self._arming or self._stopping or self._keeper is not None or self.capacity <= 0:
+        if self._arming is not None or self._stopping or self._keeper is not None or self.capacity <= 0:
             return
         credit = self.capacity + self.prefetch - self.running - len(self.held) - self.outstanding
         # A second subscription only for much credit: each costs a round trip to open.
         if credit > 0 and (not self._credits or credit >= max(1, (self.capacity + self.prefetch) // 2)):
-            self._arming = True
-            self._tasks.spawn(self._arm(credit), name=f"flockrt-credit-{self.task_type}")
+            self._arming = self._tasks.spawn(self._arm(credit), name=f"flockrt-credit-{self.task_type}")
 
     async def _arm(self, limit: int) -> None:
         credit = _Credit(limit)
@@ -361,7 +366,7 @@ class CoreLane:
             with contextlib.suppress(ValueError):
                 self._credits.remove(credit)
         finally:
-            self._arming = False
+            self._arming = None
         if credit.received >= credit.limit and credit.subscription is not None:
             await credit.subscription.unsubscribe()  # all came while subscribe() waited
         self._arm_soon()
