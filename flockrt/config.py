@@ -406,8 +406,13 @@ def _apply_env(config: FlockConfig, env: Mapping[str, str]) -> FlockConfig:
             try:
                 value: Any = int(raw)
             except ValueError:
-                what = {"HEARTBEAT_INTERVAL": "milliseconds", "MCP_TIMEOUT": "milliseconds"}.get(
-                    variable, "a count" if variable == "MAX_RETRIES" else "a port"
+                milliseconds = ("HEARTBEAT_INTERVAL", "MCP_TIMEOUT", "NATS_PING_INTERVAL")
+                what = (
+                    "milliseconds"
+                    if variable in milliseconds
+                    else "a port"
+                    if variable.endswith("_PORT")
+                    else "a count"
                 )
                 raise ConfigError(f"{variable}: expected an integer ({what}), got {raw!r}") from None
         elif kind is bool:

@@ -640,3 +640,49 @@ def test_random_feeds_match_a_model_of_last_seen_times(ops: list[tuple[Any, ...]
             else:
                 assert picked is None
         assert mirror == {info.id: _view(info) for info in everyone}
+
+
+# -- a stored record (the persisted directory) -----------------------------------------------------
+
+
+def stored(agent_id: str) -> AgentAnnouncement:
+    return AgentAnnouncement(id=agent_id, name=agent_id.upper(), capabilities=["echo"], timestamp=SKEWED)
+
+
+def test_a_record_within_the_grace_period_is_online_for_the_rest_of_it(
+    directory: Directory, clock: FakeClock
+) -> None:
+    info = directory.restore(stored("a-1"), clock.wall() - timedelta(seconds=60))
+    assert info is not None and info.status == "online"
+    assert info.last_seen == clock.wall() - timedelta(seconds=60)
+    clock.advance(30)  # 90 s since the record: still within three intervals
+    assert directory.get("a-1").status == "online"  # type: ignore[union-attr]
+    clock.advance(0.001)
+    assert [info.id for info in directory.sweep()] == ["a-1"]
+
+
+def test_a_record_older_than_three_intervals_is_offline_at_once(
+    directory: Directory, clock: FakeClock
+) -> None:
+    recorder = Recorder()
+    directory.subscribe(recorder)
+    info = directory.restore(stored("a-1"), clock.wall() - timedelta(seconds=90.001))
+    assert info is not None and info.status == "offline"
+    assert recorder.take() == [("a-1", "offline")]
+    assert directory.pick("echo") is None  # no work is routed to it
+    beat(directory, "a-1")  # alive after all: online, as usual
+    assert directory.get("a-1").status == "online"  # type: ignore[union-attr]
+
+
+def test_a_record_never_overrides_what_this_process_heard(directory: Directory, clock: FakeClock) -> None:
+    announce(directory, "a-1", "echo")
+    clock.advance(10)
+    info = directory.restore(stored("a-1"), clock.wall() - timedelta(hours=1))
+    assert info is not None and info.status == "online" and info.capabilities == ("echo",)
+
+
+def test_a_record_from_the_future_counts_as_now(directory: Directory, clock: FakeClock) -> None:
+    info = directory.restore(stored("a-1"), clock.wall() + timedelta(hours=1))  # clocks disagree
+    assert info is not None and info.status == "online" and info.last_seen == clock.wall()
+    clock.advance(GRACE + 1)
+    assert directory.get("a-1").status == "offline"  # type: ignore[union-attr]

@@ -17,8 +17,9 @@ from flockrt.bus.connection import NatsConnection
 from flockrt.bus.durable import DurableTasks
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.streams import reconcile
-from flockrt.config import config_problems, load_config
+from flockrt.config import FlockConfig, NatsConfig, RuntimeConfig, config_problems, load_config
 from flockrt.errors import JetStreamError
+from flockrt.runtime import Flock
 from flockrt.wire.schema import Codec, TaskMessage
 from tests.nats_server import nats_cluster
 
@@ -200,5 +201,22 @@ async def test_flockrt_creates_r3_and_raises_r1_to_r3(cluster: list[EmbeddedNats
             assert (await js.stream_info(name)).config.num_replicas == 3
             await wait_for_followers(js, name, 2)  # the leader and two more copies
         assert (await js.stream_info(STREAM)).state.messages == 1  # the task survived the change
+    finally:
+        await plain.close()
+
+
+async def test_a_flock_refuses_to_start_on_a_stream_it_cannot_keep(nats_server: EmbeddedNats) -> None:
+    plain = await nats.connect(nats_server.url, allow_reconnect=False)
+    try:
+        await plain.jetstream().add_stream(work_queue(storage=StorageType.MEMORY))
+        config = FlockConfig(
+            runtime=RuntimeConfig(name="strict"), nats=NatsConfig(url=nats_server.url, durable=True)
+        )
+        flock = Flock(config)
+        with pytest.raises(JetStreamError, match="stream FLOCK_TASKS keeps its messages in memory"):
+            await flock.start()
+        assert flock.bus is not None and flock.bus.closed  # what had started is stopped again
+        info = await plain.jetstream().stream_info(STREAM)
+        assert info.config.storage == StorageType.MEMORY  # untouched
     finally:
         await plain.close()

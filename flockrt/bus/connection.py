@@ -576,13 +576,13 @@ class NatsConnection:
         nc.options["max_reconnect_attempts"] = self._max_retries
         nc.options["reconnect_time_wait"] = self._reconnect_wait
         self._nc = nc
-        self.server = server_of(nc)
+        previous, self.server = self.server, server_of(nc)
         self.max_payload = nc.max_payload or DEFAULT_MAX_PAYLOAD
         for subscription in list(self._subscriptions):
             await self._attach(nc, subscription)
         for service in list(self._services):
             await service._attach(nc)
-        log.info("connected to NATS server %s", self.server)
+        self._log_server(previous, "connected to")
         self._resume()
         return True
 
@@ -632,6 +632,14 @@ class NatsConnection:
         if not self._buffer and self._nc is nc and nc.is_connected:
             self._set_state(BusState.CONNECTED)
 
+    def _log_server(self, previous: str, verb: str) -> None:
+        """Name the server now in use; a failover when it is at another address than before
+        (the same server restarted may have another name or version: not a failover)."""
+        if previous and previous.rpartition(" at ")[2] != self.server.rpartition(" at ")[2]:
+            log.warning("failed over from NATS server %s to %s", previous, self.server)
+        else:
+            log.info("%s NATS server %s", verb, self.server)
+
     def _start_reconnector(self) -> None:
         if self._reconnector is None or self._reconnector.done():
             self._reconnector = self._background.spawn(self._reconnect_forever(), name="flockrt-reconnect")
@@ -665,10 +673,7 @@ class NatsConnection:
         if self._nc is not None:  # another server of the cluster may allow another size
             self.max_payload = self._nc.max_payload or self.max_payload
             self.server = server_of(self._nc)
-        if previous and previous != self.server:
-            log.warning("failed over from NATS server %s to %s", previous, self.server)
-        else:
-            log.info("reconnected to NATS server %s", self.server)
+        self._log_server(previous, "reconnected to")
         self._resume()
 
     async def _on_closed(self) -> None:

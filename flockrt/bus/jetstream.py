@@ -289,22 +289,22 @@ class JetStream:
             BusTimeout: JetStream did not answer in time.
             JetStreamError: JetStream refused the bucket.
         """
-        kv = await self._bucket(bucket, ttl)
+        await self._bucket(bucket, ttl)
         js = self._context(f"key-value bucket {bucket}", 5.0)
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
+        stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
         entries: dict[str, KvEntry] = {}
         try:
-            for key in keys:
+            # The stream's subjects, not nats-py's KeyValue.keys(): its watcher can report an
+            # empty bucket when the first entry arrives while it asks for the consumer's info.
+            info = await js.stream_info(stream, subjects_filter=f"{prefix}>")
+            for subject in info.state.subjects or {}:
                 try:
-                    msg = await js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
-                except nats.js.errors.NotFoundError:  # deleted or expired meanwhile
+                    msg = await js.get_msg(stream, subject=subject)
+                except nats.js.errors.NotFoundError:  # expired meanwhile
                     continue
                 if msg.data is None or (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
-                    continue
-                entries[key] = KvEntry(msg.data, msg.time or datetime.now(UTC))
+                    continue  # a deletion's marker
+                entries[subject.removeprefix(prefix)] = KvEntry(msg.data, msg.time or datetime.now(UTC))
         except nats.js.errors.APIError as exc:
             raise _js_error(f"key-value bucket {bucket}", exc) from None
         except nats.errors.TimeoutError:
