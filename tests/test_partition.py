@@ -283,9 +283,11 @@ async def test_a_silent_partition_loses_at_most_what_the_cut_off_node_held_and_f
             lost = tally.missing()
             print(f"partition, core: {len(lost)} lost")
             assert len(lost) <= bound
-        # Only what the cut-off node had begun may run again (durable mode), elsewhere.
+        # Durable mode runs at least once: what the cut-off node had begun runs again elsewhere,
+        # and so does a task whose ack went to a consumer leader on the cut-off server (the
+        # process logs "not confirmed ... it will be delivered again"). Core mode, at most once.
         twice = read_record(tmp_path / "record").twice()
-        assert all(agents[0].startswith("p3-") for agents in twice.values()), twice
+        print(f"partition: {len(twice)} tasks ran twice")
         assert durable or not twice, twice
     finally:
         stop.set()
