@@ -1,8 +1,9 @@
 """The agent of the multi-process tests: it records every execution of a ``work`` task.
 
 A config names it as ``class = "tests.cluster_agent:Recorder"`` with ``options = { record =
-"/path/of/the/log" }``. Each execution appends ``start <task id> <agent id>`` when the handler
-begins and ``done <task id> <agent id>`` when it ends, one ``write`` on a file opened with
+"/path/of/the/log" }``. Each execution appends ``start <task id> <agent id> <time>`` when the
+handler begins and ``done <task id> <agent id> <time>`` when it ends (``time.time()``, one clock
+for every process of the machine), one ``write`` on a file opened with
 O_APPEND, so the lines of every process of a test interleave whole and survive a ``kill -9`` of
 the writer. A task's ``data`` is ``{"seconds": s}``: how long the work takes (0 for none).
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -50,12 +52,12 @@ class Recorder(Agent):
 
     @handles_task(TASK_TYPE)
     async def work(self, task: TaskMessage) -> dict[str, Any]:
-        _append(self.record, f"start {task.id} {self.agent_id}\n")
+        _append(self.record, f"start {task.id} {self.agent_id} {time.time():.6f}\n")
         data = task.data if isinstance(task.data, dict) else {}
         seconds = float(data.get("seconds", 0))
         if seconds > 0:
             await asyncio.sleep(seconds)  # the work itself: it takes this long
-        _append(self.record, f"done {task.id} {self.agent_id}\n")
+        _append(self.record, f"done {task.id} {self.agent_id} {time.time():.6f}\n")
         return {"by": self.agent_id}
 
 
@@ -66,16 +68,21 @@ class Record:
         self.started: Counter[str] = Counter()
         self.finished: Counter[str] = Counter()
         self.agents: dict[str, list[str]] = {}  # task id -> agents that started it
+        self.first_start = self.last_done = 0.0
         for line in lines:
-            parts = line.split()
-            if len(parts) != 3:
-                continue  # a line cut short by kill -9 is never written half: os.write is whole
-            what, task_id, agent = parts
+            what, task_id, agent, at = line.split()  # os.write of one line is whole, even at kill -9
             if what == "start":
                 self.started[task_id] += 1
                 self.agents.setdefault(task_id, []).append(agent)
+                self.first_start = min(self.first_start or float(at), float(at))
             elif what == "done":
                 self.finished[task_id] += 1
+                self.last_done = max(self.last_done, float(at))
+
+    @property
+    def makespan(self) -> float:
+        """Seconds from the first execution's start to the last one's end."""
+        return self.last_done - self.first_start
 
     def twice(self) -> dict[str, list[str]]:
         """Tasks begun more than once, with the agents that began them."""

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -44,10 +46,12 @@ __all__ = [
     "NatsCluster",
     "NatsNode",
     "Tally",
+    "best_schedule",
     "flock_config",
     "free_ports",
     "start_all",
     "stop_all",
+    "uneven_tasks",
     "http_status",
     "wait_until",
 ]
@@ -492,6 +496,25 @@ async def stop_all(
     await asyncio.gather(*(process.stop(grace) for process in processes))
     if cluster is not None:
         await cluster.stop()
+
+
+# ----------------------------------------------------------------------- the uneven workload
+
+
+def uneven_tasks() -> list[float]:
+    """The uneven-capacity workload: 64 task lengths of 0.1-0.25 s (seeded), longest first."""
+    rng = random.Random(11)
+    return sorted((rng.uniform(0.1, 0.25) for _ in range(64)), reverse=True)
+
+
+def best_schedule(seconds: Sequence[float], slots: int) -> float:
+    """How long ``seconds`` take on ``slots`` slots when a scheduler that knows every length puts
+    each, longest first, on the slot that frees up first: the ideal a runtime is measured by
+    (the work divided by the slots is a lower bound no schedule of whole tasks may reach)."""
+    free = [0.0] * slots
+    for length in sorted(seconds, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + length)
+    return max(free)
 
 
 # ------------------------------------------------------------------------ a plain NATS client
