@@ -31,6 +31,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -144,8 +145,8 @@ class CoreLane:
         self._other: bool | None = None  # once stopped: whether another process takes the type
         self._pumping = False
         self._stopping = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Future[None] | None = None  # wait_idle's, while it waits
+        self._then = self._done  # bound once: what a task without a reply calls when done
 
     @property
     def keeper(self) -> bool:
@@ -213,9 +214,12 @@ class CoreLane:
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds until no started task runs; whether none does."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
+        if self.running > 0:
+            self._idle = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._idle
+            self._idle = None
         return self.running == 0
 
     async def close(self) -> None:
@@ -262,14 +266,15 @@ class CoreLane:
 
     def _start(self, task: TaskMessage, message: Message) -> None:
         self.running += 1
-        self._idle.clear()
         reply = message.reply
         headers = message.headers
         correlation = headers.get(CORRELATION_HEADER) if headers else None
 
-        def then(result: TaskResult) -> None:
-            self._finished()
-            if reply:
+        then: Callable[[TaskResult], None] = self._then  # (no closure per task without a reply)
+        if reply:
+
+            def then(result: TaskResult) -> None:
+                self._finished()
                 self.outlet.publish_nowait(reply, result, dict(headers), unsendable_result)
 
         try:
@@ -278,19 +283,24 @@ class CoreLane:
             # dispatch_task tries the dispatcher's one fast path first.
             self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
-            self.running -= 1
+            self._finished()
             failed = failed_task(task, exc)
             self.outlet.publish_result(failed, None)
             if reply:
                 self.outlet.publish_nowait(reply, failed, dict(headers), unsendable_result)
 
+    def _done(self, result: TaskResult) -> None:
+        self._finished()
+
     def _finished(self) -> None:
+        # Per task: only what the usual case needs (a keeper with nothing held does two checks).
         self.running -= 1
-        if self.running <= 0:
-            self.running = 0
-            self._idle.set()
-        self._pump()
-        self._arm_soon()
+        if self.held:
+            self._pump()
+        if self._keeper is None:
+            self._arm_soon()
+        if self.running == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _pump(self) -> None:
         """Start held tasks while slots are free (once, however deep inline work nests)."""
