@@ -23,8 +23,8 @@ from flockrt.bus.connection import NatsConnection
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.bus.flock import NatsFlock
 from flockrt.bus.presence import Presence
-from flockrt.config import FlockConfig, MetricsConfig, NatsConfig, RuntimeConfig
-from flockrt.errors import NatsServerError
+from flockrt.config import FlockConfig, MetricsConfig, NatsConfig, RuntimeConfig, load_config
+from flockrt.errors import ConfigError, NatsServerError
 from flockrt.flock.directory import Directory
 from flockrt.runtime import Flock
 from flockrt.wire.schema import AgentAnnouncement, Codec
@@ -196,3 +196,31 @@ async def test_a_persisted_entry_older_than_three_intervals_loads_offline(bus: N
     assert await newcomer_sees(bus, ahead=0) == {"dead-1": "online"}  # just written: alive
     assert await newcomer_sees(bus, ahead=29) == {"dead-1": "online"}  # within 3 x 10 s
     assert await newcomer_sees(bus, ahead=31) == {"dead-1": "offline"}  # beyond: offline at once
+
+
+# ---------------------------------------------------------------------- the keys
+
+
+def test_the_liveness_keys_their_variables_and_ranges(tmp_path: Path) -> None:
+    path = tmp_path / "flock.toml"
+    path.write_text("[nats]\n")
+    nats = load_config(path, env={}).nats
+    assert nats is not None
+    assert (nats.ping_interval, nats.max_outstanding_pings, nats.monitor_port) == (10000, 2, -1)
+    env = {"NATS_PING_INTERVAL": "2500", "NATS_MAX_OUTSTANDING_PINGS": "4", "NATS_MONITOR_PORT": "0"}
+    nats = load_config(path, env=env).nats
+    assert nats is not None
+    assert (nats.ping_interval, nats.max_outstanding_pings, nats.monitor_port) == (2500, 4, 0)
+    with pytest.raises(
+        ConfigError, match=r"NATS_PING_INTERVAL: expected an integer \(milliseconds\), got '10s'"
+    ):
+        load_config(path, env={"NATS_PING_INTERVAL": "10s"})
+    path.write_text("[nats]\nping_interval = 0\nmax_outstanding_pings = 0\nmonitor_port = -2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    for problem in (
+        "nats.ping_interval: expected 1..1000000000, got 0",
+        "nats.max_outstanding_pings: expected 1..1000000, got 0",
+        "nats.monitor_port: expected -1 (off), 0 (a free port) or a port, got -2",
+    ):
+        assert problem in str(caught.value)

@@ -315,14 +315,14 @@ class NatsConnection:
         state, nc = self._state, self._nc
         if state is BusState.CLOSED:
             return "the NATS connection is closed"
-        if nc is not None and nc.is_reconnecting:
-            return f"reconnecting: lost NATS server {self.server or self.url}"
         if state is BusState.CONNECTING:
             return f"connecting to NATS at {self.url}"
-        if state is BusState.DEGRADED:
-            if nc is not None and nc.is_connected:
-                return f"sending {len(self._buffer)} publishes buffered while NATS was unreachable"
-            return f"NATS at {self.url} is unreachable (degraded mode)"
+        connected = nc is not None and nc.is_connected
+        if state is BusState.DEGRADED and connected:
+            return f"sending {len(self._buffer)} publishes buffered while NATS was unreachable"
+        if state is BusState.DEGRADED or not connected:  # nats-py's reconnection, or this module's
+            lost = f"lost NATS server {self.server}" if self.server else f"NATS at {self.url} is unreachable"
+            return f"{lost}; reconnecting (degraded mode: publishes are buffered)"
         if nc is not None and nc._pings_outstanding >= 2:
             return (
                 f"NATS server {self.server} has not answered a ping for over {self.ping_interval:g} s "

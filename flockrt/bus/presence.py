@@ -16,7 +16,11 @@ with an id, name, capability name or status longer than ``max_id_length``, or li
 
 With ``persist_directory``, local agents are also kept in the JetStream key-value bucket
 FLOCK_AGENTS (entries expire after three missed heartbeats), which a process
-loads when it starts.
+loads when it starts. An entry is rewritten at each heartbeat, so the time the server stored it
+says how long its agent has been silent: one older than three heartbeat intervals loads as
+offline (:meth:`Directory.restore <flockrt.flock.directory.Directory.restore>`). The bucket has
+``[nats] replicas`` copies and is checked at start, never weakened (see
+:mod:`flockrt.bus.streams`).
 """
 
 from __future__ import annotations
