@@ -308,6 +308,18 @@ class NatsCluster:
                 process.kill()
                 await _reap(process, 5)
 
+    async def server_of(self, client: str) -> str:
+        """The name of the running server that client connection ``client`` (its connection
+        name: a flockrt process's node name) is connected to, from each server's ``/connz``."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            status, body = await http_status(node.host, node.monitor_port, "/connz?limit=4096")
+            connections = (json.loads(body).get("connections") or []) if status == 200 else []
+            if any(connection.get("name") == client for connection in connections):
+                return node.name
+        raise AssertionError(f"no running server has a connection named {client!r}")
+
     async def stream_info(self, stream: str, via: str | None = None) -> dict[str, Any]:
         """``$JS.API.STREAM.INFO.<stream>`` asked of server ``via`` (default: any running one)."""
         node = self[via] if via is not None else next(n for n in self.nodes if n.running)
