@@ -494,10 +494,17 @@ class FlockProcess:
 
 
 async def start_all(processes: Sequence[FlockProcess]) -> None:
-    """Spawn every process at once, then wait until each is ready."""
-    for process in processes:
+    """Start the first process, then the others at once, and wait until each is ready.
+
+    The first one alone creates the durable stream: three processes creating it at the same
+    moment on a cluster that has just formed sometimes wait more than the 5 s a flockrt process
+    gives JetStream at start, and that process exits (``no reply on
+    '$JS.API.STREAM.CREATE.FLOCK_TASKS' within 5 s``)."""
+    if processes:
+        await processes[0].start()
+    for process in processes[1:]:
         process.spawn()
-    for process in processes:
+    for process in processes[1:]:
         await process.wait_ready()
 
 
