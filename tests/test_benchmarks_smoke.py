@@ -64,4 +64,4 @@ def test_bench_names_an_unknown_suite() -> None:
         [sys.executable, "-m", "flockrt", "bench", "kernal"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "unknown suite 'kernal'; expected kernel, bus, gateway, metrics, startup" in result.stderr
+    assert "unknown suite 'kernal'; expected kernel, bus, gateway, metrics, startup, cluster" in result.stderr
