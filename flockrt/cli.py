@@ -247,7 +247,7 @@ def _mcp(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-BENCH_SUITES = ("kernel", "bus", "gateway", "metrics", "startup")
+BENCH_SUITES = ("kernel", "bus", "agents", "gateway", "metrics", "startup")
 """The suites of ``benchmarks/`` that ``flockrt bench`` runs, in this order."""
 
 
