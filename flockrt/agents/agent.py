@@ -564,15 +564,17 @@ class Agent(Actor[Any]):
         if type(work) is TaskBatch:
             await self._run_batch(work, method_name)
             return
-        # The runner Task's own context: set for this piece, overwritten by the next one.
-        current_agent.set(self.agent_id)
+        # The runner Task's own context (a copy of the agent's, where its id is set): set for
+        # this piece, overwritten by the next one. The work itself matters only to
+        # report_progress, so it is set only when someone listens (or a piece before did).
         correlation_id.set(work.correlation_id)
-        current_work.set(work)  # a runner's context: no reset, and the next piece replaces it
-        follow = follow_requester(work)
+        if work.progress is not None or current_work.get() is not None:
+            current_work.set(work)
+        follow = follow_requester(work)  # None: no requester to follow
         try:
             result = await self._call(work, method_name)
         except asyncio.CancelledError:
-            if follow.cancelled:  # its requester gave up (the runner stops, its slot is freed)
+            if follow is not None and follow.cancelled:  # its requester gave up (the runner stops)
                 work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("cancelled")))
             else:
                 work.finish(None, self._stopped(work))
@@ -583,7 +585,8 @@ class Agent(Actor[Any]):
             self.tasks_processed += 1
             work.finish(result)
         finally:
-            follow.stop()
+            if follow is not None:
+                follow.stop()
 
     async def _run_batch(self, work: TaskBatch, method_name: str) -> None:
         """Run a batch's tasks one after the other in this runner Task (as :meth:`_run` per

@@ -132,6 +132,11 @@ class TaskRun(Work):
     kind: ClassVar[Literal["task"]] = "task"
 
     task: TaskMessage
+    then: Callable[[Any], None] | None = None
+    """The flock's hook on the task's TaskResult (after ``on_done`` built it), if any."""
+    waiter: asyncio.Future[Any] | None = None
+    """The future a waiting submitter awaits (the TaskResult goes there), if any: on the work
+    itself, so that waiting costs no closure per task."""
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -192,7 +197,10 @@ class Follow:
         self._task = None
 
 
-def follow_requester(work: Work) -> Follow:
-    """A :class:`Follow` of ``work``'s requester by the current Task (a runner's)."""
+def follow_requester(work: Work) -> Follow | None:
+    """A :class:`Follow` of ``work``'s requester by the current Task (a runner's), or None
+    when no requester waits on a future of the work's own (a task: nothing to follow)."""
     future = work.future if type(work) is CapabilityCall else None
+    if future is None:
+        return None
     return Follow(future, asyncio.current_task())

@@ -134,6 +134,7 @@ class Dispatcher:
         self.tasks_finished: dict[str, int] = {"ok": 0, "error": 0}
         """Tasks run by this process's agents, by outcome: always counted, at the cost of a dict
         increment (the metrics layer's per-type series come from ``work_stats``)."""
+        self._task_hook = self._on_task_done  # bound once: every TaskRun's on_done
 
     # ------------------------------------------------------------------ members
 
@@ -283,12 +284,7 @@ class Dispatcher:
             NoCapableAgent: no agent of this process handles the task's type.
         """
         result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-
-        def then(outcome: TaskResult) -> None:
-            if not result.done():
-                result.set_result(outcome)
-
-        self.dispatch_task(task, then, progress=progress)
+        self._dispatch_task(task, None, progress, None, result)
         return result
 
     def dispatch_task(
@@ -306,38 +302,46 @@ class Dispatcher:
         Raises:
             NoCapableAgent: no agent of this process handles the task's type.
         """
-        correlation = correlation or correlation_id.get() or task.id  # as task.result has it
-        if progress is None:
-            skill = self._task_skills.get(task.type)
-            origin = (task, then, correlation)
-            if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
-                return
-        self._dispatch_task_work(task, then, progress, correlation)
+        self._dispatch_task(task, then, progress, correlation, None)
 
-    def _dispatch_task_work(
+    def _dispatch_task(
         self,
         task: TaskMessage,
         then: Callable[[TaskResult], None] | None,
         progress: ProgressCallback | None,
-        correlation: str,
+        correlation: str | None,
+        waiter: asyncio.Future[TaskResult] | None,
     ) -> None:
-        """:meth:`dispatch_task`'s usual path: the task as a :class:`TaskRun`."""
-        if then is None:
-            on_done: Callable[[TaskRun, Any, WorkFailed | None], object] = self._task_done
-        else:
-
-            def on_done(work: TaskRun, value: Any, error: WorkFailed | None) -> None:
-                then(self._task_done(work, value, error))
-
+        """:meth:`dispatch_task` and :meth:`start_task`: the fast path when it applies, else the
+        task as a :class:`TaskRun` that carries its ``then`` and ``waiter`` (one hook for every
+        task, :meth:`_on_task_done`: no closure per task)."""
+        correlation = correlation or correlation_id.get() or task.id  # as task.result has it
+        if progress is None:
+            skill = self._task_skills.get(task.type)
+            origin = (task, then, correlation, waiter)
+            if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
+                return
         work = TaskRun(
             key=task.type,
             task=task,
             priority=PRIORITIES[task.priority],
-            on_done=on_done,
+            on_done=self._task_hook,
             progress=progress,
             correlation_id=correlation,
+            then=then,
+            waiter=waiter,
         )
         self.dispatch(work)
+
+    def _on_task_done(self, work: TaskRun, value: Any, error: WorkFailed | None) -> None:
+        """Every TaskRun's ``on_done``: its TaskResult, counted, timed and reported, then to its
+        ``then`` and its ``waiter``."""
+        outcome = self.finish_task(work.task, work, value, error, True)
+        then, waiter = work.then, work.waiter
+        if then is not None:
+            then(outcome)  # (a failure is logged by Work.finish, as for any hook)
+        if waiter is not None and not waiter.done():  # (done: its submitter gave up)
+            waiter.set_result(outcome)
 
     def dispatch_tasks(
         self,
@@ -393,15 +397,17 @@ class Dispatcher:
 
     def _deliver_task(
         self,
-        origin: tuple[TaskMessage, Callable[[TaskResult], None] | None, str],
+        origin: tuple[
+            TaskMessage, Callable[[TaskResult], None] | None, str, asyncio.Future[TaskResult] | None
+        ],
         agent_id: str,
         value: Any,
         error: WorkFailed | None,
         seconds: float,
     ) -> None:
         """A task ran on the fast path: its TaskResult to the sink and the listeners, then to
-        its ``then``."""
-        task, then, correlation = origin
+        its ``then`` and its ``waiter``."""
+        task, then, correlation, waiter = origin
         result = self.task_result(task, agent_id, seconds, value, error)
         self.report(result, True, correlation)
         if then is not None:
@@ -409,6 +415,8 @@ class Dispatcher:
                 then(result)
             except Exception:  # as Work.finish does with a failing hook
                 log.exception("task %s: the hook on its result failed", task.id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
 
     def _run_inline_now(
         self, skill: _Skill, payload: Any, correlation: str | None
@@ -613,6 +621,8 @@ class Dispatcher:
         # just as the future completes, and the caller's cancellation would be lost.
         stats = self.work_stats if kind == "capability" else None
         if stats is None:
+            if timeout is None:  # no timeout context at all: it would cost a Timeout per wait
+                return await future
             try:
                 async with asyncio.timeout(timeout):
                     return await future
@@ -635,10 +645,6 @@ class Dispatcher:
             stats.record(kind, key, outcome, time.monotonic() - started)
 
     # ------------------------------------------------------------------ results
-
-    def _task_done(self, work: TaskRun, value: Any, error: WorkFailed | None) -> TaskResult:
-        """A task's work finished: its TaskResult, counted, timed and reported."""
-        return self.finish_task(work.task, work, value, error, True)
 
     def finish_task(
         self, task: TaskMessage, work: Work, value: Any, error: WorkFailed | None, publish: bool

@@ -215,9 +215,10 @@ class LocalFlock:
         if not wait:
             self.dispatcher.dispatch_task(task)
             return task.id
-        outcome: TaskResult = await self.dispatcher.wait(
-            self.dispatcher.start_task(task), "task", task.type, timeout
-        )
+        result = self.dispatcher.start_task(task)
+        if timeout is None:  # (Dispatcher.wait, inlined: a task's wait is not counted there)
+            return await result
+        outcome: TaskResult = await self.dispatcher.wait(result, "task", task.type, timeout)
         return outcome
 
     @overload
