@@ -532,8 +532,36 @@ class Agent(Actor[Any]):
         while True:
             try:
                 if not work.abandoned:
-                    await self._run(work)
-            except asyncio.CancelledError:  # the agent stops; nothing more for this runner
+                    table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
+                    method_name = table.get(work.key)
+                    if method_name is None or type(work) is TaskBatch:
+                        await self._run_other(work, method_name)
+                    else:  # one piece of work, here rather than in a coroutine of its own
+                        # The runner Task's own context (a copy of the agent's, where its id is
+                        # set): set for this piece, overwritten by the next one. The work itself
+                        # matters only to report_progress, so it is set only when someone
+                        # listens (or a piece before did).
+                        correlation_id.set(work.correlation_id)
+                        if work.progress is not None or current_work.get() is not None:
+                            current_work.set(work)
+                        follow = follow_requester(work)  # None: no requester to follow
+                        try:
+                            result = await self._call(work, method_name)
+                        except asyncio.CancelledError:
+                            if follow is not None and follow.cancelled:  # its requester gave up
+                                work.finish(None, self._gave_up(work))
+                            else:
+                                work.finish(None, self._stopped(work))
+                            raise
+                        except Exception as exc:  # the work failed, not the agent
+                            self._failed(work, exc)
+                        else:
+                            self.tasks_processed += 1
+                            work.finish(result)
+                        finally:
+                            if follow is not None:
+                                follow.stop()
+            except asyncio.CancelledError:  # the agent stops (or the requester gave up)
                 self._finished()
                 raise
             self._handoff = _WAITING
@@ -553,40 +581,13 @@ class Agent(Actor[Any]):
                     self._finished()
                     raise
 
-    async def _run(self, work: Work) -> None:
-        """Run one piece of work; its outcome goes to ``work.finish`` (never raised, except
-        the cancellation of a stopping agent)."""
-        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
-        method_name = table.get(work.key)
+    async def _run_other(self, work: Work, method_name: str | None) -> None:
+        """What :meth:`_runner` does not run itself: a batch, or work the agent does not offer."""
         if method_name is None:
             work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, LookupError("not offered")))
-            return
-        if type(work) is TaskBatch:
-            await self._run_batch(work, method_name)
-            return
-        # The runner Task's own context (a copy of the agent's, where its id is set): set for
-        # this piece, overwritten by the next one. The work itself matters only to
-        # report_progress, so it is set only when someone listens (or a piece before did).
-        correlation_id.set(work.correlation_id)
-        if work.progress is not None or current_work.get() is not None:
-            current_work.set(work)
-        follow = follow_requester(work)  # None: no requester to follow
-        try:
-            result = await self._call(work, method_name)
-        except asyncio.CancelledError:
-            if follow is not None and follow.cancelled:  # its requester gave up (the runner stops)
-                work.finish(None, WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("cancelled")))
-            else:
-                work.finish(None, self._stopped(work))
-            raise
-        except Exception as exc:  # the work failed, not the agent: its requester gets the error
-            self._failed(work, exc)
         else:
-            self.tasks_processed += 1
-            work.finish(result)
-        finally:
-            if follow is not None:
-                follow.stop()
+            assert type(work) is TaskBatch
+            await self._run_batch(work, method_name)
 
     async def _run_batch(self, work: TaskBatch, method_name: str) -> None:
         """Run a batch's tasks one after the other in this runner Task (as :meth:`_run` per
@@ -685,6 +686,9 @@ class Agent(Actor[Any]):
 
     def _stopped(self, work: Work) -> WorkFailed:
         return WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("agent stopped"))
+
+    def _gave_up(self, work: Work) -> WorkFailed:
+        return WorkFailed(self.agent_id, work.kind, work.key, RuntimeError("cancelled"))
 
     def _finished(self) -> None:
         if self._source is not None:
