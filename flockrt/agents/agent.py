@@ -36,6 +36,7 @@ from flockrt.agents.params import Parameters
 from flockrt.agents.ports import AgentCard, Membership, WorkSource
 from flockrt.agents.work import (
     CapabilityCall,
+    Follow,
     ProgressCallback,
     TaskBatch,
     TaskRun,
@@ -518,7 +519,7 @@ class Agent(Actor[Any]):
         handler sees the correlation and agent ids flockrt sets, not other context variables
         of the code that submitted the work, and the same ones whichever way it runs.
         """
-        self._running.spawn(self._runner(work), context=self._inline_context.copy())
+        self._running.start(self._runner(work), context=self._inline_context.copy())
 
     async def _runner(self, work: Work) -> None:
         """Run ``work``, then each piece the flock hands over as its slot frees up.
@@ -527,59 +528,74 @@ class Agent(Actor[Any]):
         work in a row instead of one Task (and its scheduling) per piece. The handover is
         synchronous: ``_finished`` reports the free slot, the flock's dispatcher calls
         :meth:`take_work` within that call, and ``_handoff`` carries the piece back here.
+
+        A piece of work runs in this coroutine, not in one of its own, and the runner leaves
+        its owner itself (:meth:`TaskOwner.start`): the Task costs no more than it must.
         """
+        owner, task = self._running, asyncio.current_task()
         in_a_row = 0
-        while True:
-            try:
-                if not work.abandoned:
-                    table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
-                    method_name = table.get(work.key)
-                    if method_name is None or type(work) is TaskBatch:
-                        await self._run_other(work, method_name)
-                    else:  # one piece of work, here rather than in a coroutine of its own
-                        # The runner Task's own context (a copy of the agent's, where its id is
-                        # set): set for this piece, overwritten by the next one. The work itself
-                        # matters only to report_progress, so it is set only when someone
-                        # listens (or a piece before did).
-                        correlation_id.set(work.correlation_id)
-                        if work.progress is not None or current_work.get() is not None:
-                            current_work.set(work)
-                        follow = follow_requester(work)  # None: no requester to follow
-                        try:
-                            result = await self._call(work, method_name)
-                        except asyncio.CancelledError:
-                            if follow is not None and follow.cancelled:  # its requester gave up
-                                work.finish(None, self._gave_up(work))
-                            else:
-                                work.finish(None, self._stopped(work))
-                            raise
-                        except Exception as exc:  # the work failed, not the agent
-                            self._failed(work, exc)
-                        else:
-                            self.tasks_processed += 1
-                            work.finish(result)
-                        finally:
-                            if follow is not None:
-                                follow.stop()
-            except asyncio.CancelledError:  # the agent stops (or the requester gave up)
-                self._finished()
-                raise
-            self._handoff = _WAITING
-            try:
-                self._finished()
-            finally:
-                handed, self._handoff = self._handoff, None
-            if handed is _WAITING or handed is None:
-                return
-            work = handed
-            in_a_row += 1
-            if in_a_row % _RUNS_PER_TURN == 0:  # handlers that never wait must not hog the loop
+        error: Exception | None = None
+        try:
+            while True:
                 try:
-                    await asyncio.sleep(0)
-                except asyncio.CancelledError:
-                    work.finish(None, self._stopped(work))
+                    if not work.abandoned:
+                        table = (
+                            self._flockrt_capabilities
+                            if work.kind == "capability"
+                            else self._flockrt_task_types
+                        )
+                        method_name = table.get(work.key)
+                        if method_name is None or type(work) is TaskBatch:
+                            await self._run_other(work, method_name)
+                        else:
+                            follow = self._begin(work)
+                            try:
+                                result = await self._call(work, method_name)
+                            except asyncio.CancelledError:
+                                gave_up = follow is not None and follow.cancelled  # its requester did
+                                work.finish(None, self._gave_up(work) if gave_up else self._stopped(work))
+                                raise
+                            except Exception as exc:  # the work failed, not the agent
+                                self._failed(work, exc)
+                            else:
+                                self.tasks_processed += 1
+                                work.finish(result)
+                            finally:
+                                if follow is not None:
+                                    follow.stop()
+                except asyncio.CancelledError:  # the agent stops (or the requester gave up)
                     self._finished()
                     raise
+                self._handoff = _WAITING
+                try:
+                    self._finished()
+                finally:
+                    handed, self._handoff = self._handoff, None
+                if handed is _WAITING or handed is None:
+                    return
+                work = handed
+                in_a_row += 1
+                if in_a_row % _RUNS_PER_TURN == 0:  # handlers that never wait must not hog the loop
+                    try:
+                        await asyncio.sleep(0)
+                    except asyncio.CancelledError:
+                        work.finish(None, self._stopped(work))
+                        self._finished()
+                        raise
+        except Exception as exc:  # a bug: logged, as the owner of a Task would log it
+            error = exc
+        finally:
+            owner.ended(task, error)
+
+    def _begin(self, work: Work) -> Follow | None:
+        """Set the runner's context for one piece of work (a copy of the agent's, where its id
+        is set; the next piece overwrites it); its :class:`Follow`, if a requester waits.
+        The work itself matters only to report_progress, so it is set only when someone
+        listens (or a piece before did)."""
+        correlation_id.set(work.correlation_id)
+        if work.progress is not None or current_work.get() is not None:
+            current_work.set(work)
+        return follow_requester(work)
 
     async def _run_other(self, work: Work, method_name: str | None) -> None:
         """What :meth:`_runner` does not run itself: a batch, or work the agent does not offer."""
