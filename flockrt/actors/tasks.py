@@ -64,7 +64,7 @@ class TaskOwner:
 
     def ended(self, task: asyncio.Task[Any] | None, error: BaseException | None = None) -> None:
         """A Task of :meth:`start` ends (``error``: the exception that ends it, logged here)."""
-        self._tasks.discard(task)  # type: ignore[arg-type]  # (None: not a Task: nothing)
+        self._tasks.discard(task)  # (None: not a Task: nothing)
         if error is not None:
             name = task.get_name() if task is not None else "?"
             self._log.error("%s: background task %s failed", self.what, name, exc_info=error)
