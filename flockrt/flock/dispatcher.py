@@ -74,6 +74,9 @@ class _Skill:
     the oldest."""
     pumping: bool = False
     """Whether Dispatcher.pump (or a dispatch) is handing out its work right now."""
+    inline: set[str] = field(default_factory=set)
+    """Those whose handler of it never waits (the fast path looks for a free agent only if
+    there is one: otherwise the usual path looks, once)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -146,6 +149,11 @@ class Dispatcher:
         member = self._members[card.id] = _Member(card, skills)
         for skill in skills:
             skill.agents.add(card.id)
+            inline = card.inline_task_types if skill.kind == "task" else card.inline_capabilities
+            if skill.name in inline:
+                skill.inline.add(card.id)
+            else:
+                skill.inline.discard(card.id)
         self._offer(member)
         for skill in skills:
             self.pump(skill)
@@ -157,6 +165,7 @@ class Dispatcher:
             return False
         for skill in member.skills:
             skill.agents.discard(agent_id)
+            skill.inline.discard(agent_id)
         return True
 
     def work_done(self, agent_id: str) -> None:
@@ -433,7 +442,7 @@ class Dispatcher:
         even when the agent has more slots). :meth:`run_now` then hands the outcome over and
         calls :meth:`pump_skills_of`: work queued meanwhile goes out once the agent is free again.
         """
-        if skill.pumping or skill.waiting:
+        if skill.pumping or skill.waiting or not skill.inline:
             return None
         member = self.free_member(skill)
         if member is None:
