@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from flockrt.errors import WorkFailed
+from flockrt.errors import WorkFailed, WorkTimeout
 
 if TYPE_CHECKING:
     from flockrt.wire.schema import TaskMessage
@@ -173,7 +173,8 @@ def report_tasks(
 
 class Follow:
     """While a runner Task runs a piece of work, a requester that cancels its wait (an MCP
-    client's notifications/cancelled, a caller cancelled itself, a timeout) cancels the Task:
+    client's notifications/cancelled, a caller cancelled itself, a timeout: its future is
+    cancelled, or failed with WorkTimeout) cancels the Task:
     nobody wants the result any more. :meth:`stop` ends this when the work is over (the Task
     may go on with other work); :attr:`cancelled` says whether it fired."""
 
@@ -187,7 +188,9 @@ class Follow:
             future.add_done_callback(self._abandoned)
 
     def _abandoned(self, done: asyncio.Future[Any]) -> None:
-        if done.cancelled() and self._task is not None:
+        # Cancelled, or failed with WorkTimeout by the requester's deadline (see
+        # Dispatcher._answer): the requester stopped waiting.
+        if self._task is not None and (done.cancelled() or isinstance(done.exception(), WorkTimeout)):
             self.cancelled = True
             self._task.cancel()
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flockrt.actors.correlation import correlation_id
+from flockrt.actors.deadlines import AskDeadlines
 from flockrt.agents.ports import AgentCard
 from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, TaskRun, Work
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
@@ -99,6 +100,10 @@ class _Member:
         return self.running / self.card.max_concurrent_tasks
 
 
+def _capability_timeout(capability: str, timeout: float) -> WorkTimeout:
+    return WorkTimeout("capability", capability, timeout)
+
+
 class Dispatcher:
     """The skills of one process's agents, who of them is free, and the work waiting for them.
 
@@ -138,6 +143,7 @@ class Dispatcher:
         """Tasks run by this process's agents, by outcome: always counted, at the cost of a dict
         increment (the metrics layer's per-type series come from ``work_stats``)."""
         self._task_hook = self._on_task_done  # bound once: every TaskRun's on_done
+        self._deadlines: AskDeadlines | None = None  # of capability requests (see _answer)
 
     # ------------------------------------------------------------------ members
 
@@ -250,10 +256,10 @@ class Dispatcher:
             WorkTimeout: no answer within ``timeout`` seconds.
             WorkFailed: the agent's handler raised (the cause is attached).
         """
-        response = await self.request_capability_response(
-            capability, parameters, timeout=timeout, progress=progress
-        )
-        return response.result
+        if self.fallback is not None and not self.has_skill("capability", capability):
+            response = await self.fallback(capability, parameters, timeout=timeout, progress=progress)
+            return response.result
+        return await self._answer(self._call_capability(capability, parameters, progress), timeout)
 
     async def request_capability_response(
         self,
@@ -267,18 +273,61 @@ class Dispatcher:
         and the correlation id, as a :class:`~flockrt.wire.schema.CapabilityResponse`."""
         if self.fallback is not None and not self.has_skill("capability", capability):
             return await self.fallback(capability, parameters, timeout=timeout, progress=progress)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        work = self._call_capability(capability, parameters, progress)
+        result = await self._answer(work, timeout)
+        return CapabilityResponse(correlation_id=work.correlation_id, result=result, agent_id=work.agent_id)
+
+    def _call_capability(
+        self, capability: str, parameters: Any, progress: ProgressCallback | None
+    ) -> CapabilityCall:
+        """A capability request, dispatched (see :meth:`dispatch`); its ``future`` gets the answer."""
         work = CapabilityCall(
             key=capability,
             parameters=parameters,
-            future=future,
+            future=asyncio.get_running_loop().create_future(),
             priority=PRIORITIES["medium"],
             progress=progress,
             correlation_id=correlation_id.get(),
         )
         self.dispatch(work)
-        result = await self.wait(future, "capability", capability, timeout)
-        return CapabilityResponse(correlation_id=work.correlation_id, result=result, agent_id=work.agent_id)
+        return work
+
+    async def _answer(self, work: CapabilityCall, timeout: float | None) -> Any:
+        """The answer to ``work`` (its future's result) within ``timeout`` seconds, counted and
+        timed in ``work_stats``.
+
+        The timeout is a deadline shared by every request that ends in the same millisecond
+        (:class:`~flockrt.actors.deadlines.AskDeadlines`): no timer, Task or timeout context
+        per request. A request past its deadline has its future failed with WorkTimeout, which
+        its agent's runner hears too (:class:`~flockrt.agents.work.Follow`): the work stops.
+
+        Raises:
+            WorkTimeout: no answer within ``timeout`` seconds.
+        """
+        future = work.future
+        assert future is not None
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = AskDeadlines(asyncio.get_running_loop(), _capability_timeout)
+        key = deadlines.add(future, work.key, timeout) if timeout is not None else 0
+        stats = self.work_stats
+        started = time.monotonic() if stats is not None else 0.0
+        outcome = "error"
+        try:
+            result = await future
+            outcome = "ok"
+            return result
+        except WorkTimeout:
+            outcome = "timeout"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if timeout is not None:
+                deadlines.discard(key, future)
+            if stats is not None:
+                stats.record("capability", work.key, outcome, time.monotonic() - started)
 
     # ------------------------------------------------------------------ tasks
 
