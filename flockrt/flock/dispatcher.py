@@ -25,25 +25,22 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flockrt.actors.correlation import correlation_id
 from flockrt.actors.deadlines import AskDeadlines
 from flockrt.agents.ports import AgentCard
-from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, TaskRun, Work
+from flockrt.agents.work import ProgressCallback, TaskBatch, TaskRun, Work
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
-from flockrt.flock import batches
+from flockrt.flock import batches, requests
 from flockrt.flock.batches import PRIORITIES
+from flockrt.flock.skills import HEAP_SLACK, Member, Skill
 from flockrt.flock.stats import WorkStats
 from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
 
 __all__ = ["PRIORITIES", "CapabilityFallback", "Deliver", "Dispatcher", "ResultSink"]
 
 log = logging.getLogger("flockrt.flock")
-
-_HEAP_SLACK = 4
-"""A free heap is compacted when it holds this many entries per agent (plus 64): stale ones."""
 
 ResultSink = Callable[[TaskResult, "str | None"], None]
 """Where a finished task's result goes before the result listeners: ``sink(result,
@@ -57,51 +54,6 @@ Deliver = Callable[[Any, str, Any, "WorkFailed | None", float], None]
 CapabilityFallback = Callable[..., Awaitable[CapabilityResponse]]
 """Where a capability request goes that no local agent offers (over NATS: another process);
 called like :meth:`Dispatcher.request_capability_response`."""
-
-
-@dataclass(eq=False, slots=True)
-class _Skill:
-    """A capability or a task type offered in this process: who offers it, who of them has a
-    free slot, and the work waiting for one. Work is dispatched per skill."""
-
-    kind: Literal["capability", "task"]
-    name: str
-    agents: set[str] = field(default_factory=set)
-    """The local agents that offer it (ids)."""
-    free: list[tuple[float, int, str, int]] = field(default_factory=list)
-    """Those with a free slot, as a heap keyed like the fair choice (see Dispatcher._offer)."""
-    waiting: list[tuple[int, int, Work]] = field(default_factory=list)
-    """Work waiting for a free agent, as a heap: highest priority (lowest number) first, then
-    the oldest."""
-    pumping: bool = False
-    """Whether Dispatcher.pump (or a dispatch) is handing out its work right now."""
-    inline: set[str] = field(default_factory=set)
-    """Those whose handler of it never waits (the fast path looks for a free agent only if
-    there is one: otherwise the usual path looks, once)."""
-
-
-@dataclass(eq=False, slots=True)
-class _Member:
-    card: AgentCard
-    skills: tuple[_Skill, ...] = ()
-    running: int = 0
-    handed: dict[_Skill, int] = field(default_factory=dict)
-    """Pieces of work of each skill handed to it so far (a task of bulk work counts as one):
-    the fair choice's tie-break, so each kind of work spreads over the agents that do it."""
-    version: int = 0
-    """Which of its entries in the free heaps is current (see Dispatcher._offer); 0: none."""
-
-    @property
-    def free(self) -> bool:
-        return self.running < self.card.max_concurrent_tasks
-
-    @property
-    def load(self) -> float:
-        return self.running / self.card.max_concurrent_tasks
-
-
-def _capability_timeout(capability: str, timeout: float) -> WorkTimeout:
-    return WorkTimeout("capability", capability, timeout)
 
 
 class Dispatcher:
@@ -122,10 +74,10 @@ class Dispatcher:
         self.node = node
         self.sink = sink
         self.fallback = fallback
-        self._members: dict[str, _Member] = {}
-        self._skills: dict[tuple[str, str], _Skill] = {}  # by (kind, name)
-        self._task_skills: dict[str, _Skill] = {}  # the task types among them, by name
-        # The free heaps of the skills (_Skill.free) are keyed like the fair choice: the least
+        self._members: dict[str, Member] = {}
+        self._skills: dict[tuple[str, str], Skill] = {}  # by (kind, name)
+        self._task_skills: dict[str, Skill] = {}  # the task types among them, by name
+        # The free heaps of the skills (Skill.free) are keyed like the fair choice: the least
         # loaded, then the one handed least of the skill so far, then the smallest id. Entries
         # are not updated in place: a member's change pushes a new entry with a new version,
         # and entries whose version is not the member's current one are dropped when they
@@ -143,7 +95,8 @@ class Dispatcher:
         """Tasks run by this process's agents, by outcome: always counted, at the cost of a dict
         increment (the metrics layer's per-type series come from ``work_stats``)."""
         self._task_hook = self._on_task_done  # bound once: every TaskRun's on_done
-        self._deadlines: AskDeadlines | None = None  # of capability requests (see _answer)
+        self.deadlines: AskDeadlines | None = None
+        """Of capability requests (see :func:`flockrt.flock.requests.answer`), once one is made."""
 
     # ------------------------------------------------------------------ members
 
@@ -152,7 +105,7 @@ class Dispatcher:
         skills = tuple(self._skill("capability", c) for c in card.capabilities) + tuple(
             self._skill("task", t) for t in card.task_types
         )
-        member = self._members[card.id] = _Member(card, skills)
+        member = self._members[card.id] = Member(card, skills)
         for skill in skills:
             skill.agents.add(card.id)
             inline = card.inline_task_types if skill.kind == "task" else card.inline_capabilities
@@ -259,7 +212,9 @@ class Dispatcher:
         if self.fallback is not None and not self.has_skill("capability", capability):
             response = await self.fallback(capability, parameters, timeout=timeout, progress=progress)
             return response.result
-        return await self._answer(self._call_capability(capability, parameters, progress), timeout)
+        return await requests.answer(
+            self, requests.call_capability(self, capability, parameters, progress), timeout
+        )
 
     async def request_capability_response(
         self,
@@ -273,61 +228,9 @@ class Dispatcher:
         and the correlation id, as a :class:`~flockrt.wire.schema.CapabilityResponse`."""
         if self.fallback is not None and not self.has_skill("capability", capability):
             return await self.fallback(capability, parameters, timeout=timeout, progress=progress)
-        work = self._call_capability(capability, parameters, progress)
-        result = await self._answer(work, timeout)
+        work = requests.call_capability(self, capability, parameters, progress)
+        result = await requests.answer(self, work, timeout)
         return CapabilityResponse(correlation_id=work.correlation_id, result=result, agent_id=work.agent_id)
-
-    def _call_capability(
-        self, capability: str, parameters: Any, progress: ProgressCallback | None
-    ) -> CapabilityCall:
-        """A capability request, dispatched (see :meth:`dispatch`); its ``future`` gets the answer."""
-        work = CapabilityCall(
-            key=capability,
-            parameters=parameters,
-            future=asyncio.get_running_loop().create_future(),
-            priority=PRIORITIES["medium"],
-            progress=progress,
-            correlation_id=correlation_id.get(),
-        )
-        self.dispatch(work)
-        return work
-
-    async def _answer(self, work: CapabilityCall, timeout: float | None) -> Any:
-        """The answer to ``work`` (its future's result) within ``timeout`` seconds, counted and
-        timed in ``work_stats``.
-
-        The timeout is a deadline shared by every request that ends in the same millisecond
-        (:class:`~flockrt.actors.deadlines.AskDeadlines`): no timer, Task or timeout context
-        per request. A request past its deadline has its future failed with WorkTimeout, which
-        its agent's runner hears too (:class:`~flockrt.agents.work.Follow`): the work stops.
-
-        Raises:
-            WorkTimeout: no answer within ``timeout`` seconds.
-        """
-        future = work.future
-        assert future is not None
-        deadlines = self._deadlines
-        if deadlines is None:
-            deadlines = self._deadlines = AskDeadlines(asyncio.get_running_loop(), _capability_timeout)
-        key = deadlines.add(future, work.key, timeout) if timeout is not None else 0
-        stats = self.work_stats
-        started = time.monotonic() if stats is not None else 0.0
-        outcome = "error"
-        try:
-            result = await future
-            outcome = "ok"
-            return result
-        except WorkTimeout:
-            outcome = "timeout"
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            if timeout is not None:
-                deadlines.discard(key, future)
-            if stats is not None:
-                stats.record("capability", work.key, outcome, time.monotonic() - started)
 
     # ------------------------------------------------------------------ tasks
 
@@ -424,7 +327,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ the fast path
 
     def run_now(
-        self, skill: _Skill, payload: Any, correlation: str | None, deliver: Deliver, origin: Any
+        self, skill: Skill, payload: Any, correlation: str | None, deliver: Deliver, origin: Any
     ) -> bool:
         """THE fast path, for tasks (``payload``: the TaskMessage) and capability requests (their
         parameters) alike: when nothing of ``skill`` waits and the best free agent's handler
@@ -449,7 +352,7 @@ class Dispatcher:
         self.pump_skills_of(member)
         return True
 
-    def skill(self, kind: Literal["capability", "task"], name: str) -> _Skill | None:
+    def skill(self, kind: Literal["capability", "task"], name: str) -> Skill | None:
         """The skill ``kind``/``name`` if a local agent ever offered it (for :meth:`run_now`)."""
         return self._task_skills.get(name) if kind == "task" else self._skills.get((kind, name))
 
@@ -477,8 +380,8 @@ class Dispatcher:
             waiter.set_result(result)
 
     def _run_inline_now(
-        self, skill: _Skill, payload: Any, correlation: str | None
-    ) -> tuple[_Member, Any, WorkFailed | None] | None:
+        self, skill: Skill, payload: Any, correlation: str | None
+    ) -> tuple[Member, Any, WorkFailed | None] | None:
         """When nothing of ``skill`` waits and the best free agent's handler for it never
         waits, that agent runs the work (a TaskMessage, or a capability request's parameters)
         here and now (``Agent._run_now``), with no :class:`Work`, no handover and no second
@@ -527,7 +430,7 @@ class Dispatcher:
             return None
         return member, ran[0], ran[1]
 
-    def pump_skills_of(self, member: _Member) -> None:
+    def pump_skills_of(self, member: Member) -> None:
         """Hand out work queued for ``member``'s skills while it ran inline work."""
         for skill in member.skills:
             if skill.waiting:
@@ -535,11 +438,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ dispatching
 
-    def _skill(self, kind: Literal["capability", "task"], name: str) -> _Skill:
+    def _skill(self, kind: Literal["capability", "task"], name: str) -> Skill:
         """The skill ``kind``/``name``, created the first time an agent offers it."""
         skill = self._skills.get((kind, name))
         if skill is None:
-            skill = self._skills[kind, name] = _Skill(kind, name)
+            skill = self._skills[kind, name] = Skill(kind, name)
             if kind == "task":
                 self._task_skills[name] = skill
         return skill
@@ -569,18 +472,18 @@ class Dispatcher:
         if queue:  # work queued while an inline handler ran, or the work above
             self.pump(skill)
 
-    def unhand(self, agent_id: str, skill: _Skill, count: int) -> None:
+    def unhand(self, agent_id: str, skill: Skill, count: int) -> None:
         """``count`` tasks of ``skill`` handed to ``agent_id`` came back unstarted: they no
         longer count toward its share."""
         member = self._members.get(agent_id)
         if member is not None:
             member.handed[skill] = member.handed.get(skill, 0) - count
 
-    def enqueue(self, skill: _Skill, work: Work) -> None:
+    def enqueue(self, skill: Skill, work: Work) -> None:
         """Queue ``work`` for ``skill`` (by priority, then age) without pumping."""
         heapq.heappush(skill.waiting, (work.priority, next(self.order), work))
 
-    def pump(self, skill: _Skill) -> None:
+    def pump(self, skill: Skill) -> None:
         """Hand queued work to free agents, highest priority first, least loaded agent first.
 
         Invariant: while work waits in a skill's queue, no agent of that skill has a free slot
@@ -588,7 +491,7 @@ class Dispatcher:
         finished is the one that gets the next piece, which lets its runner go on with it.
 
         Work whose handler never waits runs inside ``take_work`` and calls work_done, which
-        pumps again: that inner call returns at once (``_Skill.pumping``) and this loop goes on,
+        pumps again: that inner call returns at once (``Skill.pumping``) and this loop goes on,
         so draining a long queue does not recurse.
         """
         queue = skill.waiting
@@ -609,7 +512,7 @@ class Dispatcher:
         finally:
             skill.pumping = False
 
-    def hand_over(self, member: _Member, skill: _Skill, work: Work) -> bool:
+    def hand_over(self, member: Member, skill: Skill, work: Work) -> bool:
         """Give ``work`` (of ``skill``) to ``member``: directly, or through its mailbox while it
         cannot take work (restarting, say). False if its mailbox is full."""
         work.agent_id = member.card.id
@@ -628,7 +531,7 @@ class Dispatcher:
                 return False
         return True
 
-    def free_member(self, skill: _Skill) -> _Member | None:
+    def free_member(self, skill: Skill) -> Member | None:
         """The least loaded agent with a free slot; ties go to the one handed least of this
         skill so far, then to the smallest id, so the choice is fair and deterministic. Its
         current entry is then at the top of the skill's free heap."""
@@ -642,7 +545,7 @@ class Dispatcher:
             self._heap_changes += 1
         return None
 
-    def _offer(self, member: _Member) -> None:
+    def _offer(self, member: Member) -> None:
         """``member`` changed (load, work done, arrival): its entries in the free heaps are
         replaced by one current entry per skill, if it has a free slot."""
         member.version = version = next(self._versions)
@@ -652,11 +555,11 @@ class Dispatcher:
             for skill in member.skills:
                 heap = skill.free
                 heapq.heappush(heap, (load, handed.get(skill, 0), agent_id, version))
-                if len(heap) > _HEAP_SLACK * len(skill.agents) + 64:
+                if len(heap) > HEAP_SLACK * len(skill.agents) + 64:
                     self._compact(skill)
             self._heap_changes += 1
 
-    def _compact(self, skill: _Skill) -> None:
+    def _compact(self, skill: Skill) -> None:
         """Drop the stale entries of a free heap (they pile up when no work is dispatched)."""
         current = []
         for agent_id in skill.agents:
