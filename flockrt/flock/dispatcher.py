@@ -245,7 +245,13 @@ class Dispatcher:
             NoCapableAgent: no agent of this process handles the task's type.
         """
         result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        self._dispatch_task(task, None, progress, None, result)
+        correlation = correlation_id.get() or task.id  # as task.result has it
+        if progress is None:  # (the fast path, as in dispatch_task)
+            skill = self._task_skills.get(task.type)
+            origin = (task, None, correlation, result)
+            if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
+                return result
+        self.dispatch(self._task_run(task, None, progress, correlation, result))
         return result
 
     def dispatch_task(
@@ -263,26 +269,25 @@ class Dispatcher:
         Raises:
             NoCapableAgent: no agent of this process handles the task's type.
         """
-        self._dispatch_task(task, then, progress, correlation, None)
+        correlation = correlation or correlation_id.get() or task.id  # as task.result has it
+        if progress is None:
+            skill = self._task_skills.get(task.type)
+            origin = (task, then, correlation, None)
+            if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
+                return
+        self.dispatch(self._task_run(task, then, progress, correlation, None))
 
-    def _dispatch_task(
+    def _task_run(
         self,
         task: TaskMessage,
         then: Callable[[TaskResult], None] | None,
         progress: ProgressCallback | None,
-        correlation: str | None,
+        correlation: str,
         waiter: asyncio.Future[TaskResult] | None,
-    ) -> None:
-        """:meth:`dispatch_task` and :meth:`start_task`: the fast path when it applies, else the
-        task as a :class:`TaskRun` that carries its ``then`` and ``waiter`` (one hook for every
-        task, :meth:`_on_task_done`: no closure per task)."""
-        correlation = correlation or correlation_id.get() or task.id  # as task.result has it
-        if progress is None:
-            skill = self._task_skills.get(task.type)
-            origin = (task, then, correlation, waiter)
-            if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
-                return
-        work = TaskRun(
+    ) -> TaskRun:
+        """``task`` as a :class:`TaskRun` that carries its ``then`` and ``waiter`` (one hook for
+        every task, :meth:`_on_task_done`: no closure per task)."""
+        return TaskRun(
             key=task.type,
             task=task,
             priority=PRIORITIES[task.priority],
@@ -292,7 +297,6 @@ class Dispatcher:
             then=then,
             waiter=waiter,
         )
-        self.dispatch(work)
 
     def _on_task_done(self, work: TaskRun, value: Any, error: WorkFailed | None) -> None:
         """Every TaskRun's ``on_done``: its TaskResult, counted, timed and reported, then to its
