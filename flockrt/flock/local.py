@@ -209,8 +209,8 @@ class LocalFlock:
             NoCapableAgent: no agent of this process handles ``task_type``.
             WorkTimeout: ``wait`` and no result within ``timeout`` seconds.
         """
-        task = self.new_task(
-            task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
+        task = batches.new_task(  # (self.new_task, without its frame: every task comes here)
+            self.node, task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
         )
         if not wait:
             self.dispatcher.dispatch_task(task)
