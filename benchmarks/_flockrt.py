@@ -29,6 +29,27 @@ class Echo(Actor[Any]):
         return message
 
 
+class AsyncCounter(Actor[Any]):
+    """Counter with an ``async def receive`` (it never waits)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def receive(self, message: Any) -> int:
+        self.count += 1
+        return self.count
+
+
+class AsyncEcho(Actor[Any]):
+    async def receive(self, message: Any) -> Any:
+        return message
+
+
+COUNTERS: dict[str, type[Actor[Any]]] = {"sync": Counter, "async": AsyncCounter}
+ECHOES: dict[str, type[Actor[Any]]] = {"sync": Echo, "async": AsyncEcho}
+"""The actors of each kind of handler (the limit suite's ``handler`` argument)."""
+
+
 class Crasher(Actor[Any]):
     """Fails on every message; its restarted instances report to the probe."""
 
@@ -42,14 +63,14 @@ class Crasher(Actor[Any]):
         self.probe.report()
 
 
-async def tell_rate(n: int, system_class: type[ActorSystem] = ActorSystem) -> float:
+async def tell_rate(n: int, system_class: type[ActorSystem] = ActorSystem, handler: str = "sync") -> float:
     """Tell ``n`` messages to one actor (``send`` when the mailbox is full); msgs/s until
     all are handled, which the final ask confirms.
 
     ``system_class`` (here and below) lets the metrics suite run the same workload on an
     instrumented system."""
     async with system_class() as system:
-        ref = await system.spawn(Counter)
+        ref = await system.spawn(COUNTERS[handler])
         start = time.perf_counter()
         for i in range(n):
             try:
@@ -62,9 +83,9 @@ async def tell_rate(n: int, system_class: type[ActorSystem] = ActorSystem) -> fl
     return n / elapsed
 
 
-async def ask_rate(n: int, system_class: type[ActorSystem] = ActorSystem) -> float:
+async def ask_rate(n: int, system_class: type[ActorSystem] = ActorSystem, handler: str = "sync") -> float:
     async with system_class() as system:
-        ref = await system.spawn(Echo)
+        ref = await system.spawn(ECHOES[handler])
         start = time.perf_counter()
         for i in range(n):
             await ref.ask(i)
@@ -72,10 +93,10 @@ async def ask_rate(n: int, system_class: type[ActorSystem] = ActorSystem) -> flo
 
 
 async def concurrent_ask_rate(
-    askers: int, per_asker: int, system_class: type[ActorSystem] = ActorSystem
+    askers: int, per_asker: int, system_class: type[ActorSystem] = ActorSystem, handler: str = "sync"
 ) -> float:
     async with system_class() as system:
-        ref = await system.spawn(Echo)
+        ref = await system.spawn(ECHOES[handler])
 
         async def asker() -> None:
             for i in range(per_asker):

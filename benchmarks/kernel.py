@@ -4,7 +4,11 @@
 
 Each workload is implemented three times, with the same function names, in ``_flockrt``,
 ``_bare`` (the simplest correct asyncio code: a Queue drained by a Task, futures for asks) and
-``_pykka`` (``ThreadingActor``). Rates are the best of ``reps`` runs (noise only slows a run
+``_pykka`` (``ThreadingActor``). Rows 1L-3L compare flockrt with the true limit instead,
+``_limit`` (the fastest bare actor: a deque drained in ``call_soon`` turns, the handler called,
+or its coroutine driven, right there), with a plain and with an ``async def`` handler, the two
+taking turns run by run. Every row's note says which baseline its ratio uses.
+Rates are the best of ``reps`` runs (noise only slows a run
 down); memory is the median of ``reps`` fresh processes; latencies pool the samples of all runs.
 Progress goes to stderr, the table to stdout.
 """
@@ -23,8 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _bare, _flockrt, _harness, _pykka
+from benchmarks import _bare, _flockrt, _harness, _limit, _pykka
 from benchmarks._table import Row, render
+from flockrt import ActorSystem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,10 @@ QUICK = Sizes(
 )
 
 
+QUEUE_TASK = "bare: Queue + Task"
+"""The baseline of rows 1-5: the simplest correct asyncio actor."""
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -123,14 +132,14 @@ class Suite:
         """tell throughput to one actor"""
         s = self.sizes
         flockrt, bare, pykka = self.rates("tell_rate", (s.tells,), (s.pykka_tells,))
-        note = f"N={s.tells:,} (pykka {s.pykka_tells:,}); send() when the mailbox (1000) is full"
+        note = f"{QUEUE_TASK}; N={s.tells:,} (pykka {s.pykka_tells:,}); send() when the mailbox is full"
         return [Row("1 tell, 1 actor", "msg/s", flockrt, bare, pykka, ">= 1.5M", flockrt >= 1.5e6, note)]
 
     def ask(self) -> list[Row]:
         """sequential ask rate"""
         s = self.sizes
         flockrt, bare, pykka = self.rates("ask_rate", (s.asks,), (s.pykka_asks,))
-        note = f"N={s.asks:,} (pykka {s.pykka_asks:,}); flockrt's default 5 s ask timeout"
+        note = f"{QUEUE_TASK}; N={s.asks:,} (pykka {s.pykka_asks:,}); flockrt's default 5 s ask timeout"
         return [Row("2 ask, 1 asker", "ask/s", flockrt, bare, pykka, ">= 70k", flockrt >= 70e3, note)]
 
     def concurrent_ask(self) -> list[Row]:
@@ -139,15 +148,55 @@ class Suite:
         flockrt, bare, pykka = self.rates(
             "concurrent_ask_rate", (s.askers, s.asks_per_asker), (s.askers, s.pykka_asks_per_asker)
         )
-        note = f"{s.askers} tasks x {s.asks_per_asker:,} asks (pykka: threads x {s.pykka_asks_per_asker})"
+        note = (
+            f"{QUEUE_TASK}; {s.askers} tasks x {s.asks_per_asker:,} asks "
+            f"(pykka: threads x {s.pykka_asks_per_asker})"
+        )
         name = f"3 ask, {s.askers} askers"
         return [Row(name, "ask/s", flockrt, bare, pykka, ">= 300k", flockrt >= 300e3, note)]
+
+    def limit(self) -> list[Row]:
+        """tell and ask against the limit: a deque drained in call_soon turns"""
+        s = self.sizes
+        rows = []
+        for name, workload, args, unit in (
+            ("1L tell", "tell_rate", (s.tells,), "msg/s"),
+            ("2L ask, 1 asker", "ask_rate", (s.asks,), "ask/s"),
+            (f"3L ask, {s.askers} askers", "concurrent_ask_rate", (s.askers, s.asks_per_asker), "ask/s"),
+        ):
+            for handler in ("sync", "async"):
+                best = {"flockrt": 0.0, "limit": 0.0}
+                for rep in range(1, s.reps + 1):
+                    for impl, module in (("flockrt", _flockrt), ("limit", _limit)):
+                        say(f"    {impl}, {handler} handler ({rep}/{s.reps})")
+                        fn = getattr(module, workload)
+                        if impl == "flockrt":
+                            rate = _harness.run(self.loop, fn, *args, ActorSystem, handler)
+                        else:
+                            rate = _harness.run(self.loop, fn, *args, handler)
+                        best[impl] = max(best[impl], rate)
+                flockrt, bare = best["flockrt"], best["limit"]
+                receive = "def receive" if handler == "sync" else "async def receive"
+                note = f"bare: deque + call_soon, {handler} handler (the limit); runs alternate"
+                rows.append(
+                    Row(
+                        f"{name}, {receive}",
+                        unit,
+                        flockrt,
+                        bare,
+                        None,
+                        ">= 0.8x bare",
+                        flockrt >= 0.8 * bare,
+                        note,
+                    )
+                )
+        return rows
 
     def spawn(self) -> list[Row]:
         """spawn rate"""
         s = self.sizes
         flockrt, bare, pykka = self.rates("spawn_rate", (s.spawns,), (s.pykka_spawns,))
-        note = f"N={s.spawns:,} (pykka {s.pykka_spawns:,}); bare: Queue + Task, run to its first await"
+        note = f"{QUEUE_TASK}, run to its first await; N={s.spawns:,} (pykka {s.pykka_spawns:,})"
         return [Row("4 spawn", "actor/s", flockrt, bare, pykka, ">= 200k", flockrt >= 200e3, note)]
 
     def idle_memory(self) -> list[Row]:
@@ -158,7 +207,7 @@ class Suite:
             flockrt = self.bytes_per_actor("flockrt", s.idle, method)
             bare = self.bytes_per_actor("bare", s.idle, method)
             pykka = self.bytes_per_actor("pykka", s.pykka_idle, method)
-            note = f"N={s.idle:,} (pykka {s.pykka_idle:,}); {how}"
+            note = f"{QUEUE_TASK}; N={s.idle:,} (pykka {s.pykka_idle:,}); {how}"
             rows.append(
                 Row(f"5 idle actor, {method}", "B", flockrt, bare, pykka, "<= 1536", flockrt <= 1536, note)
             )
@@ -194,8 +243,8 @@ class Suite:
         median = {key: statistics.median(samples) for key, samples in us.items()}
         p99 = {key: statistics.quantiles(samples, n=100)[98] for key, samples in us.items()}
         flockrt, bare = median["flockrt", False], median["bare", False]
-        crashes = f"{n:,} crashes x {self.sizes.reps}; pykka has no supervisors"
-        how_logged = "failure traceback formatted by a logging handler (to /dev/null)"
+        crashes = f"bare: a Task restarted by its done-callback; {n:,} crashes x {self.sizes.reps}"
+        how_logged = "bare: as above; failure traceback formatted by a logging handler (to /dev/null)"
         return [
             Row("7 restart, median", "us", flockrt, bare, None, "<= 50", flockrt <= 50, crashes),
             Row("7 restart, p99", "us", p99["flockrt", False], p99["bare", False], None, "", None, crashes),
@@ -235,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         suite.tell,
         suite.ask,
         suite.concurrent_ask,
+        suite.limit,
         suite.spawn,
         suite.idle_memory,
         suite.million,

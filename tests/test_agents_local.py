@@ -460,6 +460,35 @@ async def test_capability_timeout(flock: LocalFlock) -> None:
     assert await flock.request_capability("wait", timeout=5) == "done"
 
 
+async def test_a_capability_request_past_its_timeout_stops_its_work(flock: LocalFlock) -> None:
+    started: list[int] = []
+    stopped: list[int] = []
+
+    class Stubborn(Agent):
+        @capability("hang")
+        async def hang(self, n: int) -> None:
+            started.append(n)
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                stopped.append(n)
+                raise
+
+    await flock.system.spawn(Stubborn, "stubborn-1")  # one slot
+    with pytest.raises(WorkTimeout, match="did not finish within"):
+        await flock.request_capability("hang", 1, timeout=0.01)
+    await wait_for(lambda: stopped == [1])  # its deadline stopped the work, and freed the slot
+    requester = asyncio.ensure_future(flock.request_capability("hang", 2, timeout=60))
+    await wait_for(lambda: started == [1, 2])
+    with pytest.raises(WorkTimeout):
+        await flock.request_capability("hang", 3, timeout=0.01)  # queued behind 2, then skipped
+    requester.cancel()  # a requester that gives up stops its work too
+    await wait_for(lambda: stopped == [1, 2])
+    assert started == [1, 2]
+    with pytest.raises(asyncio.CancelledError):
+        await requester
+
+
 async def test_an_agent_runs_at_most_max_concurrent_tasks(flock: LocalFlock) -> None:
     gate, log = asyncio.Event(), []
     await flock.system.spawn(functools.partial(Gated, "gated-1", gate, log, max_concurrent_tasks=2))

@@ -14,7 +14,19 @@ import pytest
 @pytest.mark.parametrize(
     ("suite", "rows"),
     [
-        ("kernel", ["| 1 tell, 1 actor"]),
+        (
+            "kernel",
+            ["| 1 tell, 1 actor", "| 1L tell, async def receive", "| 3L ask, 100 askers, def receive"],
+        ),
+        (
+            "agents",
+            [
+                "| 1 in process, submit, 200: rate",
+                "| 2 in process, request_capability, 200: memory per in-flight task",
+                "| 3 over NATS, submit, 200: CPU per task",
+                "| 4 over NATS, request_capability, 200: full GC collections",
+            ],
+        ),
         (
             "bus",
             [
@@ -64,4 +76,5 @@ def test_bench_names_an_unknown_suite() -> None:
         [sys.executable, "-m", "flockrt", "bench", "kernal"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "unknown suite 'kernal'; expected kernel, bus, gateway, metrics, startup, cluster" in result.stderr
+    expected = "kernel, bus, agents, gateway, metrics, startup, cluster"
+    assert f"unknown suite 'kernal'; expected {expected}" in result.stderr

@@ -46,3 +46,22 @@ async def test_take_hands_over_the_running_tasks() -> None:
     assert taken == {task} and len(owner) == 0
     await TaskOwner.cancel(taken)
     assert task.cancelled()
+
+
+async def test_a_task_that_reports_its_own_end_leaves_its_owner(caplog: pytest.LogCaptureFixture) -> None:
+    owner = TaskOwner("agent a-1")
+
+    async def works(error: Exception | None) -> None:
+        task = asyncio.current_task()
+        await asyncio.sleep(0)
+        owner.ended(task, error)
+
+    ok = owner.start(works(None))
+    broken = owner.start(works(ValueError("does not encode")))
+    assert len(owner) == 2
+    with caplog.at_level(logging.ERROR, logger="flockrt.tasks"):
+        await asyncio.gather(ok, broken)
+    assert len(owner) == 0
+    [record] = [r for r in caplog.records if r.name == "flockrt.tasks"]
+    assert record.getMessage().startswith("agent a-1: background task ")
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)

@@ -398,8 +398,9 @@ class ActorContext(Generic[M]):
         """The Task of an actor with an ``async def receive``; ends when the mailbox is empty."""
         failure: BaseException | None = None
         envelope: Any = None
-        processed = 0
+        processed = 0  # messages handled in the turns before this one
         system = self._system
+        throughput = budget = system._throughput
         try:
             while True:
                 if self._sysq:
@@ -408,7 +409,9 @@ class ActorContext(Generic[M]):
                 if self._state != RUNNING or not q:
                     break
                 receive = self._actor.receive  # type: ignore[union-attr]
-                budget = system._throughput
+                budget = throughput
+                # The state is looked at after every message: one whose handler waited may
+                # find the actor suspended for a restart (quiesce), which takes no more.
                 while budget and q and self._state == RUNNING:
                     budget -= 1
                     envelope = q.popleft()
@@ -418,7 +421,8 @@ class ActorContext(Generic[M]):
                             envelope.future.set_result(reply)
                     else:
                         await receive(envelope)
-                    processed += 1
+                processed += throughput - budget  # counted per turn, not per message
+                budget = throughput
                 envelope = None
                 if self._room_waiters:
                     self._wake_senders()
@@ -436,7 +440,8 @@ class ActorContext(Generic[M]):
         except Exception as exc:
             failure = exc
         finally:
-            system._processed += processed
+            # A turn cut short (a failure, a cancellation) counts the messages it finished.
+            system._processed += processed + max(throughput - budget - 1, 0)
             self._task = None
             self._scheduled = False
             if self._mailbox is not None and not self._mailbox:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flockrt.errors import AskTimeout
@@ -19,23 +20,37 @@ if TYPE_CHECKING:
 
 __all__ = ["AskDeadlines"]
 
-_Slot = dict["asyncio.Future[Any]", tuple["ActorRef[Any]", float]]
+_Slot = dict["asyncio.Future[Any]", tuple[Any, float]]
+
+
+def _ask_timeout(ref: Any, timeout: float) -> BaseException:
+    return AskTimeout(ref, timeout)
 
 
 class AskDeadlines:
-    """Expires ask futures with AskTimeout; one per actor system."""
+    """Expires ask futures with AskTimeout; one per actor system.
 
-    __slots__ = ("_loop", "_slots", "expired")
+    Args:
+        loop: The loop whose clock and timers it uses.
+        error: Builds the exception an expired future gets from what :meth:`add` was given
+            (default: ``AskTimeout(ref, timeout)``; the flock's capability requests use one
+            for WorkTimeout).
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_error", "_loop", "_slots", "expired")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, error: Callable[[Any, float], BaseException] = _ask_timeout
+    ) -> None:
         self._loop = loop
+        self._error = error
         self._slots: dict[int, _Slot] = {}
         self.expired = 0
-        """Asks failed with AskTimeout so far."""
+        """Futures failed so far."""
 
-    def add(self, future: asyncio.Future[Any], ref: ActorRef[Any], timeout: float) -> int:
-        """Fail ``future`` with AskTimeout after ``timeout`` s unless it is done; returns a key
-        for :meth:`discard`."""
+    def add(self, future: asyncio.Future[Any], ref: ActorRef[Any] | Any, timeout: float) -> int:
+        """Fail ``future`` (with AskTimeout, or the ``error`` given) after ``timeout`` s unless
+        it is done; returns a key for :meth:`discard`."""
         key = math.ceil((self._loop.time() + timeout) * 1000.0)
         slot = self._slots.get(key)
         if slot is None:
@@ -56,4 +71,4 @@ class AskDeadlines:
             for future, (ref, timeout) in slot.items():
                 if not future.done():
                     self.expired += 1
-                    future.set_exception(AskTimeout(ref, timeout))
+                    future.set_exception(self._error(ref, timeout))

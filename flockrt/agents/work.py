@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from flockrt.errors import WorkFailed
+from flockrt.errors import WorkFailed, WorkTimeout
 
 if TYPE_CHECKING:
     from flockrt.wire.schema import TaskMessage
@@ -132,6 +132,11 @@ class TaskRun(Work):
     kind: ClassVar[Literal["task"]] = "task"
 
     task: TaskMessage
+    then: Callable[[Any], None] | None = None
+    """The flock's hook on the task's TaskResult (after ``on_done`` built it), if any."""
+    waiter: asyncio.Future[Any] | None = None
+    """The future a waiting submitter awaits (the TaskResult goes there), if any: on the work
+    itself, so that waiting costs no closure per task."""
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -168,7 +173,8 @@ def report_tasks(
 
 class Follow:
     """While a runner Task runs a piece of work, a requester that cancels its wait (an MCP
-    client's notifications/cancelled, a caller cancelled itself, a timeout) cancels the Task:
+    client's notifications/cancelled, a caller cancelled itself, a timeout: its future is
+    cancelled, or failed with WorkTimeout) cancels the Task:
     nobody wants the result any more. :meth:`stop` ends this when the work is over (the Task
     may go on with other work); :attr:`cancelled` says whether it fired."""
 
@@ -182,7 +188,9 @@ class Follow:
             future.add_done_callback(self._abandoned)
 
     def _abandoned(self, done: asyncio.Future[Any]) -> None:
-        if done.cancelled() and self._task is not None:
+        # Cancelled, or failed with WorkTimeout by the requester's deadline (see
+        # Dispatcher._answer): the requester stopped waiting.
+        if self._task is not None and (done.cancelled() or isinstance(done.exception(), WorkTimeout)):
             self.cancelled = True
             self._task.cancel()
 
@@ -192,7 +200,10 @@ class Follow:
         self._task = None
 
 
-def follow_requester(work: Work) -> Follow:
-    """A :class:`Follow` of ``work``'s requester by the current Task (a runner's)."""
+def follow_requester(work: Work) -> Follow | None:
+    """A :class:`Follow` of ``work``'s requester by the current Task (a runner's), or None
+    when no requester waits on a future of the work's own (a task: nothing to follow)."""
     future = work.future if type(work) is CapabilityCall else None
+    if future is None:
+        return None
     return Follow(future, asyncio.current_task())

@@ -21,7 +21,7 @@ from flockrt.cli.endpoint import CONFIG_VARIABLE
 
 __all__ = ["BENCH_SUITES", "COMMANDS", "Command", "build_parser", "operator_command", "seconds"]
 
-BENCH_SUITES = ("kernel", "bus", "gateway", "metrics", "startup", "cluster")
+BENCH_SUITES = ("kernel", "bus", "agents", "gateway", "metrics", "startup", "cluster")
 """The suites of ``benchmarks/`` that ``flockrt bench`` runs, in this order."""
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

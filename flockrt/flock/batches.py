@@ -17,7 +17,8 @@ from flockrt.errors import NoCapableAgent, WorkFailed
 from flockrt.wire.schema import Priority, TaskMessage, TaskResult
 
 if TYPE_CHECKING:
-    from flockrt.flock.dispatcher import Dispatcher, _Skill
+    from flockrt.flock.dispatcher import Dispatcher
+    from flockrt.flock.skills import Skill
 
 __all__ = ["PRIORITIES", "dispatch_tasks", "new_task", "new_tasks"]
 
@@ -162,7 +163,7 @@ def dispatch_tasks(
 
 def _dispatch_group(
     dispatcher: Dispatcher,
-    skill: _Skill,
+    skill: Skill,
     indices: Sequence[int],
     tasks: Sequence[TaskMessage],
     batch: Batch,
@@ -219,7 +220,7 @@ def _dispatch_group(
 
 def _task_batch(
     dispatcher: Dispatcher,
-    skill: _Skill,
+    skill: Skill,
     indices: Sequence[int],
     tasks: Sequence[TaskMessage],
     start: int,

@@ -25,24 +25,22 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flockrt.actors.correlation import correlation_id
+from flockrt.actors.deadlines import AskDeadlines
 from flockrt.agents.ports import AgentCard
-from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, TaskRun, Work
+from flockrt.agents.work import ProgressCallback, TaskBatch, TaskRun, Work
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
-from flockrt.flock import batches
+from flockrt.flock import batches, requests
 from flockrt.flock.batches import PRIORITIES
+from flockrt.flock.skills import HEAP_SLACK, Member, Skill
 from flockrt.flock.stats import WorkStats
 from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
 
 __all__ = ["PRIORITIES", "CapabilityFallback", "Deliver", "Dispatcher", "ResultSink"]
 
 log = logging.getLogger("flockrt.flock")
-
-_HEAP_SLACK = 4
-"""A free heap is compacted when it holds this many entries per agent (plus 64): stale ones."""
 
 ResultSink = Callable[[TaskResult, "str | None"], None]
 """Where a finished task's result goes before the result listeners: ``sink(result,
@@ -56,44 +54,6 @@ Deliver = Callable[[Any, str, Any, "WorkFailed | None", float], None]
 CapabilityFallback = Callable[..., Awaitable[CapabilityResponse]]
 """Where a capability request goes that no local agent offers (over NATS: another process);
 called like :meth:`Dispatcher.request_capability_response`."""
-
-
-@dataclass(eq=False, slots=True)
-class _Skill:
-    """A capability or a task type offered in this process: who offers it, who of them has a
-    free slot, and the work waiting for one. Work is dispatched per skill."""
-
-    kind: Literal["capability", "task"]
-    name: str
-    agents: set[str] = field(default_factory=set)
-    """The local agents that offer it (ids)."""
-    free: list[tuple[float, int, str, int]] = field(default_factory=list)
-    """Those with a free slot, as a heap keyed like the fair choice (see Dispatcher._offer)."""
-    waiting: list[tuple[int, int, Work]] = field(default_factory=list)
-    """Work waiting for a free agent, as a heap: highest priority (lowest number) first, then
-    the oldest."""
-    pumping: bool = False
-    """Whether Dispatcher.pump (or a dispatch) is handing out its work right now."""
-
-
-@dataclass(eq=False, slots=True)
-class _Member:
-    card: AgentCard
-    skills: tuple[_Skill, ...] = ()
-    running: int = 0
-    handed: dict[_Skill, int] = field(default_factory=dict)
-    """Pieces of work of each skill handed to it so far (a task of bulk work counts as one):
-    the fair choice's tie-break, so each kind of work spreads over the agents that do it."""
-    version: int = 0
-    """Which of its entries in the free heaps is current (see Dispatcher._offer); 0: none."""
-
-    @property
-    def free(self) -> bool:
-        return self.running < self.card.max_concurrent_tasks
-
-    @property
-    def load(self) -> float:
-        return self.running / self.card.max_concurrent_tasks
 
 
 class Dispatcher:
@@ -114,10 +74,10 @@ class Dispatcher:
         self.node = node
         self.sink = sink
         self.fallback = fallback
-        self._members: dict[str, _Member] = {}
-        self._skills: dict[tuple[str, str], _Skill] = {}  # by (kind, name)
-        self._task_skills: dict[str, _Skill] = {}  # the task types among them, by name
-        # The free heaps of the skills (_Skill.free) are keyed like the fair choice: the least
+        self._members: dict[str, Member] = {}
+        self._skills: dict[tuple[str, str], Skill] = {}  # by (kind, name)
+        self._task_skills: dict[str, Skill] = {}  # the task types among them, by name
+        # The free heaps of the skills (Skill.free) are keyed like the fair choice: the least
         # loaded, then the one handed least of the skill so far, then the smallest id. Entries
         # are not updated in place: a member's change pushes a new entry with a new version,
         # and entries whose version is not the member's current one are dropped when they
@@ -134,6 +94,9 @@ class Dispatcher:
         self.tasks_finished: dict[str, int] = {"ok": 0, "error": 0}
         """Tasks run by this process's agents, by outcome: always counted, at the cost of a dict
         increment (the metrics layer's per-type series come from ``work_stats``)."""
+        self._task_hook = self._on_task_done  # bound once: every TaskRun's on_done
+        self.deadlines: AskDeadlines | None = None
+        """Of capability requests (see :func:`flockrt.flock.requests.answer`), once one is made."""
 
     # ------------------------------------------------------------------ members
 
@@ -142,9 +105,14 @@ class Dispatcher:
         skills = tuple(self._skill("capability", c) for c in card.capabilities) + tuple(
             self._skill("task", t) for t in card.task_types
         )
-        member = self._members[card.id] = _Member(card, skills)
+        member = self._members[card.id] = Member(card, skills)
         for skill in skills:
             skill.agents.add(card.id)
+            inline = card.inline_task_types if skill.kind == "task" else card.inline_capabilities
+            if skill.name in inline:
+                skill.inline.add(card.id)
+            else:
+                skill.inline.discard(card.id)
         self._offer(member)
         for skill in skills:
             self.pump(skill)
@@ -156,6 +124,7 @@ class Dispatcher:
             return False
         for skill in member.skills:
             skill.agents.discard(agent_id)
+            skill.inline.discard(agent_id)
         return True
 
     def work_done(self, agent_id: str) -> None:
@@ -240,10 +209,12 @@ class Dispatcher:
             WorkTimeout: no answer within ``timeout`` seconds.
             WorkFailed: the agent's handler raised (the cause is attached).
         """
-        response = await self.request_capability_response(
-            capability, parameters, timeout=timeout, progress=progress
+        if self.fallback is not None and not self.has_skill("capability", capability):
+            response = await self.fallback(capability, parameters, timeout=timeout, progress=progress)
+            return response.result
+        return await requests.answer(
+            self, requests.call_capability(self, capability, parameters, progress), timeout
         )
-        return response.result
 
     async def request_capability_response(
         self,
@@ -257,17 +228,8 @@ class Dispatcher:
         and the correlation id, as a :class:`~flockrt.wire.schema.CapabilityResponse`."""
         if self.fallback is not None and not self.has_skill("capability", capability):
             return await self.fallback(capability, parameters, timeout=timeout, progress=progress)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        work = CapabilityCall(
-            key=capability,
-            parameters=parameters,
-            future=future,
-            priority=PRIORITIES["medium"],
-            progress=progress,
-            correlation_id=correlation_id.get(),
-        )
-        self.dispatch(work)
-        result = await self.wait(future, "capability", capability, timeout)
+        work = requests.call_capability(self, capability, parameters, progress)
+        result = await requests.answer(self, work, timeout)
         return CapabilityResponse(correlation_id=work.correlation_id, result=result, agent_id=work.agent_id)
 
     # ------------------------------------------------------------------ tasks
@@ -283,12 +245,13 @@ class Dispatcher:
             NoCapableAgent: no agent of this process handles the task's type.
         """
         result: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-
-        def then(outcome: TaskResult) -> None:
-            if not result.done():
-                result.set_result(outcome)
-
-        self.dispatch_task(task, then, progress=progress)
+        correlation = correlation_id.get() or task.id  # as task.result has it
+        if progress is None:  # (the fast path, as in dispatch_task)
+            skill = self._task_skills.get(task.type)
+            origin = (task, None, correlation, result)
+            if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
+                return result
+        self.dispatch(self._task_run(task, None, progress, correlation, result))
         return result
 
     def dispatch_task(
@@ -309,35 +272,41 @@ class Dispatcher:
         correlation = correlation or correlation_id.get() or task.id  # as task.result has it
         if progress is None:
             skill = self._task_skills.get(task.type)
-            origin = (task, then, correlation)
+            origin = (task, then, correlation, None)
             if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
                 return
-        self._dispatch_task_work(task, then, progress, correlation)
+        self.dispatch(self._task_run(task, then, progress, correlation, None))
 
-    def _dispatch_task_work(
+    def _task_run(
         self,
         task: TaskMessage,
         then: Callable[[TaskResult], None] | None,
         progress: ProgressCallback | None,
         correlation: str,
-    ) -> None:
-        """:meth:`dispatch_task`'s usual path: the task as a :class:`TaskRun`."""
-        if then is None:
-            on_done: Callable[[TaskRun, Any, WorkFailed | None], object] = self._task_done
-        else:
-
-            def on_done(work: TaskRun, value: Any, error: WorkFailed | None) -> None:
-                then(self._task_done(work, value, error))
-
-        work = TaskRun(
+        waiter: asyncio.Future[TaskResult] | None,
+    ) -> TaskRun:
+        """``task`` as a :class:`TaskRun` that carries its ``then`` and ``waiter`` (one hook for
+        every task, :meth:`_on_task_done`: no closure per task)."""
+        return TaskRun(
             key=task.type,
             task=task,
             priority=PRIORITIES[task.priority],
-            on_done=on_done,
+            on_done=self._task_hook,
             progress=progress,
             correlation_id=correlation,
+            then=then,
+            waiter=waiter,
         )
-        self.dispatch(work)
+
+    def _on_task_done(self, work: TaskRun, value: Any, error: WorkFailed | None) -> None:
+        """Every TaskRun's ``on_done``: its TaskResult, counted, timed and reported, then to its
+        ``then`` and its ``waiter``."""
+        outcome = self.finish_task(work.task, work, value, error, True)
+        then, waiter = work.then, work.waiter
+        if then is not None:
+            then(outcome)  # (a failure is logged by Work.finish, as for any hook)
+        if waiter is not None and not waiter.done():  # (done: its submitter gave up)
+            waiter.set_result(outcome)
 
     def dispatch_tasks(
         self,
@@ -362,7 +331,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ the fast path
 
     def run_now(
-        self, skill: _Skill, payload: Any, correlation: str | None, deliver: Deliver, origin: Any
+        self, skill: Skill, payload: Any, correlation: str | None, deliver: Deliver, origin: Any
     ) -> bool:
         """THE fast path, for tasks (``payload``: the TaskMessage) and capability requests (their
         parameters) alike: when nothing of ``skill`` waits and the best free agent's handler
@@ -387,21 +356,23 @@ class Dispatcher:
         self.pump_skills_of(member)
         return True
 
-    def skill(self, kind: Literal["capability", "task"], name: str) -> _Skill | None:
+    def skill(self, kind: Literal["capability", "task"], name: str) -> Skill | None:
         """The skill ``kind``/``name`` if a local agent ever offered it (for :meth:`run_now`)."""
         return self._task_skills.get(name) if kind == "task" else self._skills.get((kind, name))
 
     def _deliver_task(
         self,
-        origin: tuple[TaskMessage, Callable[[TaskResult], None] | None, str],
+        origin: tuple[
+            TaskMessage, Callable[[TaskResult], None] | None, str, asyncio.Future[TaskResult] | None
+        ],
         agent_id: str,
         value: Any,
         error: WorkFailed | None,
         seconds: float,
     ) -> None:
         """A task ran on the fast path: its TaskResult to the sink and the listeners, then to
-        its ``then``."""
-        task, then, correlation = origin
+        its ``then`` and its ``waiter``."""
+        task, then, correlation, waiter = origin
         result = self.task_result(task, agent_id, seconds, value, error)
         self.report(result, True, correlation)
         if then is not None:
@@ -409,10 +380,12 @@ class Dispatcher:
                 then(result)
             except Exception:  # as Work.finish does with a failing hook
                 log.exception("task %s: the hook on its result failed", task.id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
 
     def _run_inline_now(
-        self, skill: _Skill, payload: Any, correlation: str | None
-    ) -> tuple[_Member, Any, WorkFailed | None] | None:
+        self, skill: Skill, payload: Any, correlation: str | None
+    ) -> tuple[Member, Any, WorkFailed | None] | None:
         """When nothing of ``skill`` waits and the best free agent's handler for it never
         waits, that agent runs the work (a TaskMessage, or a capability request's parameters)
         here and now (``Agent._run_now``), with no :class:`Work`, no handover and no second
@@ -425,7 +398,7 @@ class Dispatcher:
         even when the agent has more slots). :meth:`run_now` then hands the outcome over and
         calls :meth:`pump_skills_of`: work queued meanwhile goes out once the agent is free again.
         """
-        if skill.pumping or skill.waiting:
+        if skill.pumping or skill.waiting or not skill.inline:
             return None
         member = self.free_member(skill)
         if member is None:
@@ -461,7 +434,7 @@ class Dispatcher:
             return None
         return member, ran[0], ran[1]
 
-    def pump_skills_of(self, member: _Member) -> None:
+    def pump_skills_of(self, member: Member) -> None:
         """Hand out work queued for ``member``'s skills while it ran inline work."""
         for skill in member.skills:
             if skill.waiting:
@@ -469,11 +442,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ dispatching
 
-    def _skill(self, kind: Literal["capability", "task"], name: str) -> _Skill:
+    def _skill(self, kind: Literal["capability", "task"], name: str) -> Skill:
         """The skill ``kind``/``name``, created the first time an agent offers it."""
         skill = self._skills.get((kind, name))
         if skill is None:
-            skill = self._skills[kind, name] = _Skill(kind, name)
+            skill = self._skills[kind, name] = Skill(kind, name)
             if kind == "task":
                 self._task_skills[name] = skill
         return skill
@@ -503,18 +476,18 @@ class Dispatcher:
         if queue:  # work queued while an inline handler ran, or the work above
             self.pump(skill)
 
-    def unhand(self, agent_id: str, skill: _Skill, count: int) -> None:
+    def unhand(self, agent_id: str, skill: Skill, count: int) -> None:
         """``count`` tasks of ``skill`` handed to ``agent_id`` came back unstarted: they no
         longer count toward its share."""
         member = self._members.get(agent_id)
         if member is not None:
             member.handed[skill] = member.handed.get(skill, 0) - count
 
-    def enqueue(self, skill: _Skill, work: Work) -> None:
+    def enqueue(self, skill: Skill, work: Work) -> None:
         """Queue ``work`` for ``skill`` (by priority, then age) without pumping."""
         heapq.heappush(skill.waiting, (work.priority, next(self.order), work))
 
-    def pump(self, skill: _Skill) -> None:
+    def pump(self, skill: Skill) -> None:
         """Hand queued work to free agents, highest priority first, least loaded agent first.
 
         Invariant: while work waits in a skill's queue, no agent of that skill has a free slot
@@ -522,7 +495,7 @@ class Dispatcher:
         finished is the one that gets the next piece, which lets its runner go on with it.
 
         Work whose handler never waits runs inside ``take_work`` and calls work_done, which
-        pumps again: that inner call returns at once (``_Skill.pumping``) and this loop goes on,
+        pumps again: that inner call returns at once (``Skill.pumping``) and this loop goes on,
         so draining a long queue does not recurse.
         """
         queue = skill.waiting
@@ -543,7 +516,7 @@ class Dispatcher:
         finally:
             skill.pumping = False
 
-    def hand_over(self, member: _Member, skill: _Skill, work: Work) -> bool:
+    def hand_over(self, member: Member, skill: Skill, work: Work) -> bool:
         """Give ``work`` (of ``skill``) to ``member``: directly, or through its mailbox while it
         cannot take work (restarting, say). False if its mailbox is full."""
         work.agent_id = member.card.id
@@ -562,7 +535,7 @@ class Dispatcher:
                 return False
         return True
 
-    def free_member(self, skill: _Skill) -> _Member | None:
+    def free_member(self, skill: Skill) -> Member | None:
         """The least loaded agent with a free slot; ties go to the one handed least of this
         skill so far, then to the smallest id, so the choice is fair and deterministic. Its
         current entry is then at the top of the skill's free heap."""
@@ -576,7 +549,7 @@ class Dispatcher:
             self._heap_changes += 1
         return None
 
-    def _offer(self, member: _Member) -> None:
+    def _offer(self, member: Member) -> None:
         """``member`` changed (load, work done, arrival): its entries in the free heaps are
         replaced by one current entry per skill, if it has a free slot."""
         member.version = version = next(self._versions)
@@ -586,11 +559,11 @@ class Dispatcher:
             for skill in member.skills:
                 heap = skill.free
                 heapq.heappush(heap, (load, handed.get(skill, 0), agent_id, version))
-                if len(heap) > _HEAP_SLACK * len(skill.agents) + 64:
+                if len(heap) > HEAP_SLACK * len(skill.agents) + 64:
                     self._compact(skill)
             self._heap_changes += 1
 
-    def _compact(self, skill: _Skill) -> None:
+    def _compact(self, skill: Skill) -> None:
         """Drop the stale entries of a free heap (they pile up when no work is dispatched)."""
         current = []
         for agent_id in skill.agents:
@@ -613,6 +586,8 @@ class Dispatcher:
         # just as the future completes, and the caller's cancellation would be lost.
         stats = self.work_stats if kind == "capability" else None
         if stats is None:
+            if timeout is None:  # no timeout context at all: it would cost a Timeout per wait
+                return await future
             try:
                 async with asyncio.timeout(timeout):
                     return await future
@@ -635,10 +610,6 @@ class Dispatcher:
             stats.record(kind, key, outcome, time.monotonic() - started)
 
     # ------------------------------------------------------------------ results
-
-    def _task_done(self, work: TaskRun, value: Any, error: WorkFailed | None) -> TaskResult:
-        """A task's work finished: its TaskResult, counted, timed and reported."""
-        return self.finish_task(work.task, work, value, error, True)
 
     def finish_task(
         self, task: TaskMessage, work: Work, value: Any, error: WorkFailed | None, publish: bool

@@ -209,15 +209,16 @@ class LocalFlock:
             NoCapableAgent: no agent of this process handles ``task_type``.
             WorkTimeout: ``wait`` and no result within ``timeout`` seconds.
         """
-        task = self.new_task(
-            task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
+        task = batches.new_task(  # (self.new_task, without its frame: every task comes here)
+            self.node, task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
         )
         if not wait:
             self.dispatcher.dispatch_task(task)
             return task.id
-        outcome: TaskResult = await self.dispatcher.wait(
-            self.dispatcher.start_task(task), "task", task.type, timeout
-        )
+        result = self.dispatcher.start_task(task)
+        if timeout is None:  # (Dispatcher.wait, inlined: a task's wait is not counted there)
+            return await result
+        outcome: TaskResult = await self.dispatcher.wait(result, "task", task.type, timeout)
         return outcome
 
     @overload
