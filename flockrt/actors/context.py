@@ -430,8 +430,7 @@ class ActorContext(Generic[M]):
                     break
                 await asyncio.sleep(0)  # let other actors have a turn
         except asyncio.CancelledError:
-            # Killed (shutdown timeout) or interrupted for a restart: the asker of the message
-            # in flight learns that the actor stopped before answering.
+            # Killed (shutdown timeout) or interrupted for a restart: the asker learns it stopped.
             if type(envelope) is _Ask and not envelope.future.done():
                 envelope.future.set_exception(
                     ActorStopped(self._ref, "was stopped while handling the message")
