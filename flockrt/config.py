@@ -445,7 +445,7 @@ def _apply_env(config: FlockConfig, env: Mapping[str, str]) -> FlockConfig:
             try:
                 value: Any = int(raw)
             except ValueError:
-                milliseconds = ("HEARTBEAT_INTERVAL", "MCP_TIMEOUT", "NATS_PING_INTERVAL")
+                milliseconds = ("HEARTBEAT_INTERVAL", "MCP_TIMEOUT", "NATS_PING_INTERVAL", "NATS_ACK_WAIT")
                 what = (
                     "milliseconds"
                     if variable in milliseconds
@@ -497,6 +497,7 @@ def config_problems(config: FlockConfig) -> list[str]:
         for key, low, high in (
             ("replicas", 1, 5),
             ("ping_interval", 1, 10**9),
+            ("ack_wait", 1, 10**9),
             ("max_outstanding_pings", 1, 10**6),
         ):
             if not low <= getattr(nats, key) <= high:
@@ -511,7 +512,7 @@ def config_problems(config: FlockConfig) -> list[str]:
             )
         if nats.max_retries < 1:
             problems.append(f"nats.max_retries: expected >= 1, got {nats.max_retries}")
-        for key in ("buffer_limit", "max_held"):
+        for key in ("buffer_limit", "max_held", "prefetch"):
             if getattr(nats, key) < 0:
                 problems.append(f"nats.{key}: expected >= 0, got {getattr(nats, key)}")
         for key in ("max_id_length", "max_capabilities", "directory_max_agents", "offline_ttl"):

@@ -10,6 +10,7 @@ NATS is still there.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import logging
@@ -178,8 +179,8 @@ class Flock:
                 try:
                     await self.server.start()
                 except NatsServerError as exc:
-                    if "address already in use" not in exc.output:
-                        raise
+                    if "address already in use" not in exc.output or "monitor port" in exc.output:
+                        raise  # (a taken monitoring port has its own message, naming monitor_port)
                     # The server's banner says no more than this; the fix is in the config.
                     raise NatsServerError(
                         _port_in_use("the embedded nats-server", "nats", "NATS_PORT", "127.0.0.1", nats.port),
@@ -271,21 +272,28 @@ class Flock:
             log.info("metrics served on %s", self.metrics_url)
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Stop in reverse order; ``timeout`` bounds the actors' graceful stop. Idempotent."""
+        """Stop in reverse order, within ``timeout`` in all (default: ``[runtime]
+        shutdown_timeout``): each step gets what the steps before it left. Idempotent."""
         budget = timeout if timeout is not None else self.config.runtime.shutdown_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
         try:
+            if self.gateway is not None:
+                # MCP (and A2A) requests in flight may finish in half the budget; agents get the rest.
+                await self.gateway.close(drain=budget / 2)
             if self.a2a is not None:
                 await self.a2a.close()
-            if self.gateway is not None:
-                # MCP requests in flight may finish (half the budget; the agents get the rest).
-                await self.gateway.close(drain=budget / 2)
             if self.web is not None:
                 await self.web.stop()
             if isinstance(self.flock, NatsFlock):  # no new tasks; running ones finish, and are acked
-                await self.flock.stop_intake(budget)
+                await self.flock.stop_intake(left())
             if self.view is not None:
                 await self.view.close()
-            await self.system.shutdown(timeout=budget)
+            await self.system.shutdown(timeout=left())
             if self.flock is not None:
                 await self.flock.close()
             if self.bus is not None:

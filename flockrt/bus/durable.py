@@ -44,7 +44,7 @@ import msgspec
 
 from flockrt.bus.connection import BusState, NatsConnection
 from flockrt.bus.jetstream import JsMessage, PullConsumer
-from flockrt.errors import BusTimeout, BusUnavailable, JetStreamError
+from flockrt.errors import BusTimeout, BusUnavailable, FlockError, JetStreamError
 from flockrt.supervisor.spec import Backoff
 from flockrt.wire import subjects
 from flockrt.wire.schema import Codec, InvalidMessage, TaskMessage, TaskResult
@@ -461,10 +461,12 @@ class TaskConsumer:
         self._loop_task = loop.create_task(self._fetch_loop(), name=f"flockrt-durable-{self.task_type}")
         self._loop_task.add_done_callback(self._loop_ended)
         self._ticker = loop.create_task(self._keep_alive(), name=f"flockrt-progress-{self.task_type}")
+        self._ticker.add_done_callback(self._loop_ended)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("durable consumer of %s stopped by an error", self.task_type, exc_info=exc)
+            name = task.get_name()
+            log.error("durable consumer of %s: %s stopped by an error", self.task_type, name, exc_info=exc)
 
     async def _keep_alive(self) -> None:
         """Every ack_wait / 3: an in-progress ack for every task held here (prefetched or
@@ -478,6 +480,8 @@ class TaskConsumer:
                 except BusUnavailable as exc:
                     log.debug("progress of %r not sent: %s", message, exc)
                     break
+                except FlockError as exc:  # (JetStreamError: its consumer went away) the next one may go
+                    log.debug("progress of %r not sent: %s", message, exc)
 
     async def _fetch_loop(self) -> None:
         failures = 0

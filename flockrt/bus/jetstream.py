@@ -402,7 +402,11 @@ class JetStream:
             raise JetStreamError("no JetStream consumer answers for this message (deleted?)") from None
         except nats.errors.TimeoutError:
             raise BusTimeout(reply, timeout) from None
-        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionDrainingError,
+            nats.errors.OutboundBufferLimitError,
+        ) as exc:
             raise BusUnavailable(f"cannot settle a JetStream message: {exc!r}") from None
 
 
