@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flockrt.actors.correlation import new_correlation_id, unique_id
 from flockrt.bus.connection import NatsConnection
-from flockrt.bus.remote import CORRELATION_HEADER
+from flockrt.bus.remote import direct_message
 from flockrt.errors import NoResponders, UnknownAgent
 from flockrt.wire import subjects
-from flockrt.wire.schema import Codec, DirectMessage
+from flockrt.wire.schema import Codec
 
 __all__ = ["send_checked"]
 
@@ -32,19 +31,9 @@ async def send_checked(
         UnknownAgent: nobody listens (or ``to`` cannot be an agent id).
         BusUnavailable: NATS is unreachable.
     """
-    correlation = new_correlation_id()  # the current one travels on
-    direct = DirectMessage(
-        id=unique_id(),
-        sender=sender,
-        to=to,
-        message=message,
-        type=type,
-        metadata=metadata,
-        correlation_id=correlation,
-    )
+    direct, headers = direct_message(to, message, type, sender, metadata)
     try:
         subject = subjects.inbox(to)
-        headers = {CORRELATION_HEADER: correlation}
         await bus.publish_checked(subject, codec.encode(direct), headers=headers)
     except (NoResponders, ValueError):  # nobody listens, or not even a possible id
         raise UnknownAgent(to) from None

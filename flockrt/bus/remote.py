@@ -30,7 +30,13 @@ from flockrt.errors import (
 from flockrt.wire import subjects
 from flockrt.wire.schema import CapabilityRequest, CapabilityResponse, Codec, DirectMessage
 
-__all__ = ["CORRELATION_HEADER", "request_capability", "request_capability_response", "send_direct"]
+__all__ = [
+    "CORRELATION_HEADER",
+    "direct_message",
+    "request_capability",
+    "request_capability_response",
+    "send_direct",
+]
 
 CORRELATION_HEADER = "Correlation-Id"
 
@@ -122,17 +128,7 @@ async def send_direct(
         ValueError: ``to`` cannot be a subject token.
     """
     subject = subjects.inbox(to)
-    correlation_id = new_correlation_id()  # the current one travels on
-    direct = DirectMessage(
-        id=unique_id(),
-        sender=sender,
-        to=to,
-        message=message,
-        type=type,
-        metadata=metadata,
-        correlation_id=correlation_id,
-    )
-    headers = {CORRELATION_HEADER: correlation_id}
+    direct, headers = direct_message(to, message, type, sender, metadata)
     if type != "query":
         await bus.publish(subject, codec.encode(direct), headers=headers)
         return None
@@ -147,3 +143,21 @@ async def send_direct(
     if error:  # the agent's process could not get an answer (see NatsFlock._answer_query)
         raise WorkFailed(answer.sender, "query", to, RemoteFailure(str(error)))
     return answer
+
+
+def direct_message(
+    to: str, message: Any, type: str, sender: str, metadata: dict[str, Any] | None
+) -> tuple[DirectMessage, dict[str, str]]:
+    """A direct message for ``agent.<to>.inbox`` and its headers, with the current correlation id
+    (it travels on), or a new one."""
+    correlation_id = new_correlation_id()
+    direct = DirectMessage(
+        id=unique_id(),
+        sender=sender,
+        to=to,
+        message=message,
+        type=type,
+        metadata=metadata,
+        correlation_id=correlation_id,
+    )
+    return direct, {CORRELATION_HEADER: correlation_id}

@@ -14,15 +14,22 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flockrt.cli.endpoint import resolve
-from flockrt.cli.output import ProgressLine, draw_tree, print_json, print_table
+from flockrt.cli.output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    ProgressLine,
+    draw_tree,
+    print_json,
+    print_table,
+)
 from flockrt.errors import BusUnavailable, CircuitOpen, FlockError, GatewayUnavailable
 
 if TYPE_CHECKING:
     from flockrt.client.client import FlockClient
 
 __all__ = ["main", "operate"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def _json_argument(what: str, text: str) -> Any:

@@ -8,7 +8,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["ProgressLine", "draw_tree", "print_json", "print_table"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "ProgressLine",
+    "draw_tree",
+    "print_json",
+    "print_table",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+"""The exit statuses of every command: done, failed, a usage or config error, nothing to reach."""
 
 
 def print_json(value: Any) -> None:

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from flockrt.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from flockrt.errors import ConfigError, FlockError
 
 if TYPE_CHECKING:
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 __all__ = ["check", "count_agents", "run", "serve"]
 
 log = logging.getLogger("flockrt.cli")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def count_agents(root: dict[str, Any]) -> int:

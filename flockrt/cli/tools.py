@@ -15,12 +15,11 @@ import urllib.request
 from pathlib import Path
 
 from flockrt.cli.endpoint import resolve
+from flockrt.cli.output import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from flockrt.cli.parser import BENCH_SUITES
 from flockrt.errors import ConfigError, FlockError, GatewayUnavailable
 
 __all__ = ["bench", "health", "mcp"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def mcp(args: argparse.Namespace) -> int:

@@ -7,12 +7,11 @@ import argparse
 import sys
 
 from flockrt.cli.endpoint import resolve
+from flockrt.cli.output import EXIT_USAGE
 from flockrt.errors import ConfigError
 from flockrt.view import top
 
 __all__ = ["run"]
-
-EXIT_USAGE = 2
 
 
 def run(args: argparse.Namespace) -> int:
