@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -91,3 +94,17 @@ def render(
 
     rule = "|" + "|".join("-" * (w + 1) + (":" if i in right else "-") for i, w in enumerate(widths)) + "|"
     return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])
+
+
+def write_json(
+    path: Path,
+    info: dict[str, Any],
+    sizes: Any,
+    rows: Sequence[Row],
+    say: Callable[[str], None],
+    **extra: Any,
+) -> None:
+    """Write a suite's results (its run info, sizes, ``extra`` sections and rows) to ``path``."""
+    document = {**info, "sizes": asdict(sizes), **extra, "rows": [row.as_json() for row in rows]}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    say(f"results written to {path}")

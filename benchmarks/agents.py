@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks import _agents, _harness
-from benchmarks._table import Row, render
+from benchmarks._table import Row, render, write_json
 from benchmarks.bus import embedded_nats, nats_server_version
 from benchmarks.kernel import describe, say
 
@@ -207,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(render(rows, bare="bare", pykka=False))
     if args.json is not None:
-        document = {**info, "sizes": dataclasses.asdict(sizes), "rows": [row.as_json() for row in rows]}
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        say(f"results written to {args.json}")
+        write_json(args.json, info, sizes, rows, say)
     return 0
 
 

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _bus_bare, _bus_flockrt, _harness
-from benchmarks._table import Row, render
+from benchmarks._table import Row, render, write_json
 from benchmarks.kernel import Suite, describe, say
 from flockrt.bus.embedded import EmbeddedNats, find_nats_server
 
@@ -278,14 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(render(rows, bare="bare nats-py", pykka=False))
     if args.json is not None:
-        document: dict[str, Any] = {
-            **info,
-            "sizes": dataclasses.asdict(sizes),
-            "payload_bytes": {"task": suite.task_bytes, "capability_request": suite.request_bytes},
-            "rows": [row.as_json() for row in rows],
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        say(f"results written to {args.json}")
+        payload_bytes = {"task": suite.task_bytes, "capability_request": suite.request_bytes}
+        write_json(args.json, info, sizes, rows, say, payload_bytes=payload_bytes)
     return 0
 
 

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import json
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _harness
-from benchmarks._table import Row, render
+from benchmarks._table import Row, render, write_json
 from benchmarks.bus import nats_server_version
 from benchmarks.kernel import describe, say
 from tests.cluster_agent import read_record
@@ -297,9 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(render(rows, bare="reference", pykka=False, ratio="ratio"))
     if args.json is not None:
-        document = {**info, "sizes": dataclasses.asdict(sizes), "rows": [row.as_json() for row in rows]}
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        say(f"results written to {args.json}")
+        write_json(args.json, info, sizes, rows, say)
     return 0
 
 

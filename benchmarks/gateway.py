@@ -42,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks._table import Row, render
+from benchmarks._table import Row, render, write_json
 from benchmarks.kernel import describe, say
 
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
@@ -588,9 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(render(rows, bare="FastMCP", pykka=False))
     if args.json is not None:
-        document = {**info, "sizes": dataclasses.asdict(sizes), "rows": [row.as_json() for row in rows]}
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        say(f"results written to {args.json}")
+        write_json(args.json, info, sizes, rows, say)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _bare, _flockrt, _harness, _limit, _pykka
-from benchmarks._table import Row, render
+from benchmarks._table import Row, render, write_json
 from flockrt import ActorSystem
 
 
@@ -303,9 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(render(rows))
     if args.json is not None:
-        document = {**info, "sizes": dataclasses.asdict(sizes), "rows": [row.as_json() for row in rows]}
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        say(f"results written to {args.json}")
+        write_json(args.json, info, sizes, rows, say)
     return 0
 
 

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import Any
 import prometheus_client
 
 from benchmarks import _flockrt, _harness
-from benchmarks._table import Row, fmt, render
+from benchmarks._table import Row, fmt, render, write_json
 from benchmarks.kernel import describe, say
 from flockrt import ActorSystem, LocalFlock
 from flockrt.actors.histogram import ASK_BUCKETS, Histogram
@@ -338,14 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(render(costs, ours="flockrt Histogram", bare="prometheus_client", ratio="ratio", pykka=False))
     if args.json is not None:
-        document = {
-            **info,
-            "sizes": dataclasses.asdict(sizes),
-            "rows": [row.as_json() for row in rows],
-            "costs": [row.as_json() for row in costs],
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        say(f"results written to {args.json}")
+        write_json(args.json, info, sizes, rows, say, costs=[row.as_json() for row in costs])
     return 0
 
 

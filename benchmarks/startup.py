@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._table import Row, render
+from benchmarks._table import Row, render, write_json
 from benchmarks.kernel import describe, say
 
 HEAVY = ("msgspec", "nats", "aiohttp", "prometheus_client", "jwt", "anthropic")
@@ -235,17 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(render(rows, bare="python -c pass", pykka=False, ours="command", ratio="command/bare"))
     if args.json is not None:
-        document = {
-            **info,
-            "sizes": dataclasses.asdict(sizes),
-            "commands": {
-                c.key: {"title": c.title, "args": list(c.args), **loaded.get(c.key, {})} for c in COMMANDS
-            },
-            "samples_ms": samples,
-            "rows": [row.as_json() for row in rows],
+        commands = {
+            c.key: {"title": c.title, "args": list(c.args), **loaded.get(c.key, {})} for c in COMMANDS
         }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        say(f"results written to {args.json}")
+        write_json(args.json, info, sizes, rows, say, commands=commands, samples_ms=samples)
     return 0
 
 
