@@ -157,7 +157,7 @@ class CoreLane:
         """Tasks taken and not started: a heap, highest priority first, then the oldest."""
         self._order = itertools.count()
         self._credits: list[_Credit] = []
-        self._keeper: Subscription | None = None  # the unbounded subscription, while keeper
+        self._keeper: Subscription | None = None  # the unbounded one: the keeper's, or a shared lane's
         self._claims: Subscription | None = None  # the keeper subject, while keeper
         self._standby: Subscription | None = None
         self._tasks = TaskOwner(f"intake of {self.subject}", log)
