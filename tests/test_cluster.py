@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import nats
-import nats.errors
 import pytest
 
 from tests.cluster_agent import read_record
@@ -42,6 +40,9 @@ from tests.nats_cluster import (
 STREAM = "FLOCK_TASKS"
 PREFETCH = 1
 """``[nats] prefetch`` of every process here: tasks a node may hold beyond its free slots."""
+MAX_HELD = 5
+"""``[nats] max_held`` of the core processes in the kill tests: what a process may hold beyond
+its slots and prefetch, so that what a kill may lose has a bound a test can reach."""
 ACK_WAIT_MS = 3000
 """``[nats] ack_wait`` of the durable processes: a dead node's tasks return after this long."""
 
@@ -127,7 +128,9 @@ async def test_exactly_once_across_processes(
     assert all(split.values()), f"every process takes a share: {split}"
 
 
-@pytest.mark.parametrize("durable", MODES)
+# Durable mode only: on a cluster core mode takes an equal share per process (docs/flock.md,
+# "Capacity-aware intake"); tests/test_capacity_intake.py holds core mode to this on one server.
+@pytest.mark.parametrize("durable", [pytest.param(True, id="durable")])
 async def test_uneven_capacity_finishes_near_the_ideal(
     tmp_path: Path, flocks: Spawn, tally: Tally, durable: bool
 ) -> None:
@@ -182,38 +185,20 @@ async def test_kill9_of_a_node_loses_nothing_in_durable_mode(
     assert set(record.twice()) <= set(held), record.twice()
 
 
-async def keeper_of(tally: Tally) -> str:
-    """The node that keeps ``tasks.work`` open in core mode (docs/flock.md, "Capacity-aware
-    intake"): it answers a probe on ``flockrt.intake.work.keeper``; "" when none answers."""
-    assert tally.connection is not None
-    probe = json.dumps({"node": "test-probe", "capacity": 0}).encode()
-    try:
-        reply = await tally.connection.request("flockrt.intake.work.keeper", probe, timeout=0.5)
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-        return ""
-    return str(json.loads(reply.data)["node"])
-
-
-@pytest.mark.parametrize("keeper", [pytest.param(False, id="not-keeper"), pytest.param(True, id="keeper")])
 async def test_kill9_of_a_node_loses_at_most_what_it_held_in_core_mode(
-    tmp_path: Path, flocks: Spawn, tally: Tally, keeper: bool
+    tmp_path: Path, flocks: Spawn, tally: Tally
 ) -> None:
-    # The keeper is the process with the most slots: the victim, or p3.
-    slots = 6 if keeper else 4
-    victim = flocks("p1", "n1", slots=slots)
-    others = [flocks(f"p{i}", f"n{i}", slots=10 - slots) for i in (2, 3)]
+    # The victim's small max_held makes its bound one the test reaches: it takes about a third
+    # of the 60 tasks, runs 4, holds prefetch + max_held and refuses the rest (FlockSaturated).
+    # The survivors hold all they are given, so that none of theirs is refused.
+    victim = flocks("p1", "n1", max_held=MAX_HELD)
+    others = [flocks(f"p{i}", f"n{i}") for i in (2, 3)]
     await start_all([victim, *others])
-    expected = "p1" if keeper else "p3"
-    await wait_until(lambda: _is(keeper_of(tally), expected), 10, f"{expected} keeping tasks.work")
     await tally.publish_many(False, [0.5] * 60)
     await wait_until(lambda: record_of(tmp_path).by_node("p1") >= 2, 20, "p1 running tasks")
 
     await victim.kill()
-    killed = time.monotonic()
-    # A survivor keeps the type (at once when the victim was not keeper), and tasks published
-    # from then on are not lost.
-    await wait_until(lambda: _is(keeper_of(tally), "p2", "p3"), 10, "a surviving keeper")
-    recovered = time.monotonic() - killed
+    # Tasks published from then on go to the survivors: their subscriptions never change.
     before = set(tally.sent)
     await tally.publish_many(False, [0.05] * 30)
     after = set(tally.sent) - before
@@ -225,15 +210,18 @@ async def test_kill9_of_a_node_loses_at_most_what_it_held_in_core_mode(
 
     await wait_until(survivors_done, 30, "the survivors finish every task they took")
     record = record_of(tmp_path)
-    lost = tally.missing()
+    lost = [t for t in tally.sent if t not in tally.results]  # no result at all
+    # What the victim had taken and not finished: started there and unfinished (the record),
+    # or never started anywhere (held there, waiting for a slot).
+    running = [t for t in lost if t in record.agents]
+    bound = 4 + PREFETCH + MAX_HELD
+    print(f"kill -9, core: {len(lost)} lost ({len(running)} running, the rest held); bound {bound}")
     assert record.twice() == {}
-    assert all(t not in record.agents or record.agents[t][0].startswith("p1-") for t in lost), (
-        "only the victim's tasks may be lost"
+    assert all(record.agents[t][0].startswith("p1-") and not record.finished[t] for t in running), (
+        _whereabouts(lost, tmp_path)
     )
-    print(f"kill -9, core, keeper={keeper}: {len(lost)} lost, a surviving keeper after {recovered:.1f} s")
-    assert recovered <= 5, f"no surviving keeper for {recovered:.1f} s"
-    if not keeper:
-        assert len(lost) <= slots + PREFETCH, f"{len(lost)} lost; the victim had {slots} slots + {PREFETCH}"
+    assert not set(lost) & after, "tasks published after the kill were lost"
+    assert 0 < len(lost) <= bound, f"{_whereabouts(lost, tmp_path)}; the victim held at most {bound}"
 
 
 def _whereabouts(task_ids: list[str], tmp_path: Path) -> str:
@@ -253,10 +241,6 @@ async def _reconnected(cluster: NatsCluster, names: list[str]) -> bool:
         return all([await cluster.server_of(name) != "" for name in names])
     except AssertionError:  # not connected anywhere yet
         return False
-
-
-async def _is(node: Awaitable[str], *expected: str) -> bool:
-    return await node in expected
 
 
 async def test_kill9_of_the_stream_leader_keeps_intake_and_loses_nothing(
@@ -306,20 +290,19 @@ async def test_kill9_of_the_stream_leader_keeps_intake_and_loses_nothing(
 async def test_kill9_of_a_nats_server_in_core_mode_loses_at_most_what_its_nodes_held(
     tmp_path: Path, cluster: NatsCluster, flocks: Spawn
 ) -> None:
-    """The server of processes that are not keeper: they fail over, and what they held
-    (running, prefetched, in transit) is all that may be lost. (A keeper connected to a killed
-    server loses what is published while it reconnects and the others are saturated:
-    unbounded, as the keeper's kill.)"""
-    p1 = flocks("p1", "n1", servers=["n2"])
-    p2 = flocks("p2", "n2", servers=["n1"])
-    keeper = flocks("p3", "n3", servers=["n3"], slots=6)  # the most slots: the keeper, on n3
-    await start_all([p1, p2, keeper])
+    """Processes on the killed server fail over, and what they held (running, waiting for a
+    slot, in transit) is all that may be lost: at most slots + prefetch + max_held each. The
+    producer is on n3, which is not killed; the processes are on n1 and n2."""
+    processes = [
+        flocks(f"p{i}", server, servers=["n1", "n2"], max_held=MAX_HELD)
+        for i, server in ((1, "n1"), (2, "n2"), (3, "n2"))
+    ]
+    await start_all(processes)
     victim = await cluster.server_of("p1")
-    on_victim = [p for p in ("p1", "p2") if await cluster.server_of(p) == victim]
-    bound = len(on_victim) * (4 + PREFETCH)
+    on_victim = [p.name for p in processes if await cluster.server_of(p.name) == victim]
+    bound = len(on_victim) * (4 + PREFETCH + MAX_HELD)
     tally = Tally()
-    await tally.connect([cluster["n1" if victim == "n2" else "n2"].url])
-    await wait_until(lambda: _is(keeper_of(tally), "p3"), 10, "p3 keeping tasks.work")
+    await tally.connect([cluster["n3"].url])
     stop = asyncio.Event()
 
     async def produce() -> None:
@@ -330,27 +313,29 @@ async def test_kill9_of_a_nats_server_in_core_mode_loses_at_most_what_its_nodes_
     producer = asyncio.create_task(produce())
     try:
         await wait_until(lambda: record_of(tmp_path).by_node("p1") >= 4, 20, "p1 running tasks")
-        await cluster.kill(victim)  # p1 (and p2, if it is there) fail over
+        await cluster.kill(victim)  # p1 (and any other process there) fail over
         await wait_until(lambda: _reconnected(cluster, on_victim), 20, f"{on_victim} failed over")
         sent_then = len(tally.sent)
         await wait_until(lambda: len(tally.sent) >= sent_then + 60, 20, "tasks after the failover")
     finally:
         stop.set()
         await producer
+
+    def lost() -> list[str]:  # no result at all (a task refused as FlockSaturated has one)
+        return [t for t in tally.sent if t not in tally.results]
+
     try:
         await wait_until(
-            lambda: (
-                len(tally.missing()) <= bound
-                and all(t in tally.first_ok for t in record_of(tmp_path).finished)
-            ),
+            lambda: len(lost()) <= bound and all(t in tally.results for t in record_of(tmp_path).finished),
             30,
-            lambda: f"results for what ran ({_whereabouts(tally.missing(), tmp_path)})",
+            lambda: f"results for what ran ({_whereabouts(lost(), tmp_path)})",
         )
-        lost = tally.missing()
+        lost_ids = lost()
         record = record_of(tmp_path)
-        print(f"NATS server kill, core: {len(lost)} lost ({on_victim} on it)")
+        refused = len(tally.sent) - len(tally.ok()) - len(lost_ids)
+        print(f"NATS server kill, core: {len(lost_ids)} lost, {refused} refused ({on_victim} on it)")
         assert record.twice() == {}
-        assert len(lost) <= bound, f"{_whereabouts(lost, tmp_path)}; {on_victim} held at most {bound}"
+        assert len(lost_ids) <= bound, f"{_whereabouts(lost_ids, tmp_path)}; {on_victim} held at most {bound}"
     finally:
         await tally.close()
 
@@ -359,8 +344,12 @@ async def test_kill9_of_a_nats_server_in_core_mode_loses_at_most_what_its_nodes_
 async def test_sigterm_during_a_stream_of_tasks(
     tmp_path: Path, flocks: Spawn, tally: Tally, durable: bool
 ) -> None:
-    victim = flocks("p1", "n1", durable=durable)
-    others = [flocks(f"p{i}", f"n{i}", durable=durable) for i in (2, 3)]
+    # Each on its own server; the producer on n1, the victim's: only n1 hands tasks to the
+    # victim, and it hears of the victim's withdrawal at once, so in core mode none is lost. (A
+    # producer on another server could lose the few routed to it in that instant, docs/flock.md
+    # "Delivery guarantees".)
+    victim = flocks("p1", "n1", durable=durable, servers=["n1"])
+    others = [flocks(f"p{i}", f"n{i}", durable=durable, servers=[f"n{i}"]) for i in (2, 3)]
     await start_all([victim, *others])
     stop = asyncio.Event()
 

@@ -242,8 +242,9 @@ async def machines(
 async def test_a_silent_partition_loses_at_most_what_the_cut_off_node_held_and_fails_its_readiness(
     tmp_path: Path, net: Net, machines: tuple[NatsCluster, list[FlockProcess], bool]
 ) -> None:
-    """Durable mode loses nothing; core mode at most the cut-off node's slots and prefetch
-    (what it was running, and what the server still sends to it on its remaining credit)."""
+    """Durable mode loses nothing; core mode only what the cut-off node held and what its
+    server still hands it until it drops the connection (on a cluster its subscription is
+    unbounded: docs/flock.md, "Delivery guarantees")."""
     cluster, processes, durable = machines
     cut_off = processes[2]
     tally = Tally()
@@ -272,17 +273,21 @@ async def test_a_silent_partition_loses_at_most_what_the_cut_off_node_held_and_f
             await tally.wait_all_ok(45)
             assert tally.missing() == []
         else:
-            bound = CUT_OFF_SLOTS + PREFETCH
-
+            # On a cluster the cut-off process's core subscription is unbounded: its server goes
+            # on handing it a share of the tasks until it drops the connection (server
+            # ping_interval x ping_max), so no count is bound (docs/flock.md, "Delivery
+            # guarantees"); what is lost is the cut-off process's share only.
             def settled() -> bool:
                 record = read_record(tmp_path / "record")
                 others = [t for t, a in record.agents.items() if not a[0].startswith("p3-")]
-                return len(tally.missing()) <= bound and all(t in tally.first_ok for t in others)
+                return all(t in tally.first_ok for t in others)
 
             await wait_until(settled, 30, lambda: f"{len(tally.missing())} tasks without a result")
+            record = read_record(tmp_path / "record")
             lost = tally.missing()
-            print(f"partition, core: {len(lost)} lost")
-            assert len(lost) <= bound
+            print(f"partition, core: {len(lost)} lost of {len(tally.sent)}")
+            assert all(t not in record.agents or record.agents[t][0].startswith("p3-") for t in lost)
+            assert len(lost) < len(tally.sent) / 2, "more than the cut-off process's share was lost"
         # Durable mode runs at least once: what the cut-off node had begun runs again elsewhere,
         # and so does a task whose ack went to a consumer leader on the cut-off server (the
         # process logs "not confirmed ... it will be delivered again"). Core mode, at most once.

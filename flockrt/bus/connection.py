@@ -41,7 +41,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.jetstream import JetStream, JsMessage, PullConsumer
-from flockrt.bus.liveness import server_of
+from flockrt.bus.liveness import in_cluster, server_of
 from flockrt.bus.stepping import resume
 from flockrt.errors import BusTimeout, BusUnavailable, NoResponders
 from flockrt.supervisor.spec import Backoff
@@ -49,16 +49,8 @@ from flockrt.supervisor.spec import Backoff
 if TYPE_CHECKING:
     from flockrt.bus.service import BusService
 
-__all__ = [
-    "BusState",
-    "BusStats",
-    "Handler",
-    "JsMessage",
-    "Message",
-    "NatsConnection",
-    "PullConsumer",
-    "Subscription",
-]
+__all__ = ["BusState", "BusStats", "Handler", "JsMessage", "Message", "NatsConnection"]
+__all__ += ["PullConsumer", "Subscription"]
 
 log = logging.getLogger("flockrt.bus")
 
@@ -297,6 +289,11 @@ class NatsConnection:
     @property
     def connected(self) -> bool:
         return self._state is BusState.CONNECTED
+
+    @property
+    def clustered(self) -> bool:
+        """Whether the server now in use is one of a cluster (:func:`~flockrt.bus.liveness.in_cluster`)."""
+        return self._nc is not None and in_cluster(self._nc)
 
     @property
     def closed(self) -> bool:

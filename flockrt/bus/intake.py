@@ -3,9 +3,10 @@
 - For every task type a local agent handles, the process consumes ``tasks.<type>`` in the queue
   group ``tasks.<type>``, so each task is handled once across the flock, taking no more than its
   agents' free slots for the type plus ``prefetch`` (a :class:`~flockrt.bus.lanes.CoreLane` per
-  type; in durable mode a pull consumer of the JetStream work queue, see
-  :mod:`flockrt.bus.durable`); results go to ``task.result`` through the outlet's sink, and to
-  the reply subject of a request. :meth:`Intake.stop` is the graceful stop.
+  type; on a NATS cluster an equal share instead, holding what waits for a slot; in durable mode
+  a pull consumer of the JetStream work queue, see :mod:`flockrt.bus.durable`); results go to
+  ``task.result`` through the outlet's sink, and to the reply subject of a request.
+  :meth:`Intake.stop` is the graceful stop.
 - For every capability a local agent offers, the process answers ``capability.<name>``
   requests (queue group ``capability.<name>``) as an endpoint of its NATS service
   (``nats micro ls`` lists them).

@@ -19,6 +19,14 @@ it subscribes for:
   announces it there, and weaker keepers step down. A keeper that stops hands over to another
   process (``flockrt.intake.<type>.standby``) before it drains.
 
+**On a NATS cluster** (the server's INFO names a cluster or other servers) none of this
+holds: when a queue member withdraws its interest, a server that routed a message to it before
+it heard loses the message on arrival, silently (docs/flock.md, "Capacity-aware intake"), and
+credit subscriptions withdraw interest all the time. There a lane is **shared**: one unbounded
+queue subscription for the type, never withdrawn while it runs, so each process takes an equal
+share; what exceeds its free slots waits here, up to ``prefetch + max_held`` tasks, and one
+more is refused (``FlockSaturated``). Durable mode is the capacity-aware choice on a cluster.
+
 A task is started (handed to the dispatcher) only while fewer than the type's slots run;
 the rest wait here, so a graceful stop (:meth:`CoreLane.stop_taking`) knows exactly which tasks
 never started: it hands them back to ``tasks.<type>`` when another process has the type, else
@@ -149,7 +157,7 @@ class CoreLane:
         """Tasks taken and not started: a heap, highest priority first, then the oldest."""
         self._order = itertools.count()
         self._credits: list[_Credit] = []
-        self._keeper: Subscription | None = None  # the unbounded subscription, while keeper
+        self._keeper: Subscription | None = None  # the unbounded one: the keeper's, or a shared lane's
         self._claims: Subscription | None = None  # the keeper subject, while keeper
         self._standby: Subscription | None = None
         self._tasks = TaskOwner(f"intake of {self.subject}", log)
@@ -161,11 +169,15 @@ class CoreLane:
         self._idle: asyncio.Future[None] | None = None  # wait_idle's, while it waits
         self._then = self._done  # bound once: what a task without a reply calls when done
         self._warnings = RepeatedLines()  # a burst of refusals: one line, then one with the count
+        self.shared = False
+        """Whether the lane takes an equal share (its server is one of a cluster, seen at
+        :meth:`start`): one unbounded subscription, never withdrawn while it runs."""
 
     @property
     def keeper(self) -> bool:
-        """Whether this process keeps the type's queue group open (unbounded subscription)."""
-        return self._keeper is not None
+        """Whether this process keeps the type's queue group open (unbounded subscription)
+        as the keeper of a single server's flock (never in a shared lane)."""
+        return self._keeper is not None and not self.shared
 
     @property
     def claim(self) -> KeeperClaim:
@@ -179,7 +191,16 @@ class CoreLane:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Take the type's tasks: find the keeper (or become it), then open credit."""
+        """Take the type's tasks: on a cluster, subscribe once for good (a shared lane); on a
+        single server, find the keeper (or become it), then open credit."""
+        self.shared = self.bus.clustered
+        if self.shared:
+            self.refresh()
+            # Others ask here at their stop whether another process takes the type.
+            self._claims = await self.bus.subscribe(keeper_subject(self.task_type), self._on_claim)
+            self._keeper = await self.bus.subscribe(self.subject, self.on_message, queue=self.subject)
+            log.debug("%s takes an equal share of %s (NATS cluster)", self.node, self.subject)
+            return
         self.refresh()
         self._standby = await self.bus.subscribe(
             standby_subject(self.task_type), self._on_standby, queue=standby_subject(self.task_type)
@@ -200,7 +221,11 @@ class CoreLane:
     async def stop_taking(self) -> None:
         """Take nothing more: hand the keeper role over, drain the subscriptions (what the
         server sent before it heard is still taken), then hand back or refuse every task that
-        never started. Running tasks go on; :meth:`wait_idle` waits for them."""
+        never started. Running tasks go on; :meth:`wait_idle` waits for them.
+
+        On a cluster, another server may still route a task to this one in the instant it
+        withdraws its interest: that task is lost at the NATS server, unseen by flockrt
+        (docs/flock.md, "Delivery guarantees"); draining keeps the window to that instant."""
         if self._stopping:
             return
         self._stopping = True
@@ -210,7 +235,15 @@ class CoreLane:
         if self._standby is not None:
             await self._standby.unsubscribe()
             self._standby = None
-        if self._keeper is not None:
+        if self.shared:
+            if self._claims is not None:
+                await self._claims.unsubscribe()
+                self._claims = None
+            shared, self._keeper = self._keeper, None
+            if shared is not None:
+                await shared.drain()
+            other = await self._other_keeper()
+        elif self._keeper is not None:
             other = await self._hand_over()
             if self._claims is not None:
                 await self._claims.unsubscribe()
@@ -403,6 +436,8 @@ class CoreLane:
         """Open a bounded subscription if credit is free (none while keeper or stopping)."""
         if self._arming is not None or self._stopping or self._keeper is not None or self.capacity <= 0:
             return
+        if self.shared:  # a shared lane takes what the server sends it: no credit
+            return
         credit = self.capacity + self.prefetch - self.running - len(self.held) - self.outstanding
         # A second subscription only for much credit: each costs a round trip to open.
         if credit > 0 and (not self._credits or credit >= max(1, (self.capacity + self.prefetch) // 2)):
@@ -436,7 +471,7 @@ class CoreLane:
 
     async def _probe(self) -> None:
         """Become keeper if there is none, or only a weaker one."""
-        if self._keeper is not None or self._stopping or self.capacity <= 0:
+        if self._keeper is not None or self._stopping or self.capacity <= 0 or self.shared:
             return
         try:
             answer = await self.bus.request(
@@ -496,6 +531,8 @@ class CoreLane:
             return  # (a stopping keeper lets the one it handed over to keep the type)
         if message.reply:
             self.outlet.send(message.reply, _CLAIMS.encode(self.claim), None)
+        elif self.shared:  # (a shared lane never steps down)
+            return
         elif claim.rank > self.claim.rank:
             self._tasks.spawn(self._step_down(claim))
         else:  # a weaker keeper: tell it
@@ -520,7 +557,7 @@ class CoreLane:
         return True
 
     async def _other_keeper(self) -> bool:
-        """Whether a keeper (another process) answers now."""
+        """Whether another process takes the type: its keeper, or a shared lane, answers now."""
         try:
             await self.bus.request(
                 keeper_subject(self.task_type), _CLAIMS.encode(self.claim), timeout=_PROBE_TIMEOUT

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client
 
-__all__ = ["server_of"]
+__all__ = ["in_cluster", "server_of"]
 
 
 def server_of(nc: Client) -> str:
@@ -21,3 +21,10 @@ def server_of(nc: Client) -> str:
     name = info.get("server_name") or info.get("server_id") or "nats-server"
     version = info.get("version") or "unknown version"
     return f"{name} ({version}) at {where}"
+
+
+def in_cluster(nc: Client) -> bool:
+    """Whether the server ``nc`` is connected to is one of a cluster: its INFO (read at every
+    connect) names a cluster, or lists other servers' client URLs (``connect_urls``)."""
+    info = nc._server_info
+    return bool(info.get("cluster") or info.get("connect_urls"))
