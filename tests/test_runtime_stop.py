@@ -89,3 +89,21 @@ def test_intake_keys_out_of_range_are_config_errors(
     path.write_text(f"[nats]\n{line}\n")
     with pytest.raises(ConfigError, match=message):
         load_config(path, env=env)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_an_agent_that_joins_during_the_stop_takes_no_tasks(
+    nats_server: EmbeddedNats, durable: bool
+) -> None:
+    """A supervisor restarting an agent after intake stopped must not open intake again (in
+    durable mode its fetches would be cut off by the agents' stop and run twice elsewhere)."""
+    started: list[str] = []
+    config = FlockConfig(
+        runtime=RuntimeConfig(name="late"), nats=NatsConfig(url=nats_server.url, durable=durable)
+    )
+    async with Flock(config) as flock:
+        intake = flock.running.intake  # type: ignore[attr-defined]
+        await flock.running.stop_intake(0.0)  # type: ignore[attr-defined]
+        await flock.spawn_pool(Stuck, 1, started=started)  # joins: a restart during the stop looks so
+        assert intake.lanes == {} and intake._consumers == {}
+        assert intake._batch_subscription is None

@@ -110,6 +110,7 @@ class Intake:
         # Joined only while local agents handle tasks: a producer-only node taking batches
         # would just republish their tasks one by one.
         self._batch_subscription: Subscription | None = None
+        self._taking = True  # until the graceful stop: agents restarted during it take no tasks
 
     async def start(self) -> None:
         """The NATS service whose endpoints are the capabilities served here."""
@@ -144,12 +145,12 @@ class Intake:
         acked). Capability requests are still answered until :meth:`close`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        self._taking = False
         if self._batch_subscription is not None:
             subscription, self._batch_subscription = self._batch_subscription, None
             await subscription.drain()
         lanes = list(self.lanes.values())
-        for lane in lanes:
-            await lane.stop_taking()
+        await asyncio.gather(*(lane.stop_taking() for lane in lanes))  # (each may hand its keeper role on)
         consumers = list(self._consumers.values())
         self._consumers.clear()
         await asyncio.gather(*(consumer.stop(max(0.0, deadline - loop.time())) for consumer in consumers))
@@ -181,6 +182,8 @@ class Intake:
         """A local agent joined: take its skills' work from NATS (if not already taken)."""
         for capability in card.capabilities:
             await self._serve_capability(capability)
+        if not self._taking:  # stopping: capability requests are answered, tasks are not taken
+            return
         if card.task_types and self._batch_subscription is None:
             self._batch_subscription = await self.bus.subscribe(
                 subjects.BATCH, self.on_batch, queue=subjects.BATCH

@@ -467,7 +467,10 @@ class CoreLane:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.keeper_check):
                     await self._probe_now.wait()
-            await self._probe()
+            try:
+                await self._probe()
+            except Exception as exc:  # e.g. a subscribe refused while becoming keeper: try again next time
+                log.warning("%s: looking for the keeper of %s failed: %r", self.node, self.subject, exc)
 
     async def _probe(self) -> None:
         """Become keeper if there is none, or only a weaker one."""
