@@ -11,9 +11,7 @@ a few tens of milliseconds, and no stream, consumer or subscription can leak bet
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from nats.aio.msg import Msg
 
 from flockrt.bus.embedded import EmbeddedNats
 
-__all__ = ["Results", "nats_cluster", "nats_server", "plain_nats", "wait_for_jetstream"]
+__all__ = ["Results", "nats_server", "plain_nats"]
 
 
 @pytest.fixture
@@ -59,65 +57,3 @@ async def plain_nats(nats_server: EmbeddedNats) -> AsyncIterator[tuple[nats.NATS
     await connection.flush()
     yield connection, results
     await connection.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.asynccontextmanager
-async def nats_cluster(
-    store: Path, size: int = 3, *, timeout: float = 20.0
-) -> AsyncIterator[list[EmbeddedNats]]:
-    """``size`` nats-servers with JetStream, routed into one cluster on loopback, yielded once
-    JetStream has a meta leader (so an R3 stream can be created); stopped on exit.
-
-    Each server's store is ``store/n<i>``; ``servers[i].url`` is its client URL, and
-    ``servers[i].kill()`` / ``.restart()`` keep its ports (client and route) and store.
-    """
-    cluster_ports = [_free_port() for _ in range(size)]
-    routes = ",".join(f"nats://127.0.0.1:{port}" for port in cluster_ports)
-    servers = [
-        EmbeddedNats(
-            port=_free_port(),
-            store_dir=store / f"n{i}",
-            extra_args=[
-                "--cluster_name",
-                "flockrt-test",
-                "--cluster",
-                f"nats://127.0.0.1:{port}",
-                "--routes",
-                routes,
-            ],
-            stop_timeout=5.0,
-        )
-        for i, port in enumerate(cluster_ports)
-    ]
-    try:
-        await asyncio.gather(*(server.start() for server in servers))
-        await wait_for_jetstream(servers[0].url, timeout)
-        yield servers
-    finally:
-        await asyncio.gather(*(server.stop() for server in servers))
-
-
-async def wait_for_jetstream(url: str, timeout: float = 20.0) -> None:
-    """Wait until the JetStream of the server at ``url`` answers account info (a clustered
-    JetStream answers only once it has elected a meta leader)."""
-    connection = await nats.connect(url, allow_reconnect=False)
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            try:
-                await connection.jetstream(timeout=1.0).account_info()
-                return
-            except (nats.errors.TimeoutError, nats.js.errors.APIError, nats.errors.NoRespondersError):
-                if loop.time() > deadline:
-                    raise AssertionError(f"JetStream at {url} not ready within {timeout} s") from None
-                await asyncio.sleep(0.1)
-    finally:
-        await connection.close()

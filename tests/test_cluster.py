@@ -55,16 +55,6 @@ Spawn = Callable[..., FlockProcess]
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path)
-    try:
-        await cluster.start()
-        yield cluster
-    finally:
-        await cluster.stop()
-
-
-@pytest.fixture
 async def flocks(tmp_path: Path, cluster: NatsCluster) -> AsyncIterator[Spawn]:
     """``flocks(name, server, slots=4, durable=False, servers=(), **nats_keys)``: a flockrt
     process whose URL lists server ``server`` and ``servers`` (default: every server), not yet

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from tests.cluster_agent import read_record
 from tests.nats_cluster import FlockProcess, NatsCluster, Tally, flock_config, wait_until
@@ -27,16 +24,6 @@ BURST = 1000
 BACKLOG = 40 * BURST
 NATS = {"max_held": 2 * BACKLOG}
 """``[nats]`` keys: a process alone at first may hold the whole backlog (no FlockSaturated)."""
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path)
-    try:
-        await cluster.start()
-        yield cluster
-    finally:
-        await cluster.stop()
 
 
 async def test_core_bursts_through_a_remote_server_lose_nothing(tmp_path: Path, cluster: NatsCluster) -> None:

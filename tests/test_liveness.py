@@ -29,7 +29,7 @@ from flockrt.flock.directory import Directory
 from flockrt.runtime import Flock
 from flockrt.wire.schema import AgentAnnouncement, Codec
 from tests.conftest import wait_for
-from tests.nats_server import nats_cluster
+from tests.nats_cluster import NatsCluster
 
 PING_MS = 500  # the client's ping interval in these tests
 
@@ -99,24 +99,23 @@ async def until_status_reason(
 
 
 async def test_the_log_names_the_server_and_the_failover(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    cluster: NatsCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with nats_cluster(tmp_path, timeout=20) as servers:
-        urls = ",".join(server.url for server in servers)
-        bus = NatsConnection(urls, reconnect_wait=0.05, max_backoff=0.1, connect_timeout=1.0)
-        with caplog.at_level(logging.INFO, logger="flockrt.bus"):
-            await bus.start()
-            try:
-                first = bus.server
-                used = next(server for server in servers if server.url.removeprefix("nats://") in first)
-                assert f"connected to NATS server {first}" in caplog.messages
-                assert first.startswith(used._server_name)  # its name, from the server's INFO
-                assert not any(urls in message for message in caplog.messages)  # not the URL list
-                await used.kill()
-                await wait_for(lambda: bus.connected and bus.server != first, timeout=15)
-                assert f"failed over from NATS server {first} to {bus.server}" in caplog.messages
-            finally:
-                await bus.close()
+    urls = ",".join(cluster.urls)
+    bus = NatsConnection(urls, reconnect_wait=0.05, max_backoff=0.1, connect_timeout=1.0)
+    with caplog.at_level(logging.INFO, logger="flockrt.bus"):
+        await bus.start()
+        try:
+            first = bus.server
+            used = next(node for node in cluster.nodes if node.url.removeprefix("nats://") in first)
+            assert f"connected to NATS server {first}" in caplog.messages
+            assert first.startswith(f"{used.name} ")  # its name, from the server's INFO
+            assert not any(urls in message for message in caplog.messages)  # not the URL list
+            await cluster.kill(used.name)
+            await wait_for(lambda: bus.connected and bus.server != first, timeout=15)
+            assert f"failed over from NATS server {first} to {bus.server}" in caplog.messages
+        finally:
+            await bus.close()
 
 
 def get_json(url: str) -> dict[str, object]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -21,7 +20,7 @@ from flockrt.config import FlockConfig, NatsConfig, RuntimeConfig, config_proble
 from flockrt.errors import JetStreamError
 from flockrt.runtime import Flock
 from flockrt.wire.schema import Codec, TaskMessage
-from tests.nats_server import nats_cluster
+from tests.nats_cluster import NatsCluster
 
 STREAM = "FLOCK_TASKS"
 BUCKET = "FLOCK_AGENTS"
@@ -130,12 +129,6 @@ async def test_replicas_beyond_one_on_a_single_server_say_what_is_needed(nats_se
         await bus.close()
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[list[EmbeddedNats]]:
-    async with nats_cluster(tmp_path) as servers:
-        yield servers
-
-
 async def wait_for_followers(js: JetStreamContext, stream: str, count: int, timeout: float = 10.0) -> None:
     """Wait until ``stream`` has ``count`` followers (a scaled-up stream gains them as it catches up)."""
     async with asyncio.timeout(timeout):
@@ -153,14 +146,14 @@ async def started(url: str, replicas: int) -> NatsConnection:
 
 
 async def test_an_operators_r3_stream_stays_r3(
-    cluster: list[EmbeddedNats], caplog: pytest.LogCaptureFixture
+    cluster: NatsCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    plain = await nats.connect(cluster[0].url, allow_reconnect=False)
+    plain = await nats.connect(cluster.urls[0], allow_reconnect=False)
     try:
         js = plain.jetstream()
         await js.add_stream(work_queue(num_replicas=3))
         await js.create_key_value(bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=3)
-        weak = await started(cluster[1].url, replicas=1)  # the default
+        weak = await started(cluster.urls[1], replicas=1)  # the default
         try:
             with pytest.raises(
                 JetStreamError, match=r"has 3 replicas, \[nats\] replicas = 1 would shrink it"
@@ -172,7 +165,7 @@ async def test_an_operators_r3_stream_stays_r3(
             await weak.close()
         assert (await js.stream_info(STREAM)).config.num_replicas == 3
         assert (await js.stream_info(f"KV_{BUCKET}")).config.num_replicas == 3
-        same = await started(cluster[2].url, replicas=3)
+        same = await started(cluster.urls[2], replicas=3)
         try:
             with caplog.at_level(logging.INFO, logger="flockrt.bus"):
                 await DurableTasks(same, Codec()).setup()
@@ -184,12 +177,12 @@ async def test_an_operators_r3_stream_stays_r3(
         await plain.close()
 
 
-async def test_flockrt_creates_r3_and_raises_r1_to_r3(cluster: list[EmbeddedNats]) -> None:
-    plain = await nats.connect(cluster[0].url, allow_reconnect=False)
+async def test_flockrt_creates_r3_and_raises_r1_to_r3(cluster: NatsCluster) -> None:
+    plain = await nats.connect(cluster.urls[0], allow_reconnect=False)
     try:
         js = plain.jetstream()
         await js.add_stream(work_queue(num_replicas=1))  # made by an earlier R1 flock
-        bus = await started(cluster[1].url, replicas=3)
+        bus = await started(cluster.urls[1], replicas=3)
         try:
             tasks = DurableTasks(bus, Codec())
             await tasks.setup()
