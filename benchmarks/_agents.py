@@ -33,8 +33,8 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
+from benchmarks._bus_flockrt import Node
 from flockrt import ActorSystem, Agent, TaskMessage, capability, handles_task
-from flockrt.bus.connection import NatsConnection
 from flockrt.bus.flock import NatsFlock
 from flockrt.flock.local import LocalFlock
 
@@ -203,31 +203,11 @@ async def bare_nats(url: str, n: int, trace: bool) -> dict[str, Any]:
         await worker.close()
 
 
-class _Node:
-    """One flockrt 'process': an actor system, a NATS connection and a NatsFlock."""
-
-    def __init__(self, url: str, name: str) -> None:
-        self.system = ActorSystem(name, shutdown_timeout=5.0)
-        self.bus = NatsConnection(url, name=name)
-        self.flock = NatsFlock(self.system, self.bus, node=name, heartbeat_interval=600.0)
-
-    async def start(self) -> None:
-        await self.system.__aenter__()
-        await self.bus.start()
-        await self.bus.wait_connected(10)
-        await self.flock.start()
-
-    async def stop(self) -> None:
-        await self.system.shutdown()
-        await self.flock.close()
-        await self.bus.close()
-
-
 @contextlib.asynccontextmanager
 async def _nats_flock(url: str, n: int, trace: bool) -> AsyncIterator[tuple[NatsFlock, Model]]:
     model = Model(trace)
-    producer, worker = _Node(url, "producer"), _Node(url, "worker")
-    started: list[_Node] = []
+    producer, worker = Node(url, "producer", 100), Node(url, "worker", 100)  # (NatsFlock's default batch_max)
+    started: list[Node] = []
     try:
         for node in (producer, worker):
             await node.start()

@@ -85,39 +85,53 @@ async def test_json_prints_the_feeds_snapshot(flock: Flock) -> None:
     assert node["tree"]["children"][0]["name"] == "root"
 
 
+class LiveTop:
+    """A ``flockrt top`` in live mode against ``url``, its output read as it comes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.seen = ""
+
+    @classmethod
+    async def start(cls, url: str) -> LiveTop:
+        env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flockrt", "top", "--url", url, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        return cls(proc)
+
+    async def read_until(self, text: str) -> None:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(20):
+            while text not in self.seen:
+                chunk = await self.proc.stdout.read(4096)
+                assert chunk, f"flockrt top ended early:\n{self.seen}"
+                self.seen += chunk.decode()
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
 async def test_live_mode_redraws_on_a_crash_and_quits_cleanly_on_ctrl_c(flock: Flock) -> None:
     assert flock.web is not None
-    env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flockrt", "top", "--url", flock.web.url, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    seen = ""
-
-    async def read_until(text: str) -> None:
-        nonlocal seen
-        async with asyncio.timeout(20):
-            while text not in seen:
-                chunk = await proc.stdout.read(4096)  # type: ignore[union-attr]
-                assert chunk, f"flockrt top ended early:\n{seen}"
-                seen += chunk.decode()
-
+    top = await LiveTop.start(flock.web.url)
+    proc = top.proc
     try:
-        await read_until("w-3")
-        assert "asked to crash" not in seen
+        await top.read_until("w-3")
+        assert "asked to crash" not in top.seen
         await flock.flock.send("w-1", "crash")  # type: ignore[union-attr]
-        await read_until("w-1 was asked to crash")
+        await top.read_until("w-1 was asked to crash")
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
-        assert proc.stderr is not None
+        assert proc.stderr is not None and proc.stdout is not None
         assert "Traceback" not in (await proc.stderr.read()).decode()
-        seen += (await proc.stdout.read()).decode()
-        assert seen.endswith("\x1b[?25h\x1b[?1049l")  # the terminal is given back
+        rest = (await proc.stdout.read()).decode()
+        assert (top.seen + rest).endswith("\x1b[?25h\x1b[?1049l")  # the terminal is given back
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await top.kill()
 
 
 async def test_a_token_is_needed_when_configured_and_nothing_listening_is_exit_3() -> None:
@@ -164,38 +178,21 @@ async def test_live_mode_says_when_the_gateway_goes_away_and_reconnects() -> Non
     await first.start()
     assert first.web is not None and first.web.port is not None
     port = first.web.port
-    env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flockrt", "top", "--url", first.web.url, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    seen = ""
-
-    async def read_until(text: str) -> None:
-        nonlocal seen
-        async with asyncio.timeout(20):
-            while text not in seen:
-                chunk = await proc.stdout.read(4096)  # type: ignore[union-attr]
-                assert chunk, f"flockrt top ended early:\n{seen}"
-                seen += chunk.decode()
-
+    top = await LiveTop.start(first.web.url)
     second: Flock | None = None
     try:
-        await read_until("w  ")
+        await top.read_until("w  ")
         await first.stop()
-        await read_until("disconnected (")
+        await top.read_until("disconnected (")
         # The same port again, another flock: top finds it without being restarted.
         agents = [AgentConfig(id="v", class_="tests.view_agents:Crashy", count=1)]
         second = Flock(FlockConfig(mcp=McpConfig(port=port), agents=agents))
         await second.start()
-        await read_until("v  ")
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        await top.read_until("v  ")
+        top.proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(top.proc.wait(), 20) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await top.kill()
         await first.stop()
         if second is not None:
             await second.stop()
