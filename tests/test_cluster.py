@@ -118,9 +118,9 @@ async def test_exactly_once_across_processes(
     assert all(split.values()), f"every process takes a share: {split}"
 
 
-# Durable mode only: on a cluster core mode takes an equal share per process (docs/flock.md,
-# "Capacity-aware intake"); tests/test_capacity_intake.py holds core mode to this on one server.
-@pytest.mark.parametrize("durable", [pytest.param(True, id="durable")])
+# Core mode on a cluster: each process takes an equal share, and the hand-off moves what waits
+# for a slot to the one with room (docs/flock.md, "Core mode on a NATS cluster").
+@pytest.mark.parametrize("durable", MODES)
 async def test_uneven_capacity_finishes_near_the_ideal(
     tmp_path: Path, flocks: Spawn, tally: Tally, durable: bool
 ) -> None:

@@ -130,6 +130,8 @@ class Intake:
             "refused": stats.refused,
             "keeper_changes": stats.keeper_changes,
             "saturated": stats.saturated,
+            "handed_off": stats.handed_off,
+            "handed_in": stats.handed_in,
         }
 
     @property

@@ -25,7 +25,9 @@ it heard loses the message on arrival, silently (docs/flock.md, "Capacity-aware 
 credit subscriptions withdraw interest all the time. There a lane is **shared**: one unbounded
 queue subscription for the type, never withdrawn while it runs, so each process takes an equal
 share; what exceeds its free slots waits here, up to ``prefetch + max_held`` tasks, and one
-more is refused (``FlockSaturated``). Durable mode is the capacity-aware choice on a cluster.
+more is refused (``FlockSaturated``). Its :class:`~flockrt.bus.handoff.HandOff` then offers
+what waits to processes with a free slot (request/reply, confirmed), which makes the flock
+capacity-aware without changing any interest on ``tasks.<type>``.
 
 A task is started (handed to the dispatcher) only while fewer than the type's slots run;
 the rest wait here, so a graceful stop (:meth:`CoreLane.stop_taking`) knows exactly which tasks
@@ -50,6 +52,7 @@ import msgspec
 from flockrt.actors.repeats import RepeatedLines
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.connection import Message, NatsConnection, Subscription
+from flockrt.bus.handoff import HandOff
 from flockrt.bus.outlet import Outlet, unsendable_result
 from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.errors import BusTimeout, BusUnavailable, NoCapableAgent, NoResponders
@@ -59,7 +62,7 @@ from flockrt.wire import subjects
 from flockrt.wire.keeper import KeeperClaim, keeper_subject, standby_subject
 from flockrt.wire.schema import TaskMessage, TaskResult
 
-__all__ = ["CoreLane", "IntakeStats", "failed_task"]
+__all__ = ["CoreLane", "Held", "IntakeStats", "failed_task"]
 
 log = logging.getLogger("flockrt.intake")
 
@@ -68,6 +71,8 @@ _PROBE_TIMEOUT = 0.5
 taken for gone (two keepers for a while are safe: one steps down)."""
 _HANDOVER_TIMEOUT = 2.0
 """Seconds a stopping keeper waits for another process to take its role over."""
+Held = tuple[int, int, TaskMessage, Message]
+"""A task waiting for a slot: its priority rank, its arrival number, the task, its message."""
 _CLAIMS = msgspec.json.Encoder()
 _CLAIM = msgspec.json.Decoder(KeeperClaim)
 
@@ -88,6 +93,11 @@ class IntakeStats:
     saturated: int = 0
     """Tasks refused on arrival because their lane already held ``prefetch + max_held`` tasks
     waiting for a slot: each got an error result (``FlockSaturated``)."""
+    handed_off: int = 0
+    """Tasks that waited here for a slot and that another process took (on a NATS cluster:
+    :mod:`flockrt.bus.handoff`)."""
+    handed_in: int = 0
+    """Tasks another process offered and this one took and started (on a NATS cluster)."""
 
 
 def failed_task(task: TaskMessage, exc: Exception) -> TaskResult:
@@ -153,7 +163,7 @@ class CoreLane:
         """Slots of the local agents for the type (refreshed by :meth:`refresh`)."""
         self.running = 0
         """Tasks started (handed to the dispatcher) and not finished."""
-        self.held: list[tuple[int, int, TaskMessage, Message]] = []
+        self.held: list[Held] = []
         """Tasks taken and not started: a heap, highest priority first, then the oldest."""
         self._order = itertools.count()
         self._credits: list[_Credit] = []
@@ -172,6 +182,8 @@ class CoreLane:
         self.shared = False
         """Whether the lane takes an equal share (its server is one of a cluster, seen at
         :meth:`start`): one unbounded subscription, never withdrawn while it runs."""
+        self.handoff: HandOff | None = None
+        """A shared lane's hand-off of waiting tasks to processes with room."""
 
     @property
     def keeper(self) -> bool:
@@ -199,7 +211,9 @@ class CoreLane:
             # Others ask here at their stop whether another process takes the type.
             self._claims = await self.bus.subscribe(keeper_subject(self.task_type), self._on_claim)
             self._keeper = await self.bus.subscribe(self.subject, self.on_message, queue=self.subject)
-            log.debug("%s takes an equal share of %s (NATS cluster)", self.node, self.subject)
+            self.handoff = HandOff(self)
+            await self.handoff.start()
+            log.debug("%s takes an equal share of %s, handed on when it has no room", self.node, self.subject)
             return
         self.refresh()
         self._standby = await self.bus.subscribe(
@@ -215,6 +229,8 @@ class CoreLane:
         if capacity != self.capacity:
             self.capacity = capacity
             self._probe_now.set()  # a stronger rank may make this process the keeper
+            if self.handoff is not None:
+                self.handoff.changed()
         self._pump()
         self._arm_soon()
 
@@ -242,6 +258,8 @@ class CoreLane:
             shared, self._keeper = self._keeper, None
             if shared is not None:
                 await shared.drain()
+            if self.handoff is not None:  # what waits goes to processes with room first
+                await self.handoff.stop()
             other = await self._other_keeper()
         elif self._keeper is not None:
             other = await self._hand_over()
@@ -274,6 +292,8 @@ class CoreLane:
         never started get an error result."""
         self._stopping = True
         await self._tasks.close()
+        if self.handoff is not None:
+            await self.handoff.close()
         subscriptions = [self._standby, self._claims, self._keeper]
         subscriptions += [credit.subscription for credit in self._credits]
         self._standby = self._claims = self._keeper = None
@@ -303,6 +323,8 @@ class CoreLane:
             self._refuse(task, message)
             return
         heapq.heappush(self.held, (PRIORITIES.get(task.priority, 1), next(self._order), task, message))
+        if self.handoff is not None:
+            self.handoff.holding()
         if self._other is not None:  # a straggler after the stop's hand-back: back it goes too
             self._tasks.spawn(self._give_back(self._other))
 
@@ -383,6 +405,8 @@ class CoreLane:
             self._pump()
         if self._keeper is None:
             self._arm_soon()
+        elif self.handoff is not None:
+            self.handoff.finished()
         if self.running == 0 and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
@@ -397,6 +421,31 @@ class CoreLane:
                 self._start(task, message)
         finally:
             self._pumping = False
+
+    # ------------------------------------------------------------------ the hand-off (on a cluster)
+
+    @property
+    def room(self) -> int:
+        """Tasks this lane could start now: its free slots if nothing waits here, else 0 (and
+        0 while it stops)."""
+        if self.held or self._stopping:
+            return 0
+        return max(0, self.capacity - self.running)
+
+    def take_handed(self, task: TaskMessage, message: Message) -> None:
+        """Start a task another process offered (the caller checked :attr:`room`)."""
+        self.stats.handed_in += 1
+        self._start(task, message)
+
+    def offer_next(self) -> Held:
+        """The next waiting task, out of the queue while it is offered to another process."""
+        return heapq.heappop(self.held)
+
+    def keep(self, entry: Held) -> None:
+        """An offered task nobody took: back in its place in the queue (and started if a slot
+        freed up meanwhile)."""
+        heapq.heappush(self.held, entry)
+        self._pump()
 
     async def _give_back(self, other: bool) -> None:
         """The tasks that never started: republished if another process has the type (the
