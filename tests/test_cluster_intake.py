@@ -77,3 +77,43 @@ async def test_core_bursts_through_a_remote_server_lose_nothing(tmp_path: Path, 
     finally:
         await tally.close()
         await asyncio.gather(*(process.stop() for process in processes))
+
+
+async def test_core_hand_off_of_bursts_while_uneven_processes_join(
+    tmp_path: Path, cluster: NatsCluster
+) -> None:
+    """A 1-slot process alone gets a burst of 1,000 tasks and holds them; an 8-slot and a
+    3-slot process join during the next bursts, and what waits in the others is handed to
+    whoever has a free slot (docs/flock.md, "Core mode on a NATS cluster"): each task runs
+    once, none is lost, and the 8-slot process runs most of them."""
+    processes = [
+        FlockProcess(
+            name,
+            tmp_path,
+            flock_config(name, cluster[server].url, tmp_path / "record", slots=slots, nats=NATS),
+        )
+        for name, server, slots in (("p1", "n1", 1), ("p2", "n3", 8), ("p3", "n1", 3))
+    ]
+    tally = Tally()
+    try:
+        await processes[0].start()
+        await tally.connect([cluster["n2"].url])
+        await tally.publish_many(False, [0.005] * BURST)
+        for process in processes[1:]:  # each joins while the earlier bursts wait for slots
+            await process.start()
+            await tally.publish_many(False, [0.005] * BURST)
+        await tally.wait_all_ok(60)
+        record = read_record(tmp_path / "record")
+        split = {p.name: record.by_node(p.name) for p in processes}
+        # The first burst went to p1 alone: what of it ran elsewhere was handed off.
+        first = list(tally.sent)[:BURST]
+        handed = sum(1 for t in first if not record.agents[t][0].startswith("p1-"))
+        print(f"core hand-off, bursts while processes join: split {split}, {handed} of burst 1 handed off")
+        assert record.twice() == {}, "tasks ran more than once"
+        assert set(record.started) == set(tally.sent)
+        assert tally.ok() == set(tally.sent)
+        assert handed > BURST // 2, "p1 kept most of what it could not run"
+        assert split["p2"] > split["p1"], "the 8-slot process ran more than the 1-slot one"
+    finally:
+        await tally.close()
+        await asyncio.gather(*(process.stop() for process in processes))
