@@ -290,10 +290,12 @@ async def test_a_silent_partition_loses_at_most_what_the_cut_off_node_held_and_f
             assert len(lost) < len(tally.sent) / 2, "more than the cut-off process's share was lost"
         # Durable mode runs at least once: what the cut-off node had begun runs again elsewhere,
         # and so does a task whose ack went to a consumer leader on the cut-off server (the
-        # process logs "not confirmed ... it will be delivered again"). Core mode, at most once.
+        # process logs "not confirmed ... it will be delivered again"). Core mode, at most once,
+        # but for a task handed to the cut-off process whose "taken" answer the cut lost: it ran
+        # there and with the process that offered it (docs/flock.md, "Delivery guarantees").
         twice = read_record(tmp_path / "record").twice()
         print(f"partition: {len(twice)} tasks ran twice")
-        assert durable or not twice, twice
+        assert durable or all(any(a.startswith("p3-") for a in agents) for agents in twice.values()), twice
     finally:
         stop.set()
         await producer
