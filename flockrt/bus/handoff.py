@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import os
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -90,7 +90,7 @@ class HandOff:
         self.lane = lane
         self.bus = lane.bus
         self.node = lane.node
-        self.inbox = offer_subject(lane.task_type, secrets.token_hex(8))
+        self.inbox = offer_subject(lane.task_type, os.urandom(8).hex())
         self.subject = room_subject(lane.task_type)
         self.peers: dict[str, _Peer] = {}
         """Other processes of the type, by inbox."""

@@ -136,6 +136,11 @@ class CoreLane:
 
     kept_before = False
     """Whether this lane has been keeper (its first time, alone at start, is logged at DEBUG)."""
+    handoff: HandOff | None = None
+    """A shared lane's hand-off of waiting tasks to processes with room (set at :meth:`start`
+    on a cluster; a class attribute until then, so that a lane's instance attributes stay few
+    enough for CPython to share their keys: an instance attribute more
+    measured +0.4 % instructions per task on a single server)."""
 
     def __init__(
         self,
@@ -182,8 +187,6 @@ class CoreLane:
         self.shared = False
         """Whether the lane takes an equal share (its server is one of a cluster, seen at
         :meth:`start`): one unbounded subscription, never withdrawn while it runs."""
-        self.handoff: HandOff | None = None
-        """A shared lane's hand-off of waiting tasks to processes with room."""
 
     @property
     def keeper(self) -> bool:
