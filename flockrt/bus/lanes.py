@@ -139,8 +139,8 @@ class CoreLane:
     handoff: HandOff | None = None
     """A shared lane's hand-off of waiting tasks to processes with room (set at :meth:`start`
     on a cluster; a class attribute until then, so that a lane's instance attributes stay few
-    enough for CPython to share their keys: an instance attribute more
-    measured +0.4 % instructions per task on a single server)."""
+    enough for CPython to share their keys: one more measured +0.4 % instructions per task on
+    a single server)."""
 
     def __init__(
         self,
