@@ -109,7 +109,7 @@ class HandOff:
         self._room_sub = await self.bus.subscribe(self.subject, self._on_room)
         self._inbox_sub = await self.bus.subscribe(self.inbox, self._on_offer)
         self._loop_owner.spawn(self._offer_loop(), name=f"flockrt-handoff-{self.lane.task_type}")
-        self._ask()  # processes with room now say so (announced before this one listened)
+        self._announce()  # a holder may offer at once (others learn of it when they ask)
 
     # ------------------------------------------------------------------ what the lane tells
 
@@ -126,8 +126,7 @@ class HandOff:
 
     def changed(self) -> None:
         """The lane's capacity changed: announce the room it may now have."""
-        if self.lane.room > 0:
-            self._announce()
+        self._announce()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -193,24 +192,23 @@ class HandOff:
         if room.inbox == self.inbox:
             return
         peer = self.peers.get(room.inbox)
-        if peer is None:
-            peer = self.peers[room.inbox] = _Peer(room.node, room.inbox, room.room)
-        else:
+        if peer is not None:
             peer.room = room.room
+        elif room.room > 0:  # (a holder that asks is remembered once it has room)
+            self.peers[room.inbox] = _Peer(room.node, room.inbox, room.room)
         if room.room > 0:
             if self.lane.held:
                 self._wake.set()
         else:  # a holder asks: it will offer
             self._wanted_until = asyncio.get_running_loop().time() + WANTED_FOR
-            if self.lane.room > 0:
-                self._announce()
+            self._announce()
 
     def _announce_if_wanted(self) -> None:
         if self._wanted_until > asyncio.get_running_loop().time():
             self._announce()
 
     def _announce(self) -> None:
-        if self._stopping:
+        if self._stopping or self.lane.room <= 0:
             return
         room = Room(node=self.node, room=self.lane.room, inbox=self.inbox)
         self.lane.outlet.send(self.subject, _ROOMS.encode(room), None)
