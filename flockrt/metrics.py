@@ -417,7 +417,8 @@ class _FlockCollector(Collector):
             counter(
                 "flockrt_intake_tasks",
                 "Core-mode task intake events: taken, handed_back and refused (never started, at a "
-                "graceful stop), keeper_changes, saturated (refused on arrival: [nats] max_held).",
+                "graceful stop), keeper_changes, saturated (refused on arrival: [nats] max_held), "
+                "handed_off and handed_in (moved to a process with room, on a NATS cluster).",
                 "event",
             ),
         ]
