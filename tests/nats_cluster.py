@@ -266,14 +266,31 @@ class NatsCluster:
 
         await wait_until(all_healthy, timeout, f"NATS cluster {[n.name for n in chosen]} healthy", 0.1)
 
+    async def _meta_current(self) -> bool:
+        """The JetStream meta leader sees every other server as a current, online peer (until
+        then a stream with one replica per server cannot be placed: "no suitable peers for
+        placement, peer offline")."""
+        node = self.nodes[0]
+        status, body = await http_status(node.host, node.monitor_port, "/jsz")
+        leader = (json.loads(body).get("meta_cluster") or {}).get("leader") if status == 200 else None
+        if not leader:
+            return False
+        node = self[leader]
+        status, body = await http_status(node.host, node.monitor_port, "/jsz")
+        replicas = (json.loads(body).get("meta_cluster") or {}).get("replicas") or [] if status == 200 else []
+        current = {r["name"] for r in replicas if r.get("current") and not r.get("offline")}
+        return current >= {n.name for n in self.nodes if n.name != leader}
+
     async def start(self) -> None:
-        """Start every server and wait until the cluster is healthy. Ports picked here that
-        another process took meanwhile are picked again (up to 3 tries)."""
+        """Start every server and wait until the cluster is healthy and every server is a
+        current JetStream peer. Ports picked here that another process took meanwhile are
+        picked again (up to 3 tries)."""
         for attempt in range(3):
             for node in self.nodes:
                 self._spawn(node)
             try:
                 await self.wait_healthy()
+                await wait_until(self._meta_current, 30, "every server a current JetStream peer", 0.1)
                 return
             except AssertionError:
                 taken = any("address already in use" in _tail(node.log_file) for node in self.nodes)

@@ -156,3 +156,20 @@ async def test_a_node_alone_refuses_what_it_holds_at_its_stop(
     assert sorted(error["taskId"] for error in results.errors()) == ["t1", "t2"]
     assert {error["errorType"] for error in results.errors()} == {"NodeStopping"}
     assert stats.refused == 2
+
+
+async def test_a_bad_room_message_is_counted_and_changes_nothing(
+    cluster: NatsCluster, client: nats.NATS
+) -> None:
+    async with Node(cluster["n1"].url, "small", 1, 0.2) as small:
+        results, ids = await _held(small, client, 3)
+        lane = small.lane
+        assert lane.handoff is not None
+        await client.publish(ROOM, b"not json")
+        # An inbox that is no offer inbox of the type (here: the task subject itself) is refused:
+        # offering there would publish the task anew.
+        await client.publish(ROOM, json.dumps({"node": "x", "room": 5, "inbox": "tasks.work"}).encode())
+        await wait_for(lambda: lane.outlet.invalid[ROOM] == 2, timeout=5)
+        assert lane.handoff.peers == {}
+        await wait_for(lambda: results.ok() == set(ids), timeout=10)
+        assert starts(small) == {task: 1 for task in ids}

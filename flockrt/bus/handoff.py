@@ -91,6 +91,7 @@ class HandOff:
         self.bus = lane.bus
         self.node = lane.node
         self.inbox = offer_subject(lane.task_type, os.urandom(8).hex())
+        self._inboxes = offer_subject(lane.task_type, "x")[:-1]  # what every inbox of the type starts with
         self.subject = room_subject(lane.task_type)
         self.peers: dict[str, _Peer] = {}
         """Other processes of the type, by inbox."""
@@ -186,8 +187,10 @@ class HandOff:
         """An announcement of room (remember it, offer), or a holder's question (answer it)."""
         try:
             room = _ROOM.decode(message.data)
-        except msgspec.ValidationError:
-            self.lane.outlet.reject(message.subject, "not a room announcement")
+        except msgspec.DecodeError:
+            room = None
+        if room is None or not room.inbox.startswith(self._inboxes):
+            self.lane.outlet.reject(message.subject, "not a room announcement of this task type")
             return
         if room.inbox == self.inbox:
             return
@@ -277,7 +280,7 @@ class HandOff:
                 task.id,
                 peer.node,
             )
-        except (BusUnavailable, msgspec.ValidationError) as exc:
+        except (BusUnavailable, msgspec.DecodeError) as exc:
             peer.room = 0
             log.debug("%s: offer of %s to %s failed: %r", lane.subject, task.id, peer.node, exc)
         finally:
