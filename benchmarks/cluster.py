@@ -10,9 +10,10 @@ this process publishes ``work`` tasks and collects ``task.result``:
 1. tasks/s with 1, 2 and 3 processes (4 one-slot agents each), core and durable mode
    (``replicas = 3``), in one run, taking turns so that the machine's load weighs on all alike;
    the reference column is the 1-process rate of the same mode;
-2. uneven capacity: a 1-slot and an 8-slot process, 64 tasks of 0.1-0.25 s published at once
-   (longest first); the makespan (first start to last end, as the agents recorded them) against
-   the ideal: the best schedule of those tasks on 9 slots;
+2. uneven capacity, core and durable mode: a 1-slot and an 8-slot process, 64 tasks of
+   0.1-0.25 s published at once (longest first); the makespan (first start to last end, as the
+   agents recorded them) against the ideal: the best schedule of those tasks on 9 slots (in core
+   mode on a cluster each process gets an equal share and the hand-off moves what waits);
 3. kill-to-redelivery: durable mode, ``kill -9`` of a process running tasks; the time until the
    last of its unfinished tasks has an ok result from another process (``ack_wait`` 10 s, the
    default);
