@@ -23,6 +23,9 @@ from tests.intake_support import Node, Results, collect_results, publish_tasks, 
 from tests.nats_cluster import NatsCluster
 
 ROOM = "flockrt.intake.work.room"
+SECONDS = 1.0
+"""How long a task takes where a test waits for one to run and the others to wait: long enough
+that the loaded machine does not finish the first before the test sees it running."""
 FAKE = "flockrt.intake.work.offer.fake"
 
 
@@ -45,9 +48,9 @@ async def _held(node: Node, client: nats.NATS, count: int) -> tuple[Results, lis
 
 
 async def test_waiting_tasks_run_on_a_peer_with_room(cluster: NatsCluster, client: nats.NATS) -> None:
-    async with Node(cluster["n1"].url, "small", 1, 0.4) as small:
+    async with Node(cluster["n1"].url, "small", 1, SECONDS) as small:
         results, ids = await _held(small, client, 8)
-        async with Node(cluster["n3"].url, "big", 4, 0.4) as big:
+        async with Node(cluster["n3"].url, "big", 4, SECONDS) as big:
             # big asks who needs room at start, small asks while it holds: big takes 4 at once.
             await wait_for(lambda: len(big.started) >= 4, timeout=10)
             await wait_for(lambda: results.ok() == set(ids), timeout=10)
@@ -70,7 +73,7 @@ async def test_an_offer_not_taken_keeps_the_task(
 
     if answer != "no responders":
         await client.subscribe(FAKE, cb=peer)
-    async with Node(cluster["n1"].url, "small", 1, 0.3) as small:
+    async with Node(cluster["n1"].url, "small", 1, SECONDS) as small:
         results, ids = await _held(small, client, 3)
         lane = small.lane
         assert lane.handoff is not None
@@ -127,7 +130,7 @@ async def test_a_taken_offer_is_dropped_and_carries_the_reply_subject_and_header
 
 async def test_a_stopping_node_loses_nothing(cluster: NatsCluster, client: nats.NATS) -> None:
     async with (
-        Node(cluster["n1"].url, "small", 1, 0.3) as small,
+        Node(cluster["n1"].url, "small", 1, SECONDS) as small,
         Node(cluster["n3"].url, "big", 2, 0.3) as big,
     ):
         results = await collect_results(client)
@@ -147,7 +150,7 @@ async def test_a_stopping_node_loses_nothing(cluster: NatsCluster, client: nats.
 async def test_a_node_alone_refuses_what_it_holds_at_its_stop(
     cluster: NatsCluster, client: nats.NATS
 ) -> None:
-    async with Node(cluster["n1"].url, "alone", 1, 0.3) as alone:
+    async with Node(cluster["n1"].url, "alone", 1, SECONDS) as alone:
         results, _ = await _held(alone, client, 3)
         stats = alone.lane.stats
         await alone.flock.stop_intake(5.0)
@@ -161,7 +164,7 @@ async def test_a_node_alone_refuses_what_it_holds_at_its_stop(
 async def test_a_bad_room_message_is_counted_and_changes_nothing(
     cluster: NatsCluster, client: nats.NATS
 ) -> None:
-    async with Node(cluster["n1"].url, "small", 1, 0.2) as small:
+    async with Node(cluster["n1"].url, "small", 1, SECONDS) as small:
         results, ids = await _held(small, client, 3)
         lane = small.lane
         assert lane.handoff is not None
@@ -173,3 +176,25 @@ async def test_a_bad_room_message_is_counted_and_changes_nothing(
         assert lane.handoff.peers == {}
         await wait_for(lambda: results.ok() == set(ids), timeout=10)
         assert starts(small) == {task: 1 for task in ids}
+
+
+async def test_offers_in_flight_count_against_max_held(
+    cluster: NatsCluster, client: nats.NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handoff, "OFFER_TIMEOUT", 10.0)
+
+    async def silent(msg: Msg) -> None:  # a peer that never answers
+        pass
+
+    await client.subscribe(FAKE, cb=silent)
+    # prefetch 1 + max_held 1: at most 2 tasks wait here, offered or not.
+    async with Node(cluster["n1"].url, "small", 1, SECONDS, max_held=1) as small:
+        results, _ = await _held(small, client, 3)
+        lane = small.lane
+        await client.publish(ROOM, json.dumps({"node": "fake", "room": 1, "inbox": FAKE}).encode())
+        await wait_for(lambda: lane.handoff is not None and lane.handoff.offering == 1, timeout=5)
+        await publish_tasks(client, ["extra"], durable=False)
+        await wait_for(lambda: "extra" in results.by_task, timeout=5)
+        [refusal] = results.by_task["extra"]
+        assert refusal["errorType"] == "FlockSaturated"
+        assert lane.stats.saturated == 1

@@ -322,12 +322,14 @@ class CoreLane:
         if self.running < self.capacity and not self.held and not self._stopping:
             self._start(task, message)
             return
-        if len(self.held) >= self.prefetch + self.max_held and not self._stopping:
+        handoff = self.handoff
+        offered = handoff.offering if handoff is not None else 0  # out of the queue, still ours
+        if len(self.held) + offered >= self.prefetch + self.max_held and not self._stopping:
             self._refuse(task, message)
             return
         heapq.heappush(self.held, (PRIORITIES.get(task.priority, 1), next(self._order), task, message))
-        if self.handoff is not None:
-            self.handoff.holding()
+        if handoff is not None:
+            handoff.holding()
         if self._other is not None:  # a straggler after the stop's hand-back: back it goes too
             self._tasks.spawn(self._give_back(self._other))
 
