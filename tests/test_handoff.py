@@ -10,6 +10,7 @@ says: an offer is dropped only on ``taken``; ``full``, no responders and no answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -37,8 +38,36 @@ async def client(cluster: NatsCluster) -> AsyncIterator[nats.NATS]:
     await connection.close()
 
 
+async def _visible(client: nats.NATS, *nodes: str) -> None:
+    """Wait until the client's server knows of the ``nodes``' subscriptions (which cross a route
+    after the node's own server confirmed them): each answers a question for room on the room
+    subject, which a lane subscribes to after ``tasks.work``."""
+    seen: set[str] = set()
+    heard = asyncio.Event()
+
+    async def on_room(msg: Msg) -> None:
+        room = json.loads(msg.data)
+        if room["room"] > 0:
+            seen.add(room["node"])
+            heard.set()
+
+    question = json.dumps({"node": "probe", "room": 0, "inbox": "flockrt.intake.work.offer.probe"}).encode()
+    subscription = await client.subscribe(ROOM, cb=on_room)
+    try:
+        async with asyncio.timeout(10):
+            while not set(nodes) <= seen:
+                heard.clear()
+                await client.publish(ROOM, question)  # asked again until all have answered
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await heard.wait()
+    finally:
+        await subscription.unsubscribe()
+
+
 async def _held(node: Node, client: nats.NATS, count: int) -> tuple[Results, list[str]]:
     """``count`` tasks published to ``node`` alone: one runs, the rest wait in its lane."""
+    await _visible(client, node.name)
     results = await collect_results(client)
     ids = [f"t{i}" for i in range(count)]
     await publish_tasks(client, ids, durable=False)
@@ -133,6 +162,7 @@ async def test_a_stopping_node_loses_nothing(cluster: NatsCluster, client: nats.
         Node(cluster["n1"].url, "small", 1, SECONDS) as small,
         Node(cluster["n3"].url, "big", 2, 0.3) as big,
     ):
+        await _visible(client, "small", "big")
         results = await collect_results(client)
         ids = [f"s{i:02d}" for i in range(30)]
         await publish_tasks(client, ids, durable=False)
