@@ -159,3 +159,15 @@ async def test_a_durable_task_longer_than_the_ack_wait_is_never_redelivered_whil
         await wait_for(lambda: results.ok() == {"long"}, timeout=10)
         assert starts(one, two) == {"long": 1}  # over four ack waits, in one run
         assert one.flock.durable_counts()["redelivered"] + two.flock.durable_counts()["redelivered"] == 0
+
+
+async def test_garbage_on_the_keeper_subject_is_counted_and_the_keeper_keeps_answering(
+    nats_server: EmbeddedNats, client: nats.NATS
+) -> None:
+    async with Node(nats_server.url, "alone", 1, 0.05) as alone:
+        await wait_keeper(client, "alone")
+        subject = "flockrt.intake.work.keeper"
+        for garbage in (b"\xff not json", b'{"node": 5}', b"[]"):
+            await client.publish(subject, garbage)
+        await wait_for(lambda: alone.flock.invalid_messages[subject] == 3)
+        await wait_keeper(client, "alone")  # still the keeper, still answering probes

@@ -541,7 +541,7 @@ class CoreLane:
             return
         try:
             claim = _CLAIM.decode(answer.data)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             return
         if claim.node != self.node and claim.rank < self.claim.rank:
             await self._become_keeper(f"{claim.node} has {claim.capacity} slots")
@@ -581,7 +581,7 @@ class CoreLane:
         """On the keeper subject: a probe (answer it) or another keeper's announcement."""
         try:
             claim = _CLAIM.decode(message.data)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             self.outlet.reject(message.subject, "not a keeper claim")
             return
         if claim.node == self.node or self._keeper is None or self._stopping:
