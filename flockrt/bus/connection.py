@@ -377,11 +377,16 @@ class NatsConnection:
     async def publish(
         self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, reply: str = ""
     ) -> None:
-        """Publish ``data``; while degraded it is buffered (or dropped and counted when full)."""
+        """Publish ``data``; while degraded it is buffered (or dropped and counted when full).
+        Without headers it goes straight into nats-py's pending buffer (see :meth:`publish_nowait`)
+        unless that is full: then it waits for nats-py's flusher, as nats-py's publish does."""
         nc = self._nc
         state = self._state
         if state is _CONNECTED and nc is not None and not self._buffer:  # the usual case first
-            try:
+            if headers is None and self._direct and _append_pub(nc, subject, reply, data):
+                self.stats.published += 1
+                return
+            try:  # (when nats-py's pending buffer is full, this waits for its flusher)
                 await nc.publish(subject, data, reply, headers)
                 self.stats.published += 1
                 return
@@ -732,6 +737,21 @@ _PENDING_ATTRIBUTES: Final = (
 them is published to through its public ``publish`` only."""
 
 
+_HEADS: dict[str, bytes] = {}
+"""``PUB <subject> `` of subjects published to lately (each checked once; at most 1,024)."""
+
+
+def _head(subject: str) -> bytes | None:
+    """``PUB <subject> ``, or None for a subject nats-py would refuse."""
+    if not subject or _INVALID_SUBJECT.search(subject) is not None:
+        return None
+    head = b"PUB " + subject.encode() + b" "
+    if len(_HEADS) >= 1024:  # reply subjects, each used once: start again with what recurs
+        _HEADS.clear()
+    _HEADS[subject] = head
+    return head
+
+
 def _append_pub(nc: Client, subject: str, reply: str, data: bytes) -> bool:
     """Append a PUB (no headers) to nats-py's pending buffer and kick its flusher, exactly as
     ``Client.publish`` does when it does not have to wait; False, having done nothing, when it
@@ -744,12 +764,13 @@ def _append_pub(nc: Client, subject: str, reply: str, data: bytes) -> bool:
         or flusher is None
         or flusher.done()
         or len(data) > nc._max_payload
-        or not subject
-        or _INVALID_SUBJECT.search(subject) is not None
         or (reply and _INVALID_SUBJECT.search(reply) is not None)
     ):
         return False
-    command = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(data), data)
+    head = _HEADS.get(subject) or _head(subject)
+    if head is None:
+        return False
+    command = b"%s%s %d\r\n%s\r\n" % (head, reply.encode(), len(data), data)
     size = nc._pending_data_size + len(command)
     if 0 < nc._max_pending_size < size:  # nats-py would wait for a flush here
         return False

@@ -59,6 +59,7 @@ class Outlet:
         """Rejected messages by subject."""
         self.unsendable = 0
         """Answers replaced by an error answer because they could not be sent."""
+        self._json_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}  # (the codec's, by type)
         self._outbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._tasks = TaskOwner(f"NATS flock {node}", log)
@@ -103,8 +104,19 @@ class Outlet:
         its subject (or ``counted_as``: the subscription's wildcard, so made-up subjects cannot
         grow the counter) and logged at warning."""
         headers = message.headers
+        if not headers:  # the usual message, JSON: straight to its decoder
+            data = message.data
+            decoder = self._json_decoders.get(type)
+            if decoder is None:
+                decoder = self._json_decoders[type] = self.codec.json_decoder(type)
+            if len(data) <= self.codec.max_bytes:
+                try:
+                    result: T = decoder.decode(data)
+                    return result
+                except Exception:  # (whatever it was, codec.decode below says why)
+                    pass
         try:
-            content_type = headers.get("Content-Type") if headers else None  # most have no headers
+            content_type = headers.get("Content-Type") if headers else None
             return self.codec.decode(message.subject, message.data, type, content_type)
         except InvalidMessage as exc:
             self.reject(counted_as or message.subject, str(exc))
