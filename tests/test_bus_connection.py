@@ -126,7 +126,7 @@ async def test_publish_nowait_goes_straight_to_the_pending_buffer_in_order_with_
         await bus.start()
         await watcher.start()
         await watcher.subscribe("direct.>", inbox)
-        assert bus._direct  # this nats-py's pending buffer is the one _append_pub knows
+        assert bus._direct  # this nats-py's pending buffer is the one append_pub knows
         for i in range(300):
             bus.publish_nowait(f"direct.{i % 3}", b"%03d" % i + b"." * 50, reply=f"answer.{i}")
         bus.publish_nowait("direct.h", b"with headers", headers={"Correlation-Id": "c-9"})

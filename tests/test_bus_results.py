@@ -32,7 +32,7 @@ async def _peer(url: str, subject: str, answer: Callable[[Msg], Awaitable[None]]
 
 def _idle(node: Node) -> bool:
     results = node.flock.results
-    return not results.waiters and not results._asked
+    return not results.waiters and node.bus.replies.waiting == 0
 
 
 async def test_a_reply_alone_answers_and_a_late_duplicate_on_task_result_is_ignored(

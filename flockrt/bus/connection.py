@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 import ssl
 import uuid
 from collections import deque
@@ -44,8 +43,10 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.jetstream import JetStream, JsMessage, PullConsumer
 from flockrt.bus.liveness import in_cluster, server_of
+from flockrt.bus.pending import PENDING_ATTRIBUTES, append_pub
+from flockrt.bus.replies import Replies, publish_checked
 from flockrt.bus.stepping import resume
-from flockrt.errors import BusTimeout, BusUnavailable, NoResponders
+from flockrt.errors import BusUnavailable
 from flockrt.supervisor.spec import Backoff
 
 if TYPE_CHECKING:
@@ -55,9 +56,6 @@ __all__ = ["BusState", "BusStats", "Handler", "JsMessage", "Message", "NatsConne
 __all__ += ["PullConsumer", "Subscription"]
 
 log = logging.getLogger("flockrt.bus")
-
-_STATUS_PINGS: Final = 3
-"""Round trips :meth:`NatsConnection.publish_checked` waits for a no-responders status."""
 
 DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
 """nats-server's default max_payload: the limit assumed until a server says its own."""
@@ -255,7 +253,7 @@ class NatsConnection:
         if tls is not None:
             self._options["tls"] = tls
         self._nc: Client | None = None
-        self._direct = False  # whether nats-py's pending buffer is as _append_pub knows it
+        self._direct = False  # whether nats-py's pending buffer is as append_pub knows it
         self.server = ""
         """The server this process is (or was last) connected to, as :func:`server_of` names it."""
         self.max_payload = DEFAULT_MAX_PAYLOAD
@@ -273,6 +271,8 @@ class NatsConnection:
         self._publishing = TaskOwner(f"NATS connection {name}", log)
         self._state_changed = asyncio.Event()
         self.stats = BusStats()
+        self.replies = Replies(self)
+        """Its requests waiting for their replies."""
         self.jetstream = JetStream(self, replicas=replicas)
         # JetStream's operations under the names they had here before it had a module of its own.
         self.ensure_work_queue = self.jetstream.ensure_work_queue
@@ -383,7 +383,7 @@ class NatsConnection:
         nc = self._nc
         state = self._state
         if state is _CONNECTED and nc is not None and not self._buffer:  # the usual case first
-            if headers is None and self._direct and _append_pub(nc, subject, reply, data):
+            if headers is None and self._direct and append_pub(nc, subject, reply, data):
                 self.stats.published += 1
                 return
             try:  # (when nats-py's pending buffer is full, this waits for its flusher)
@@ -402,8 +402,8 @@ class NatsConnection:
         """Publish from synchronous code: :meth:`publish` without the ``await``.
 
         Without headers, on a connection that is up and whose flusher runs, the message goes
-        straight into nats-py's pending buffer (:func:`_append_pub`: what nats-py's own publish
-        does, without its three coroutines; about a microsecond less per message).
+        straight into nats-py's pending buffer (:func:`~flockrt.bus.pending.append_pub`: what
+        nats-py's own publish does, without its three coroutines).
 
         While connected, nats-py's publish only appends the message to its pending buffer and
         wakes its flusher, so its coroutine is driven here by hand and normally finishes in
@@ -415,7 +415,7 @@ class NatsConnection:
         nc = self._nc
         state = self._state
         if state is _CONNECTED and nc is not None and not self._buffer:  # the usual case first
-            if headers is None and self._direct and _append_pub(nc, subject, reply, data):
+            if headers is None and self._direct and append_pub(nc, subject, reply, data):
                 self.stats.published += 1
                 return
             publishing = nc.publish(subject, data, reply, headers)
@@ -473,26 +473,15 @@ class NatsConnection:
     async def request(
         self, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None
     ) -> Message:
-        """Send a request and wait for the first reply.
+        """Send a request and wait for the first reply (on the connection's one reply
+        subscription: :class:`~flockrt.bus.replies.Replies`).
 
         Raises:
             BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
             NoResponders: nobody subscribes to ``subject``.
             BusTimeout: no reply within ``timeout`` seconds.
         """
-        nc = self._nc
-        if self._state is not BusState.CONNECTED or nc is None:
-            raise BusUnavailable(f"cannot request {subject!r}: NATS at {self.url} is unreachable")
-        try:
-            reply = await nc.request(subject, data, timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(subject) from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(subject, timeout) from None
-        except nats.errors.ConnectionClosedError:
-            raise BusUnavailable(f"cannot request {subject!r}: the connection closed") from None
-        self.stats.published += 1
-        return _wrap(reply)
+        return await self.replies.request(subject, data, timeout=timeout, headers=headers)
 
     def new_inbox(self) -> str:
         """A subject no one else uses (nats-py's ``new_inbox``: its ``inbox_prefix``, a unique
@@ -506,10 +495,7 @@ class NatsConnection:
         self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, timeout: float = 5.0
     ) -> None:
         """Publish ``data`` and make sure somebody subscribes to ``subject``, without waiting
-        for an answer: it goes out as a request whose reply nobody waits for, and the server's
-        no-responders status, if any, is looked for after each of up to three pings (the
-        status usually comes before the first ping's answer; on a fresh connection it
-        sometimes comes a round trip later).
+        for an answer (:func:`~flockrt.bus.replies.publish_checked`).
 
         Raises:
             BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
@@ -519,29 +505,8 @@ class NatsConnection:
         nc = self._nc
         if self._state is not BusState.CONNECTED or nc is None:
             raise BusUnavailable(f"cannot publish to {subject!r}: NATS at {self.url} is unreachable")
-        status: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        inbox = nc.new_inbox()
-        try:
-            # A subscription with a future (nats-py's old-style requests): the reply is set on
-            # it as it is read, so it is there once the ping's answer, read after it, is.
-            subscription = await nc.subscribe(inbox, future=status, max_msgs=1)
-            try:
-                await nc.publish(subject, data, inbox, headers)
-                for _ in range(_STATUS_PINGS):
-                    await nc.flush(timeout)  # type: ignore[arg-type]  # nats-py says int, means seconds
-                    if status.done():
-                        break
-            finally:
-                await subscription.unsubscribe()
-        except nats.errors.FlushTimeoutError:
-            raise BusTimeout(subject, timeout) from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-            raise BusUnavailable(f"cannot publish to {subject!r}: the connection closed") from None
+        await publish_checked(nc, subject, data, headers, timeout)
         self.stats.published += 1
-        if status.done() and not status.cancelled():
-            reply = status.result()
-            if reply.headers and reply.headers.get("Status") == "503":
-                raise NoResponders(subject)
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until the server has seen everything published so far (no-op while degraded)."""
@@ -598,7 +563,7 @@ class NatsConnection:
         nc.options["max_reconnect_attempts"] = self._max_retries
         nc.options["reconnect_time_wait"] = self._reconnect_wait
         self._nc = nc
-        self._direct = all(hasattr(nc, name) for name in _PENDING_ATTRIBUTES)
+        self._direct = all(hasattr(nc, name) for name in PENDING_ATTRIBUTES)
         previous, self.server = self.server, server_of(nc)
         self.max_payload = nc.max_payload or DEFAULT_MAX_PAYLOAD
         for subscription in list(self._subscriptions):
@@ -614,7 +579,7 @@ class NatsConnection:
 
         async def deliver(msg: Msg) -> None:
             self.stats.received += 1
-            try:  # (_wrap, inlined: this runs for every message)
+            try:
                 pending = handler(Message(msg.subject, msg.data, msg.headers or _NO_HEADERS, msg.reply))
                 if pending is not None:
                     await pending
@@ -718,68 +683,3 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 def _wrap(msg: Msg) -> Message:
     return Message(msg.subject, msg.data, msg.headers or _NO_HEADERS, msg.reply)
-
-
-_NC_CONNECTED: Final = Client.CONNECTED
-_INVALID_SUBJECT = re.compile(r"[ \t\r\n]")
-"""What nats-py refuses in a subject it publishes to (CRLF would inject protocol commands)."""
-_PENDING_ATTRIBUTES: Final = (
-    "_status",
-    "_pending",
-    "_pending_data_size",
-    "_max_pending_size",
-    "_max_payload",
-    "_flush_queue",
-    "_flusher_task",
-    "stats",
-)
-"""The nats-py client state :func:`_append_pub` uses (nats-py 2.x); a client without all of
-them is published to through its public ``publish`` only."""
-
-
-_HEADS: dict[str, bytes] = {}
-"""``PUB <subject> `` of subjects published to lately (each checked once; at most 1,024)."""
-
-
-def _head(subject: str) -> bytes | None:
-    """``PUB <subject> ``, or None for a subject nats-py would refuse."""
-    if not subject or _INVALID_SUBJECT.search(subject) is not None:
-        return None
-    head = b"PUB " + subject.encode() + b" "
-    if len(_HEADS) >= 1024:  # reply subjects, each used once: start again with what recurs
-        _HEADS.clear()
-    _HEADS[subject] = head
-    return head
-
-
-def _append_pub(nc: Client, subject: str, reply: str, data: bytes) -> bool:
-    """Append a PUB (no headers) to nats-py's pending buffer and kick its flusher, exactly as
-    ``Client.publish`` does when it does not have to wait; False, having done nothing, when it
-    would have to (the buffer is full, the flusher is not running, the client is not plainly
-    connected) or would raise (a bad subject, a payload over ``max_payload``): the caller then
-    takes the public way, which does what nats-py does in those cases."""
-    flusher = nc._flusher_task
-    if (
-        nc._status != _NC_CONNECTED
-        or flusher is None
-        or flusher.done()
-        or len(data) > nc._max_payload
-        or (reply and _INVALID_SUBJECT.search(reply) is not None)
-    ):
-        return False
-    head = _HEADS.get(subject) or _head(subject)
-    if head is None:
-        return False
-    command = b"%s%s %d\r\n%s\r\n" % (head, reply.encode(), len(data), data)
-    size = nc._pending_data_size + len(command)
-    if 0 < nc._max_pending_size < size:  # nats-py would wait for a flush here
-        return False
-    nc._pending.append(command)
-    nc._pending_data_size = size
-    stats = nc.stats
-    stats["out_msgs"] += 1
-    stats["out_bytes"] += len(data)
-    queue = nc._flush_queue
-    if queue is not None and queue.empty():  # wake the flusher (it sets the future when done)
-        queue.put_nowait(asyncio.get_running_loop().create_future())
-    return True

@@ -5,12 +5,11 @@ subject) and takes whichever comes first: the answer on its reply subject (what 
 send, after the same result on ``task.result``) or a TaskResult for its task on
 ``task.result`` (all the AI Flock seed's agents send). Peers see an ordinary NATS request.
 
-The replies of every submit of the process come to one subscription, ``<inbox>.*`` (one token
-per request, as nats-py's own requests do), so a submit costs no Task, no nats-py request
-machinery and no timer of its own: its future waits in two maps, and its deadline shares a
-millisecond slot (:class:`~flockrt.actors.deadlines.AskDeadlines`). A reply that comes after its
-task's result came on ``task.result`` (a flockrt agent's usual order) is dropped unread, by its
-token; the server's no-responders status on the reply subject says nobody takes the type.
+One future per submit takes either: the reply (through the connection's one reply
+subscription, :class:`~flockrt.bus.replies.Replies`) or the result on ``task.result``; no Task,
+no nats-py request machinery and no timer of its own. A reply that comes after its task's
+result came on ``task.result`` (a flockrt agent's usual order) is dropped unread; the server's
+no-responders status on the reply subject says nobody takes the type.
 
 In durable mode the task is stored, not asked for, and only ``task.result`` can answer; there
 a failed attempt is retried, so only an ``ok`` result ends the wait. ``task.result`` is taken
@@ -20,13 +19,13 @@ from the first wait on, and read only while someone waits.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from flockrt.actors.deadlines import AskDeadlines
 from flockrt.bus.connection import Message, Subscription
 from flockrt.bus.outlet import Outlet
-from flockrt.errors import BusUnavailable, InvalidMessage, NoCapableAgent, WorkTimeout
+from flockrt.bus.replies import no_responders
+from flockrt.errors import BusTimeout, NoCapableAgent, WorkTimeout
 from flockrt.wire import subjects
 from flockrt.wire.schema import TaskMessage, TaskResult
 
@@ -34,10 +33,6 @@ __all__ = ["ResultWaiters"]
 
 Wait = Callable[[asyncio.Future[TaskResult], str, str, float | None], Awaitable[TaskResult]]
 """How a future is awaited within a timeout (the dispatcher's ``wait``: WorkTimeout if late)."""
-
-
-def _late(task_type: str, timeout: float) -> BaseException:
-    return WorkTimeout("task", task_type, timeout)
 
 
 class ResultWaiters:
@@ -53,15 +48,9 @@ class ResultWaiters:
         self.outlet = outlet
         self._wait = wait
         self.ok_only = ok_only
-        self.waiters: dict[str, asyncio.Future[TaskResult]] = {}
-        """Task id -> the future its submit awaits."""
-        self._asked: dict[str, tuple[asyncio.Future[TaskResult], str]] = {}
-        """Reply token -> the future of the submit that asked, and its task type."""
-        self._tokens = itertools.count()
-        self._inbox = ""  # "<inbox>." once the reply subscription is up
-        self._deadlines: AskDeadlines | None = None
+        self.waiters: dict[str, asyncio.Future[Any]] = {}
+        """Task id -> the future its submit awaits (a TaskResult, or a reply Message for ask)."""
         self._subscription: Subscription | None = None
-        self._replies: Subscription | None = None
 
     async def watch(self) -> None:
         """Take ``task.result`` (once)."""
@@ -70,10 +59,8 @@ class ResultWaiters:
 
     async def close(self) -> None:
         subscription, self._subscription = self._subscription, None
-        replies, self._replies = self._replies, None
-        for sub in (subscription, replies):
-            if sub is not None:
-                await sub.unsubscribe()
+        if subscription is not None:
+            await subscription.unsubscribe()
 
     def _on_result(self, message: Message) -> None:
         if not self.waiters:
@@ -83,26 +70,6 @@ class ResultWaiters:
             waiter = self.waiters.get(result.task_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(result)
-
-    def _on_reply(self, message: Message) -> None:
-        """The answer to a submit's request (or the server's no-responders status)."""
-        asked = self._asked.get(message.subject[len(self._inbox) :])
-        if asked is None:  # its result came on task.result first, or its submit gave up
-            return
-        waiter, task_type = asked
-        if waiter.done():
-            return
-        headers = message.headers
-        if headers and not message.data and headers.get("Status") == "503":
-            waiter.set_exception(NoCapableAgent("task", task_type))
-            return
-        try:
-            content_type = headers.get("Content-Type") if headers else None
-            result = self.outlet.codec.decode(message.subject, message.data, TaskResult, content_type)
-        except InvalidMessage as exc:  # the asker hears why, as from any bad reply
-            waiter.set_exception(exc)
-            return
-        waiter.set_result(result)
 
     async def ask(
         self,
@@ -121,31 +88,30 @@ class ResultWaiters:
             WorkTimeout: no result within ``timeout`` seconds.
             InvalidMessage: the reply is not a TaskResult.
         """
-        bus = self.outlet.bus
-        if self._replies is None:
-            await self.watch()
-            inbox = bus.new_inbox()
-            self._replies = await bus.subscribe(f"{inbox}.*", self._on_reply)
-            self._inbox = f"{inbox}."
-            self._deadlines = AskDeadlines(asyncio.get_running_loop(), _late)
-        if not bus.connected:
-            raise BusUnavailable(f"cannot request {subject!r}: NATS at {bus.url} is unreachable")
-        deadlines = self._deadlines
-        assert deadlines is not None
-        waiter: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        token = str(next(self._tokens))
+        await self.watch()
+        replies = self.outlet.bus.replies
+        # One future for both ways: the reply (a Message) or the result on task.result.
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         task_id = task.id
         self.waiters[task_id] = waiter
-        self._asked[token] = (waiter, task.type)
-        key = deadlines.add(waiter, task.type, timeout)
+        token = ""
         try:
-            bus.publish_nowait(subject, data, headers=headers, reply=self._inbox + token)
-            return await waiter
+            token = await replies.send(subject, data, waiter, timeout=timeout, headers=headers)
+            outcome = await waiter
+        except BusTimeout:
+            raise WorkTimeout("task", task.type, timeout) from None
         finally:
             if self.waiters.get(task_id) is waiter:
                 del self.waiters[task_id]
-            del self._asked[token]
-            deadlines.discard(key, waiter)
+            if token:
+                replies.end(token)
+        if isinstance(outcome, TaskResult):
+            return outcome
+        if no_responders(outcome):
+            raise NoCapableAgent("task", task.type)
+        content_type = outcome.headers.get("Content-Type") if outcome.headers else None
+        result: TaskResult = self.outlet.codec.decode(outcome.subject, outcome.data, TaskResult, content_type)
+        return result
 
     async def until_result(
         self, task: TaskMessage, send: Callable[[], Awaitable[TaskResult | None]], timeout: float
