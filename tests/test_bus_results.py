@@ -12,7 +12,8 @@ import pytest
 from nats.aio.msg import Msg
 
 from flockrt.bus.embedded import EmbeddedNats
-from flockrt.errors import InvalidMessage, WorkTimeout
+from flockrt.bus.replies import _Deadlines
+from flockrt.errors import BusTimeout, InvalidMessage, WorkTimeout
 from flockrt.wire.schema import TaskResult
 from tests.test_bus_flock import Node
 
@@ -134,3 +135,21 @@ async def test_many_submits_at_once_each_get_their_own_result(nats_server: Embed
         )
         assert [r.result["echo"] for r in results if isinstance(r, TaskResult)] == list(range(200))
         assert _idle(producer)
+
+
+async def test_request_deadlines_share_timers_and_never_fire_early() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = _Deadlines(loop)
+    started = loop.time()
+    futures = [loop.create_future() for _ in range(200)]
+    for future in futures:
+        deadlines.add(future, "tasks.slow", 0.2)
+    answered = loop.create_future()
+    deadlines.discard(deadlines.add(answered, "tasks.slow", 0.2), answered)  # answered in time
+    answered.set_result("ok")
+    assert len(deadlines._slots) <= 2  # slots a hundredth of the timeout wide: not a timer each
+    with pytest.raises(BusTimeout, match=r"tasks\.slow"):
+        await futures[-1]
+    assert loop.time() - started >= 0.2
+    assert all(isinstance(f.exception(), BusTimeout) for f in futures)
+    assert answered.result() == "ok" and not deadlines._slots

@@ -4,8 +4,8 @@ A request is a publish whose reply subject is ``<inbox>.<token>``, one token per
 nats-py's own requests do), and a future in a map. No Task, no ``asyncio.wait_for`` and no
 timer per request: deadlines within a hundredth of the timeout of each other share one timer,
 so a request fails with :class:`~flockrt.errors.BusTimeout` up to 1 % of its timeout (at least
-a millisecond) after it, never before. A reply
-nobody waits for any more (its request gave up, or was answered another way) is dropped unread.
+a millisecond) after it, never before. A reply nobody waits for any more (its request gave up,
+or was answered another way) is dropped unread.
 
 :meth:`Replies.send` lets a caller wait for a reply *or* something else on the same future (a
 task's result on ``task.result``: :mod:`flockrt.bus.results`); :meth:`Replies.request` is the
