@@ -114,6 +114,37 @@ async def test_publish_nowait_that_must_wait_finishes_in_a_task_the_close_awaits
         await watcher.close()
 
 
+async def test_publish_nowait_goes_straight_to_the_pending_buffer_in_order_with_reply_subjects(
+    nats_server: EmbeddedNats,
+) -> None:
+    # 4 KB of pending buffer: the first publishes are appended directly, later ones find it
+    # full and take nats-py's own publish (which waits for its flusher): one order throughout.
+    bus = bus_for(nats_server.url, options={"pending_size": 4096})
+    watcher = bus_for(nats_server.url)
+    inbox = Inbox()
+    try:
+        await bus.start()
+        await watcher.start()
+        await watcher.subscribe("direct.>", inbox)
+        assert bus._direct  # this nats-py's pending buffer is the one append_pub knows
+        for i in range(300):
+            bus.publish_nowait(f"direct.{i % 3}", b"%03d" % i + b"." * 50, reply=f"answer.{i}")
+        bus.publish_nowait("direct.h", b"with headers", headers={"Correlation-Id": "c-9"})
+        with pytest.raises(nats.errors.BadSubjectError):  # refused, not injected into the protocol
+            bus.publish_nowait("direct.x\r\nPUB direct.y 2", b"no")
+        await bus.flush()
+        await wait_for(lambda: len(inbox.messages) == 301)
+        assert [m.data[:3] for m in inbox.messages[:300]] == [b"%03d" % i for i in range(300)]
+        assert [m.reply for m in inbox.messages[:300]] == [f"answer.{i}" for i in range(300)]
+        assert [m.subject for m in inbox.messages[:3]] == ["direct.0", "direct.1", "direct.2"]
+        assert inbox.messages[300].headers["Correlation-Id"] == "c-9"
+        assert bus.stats.published == 301
+        assert bus._nc is not None and bus._nc.stats["out_msgs"] >= 301
+    finally:
+        await bus.close()
+        await watcher.close()
+
+
 async def test_request_reply_and_its_failures(bus: NatsConnection) -> None:
     async def responder(message: Message) -> None:
         await bus.publish(message.reply, message.data.upper())

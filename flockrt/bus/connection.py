@@ -26,6 +26,7 @@ import asyncio
 import enum
 import logging
 import ssl
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.jetstream import JetStream, JsMessage, PullConsumer
 from flockrt.bus.liveness import in_cluster, server_of
+from flockrt.bus.pending import PENDING_ATTRIBUTES, append_pub
+from flockrt.bus.replies import Replies, publish_checked
 from flockrt.bus.stepping import resume
-from flockrt.errors import BusTimeout, BusUnavailable, NoResponders
+from flockrt.errors import BusUnavailable
 from flockrt.supervisor.spec import Backoff
 
 if TYPE_CHECKING:
@@ -53,9 +56,6 @@ __all__ = ["BusState", "BusStats", "Handler", "JsMessage", "Message", "NatsConne
 __all__ += ["PullConsumer", "Subscription"]
 
 log = logging.getLogger("flockrt.bus")
-
-_STATUS_PINGS: Final = 3
-"""Round trips :meth:`NatsConnection.publish_checked` waits for a no-responders status."""
 
 DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
 """nats-server's default max_payload: the limit assumed until a server says its own."""
@@ -253,6 +253,7 @@ class NatsConnection:
         if tls is not None:
             self._options["tls"] = tls
         self._nc: Client | None = None
+        self._direct = False  # whether nats-py's pending buffer is as append_pub knows it
         self.server = ""
         """The server this process is (or was last) connected to, as :func:`server_of` names it."""
         self.max_payload = DEFAULT_MAX_PAYLOAD
@@ -270,6 +271,8 @@ class NatsConnection:
         self._publishing = TaskOwner(f"NATS connection {name}", log)
         self._state_changed = asyncio.Event()
         self.stats = BusStats()
+        self.replies = Replies(self)
+        """Its requests waiting for their replies."""
         self.jetstream = JetStream(self, replicas=replicas)
         # JetStream's operations under the names they had here before it had a module of its own.
         self.ensure_work_queue = self.jetstream.ensure_work_queue
@@ -374,11 +377,16 @@ class NatsConnection:
     async def publish(
         self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, reply: str = ""
     ) -> None:
-        """Publish ``data``; while degraded it is buffered (or dropped and counted when full)."""
+        """Publish ``data``; while degraded it is buffered (or dropped and counted when full).
+        Without headers it goes straight into nats-py's pending buffer (see :meth:`publish_nowait`)
+        unless that is full: then it waits for nats-py's flusher, as nats-py's publish does."""
         nc = self._nc
         state = self._state
         if state is _CONNECTED and nc is not None and not self._buffer:  # the usual case first
-            try:
+            if headers is None and self._direct and append_pub(nc, subject, reply, data):
+                self.stats.published += 1
+                return
+            try:  # (when nats-py's pending buffer is full, this waits for its flusher)
                 await nc.publish(subject, data, reply, headers)
                 self.stats.published += 1
                 return
@@ -388,8 +396,14 @@ class NatsConnection:
             raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
         self._buffer_publish(_Outgoing(subject, data, headers, reply))
 
-    def publish_nowait(self, subject: str, data: bytes, *, headers: dict[str, str] | None = None) -> None:
+    def publish_nowait(
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, reply: str = ""
+    ) -> None:
         """Publish from synchronous code: :meth:`publish` without the ``await``.
+
+        Without headers, on a connection that is up and whose flusher runs, the message goes
+        straight into nats-py's pending buffer (:func:`~flockrt.bus.pending.append_pub`: what
+        nats-py's own publish does, without its three coroutines).
 
         While connected, nats-py's publish only appends the message to its pending buffer and
         wakes its flusher, so its coroutine is driven here by hand and normally finishes in
@@ -401,7 +415,10 @@ class NatsConnection:
         nc = self._nc
         state = self._state
         if state is _CONNECTED and nc is not None and not self._buffer:  # the usual case first
-            publishing = nc.publish(subject, data, "", headers)
+            if headers is None and self._direct and append_pub(nc, subject, reply, data):
+                self.stats.published += 1
+                return
+            publishing = nc.publish(subject, data, reply, headers)
             try:
                 waiting_for = publishing.send(None)
             except StopIteration:
@@ -417,7 +434,7 @@ class NatsConnection:
                 return
         elif state is BusState.CLOSED:
             raise BusUnavailable(f"cannot publish to {subject!r}: the NATS connection is closed")
-        self._buffer_publish(_Outgoing(subject, data, headers, ""))
+        self._buffer_publish(_Outgoing(subject, data, headers, reply))
 
     async def subscribe(
         self, subject: str, handler: Handler, *, queue: str = "", max_msgs: int = 0
@@ -456,35 +473,29 @@ class NatsConnection:
     async def request(
         self, subject: str, data: bytes, *, timeout: float, headers: dict[str, str] | None = None
     ) -> Message:
-        """Send a request and wait for the first reply.
+        """Send a request and wait for the first reply (on the connection's one reply
+        subscription: :class:`~flockrt.bus.replies.Replies`).
 
         Raises:
             BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
             NoResponders: nobody subscribes to ``subject``.
             BusTimeout: no reply within ``timeout`` seconds.
         """
+        return await self.replies.request(subject, data, timeout=timeout, headers=headers)
+
+    def new_inbox(self) -> str:
+        """A subject no one else uses (nats-py's ``new_inbox``: its ``inbox_prefix``, a unique
+        token), for replies; made up here, with the default prefix, while never connected."""
         nc = self._nc
-        if self._state is not BusState.CONNECTED or nc is None:
-            raise BusUnavailable(f"cannot request {subject!r}: NATS at {self.url} is unreachable")
-        try:
-            reply = await nc.request(subject, data, timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(subject) from None
-        except nats.errors.TimeoutError:
-            raise BusTimeout(subject, timeout) from None
-        except nats.errors.ConnectionClosedError:
-            raise BusUnavailable(f"cannot request {subject!r}: the connection closed") from None
-        self.stats.published += 1
-        return _wrap(reply)
+        if nc is not None:
+            return nc.new_inbox()
+        return f"_INBOX.{uuid.uuid4().hex}"
 
     async def publish_checked(
         self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, timeout: float = 5.0
     ) -> None:
         """Publish ``data`` and make sure somebody subscribes to ``subject``, without waiting
-        for an answer: it goes out as a request whose reply nobody waits for, and the server's
-        no-responders status, if any, is looked for after each of up to three pings (the
-        status usually comes before the first ping's answer; on a fresh connection it
-        sometimes comes a round trip later).
+        for an answer (:func:`~flockrt.bus.replies.publish_checked`).
 
         Raises:
             BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
@@ -494,29 +505,8 @@ class NatsConnection:
         nc = self._nc
         if self._state is not BusState.CONNECTED or nc is None:
             raise BusUnavailable(f"cannot publish to {subject!r}: NATS at {self.url} is unreachable")
-        status: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        inbox = nc.new_inbox()
-        try:
-            # A subscription with a future (nats-py's old-style requests): the reply is set on
-            # it as it is read, so it is there once the ping's answer, read after it, is.
-            subscription = await nc.subscribe(inbox, future=status, max_msgs=1)
-            try:
-                await nc.publish(subject, data, inbox, headers)
-                for _ in range(_STATUS_PINGS):
-                    await nc.flush(timeout)  # type: ignore[arg-type]  # nats-py says int, means seconds
-                    if status.done():
-                        break
-            finally:
-                await subscription.unsubscribe()
-        except nats.errors.FlushTimeoutError:
-            raise BusTimeout(subject, timeout) from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-            raise BusUnavailable(f"cannot publish to {subject!r}: the connection closed") from None
+        await publish_checked(nc, subject, data, headers, timeout)
         self.stats.published += 1
-        if status.done() and not status.cancelled():
-            reply = status.result()
-            if reply.headers and reply.headers.get("Status") == "503":
-                raise NoResponders(subject)
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until the server has seen everything published so far (no-op while degraded)."""
@@ -573,6 +563,7 @@ class NatsConnection:
         nc.options["max_reconnect_attempts"] = self._max_retries
         nc.options["reconnect_time_wait"] = self._reconnect_wait
         self._nc = nc
+        self._direct = all(hasattr(nc, name) for name in PENDING_ATTRIBUTES)
         previous, self.server = self.server, server_of(nc)
         self.max_payload = nc.max_payload or DEFAULT_MAX_PAYLOAD
         for subscription in list(self._subscriptions):
@@ -588,7 +579,7 @@ class NatsConnection:
 
         async def deliver(msg: Msg) -> None:
             self.stats.received += 1
-            try:  # (_wrap, inlined: this runs for every message)
+            try:
                 pending = handler(Message(msg.subject, msg.data, msg.headers or _NO_HEADERS, msg.reply))
                 if pending is not None:
                     await pending

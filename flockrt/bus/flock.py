@@ -434,14 +434,9 @@ class NatsFlock:
         if not wait:
             await self.bus.publish(subject, self.codec.encode(task), headers=headers)
             return task.id
-        limit = timeout if timeout is not None else 30.0
-
-        async def ask() -> TaskResult:
-            reply = await self.outlet.request(subject, task, "task", task_type, limit, headers)
-            return self.codec.decode(reply.subject, reply.data, TaskResult, reply.headers.get("Content-Type"))
-
         # The reply, or the result on task.result (the AI Flock seed's agents send only that).
-        return await self.results.until_result(task, ask, limit)
+        limit = timeout if timeout is not None else 30.0
+        return await self.results.ask(subject, task, self.codec.encode(task), headers, limit)
 
     def _task_subject(self, task_type: str) -> str:
         subject = subjects.tasks(task_type)  # checks the type

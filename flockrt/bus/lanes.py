@@ -389,7 +389,7 @@ class CoreLane:
 
             def then(result: TaskResult) -> None:
                 self._finished()
-                self.outlet.publish_nowait(reply, result, dict(headers), unsendable_result)
+                self.outlet.answer_task(reply, result, headers)
 
         try:
             # The correlation id goes with the work (to its handler and logs) as an argument:

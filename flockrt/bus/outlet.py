@@ -59,6 +59,9 @@ class Outlet:
         """Rejected messages by subject."""
         self.unsendable = 0
         """Answers replaced by an error answer because they could not be sent."""
+        self._json_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}  # (the codec's, by type)
+        self._last_result: TaskResult | None = None  # what publish_result sent last, and its bytes
+        self._last_data = b""
         self._outbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._tasks = TaskOwner(f"NATS flock {node}", log)
@@ -103,8 +106,19 @@ class Outlet:
         its subject (or ``counted_as``: the subscription's wildcard, so made-up subjects cannot
         grow the counter) and logged at warning."""
         headers = message.headers
+        if not headers:  # the usual message, JSON: straight to its decoder
+            data = message.data
+            decoder = self._json_decoders.get(type)
+            if decoder is None:
+                decoder = self._json_decoders[type] = self.codec.json_decoder(type)
+            if len(data) <= self.codec.max_bytes:
+                try:
+                    result: T = decoder.decode(data)
+                    return result
+                except Exception:  # (whatever it was, codec.decode below says why)
+                    pass
         try:
-            content_type = headers.get("Content-Type") if headers else None  # most have no headers
+            content_type = headers.get("Content-Type") if headers else None
             return self.codec.decode(message.subject, message.data, type, content_type)
         except InvalidMessage as exc:
             self.reject(counted_as or message.subject, str(exc))
@@ -161,10 +175,22 @@ class Outlet:
             data = b""
         if not data or len(data) > self.bus.max_payload:
             data, _ = self.encode_answer(result, unsendable_result)
+        self._last_result, self._last_data = result, data
         try:
             self.bus.publish_nowait(subjects.TASK_RESULT, data, headers=headers)
         except BusUnavailable as exc:  # closing: nothing more goes out
             log.debug("result of %s not published: %s", result.task_id, exc)
+
+    def answer_task(self, reply: str, result: TaskResult, headers: Mapping[str, str] | None) -> None:
+        """A task's result to the reply subject of its request (``headers``: the request's),
+        in the bytes :meth:`publish_result` just sent to ``task.result`` when it is the same
+        result in the same encoding (the usual case: encoded once, sent twice)."""
+        msgpack = headers.get("Content-Type") == MSGPACK if headers else False
+        if result is self._last_result and not msgpack:
+            data = self._last_data
+        else:
+            data, _ = self.encode_answer(result, unsendable_result, msgpack=msgpack)
+        self.send(reply, data, outgoing_headers(headers))
 
     def publish_nowait(
         self,

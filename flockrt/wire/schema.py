@@ -278,6 +278,12 @@ class Codec:
             raise InvalidMessage(subject, None, f"cannot be decoded: {exc}") from None
         return result
 
+    def json_decoder(self, type: type[T]) -> msgspec.json.Decoder[T]:
+        """The JSON decoder of ``type`` (built once): for a caller that checks the size itself
+        and, on any failure, calls :meth:`decode` for the error that names the field."""
+        decoder: msgspec.json.Decoder[T] = self._decoder(type, False)
+        return decoder
+
     def _decoder(self, type: Any, msgpack: bool) -> Any:
         cache: dict[Any, Any] = self._msgpack_decoders if msgpack else self._json_decoders
         decoder = cache.get(type)
