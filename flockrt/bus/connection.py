@@ -43,7 +43,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.jetstream import JetStream, JsMessage, PullConsumer
 from flockrt.bus.liveness import in_cluster, server_of
-from flockrt.bus.pending import PENDING_ATTRIBUTES, append_pub
+from flockrt.bus.pending import append_pub, understands
 from flockrt.bus.replies import Replies, publish_checked
 from flockrt.bus.stepping import resume
 from flockrt.errors import BusUnavailable
@@ -563,7 +563,7 @@ class NatsConnection:
         nc.options["max_reconnect_attempts"] = self._max_retries
         nc.options["reconnect_time_wait"] = self._reconnect_wait
         self._nc = nc
-        self._direct = all(hasattr(nc, name) for name in PENDING_ATTRIBUTES)
+        self._direct = understands(nc)
         previous, self.server = self.server, server_of(nc)
         self.max_payload = nc.max_payload or DEFAULT_MAX_PAYLOAD
         for subscription in list(self._subscriptions):

@@ -18,7 +18,7 @@ from typing import Final
 
 from nats.aio.client import Client
 
-__all__ = ["PENDING_ATTRIBUTES", "append_pub"]
+__all__ = ["PENDING_ATTRIBUTES", "append_pub", "understands"]
 
 
 _CONNECTED: Final = Client.CONNECTED
@@ -36,6 +36,17 @@ PENDING_ATTRIBUTES: Final = (
 )
 """The nats-py client state :func:`append_pub` uses (nats-py 2.x); a client without all of
 them is published to through its public ``publish`` only."""
+
+
+def understands(nc: Client) -> bool:
+    """Whether ``nc`` keeps its pending buffer as :func:`append_pub` knows it: every attribute
+    of :data:`PENDING_ATTRIBUTES`, the buffer a list of commands and its size a number."""
+    return (
+        all(hasattr(nc, name) for name in PENDING_ATTRIBUTES)
+        and isinstance(nc._pending, list)
+        and isinstance(nc._pending_data_size, int)
+        and isinstance(nc.stats, dict)
+    )
 
 
 _HEADS: dict[str, bytes] = {}
