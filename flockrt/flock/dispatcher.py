@@ -29,11 +29,11 @@ from typing import Any, Literal
 
 from flockrt.actors.correlation import correlation_id
 from flockrt.actors.deadlines import AskDeadlines
-from flockrt.agents.here import Here, HereDeadlines
+from flockrt.agents.here import HereDeadlines
 from flockrt.agents.ports import AgentCard
 from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, TaskRun, Work
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
-from flockrt.flock import batches, requests
+from flockrt.flock import batches, requests, waiting
 from flockrt.flock.batches import PRIORITIES
 from flockrt.flock.skills import HEAP_SLACK, Member, Skill
 from flockrt.flock.stats import WorkStats
@@ -99,7 +99,7 @@ class Dispatcher:
         self.deadlines: AskDeadlines | None = None
         """Of capability requests (see :func:`flockrt.flock.requests.answer`), once one is made."""
         self.here_deadlines: HereDeadlines | None = None
-        """Of work run in its submitters' Tasks (see :meth:`hand_here`), once one has one."""
+        """Of work run in its submitters' Tasks (see :mod:`flockrt.flock.waiting`), once one has one."""
 
     # ------------------------------------------------------------------ members
 
@@ -116,7 +116,7 @@ class Dispatcher:
                 skill.inline.add(card.id)
             else:
                 skill.inline.discard(card.id)
-        self._offer(member)
+        self.offer(member)
         for skill in skills:
             self.pump(skill)
 
@@ -135,7 +135,7 @@ class Dispatcher:
         if member is None:
             return
         member.running = max(member.running - 1, 0)
-        self._offer(member)
+        self.offer(member)
         for skill in member.skills:
             self.pump(skill)
 
@@ -215,31 +215,12 @@ class Dispatcher:
         if self.fallback is not None and not self.has_skill("capability", capability):
             response = await self.fallback(capability, parameters, timeout=timeout, progress=progress)
             return response.result
-        here = self.capability_here(capability, parameters, timeout=timeout, progress=progress)
+        here = waiting.capability_here(self, capability, parameters, timeout, progress)
         if here is not None:
             return await here
         return await requests.answer(
             self, requests.call_capability(self, capability, parameters, progress), timeout
         )
-
-    def capability_here(
-        self,
-        capability: str,
-        parameters: Any = None,
-        *,
-        timeout: float | None = 30.0,
-        progress: ProgressCallback | None = None,
-    ) -> Awaitable[Any] | None:
-        """:meth:`request_capability`'s way when nothing of the capability waits and a local
-        agent is free: the agent runs it in the current Task (``Agent.run_here``), and a
-        requester that is cancelled, or whose ``timeout`` passes, stops it. What this returns
-        must be awaited at once, in this Task (the agent's slot is taken for it now); it
-        gives the answer. None, having done nothing, otherwise."""
-        here = requests.here(self, capability, parameters, progress, timeout)
-        stats = self.work_stats
-        if here is None or stats is None:
-            return here
-        return requests.counted(here, stats)
 
     async def request_capability_response(
         self,
@@ -253,10 +234,10 @@ class Dispatcher:
         and the correlation id, as a :class:`~flockrt.wire.schema.CapabilityResponse`."""
         if self.fallback is not None and not self.has_skill("capability", capability):
             return await self.fallback(capability, parameters, timeout=timeout, progress=progress)
-        here = requests.here(self, capability, parameters, progress, timeout)
+        here = waiting.here(self, capability, parameters, progress, timeout)
         if here is not None:
             stats = self.work_stats
-            result = await (here if stats is None else requests.counted(here, stats))
+            result = await (here if stats is None else waiting.counted(here, stats))
             work: CapabilityCall = here.work  # type: ignore[assignment]  # (a capability's)
         else:
             work = requests.call_capability(self, capability, parameters, progress)
@@ -282,105 +263,20 @@ class Dispatcher:
             origin = (task, None, correlation, result)
             if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
                 return result
-        self.dispatch(self._task_run(task, None, progress, correlation, result))
+        self.dispatch(self.task_run(task, None, progress, correlation, result))
         return result
 
     async def run_task(
         self, task: TaskMessage, *, timeout: float | None = None, progress: ProgressCallback | None = None
     ) -> TaskResult:
         """Run ``task`` on a local agent for a submitter that waits for it, and return its
-        TaskResult (``LocalFlock.submit(..., wait=True)``).
-
-        The submitter owns the task: when an agent is free, the handler runs in the
-        submitter's own Task (:meth:`task_here`), and when it had to wait for one, a
-        submitter that gives up still stops it (its waiter is followed: ``TaskRun.owned``).
-        So a submitter that is cancelled, or whose ``timeout`` passes, cancels its task,
-        whose result is then an error ("cancelled"). The agent owns it too: an agent that
-        stops interrupts it, and the submitter gets its "agent stopped" result.
+        TaskResult: the submitter owns the task (see :func:`flockrt.flock.waiting.run_task`).
 
         Raises:
             NoCapableAgent: no agent of this process handles the task's type.
             WorkTimeout: no result within ``timeout`` seconds (the task was cancelled).
         """
-        here = self.task_here(task, timeout=timeout, progress=progress)
-        if here is not None:
-            result: TaskResult = await here
-            return result
-        correlation = correlation_id.get() or task.id  # as task.result has it
-        skill = self._task_skills.get(task.type)
-        if progress is None and skill is not None and skill.inline:  # (the fast path, as in dispatch_task)
-            origin: list[Any] = [task, correlation, None]
-            if self.run_now(skill, task, correlation, self._keep_task_result, origin):
-                result = origin[2]
-                return result
-        waiter: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        work = self._task_run(task, None, progress, correlation, waiter)
-        work.owned = True
-        self.dispatch(work)
-        if timeout is None:
-            return await waiter
-        outcome: TaskResult = await self.wait(waiter, "task", task.type, timeout)
-        return outcome
-
-    def task_here(
-        self, task: TaskMessage, *, timeout: float | None = None, progress: ProgressCallback | None = None
-    ) -> Awaitable[TaskResult] | None:
-        """:meth:`run_task`'s way when nothing of the task's type waits and a free agent's
-        handler for it waits: the agent runs it in the current Task (``Agent.run_here``).
-        What this returns must be awaited at once, in this Task (the agent's slot is taken
-        for it now); it gives the TaskResult. None, having done nothing, otherwise."""
-        skill = self._task_skills.get(task.type)
-        if skill is None or skill.inline:  # (never-waiting handlers: the fast path)
-            return None
-        member = self.free_here(skill)
-        if member is None:
-            return None
-        work = self._task_run(task, None, progress, correlation_id.get() or task.id, None)
-        return self.hand_here(member, skill, work, timeout)
-
-    def _keep_task_result(
-        self, origin: list[Any], agent_id: str, value: Any, error: WorkFailed | None, seconds: float
-    ) -> None:
-        """A task of :meth:`run_task` ran on the fast path: its TaskResult to the sink and
-        the listeners, and into ``origin`` (``[task, correlation, result]``)."""
-        task, correlation = origin[0], origin[1]
-        origin[2] = result = self.task_result(task, agent_id, seconds, value, error)
-        self.report(result, True, correlation)
-
-    def free_here(self, skill: Skill) -> Member | None:
-        """The agent that would get work of ``skill`` now, if nothing of it waits and the
-        agent can run work in its submitter's Task (see :meth:`hand_here`); else None."""
-        if skill.pumping or skill.waiting:
-            return None
-        member = self.free_member(skill)
-        if member is None or member.card.run_here is None:
-            return None
-        return member
-
-    def hand_here(self, member: Member, skill: Skill, work: Work, timeout: float | None) -> Here | None:
-        """Have ``member`` (of :meth:`free_here`) run ``work`` in the current Task, its
-        submitter's, which awaits what this returns at once (``Agent.run_here``): the
-        agent's slot is taken as for a handover, and the agent gives it back at the end.
-        Past ``timeout`` seconds (if any) the work is interrupted and its submitter gets
-        WorkTimeout. None, having done nothing, when the agent cannot take it now."""
-        work.agent_id = member.card.id
-        member.running += 1
-        handed = member.handed
-        handed[skill] = handed.get(skill, 0) + 1
-        self._offer(member)
-        run_here = member.card.run_here
-        here = run_here(work) if run_here is not None else None
-        if here is None:
-            member.running -= 1
-            handed[skill] -= 1
-            self._offer(member)
-            return None
-        if timeout is not None:
-            deadlines = self.here_deadlines
-            if deadlines is None:
-                deadlines = self.here_deadlines = HereDeadlines(asyncio.get_running_loop())
-            deadlines.add(here, timeout)
-        return here
+        return await waiting.run_task(self, task, timeout, progress)
 
     def dispatch_task(
         self,
@@ -403,9 +299,9 @@ class Dispatcher:
             origin = (task, then, correlation, None)
             if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
                 return
-        self.dispatch(self._task_run(task, then, progress, correlation, None))
+        self.dispatch(self.task_run(task, then, progress, correlation, None))
 
-    def _task_run(
+    def task_run(
         self,
         task: TaskMessage,
         then: Callable[[TaskResult], None] | None,
@@ -557,7 +453,7 @@ class Dispatcher:
                 if ran is not None:
                     heapq.heapreplace(heap, (entry[0], member.handed[skill], entry[2], entry[3]))
             else:  # work was dispatched while it ran (its handler did that): a full re-offer
-                self._offer(member)
+                self.offer(member)
         if ran is None:  # it cannot take work right now (restarting, say): the usual path
             return None
         return member, ran[0], ran[1]
@@ -651,7 +547,7 @@ class Dispatcher:
         member.running += 1  # before the handover: inline work finishes within it
         pieces = len(work.tasks) if type(work) is TaskBatch else 1
         member.handed[skill] = member.handed.get(skill, 0) + pieces
-        self._offer(member)
+        self.offer(member)
         take_work = member.card.take_work
         if take_work is None or not take_work(work):
             try:
@@ -659,7 +555,7 @@ class Dispatcher:
             except MailboxFull:
                 member.running -= 1
                 member.handed[skill] -= pieces
-                self._offer(member)
+                self.offer(member)
                 return False
         return True
 
@@ -677,7 +573,7 @@ class Dispatcher:
             self._heap_changes += 1
         return None
 
-    def _offer(self, member: Member) -> None:
+    def offer(self, member: Member) -> None:
         """``member`` changed (load, work done, arrival): its entries in the free heaps are
         replaced by one current entry per skill, if it has a free slot."""
         member.version = version = next(self._versions)

@@ -23,7 +23,7 @@ from flockrt.agents.agent import Agent
 from flockrt.agents.ports import AgentCard, Membership, WorkSource
 from flockrt.agents.work import ProgressCallback
 from flockrt.errors import ActorStopped, AskTimeout, MailboxFull, UnknownAgent, WorkFailed
-from flockrt.flock import batches
+from flockrt.flock import batches, waiting
 from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
 from flockrt.flock.dispatcher import Dispatcher
 from flockrt.flock.stats import WorkStats
@@ -170,7 +170,7 @@ class LocalFlock:
         """Have a capable agent do ``capability`` and return its answer (see
         :meth:`Dispatcher.request_capability <flockrt.flock.dispatcher.Dispatcher.request_capability>`)."""
         dispatcher = self.dispatcher
-        here = dispatcher.capability_here(capability, parameters, timeout=timeout, progress=progress)
+        here = waiting.capability_here(dispatcher, capability, parameters, timeout, progress)
         if here is not None:  # (Dispatcher.request_capability, without its frame)
             return await here
         return await dispatcher.request_capability(capability, parameters, timeout=timeout, progress=progress)
@@ -226,7 +226,7 @@ class LocalFlock:
             return task.id
         dispatcher = self.dispatcher  # (run_task, without its frame when an agent runs it in this Task)
         return await (
-            dispatcher.task_here(task, timeout=timeout) or dispatcher.run_task(task, timeout=timeout)
+            waiting.task_here(dispatcher, task, timeout) or waiting.run_task(dispatcher, task, timeout, None)
         )
 
     @overload

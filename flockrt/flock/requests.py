@@ -14,59 +14,13 @@ from flockrt.errors import WorkTimeout
 from flockrt.flock.batches import PRIORITIES
 
 if TYPE_CHECKING:
-    from flockrt.agents.here import Here
     from flockrt.flock.dispatcher import Dispatcher
-    from flockrt.flock.stats import WorkStats
 
-__all__ = ["answer", "call_capability", "counted", "here"]
+__all__ = ["answer", "call_capability"]
 
 
 def _capability_timeout(capability: str, timeout: float) -> WorkTimeout:
     return WorkTimeout("capability", capability, timeout)
-
-
-def here(
-    dispatcher: Dispatcher,
-    capability: str,
-    parameters: Any,
-    progress: ProgressCallback | None,
-    timeout: float | None,
-) -> Here | None:
-    """A capability request run by a free local agent in the requester's own Task (see
-    :meth:`Dispatcher.hand_here`), to be awaited at once; None when nothing of it waits and
-    no agent is free: the request then waits for one (:func:`call_capability`)."""
-    skill = dispatcher.skill("capability", capability)
-    if skill is None:
-        return None
-    member = dispatcher.free_here(skill)
-    if member is None:
-        return None
-    work = CapabilityCall(
-        key=capability,
-        parameters=parameters,
-        priority=PRIORITIES["medium"],
-        progress=progress,
-        correlation_id=correlation_id.get(),
-    )
-    return dispatcher.hand_here(member, skill, work, timeout)
-
-
-async def counted(here: Here, stats: WorkStats) -> Any:
-    """Await ``here`` (a capability request, see :func:`here`), counted and timed in ``stats``."""
-    started = time.monotonic()
-    outcome = "error"
-    try:
-        value = await here
-        outcome = "ok"
-        return value
-    except WorkTimeout:
-        outcome = "timeout"
-        raise
-    except asyncio.CancelledError:
-        outcome = "cancelled"
-        raise
-    finally:
-        stats.record("capability", here.work.key, outcome, time.monotonic() - started)
 
 
 def call_capability(

@@ -24,7 +24,7 @@ class Skill:
     agents: set[str] = field(default_factory=set)
     """The local agents that offer it (ids)."""
     free: list[tuple[float, int, str, int]] = field(default_factory=list)
-    """Those with a free slot, as a heap keyed like the fair choice (see Dispatcher._offer)."""
+    """Those with a free slot, as a heap keyed like the fair choice (see Dispatcher.offer)."""
     waiting: list[tuple[int, int, Work]] = field(default_factory=list)
     """Work waiting for a free agent, as a heap: highest priority (lowest number) first, then
     the oldest."""
@@ -44,7 +44,7 @@ class Member:
     """Pieces of work of each skill handed to it so far (a task of bulk work counts as one):
     the fair choice's tie-break, so each kind of work spreads over the agents that do it."""
     version: int = 0
-    """Which of its entries in the free heaps is current (see Dispatcher._offer); 0: none."""
+    """Which of its entries in the free heaps is current (see Dispatcher.offer); 0: none."""
 
     @property
     def free(self) -> bool:
