@@ -56,14 +56,6 @@ class _Waiting:
 _WAITING: Any = _Waiting()
 
 
-def _enter(work: Work) -> None:
-    """Set what the handler of ``work`` sees in its context (a copy of its agent's): the
-    correlation id, and the work itself when someone listens to its progress."""
-    correlation_id.set(work.correlation_id)
-    if work.progress is not None:
-        current_work.set(work)
-
-
 class WorkRunner:
     """The part of :class:`~flockrt.agents.agent.Agent` that runs its work (a base of Agent
     only: it works on the agent's fields, which :meth:`Agent.__init__` sets)."""
@@ -358,8 +350,10 @@ class WorkRunner:
         method_name = table.get(work.key)
         if method_name is None or type(work) is TaskBatch:
             return None
-        context = self._inline_context.copy()
-        context.run(_enter, work)
+        context = self._inline_context.copy()  # (as in _start_work), with the work's ids
+        context.run(correlation_id.set, work.correlation_id)
+        if work.progress is not None:  # for report_progress
+            context.run(current_work.set, work)
         running = self._here
         here = Here(self, work, context, len(running))
         running.append(here)
@@ -375,7 +369,8 @@ class WorkRunner:
         if not running and self._drained is not None:
             self._drained.set_result(None)
             self._drained = None
-        self._finished()
+        if self._source is not None:  # (_finished, inlined)
+            self._source.work_done(self.agent_id)
 
     def _interrupt_here(self) -> None:
         """Interrupt the work running in its submitters' Tasks (see :meth:`run_here`)."""

@@ -137,7 +137,8 @@ class Dispatcher:
         member.running = max(member.running - 1, 0)
         self.offer(member)
         for skill in member.skills:
-            self.pump(skill)
+            if skill.waiting:
+                self.pump(skill)
 
     def member(self, agent_id: str) -> AgentCard | None:
         """The card of local agent ``agent_id``, or None."""
@@ -577,12 +578,13 @@ class Dispatcher:
         """``member`` changed (load, work done, arrival): its entries in the free heaps are
         replaced by one current entry per skill, if it has a free slot."""
         member.version = version = next(self._versions)
-        capacity = member.card.max_concurrent_tasks
-        if member.running < capacity:
-            load, agent_id, handed = member.running / capacity, member.card.id, member.handed
+        card, running = member.card, member.running
+        capacity = card.max_concurrent_tasks
+        if running < capacity:
+            load, agent_id, handed, push = running / capacity, card.id, member.handed, heapq.heappush
             for skill in member.skills:
                 heap = skill.free
-                heapq.heappush(heap, (load, handed.get(skill, 0), agent_id, version))
+                push(heap, (load, handed.get(skill, 0), agent_id, version))
                 if len(heap) > HEAP_SLACK * len(skill.agents) + 64:
                     self._compact(skill)
             self._heap_changes += 1

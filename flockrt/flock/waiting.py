@@ -76,10 +76,10 @@ def task_here(
     once, in this Task (the agent's slot is taken for it now); it gives the TaskResult. None,
     having done nothing, otherwise."""
     skill = dispatcher.skill("task", task.type)
-    if skill is None or skill.inline:  # (never-waiting handlers: the fast path)
-        return None
-    member = free_here(dispatcher, skill)
-    if member is None:
+    if skill is None or skill.inline or skill.pumping or skill.waiting:  # (free_here, inlined)
+        return None  # (an inline skill: the fast path, in run_task)
+    member = dispatcher.free_member(skill)
+    if member is None or member.card.run_here is None:
         return None
     work = dispatcher.task_run(task, None, progress, correlation_id.get() or task.id, None)
     return hand_here(dispatcher, member, skill, work, timeout)
