@@ -35,7 +35,7 @@ from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, Tas
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
 from flockrt.flock import batches, requests, waiting
 from flockrt.flock.batches import PRIORITIES
-from flockrt.flock.skills import HEAP_SLACK, Member, Skill
+from flockrt.flock.skills import Member, Skill, push_lowered
 from flockrt.flock.stats import WorkStats
 from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
 
@@ -80,10 +80,12 @@ class Dispatcher:
         self._task_skills: dict[str, Skill] = {}  # the task types among them, by name
         # The free heaps of the skills (Skill.free) are keyed like the fair choice: the least
         # loaded, then the one handed least of the skill so far, then the smallest id. Entries
-        # are not updated in place: a member's change pushes a new entry with a new version,
-        # and entries whose version is not the member's current one are dropped when they
-        # surface. So picking an agent costs O(log agents), and "nobody is free" is O(1).
-        # (The one exception is the fast path, see _run_inline_now.)
+        # are not updated in place: a member whose key falls (a slot given back) pushes a new
+        # entry with a new version, and entries whose version is not the member's current one
+        # are dropped when they surface; a key that rises (a slot taken) leaves its entries as
+        # they are, and the one that surfaces is brought up to date then (free_member). So
+        # picking an agent costs O(log agents), and "nobody is free" is O(1) once the full
+        # ones' entries have surfaced. (One more exception: the fast path, see _run_inline_now.)
         self._versions = itertools.count(1)
         self._heap_changes = 0  # grows whenever a free heap changes (see _run_inline_now)
         self.order = itertools.count()
@@ -547,8 +549,7 @@ class Dispatcher:
         work.agent_id = member.card.id
         member.running += 1  # before the handover: inline work finishes within it
         pieces = len(work.tasks) if type(work) is TaskBatch else 1
-        member.handed[skill] = member.handed.get(skill, 0) + pieces
-        self.offer(member)
+        member.handed[skill] = member.handed.get(skill, 0) + pieces  # (its entries: see free_member)
         take_work = member.card.take_work
         if take_work is None or not take_work(work):
             try:
@@ -563,41 +564,44 @@ class Dispatcher:
     def free_member(self, skill: Skill) -> Member | None:
         """The least loaded agent with a free slot; ties go to the one handed least of this
         skill so far, then to the smallest id, so the choice is fair and deterministic. Its
-        current entry is then at the top of the skill's free heap."""
+        current entry is then at the top of the skill's free heap.
+
+        Taking a slot does not touch the heaps (:meth:`hand_over`): it only raises the
+        member's key, so its entries stay where they are, each a lower bound of its key, and
+        the top one is brought up to date here when it surfaces (one sift, in this skill's
+        heap only) or dropped if the member is full. Only a key that falls (a slot given
+        back: :meth:`offer`) needs new entries."""
+        if skill.lowered:
+            push_lowered(skill, self._members)
+            self._heap_changes += 1
         heap = skill.free
+        members = self._members
         while heap:
-            _, _, agent_id, version = heap[0]
-            member = self._members.get(agent_id)
+            _, handed_then, agent_id, version = entry = heap[0]
+            member = members.get(agent_id)
             if member is not None and member.version == version and member.card.ref.is_alive:
-                return member
-            heapq.heappop(heap)  # stale: the member changed, left, or is stopping
+                running, capacity = member.running, member.card.max_concurrent_tasks
+                if running < capacity:
+                    load, handed = running / capacity, member.handed.get(skill, 0)
+                    if load == entry[0] and handed == handed_then:
+                        return member
+                    heapq.heapreplace(heap, (load, handed, agent_id, version))  # it took work since
+                    self._heap_changes += 1
+                    continue
+            heapq.heappop(heap)  # stale: the member changed, is full, left, or is stopping
             self._heap_changes += 1
         return None
 
     def offer(self, member: Member) -> None:
-        """``member`` changed (load, work done, arrival): its entries in the free heaps are
-        replaced by one current entry per skill, if it has a free slot."""
-        member.version = version = next(self._versions)
-        card, running = member.card, member.running
-        capacity = card.max_concurrent_tasks
-        if running < capacity:
-            load, agent_id, handed, push = running / capacity, card.id, member.handed, heapq.heappush
+        """``member``'s key fell (work done, arrival, a handover taken back): its entries in
+        the free heaps are replaced by one current entry per skill, if it has a free slot,
+        pushed when the skill next looks for a free member (:meth:`free_member`). (A key that
+        rises needs no new entries: see there.)"""
+        member.version = next(self._versions)
+        if member.running < member.card.max_concurrent_tasks:
+            agent_id = member.card.id
             for skill in member.skills:
-                heap = skill.free
-                push(heap, (load, handed.get(skill, 0), agent_id, version))
-                if len(heap) > HEAP_SLACK * len(skill.agents) + 64:
-                    self._compact(skill)
-            self._heap_changes += 1
-
-    def _compact(self, skill: Skill) -> None:
-        """Drop the stale entries of a free heap (they pile up when no work is dispatched)."""
-        current = []
-        for agent_id in skill.agents:
-            member = self._members[agent_id]
-            if member.free:
-                current.append((member.load, member.handed.get(skill, 0), agent_id, member.version))
-        heapq.heapify(current)
-        skill.free = current
+                skill.lowered[agent_id] = member
         self._heap_changes += 1
 
     async def wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:

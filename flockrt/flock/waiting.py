@@ -180,8 +180,7 @@ def hand_here(
     work.agent_id = member.card.id
     member.running += 1
     handed = member.handed
-    handed[skill] = handed.get(skill, 0) + 1
-    dispatcher.offer(member)
+    handed[skill] = handed.get(skill, 0) + 1  # (its free entries: see Dispatcher.free_member)
     run_here = member.card.run_here
     running = run_here(work) if run_here is not None else None
     if running is None:
