@@ -20,7 +20,7 @@ import math
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from flockrt.agents.work import Work
+from flockrt.agents.work import TaskRun, Work
 from flockrt.errors import WorkTimeout
 
 if TYPE_CHECKING:
@@ -141,8 +141,13 @@ class Here:
         self._cancelling = task.cancelling()
         runner, work = self._runner, self.work
         table = runner._flockrt_capabilities if work.kind == "capability" else runner._flockrt_task_types
+        coroutine: Coroutine[Any, Any, Any]
         try:
-            coroutine = self._coroutine = runner._call(work, table[work.key])
+            if type(work) is TaskRun:  # (runner._call, without its two calls)
+                coroutine = getattr(runner, table[work.key])(work.task)
+            else:
+                coroutine = runner._call(work, table[work.key])
+            self._coroutine = coroutine
         except BaseException as refused:  # the parameters do not fit the handler
             self._end(refused)
         return coroutine
@@ -180,7 +185,7 @@ class Here:
             if slot is not None:
                 slot.pop(self, None)
             runner._here_ended(self)
-        raise StopIteration(work.outcome())
+        raise StopIteration(work.result if type(work) is TaskRun else work.outcome())
 
     def _release(self) -> None:
         """Out of the agent's work set and its deadline; the agent's slot back to the flock."""

@@ -136,9 +136,13 @@ class Dispatcher:
         member = self._members.get(agent_id)
         if member is None:
             return
-        member.running = max(member.running - 1, 0)
-        self.offer(member)
+        running = member.running = member.running - 1 if member.running > 0 else 0
+        member.version = next(self._versions)  # (offer, inlined: once per piece of work)
+        self._heap_changes += 1
+        free = running < member.card.max_concurrent_tasks
         for skill in member.skills:
+            if free:
+                skill.lowered[agent_id] = member
             if skill.waiting:
                 self.pump(skill)
 
