@@ -80,12 +80,13 @@ class Dispatcher:
         self._task_skills: dict[str, Skill] = {}  # the task types among them, by name
         # The free heaps of the skills (Skill.free) are keyed like the fair choice: the least
         # loaded, then the one handed least of the skill so far, then the smallest id. Entries
-        # are not updated in place: a member whose key falls (a slot given back) pushes a new
-        # entry with a new version, and entries whose version is not the member's current one
-        # are dropped when they surface; a key that rises (a slot taken) leaves its entries as
-        # they are, and the one that surfaces is brought up to date then (free_member). So
-        # picking an agent costs O(log agents), and "nobody is free" is O(1) once the full
-        # ones' entries have surfaced. (One more exception: the fast path, see _run_inline_now.)
+        # are not updated in place: a member whose key falls (a slot given back) gets a new
+        # version and a new entry (pushed when its skill next looks: Skill.lowered), and
+        # entries whose version is not the member's current one are dropped when they
+        # surface; a key that rises (a slot taken) leaves its entries as they are, and the one
+        # that surfaces is brought up to date then (free_member). So picking an agent costs
+        # O(log agents), and "nobody is free" is O(1) once the full ones' entries have
+        # surfaced. (One more exception: the fast path, see _run_inline_now.)
         self._versions = itertools.count(1)
         self._heap_changes = 0  # grows whenever a free heap changes (see _run_inline_now)
         self.order = itertools.count()

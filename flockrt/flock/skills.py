@@ -25,7 +25,8 @@ class Skill:
     agents: set[str] = field(default_factory=set)
     """The local agents that offer it (ids)."""
     free: list[tuple[float, int, str, int]] = field(default_factory=list)
-    """Those with a free slot, as a heap keyed like the fair choice (see Dispatcher.offer)."""
+    """Those with a free slot, as a heap keyed like the fair choice; an entry may be stale (its
+    member took work since, or is full): see Dispatcher.free_member."""
     lowered: dict[str, Member] = field(default_factory=dict)
     """Members whose key fell (a slot given back) since the heap last looked: their current
     entries go into ``free`` when it next does (see Dispatcher.free_member), so a member
