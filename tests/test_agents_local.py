@@ -532,6 +532,55 @@ async def test_work_goes_to_the_least_loaded_agent(flock: LocalFlock) -> None:
     gate.set()
 
 
+class TwoSkills(Agent):
+    """A task type and a capability, both logged and held at a gate."""
+
+    def __init__(self, agent_id: str, gate: asyncio.Event, log: list[Any]) -> None:
+        super().__init__(agent_id, max_concurrent_tasks=2)
+        self.gate = gate
+        self.log = log
+
+    @handles_task("slow")
+    async def slow(self, task: TaskMessage) -> Any:
+        self.log.append(("start", self.agent_id, task.data))
+        await self.gate.wait()
+        self.log.append(("end", self.agent_id, task.data))
+        return task.data
+
+    @capability("hold")
+    async def hold(self) -> str:
+        self.log.append(("start", self.agent_id, "hold"))
+        await self.gate.wait()
+        self.log.append(("end", self.agent_id, "hold"))
+        return self.agent_id
+
+
+async def test_a_slot_taken_through_one_skill_counts_in_the_others_choice(flock: LocalFlock) -> None:
+    # The free heaps keep an agent's entries when it takes a slot (they only become lower
+    # bounds of its key): the task heap must still see the slot the capability took.
+    gate, log = asyncio.Event(), []
+    for i in range(2):
+        await flock.system.spawn(TwoSkills, f"two-{i}", gate, log)
+    held = asyncio.create_task(flock.request_capability("hold"))
+    await wait_for(lambda: running(log) == 1)
+    assert log[0][1] == "two-0"  # both idle: the smallest id
+    await flock.submit("slow", "a")
+    await wait_for(lambda: running(log) == 2)
+    assert log[1] == ("start", "two-1", "a")  # two-0 is half full
+    await flock.submit("slow", "b")  # both half full: two-0 was handed fewer tasks
+    await wait_for(lambda: running(log) == 3)
+    assert log[2] == ("start", "two-0", "b")
+    await flock.submit("slow", "c")  # two-0 is full: two-1 has the last free slot
+    await wait_for(lambda: running(log) == 4)
+    assert log[3] == ("start", "two-1", "c")
+    waiting = asyncio.create_task(flock.submit("slow", "d", wait=True))  # nobody free: it waits
+    gate.set()
+    assert await held == "two-0"
+    result = await waiting
+    assert result.status == "ok" and result.result == "d"  # type: ignore[union-attr]
+    await wait_for(lambda: running(log) == 0 and len(log) == 10)
+
+
 async def test_direct_messages_and_broadcasts(flock: LocalFlock) -> None:
     gate = asyncio.Event()
     await flock.system.spawn(Analyst, "analyst-1")

@@ -32,6 +32,7 @@ from flockrt.actors.actor import Actor
 from flockrt.actors.correlation import correlation_id, current_agent
 from flockrt.actors.tasks import TaskOwner
 from flockrt.agents.decorators import CAPABILITY, TASK_TYPE, capability, handles_task, never_waits
+from flockrt.agents.here import Here
 from flockrt.agents.params import Parameters
 from flockrt.agents.ports import AgentCard, Membership, WorkSource
 from flockrt.agents.running import WorkRunner
@@ -115,6 +116,8 @@ class Agent(Actor[Any], WorkRunner):
         self._flock: Membership | None = None
         self._source: WorkSource | None = None  # the dispatcher, once the agent joined its flock
         self._running = TaskOwner(f"agent {agent_id}", log)
+        self._here: list[Here] = []  # work running in its submitters' Tasks (see run_here)
+        self._drained: asyncio.Future[None] | None = None  # a stop waits for _here (see run_here)
         self._handoff: Work | None = None  # see _runner
         # Where handlers that never wait run (see _step): a context of the agent's own.
         self._inline_context = contextvars.Context()
@@ -136,7 +139,7 @@ class Agent(Actor[Any], WorkRunner):
     @property
     def load(self) -> float:
         """Running work / max_concurrent_tasks."""
-        return len(self._running) / self.max_concurrent_tasks
+        return (len(self._running) + len(self._here)) / self.max_concurrent_tasks
 
     def card(self) -> AgentCard:
         """The agent as its flock sees it."""
@@ -150,6 +153,7 @@ class Agent(Actor[Any], WorkRunner):
             ref=self.context.ref,
             take_work=self.take_work,
             run_now=self._run_now,
+            run_here=self.run_here,
             inline_task_types=frozenset(
                 task_type
                 for task_type, method_name in self._flockrt_task_types.items()
@@ -166,7 +170,7 @@ class Agent(Actor[Any], WorkRunner):
         """The heartbeat this agent would send now."""
         return Heartbeat(
             agent_id=self.agent_id,
-            status="busy" if len(self._running) >= self.max_concurrent_tasks else "online",
+            status="busy" if len(self._running) + len(self._here) >= self.max_concurrent_tasks else "online",
             uptime=int((time.monotonic() - self._started) * 1000),
             tasks_processed=self.tasks_processed,
             load=self.load,
@@ -302,19 +306,26 @@ class Agent(Actor[Any], WorkRunner):
             self._flock.agent_stopped(self.agent_id)  # from here on, no new work comes
         running = self._running.take()
         try:
-            if running and self.context.state == "stopping" and self.drain_timeout > 0:
+            if (running or self._here) and self.context.state == "stopping" and self.drain_timeout > 0:
                 # A graceful stop (SIGTERM, a supervisor's terminate): the work in flight ends
-                # with its result rather than "agent stopped".
-                _, late = await asyncio.wait(running, timeout=self.drain_timeout)
+                # with its result rather than "agent stopped"; that includes work running in
+                # its submitters' Tasks (see run_here).
+                waiting: set[asyncio.Future[Any]] = set(running)
+                if self._here:
+                    waiting.add(self._here_drained())
+                _, late = await asyncio.wait(waiting, timeout=self.drain_timeout)
                 if late:
                     log.warning(
                         "agent %s: %d pieces of work still running after %g s are cancelled",
                         self.agent_id,
-                        len(late),
+                        len(late & running) + len(self._here),
                         self.drain_timeout,
                     )
         finally:
+            self._interrupt_here()
             await TaskOwner.cancel(running)
+            if self._here:  # interrupted: they end with "agent stopped" in their submitters' Tasks
+                await self._here_drained()
         await self.teardown()
 
     # ------------------------------------------------------------------ messages

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from flockrt.agents.here import Here
     from flockrt.agents.work import ProgressCallback, Work
     from flockrt.errors import WorkFailed
     from flockrt.wire.schema import CapabilitySchema, Heartbeat
@@ -41,6 +42,9 @@ class AgentCard:
     """Hands work to the agent directly, bypassing its mailbox (see :meth:`Agent.take_work`)."""
     run_now: RunNow | None = None
     """Runs a task or a capability request whose handler never waits here and now, with no Work."""
+    run_here: Callable[[Work], Here | None] | None = None
+    """Work to run in the current Task, its waiting submitter's, which awaits what this
+    returns at once (see :meth:`Agent.run_here`); None when the agent cannot take it now."""
     inline_task_types: frozenset[str] = frozenset()
     """Task types whose handler never waits: the flock may hand it many of those tasks as one
     :class:`~flockrt.agents.work.TaskBatch`, which it runs in one go."""

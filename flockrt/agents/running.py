@@ -3,7 +3,10 @@
 
 Work whose handler never waits (:func:`~flockrt.agents.decorators.never_waits`) runs inline,
 here and now, with no Task: the flock's fast path (:meth:`WorkRunner._run_now`) and handed-over
-work alike. Any other work runs in a runner Task of the agent's, which goes on with each piece
+work alike. Work whose submitter waits for it, and which finds the agent free, runs in the
+submitter's own Task (:meth:`WorkRunner.run_here`): the agent still owns it (it is in the
+agent's work set: a graceful stop waits for it, a stop interrupts it), but it costs no Task.
+Any other work runs in a runner Task of the agent's, which goes on with each piece
 the flock hands over as its slot frees up, so that under load one Task runs many pieces in a
 row; a piece runs in the runner's own frame, with no coroutine, closure or done-callback of
 its own. A handler that raises fails its piece of work only; the agent goes on.
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from flockrt.actors.correlation import correlation_id, current_agent
 from flockrt.actors.tasks import TaskOwner
+from flockrt.agents.here import STOPPED, Here
 from flockrt.agents.ports import WorkSource
 from flockrt.agents.work import (
     CapabilityCall,
@@ -63,6 +67,8 @@ class WorkRunner:
     _flockrt_inline: ClassVar[frozenset[str]]
     _source: WorkSource | None
     _running: TaskOwner
+    _here: list[Here]
+    _drained: asyncio.Future[None] | None
     _handoff: Work | None
     _inline_context: contextvars.Context
     _stepping: int
@@ -275,8 +281,9 @@ class WorkRunner:
                         method_name = table.get(work.key)
                         if method_name is None or type(work) is TaskBatch:
                             await self._run_other(work, method_name)
+                        elif (follow := self._begin(work)) is not None and follow.cancelled:
+                            work.finish(None, self._gave_up(work))  # given up before it started
                         else:
-                            follow = self._begin(work)
                             try:
                                 result = await self._call(work, method_name)
                             except asyncio.CancelledError:
@@ -314,6 +321,67 @@ class WorkRunner:
             error = exc
         finally:
             owner.ended(task, error)
+
+    def run_here(self, work: Work) -> Here | None:
+        """``work`` to run in the current Task, its submitter's, which waits for it: the
+        flock's path for a submitter that waits (``submit(..., wait=True)``,
+        ``request_capability``) when this agent is free, with no runner Task. The submitter
+        must await the :class:`~flockrt.agents.here.Here` at once: that runs the handler and
+        gives the work's outcome; the slot the flock took for it is given back at its end,
+        as a runner gives it back.
+
+        The agent still owns the work: it is in the agent's work set while it runs, so a
+        graceful stop waits for it, and an agent that stops (or restarts) interrupts it (see
+        :class:`~flockrt.agents.here.Here`): the work ends with "agent stopped", which the
+        submitter gets. A submitter that is cancelled cancels its work: "cancelled".
+
+        The handler runs in a context of the agent's own (a copy, as in a runner Task: see
+        :meth:`_start_work`), each of its steps entered there: it sees the ids flockrt sets,
+        not the submitter's context variables, and what it sets does not leak back.
+
+        Returns:
+            None, having done nothing, when this instance cannot take work right now (see
+            :meth:`take_work`) or the work is not for this path (a batch, a skill it does
+            not offer): the flock then takes the usual path.
+        """
+        if not self._context.runs(self):  # type: ignore[arg-type]  # (self is an Agent)
+            return None
+        table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
+        method_name = table.get(work.key)
+        if method_name is None or type(work) is TaskBatch:
+            return None
+        context = self._inline_context.copy()  # (as in _start_work), with the work's ids
+        context.run(correlation_id.set, work.correlation_id)
+        if work.progress is not None:  # for report_progress
+            context.run(current_work.set, work)
+        running = self._here
+        here = Here(self, work, context, len(running))
+        running.append(here)
+        return here
+
+    def _here_ended(self, here: Here) -> None:
+        """A :class:`Here` ended: out of the work set, and its slot back to the flock."""
+        running = self._here  # (a list, each Here knowing its index: 8 bytes a piece, not a set's 60)
+        last = running.pop()
+        if last is not here:
+            running[here.index] = last
+            last.index = here.index
+        if not running and self._drained is not None:
+            self._drained.set_result(None)
+            self._drained = None
+        if self._source is not None:  # (_finished, inlined)
+            self._source.work_done(self.agent_id)
+
+    def _interrupt_here(self) -> None:
+        """Interrupt the work running in its submitters' Tasks (see :meth:`run_here`)."""
+        for here in self._here:
+            here.interrupt(STOPPED)
+
+    def _here_drained(self) -> asyncio.Future[None]:
+        """A future done once no work runs in a submitter's Task (see :meth:`run_here`)."""
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        return self._drained
 
     def _begin(self, work: Work) -> Follow | None:
         """Set the runner's context for one piece of work (a copy of the agent's, where its id

@@ -84,6 +84,12 @@ class Work:
         """Its requester gave up waiting (there is no point in starting it)."""
         return False
 
+    def outcome(self) -> Any:
+        """What a submitter that ran it gets once it finished (see
+        :class:`~flockrt.agents.here.Here`): None here; a task's TaskResult, a capability's
+        value (or its failure, raised)."""
+        return None
+
     def finish(self, value: Any, error: WorkFailed | None = None) -> None:
         """Deliver the outcome to the flock's hook."""
         if self.on_done is not None:
@@ -109,15 +115,28 @@ class CapabilityCall(Work):
 
     parameters: Any = None
     future: asyncio.Future[Any] | None = None
+    value: Any = None
+    """The handler's return value, once it finished (for a requester with no ``future``)."""
+    error: WorkFailed | None = None
+    """Its failure, if it failed (for a requester with no ``future``)."""
 
     @property
     def abandoned(self) -> bool:
         return self.future is not None and self.future.done()
 
+    def outcome(self) -> Any:
+        """The handler's value, or its failure raised (for a requester with no ``future``)."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
     def finish(self, value: Any, error: WorkFailed | None = None) -> None:
-        """Deliver the outcome to the requester's future, then the flock's hook."""
+        """Deliver the outcome to the requester's future (or keep it here when there is
+        none), then the flock's hook."""
         future = self.future
-        if future is not None and not future.done():
+        if future is None:
+            self.value, self.error = value, error
+        elif not future.done():
             if error is None:
                 future.set_result(value)
             else:
@@ -137,6 +156,17 @@ class TaskRun(Work):
     waiter: asyncio.Future[Any] | None = None
     """The future a waiting submitter awaits (the TaskResult goes there), if any: on the work
     itself, so that waiting costs no closure per task."""
+    owned: bool = False
+    """Whether the submitter waiting on ``waiter`` owns the task: if it gives up (``waiter``
+    cancelled: the submitter was cancelled, or its timeout passed), the task is cancelled
+    (see :class:`Follow`), as one running in the submitter's own Task would be. False for
+    a waiter that only hears the result (:meth:`Dispatcher.start_task`)."""
+    result: Any = None
+    """The TaskResult the flock made of it once it finished (for a submitter that ran it)."""
+
+    def outcome(self) -> Any:
+        """Its TaskResult (set by the flock's hook)."""
+        return self.result
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -176,7 +206,9 @@ class Follow:
     client's notifications/cancelled, a caller cancelled itself, a timeout: its future is
     cancelled, or failed with WorkTimeout) cancels the Task:
     nobody wants the result any more. :meth:`stop` ends this when the work is over (the Task
-    may go on with other work); :attr:`cancelled` says whether it fired."""
+    may go on with other work); :attr:`cancelled` says whether it fired (or whether the
+    requester had given up before the work started: then the Task is not cancelled, and the
+    work must not start)."""
 
     __slots__ = ("_future", "_task", "cancelled")
 
@@ -185,7 +217,11 @@ class Follow:
         self._task = task
         self.cancelled = False
         if future is not None and task is not None:
-            future.add_done_callback(self._abandoned)
+            if future.done():  # given up before the work started
+                self.cancelled = future.cancelled() or isinstance(future.exception(), WorkTimeout)
+                self._task = None
+            else:
+                future.add_done_callback(self._abandoned)
 
     def _abandoned(self, done: asyncio.Future[Any]) -> None:
         # Cancelled, or failed with WorkTimeout by the requester's deadline (see
@@ -202,8 +238,14 @@ class Follow:
 
 def follow_requester(work: Work) -> Follow | None:
     """A :class:`Follow` of ``work``'s requester by the current Task (a runner's), or None
-    when no requester waits on a future of the work's own (a task: nothing to follow)."""
-    future = work.future if type(work) is CapabilityCall else None
+    when no requester owns the work through a future of the work's own (a capability call's
+    ``future``, an owned task's ``waiter``)."""
+    if type(work) is CapabilityCall:
+        future = work.future
+    elif type(work) is TaskRun and work.owned:
+        future = work.waiter
+    else:
+        return None
     if future is None:
         return None
     return Follow(future, asyncio.current_task())

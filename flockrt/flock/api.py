@@ -105,6 +105,11 @@ class FlockAPI(Protocol):
         ``tasks.<type>``. In durable mode the stream keeps the task until a process takes it,
         so nothing is checked; in one process a task nobody handles is always refused.
 
+        With ``wait`` and an agent in this process, the submitter owns its task: the handler
+        runs in the submitter's own asyncio Task when an agent is free, and a submitter that
+        is cancelled, or whose ``timeout`` passes, cancels the task (its result is an error,
+        "cancelled"). Without ``wait`` the task is detached from its submitter.
+
         Raises:
             NoCapableAgent: nobody handles ``task_type`` (always in one process; over NATS with
                 ``wait`` or ``check``).
@@ -161,6 +166,9 @@ class FlockAPI(Protocol):
         progress: ProgressCallback | None = None,
     ) -> Any:
         """Have an agent that offers ``capability`` do it; return its answer.
+
+        The requester owns the work: cancelled, or past its ``timeout``, it stops the work.
+        A free agent in this process runs the handler in the requester's own asyncio Task.
 
         Raises:
             NoCapableAgent: no agent offers it.

@@ -29,12 +29,13 @@ from typing import Any, Literal
 
 from flockrt.actors.correlation import correlation_id
 from flockrt.actors.deadlines import AskDeadlines
+from flockrt.agents.here import HereDeadlines
 from flockrt.agents.ports import AgentCard
-from flockrt.agents.work import ProgressCallback, TaskBatch, TaskRun, Work
+from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, TaskRun, Work
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
-from flockrt.flock import batches, requests
+from flockrt.flock import batches, requests, waiting
 from flockrt.flock.batches import PRIORITIES
-from flockrt.flock.skills import HEAP_SLACK, Member, Skill
+from flockrt.flock.skills import Member, Skill, push_lowered
 from flockrt.flock.stats import WorkStats
 from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
 
@@ -79,10 +80,13 @@ class Dispatcher:
         self._task_skills: dict[str, Skill] = {}  # the task types among them, by name
         # The free heaps of the skills (Skill.free) are keyed like the fair choice: the least
         # loaded, then the one handed least of the skill so far, then the smallest id. Entries
-        # are not updated in place: a member's change pushes a new entry with a new version,
-        # and entries whose version is not the member's current one are dropped when they
-        # surface. So picking an agent costs O(log agents), and "nobody is free" is O(1).
-        # (The one exception is the fast path, see _run_inline_now.)
+        # are not updated in place: a member whose key falls (a slot given back) gets a new
+        # version and a new entry (pushed when its skill next looks: Skill.lowered), and
+        # entries whose version is not the member's current one are dropped when they
+        # surface; a key that rises (a slot taken) leaves its entries as they are, and the one
+        # that surfaces is brought up to date then (free_member). So picking an agent costs
+        # O(log agents), and "nobody is free" is O(1) once the full ones' entries have
+        # surfaced. (One more exception: the fast path, see _run_inline_now.)
         self._versions = itertools.count(1)
         self._heap_changes = 0  # grows whenever a free heap changes (see _run_inline_now)
         self.order = itertools.count()
@@ -97,6 +101,8 @@ class Dispatcher:
         self._task_hook = self._on_task_done  # bound once: every TaskRun's on_done
         self.deadlines: AskDeadlines | None = None
         """Of capability requests (see :func:`flockrt.flock.requests.answer`), once one is made."""
+        self.here_deadlines: HereDeadlines | None = None
+        """Of work run in its submitters' Tasks (see :mod:`flockrt.flock.waiting`), once one has one."""
 
     # ------------------------------------------------------------------ members
 
@@ -113,7 +119,7 @@ class Dispatcher:
                 skill.inline.add(card.id)
             else:
                 skill.inline.discard(card.id)
-        self._offer(member)
+        self.offer(member)
         for skill in skills:
             self.pump(skill)
 
@@ -131,10 +137,15 @@ class Dispatcher:
         member = self._members.get(agent_id)
         if member is None:
             return
-        member.running = max(member.running - 1, 0)
-        self._offer(member)
+        running = member.running = member.running - 1 if member.running > 0 else 0
+        member.version = next(self._versions)  # (offer, inlined: once per piece of work)
+        self._heap_changes += 1
+        free = running < member.card.max_concurrent_tasks
         for skill in member.skills:
-            self.pump(skill)
+            if free:
+                skill.lowered[agent_id] = member
+            if skill.waiting:
+                self.pump(skill)
 
     def member(self, agent_id: str) -> AgentCard | None:
         """The card of local agent ``agent_id``, or None."""
@@ -212,6 +223,9 @@ class Dispatcher:
         if self.fallback is not None and not self.has_skill("capability", capability):
             response = await self.fallback(capability, parameters, timeout=timeout, progress=progress)
             return response.result
+        here = waiting.capability_here(self, capability, parameters, timeout, progress)
+        if here is not None:
+            return await here
         return await requests.answer(
             self, requests.call_capability(self, capability, parameters, progress), timeout
         )
@@ -228,8 +242,14 @@ class Dispatcher:
         and the correlation id, as a :class:`~flockrt.wire.schema.CapabilityResponse`."""
         if self.fallback is not None and not self.has_skill("capability", capability):
             return await self.fallback(capability, parameters, timeout=timeout, progress=progress)
-        work = requests.call_capability(self, capability, parameters, progress)
-        result = await requests.answer(self, work, timeout)
+        here = waiting.here(self, capability, parameters, progress, timeout)
+        if here is not None:
+            stats = self.work_stats
+            result = await (here if stats is None else waiting.counted(here, stats))
+            work: CapabilityCall = here.work  # type: ignore[assignment]  # (a capability's)
+        else:
+            work = requests.call_capability(self, capability, parameters, progress)
+            result = await requests.answer(self, work, timeout)
         return CapabilityResponse(correlation_id=work.correlation_id, result=result, agent_id=work.agent_id)
 
     # ------------------------------------------------------------------ tasks
@@ -251,8 +271,20 @@ class Dispatcher:
             origin = (task, None, correlation, result)
             if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
                 return result
-        self.dispatch(self._task_run(task, None, progress, correlation, result))
+        self.dispatch(self.task_run(task, None, progress, correlation, result))
         return result
+
+    async def run_task(
+        self, task: TaskMessage, *, timeout: float | None = None, progress: ProgressCallback | None = None
+    ) -> TaskResult:
+        """Run ``task`` on a local agent for a submitter that waits for it, and return its
+        TaskResult: the submitter owns the task (see :func:`flockrt.flock.waiting.run_task`).
+
+        Raises:
+            NoCapableAgent: no agent of this process handles the task's type.
+            WorkTimeout: no result within ``timeout`` seconds (the task was cancelled).
+        """
+        return await waiting.run_task(self, task, timeout, progress)
 
     def dispatch_task(
         self,
@@ -275,9 +307,9 @@ class Dispatcher:
             origin = (task, then, correlation, None)
             if skill is not None and self.run_now(skill, task, correlation, self._deliver_task, origin):
                 return
-        self.dispatch(self._task_run(task, then, progress, correlation, None))
+        self.dispatch(self.task_run(task, then, progress, correlation, None))
 
-    def _task_run(
+    def task_run(
         self,
         task: TaskMessage,
         then: Callable[[TaskResult], None] | None,
@@ -299,9 +331,9 @@ class Dispatcher:
         )
 
     def _on_task_done(self, work: TaskRun, value: Any, error: WorkFailed | None) -> None:
-        """Every TaskRun's ``on_done``: its TaskResult, counted, timed and reported, then to its
-        ``then`` and its ``waiter``."""
-        outcome = self.finish_task(work.task, work, value, error, True)
+        """Every TaskRun's ``on_done``: its TaskResult, counted, timed and reported, kept on
+        the work (for a submitter that ran it), then to its ``then`` and its ``waiter``."""
+        outcome = work.result = self.finish_task(work.task, work, value, error, True)
         then, waiter = work.then, work.waiter
         if then is not None:
             then(outcome)  # (a failure is logged by Work.finish, as for any hook)
@@ -429,7 +461,7 @@ class Dispatcher:
                 if ran is not None:
                     heapq.heapreplace(heap, (entry[0], member.handed[skill], entry[2], entry[3]))
             else:  # work was dispatched while it ran (its handler did that): a full re-offer
-                self._offer(member)
+                self.offer(member)
         if ran is None:  # it cannot take work right now (restarting, say): the usual path
             return None
         return member, ran[0], ran[1]
@@ -522,8 +554,7 @@ class Dispatcher:
         work.agent_id = member.card.id
         member.running += 1  # before the handover: inline work finishes within it
         pieces = len(work.tasks) if type(work) is TaskBatch else 1
-        member.handed[skill] = member.handed.get(skill, 0) + pieces
-        self._offer(member)
+        member.handed[skill] = member.handed.get(skill, 0) + pieces  # (its entries: see free_member)
         take_work = member.card.take_work
         if take_work is None or not take_work(work):
             try:
@@ -531,47 +562,51 @@ class Dispatcher:
             except MailboxFull:
                 member.running -= 1
                 member.handed[skill] -= pieces
-                self._offer(member)
+                self.offer(member)
                 return False
         return True
 
     def free_member(self, skill: Skill) -> Member | None:
         """The least loaded agent with a free slot; ties go to the one handed least of this
         skill so far, then to the smallest id, so the choice is fair and deterministic. Its
-        current entry is then at the top of the skill's free heap."""
+        current entry is then at the top of the skill's free heap.
+
+        Taking a slot does not touch the heaps (:meth:`hand_over`): it only raises the
+        member's key, so its entries stay where they are, each a lower bound of its key, and
+        the top one is brought up to date here when it surfaces (one sift, in this skill's
+        heap only) or dropped if the member is full. Only a key that falls (a slot given
+        back: :meth:`offer`) needs new entries."""
+        if skill.lowered:
+            push_lowered(skill, self._members)
+            self._heap_changes += 1
         heap = skill.free
+        members = self._members
         while heap:
-            _, _, agent_id, version = heap[0]
-            member = self._members.get(agent_id)
+            _, handed_then, agent_id, version = entry = heap[0]
+            member = members.get(agent_id)
             if member is not None and member.version == version and member.card.ref.is_alive:
-                return member
-            heapq.heappop(heap)  # stale: the member changed, left, or is stopping
+                running, capacity = member.running, member.card.max_concurrent_tasks
+                if running < capacity:
+                    load, handed = running / capacity, member.handed.get(skill, 0)
+                    if load == entry[0] and handed == handed_then:
+                        return member
+                    heapq.heapreplace(heap, (load, handed, agent_id, version))  # it took work since
+                    self._heap_changes += 1
+                    continue
+            heapq.heappop(heap)  # stale: the member changed, is full, left, or is stopping
             self._heap_changes += 1
         return None
 
-    def _offer(self, member: Member) -> None:
-        """``member`` changed (load, work done, arrival): its entries in the free heaps are
-        replaced by one current entry per skill, if it has a free slot."""
-        member.version = version = next(self._versions)
-        capacity = member.card.max_concurrent_tasks
-        if member.running < capacity:
-            load, agent_id, handed = member.running / capacity, member.card.id, member.handed
+    def offer(self, member: Member) -> None:
+        """``member``'s key fell (work done, arrival, a handover taken back): its entries in
+        the free heaps are replaced by one current entry per skill, if it has a free slot,
+        pushed when the skill next looks for a free member (:meth:`free_member`). (A key that
+        rises needs no new entries: see there.)"""
+        member.version = next(self._versions)
+        if member.running < member.card.max_concurrent_tasks:
+            agent_id = member.card.id
             for skill in member.skills:
-                heap = skill.free
-                heapq.heappush(heap, (load, handed.get(skill, 0), agent_id, version))
-                if len(heap) > HEAP_SLACK * len(skill.agents) + 64:
-                    self._compact(skill)
-            self._heap_changes += 1
-
-    def _compact(self, skill: Skill) -> None:
-        """Drop the stale entries of a free heap (they pile up when no work is dispatched)."""
-        current = []
-        for agent_id in skill.agents:
-            member = self._members[agent_id]
-            if member.free:
-                current.append((member.load, member.handed.get(skill, 0), agent_id, member.version))
-        heapq.heapify(current)
-        skill.free = current
+                skill.lowered[agent_id] = member
         self._heap_changes += 1
 
     async def wait(self, future: asyncio.Future[Any], kind: str, key: str, timeout: float | None) -> Any:

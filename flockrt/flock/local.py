@@ -23,7 +23,7 @@ from flockrt.agents.agent import Agent
 from flockrt.agents.ports import AgentCard, Membership, WorkSource
 from flockrt.agents.work import ProgressCallback
 from flockrt.errors import ActorStopped, AskTimeout, MailboxFull, UnknownAgent, WorkFailed
-from flockrt.flock import batches
+from flockrt.flock import batches, waiting
 from flockrt.flock.directory import AgentInfo, Directory, StatusFilter
 from flockrt.flock.dispatcher import Dispatcher
 from flockrt.flock.stats import WorkStats
@@ -169,9 +169,11 @@ class LocalFlock:
     ) -> Any:
         """Have a capable agent do ``capability`` and return its answer (see
         :meth:`Dispatcher.request_capability <flockrt.flock.dispatcher.Dispatcher.request_capability>`)."""
-        return await self.dispatcher.request_capability(
-            capability, parameters, timeout=timeout, progress=progress
-        )
+        dispatcher = self.dispatcher
+        here = waiting.capability_here(dispatcher, capability, parameters, timeout, progress)
+        if here is not None:  # (Dispatcher.request_capability, without its frame)
+            return await here
+        return await dispatcher.request_capability(capability, parameters, timeout=timeout, progress=progress)
 
     async def request_capability_response(
         self,
@@ -205,6 +207,13 @@ class LocalFlock:
         nobody handles is always refused, so ``check`` changes nothing (it is there for the
         flock interface).
 
+        With ``wait=True`` the submitter owns its task (see :meth:`Dispatcher.run_task
+        <flockrt.flock.dispatcher.Dispatcher.run_task>`): the handler runs in the
+        submitter's own Task when an agent is free, and a submitter that is cancelled, or
+        whose ``timeout`` passes, cancels the task (its result is an error, "cancelled").
+        Without ``wait`` the task is detached: it runs in a Task of its agent's, whatever
+        becomes of the submitter.
+
         Raises:
             NoCapableAgent: no agent of this process handles ``task_type``.
             WorkTimeout: ``wait`` and no result within ``timeout`` seconds.
@@ -215,11 +224,10 @@ class LocalFlock:
         if not wait:
             self.dispatcher.dispatch_task(task)
             return task.id
-        result = self.dispatcher.start_task(task)
-        if timeout is None:  # (Dispatcher.wait, inlined: a task's wait is not counted there)
-            return await result
-        outcome: TaskResult = await self.dispatcher.wait(result, "task", task.type, timeout)
-        return outcome
+        dispatcher = self.dispatcher  # (run_task, without its frame when an agent runs it in this Task)
+        return await (
+            waiting.task_here(dispatcher, task, timeout) or waiting.run_task(dispatcher, task, timeout, None)
+        )
 
     @overload
     async def submit_many(

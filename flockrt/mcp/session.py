@@ -588,11 +588,16 @@ class _Progress:
             await self._send(message)
 
     async def stop(self) -> None:
-        """Stop the notifications (and wait until the ticker is gone)."""
+        """Stop the notifications (and wait until the ticker is gone), after the reports still
+        queued: work that reports and ends in one step of its handler ends before the ticker
+        ran (a waiting requester runs the handler in its own Task)."""
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
+        while not self._reports.empty():
+            self.value += 1
+            await self._send(self._reports.get_nowait())
 
     async def done(self) -> None:
         self.value += 1
