@@ -9,7 +9,7 @@ Scheduling. An idle actor owns no asyncio Task. When its mailbox becomes non-emp
 ``async def receive`` gets a Task that lives until the mailbox is empty. A turn handles at most
 ``throughput`` messages, then yields to the loop (fairness). System messages (children failing
 or ending) are handled before user messages at every turn. The turns are in
-:mod:`flockrt.actors.mailbox`.
+:mod:`flockrt.actors.mailbox` (with why an activation lasts one loop turn past an empty mailbox).
 
 States: starting -> running <-> suspended (failed, awaiting its supervisor; or paused for a
 restart) -> stopping -> stopped. Messages sent while starting or suspended stay queued.
