@@ -5,7 +5,10 @@ if the actor is idle, schedules one turn; a turn handles what the deque holds (a
 ``THROUGHPUT`` messages, then it yields to the loop, like flockrt's actors) by calling the
 handler, or, for an ``async def`` handler, by awaiting each message's coroutine in a drain
 coroutine that the turn drives with ``send(None)``. A turn whose handler does wait is finished
-by a Task, and the next turn comes after it.
+by a Task, and the next turn comes after it. An actor stays scheduled for one turn after its
+deque empties (what flockrt's actors do too): a message sent meanwhile, such as the next ask
+of an asker that was just answered, is handled in that turn, without an activation of its own
+and a loop iteration more.
 There is no Task per actor, no Queue and no lock: what is left is the handler's call, the
 deque and the loop's own scheduling, which no actor runtime on asyncio can do without.
 
@@ -84,6 +87,9 @@ class Actor:
         return reply
 
     def _turn(self) -> None:
+        if not self._queue:  # nothing came in the turn after the last message: idle again
+            self._scheduled = False
+            return
         if self._async:
             drain = self._drain_async()
             try:
@@ -124,10 +130,10 @@ class Actor:
         self._next_turn()
 
     def _next_turn(self) -> None:
-        if self._queue:
-            self._loop.call_soon(self._turn)
-        else:
-            self._scheduled = False
+        # One more turn even when the deque is empty: an asker that just got its answer usually
+        # asks again before that turn, which then handles it in the same loop iteration (the
+        # ask does not wait for a turn of its own, scheduled by its append, in the next one).
+        self._loop.call_soon(self._turn)
 
 
 def _counter(handler: Handler) -> tuple[Callable[[Any], Any], list[int]]:

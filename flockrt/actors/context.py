@@ -8,7 +8,8 @@ Scheduling. An idle actor owns no asyncio Task. When its mailbox becomes non-emp
 *activated*: an actor with a plain ``def receive`` gets a ``loop.call_soon`` turn, one with
 ``async def receive`` gets a Task that lives until the mailbox is empty. A turn handles at most
 ``throughput`` messages, then yields to the loop (fairness). System messages (children failing
-or ending) are handled before user messages at every turn.
+or ending) are handled before user messages at every turn. The turns are in
+:mod:`flockrt.actors.mailbox` (with why an activation lasts one loop turn past an empty mailbox).
 
 States: starting -> running <-> suspended (failed, awaiting its supervisor; or paused for a
 restart) -> stopping -> stopped. Messages sent while starting or suspended stay queued.
@@ -33,7 +34,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from flockrt.actors.actor import Actor
-from flockrt.actors.messages import StopReason, Terminated, _Ask, _ChildExited, _ChildFailed
+from flockrt.actors.mailbox import drain, turn
+from flockrt.actors.messages import StopReason, Terminated, _ChildExited, _ChildFailed, is_ask, settle_ask
 from flockrt.actors.ref import ActorRef
 from flockrt.actors.timers import Timer, cancel_timers, start_timer
 from flockrt.errors import ActorFailed, ActorStopped, RestartIntensityExceeded
@@ -84,6 +86,7 @@ class ActorContext(Generic[M]):
         "_ref",
         "_restarts",
         "_room_waiters",
+        "_running",
         "_scheduled",
         "_shutdown_timeout",
         "_state",
@@ -108,6 +111,7 @@ class ActorContext(Generic[M]):
     _shutdown_timeout: float | None
     _scheduled: bool
     _state: int
+    _running: bool  # _state == RUNNING, for the mailbox drain
     _closed: bool
     _is_async: bool
     _reason: StopReason
@@ -154,6 +158,7 @@ class ActorContext(Generic[M]):
         self._sysq = None
         self._scheduled = False
         self._state = STARTING
+        self._running = False
         system._states[STARTING] += 1
         self._closed = False
         self._task = None
@@ -294,9 +299,9 @@ class ActorContext(Generic[M]):
     def _activate(self) -> None:
         self._scheduled = True
         if self._is_async:
-            self._task = self._system._loop.create_task(self._drain_async())
+            self._task = self._system._loop.create_task(drain(self))
         else:
-            self._system._loop.call_soon(self._turn)
+            self._system._loop.call_soon(turn, self)
 
     def _enqueue_unbounded(self, message: Any) -> None:
         """Enqueue a runtime message (Terminated, timer ticks are bounded) ignoring capacity."""
@@ -345,150 +350,6 @@ class ActorContext(Generic[M]):
                 fut.set_result(None)
                 room -= 1
 
-    # ------------------------------------------------------------------ turns
-
-    def _turn(self) -> None:
-        """One scheduling turn of an actor with a synchronous ``receive``."""
-        if self._sysq:
-            try:
-                self._run_system_sync()
-            except Exception as exc:
-                self._scheduled = False
-                self._on_failure(exc, None)
-                return
-        q = self._mailbox
-        if self._state != RUNNING or not q:
-            self._scheduled = False
-            if q is not None and not q:
-                self._mailbox = None
-            if self._closed and self._state == RUNNING:
-                self._begin_termination(self._reason)
-            return
-        receive = self._actor.receive  # type: ignore[union-attr]
-        throughput = budget = self._system._throughput
-        envelope: Any = None
-        try:
-            while budget and q and self._state == RUNNING:
-                budget -= 1
-                envelope = q.popleft()
-                if type(envelope) is _Ask:
-                    reply = receive(envelope.message)
-                    if not envelope.future.done():
-                        envelope.future.set_result(reply)
-                else:
-                    receive(envelope)
-        except (Exception, asyncio.CancelledError) as exc:
-            self._system._processed += throughput - budget
-            self._scheduled = False
-            self._on_failure(exc, envelope)
-            return
-        self._system._processed += throughput - budget
-        if self._room_waiters:
-            self._wake_senders()
-        if self._sysq or (q and self._state == RUNNING):
-            self._system._loop.call_soon(self._turn)
-        else:
-            self._scheduled = False
-            if not q and self._mailbox is q:
-                self._mailbox = None
-            if self._closed and self._state == RUNNING:
-                self._begin_termination(self._reason)  # a requested stop: the queue is drained
-
-    async def _drain_async(self) -> None:
-        """The Task of an actor with an ``async def receive``; ends when the mailbox is empty."""
-        failure: BaseException | None = None
-        envelope: Any = None
-        processed = 0  # messages handled in the turns before this one
-        system = self._system
-        throughput = budget = system._throughput
-        try:
-            while True:
-                if self._sysq:
-                    await self._run_system_async()
-                q = self._mailbox
-                if self._state != RUNNING or not q:
-                    break
-                receive = self._actor.receive  # type: ignore[union-attr]
-                budget = throughput
-                # The state is looked at after every message: one whose handler waited may
-                # find the actor suspended for a restart (quiesce), which takes no more.
-                while budget and q and self._state == RUNNING:
-                    budget -= 1
-                    envelope = q.popleft()
-                    if type(envelope) is _Ask:
-                        reply = await receive(envelope.message)
-                        if not envelope.future.done():
-                            envelope.future.set_result(reply)
-                    else:
-                        await receive(envelope)
-                processed += throughput - budget  # counted per turn, not per message
-                budget = throughput
-                envelope = None
-                if self._room_waiters:
-                    self._wake_senders()
-                if not (self._sysq or (q and self._state == RUNNING)):
-                    break
-                await asyncio.sleep(0)  # let other actors have a turn
-        except asyncio.CancelledError:
-            # Killed (shutdown timeout) or interrupted for a restart: the asker learns it stopped.
-            if type(envelope) is _Ask and not envelope.future.done():
-                envelope.future.set_exception(
-                    ActorStopped(self._ref, "was stopped while handling the message")
-                )
-            raise
-        except Exception as exc:
-            failure = exc
-        finally:
-            # A turn cut short (a failure, a cancellation) counts the messages it finished.
-            system._processed += processed + max(throughput - budget - 1, 0)
-            self._task = None
-            self._scheduled = False
-            if self._mailbox is not None and not self._mailbox:
-                self._mailbox = None
-        if failure is not None:
-            self._on_failure(failure, envelope)
-        elif (self._sysq or (self._mailbox and self._state == RUNNING)) and not self._scheduled:
-            self._activate()
-        elif self._closed and self._state == RUNNING and not self._scheduled:
-            self._begin_termination(self._reason)  # a requested stop: the queue is drained
-
-    # ------------------------------------------------------------------ system messages
-
-    def _run_system_sync(self) -> None:
-        sysq = self._sysq
-        while sysq:
-            pending = self._handle_system(sysq.popleft())
-            if pending is not None:
-                raise TypeError(f"{type(self._actor).__name__}: supervising actors need an async receive")
-        self._sysq = None
-
-    async def _run_system_async(self) -> None:
-        sysq = self._sysq
-        while sysq:
-            pending = self._handle_system(sysq.popleft())
-            if pending is not None:
-                await pending
-        if self._sysq is sysq:
-            self._sysq = None
-
-    def _handle_system(self, message: _ChildFailed | _ChildExited) -> Awaitable[None] | None:
-        actor = self._actor
-        if type(message) is _ChildFailed:
-            if self._closed or actor is None or not actor._flockrt_supervises:
-                message.child._request_stop(message.error)
-                return None
-            return actor._flockrt_child_failed(message.child, message.error)
-        assert type(message) is _ChildExited
-        if self._closed or actor is None:
-            return None
-        pending = actor._flockrt_child_exited(message.child, message.reason)
-        if pending is None and message.escalated and not actor._flockrt_supervises:
-            # A child supervisor gave up or failed: like a linked process in OTP, its plain
-            # parent fails with the same error (the root then stops the whole system).
-            assert isinstance(message.reason, BaseException)
-            raise message.reason
-        return pending
-
     # ------------------------------------------------------------------ failure and stop
 
     def _on_failure(self, error: BaseException, envelope: Any) -> None:
@@ -497,8 +358,8 @@ class ActorContext(Generic[M]):
         system._failures += 1
         if system.failure_listener is not None:
             system.failure_listener(self.path, error)
-        if type(envelope) is _Ask and not envelope.future.done():
-            envelope.future.set_exception(ActorFailed(self._ref, error))
+        if is_ask(envelope):
+            settle_ask(envelope, ActorFailed(self._ref, error))
         if log.isEnabledFor(logging.ERROR):  # identical failures within a window: one line, counted
             kind = (type(self._actor), type(error), str(error))
             system.failure_log.log(
@@ -638,9 +499,8 @@ class ActorContext(Generic[M]):
         q, self._mailbox = self._mailbox, None
         if q:
             for message in q:
-                if type(message) is _Ask:
-                    if not message.future.done():
-                        message.future.set_exception(ActorStopped(self._ref, "stopped before answering"))
+                if is_ask(message):
+                    settle_ask(message, ActorStopped(self._ref, "stopped before answering"))
                 else:
                     system._dead_letter(self, message)
         waiters, self._room_waiters = self._room_waiters, None
@@ -676,6 +536,7 @@ class ActorContext(Generic[M]):
         states[self._state] -= 1
         states[state] += 1
         self._state = state
+        self._running = state == RUNNING
 
     # ------------------------------------------------------------------ introspection
 
