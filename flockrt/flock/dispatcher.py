@@ -245,7 +245,7 @@ class Dispatcher:
         here = waiting.here(self, capability, parameters, progress, timeout)
         if here is not None:
             stats = self.work_stats
-            result = await (here if stats is None else waiting.counted(here, stats))
+            result = await (here if stats is None else waiting.counted(here, stats, capability))
             work: CapabilityCall = here.work  # type: ignore[assignment]  # (a capability's)
         else:
             work = requests.call_capability(self, capability, parameters, progress)

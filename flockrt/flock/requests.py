@@ -4,7 +4,6 @@ request and awaits its answer (see :meth:`flockrt.flock.dispatcher.Dispatcher.re
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 from flockrt.actors.correlation import correlation_id
@@ -12,6 +11,7 @@ from flockrt.actors.deadlines import AskDeadlines
 from flockrt.agents.work import CapabilityCall, ProgressCallback
 from flockrt.errors import WorkTimeout
 from flockrt.flock.batches import PRIORITIES
+from flockrt.flock.waiting import counted
 
 if TYPE_CHECKING:
     from flockrt.flock.dispatcher import Dispatcher
@@ -59,20 +59,8 @@ async def answer(dispatcher: Dispatcher, work: CapabilityCall, timeout: float | 
         deadlines = dispatcher.deadlines = AskDeadlines(asyncio.get_running_loop(), _capability_timeout)
     key = deadlines.add(future, work.key, timeout) if timeout is not None else 0
     stats = dispatcher.work_stats
-    started = time.monotonic() if stats is not None else 0.0
-    outcome = "error"
     try:
-        result = await future
-        outcome = "ok"
-        return result
-    except WorkTimeout:
-        outcome = "timeout"
-        raise
-    except asyncio.CancelledError:
-        outcome = "cancelled"
-        raise
+        return await (future if stats is None else counted(future, stats, work.key))
     finally:
         if timeout is not None:
             deadlines.discard(key, future)
-        if stats is not None:
-            stats.record("capability", work.key, outcome, time.monotonic() - started)

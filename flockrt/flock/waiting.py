@@ -110,7 +110,7 @@ def capability_here(
     stats = dispatcher.work_stats
     if running is None or stats is None:
         return running
-    return counted(running, stats)
+    return counted(running, stats, capability)
 
 
 def here(
@@ -139,12 +139,14 @@ def here(
     return hand_here(dispatcher, member, skill, work, timeout)
 
 
-async def counted(running: Here, stats: WorkStats) -> Any:
-    """Await ``running`` (a capability request, see :func:`here`), counted and timed."""
+async def counted(answer: Awaitable[Any], stats: WorkStats, capability: str) -> Any:
+    """Await ``answer`` (to a request for ``capability``: a :func:`here`, or a queued request's
+    future, see :func:`flockrt.flock.requests.answer`), counted and timed in ``stats`` by
+    outcome: ``ok``, ``error``, ``timeout`` (WorkTimeout) or ``cancelled``."""
     started = time.monotonic()
     outcome = "error"
     try:
-        value = await running
+        value = await answer
         outcome = "ok"
         return value
     except WorkTimeout:
@@ -154,7 +156,7 @@ async def counted(running: Here, stats: WorkStats) -> Any:
         outcome = "cancelled"
         raise
     finally:
-        stats.record("capability", running.work.key, outcome, time.monotonic() - started)
+        stats.record("capability", capability, outcome, time.monotonic() - started)
 
 
 def free_here(dispatcher: Dispatcher, skill: Skill) -> Member | None:
