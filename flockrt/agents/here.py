@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from flockrt.agents.work import TaskRun, Work
@@ -26,7 +26,7 @@ from flockrt.errors import WorkTimeout
 if TYPE_CHECKING:
     from flockrt.agents.running import WorkRunner
 
-__all__ = ["STOPPED", "Here", "HereDeadlines", "HereSet"]
+__all__ = ["STOPPED", "Here", "HereDeadlines"]
 
 STOPPED = "agent stopped"
 """:attr:`Here.interrupted` when the agent that runs the work stopped (or restarts)."""
@@ -55,21 +55,20 @@ class Here:
         "_cancelling",
         "_context",
         "_coroutine",
-        "_next",
-        "_prev",
         "_runner",
         "_slot",
+        "index",
         "interrupted",
         "task",
         "work",
     )
 
-    def __init__(self, runner: WorkRunner, work: Work, context: contextvars.Context) -> None:
+    def __init__(self, runner: WorkRunner, work: Work, context: contextvars.Context, index: int) -> None:
         self._runner = runner
         self.work = work
         self._context = context
-        self._prev: Here | None = None  # its neighbours in its agent's work set (see HereSet)
-        self._next: Here | None = None
+        self.index = index
+        """Where it is in its agent's work set (a list: see WorkRunner.run_here)."""
         self._coroutine: Coroutine[Any, Any, Any] | None = None  # made at the first step
         self.task: asyncio.Task[Any] | None = None
         """The submitter's Task, while the handler runs in it."""
@@ -195,50 +194,6 @@ class Here:
         if slot is not None:
             slot.pop(self, None)
         self._runner._here_ended(self)
-
-
-class HereSet:
-    """An agent's work set of :class:`Here`: a list linked through the Heres themselves, so
-    that joining and leaving it cost two of their fields and no allocation (a list with each
-    Here knowing its index cost an int object per Here once the index was 256 or more, and the
-    list's own slot; a set costs about 60 bytes a member)."""
-
-    __slots__ = ("_count", "_first")
-
-    def __init__(self) -> None:
-        self._first: Here | None = None
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self) -> Iterator[Here]:
-        """Its members as they are now (a snapshot: what it yields may leave it meanwhile)."""
-        members = []
-        here = self._first
-        while here is not None:
-            members.append(here)
-            here = here._next
-        return iter(members)
-
-    def add(self, here: Here) -> None:
-        first = here._next = self._first
-        if first is not None:
-            first._prev = here
-        self._first = here
-        self._count += 1
-
-    def remove(self, here: Here) -> None:
-        """Take ``here`` (a member) out."""
-        before, after = here._prev, here._next
-        if before is None:
-            self._first = after
-        else:
-            before._next = after
-        if after is not None:
-            after._prev = before
-        here._prev = here._next = None
-        self._count -= 1
 
 
 class HereDeadlines:
