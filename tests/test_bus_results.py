@@ -11,8 +11,9 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from flockrt.bus.connection import NatsConnection
 from flockrt.bus.embedded import EmbeddedNats
-from flockrt.bus.replies import _Deadlines
+from flockrt.bus.replies import Replies
 from flockrt.errors import BusTimeout, InvalidMessage, WorkTimeout
 from flockrt.wire.schema import TaskResult
 from tests.test_bus_flock import Node
@@ -137,19 +138,33 @@ async def test_many_submits_at_once_each_get_their_own_result(nats_server: Embed
         assert _idle(producer)
 
 
-async def test_request_deadlines_share_timers_and_never_fire_early() -> None:
-    loop = asyncio.get_running_loop()
-    deadlines = _Deadlines(loop)
-    started = loop.time()
-    futures = [loop.create_future() for _ in range(200)]
-    for future in futures:
-        deadlines.add(future, "tasks.slow", 0.2)
-    answered = loop.create_future()
-    deadlines.discard(deadlines.add(answered, "tasks.slow", 0.2), answered)  # answered in time
-    answered.set_result("ok")
-    assert len(deadlines._slots) <= 2  # slots a hundredth of the timeout wide: not a timer each
-    with pytest.raises(BusTimeout, match=r"tasks\.slow"):
-        await futures[-1]
-    assert loop.time() - started >= 0.2
-    assert all(isinstance(f.exception(), BusTimeout) for f in futures)
-    assert answered.result() == "ok" and not deadlines._slots
+async def _ignore(msg: Msg) -> None:
+    """A peer that takes a request and never answers it."""
+
+
+async def test_request_deadlines_share_one_timer_and_never_fire_early(nats_server: EmbeddedNats) -> None:
+    peer = await _peer(nats_server.url, "tasks.slow", _ignore)
+    bus = NatsConnection(nats_server.url)
+    await bus.start()
+    replies = Replies(bus)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        futures = [loop.create_future() for _ in range(200)]
+        tokens = [await replies.send("tasks.slow", b"x", f, timeout=0.2) for f in futures]
+        answered = loop.create_future()
+        replies.end(await replies.send("tasks.slow", b"x", answered, timeout=0.2))  # over in time
+        answered.set_result("ok")
+        deadlines = replies._deadlines
+        assert deadlines is not None and deadlines._timer is not None  # one timer for them all
+        with pytest.raises(BusTimeout, match=r"tasks\.slow"):
+            await futures[-1]
+        assert loop.time() - started >= 0.2
+        assert all(isinstance(f.exception(), BusTimeout) for f in futures)
+        assert answered.result() == "ok" and deadlines.expired == len(futures)
+        for token in tokens:
+            replies.end(token)
+        assert replies.waiting == 0
+    finally:
+        await bus.close()
+        await peer.close()

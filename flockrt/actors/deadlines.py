@@ -18,17 +18,27 @@ import heapq
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flockrt.errors import AskTimeout
 
 if TYPE_CHECKING:
     from flockrt.actors.ref import ActorRef
 
-__all__ = ["AskDeadlines"]
+__all__ = ["AskDeadlines", "Expiring", "Slot"]
 
-Slot = dict["asyncio.Future[Any]", tuple[Any, float]]
-"""The futures whose deadline falls in one millisecond, with what their error is built from."""
+
+class Expiring(Protocol):
+    """What a deadline fails: a future, or anything that ends the same way (the flock's work
+    run in its submitter's Task, ``flockrt.agents.here.Here``)."""
+
+    def done(self) -> bool: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+Slot = dict[Expiring, tuple[Any, float]]
+"""What has its deadline in one millisecond, with what its error is built from."""
 
 _NEVER = math.inf
 
@@ -73,7 +83,7 @@ class AskDeadlines:
         slot[future] = (ref, timeout)
         return key
 
-    def hold(self, future: asyncio.Future[Any], ref: ActorRef[Any] | Any, timeout: float) -> Slot:
+    def hold(self, future: Expiring, ref: ActorRef[Any] | Any, timeout: float) -> Slot:
         """As :meth:`add`, returning the slot itself: whoever settles ``future`` removes it
         with ``slot.pop(future, None)`` (an actor's mailbox does, for the asks it answers)."""
         key = math.ceil((self._time() + timeout) * 1000.0)

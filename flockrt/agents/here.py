@@ -1,4 +1,4 @@
-"""Work run in its submitter's Task: :class:`Here`, and the deadlines that interrupt it.
+"""Work run in its submitter's Task: :class:`Here`.
 
 A submitter that waits for its work (``submit(..., wait=True)``, ``request_capability``)
 already has a Task: when an agent is free, the handler runs there, in that Task, instead of in
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import math
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -24,12 +23,18 @@ from flockrt.agents.work import TaskRun, Work
 from flockrt.errors import WorkTimeout
 
 if TYPE_CHECKING:
+    from flockrt.actors.deadlines import Slot
     from flockrt.agents.running import WorkRunner
 
-__all__ = ["STOPPED", "Here", "HereDeadlines"]
+__all__ = ["STOPPED", "Here", "here_timeout"]
 
 STOPPED = "agent stopped"
 """:attr:`Here.interrupted` when the agent that runs the work stopped (or restarts)."""
+
+
+def here_timeout(work: Work, timeout: float) -> WorkTimeout:
+    """The error of a :class:`Here` past its deadline (the ``error`` of its AskDeadlines)."""
+    return WorkTimeout(work.kind, work.key, timeout)
 
 
 class Here:
@@ -73,7 +78,7 @@ class Here:
         self.task: asyncio.Task[Any] | None = None
         """The submitter's Task, while the handler runs in it."""
         self._cancelling = 0
-        self._slot: dict[Here, float] | None = None  # its deadline's (see HereDeadlines)
+        self._slot: Slot | None = None  # its deadline's (AskDeadlines.hold, see here_timeout)
         self.interrupted: str | WorkTimeout | None = None
         """Why it was interrupted: :data:`STOPPED`, or the WorkTimeout of its deadline."""
 
@@ -132,6 +137,16 @@ class Here:
         if task is not None and self.interrupted is None:
             self.interrupted = why
             task.cancel()
+
+    def done(self) -> bool:
+        """Whether a deadline has nothing more to do here (it was interrupted already)."""
+        return self.interrupted is not None
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        """Its deadline passed (an :class:`~flockrt.actors.deadlines.AskDeadlines` of
+        :func:`here_timeout`): interrupt it with the WorkTimeout its submitter gets."""
+        assert isinstance(exception, WorkTimeout)
+        self.interrupt(exception)
 
     def _begin(self) -> Coroutine[Any, Any, Any]:
         """The first step: the handler's coroutine, in the submitter's Task."""
@@ -194,32 +209,3 @@ class Here:
         if slot is not None:
             slot.pop(self, None)
         self._runner._here_ended(self)
-
-
-class HereDeadlines:
-    """Deadlines of work run in its submitters' Tasks, grouped by millisecond (as the kernel's
-    ask deadlines are): a deadline costs a dict entry, not a timer and a timeout context.
-    Past its deadline a :class:`Here` is interrupted with the WorkTimeout its submitter gets;
-    one that ends before leaves its slot at once. A deadline fires up to 1 ms late, never
-    early."""
-
-    __slots__ = ("_loop", "_slots")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._slots: dict[int, dict[Here, float]] = {}
-
-    def add(self, here: Here, timeout: float) -> None:
-        """Interrupt ``here`` after ``timeout`` seconds unless it has ended."""
-        key = math.ceil((self._loop.time() + timeout) * 1000.0)
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = {}
-            self._loop.call_at(key / 1000.0, self._expire, key)
-        slot[here] = timeout
-        here._slot = slot
-
-    def _expire(self, key: int) -> None:
-        for here, timeout in self._slots.pop(key, {}).items():
-            work = here.work
-            here.interrupt(WorkTimeout(work.kind, work.key, timeout))

@@ -2,9 +2,10 @@
 
 A request is a publish whose reply subject is ``<inbox>.<token>``, one token per request (what
 nats-py's own requests do), and a future in a map. No Task, no ``asyncio.wait_for`` and no
-timer per request: deadlines within a hundredth of the timeout of each other share one timer,
-so a request fails with :class:`~flockrt.errors.BusTimeout` up to 1 % of its timeout (at least
-a millisecond) after it, never before. A reply nobody waits for any more (its request gave up,
+timer per request: the deadlines are the kernel's ask deadlines
+(:class:`~flockrt.actors.deadlines.AskDeadlines`: slots of a millisecond, one loop timer for
+the earliest), so a request fails with :class:`~flockrt.errors.BusTimeout` up to a millisecond
+after its timeout, never before. A reply nobody waits for any more (its request gave up,
 or was answered another way) is dropped unread.
 
 :meth:`Replies.send` lets a caller wait for a reply *or* something else on the same future (a
@@ -16,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 from typing import TYPE_CHECKING, Any, Final
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from flockrt.actors.deadlines import AskDeadlines
 from flockrt.errors import BusTimeout, BusUnavailable, NoResponders
 
 if TYPE_CHECKING:
@@ -34,46 +35,14 @@ _STATUS_PINGS: Final = 3
 """Round trips :func:`publish_checked` waits for a no-responders status."""
 
 
+def _bus_timeout(subject: str, timeout: float) -> BaseException:
+    return BusTimeout(subject, timeout)
+
+
 def no_responders(reply: Message) -> bool:
     """Whether ``reply`` is the server's status saying nobody subscribes to the request's subject."""
     headers = reply.headers
     return bool(headers) and not reply.data and headers.get("Status") == "503"
-
-
-class _Deadlines:
-    """Request deadlines in shared slots, each one loop timer: a slot is a hundredth of the
-    timeout wide (at least a millisecond), so a request fails up to 1 % of its timeout late
-    (at least a millisecond), never early, and however many requests wait, with 30 s timeouts
-    at most a hundred or so timers are in the loop (one per request would be as many timers as
-    requests, each costing heap operations in Python until its deadline)."""
-
-    __slots__ = ("_loop", "_slots")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._slots: dict[int, dict[asyncio.Future[Any], tuple[str, float]]] = {}
-
-    def add(self, future: asyncio.Future[Any], subject: str, timeout: float) -> int:
-        """Fail ``future`` with BusTimeout after ``timeout`` s unless it is done; a key for
-        :meth:`discard`."""
-        step = max(0.001, timeout / 100)
-        key = math.ceil(math.ceil((self._loop.time() + timeout) / step) * step * 1000.0)
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = {}
-            self._loop.call_at(key / 1000.0, self._expire, key)
-        slot[future] = (subject, timeout)
-        return key
-
-    def discard(self, key: int, future: asyncio.Future[Any]) -> None:
-        slot = self._slots.get(key)
-        if slot is not None:
-            slot.pop(future, None)
-
-    def _expire(self, key: int) -> None:
-        for future, (subject, timeout) in self._slots.pop(key, {}).items():
-            if not future.done():
-                future.set_exception(BusTimeout(subject, timeout))
 
 
 class Replies:
@@ -85,7 +54,7 @@ class Replies:
         self._tokens = itertools.count()
         self._inbox = ""  # "<inbox>." once subscribed
         self._subscribed: asyncio.Event | None = None  # set once the first subscribe is over
-        self._deadlines: _Deadlines | None = None
+        self._deadlines: AskDeadlines | None = None
 
     @property
     def waiting(self) -> int:
@@ -103,7 +72,7 @@ class Replies:
         try:
             inbox = self._bus.new_inbox()
             await self._bus.subscribe(f"{inbox}.*", self._on_reply)
-            self._deadlines = _Deadlines(asyncio.get_running_loop())
+            self._deadlines = AskDeadlines(asyncio.get_running_loop(), _bus_timeout)
             self._inbox = f"{inbox}."
         finally:
             subscribed = self._subscribed

@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 from flockrt.actors.correlation import correlation_id
 from flockrt.actors.deadlines import AskDeadlines
-from flockrt.agents.here import HereDeadlines
 from flockrt.agents.ports import AgentCard
 from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, TaskRun, Work
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
@@ -101,7 +100,7 @@ class Dispatcher:
         self._task_hook = self._on_task_done  # bound once: every TaskRun's on_done
         self.deadlines: AskDeadlines | None = None
         """Of capability requests (see :func:`flockrt.flock.requests.answer`), once one is made."""
-        self.here_deadlines: HereDeadlines | None = None
+        self.here_deadlines: AskDeadlines | None = None
         """Of work run in its submitters' Tasks (see :mod:`flockrt.flock.waiting`), once one has one."""
 
     # ------------------------------------------------------------------ members

@@ -17,7 +17,8 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from flockrt.actors.correlation import correlation_id
-from flockrt.agents.here import Here, HereDeadlines
+from flockrt.actors.deadlines import AskDeadlines
+from flockrt.agents.here import Here, here_timeout
 from flockrt.agents.work import CapabilityCall, ProgressCallback, Work
 from flockrt.errors import WorkFailed, WorkTimeout
 from flockrt.flock.batches import PRIORITIES
@@ -193,6 +194,6 @@ def hand_here(
     if timeout is not None:
         deadlines = dispatcher.here_deadlines
         if deadlines is None:
-            deadlines = dispatcher.here_deadlines = HereDeadlines(asyncio.get_running_loop())
-        deadlines.add(running, timeout)
+            deadlines = dispatcher.here_deadlines = AskDeadlines(asyncio.get_running_loop(), here_timeout)
+        running._slot = deadlines.hold(running, running.work, timeout)
     return running
