@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
-from flockrt.agents.work import CapabilityCall, TaskRun, Work
+from flockrt.agents.work import CapabilityCall, Work
 from flockrt.errors import WorkTimeout
 
 if TYPE_CHECKING:
     from flockrt.actors.deadlines import Slot
     from flockrt.agents.running import WorkRunner
+    from flockrt.wire.schema import TaskMessage, TaskResult
 
-__all__ = ["STOPPED", "CapabilityHere", "Here", "TaskHere", "here_timeout"]
+__all__ = ["STOPPED", "CapabilityHere", "Here", "HereSet", "TaskHere", "here_timeout"]
 
 STOPPED = "agent stopped"
 """:attr:`Here.interrupted` when the agent that runs the work stopped (or restarts)."""
@@ -72,8 +73,9 @@ class Here(Work):
         """The agent that runs it (set by ``run_here``)."""
         context: contextvars.Context
         """The agent's context its handler's steps run in (set by ``run_here``)."""
-        index: int
-        """Where it is in its agent's work set (a list: see WorkRunner.run_here)."""
+        before: Here | None
+        """Its neighbours in its agent's work set (a :class:`HereSet`)."""
+        after: Here | None
         coroutine: Coroutine[Any, Any, Any] | None
         submitter: asyncio.Task[Any] | None
         cancelling: int
@@ -154,7 +156,7 @@ class Here(Work):
         runner = self.runner
         coroutine: Coroutine[Any, Any, Any]
         try:
-            if isinstance(self, TaskRun):  # (runner._call, without its two calls)
+            if isinstance(self, TaskHere):  # (runner._call, without its two calls)
                 coroutine = getattr(runner, runner._flockrt_task_types[self.key])(self.task)
             else:
                 assert isinstance(self, CapabilityCall)
@@ -214,31 +216,90 @@ class Here(Work):
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
-class TaskHere(TaskRun, Here):
-    """A task run in its submitter's Task (``submit(..., wait=True)``): a :class:`TaskRun`
-    and its :class:`Here` in one."""
+class TaskHere(Here):
+    """A task run in its submitter's Task (``submit(..., wait=True)``): what a
+    :class:`~flockrt.agents.work.TaskRun` has that such a task uses, and its :class:`Here`,
+    in one. Not a TaskRun: it has no ``then`` and no ``waiter`` of its own (its submitter is
+    the one waiting: 24 bytes less); the flock's hook on tasks reads them as None."""
 
+    kind: ClassVar[Literal["task"]] = "task"
+    then: ClassVar[None] = None
+    waiter: ClassVar[None] = None
+
+    task: TaskMessage
+    result: TaskResult | None = None
+    """The TaskResult the flock made of it once it finished (by its hook)."""
     runner: WorkRunner = field(init=False, repr=False)
     context: contextvars.Context = field(init=False, repr=False)
-    index: int = field(init=False, repr=False)
     coroutine: Coroutine[Any, Any, Any] | None = field(default=None, init=False, repr=False)
     submitter: asyncio.Task[Any] | None = field(default=None, init=False, repr=False)
     cancelling: int = field(default=0, init=False, repr=False)
     deadline: Slot | None = field(default=None, init=False, repr=False)
     interrupted: str | WorkTimeout | None = field(default=None, init=False)
+    before: Here | None = field(default=None, init=False, repr=False)
+    after: Here | None = field(default=None, init=False, repr=False)
+
+    def outcome(self) -> Any:
+        """Its TaskResult (set by the flock's hook)."""
+        return self.result
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class CapabilityHere(CapabilityCall, Here):
     """A capability request run in its requester's Task (``request_capability``): a
-    :class:`CapabilityCall` (with no future: the value, or the failure, is the outcome) and
-    its :class:`Here` in one."""
+    :class:`~flockrt.agents.work.CapabilityCall` (with no future: the value, or the failure,
+    is the outcome) and its :class:`Here` in one."""
 
     runner: WorkRunner = field(init=False, repr=False)
     context: contextvars.Context = field(init=False, repr=False)
-    index: int = field(init=False, repr=False)
     coroutine: Coroutine[Any, Any, Any] | None = field(default=None, init=False, repr=False)
     submitter: asyncio.Task[Any] | None = field(default=None, init=False, repr=False)
     cancelling: int = field(default=0, init=False, repr=False)
     deadline: Slot | None = field(default=None, init=False, repr=False)
     interrupted: str | WorkTimeout | None = field(default=None, init=False)
+    before: Here | None = field(default=None, init=False, repr=False)
+    after: Here | None = field(default=None, init=False, repr=False)
+
+
+class HereSet:
+    """An agent's work set of :class:`Here`: a list linked through the Heres themselves
+    (``before``, ``after``), so that joining and leaving it cost no allocation (a list with
+    each Here knowing its index cost an int object per Here once the index was 256 or more,
+    and the list's slot: 30 bytes; a set about 60)."""
+
+    __slots__ = ("_count", "_first")
+
+    def __init__(self) -> None:
+        self._first: Here | None = None
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Here]:
+        """Its members as they are now (a snapshot: what it yields may leave it meanwhile)."""
+        members = []
+        here = self._first
+        while here is not None:
+            members.append(here)
+            here = here.after
+        return iter(members)
+
+    def add(self, here: Here) -> None:
+        first = here.after = self._first
+        if first is not None:
+            first.before = here
+        self._first = here
+        self._count += 1
+
+    def remove(self, here: Here) -> None:
+        """Take ``here`` (a member) out."""
+        before, after = here.before, here.after
+        if before is None:
+            self._first = after
+        else:
+            before.after = after
+        if after is not None:
+            after.before = before
+        here.before = here.after = None
+        self._count -= 1

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from flockrt.actors.correlation import correlation_id, current_agent
 from flockrt.actors.tasks import TaskOwner
-from flockrt.agents.here import STOPPED, Here
+from flockrt.agents.here import STOPPED, Here, HereSet
 from flockrt.agents.ports import WorkSource
 from flockrt.agents.work import (
     CapabilityCall,
@@ -67,7 +67,7 @@ class WorkRunner:
     _flockrt_inline: ClassVar[frozenset[str]]
     _source: WorkSource | None
     _running: TaskOwner
-    _here: list[Here]
+    _here: HereSet
     _drained: asyncio.Future[None] | None
     _handoff: Work | None
     _inline_context: contextvars.Context
@@ -353,18 +353,14 @@ class WorkRunner:
         context.run(correlation_id.set, work.correlation_id)
         if work.progress is not None:  # for report_progress
             context.run(current_work.set, work)
-        running = self._here
-        work.runner, work.context, work.index = self, context, len(running)
-        running.append(work)
+        work.runner, work.context = self, context
+        self._here.add(work)
         return work
 
     def _here_ended(self, here: Here) -> None:
         """A :class:`Here` ended: out of the work set, and its slot back to the flock."""
-        running = self._here  # (a list, each Here knowing its index: 8 bytes a piece, not a set's 60)
-        last = running.pop()
-        if last is not here:
-            running[here.index] = last
-            last.index = here.index
+        running = self._here
+        running.remove(here)
         if not running and self._drained is not None:
             self._drained.set_result(None)
             self._drained = None
