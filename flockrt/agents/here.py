@@ -24,7 +24,8 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
-from flockrt.agents.work import CapabilityCall, Work
+from flockrt.actors.correlation import correlation_id
+from flockrt.agents.work import CapabilityCall, Work, current_work
 from flockrt.errors import WorkTimeout
 
 if TYPE_CHECKING:
@@ -90,9 +91,9 @@ class Here(Work):
 
     def __next__(self) -> Any:  # (send(None), without a call more per step)
         coroutine = self.coroutine
-        if coroutine is None:
-            coroutine = self._begin()
         try:
+            if coroutine is None:
+                return self.context.run(self._start, None, None)
             return self.context.run(coroutine.send, None)
         except BaseException as ended:
             self._end(ended)
@@ -100,9 +101,9 @@ class Here(Work):
     def send(self, value: Any) -> Any:
         """One step of the handler, in the agent's context (what the Task sends in)."""
         coroutine = self.coroutine
-        if coroutine is None:
-            coroutine = self._begin()
         try:
+            if coroutine is None:
+                return self.context.run(self._start, value, None)
             return self.context.run(coroutine.send, value)
         except BaseException as ended:
             self._end(ended)
@@ -111,9 +112,9 @@ class Here(Work):
         """What the Task throws in (a cancellation) goes to the handler, in the agent's context."""
         error = kind if isinstance(kind, BaseException) else kind() if value is None else value
         coroutine = self.coroutine
-        if coroutine is None:
-            coroutine = self._begin()
         try:
+            if coroutine is None:
+                return self.context.run(self._start, None, error)
             return self.context.run(coroutine.throw, error)
         except BaseException as ended:
             self._end(ended)
@@ -147,25 +148,29 @@ class Here(Work):
         assert isinstance(exception, WorkTimeout)
         self.interrupt(exception)
 
-    def _begin(self) -> Coroutine[Any, Any, Any]:
-        """The first step: the handler's coroutine, in the submitter's Task."""
+    def _start(self, value: Any, error: BaseException | None) -> Any:
+        """The first step, in the agent's context (a copy, see WorkRunner.run_here), in the
+        submitter's Task: the work's ids set there (one entry of the context, not one more
+        ``Context.run``), the handler's coroutine made and sent ``value`` (or thrown
+        ``error``). Whatever this raises ends the work (:meth:`_end`): the handler's first
+        step, or the refusal of parameters that do not fit the handler."""
+        correlation_id.set(self.correlation_id)
+        if self.progress is not None:  # for report_progress
+            current_work.set(self)
         task = self.submitter = asyncio.current_task()
         if task is None:  # (asyncio awaits in Tasks only)
-            self._end(RuntimeError("work run by its submitter must be awaited in a Task"))
+            raise RuntimeError("work run by its submitter must be awaited in a Task")
         self.cancelling = task.cancelling()
         runner = self.runner
         coroutine: Coroutine[Any, Any, Any]
-        try:
-            if isinstance(self, TaskHere):  # (runner._call, without its two calls)
-                coroutine = getattr(runner, runner._flockrt_task_types[self.key])(self.task)
-            else:
-                assert isinstance(self, CapabilityCall)
-                name = runner._flockrt_capabilities[self.key]
-                coroutine = runner._handler("capability", name, self.parameters)
-            self.coroutine = coroutine
-        except BaseException as refused:  # the parameters do not fit the handler
-            self._end(refused)
-        return coroutine
+        if isinstance(self, TaskHere):  # (runner._call, without its two calls)
+            coroutine = getattr(runner, runner._flockrt_task_types[self.key])(self.task)
+        else:
+            assert isinstance(self, CapabilityCall)
+            name = runner._flockrt_capabilities[self.key]
+            coroutine = runner._handler("capability", name, self.parameters)
+        self.coroutine = coroutine
+        return coroutine.send(value) if error is None else coroutine.throw(error)
 
     def _end(self, ended: BaseException) -> NoReturn:
         """The handler ended with ``ended`` (StopIteration: it returned): the work's outcome to

@@ -349,11 +349,10 @@ class WorkRunner:
         table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
         if work.key not in table:
             return None
-        context = self._inline_context.copy()  # (as in _start_work), with the work's ids
-        context.run(correlation_id.set, work.correlation_id)
-        if work.progress is not None:  # for report_progress
-            context.run(current_work.set, work)
-        work.runner, work.context = self, context
+        work.runner = self
+        work.context = (
+            self._inline_context.copy()
+        )  # (as in _start_work); the work's ids set at its first step
         self._here.add(work)
         return work
 
