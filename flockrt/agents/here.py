@@ -63,7 +63,7 @@ class Here(Work):
       the submitter's Task was cancelled from elsewhere as well.
 
     The base of :class:`TaskHere` and :class:`CapabilityHere`, which hold its fields (a class
-    with fields of its own could not be a base beside TaskRun or CapabilityCall).
+    with fields of its own could not be a base beside CapabilityCall).
     """
 
     if not TYPE_CHECKING:  # (mypy would have the fields of its kinds in these slots)
