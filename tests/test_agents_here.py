@@ -4,6 +4,7 @@ what stops it, and what each side sees then."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from flockrt.actors.correlation import correlation, correlation_id, current_agen
 from flockrt.agents.agent import Agent, capability, handles_task
 from flockrt.errors import WorkFailed, WorkTimeout
 from flockrt.flock.local import LocalFlock
+from flockrt.logs import ContextFilter
 from flockrt.wire.schema import DirectMessage, TaskMessage, TaskResult
 from tests.conftest import wait_for
 
@@ -280,3 +282,78 @@ async def test_a_graceful_stop_waits_for_work_in_its_submitters_tasks(
         "RuntimeError: agent stopped",
     )
     assert "holder-2: 1 pieces of work still running after 0.01 s are cancelled" in caplog.text
+
+
+_mark: contextvars.ContextVar[str | None] = contextvars.ContextVar("test_here_mark", default=None)
+
+
+class Marker(Agent):
+    """Each piece of work reports what its context holds, sets a variable of its own there,
+    logs a line, and waits for its gate."""
+
+    max_concurrent_tasks = 4
+
+    def __init__(self, agent_id: str, gates: dict[Any, asyncio.Event], log: list[Any]) -> None:
+        super().__init__(agent_id)
+        self.gates = gates
+        self.log = log
+
+    async def _mark_and_wait(self, n: Any) -> Any:
+        self.log.append(("start", n, _mark.get(), correlation_id.get(), current_agent.get()))
+        _mark.set(f"set by {n}")
+        logging.getLogger("tests.here").info("work %s", n)
+        await self.gates.setdefault(n, asyncio.Event()).wait()
+        self.log.append(("end", n, _mark.get(), correlation_id.get()))
+        return n
+
+    @handles_task("mark")
+    async def mark(self, task: TaskMessage) -> Any:
+        return await self._mark_and_wait(task.data)
+
+    @capability("mark")
+    async def mark_capability(self, n: int) -> Any:
+        return await self._mark_and_wait(n)
+
+
+async def test_work_in_its_submitters_task_has_a_context_of_its_own(
+    flock: LocalFlock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ids are set where the handler runs (from its first step on), its own variables stay
+    its own: not the submitter's, not the next piece of work's, even in the same Task."""
+    gates: dict[Any, asyncio.Event] = {}
+    log: list[Any] = []
+    await flock.system.spawn(Marker, "marker-1", gates, log)
+    _mark.set("the submitter's")
+    caplog.set_level(logging.INFO, logger="tests.here")
+    caplog.handler.addFilter(ContextFilter())  # (as flockrt.logs.setup attaches it)
+    first = asyncio.ensure_future(flock.submit("mark", 1, wait=True, task_id="t-1"))
+    second = asyncio.ensure_future(flock.request_capability("mark", {"n": 2}))
+    await wait_for(lambda: len(events(log, "start")) == 2)
+    gates[1].set()
+    gates[2].set()
+    result = await first
+    assert isinstance(result, TaskResult) and result.result == 1
+    assert await second == 2
+    gates[3] = asyncio.Event()
+    gates[3].set()
+    with correlation("mine"):
+        again = await flock.submit("mark", 3, wait=True, task_id="t-3")  # in this same Task
+    assert isinstance(again, TaskResult) and again.result == 3
+    starts = sorted(event for event in log if event[0] == "start")
+    assert [event[2] for event in starts] == [None, None, None]  # nothing of the submitter's
+    assert [(event[3], event[4]) for event in starts] == [
+        ("t-1", "marker-1"),
+        (None, "marker-1"),
+        ("mine", "marker-1"),
+    ]
+    ends = sorted(event for event in log if event[0] == "end")
+    assert [(event[2], event[3]) for event in ends] == [
+        ("set by 1", "t-1"),
+        ("set by 2", None),
+        ("set by 3", "mine"),
+    ]
+    assert _mark.get() == "the submitter's"  # nothing leaked back
+    assert correlation_id.get() is None
+    records = {record.getMessage(): getattr(record, "correlation_id", None) for record in caplog.records}
+    assert records == {"work 1": "t-1", "work 2": None, "work 3": "mine"}
+    assert {getattr(record, "agent", None) for record in caplog.records} == {"marker-1"}

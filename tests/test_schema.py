@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -179,3 +180,13 @@ def test_subjects() -> None:
     for bad in ("", "a.b", "a b", "*", ">", "a>"):
         with pytest.raises(ValueError, match="cannot be part of a NATS subject"):
             subjects.inbox(bad)
+
+
+def test_tasks_and_results_stay_out_of_the_garbage_collector() -> None:
+    """A TaskMessage or TaskResult cannot refer back to itself (frozen, and its data is the
+    sender's), so it is not tracked (``gc=False``): one object less for every collection to
+    walk per task in flight, 16 bytes less each. Even with containers in it."""
+    task = TaskMessage(id="t-1", type="echo", data={"items": [1, 2]}, metadata={"k": []})
+    result = TaskResult(task_id="t-1", result={"items": [1, 2]}, processed_by="a")
+    assert not gc.is_tracked(task) and not gc.is_tracked(result)
+    assert msgspec.json.decode(msgspec.json.encode(task), type=TaskMessage) == task

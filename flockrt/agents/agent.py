@@ -32,7 +32,7 @@ from flockrt.actors.actor import Actor
 from flockrt.actors.correlation import correlation_id, current_agent
 from flockrt.actors.tasks import TaskOwner
 from flockrt.agents.decorators import CAPABILITY, TASK_TYPE, capability, handles_task, never_waits
-from flockrt.agents.here import Here
+from flockrt.agents.here import HereSet
 from flockrt.agents.params import Parameters
 from flockrt.agents.ports import AgentCard, Membership, WorkSource
 from flockrt.agents.running import WorkRunner
@@ -116,7 +116,7 @@ class Agent(Actor[Any], WorkRunner):
         self._flock: Membership | None = None
         self._source: WorkSource | None = None  # the dispatcher, once the agent joined its flock
         self._running = TaskOwner(f"agent {agent_id}", log)
-        self._here: list[Here] = []  # work running in its submitters' Tasks (see run_here)
+        self._here = HereSet()  # work running in its submitters' Tasks (see run_here)
         self._drained: asyncio.Future[None] | None = None  # a stop waits for _here (see run_here)
         self._handoff: Work | None = None  # see _runner
         # Where handlers that never wait run (see _step): a context of the agent's own.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from flockrt.actors.correlation import correlation_id, current_agent
 from flockrt.actors.tasks import TaskOwner
-from flockrt.agents.here import STOPPED, Here
+from flockrt.agents.here import STOPPED, Here, HereSet
 from flockrt.agents.ports import WorkSource
 from flockrt.agents.work import (
     CapabilityCall,
@@ -67,7 +67,7 @@ class WorkRunner:
     _flockrt_inline: ClassVar[frozenset[str]]
     _source: WorkSource | None
     _running: TaskOwner
-    _here: list[Here]
+    _here: HereSet
     _drained: asyncio.Future[None] | None
     _handoff: Work | None
     _inline_context: contextvars.Context
@@ -323,12 +323,12 @@ class WorkRunner:
             owner.ended(task, error)
 
     def run_here(self, work: Work) -> Here | None:
-        """``work`` to run in the current Task, its submitter's, which waits for it: the
-        flock's path for a submitter that waits (``submit(..., wait=True)``,
-        ``request_capability``) when this agent is free, with no runner Task. The submitter
-        must await the :class:`~flockrt.agents.here.Here` at once: that runs the handler and
-        gives the work's outcome; the slot the flock took for it is given back at its end,
-        as a runner gives it back.
+        """``work`` (a :class:`~flockrt.agents.here.Here`: a TaskHere or a CapabilityHere)
+        to run in the current Task, its submitter's, which waits for it: the flock's path
+        for a submitter that waits (``submit(..., wait=True)``, ``request_capability``) when
+        this agent is free, with no runner Task. The submitter must await it at once: that
+        runs the handler and gives the work's outcome; the slot the flock took for it is
+        given back at its end, as a runner gives it back.
 
         The agent still owns the work: it is in the agent's work set while it runs, so a
         graceful stop waits for it, and an agent that stops (or restarts) interrupts it (see
@@ -341,31 +341,25 @@ class WorkRunner:
 
         Returns:
             None, having done nothing, when this instance cannot take work right now (see
-            :meth:`take_work`) or the work is not for this path (a batch, a skill it does
-            not offer): the flock then takes the usual path.
+            :meth:`take_work`) or the work is not for this path (not a Here, a skill it does
+            not offer): the flock then takes the usual path. Else ``work`` itself.
         """
-        if not self._context.runs(self):  # type: ignore[arg-type]  # (self is an Agent)
-            return None
+        if not isinstance(work, Here) or not self._context.runs(self):  # type: ignore[arg-type]
+            return None  # (self is an Agent)
         table = self._flockrt_capabilities if work.kind == "capability" else self._flockrt_task_types
-        method_name = table.get(work.key)
-        if method_name is None or type(work) is TaskBatch:
+        if work.key not in table:
             return None
-        context = self._inline_context.copy()  # (as in _start_work), with the work's ids
-        context.run(correlation_id.set, work.correlation_id)
-        if work.progress is not None:  # for report_progress
-            context.run(current_work.set, work)
-        running = self._here
-        here = Here(self, work, context, len(running))
-        running.append(here)
-        return here
+        work.runner = self
+        work.context = (
+            self._inline_context.copy()
+        )  # (as in _start_work); the work's ids set at its first step
+        self._here.add(work)
+        return work
 
     def _here_ended(self, here: Here) -> None:
         """A :class:`Here` ended: out of the work set, and its slot back to the flock."""
-        running = self._here  # (a list, each Here knowing its index: 8 bytes a piece, not a set's 60)
-        last = running.pop()
-        if last is not here:
-            running[here.index] = last
-            last.index = here.index
+        running = self._here
+        running.remove(here)
         if not running and self._drained is not None:
             self._drained.set_result(None)
             self._drained = None

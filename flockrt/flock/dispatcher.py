@@ -245,7 +245,7 @@ class Dispatcher:
         if here is not None:
             stats = self.work_stats
             result = await (here if stats is None else waiting.counted(here, stats, capability))
-            work: CapabilityCall = here.work  # type: ignore[assignment]  # (a capability's)
+            work: CapabilityCall = here  # (a CapabilityHere: the work itself)
         else:
             work = requests.call_capability(self, capability, parameters, progress)
             result = await requests.answer(self, work, timeout)

@@ -218,8 +218,10 @@ class LocalFlock:
             NoCapableAgent: no agent of this process handles ``task_type``.
             WorkTimeout: ``wait`` and no result within ``timeout`` seconds.
         """
-        task = batches.new_task(  # (self.new_task, without its frame: every task comes here)
-            self.node, task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
+        # (through self.new_task: a call more, but a stack slot less in every in-flight submit's
+        # frame, 8 bytes: a bound method takes 6 arguments where batches.new_task takes 7)
+        task = self.new_task(
+            task_type, data, priority=priority, task_id=task_id, timeout=timeout, metadata=metadata
         )
         if not wait:
             self.dispatcher.dispatch_task(task)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flockrt.actors.correlation import correlation_id
 from flockrt.actors.deadlines import AskDeadlines
-from flockrt.agents.here import Here, here_timeout
-from flockrt.agents.work import CapabilityCall, ProgressCallback, Work
+from flockrt.agents.here import CapabilityHere, Here, TaskHere, here_timeout
+from flockrt.agents.work import ProgressCallback
 from flockrt.errors import WorkFailed, WorkTimeout
 from flockrt.flock.batches import PRIORITIES
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from flockrt.flock.skills import Member, Skill
     from flockrt.flock.stats import WorkStats
     from flockrt.wire.schema import TaskMessage, TaskResult
+
+H = TypeVar("H", bound=Here)
 
 __all__ = ["capability_here", "counted", "free_here", "hand_here", "here", "run_task", "task_here"]
 
@@ -82,7 +84,14 @@ def task_here(
     member = dispatcher.free_member(skill)
     if member is None or member.card.run_here is None:
         return None
-    work = dispatcher.task_run(task, None, progress, correlation_id.get() or task.id, None)
+    work = TaskHere(  # (as Dispatcher.task_run makes a TaskRun: one hook for every task)
+        key=task.type,
+        task=task,
+        priority=PRIORITIES[task.priority],
+        on_done=dispatcher._task_hook,
+        progress=progress,
+        correlation_id=correlation_id.get() or task.id,
+    )
     return hand_here(dispatcher, member, skill, work, timeout)
 
 
@@ -120,7 +129,7 @@ def here(
     parameters: Any,
     progress: ProgressCallback | None,
     timeout: float | None,
-) -> Here | None:
+) -> CapabilityHere | None:
     """A capability request run by a free local agent in the requester's own Task, to be
     awaited at once (see :func:`hand_here`); None when nothing of it waits and no agent is
     free."""
@@ -130,7 +139,7 @@ def here(
     member = free_here(dispatcher, skill)
     if member is None:
         return None
-    work = CapabilityCall(
+    work = CapabilityHere(
         key=capability,
         parameters=parameters,
         priority=PRIORITIES["medium"],
@@ -172,8 +181,8 @@ def free_here(dispatcher: Dispatcher, skill: Skill) -> Member | None:
 
 
 def hand_here(
-    dispatcher: Dispatcher, member: Member, skill: Skill, work: Work, timeout: float | None
-) -> Here | None:
+    dispatcher: Dispatcher, member: Member, skill: Skill, work: H, timeout: float | None
+) -> H | None:
     """Have ``member`` (of :func:`free_here`) run ``work`` in the current Task, its
     submitter's, which awaits the Here at once (``Agent.run_here``): the agent's slot is
     taken as for a handover (:meth:`Dispatcher.hand_over`), and the agent gives it back at
@@ -185,8 +194,7 @@ def hand_here(
     handed = member.handed
     handed[skill] = handed.get(skill, 0) + 1  # (its free entries: see Dispatcher.free_member)
     run_here = member.card.run_here
-    running = run_here(work) if run_here is not None else None
-    if running is None:
+    if run_here is None or run_here(work) is None:
         member.running -= 1
         handed[skill] -= 1
         dispatcher.offer(member)
@@ -195,5 +203,5 @@ def hand_here(
         deadlines = dispatcher.here_deadlines
         if deadlines is None:
             deadlines = dispatcher.here_deadlines = AskDeadlines(asyncio.get_running_loop(), here_timeout)
-        running._slot = deadlines.hold(running, running.work, timeout)
-    return running
+        work.deadline = deadlines.hold(work, work, timeout)
+    return work

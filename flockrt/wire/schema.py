@@ -63,7 +63,7 @@ class _Wire(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     so peers see the documented shape."""
 
 
-class TaskMessage(_Wire, frozen=True, kw_only=True):
+class TaskMessage(_Wire, frozen=True, kw_only=True, gc=False):
     """A unit of work on ``tasks.<type>``, handled once across the flock (queue group)."""
 
     id: str
@@ -76,7 +76,7 @@ class TaskMessage(_Wire, frozen=True, kw_only=True):
     metadata: dict[str, Any] | None = None
 
 
-class TaskResult(_Wire, frozen=True, kw_only=True):
+class TaskResult(_Wire, frozen=True, kw_only=True, gc=False):
     """The outcome of a task, on ``task.result`` (and the task's reply subject, if any)."""
 
     task_id: str
