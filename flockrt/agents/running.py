@@ -350,9 +350,8 @@ class WorkRunner:
         if work.key not in table:
             return None
         work.runner = self
-        work.context = (
-            self._inline_context.copy()
-        )  # (as in _start_work); the work's ids set at its first step
+        # (as in _start_work; the work's ids are set at its first step)
+        work.context = self._inline_context.copy()
         self._here.add(work)
         return work
 
