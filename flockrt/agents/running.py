@@ -111,16 +111,36 @@ class WorkRunner:
         ``inline_capabilities``) here and now: the flock's fast path for work that finds a free
         agent, with no :class:`Work` and no handover (the flock keeps the agent's slot count).
 
+        This is :meth:`_step` in one frame, for the usual case (no handler of this agent's
+        running further up the stack): the correlation id is set in the agent's context and
+        the handler's one step run there, both as calls of ``Context.run`` (no Python frame of
+        their own); a nested call takes :meth:`_step`, which copies the context.
+
         Returns:
             ``(value, None)``, or ``(None, failure)`` when the handler raised; None, having
             run nothing, when this instance cannot take work right now (see :meth:`take_work`).
         """
         if not self._context.runs(self):  # type: ignore[arg-type]  # (self is an Agent)
             return None
-        table = self._flockrt_capabilities if kind == "capability" else self._flockrt_task_types
         self.tasks_processed += 1
         try:
-            return self._step(self._handler(kind, table[key], payload), correlation), None
+            if kind == "task":
+                handler: Coroutine[Any, Any, Any] = getattr(self, self._flockrt_task_types[key])(payload)
+            else:
+                handler = self._handler(kind, self._flockrt_capabilities[key], payload)
+            if self._stepping:  # within one of its own handlers: a copy of that context
+                return self._step(handler, correlation), None
+            context = self._inline_context
+            context.run(correlation_id.set, correlation)
+            self._stepping = 1
+            try:
+                context.run(handler.send, None)
+            finally:
+                self._stepping = 0
+            handler.close()  # it waited after all (a method replaced on the instance?)
+            raise RuntimeError("an inline handler tried to wait")
+        except StopIteration as returned:  # (from the handler's one step only)
+            return returned.value, None
         except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _step)
             return None, self._task_failed(kind, key, exc, correlation)
 

@@ -34,6 +34,7 @@ from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, Tas
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
 from flockrt.flock import batches, requests, waiting
 from flockrt.flock.batches import PRIORITIES
+from flockrt.flock.inline import TaskFastPath
 from flockrt.flock.skills import Member, Skill, push_lowered
 from flockrt.flock.stats import WorkStats
 from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
@@ -56,7 +57,7 @@ CapabilityFallback = Callable[..., Awaitable[CapabilityResponse]]
 called like :meth:`Dispatcher.request_capability_response`."""
 
 
-class Dispatcher:
+class Dispatcher(TaskFastPath):
     """The skills of one process's agents, who of them is free, and the work waiting for them.
 
     It is the agents' :class:`~flockrt.agents.ports.WorkSource`: a flock calls :meth:`join`
