@@ -258,7 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", choices=_harness.LOOPS, default="asyncio", help="default: asyncio")
     parser.add_argument("--quick", action="store_true", help="small N, one run each: a smoke run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--only",
+        metavar="ROWS",
+        help="a comma-separated subset of fanout, worker, batched, capability (default: all)",
+    )
     args = parser.parse_args(argv)
+    only = {name.strip() for name in args.only.split(",")} if args.only else None
+    unknown = (only or set()) - {"fanout", "worker", "batched", "capability"}
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; expected fanout, worker, batched, capability")
 
     sizes = QUICK if args.quick else FULL
     info = {**describe(args.loop, args.quick), "nats_server": nats_server_version()}
@@ -267,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{info['nats_server']} at {url}")
         suite = BusSuite(args.loop, sizes, url)
         workloads = [suite.fanout, suite.worker, suite.batched, suite.capability]
+        workloads = [w for w in workloads if only is None or w.__name__ in only]
         for number, workload in enumerate(workloads, 1):
             say(f"[{number}/{len(workloads)}] {workload.__doc__}")
             rows += workload()

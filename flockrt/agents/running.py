@@ -18,7 +18,8 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Coroutine
+import types
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from flockrt.actors.correlation import correlation_id, current_agent
@@ -49,6 +50,20 @@ _RUNS_PER_TURN = 64
 """Pieces of work a runner does in a row before it yields to the loop (as an actor's turn)."""
 
 
+@types.coroutine
+def _drive() -> Generator[Any, Any, None]:
+    """The driver of an agent's handlers that never wait (``WorkRunner._run_now``): each
+    ``send(handler)`` runs a handler's coroutine to its end and returns its value.
+
+    ``yield from`` takes a coroutine's return value without the StopIteration its own
+    ``send`` raises, which costs as much as the rest of the handler's step. A handler that
+    raises ends its driver (the agent makes a new one); one that waits after all leaves the
+    driver inside it (``gi_yieldfrom``), and the agent closes both."""
+    handler = yield
+    while True:  # (its value is not kept in a local: the driver holds nothing between handlers)
+        handler = yield (yield from handler)
+
+
 class _Waiting:
     """``Agent._handoff`` while a runner reports its free slot: it takes the next piece."""
 
@@ -72,6 +87,8 @@ class WorkRunner:
     _handoff: Work | None
     _inline_context: contextvars.Context
     _stepping: int
+    _driver: Generator[Any, Any, None] | None = None
+    """Runs the handlers that never wait on the fast path (see :func:`_drive`); made at first use."""
 
     if TYPE_CHECKING:
         _context: ActorContext[Any]
@@ -111,16 +128,45 @@ class WorkRunner:
         ``inline_capabilities``) here and now: the flock's fast path for work that finds a free
         agent, with no :class:`Work` and no handover (the flock keeps the agent's slot count).
 
+        This is :meth:`_step` in one frame, for the usual case (no handler of this agent's
+        running further up the stack): the correlation id is set in the agent's context and
+        the handler run there by the agent's driver (:func:`_drive`: its value comes back
+        without a StopIteration), both as calls of ``Context.run`` (no Python frame of their
+        own); a nested call takes :meth:`_step`, which copies the context.
+
         Returns:
             ``(value, None)``, or ``(None, failure)`` when the handler raised; None, having
             run nothing, when this instance cannot take work right now (see :meth:`take_work`).
         """
         if not self._context.runs(self):  # type: ignore[arg-type]  # (self is an Agent)
             return None
-        table = self._flockrt_capabilities if kind == "capability" else self._flockrt_task_types
         self.tasks_processed += 1
         try:
-            return self._step(self._handler(kind, table[key], payload), correlation), None
+            if kind == "task":
+                handler: Coroutine[Any, Any, Any] = getattr(self, self._flockrt_task_types[key])(payload)
+            else:
+                handler = self._handler(kind, self._flockrt_capabilities[key], payload)
+            if self._stepping:  # within one of its own handlers: a copy of that context
+                return self._step(handler, correlation), None
+            driver = self._driver
+            if driver is None:
+                driver = self._driver = _drive()
+                driver.send(None)
+            context = self._inline_context
+            context.run(correlation_id.set, correlation)
+            self._stepping = 1
+            try:
+                value = context.run(driver.send, handler)
+            except BaseException:
+                self._driver = None  # the handler's exception ended its driver
+                raise
+            finally:
+                self._stepping = 0
+            if driver.gi_yieldfrom is not None:  # type: ignore[attr-defined]  # it waited after all
+                self._driver = None
+                driver.close()  # (and the handler with it)
+                raise RuntimeError("an inline handler tried to wait")
+            return value, None
         except (Exception, asyncio.CancelledError) as exc:  # its own exception (see _step)
             return None, self._task_failed(kind, key, exc, correlation)
 

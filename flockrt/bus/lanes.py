@@ -156,8 +156,10 @@ class CoreLane:
     ) -> None:
         self.task_type = task_type
         self.subject = subjects.tasks(task_type)
-        self.bus: NatsConnection = outlet.bus
         self.outlet = outlet
+        # Outlet.decode's usual case (no headers, JSON), inlined in on_message:
+        self._decode = outlet.codec.json_decoder(TaskMessage).decode
+        self._max_bytes = outlet.codec.max_bytes
         self.dispatcher = dispatcher
         self.node = node
         self.prefetch = prefetch
@@ -182,11 +184,15 @@ class CoreLane:
         self._pumping = False
         self._stopping = False
         self._idle: asyncio.Future[None] | None = None  # wait_idle's, while it waits
-        self._then = self._done  # bound once: what a task without a reply calls when done
         self._warnings = RepeatedLines()  # a burst of refusals: one line, then one with the count
         self.shared = False
         """Whether the lane takes an equal share (its server is one of a cluster, seen at
         :meth:`start`): one unbounded subscription, never withdrawn while it runs."""
+
+    @property
+    def bus(self) -> NatsConnection:
+        """The process's NATS connection (the outlet's)."""
+        return self.outlet.bus
 
     @property
     def keeper(self) -> bool:
@@ -311,7 +317,14 @@ class CoreLane:
 
     def on_message(self, message: Message) -> None:
         """A task from ``tasks.<type>``: start it if a slot is free, else hold it."""
-        task = self.outlet.decode(message, TaskMessage)
+        data = message.data
+        task: TaskMessage | None
+        try:  # Outlet.decode's usual case (JSON, no headers) here; any other, or a failure, there
+            task = self._decode(data) if not message.headers and len(data) <= self._max_bytes else None
+        except Exception:  # (Outlet.decode says why)
+            task = None
+        if task is None:
+            task = self.outlet.decode(message, TaskMessage)
         if task is None:  # counted and logged by decode
             if message.reply:
                 reason = self.outlet.why_invalid(message, TaskMessage)
@@ -380,22 +393,29 @@ class CoreLane:
 
     def _start(self, task: TaskMessage, message: Message) -> None:
         self.running += 1
-        reply = message.reply
         headers = message.headers
-        correlation = headers.get(CORRELATION_HEADER) if headers else None
-
-        then: Callable[[TaskResult], None] = self._then  # (no closure per task without a reply)
+        # The correlation id goes with the work (to its handler and logs) as an argument:
+        # setting the context variable here would cost a set and a reset per task.
+        correlation = (headers.get(CORRELATION_HEADER) if headers else None) or task.id
+        dispatcher = self.dispatcher
+        # The dispatcher's fast path first (a free agent whose handler never waits): the
+        # result comes back here, and this is its ``then``.
+        result = dispatcher.run_task_now(task, correlation)
+        if result is not None:
+            self._finished()
+            if message.reply:
+                self.outlet.answer_task(message.reply, result, headers)
+            return
+        reply = message.reply
+        then: Callable[[TaskResult], None] = self._done  # (no closure per task without a reply)
         if reply:
 
             def then(result: TaskResult) -> None:
                 self._finished()
                 self.outlet.answer_task(reply, result, headers)
 
-        try:
-            # The correlation id goes with the work (to its handler and logs) as an argument:
-            # setting the context variable here would cost a set and a reset per task.
-            # dispatch_task tries the dispatcher's one fast path first.
-            self.dispatcher.dispatch_task(task, then, correlation=correlation or task.id)
+        try:  # the usual path (dispatch_task's, after its fast path)
+            dispatcher.dispatch(dispatcher.task_run(task, then, None, correlation, None))
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
             self._finished()
             self._answer(task, message, str(exc), type(exc).__name__)
@@ -412,7 +432,7 @@ class CoreLane:
             self._arm_soon()
         elif self.handoff is not None:
             self.handoff.finished()
-        if self.running == 0 and self._idle is not None and not self._idle.done():
+        if self._idle is not None and self.running == 0 and not self._idle.done():
             self._idle.set_result(None)
 
     def _pump(self) -> None:

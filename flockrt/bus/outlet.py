@@ -60,6 +60,7 @@ class Outlet:
         self.unsendable = 0
         """Answers replaced by an error answer because they could not be sent."""
         self._json_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}  # (the codec's, by type)
+        self._encode_json = msgspec.json.Encoder().encode  # (as the codec's: one call less)
         self._last_result: TaskResult | None = None  # what publish_result sent last, and its bytes
         self._last_data = b""
         self._outbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
@@ -170,7 +171,7 @@ class Outlet:
         about 7 us a result to build and parse, a fifth of a fan-out task's whole cost)."""
         headers = {CORRELATION_HEADER: correlation} if correlation and correlation != result.task_id else None
         try:  # encode_answer, inlined: this is every task's way out
-            data = self.codec.encode(result)
+            data = self._encode_json(result)
         except _UNENCODABLE:
             data = b""
         if not data or len(data) > self.bus.max_payload:

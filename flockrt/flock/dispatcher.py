@@ -7,6 +7,8 @@ work waiting in this process runs first and no agent is given more than it can r
 There is ONE fast path, for tasks and capability requests alike (:meth:`Dispatcher.run_now`):
 when nothing of a skill waits and the best free agent's handler never waits, the agent runs the
 work then and there, with no :class:`~flockrt.agents.work.Work`, no handover and no Task.
+A task from NATS takes it in one frame, its caller taking the TaskResult (:meth:`run_task_now`,
+:mod:`flockrt.flock.inline`).
 
 Both flocks have a dispatcher (composition): :class:`~flockrt.flock.local.LocalFlock` in one
 process, and :class:`~flockrt.bus.flock.NatsFlock`, which feeds it the tasks and capability
@@ -34,6 +36,7 @@ from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, Tas
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
 from flockrt.flock import batches, requests, waiting
 from flockrt.flock.batches import PRIORITIES
+from flockrt.flock.inline import TaskFastPath
 from flockrt.flock.skills import Member, Skill, push_lowered
 from flockrt.flock.stats import WorkStats
 from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
@@ -56,7 +59,7 @@ CapabilityFallback = Callable[..., Awaitable[CapabilityResponse]]
 called like :meth:`Dispatcher.request_capability_response`."""
 
 
-class Dispatcher:
+class Dispatcher(TaskFastPath):
     """The skills of one process's agents, who of them is free, and the work waiting for them.
 
     It is the agents' :class:`~flockrt.agents.ports.WorkSource`: a flock calls :meth:`join`

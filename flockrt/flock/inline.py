@@ -1,0 +1,121 @@
+"""The dispatcher's fast path for a task whose caller takes its TaskResult itself:
+:class:`TaskFastPath`, a part of :class:`~flockrt.flock.dispatcher.Dispatcher`.
+
+A task from NATS (``bus/lanes.py``) that finds a free agent whose handler never waits runs
+within the callback that received it: :meth:`TaskFastPath.run_task_now` is
+:meth:`Dispatcher.run_now <flockrt.flock.dispatcher.Dispatcher.run_now>` and its delivery of a
+task's outcome in one frame, with no origin, no delivery callback and no ``then`` per task:
+the caller gets the TaskResult back and answers the request itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from heapq import heapreplace
+from typing import TYPE_CHECKING, Any
+
+from flockrt.errors import WorkFailed
+from flockrt.flock.skills import Member, Skill
+from flockrt.flock.stats import WorkStats
+from flockrt.wire.schema import TaskMessage, TaskResult
+
+__all__ = ["TaskFastPath"]
+
+log = logging.getLogger("flockrt.flock")
+
+
+class TaskFastPath:
+    """The part of :class:`~flockrt.flock.dispatcher.Dispatcher` that runs a task on its fast
+    path for a caller that takes the TaskResult (a base of Dispatcher only: it works on the
+    dispatcher's fields)."""
+
+    sink: Callable[[TaskResult, str | None], None] | None
+    work_stats: WorkStats | None
+    tasks_finished: dict[str, int]
+    _task_skills: dict[str, Skill]
+    _heap_changes: int
+    _result_listeners: list[Callable[[TaskResult], None]]
+
+    if TYPE_CHECKING:
+
+        def free_member(self, skill: Skill) -> Member | None: ...
+
+        def offer(self, member: Member) -> None: ...
+
+        def task_result(
+            self, task: TaskMessage, agent_id: str, seconds: float, value: Any, error: WorkFailed | None
+        ) -> TaskResult: ...
+
+        def pump(self, skill: Skill) -> None: ...
+
+    def run_task_now(self, task: TaskMessage, correlation: str) -> TaskResult | None:
+        """Run ``task`` here and now if nothing of its type waits and the best free agent's
+        handler never waits (the rules of ``Dispatcher._run_inline_now``), count and time it,
+        hand its TaskResult to the sink (with ``correlation``, the id of its work) and the
+        result listeners, hand out what was queued meanwhile, and return it: what
+        ``dispatch_task(task, then)`` does on its fast path, ``then`` being the caller's own
+        code after the call. None, having done nothing, when the task must take the usual
+        path (``dispatch_task``, or ``dispatch`` of a ``task_run``)."""
+        skill = self._task_skills.get(task.type)
+        if skill is None or skill.pumping or skill.waiting or not skill.inline:
+            return None
+        member = self.free_member(skill)
+        if member is None:
+            return None
+        card = member.card
+        run_now = card.run_now
+        if run_now is None or skill.name not in card.inline_task_types:
+            return None
+        # From here on ``Dispatcher._run_inline_now`` for a task, in this frame: see there.
+        heap = skill.free
+        entry = heap[0]  # the member's current entry (see free_member)
+        changes = self._heap_changes
+        member.version = 0  # its free entries are stale while it runs
+        member.running += 1
+        skill.pumping = True
+        ran = None
+        started = time.monotonic()
+        try:
+            ran = run_now("task", skill.name, task, correlation)
+        finally:  # (even for a BaseException: the agent must not drop out of the free heaps)
+            skill.pumping = False
+            member.running -= 1
+            if ran is not None:
+                handed = member.handed[skill] = member.handed.get(skill, 0) + 1
+            if self._heap_changes == changes:  # one sift (its load is what it was)
+                member.version = entry[3]
+                if ran is not None:
+                    heapreplace(heap, (entry[0], handed, entry[2], entry[3]))
+            else:  # work was dispatched while it ran (its handler did that): a full re-offer
+                self.offer(member)
+        if ran is None:  # it cannot take work right now (restarting, say): the usual path
+            return None
+        seconds = time.monotonic() - started
+        value, error = ran
+        if error is None:  # (task_result, inlined for the usual outcome)
+            self.tasks_finished["ok"] += 1
+            result = TaskResult(
+                task_id=task.id, result=value, processed_by=card.id, duration_ms=seconds * 1000
+            )
+        else:
+            result = self.task_result(task, card.id, seconds, None, error)
+        stats = self.work_stats
+        if stats is not None:
+            stats.record("task", skill.name, result.status, seconds)
+        sink = self.sink
+        if sink is not None:  # (Dispatcher.report, inlined)
+            try:
+                sink(result, correlation)
+            except Exception:  # as for a listener: the others still get the result
+                log.exception("task result of %s not published", task.id)
+        for listener in self._result_listeners:
+            try:
+                listener(result)
+            except Exception:  # one listener's bug must not cost the others their result
+                log.exception("task result listener %r failed", listener)
+        for other in member.skills:  # (Dispatcher.pump_skills_of, inlined)
+            if other.waiting:
+                self.pump(other)
+        return result
