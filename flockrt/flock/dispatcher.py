@@ -7,8 +7,8 @@ work waiting in this process runs first and no agent is given more than it can r
 There is ONE fast path, for tasks and capability requests alike (:meth:`Dispatcher.run_now`):
 when nothing of a skill waits and the best free agent's handler never waits, the agent runs the
 work then and there, with no :class:`~flockrt.agents.work.Work`, no handover and no Task.
-A task from NATS takes it in one frame, its caller taking the TaskResult (:meth:`run_task_now`,
-:mod:`flockrt.flock.inline`).
+A task from NATS takes it with its caller taking the TaskResult, with no delivery callback
+(:meth:`run_task_now`, :mod:`flockrt.flock.inline`).
 
 Both flocks have a dispatcher (composition): :class:`~flockrt.flock.local.LocalFlock` in one
 process, and :class:`~flockrt.bus.flock.NatsFlock`, which feeds it the tasks and capability
