@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import weakref
 from typing import Any
 
@@ -169,6 +170,16 @@ async def test_an_ask_deadline_is_never_early_and_late_by_at_most_the_sweep_and_
             await ask
         assert loop.time() - asked >= timeout
     ref._cell._actor.gate.set()  # type: ignore[union-attr]
+
+
+async def test_an_infinite_ask_timeout_waits_as_none_does(system: ActorSystem) -> None:
+    ref = await system.spawn(Silent)
+    ask = asyncio.ensure_future(ref.ask("answered late", timeout=math.inf))
+    await wait_for(lambda: bool(system._ask_deadlines.entered))
+    await wait_for(lambda: swept(system))
+    assert held(system) == 0 and not ask.done()  # no deadline slot: it has no deadline
+    ref._cell._actor.gate.set()  # type: ignore[union-attr]
+    assert await ask == "answered late"
 
 
 async def test_ask_timeouts_under_load_all_fire_none_early(system: ActorSystem) -> None:

@@ -148,7 +148,10 @@ class AskDeadlines:
                     future = envelope[2]
                     if not future.done():
                         timeout = envelope[4]
-                        key = math.ceil((since + timeout) * 1000.0)
+                        deadline = (since + timeout) * 1000.0
+                        if deadline == _NEVER:  # an infinite timeout: it waits as without one
+                            continue
+                        key = math.ceil(deadline)
                         slot = slots.get(key)
                         if slot is None:
                             slot = self._open(key)
