@@ -9,16 +9,17 @@ keys wait in a heap of ints; a slot that empties before its deadline is dropped 
 comes by.
 
 An actor's ask does not even enter a slot at first (:meth:`AskDeadlines.enter`): its envelope
-is appended to a list that a *sweep* goes through :data:`SWEEP` seconds later. Most asks are
-answered by then (a clock read, a slot's dict insert and removal per ask were 4.0k of the 5.8k
-instructions an ask cost more than the bare limit's with 100 askers); the sweep drops those and
-puts the ones still waiting into the slot of ``sweep time + timeout``, from which they leave
-when they are done (the slot is their future's done callback), so an answered ask is released
-within a millisecond or two, never kept until its deadline. A deadline is therefore never early
-and at most about 2 ms late: up to :data:`SWEEP` from the ask to the sweep and up to 1 ms from
-the slot's rounding, more only when the loop itself is late (a callback that blocks it delays
-every timer). What its settler removes itself (:meth:`~AskDeadlines.hold`, :meth:`~AskDeadlines.add`)
-enters its slot at once, from its own clock read: at most 1 ms late.
+is appended to a list that a *sweep* goes through every :data:`SWEEP` seconds while asks wait.
+A clock read, a slot's dict insert and its removal per ask were 4.0k of the 5.8k instructions
+an ask cost more than the bare limit's with 100 askers; almost every ask is answered within a
+sweep or two, and the sweeps drop it then. What is still unanswered at the first sweep after
+its ask is timed from that sweep; what is still unanswered at the second goes into the slot of
+its deadline and leaves it when done (the slot is its future's done callback), so an answered
+ask is released within about two sweeps, never kept until its deadline. A deadline is therefore
+never early and at most about 2 ms late: up to :data:`SWEEP` from the ask to the first sweep
+and up to 1 ms from the slot's rounding, more only when the loop itself is late (a callback that
+blocks it delays every timer). What its settler removes itself (:meth:`~AskDeadlines.hold`,
+:meth:`~AskDeadlines.add`) enters its slot at once, from its own clock read: at most 1 ms late.
 """
 
 from __future__ import annotations
