@@ -65,12 +65,10 @@ def turn(cell: ActorContext[Any]) -> None:
             budget -= 1
             envelope = q.popleft()
             if type(envelope) is tuple and envelope and envelope[0] is ASK:
-                _, message, future, slot = envelope
-                reply = receive(message)
+                future = envelope[2]
+                reply = receive(envelope[1])
                 if not future.done():
                     future.set_result(reply)
-                if slot is not None:
-                    slot.pop(future, None)
             else:
                 receive(envelope)
     except (Exception, asyncio.CancelledError) as exc:
@@ -115,12 +113,10 @@ async def drain(cell: ActorContext[Any]) -> None:
                 budget -= 1
                 envelope = q.popleft()
                 if type(envelope) is tuple and envelope and envelope[0] is ASK:
-                    _, message, future, slot = envelope
-                    reply = await receive(message)
+                    future = envelope[2]
+                    reply = await receive(envelope[1])
                     if not future.done():
                         future.set_result(reply)
-                    if slot is not None:
-                        slot.pop(future, None)
                 else:
                     await receive(envelope)
             processed += throughput - budget  # counted per turn, not per message

@@ -44,10 +44,10 @@ class _AskMark:
 
 
 ASK = _AskMark()
-"""An ``ask`` travels through the mailbox as the tuple ``(ASK, message, future, slot)``: the
-message for ``receive``, the future its reply goes to, and the deadline slot the future waits
-in (:meth:`~flockrt.actors.deadlines.AskDeadlines.hold`; None without a timeout), which the
-actor leaves once it settles the future. A tuple is the cheapest envelope to build (an
+"""An ``ask`` travels through the mailbox as the tuple ``(ASK, message, future, ref, timeout)``:
+the message for ``receive``, the future its reply goes to, and what its deadline needs (the
+envelope itself is what :meth:`~flockrt.actors.deadlines.AskDeadlines.enter` is given; nobody
+takes it out again when the future is settled). A tuple is the cheapest envelope to build (an
 instance built through ``__init__`` cost 1.4k instructions more per ask); no user message can carry
 ``ASK`` first, since nothing outside the kernel holds it. Test with :func:`is_ask`, or inline
 ``type(m) is tuple and m and m[0] is ASK`` on the hot paths (``m``: an empty tuple is a
@@ -60,12 +60,10 @@ def is_ask(envelope: Any) -> bool:
 
 
 def settle_ask(envelope: Any, error: BaseException) -> None:
-    """Fail an ask's future with ``error`` unless it is settled, and leave its deadline slot."""
-    _, _, future, slot = envelope
+    """Fail an ask's future with ``error`` unless it is settled."""
+    future = envelope[2]
     if not future.done():
         future.set_exception(error)
-    if slot is not None:
-        slot.pop(future, None)
 
 
 class _ChildFailed:

@@ -127,6 +127,7 @@ class ActorSystem:
         self._shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._ask_deadlines: AskDeadlines = None  # type: ignore[assignment]
+        self._asks_entered: list[tuple[Any, ...]] = []  # its `entered`, for ActorRef.ask
         self._guardian: ActorContext[Any] | None = None
         self._registry: dict[str, ActorContext[Any]] = {}
         self._uids = itertools.count(1)
@@ -183,6 +184,7 @@ class ActorSystem:
                 raise SystemStopped(f"actor system {self.name!r} is stopped")
             self._loop = asyncio.get_running_loop()
             self._ask_deadlines = AskDeadlines(self._loop)
+            self._asks_entered = self._ask_deadlines.entered
             guardian = ActorContext._create(self, None, None, 0, _Guardian, (), 1, None)
             guardian._actor = _Guardian()
             guardian._actor._context = guardian
