@@ -26,6 +26,7 @@ import msgspec
 
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.connection import Message, NatsConnection
+from flockrt.bus.pending import append_pub
 from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.errors import BusTimeout, BusUnavailable, NoCapableAgent, NoResponders, WorkTimeout
 from flockrt.wire import subjects
@@ -177,8 +178,13 @@ class Outlet:
         if not data or len(data) > self.bus.max_payload:
             data, _ = self.encode_answer(result, unsendable_result)
         self._last_result, self._last_data = result, data
+        bus = self.bus
+        direct = bus.direct  # NatsConnection.publish_nowait's usual case, without its frame
+        if direct is not None and headers is None and append_pub(direct, subjects.TASK_RESULT, "", data):
+            bus.stats.published += 1
+            return
         try:
-            self.bus.publish_nowait(subjects.TASK_RESULT, data, headers=headers)
+            bus.publish_nowait(subjects.TASK_RESULT, data, headers=headers)
         except BusUnavailable as exc:  # closing: nothing more goes out
             log.debug("result of %s not published: %s", result.task_id, exc)
 
