@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from flockrt.bus.connection import BusState, Message, NatsConnection
 from flockrt.bus.embedded import EmbeddedNats
@@ -182,6 +183,27 @@ async def test_a_failing_handler_is_counted_and_the_subscription_lives(
     assert "cannot handle this" in caplog.text
 
 
+async def test_a_raw_subscription_gets_nats_py_messages_counted_and_isolated(
+    bus: NatsConnection, caplog: pytest.LogCaptureFixture
+) -> None:
+    got: list[Message | Msg] = []
+
+    def raw(msg: Message | Msg) -> None:  # (a Handler that also takes nats-py's Msg, as CoreLane's)
+        if msg.data == b"bad":
+            raise ValueError("raw cannot handle this")
+        got.append(msg)
+
+    await bus.subscribe("raw", raw, raw=True)
+    received = bus.stats.received
+    with caplog.at_level(logging.ERROR, logger="flockrt.bus"):
+        await bus.publish("raw", b"bad")
+        await bus.publish("raw", b"good", headers={"K": "v"})
+        await wait_for(lambda: len(got) == 1)
+    assert isinstance(got[0], Msg) and got[0].data == b"good" and got[0].headers == {"K": "v"}
+    assert bus.stats.handler_errors == 1 and bus.stats.received == received + 2
+    assert "raw cannot handle this" in caplog.text
+
+
 async def test_nats_down_at_start_degrades_then_recovers_in_order(tmp_path: Path) -> None:
     port = free_port()
     bus = bus_for(f"nats://127.0.0.1:{port}")
@@ -211,15 +233,18 @@ async def test_nats_down_during_a_run_buffers_then_flushes(nats_server: Embedded
     try:
         await bus.start()
         await bus.subscribe("t.>", inbox)
+        assert bus.direct is not None and bus.direct is bus._nc  # publishes go straight to nats-py
         await bus.publish("t.before", b"before")
         await wait_for(lambda: len(inbox.messages) == 1)
         await nats_server.kill()
         await wait_for(lambda: bus.state is BusState.DEGRADED)
+        assert bus.direct is None  # degraded: nothing may pass the buffer
         for i in range(3):
             await bus.publish(f"t.{i}", str(i).encode())
         assert bus.stats.buffered == 3
         await nats_server.restart()
         await bus.wait_connected(timeout=10)
+        assert bus.direct is bus._nc  # the buffer went first, then direct publishes again
         await wait_for(lambda: len(inbox.messages) == 4)
         assert inbox.payloads == [b"before", b"0", b"1", b"2"]
         assert bus.stats.reconnects >= 1

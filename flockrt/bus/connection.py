@@ -114,7 +114,7 @@ Handler = Callable[[Message], Awaitable[None] | None]
 class Subscription:
     """A subscription that survives reconnects; :meth:`unsubscribe` ends it."""
 
-    __slots__ = ("_bus", "_sub", "handler", "max_msgs", "queue", "subject")
+    __slots__ = ("_bus", "_sub", "handler", "max_msgs", "queue", "raw", "subject")
 
     def __init__(
         self, bus: NatsConnection, subject: str, queue: str, handler: Handler, max_msgs: int = 0
@@ -124,6 +124,7 @@ class Subscription:
         self.queue = queue
         self.handler = handler
         self.max_msgs = max_msgs
+        self.raw = False  # whether the handler takes nats-py's Msg (NatsConnection.subscribe)
         self._sub: NatsSubscription | None = None
 
     async def unsubscribe(self) -> None:
@@ -254,6 +255,9 @@ class NatsConnection:
             self._options["tls"] = tls
         self._nc: Client | None = None
         self._direct = False  # whether nats-py's pending buffer is as append_pub knows it
+        self.direct: Client | None = None
+        """The client to append PUBs to (:func:`~flockrt.bus.pending.append_pub`) now: connected,
+        nothing buffered, its pending buffer as append_pub knows it; else None."""
         self.server = ""
         """The server this process is (or was last) connected to, as :func:`server_of` names it."""
         self.max_payload = DEFAULT_MAX_PAYLOAD
@@ -380,12 +384,13 @@ class NatsConnection:
         """Publish ``data``; while degraded it is buffered (or dropped and counted when full).
         Without headers it goes straight into nats-py's pending buffer (see :meth:`publish_nowait`)
         unless that is full: then it waits for nats-py's flusher, as nats-py's publish does."""
+        direct = self.direct  # the usual case first
+        if direct is not None and headers is None and append_pub(direct, subject, reply, data):
+            self.stats.published += 1
+            return
         nc = self._nc
         state = self._state
-        if state is _CONNECTED and nc is not None and not self._buffer:  # the usual case first
-            if headers is None and self._direct and append_pub(nc, subject, reply, data):
-                self.stats.published += 1
-                return
+        if state is _CONNECTED and nc is not None and not self._buffer:
             try:  # (when nats-py's pending buffer is full, this waits for its flusher)
                 await nc.publish(subject, data, reply, headers)
                 self.stats.published += 1
@@ -412,12 +417,13 @@ class NatsConnection:
         the rest of that wait then runs in a task of this connection's. Degraded, the message
         is buffered as with :meth:`publish`.
         """
+        direct = self.direct  # the usual case first
+        if direct is not None and headers is None and append_pub(direct, subject, reply, data):
+            self.stats.published += 1
+            return
         nc = self._nc
         state = self._state
-        if state is _CONNECTED and nc is not None and not self._buffer:  # the usual case first
-            if headers is None and self._direct and append_pub(nc, subject, reply, data):
-                self.stats.published += 1
-                return
+        if state is _CONNECTED and nc is not None and not self._buffer:
             publishing = nc.publish(subject, data, reply, headers)
             try:
                 waiting_for = publishing.send(None)
@@ -437,15 +443,17 @@ class NatsConnection:
         self._buffer_publish(_Outgoing(subject, data, headers, reply))
 
     async def subscribe(
-        self, subject: str, handler: Handler, *, queue: str = "", max_msgs: int = 0
+        self, subject: str, handler: Handler, *, queue: str = "", max_msgs: int = 0, raw: bool = False
     ) -> Subscription:
         """Call ``handler`` for every message on ``subject`` (in a queue group if ``queue``);
-        with ``max_msgs``, the server sends at most that many, then drops the interest.
+        with ``max_msgs``, the server sends at most that many, then drops the interest. With
+        ``raw`` (for the bus's own hot paths), ``handler`` gets nats-py's ``Msg`` as it came.
 
         The subscription is remembered and re-established after a reconnect. A handler that
         raises is logged and counted; the subscription lives on.
         """
         subscription = Subscription(self, subject, queue, handler, max_msgs)
+        subscription.raw = raw
         self._subscriptions.add(subscription)
         if self._nc is not None and self._state is BusState.CONNECTED:
             await self._attach(self._nc, subscription)
@@ -519,6 +527,7 @@ class NatsConnection:
         if self._state is BusState.CLOSED and state is not BusState.CLOSED:
             return
         self._state = state
+        self.direct = self._nc if state is _CONNECTED and self._direct and not self._buffer else None
         self._state_changed.set()
 
     def _buffer_publish(self, item: _Outgoing) -> None:
@@ -533,6 +542,7 @@ class NatsConnection:
                 )
             return
         self._buffer.append(item)
+        self.direct = None  # (what is buffered goes first)
         self.stats.buffered = len(self._buffer)
 
     async def _try_connect(self) -> bool:
@@ -575,12 +585,15 @@ class NatsConnection:
         return True
 
     async def _attach(self, nc: Client, subscription: Subscription) -> None:
-        handler = subscription.handler
+        handler: Callable[[Any], Awaitable[None] | None] = subscription.handler
+        raw = subscription.raw
 
         async def deliver(msg: Msg) -> None:
             self.stats.received += 1
             try:
-                pending = handler(Message(msg.subject, msg.data, msg.headers or _NO_HEADERS, msg.reply))
+                pending = handler(
+                    msg if raw else Message(msg.subject, msg.data, msg.headers or _NO_HEADERS, msg.reply)
+                )
                 if pending is not None:
                     await pending
             except Exception as exc:  # isolation boundary: one bad message must not end the subscription

@@ -48,10 +48,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import msgspec
+from nats.aio.msg import Msg
 
 from flockrt.actors.repeats import RepeatedLines
 from flockrt.actors.tasks import TaskOwner
-from flockrt.bus.connection import Message, NatsConnection, Subscription
+from flockrt.bus.connection import Message, NatsConnection, Subscription, _wrap
 from flockrt.bus.handoff import HandOff
 from flockrt.bus.outlet import Outlet, unsendable_result
 from flockrt.bus.remote import CORRELATION_HEADER
@@ -98,6 +99,11 @@ class IntakeStats:
     :mod:`flockrt.bus.handoff`)."""
     handed_in: int = 0
     """Tasks another process offered and this one took and started (on a NATS cluster)."""
+
+
+def _as_message(message: Message | Msg) -> Message:
+    """A task's message as the lane keeps it (held, handed off, answered with an error)."""
+    return message if isinstance(message, Message) else _wrap(message)
 
 
 def failed_task(task: TaskMessage, exc: Exception) -> TaskResult:
@@ -219,7 +225,9 @@ class CoreLane:
             self.refresh()
             # Others ask here at their stop whether another process takes the type.
             self._claims = await self.bus.subscribe(keeper_subject(self.task_type), self._on_claim)
-            self._keeper = await self.bus.subscribe(self.subject, self.on_message, queue=self.subject)
+            self._keeper = await self.bus.subscribe(
+                self.subject, self.on_message, queue=self.subject, raw=True
+            )
             self.handoff = HandOff(self)
             await self.handoff.start()
             log.debug("%s takes an equal share of %s, handed on when it has no room", self.node, self.subject)
@@ -315,8 +323,9 @@ class CoreLane:
 
     # ------------------------------------------------------------------ tasks
 
-    def on_message(self, message: Message) -> None:
-        """A task from ``tasks.<type>``: start it if a slot is free, else hold it."""
+    def on_message(self, message: Message | Msg) -> None:
+        """A task from ``tasks.<type>`` (nats-py's ``Msg`` as it came: no :class:`Message` is
+        built for a task that starts at once): start it if a slot is free, else hold it."""
         data = message.data
         task: TaskMessage | None
         try:  # Outlet.decode's usual case (JSON, no headers) here; any other, or a failure, there
@@ -324,17 +333,19 @@ class CoreLane:
         except Exception:  # (Outlet.decode says why)
             task = None
         if task is None:
+            message = _as_message(message)
             task = self.outlet.decode(message, TaskMessage)
-        if task is None:  # counted and logged by decode
-            if message.reply:
-                reason = self.outlet.why_invalid(message, TaskMessage)
-                error = TaskResult(task_id="", processed_by="", status="error", error=reason)
-                self.outlet.publish_nowait(message.reply, error, message.headers)
-            return
+            if task is None:  # counted and logged by decode
+                if message.reply:
+                    reason = self.outlet.why_invalid(message, TaskMessage)
+                    error = TaskResult(task_id="", processed_by="", status="error", error=reason)
+                    self.outlet.publish_nowait(message.reply, error, message.headers)
+                return
         self.stats.taken += 1
         if self.running < self.capacity and not self.held and not self._stopping:
             self._start(task, message)
             return
+        message = _as_message(message)
         handoff = self.handoff
         offered = handoff.offering if handoff is not None else 0  # out of the queue, still ours
         if len(self.held) + offered >= self.prefetch + self.max_held and not self._stopping:
@@ -346,7 +357,7 @@ class CoreLane:
         if self._other is not None:  # a straggler after the stop's hand-back: back it goes too
             self._tasks.spawn(self._give_back(self._other))
 
-    def _on_bounded(self, credit: _Credit, message: Message) -> None:
+    def _on_bounded(self, credit: _Credit, message: Message | Msg) -> None:
         credit.received += 1
         if credit.received >= credit.limit:  # the server dropped the interest with this one
             with contextlib.suppress(ValueError):  # (gone already if the lane stopped)
@@ -391,7 +402,7 @@ class CoreLane:
         if message.reply:
             self.outlet.publish_nowait(message.reply, result, dict(message.headers), unsendable_result)
 
-    def _start(self, task: TaskMessage, message: Message) -> None:
+    def _start(self, task: TaskMessage, message: Message | Msg) -> None:
         self.running += 1
         headers = message.headers
         # The correlation id goes with the work (to its handler and logs) as an argument:
@@ -418,7 +429,7 @@ class CoreLane:
             dispatcher.dispatch(dispatcher.task_run(task, then, None, correlation, None))
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago
             self._finished()
-            self._answer(task, message, str(exc), type(exc).__name__)
+            self._answer(task, _as_message(message), str(exc), type(exc).__name__)
 
     def _done(self, result: TaskResult) -> None:
         self._finished()
@@ -522,7 +533,7 @@ class CoreLane:
         self._credits.append(credit)  # before: tasks may arrive while subscribe() waits
         try:
             credit.subscription = await self.bus.subscribe(
-                self.subject, partial(self._on_bounded, credit), queue=self.subject, max_msgs=limit
+                self.subject, partial(self._on_bounded, credit), queue=self.subject, max_msgs=limit, raw=True
             )
         except BusUnavailable:
             with contextlib.suppress(ValueError):
@@ -570,7 +581,7 @@ class CoreLane:
         if self._keeper is not None or self._stopping:
             return
         self._claims = await self.bus.subscribe(keeper_subject(self.task_type), self._on_claim)
-        self._keeper = await self.bus.subscribe(self.subject, self.on_message, queue=self.subject)
+        self._keeper = await self.bus.subscribe(self.subject, self.on_message, queue=self.subject, raw=True)
         # A process alone with its task type is keeper from the start: news only when it takes over.
         quiet = not self.kept_before and why == "none answered"
         self.kept_before = True

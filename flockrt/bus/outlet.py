@@ -26,6 +26,7 @@ import msgspec
 
 from flockrt.actors.tasks import TaskOwner
 from flockrt.bus.connection import Message, NatsConnection
+from flockrt.bus.pending import append_pub
 from flockrt.bus.remote import CORRELATION_HEADER
 from flockrt.errors import BusTimeout, BusUnavailable, NoCapableAgent, NoResponders, WorkTimeout
 from flockrt.wire import subjects
@@ -41,6 +42,8 @@ A = TypeVar("A")
 _UNENCODABLE = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
 """What msgspec raises for a value it cannot encode (a type it does not know, a cycle, nesting
 past the recursion limit, an integer out of range)."""
+
+_TASK_RESULT = subjects.TASK_RESULT  # (a global: one lookup less per result)
 
 
 class Outlet:
@@ -169,16 +172,21 @@ class Outlet:
         The correlation id of the task's work travels on, in the header, unless it is the
         task's id, which the result carries as taskId anyway (a header repeating it would cost
         about 7 us a result to build and parse, a fifth of a fan-out task's whole cost)."""
+        bus = self.bus
         headers = {CORRELATION_HEADER: correlation} if correlation and correlation != result.task_id else None
         try:  # encode_answer, inlined: this is every task's way out
             data = self._encode_json(result)
         except _UNENCODABLE:
             data = b""
-        if not data or len(data) > self.bus.max_payload:
+        if not data or len(data) > bus.max_payload:
             data, _ = self.encode_answer(result, unsendable_result)
         self._last_result, self._last_data = result, data
+        direct = bus.direct  # NatsConnection.publish_nowait's usual case, without its frame
+        if direct is not None and headers is None and append_pub(direct, _TASK_RESULT, "", data):
+            bus.stats.published += 1
+            return
         try:
-            self.bus.publish_nowait(subjects.TASK_RESULT, data, headers=headers)
+            bus.publish_nowait(_TASK_RESULT, data, headers=headers)
         except BusUnavailable as exc:  # closing: nothing more goes out
             log.debug("result of %s not published: %s", result.task_id, exc)
 
