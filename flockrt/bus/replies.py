@@ -96,21 +96,49 @@ class Replies:
         Raises:
             BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
         """
+        if not self._inbox:
+            if not self._bus.connected:
+                raise BusUnavailable(f"cannot request {subject!r}: NATS at {self._bus.url} is unreachable")
+            await self._subscribe()
+        return self.send_nowait(subject, data, future, timeout=timeout, headers=headers)
+
+    def send_nowait(
+        self,
+        subject: str,
+        data: bytes,
+        future: asyncio.Future[Any],
+        *,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """:meth:`send` from synchronous code, once the reply subscription is made (a request
+        has been sent before: :attr:`ready`). The request goes out as
+        :meth:`NatsConnection.publish_nowait <flockrt.bus.connection.NatsConnection.publish_nowait>`
+        sends: into nats-py's pending buffer, no coroutine. A caller that waits for the reply
+        needs no other back-pressure: nats-py's ``publish`` too appends first and waits for its
+        flusher after, and the reply cannot come before the request is written.
+
+        Raises:
+            BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
+        """
         bus = self._bus
         if not bus.connected:
             raise BusUnavailable(f"cannot request {subject!r}: NATS at {bus.url} is unreachable")
-        if not self._inbox:
-            await self._subscribe()
         deadlines = self._deadlines
-        assert deadlines is not None
+        assert deadlines is not None and self._inbox, "send() the first request"
         token = str(next(self._tokens))
         self._asked[token] = (future, deadlines.add(future, subject, timeout))
         try:
-            await bus.publish(subject, data, headers=headers, reply=self._inbox + token)
+            bus.publish_nowait(subject, data, headers=headers, reply=self._inbox + token)
         except BaseException:
             self.end(token)
             raise
         return token
+
+    @property
+    def ready(self) -> bool:
+        """Whether the reply subscription is made (:meth:`send_nowait` may be called)."""
+        return bool(self._inbox)
 
     def end(self, token: str) -> None:
         """The request of ``token`` is over: a reply that still comes is dropped."""
@@ -123,7 +151,10 @@ class Replies:
     ) -> Message:
         """Send a request and wait for the first reply (see ``NatsConnection.request``)."""
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        token = await self.send(subject, data, future, timeout=timeout, headers=headers)
+        if self._inbox:
+            token = self.send_nowait(subject, data, future, timeout=timeout, headers=headers)
+        else:
+            token = await self.send(subject, data, future, timeout=timeout, headers=headers)
         try:
             reply = await future
         finally:
