@@ -96,11 +96,18 @@ class Replies:
         Raises:
             BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
         """
+        bus = self._bus
+        if not bus.connected:
+            raise BusUnavailable(f"cannot request {subject!r}: NATS at {bus.url} is unreachable")
         if not self._inbox:
-            if not self._bus.connected:
-                raise BusUnavailable(f"cannot request {subject!r}: NATS at {self._bus.url} is unreachable")
             await self._subscribe()
-        return self.send_nowait(subject, data, future, timeout=timeout, headers=headers)
+        token = self._ask(subject, future, timeout)
+        try:
+            await bus.publish(subject, data, headers=headers, reply=self._inbox + token)
+        except BaseException:
+            self.end(token)
+            raise
+        return token
 
     def send_nowait(
         self,
@@ -111,12 +118,12 @@ class Replies:
         timeout: float,
         headers: dict[str, str] | None = None,
     ) -> str:
-        """:meth:`send` from synchronous code, once the reply subscription is made (a request
-        has been sent before: :attr:`ready`). The request goes out as
+        """:meth:`send` without a coroutine, once the reply subscription is made (:attr:`ready`:
+        a request went out before). The request is published as
         :meth:`NatsConnection.publish_nowait <flockrt.bus.connection.NatsConnection.publish_nowait>`
-        sends: into nats-py's pending buffer, no coroutine. A caller that waits for the reply
-        needs no other back-pressure: nats-py's ``publish`` too appends first and waits for its
-        flusher after, and the reply cannot come before the request is written.
+        does it: into nats-py's pending buffer. Its caller, which waits for the reply, waits
+        for nothing else: when that buffer is over its limit, the wait for nats-py's flusher is
+        the connection's (:meth:`send` waits for it itself).
 
         Raises:
             BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
@@ -124,10 +131,8 @@ class Replies:
         bus = self._bus
         if not bus.connected:
             raise BusUnavailable(f"cannot request {subject!r}: NATS at {bus.url} is unreachable")
-        deadlines = self._deadlines
-        assert deadlines is not None and self._inbox, "send() the first request"
-        token = str(next(self._tokens))
-        self._asked[token] = (future, deadlines.add(future, subject, timeout))
+        assert self._inbox, "send() the first request: it makes the reply subscription"
+        token = self._ask(subject, future, timeout)
         try:
             bus.publish_nowait(subject, data, headers=headers, reply=self._inbox + token)
         except BaseException:
@@ -140,6 +145,14 @@ class Replies:
         """Whether the reply subscription is made (:meth:`send_nowait` may be called)."""
         return bool(self._inbox)
 
+    def _ask(self, subject: str, future: asyncio.Future[Any], timeout: float) -> str:
+        """A new request's token, its future and deadline noted."""
+        deadlines = self._deadlines
+        assert deadlines is not None
+        token = str(next(self._tokens))
+        self._asked[token] = (future, deadlines.add(future, subject, timeout))
+        return token
+
     def end(self, token: str) -> None:
         """The request of ``token`` is over: a reply that still comes is dropped."""
         entry = self._asked.pop(token, None)
@@ -151,10 +164,7 @@ class Replies:
     ) -> Message:
         """Send a request and wait for the first reply (see ``NatsConnection.request``)."""
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        if self._inbox:
-            token = self.send_nowait(subject, data, future, timeout=timeout, headers=headers)
-        else:
-            token = await self.send(subject, data, future, timeout=timeout, headers=headers)
+        token = await self.send(subject, data, future, timeout=timeout, headers=headers)
         try:
             reply = await future
         finally:
