@@ -410,6 +410,67 @@ async def test_capability_requests_that_wait_are_answered_or_time_out(
         assert answer["correlationId"] == "c-2" and "0.05" in answer["error"]
 
 
+class Holding(Agent):
+    """One slot; "hold" waits until released, and notes which calls started and which were
+    cancelled."""
+
+    max_concurrent_tasks = 1
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(agent_id)
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+        self.release = asyncio.Event()
+
+    @capability("hold")
+    async def hold(self, name: str) -> str:
+        self.started.append(name)
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(name)
+            raise
+        return f"held {name}"
+
+
+async def test_a_capability_request_past_its_deadline_is_answered_504_and_its_work_stopped(
+    nats_server: EmbeddedNats, plain: nats.NATS
+) -> None:
+    async with Node(nats_server.url, "node-a") as node:
+        holding = Holding("holding-1")
+        await node.system.spawn(lambda: holding)
+        await node.settled()
+        loop = asyncio.get_running_loop()
+
+        async def ask(name: str, timeout_ms: int) -> tuple[Msg, float]:
+            request = {"capability": "hold", "parameters": name, "timeout": timeout_ms, "correlationId": name}
+            sent = loop.time()
+            reply = await plain.request("capability.hold", json.dumps(request).encode(), timeout=5)
+            return reply, loop.time() - sent
+
+        # "first" takes the one slot; "second" waits for it, and its deadline comes first.
+        first = asyncio.ensure_future(ask("first", 300))
+        await wait_for(lambda: holding.started == ["first"], timeout=5)
+        (second, waited), (first_reply, first_waited) = await asyncio.gather(ask("second", 50), first)
+        for reply, name, timeout, elapsed in (
+            (second, "second", 0.05, waited),
+            (first_reply, "first", 0.3, first_waited),
+        ):
+            answer = json.loads(reply.data)
+            assert answer["correlationId"] == name and answer["errorType"] == "WorkTimeout", answer
+            assert f"{timeout:g}" in answer["error"]
+            assert reply.headers is not None and reply.headers["Nats-Service-Error-Code"] == "504"
+            assert elapsed >= timeout  # never before the deadline
+        # The running work was cancelled at its deadline; the queued one never started.
+        await wait_for(lambda: holding.cancelled == ["first"], timeout=5)
+        assert holding.started == ["first"]
+        assert node.flock.intake.answers.expired == 2
+        # The agent goes on: its slot is free again.
+        holding.release.set()
+        reply, _ = await ask("third", 5000)
+        assert json.loads(reply.data)["result"] == "held third"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@
   :meth:`Intake.stop` is the graceful stop.
 - For every capability a local agent offers, the process answers ``capability.<name>``
   requests (queue group ``capability.<name>``) as an endpoint of its NATS service
-  (``nats micro ls`` lists them).
+  (``nats micro ls`` lists them), answered by :class:`~flockrt.bus.answers.CapabilityAnswers`.
 - While a local agent handles tasks, the process takes ``batch.messages`` (queue group): it runs
   the tasks it can and republishes the others on their own subjects, so each is still handled
   once. A batch is an array of ``{subject, message}`` items, or a bare array of tasks (what the
@@ -28,29 +28,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from flockrt.agents.ports import AgentCard
-from flockrt.agents.work import CapabilityCall
+from flockrt.bus.answers import CapabilityAnswers
 from flockrt.bus.connection import Message, Subscription
 from flockrt.bus.durable import DurableTasks, TaskConsumer
 from flockrt.bus.lanes import CoreLane, IntakeStats, failed_task
 from flockrt.bus.outlet import Outlet, outgoing_headers
-from flockrt.bus.remote import CORRELATION_HEADER
-from flockrt.bus.service import BusService, service_error_headers
-from flockrt.errors import BusUnavailable, FlockError, NoCapableAgent, WorkFailed, WorkTimeout
-from flockrt.flock.batches import PRIORITIES
+from flockrt.bus.service import BusService
+from flockrt.errors import BusUnavailable, FlockError, NoCapableAgent
 from flockrt.flock.dispatcher import Dispatcher
 from flockrt.wire import subjects
 from flockrt.wire.schema import (
-    MSGPACK,
     BatchItem,
-    CapabilityRequest,
-    CapabilityResponse,
     InvalidMessage,
     TaskBatchItem,
     TaskMessage,
@@ -106,6 +99,8 @@ class Intake:
         """The core-mode intake of each task type run here."""
         self._consumers: dict[str, TaskConsumer] = {}
         self._service: BusService | None = None
+        self.answers = CapabilityAnswers(outlet, dispatcher)
+        """The capability requests taken here, answered (:mod:`flockrt.bus.answers`)."""
         self._served: set[str] = set()  # capabilities this process serves as service endpoints
         # Joined only while local agents handle tasks: a producer-only node taking batches
         # would just republish their tasks one by one.
@@ -120,6 +115,7 @@ class Intake:
             description="flockrt agents; one endpoint per capability they offer",
             metadata={"node": self.node},
         )
+        self.answers.service = self._service
 
     def counts(self) -> dict[str, int]:
         """What :attr:`stats` counted, by event name (the metrics layer's labels)."""
@@ -243,7 +239,7 @@ class Intake:
         await self._service.add_endpoint(
             _endpoint_name(capability),
             subject,
-            self.on_capability,
+            self.answers.on_request,
             queue=subject,
             metadata={"capability": capability},
         )
@@ -268,120 +264,6 @@ class Intake:
         result = self.dispatcher.start_task(task)
         async with asyncio.timeout(task.timeout / 1000 if task.timeout is not None else None):
             return await result
-
-    # ------------------------------------------------------------------ capability requests
-
-    def on_capability(self, message: Message) -> None:
-        """Answer a capability request when its work finishes: at once on the dispatcher's fast
-        path (a handler that never waits: no Work, no Task, no timer), else from the agent's
-        runner or at the deadline."""
-        request = self.outlet.decode(message, CapabilityRequest)
-        if request is None:  # counted and logged by decode
-            if message.reply:
-                invalid = CapabilityResponse(error=self.outlet.why_invalid(message, CapabilityRequest))
-                self._send_answer(message.reply, invalid, message.headers, message.subject, 400)
-            return
-        reply, headers, correlation_id = message.reply, message.headers, request.correlation_id
-        subject = message.subject
-        # The id the requester's logs know it by reaches the agent's work and its logs.
-        work_correlation = (headers.get(CORRELATION_HEADER) if headers else None) or correlation_id
-        skill = self.dispatcher.skill("capability", request.capability)
-        if skill is not None and self.dispatcher.run_now(
-            skill,
-            request.parameters,
-            work_correlation,
-            self._deliver_answer,
-            (correlation_id, reply, headers, subject),
-        ):
-            return
-        answered = False
-        timer: asyncio.TimerHandle | None = None
-        stats_key = request.capability
-
-        def answer(response: CapabilityResponse, outcome: str, code: int = 500) -> None:
-            nonlocal answered
-            if answered:
-                return
-            answered = True
-            if timer is not None:
-                timer.cancel()
-            if reply:
-                self._send_answer(reply, response, headers, subject, code)
-            stats = self.dispatcher.work_stats
-            if stats is not None:
-                stats.record("capability", stats_key, outcome, time.monotonic() - work.enqueued)
-
-        def on_done(work: CapabilityCall, value: Any, error: WorkFailed | None) -> None:
-            response = _capability_response(correlation_id, work.agent_id, value, error)
-            answer(response, "ok" if error is None else "error")
-
-        work = CapabilityCall(
-            key=request.capability,
-            parameters=request.parameters,
-            priority=PRIORITIES["medium"],
-            on_done=on_done,
-            correlation_id=work_correlation,
-        )
-        try:
-            self.dispatcher.dispatch(work)
-        except FlockError as exc:  # no agent here offers it any more, or none can take it
-            refused = CapabilityResponse(
-                correlation_id=correlation_id, error=str(exc), error_type=type(exc).__name__
-            )
-            answer(refused, "error", 503)
-            return
-        if not answered:  # it runs (or waits for an agent) for a while: answer by the deadline
-            timeout = request.timeout / 1000
-            # A requester's future, cancelled at the deadline: work that has not started by then
-            # is skipped.
-            work.future = asyncio.get_running_loop().create_future()
-
-            def expire() -> None:
-                assert work.future is not None
-                work.future.cancel()
-                late = WorkTimeout("capability", request.capability, timeout)
-                expired = CapabilityResponse(
-                    correlation_id=correlation_id, error=str(late), error_type="WorkTimeout"
-                )
-                answer(expired, "timeout", 504)
-
-            timer = asyncio.get_running_loop().call_later(timeout, expire)
-
-    def _deliver_answer(
-        self,
-        origin: tuple[str | None, str, Mapping[str, str], str],
-        agent_id: str,
-        value: Any,
-        error: WorkFailed | None,
-        seconds: float,
-    ) -> None:
-        """A capability request ran on the dispatcher's fast path: answer it."""
-        correlation_id, reply, headers, subject = origin
-        if reply:
-            response = _capability_response(correlation_id, agent_id, value, error)
-            self._send_answer(reply, response, headers, subject, 500)
-
-    def _send_answer(
-        self, reply: str, response: CapabilityResponse, headers: Mapping[str, str], subject: str, code: int
-    ) -> None:
-        """Publish the answer to a capability request that arrived on ``subject``.
-
-        One that cannot be sent (a result that does not encode as JSON or msgpack, or is over
-        NATS's size limit) is replaced by an answer that says so: the requester hears of it
-        rather than waiting in vain. An error answer carries the NATS service API's error
-        headers (``code`` if it is ``response``'s own error: 400 invalid request, 500 failed,
-        503 no agent, 504 timed out) and is counted in ``$SRV.STATS``, so ``nats micro stats``
-        shows a failing capability as failing."""
-        msgpack = headers.get("Content-Type") == MSGPACK if headers else False
-        data, sent = self.outlet.encode_answer(response, _unsendable_answer, msgpack=msgpack)
-        out = outgoing_headers(headers)
-        if sent.error is not None:
-            if sent is not response:
-                code = 500
-            out = service_error_headers(code, sent.error, out)
-            if self._service is not None:
-                self._service.record_error(subject, f"{code} {sent.error}")
-        self.outlet.send(reply, data, out)
 
     # ------------------------------------------------------------------ batches
 
@@ -552,27 +434,6 @@ class Intake:
             settle(index, result)
 
         await asyncio.gather(*(forward(*item) for item in items))
-
-
-def _capability_response(
-    correlation_id: str | None, agent_id: str, value: Any, error: WorkFailed | None
-) -> CapabilityResponse:
-    """The answer to a capability request whose work finished."""
-    if error is None:
-        return CapabilityResponse(correlation_id=correlation_id, result=value, agent_id=agent_id)
-    return CapabilityResponse(
-        correlation_id=correlation_id,
-        agent_id=error.agent_id,
-        error=error.reason,
-        error_type=error.error_type,
-    )
-
-
-def _unsendable_answer(response: CapabilityResponse, problem: str) -> CapabilityResponse:
-    """The answer that goes instead of a capability answer that cannot be sent."""
-    return CapabilityResponse(
-        correlation_id=response.correlation_id, agent_id=response.agent_id, error=problem
-    )
 
 
 def _invalid_item(subject: str, exc: Exception) -> str:

@@ -14,10 +14,12 @@ The correlation id travels in the message (``correlationId``), and for direct me
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from flockrt.actors.correlation import new_correlation_id, unique_id
-from flockrt.bus.connection import NatsConnection
+from flockrt.bus.connection import Message, NatsConnection
+from flockrt.bus.replies import no_responders
 from flockrt.errors import (
     BusTimeout,
     NoCapableAgent,
@@ -68,6 +70,10 @@ async def request_capability_response(
 ) -> CapabilityResponse:
     """Ask whoever offers ``capability`` on NATS (queue group: one of them answers).
 
+    One coroutine: the request goes out through the connection's one reply subscription
+    (:meth:`Replies.send_nowait <flockrt.bus.replies.Replies.send_nowait>`) and its reply is
+    awaited on a plain future, with the subject of each capability checked once.
+
     Returns:
         The answer: the agent's result, its id and the correlation id.
 
@@ -78,29 +84,49 @@ async def request_capability_response(
         BusUnavailable: NATS is unreachable.
         ValueError: ``capability`` cannot be a subject token.
     """
-    subject = subjects.capability(capability)
-    correlation_id = new_correlation_id()  # the current one travels on
+    subject = _SUBJECTS.get(capability) or _subject(capability)
     request = CapabilityRequest(
         capability=capability,
         parameters=parameters,
         requester=requester,
         timeout=int(timeout * 1000),
-        correlation_id=correlation_id,
+        correlation_id=new_correlation_id(),  # the current one travels on
     )
+    # The body's correlationId is enough for the answering side; no header repeats it (a
+    # header costs microseconds a message to build and to parse, a lot for a request).
+    data = codec.encode(request)
+    replies = bus.replies
+    future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+    if replies.ready:
+        token = replies.send_nowait(subject, data, future, timeout=timeout)
+    else:
+        token = await replies.send(subject, data, future, timeout=timeout)
     try:
-        # The body's correlationId is enough for the answering side; no header repeats it (a
-        # header costs microseconds a message to build and to parse, a lot for a request).
-        reply = await bus.request(subject, codec.encode(request), timeout=timeout)
-    except NoResponders:
-        raise NoCapableAgent("capability", capability) from None
+        reply = await future
     except BusTimeout:
         raise WorkTimeout("capability", capability, timeout) from None
+    finally:
+        replies.end(token)
+    if no_responders(reply):
+        raise NoCapableAgent("capability", capability)
     response = codec.decode(reply.subject, reply.data, CapabilityResponse, reply.headers.get("Content-Type"))
     if response.error is not None:
         # As the answering process put it: its words and the class of its error, not wrapped again.
         cause = RemoteFailure(response.error, response.error_type)
         raise WorkFailed(response.agent_id, "capability", capability, cause)
     return response
+
+
+_SUBJECTS: dict[str, str] = {}
+"""``capability.<name>`` of the capabilities asked for lately, each checked once (at most 1,024)."""
+
+
+def _subject(capability: str) -> str:
+    subject = subjects.capability(capability)  # checks the name
+    if len(_SUBJECTS) >= 1024:
+        _SUBJECTS.clear()
+    _SUBJECTS[capability] = subject
+    return subject
 
 
 async def send_direct(

@@ -101,15 +101,56 @@ class Replies:
             raise BusUnavailable(f"cannot request {subject!r}: NATS at {bus.url} is unreachable")
         if not self._inbox:
             await self._subscribe()
-        deadlines = self._deadlines
-        assert deadlines is not None
-        token = str(next(self._tokens))
-        self._asked[token] = (future, deadlines.add(future, subject, timeout))
+        token = self._ask(subject, future, timeout)
         try:
             await bus.publish(subject, data, headers=headers, reply=self._inbox + token)
         except BaseException:
             self.end(token)
             raise
+        return token
+
+    def send_nowait(
+        self,
+        subject: str,
+        data: bytes,
+        future: asyncio.Future[Any],
+        *,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """:meth:`send` without a coroutine, once the reply subscription is made (:attr:`ready`:
+        a request went out before). The request is published as
+        :meth:`NatsConnection.publish_nowait <flockrt.bus.connection.NatsConnection.publish_nowait>`
+        does it: into nats-py's pending buffer. Its caller, which waits for the reply, waits
+        for nothing else: when that buffer is over its limit, the wait for nats-py's flusher is
+        the connection's (:meth:`send` waits for it itself).
+
+        Raises:
+            BusUnavailable: NATS is unreachable (degraded) or the connection is closed.
+        """
+        bus = self._bus
+        if not bus.connected:
+            raise BusUnavailable(f"cannot request {subject!r}: NATS at {bus.url} is unreachable")
+        assert self._inbox, "send() the first request: it makes the reply subscription"
+        token = self._ask(subject, future, timeout)
+        try:
+            bus.publish_nowait(subject, data, headers=headers, reply=self._inbox + token)
+        except BaseException:
+            self.end(token)
+            raise
+        return token
+
+    @property
+    def ready(self) -> bool:
+        """Whether the reply subscription is made (:meth:`send_nowait` may be called)."""
+        return bool(self._inbox)
+
+    def _ask(self, subject: str, future: asyncio.Future[Any], timeout: float) -> str:
+        """A new request's token, its future and deadline noted."""
+        deadlines = self._deadlines
+        assert deadlines is not None
+        token = str(next(self._tokens))
+        self._asked[token] = (future, deadlines.add(future, subject, timeout))
         return token
 
     def end(self, token: str) -> None:
