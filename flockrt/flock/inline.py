@@ -13,9 +13,7 @@ worth a second copy of it).
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flockrt.errors import WorkFailed
@@ -25,32 +23,25 @@ from flockrt.wire.schema import TaskMessage, TaskResult
 
 __all__ = ["TaskFastPath"]
 
-log = logging.getLogger("flockrt.flock")
-
 
 class TaskFastPath:
     """The part of :class:`~flockrt.flock.dispatcher.Dispatcher` that runs a task on its fast
     path for a caller that takes the TaskResult (a base of Dispatcher only: it works on the
     dispatcher's fields)."""
 
-    sink: Callable[[TaskResult, str | None], None] | None
     work_stats: WorkStats | None
     tasks_finished: dict[str, int]
     _task_skills: dict[str, Skill]
-    _heap_changes: int
-    _result_listeners: list[Callable[[TaskResult], None]]
 
     if TYPE_CHECKING:
-
-        def free_member(self, skill: Skill) -> Member | None: ...
-
-        def offer(self, member: Member) -> None: ...
 
         def task_result(
             self, task: TaskMessage, agent_id: str, seconds: float, value: Any, error: WorkFailed | None
         ) -> TaskResult: ...
 
         def pump(self, skill: Skill) -> None: ...
+
+        def report(self, outcome: TaskResult, publish: bool, correlation: str | None) -> None: ...
 
         def _run_inline_now(
             self, skill: Skill, payload: Any, correlation: str | None
@@ -84,17 +75,7 @@ class TaskFastPath:
         stats = self.work_stats
         if stats is not None:
             stats.record("task", skill.name, result.status, seconds)
-        sink = self.sink
-        if sink is not None:  # (Dispatcher.report, inlined)
-            try:
-                sink(result, correlation)
-            except Exception:  # as for a listener: the others still get the result
-                log.exception("task result of %s not published", task.id)
-        for listener in self._result_listeners:
-            try:
-                listener(result)
-            except Exception:  # one listener's bug must not cost the others their result
-                log.exception("task result listener %r failed", listener)
+        self.report(result, True, correlation)
         for other in member.skills:  # (Dispatcher.pump_skills_of, inlined)
             if other.waiting:
                 self.pump(other)
