@@ -373,10 +373,12 @@ def flock_config(
     mcp_host: str = "127.0.0.1",
     nats: dict[str, Any] | None = None,
     shutdown_timeout: float = 10.0,
+    metrics: bool = False,
 ) -> str:
     """A ``flockrt run`` config: node ``name`` on NATS ``url``, ``slots`` Recorder agents of one
     slot each (ids ``<name>-rec-1``..), recording into ``record``, with the gateway (and its
-    ``/readyz``) on ``mcp_host:mcp_port``; ``nats`` adds keys to the ``[nats]`` section."""
+    ``/readyz``) on ``mcp_host:mcp_port``; ``nats`` adds keys to the ``[nats]`` section;
+    ``metrics`` serves ``/metrics`` on the gateway (see :meth:`FlockProcess.intake`)."""
     keys = {"url": url, "durable": durable, "heartbeat_interval": 1000, **(nats or {})}
 
     nats_lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in keys.items())
@@ -389,8 +391,7 @@ def flock_config(
         f"{nats_lines}\n"
         "[mcp]\n"
         f'host = "{mcp_host}"\n'
-        f"port = {mcp_port}\n"
-        "[[agents]]\n"
+        f"port = {mcp_port}\n" + ("[metrics]\nenabled = true\n" if metrics else "") + "[[agents]]\n"
         'id = "rec"\n'
         'class = "tests.cluster_agent:Recorder"\n'
         f"count = {slots}\n"
@@ -458,6 +459,18 @@ class FlockProcess:
             return self.mcp_port
         match = re.search(r"MCP gateway listening on http://[^:]+:(\d+)/", self.log())
         return int(match.group(1)) if match else 0
+
+    async def intake(self, event: str) -> int | None:
+        """Its ``flockrt_intake_tasks_total{event=...}`` summed over task types, from its
+        ``/metrics`` (a config with ``metrics``); None while that cannot be read."""
+        port = self._bound_port()
+        if not port:
+            return None
+        status, body = await http_status("127.0.0.1", port, "/metrics")
+        if status != 200:
+            return None
+        pattern = rf'^flockrt_intake_tasks_total{{[^}}]*event="{re.escape(event)}"[^}}]*}} (\S+)$'
+        return sum(int(float(value)) for value in re.findall(pattern, body, re.MULTILINE))
 
     async def readyz(self) -> int:
         """``/readyz``'s status (0: not reachable, or not listening yet)."""
