@@ -99,7 +99,9 @@ def rebuild(skill: Skill, members: dict[str, Member]) -> None:
     """``skill``'s free heap anew: the current entry of each of its members with a free slot."""
     current = []
     for agent_id in skill.agents:
-        member = members[agent_id]
+        member = members.get(agent_id)  # (one that rejoined without the skill: none here)
+        if member is None or skill not in member.skills:
+            continue
         if member.running < member.card.max_concurrent_tasks:
             current.append(member.entry(skill))
     heapq.heapify(current)
