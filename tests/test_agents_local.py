@@ -863,8 +863,8 @@ async def test_a_capability_added_again_replaces_its_handler_and_no_other(flock:
 
 
 def test_the_fair_key_orders_as_load_then_handed_then_id() -> None:
-    # fair_key packs (running / capacity, handed, rank) into one int: its order must be the
-    # tuple's, loads of different capacities included.
+    # fair_key packs (running / capacity, handed) into one int, the id next to it in a heap
+    # entry: their order must be the tuple's, loads of different capacities included.
     import random
 
     from flockrt.flock.skills import fair_key
@@ -873,8 +873,8 @@ def test_the_fair_key_orders_as_load_then_handed_then_id() -> None:
     keys = []
     for _ in range(3000):
         capacity = rng.choice([1, 2, 3, 7, 10, 64, 1000, 3**15])
-        running, handed, rank = rng.randrange(capacity), rng.randrange(50), rng.randrange(40)
-        keys.append(((running / capacity, handed, rank), fair_key(running, capacity, handed, rank)))
+        running, handed, agent_id = rng.randrange(capacity), rng.randrange(50), f"a{rng.randrange(40)}"
+        keys.append(((running / capacity, handed, agent_id), (fair_key(running, capacity, handed), agent_id)))
     by_tuple = sorted(keys, key=lambda pair: pair[0])
     by_key = sorted(keys, key=lambda pair: pair[1])
     assert [pair[0] for pair in by_key] == [pair[0] for pair in by_tuple]
@@ -885,7 +885,7 @@ class _Alive:
 
 
 def test_an_agent_with_a_smaller_id_that_joins_later_is_chosen_first() -> None:
-    # The ids' ranks (the last tie-break) are given anew when an id joins, heaps rebuilt.
+    # The last tie-break is the id, whatever the order the agents joined in.
     from flockrt.agents.ports import AgentCard
     from flockrt.flock.dispatcher import Dispatcher
 

@@ -37,7 +37,7 @@ from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
 from flockrt.flock import batches, requests, waiting
 from flockrt.flock.batches import PRIORITIES
 from flockrt.flock.inline import TaskFastPath
-from flockrt.flock.skills import HANDED_ONE, Member, Skill, push_lowered, rerank
+from flockrt.flock.skills import HANDED_ONE, Member, Skill, push_lowered
 from flockrt.flock.stats import WorkStats
 from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
 
@@ -80,8 +80,8 @@ class Dispatcher(TaskFastPath):
         self._members: dict[str, Member] = {}
         self._skills: dict[tuple[str, str], Skill] = {}  # by (kind, name)
         self._task_skills: dict[str, Skill] = {}  # the task types among them, by name
-        # The free heaps of the skills (Skill.free) are keyed by the fair choice (fair_key): the
-        # least loaded, then the one handed least of the skill so far, then the smallest id. Entries
+        # The free heaps of the skills (Skill.free) are keyed by the fair choice (fair_key, then
+        # the id): least loaded, then handed least of the skill so far, then the smallest id. Entries
         # are not updated in place: a member whose key falls (a slot given back) gets a new
         # version and a new entry (pushed when its skill next looks: Skill.lowered), and
         # entries whose version is not the member's current one are dropped when they
@@ -113,10 +113,7 @@ class Dispatcher(TaskFastPath):
         skills = tuple(self._skill("capability", c) for c in card.capabilities) + tuple(
             self._skill("task", t) for t in card.task_types
         )
-        before = self._members.get(card.id)
-        member = self._members[card.id] = Member(card, skills, rank=0 if before is None else before.rank)
-        if before is None:  # a new id: the ranks (the fair choice's last tie-break) anew
-            rerank(self._members, self._skills.values())
+        member = self._members[card.id] = Member(card, skills)
         for skill in skills:
             skill.agents.add(card.id)
             inline = card.inline_task_types if skill.kind == "task" else card.inline_capabilities

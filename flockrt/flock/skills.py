@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from flockrt.agents.ports import AgentCard
 from flockrt.agents.work import Work
 
-__all__ = ["HANDED_ONE", "HEAP_SLACK", "Member", "Skill", "fair_key", "push_lowered", "rebuild", "rerank"]
+__all__ = ["HANDED_ONE", "HEAP_SLACK", "Member", "Skill", "fair_key", "push_lowered"]
 
 HEAP_SLACK = 4
 """A free heap is compacted when it holds this many entries per agent (plus 64): stale ones."""
 
-_RANK_BITS = 32  # a rank below 2**32 (members of one process)
 _HANDED_BITS = 64  # pieces handed to one member, of one skill, below 2**64
 _LOAD_SCALE = float(1 << 53)
-HANDED_ONE = 1 << _RANK_BITS
+HANDED_ONE = 1
 """What one more piece handed adds to a member's :func:`fair_key`."""
 
 
-def fair_key(running: int, capacity: int, handed: int, rank: int) -> int:
+def fair_key(running: int, capacity: int, handed: int) -> int:
     """The fair choice as one number, smallest first: the least loaded (``running /
-    capacity``), then the one handed least of the skill so far, then the smallest id (``rank``:
-    see :attr:`Member.rank`). One int, so a free heap's sift compares numbers, not tuples.
+    capacity``), then the one handed least of the skill so far (the free heaps' entries break
+    a tie by the id, next in the entry: :attr:`Skill.free`). One int, so a free heap's sift
+    compares numbers where it compared a float and an int.
 
     The load keeps its order exactly: a correctly rounded ``running / capacity`` times 2**53
     is an integer, equal for equal loads, and two loads below 1 with capacities below 2**26
     differ by more than its rounding."""
-    return (((int(running / capacity * _LOAD_SCALE) << _HANDED_BITS) + handed) << _RANK_BITS) + rank
+    return (int(running / capacity * _LOAD_SCALE) << _HANDED_BITS) + handed
 
 
 @dataclass(eq=False, slots=True)
@@ -44,10 +43,11 @@ class Skill:
     """The local agents that offer it (ids)."""
     free: list[tuple[int, str, int, int]] = field(default_factory=list)
     """Those with a free slot, as a heap of ``(fair_key, agent id, version, running)``: the
-    member's key, and its version and running count then. While its version holds, only taking
-    a slot (running grows) changes a member's key (all else that does gives it a new version:
-    Dispatcher.offer), so an entry with its version and running count has its key. An entry
-    may be stale (its member took work since, or is full): see Dispatcher.free_member."""
+    member's key (ties go to the smallest id), and its version and running count then. While
+    its version holds, only taking a slot (running grows) changes a member's key (all else
+    that does gives it a new version: Dispatcher.offer), so an entry with its version and
+    running count has its key. An entry may be stale (its member took work since, or is
+    full): see Dispatcher.free_member."""
     lowered: dict[str, Member] = field(default_factory=dict)
     """Members whose key fell (a slot given back) since the heap last looked: their current
     entries go into ``free`` when it next does (see Dispatcher.free_member), so a member
@@ -72,14 +72,11 @@ class Member:
     the fair choice's tie-break, so each kind of work spreads over the agents that do it."""
     version: int = 0
     """Which of its entries in the free heaps is current (see Dispatcher.offer); 0: none."""
-    rank: int = 0
-    """Its place among the ids of the process's members in sorted order (see :func:`fair_key`;
-    set by Dispatcher.join, which rebuilds the free heaps when ranks change)."""
 
     def entry(self, skill: Skill) -> tuple[int, str, int, int]:
         """Its current entry in ``skill``'s free heap (see :attr:`Skill.free`)."""
         running = self.running
-        key = fair_key(running, self.card.max_concurrent_tasks, self.handed.get(skill, 0), self.rank)
+        key = fair_key(running, self.card.max_concurrent_tasks, self.handed.get(skill, 0))
         return key, self.card.id, self.version, running
 
 
@@ -107,12 +104,3 @@ def rebuild(skill: Skill, members: dict[str, Member]) -> None:
     heapq.heapify(current)
     skill.free = current
     skill.lowered.clear()
-
-
-def rerank(members: dict[str, Member], skills: Iterable[Skill]) -> None:
-    """Each member's :attr:`Member.rank` anew (a member with a new id joined), and so every
-    free heap rebuilt with the new keys."""
-    for rank, agent_id in enumerate(sorted(members)):
-        members[agent_id].rank = rank
-    for skill in skills:
-        rebuild(skill, members)
