@@ -860,3 +860,62 @@ async def test_a_capability_added_again_replaces_its_handler_and_no_other(flock:
     await flock.system.spawn(Added, "added-1")
     assert await flock.request_capability("a", timeout=5) == "a, second"
     assert await flock.request_capability("b", timeout=5) == "b"
+
+
+def test_the_fair_key_orders_as_load_then_handed_then_id() -> None:
+    # fair_key packs (running / capacity, handed) into one int, the id next to it in a heap
+    # entry: their order must be the tuple's, loads of different capacities included.
+    import random
+
+    from flockrt.flock.skills import fair_key
+
+    rng = random.Random(15)
+    keys = []
+    for _ in range(3000):
+        capacity = rng.choice([1, 2, 3, 7, 10, 64, 1000, 3**15])
+        running, handed, agent_id = rng.randrange(capacity), rng.randrange(50), f"a{rng.randrange(40)}"
+        keys.append(((running / capacity, handed, agent_id), (fair_key(running, capacity, handed), agent_id)))
+    by_tuple = sorted(keys, key=lambda pair: pair[0])
+    by_key = sorted(keys, key=lambda pair: pair[1])
+    assert [pair[0] for pair in by_key] == [pair[0] for pair in by_tuple]
+
+
+class _Alive:
+    is_alive = True
+
+
+def test_an_agent_with_a_smaller_id_that_joins_later_is_chosen_first() -> None:
+    # The last tie-break is the id, whatever the order the agents joined in.
+    from flockrt.agents.ports import AgentCard
+    from flockrt.flock.dispatcher import Dispatcher
+
+    dispatcher = Dispatcher(node="n")
+
+    def card(agent_id: str, capacity: int = 1) -> AgentCard:
+        return AgentCard(agent_id, agent_id, (), ("t",), capacity, _Alive())
+
+    for agent_id in ("b", "d"):
+        dispatcher.join(card(agent_id))
+    skill = dispatcher.skill("task", "t")
+    assert skill is not None
+    chosen = dispatcher.free_member(skill)
+    assert chosen is not None and chosen.card.id == "b"
+    dispatcher.join(card("a"))
+    dispatcher.join(card("c", capacity=2))
+    chosen = dispatcher.free_member(skill)
+    assert chosen is not None and chosen.card.id == "a"
+    chosen.handed[skill] = 1  # as a handover, with the slot given back (work_done)
+    chosen.running += 1
+    dispatcher.work_done("a")
+    chosen = dispatcher.free_member(skill)
+    assert chosen is not None and chosen.card.id == "b"  # the same load, handed least
+    chosen.running += 1  # a slot taken: b is full, c (capacity 2) is the next at load 0
+    chosen.handed[skill] = 1
+    ids = []
+    for _ in range(2):
+        member = dispatcher.free_member(skill)
+        assert member is not None
+        ids.append(member.card.id)
+        member.running += 1
+        member.handed[skill] = member.handed.get(skill, 0) + 1
+    assert ids == ["c", "d"]  # load 0, handed none: c (the smaller id), then d (c half loaded)

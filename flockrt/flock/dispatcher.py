@@ -37,7 +37,7 @@ from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
 from flockrt.flock import batches, requests, waiting
 from flockrt.flock.batches import PRIORITIES
 from flockrt.flock.inline import TaskFastPath
-from flockrt.flock.skills import Member, Skill, push_lowered
+from flockrt.flock.skills import HANDED_ONE, Member, Skill, push_lowered
 from flockrt.flock.stats import WorkStats
 from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
 
@@ -80,8 +80,8 @@ class Dispatcher(TaskFastPath):
         self._members: dict[str, Member] = {}
         self._skills: dict[tuple[str, str], Skill] = {}  # by (kind, name)
         self._task_skills: dict[str, Skill] = {}  # the task types among them, by name
-        # The free heaps of the skills (Skill.free) are keyed like the fair choice: the least
-        # loaded, then the one handed least of the skill so far, then the smallest id. Entries
+        # The free heaps of the skills (Skill.free) are keyed by the fair choice (fair_key, then
+        # the id): least loaded, then handed least of the skill so far, then the smallest id. Entries
         # are not updated in place: a member whose key falls (a slot given back) gets a new
         # version and a new entry (pushed when its skill next looks: Skill.lowered), and
         # entries whose version is not the member's current one are dropped when they
@@ -438,11 +438,10 @@ class Dispatcher(TaskFastPath):
         if member is None:
             return None
         card = member.card
-        inline = card.inline_task_types if skill.kind == "task" else card.inline_capabilities
-        if card.run_now is None or skill.name not in inline:
+        if card.run_now is None or card.id not in skill.inline:  # (its card's inline ones)
             return None
         heap = skill.free
-        entry = heap[0]  # the member's current entry (see _free_member)
+        entry = heap[0]  # the member's current entry (see free_member)
         changes = self._heap_changes
         member.version = 0  # its free entries are stale while it runs (it may be at capacity)
         member.running += 1
@@ -459,9 +458,9 @@ class Dispatcher(TaskFastPath):
                 # No free heap changed while it ran, so its entries are all still in place,
                 # and only its key in this skill's heap moves (one more handed): one sift, no
                 # stale entries left behind. Its load is what it was.
-                member.version = entry[3]
+                member.version = entry[2]
                 if ran is not None:
-                    heapq.heapreplace(heap, (entry[0], member.handed[skill], entry[2], entry[3]))
+                    heapq.heapreplace(heap, (entry[0] + HANDED_ONE, entry[1], entry[2], entry[3]))
             else:  # work was dispatched while it ran (its handler did that): a full re-offer
                 self.offer(member)
         if ran is None:  # it cannot take work right now (restarting, say): the usual path
@@ -516,6 +515,7 @@ class Dispatcher(TaskFastPath):
         member = self._members.get(agent_id)
         if member is not None:
             member.handed[skill] = member.handed.get(skill, 0) - count
+            self.offer(member)  # its key fell
 
     def enqueue(self, skill: Skill, work: Work) -> None:
         """Queue ``work`` for ``skill`` (by priority, then age) without pumping."""
@@ -570,31 +570,32 @@ class Dispatcher(TaskFastPath):
 
     def free_member(self, skill: Skill) -> Member | None:
         """The least loaded agent with a free slot; ties go to the one handed least of this
-        skill so far, then to the smallest id, so the choice is fair and deterministic. Its
+        skill so far, then to the smallest id (``fair_key``): fair and deterministic. Its
         current entry is then at the top of the skill's free heap.
 
-        Taking a slot does not touch the heaps (:meth:`hand_over`): it only raises the
-        member's key, so its entries stay where they are, each a lower bound of its key, and
-        the top one is brought up to date here when it surfaces (one sift, in this skill's
-        heap only) or dropped if the member is full. Only a key that falls (a slot given
-        back: :meth:`offer`) needs new entries."""
+        Taking a slot (:meth:`hand_over`) only raises the member's key: its entries stay, each
+        a lower bound of its key, and the top one is brought up to date here when it surfaces
+        (one sift, in this skill's heap only) or dropped if the member is full. Only a key that
+        falls (a slot given back: :meth:`offer`) needs new entries."""
         if skill.lowered:
             push_lowered(skill, self._members)
             self._heap_changes += 1
         heap = skill.free
         members = self._members
         while heap:
-            _, handed_then, agent_id, version = entry = heap[0]
+            _, agent_id, version, running = heap[0]
             member = members.get(agent_id)
-            if member is not None and member.version == version and member.card.ref.is_alive:
-                running, capacity = member.running, member.card.max_concurrent_tasks
-                if running < capacity:
-                    load, handed = running / capacity, member.handed.get(skill, 0)
-                    if load == entry[0] and handed == handed_then:
-                        return member
-                    heapq.heapreplace(heap, (load, handed, agent_id, version))  # it took work since
-                    self._heap_changes += 1
-                    continue
+            if (
+                member is not None
+                and member.version == version
+                and member.card.ref.is_alive
+                and member.running < member.card.max_concurrent_tasks
+            ):
+                if member.running == running:  # its key is the entry's (see Skill.free)
+                    return member
+                heapq.heapreplace(heap, member.entry(skill))  # it took work since
+                self._heap_changes += 1
+                continue
             heapq.heappop(heap)  # stale: the member changed, is full, left, or is stopping
             self._heap_changes += 1
         return None
