@@ -102,7 +102,16 @@ async def test_core_hand_off_of_bursts_while_uneven_processes_join(
         for process in processes[1:]:  # each joins while the earlier bursts wait for slots
             await process.start()
             await tally.publish_many(False, [0.005] * BURST)
-        await tally.wait_all_ok(60)
+        try:  # (within the test's own 60 s, so that a failure says where the tasks are)
+            await tally.wait_all_ok(40)
+        except AssertionError as exc:
+            record = read_record(tmp_path / "record")
+            missing = tally.missing()
+            running = sum(1 for t in missing if record.started[t] and not record.finished[t])
+            logs = "\n".join(f"--- {p.name}:\n" + "\n".join(p.log().splitlines()[-15:]) for p in processes)
+            raise AssertionError(
+                f"{exc}: {running} started and unfinished, {len(missing) - running} never started\n{logs}"
+            ) from None
         record = read_record(tmp_path / "record")
         split = {p.name: record.by_node(p.name) for p in processes}
         # The first burst went to p1 alone: what of it ran elsewhere was handed off.
