@@ -919,3 +919,22 @@ def test_an_agent_with_a_smaller_id_that_joins_later_is_chosen_first() -> None:
         member.running += 1
         member.handed[skill] = member.handed.get(skill, 0) + 1
     assert ids == ["c", "d"]  # load 0, handed none: c (the smaller id), then d (c half loaded)
+
+
+def test_an_agent_that_rejoins_with_fewer_skills_leaves_the_ones_it_no_longer_has() -> None:
+    # A restart joins again without leaving first: the skills it dropped must forget it.
+    from flockrt.agents.ports import AgentCard
+    from flockrt.flock.dispatcher import Dispatcher
+
+    dispatcher = Dispatcher(node="n")
+    dispatcher.join(AgentCard("a", "a", ("c",), ("t", "u"), 1, _Alive()))
+    dispatcher.join(AgentCard("a", "a", (), ("t",), 1, _Alive()))
+    task_skill, dropped, capability = (
+        dispatcher.skill("task", "t"),
+        dispatcher.skill("task", "u"),
+        dispatcher.skill("capability", "c"),
+    )
+    assert task_skill is not None and dropped is not None and capability is not None
+    assert task_skill.agents == {"a"}
+    assert dropped.agents == set() and capability.agents == set()
+    assert not dispatcher.has_skill("task", "u") and dispatcher.has_skill("task", "t")

@@ -110,6 +110,7 @@ class Dispatcher(TaskFastPath):
 
     def join(self, card: AgentCard) -> None:
         """A local agent is ready for work (also after a restart)."""
+        self.leave(card.id)  # (a restart: out of the skills it had, which may not all be its now)
         skills = tuple(self._skill("capability", c) for c in card.capabilities) + tuple(
             self._skill("task", t) for t in card.task_types
         )
