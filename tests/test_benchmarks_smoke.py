@@ -78,3 +78,17 @@ def test_bench_names_an_unknown_suite() -> None:
     assert result.returncode == 2
     expected = "kernel, bus, agents, gateway, metrics, startup, cluster"
     assert f"unknown suite 'kernal'; expected {expected}" in result.stderr
+
+
+def test_collector_comparison_runs() -> None:
+    # benchmarks/collector.py: the "with the collector off" figures of docs/benchmarks.md.
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.collector", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    for line in ("submit, collector on ", "submit, collector off", "100 askers, collector off"):
+        assert line in result.stdout
