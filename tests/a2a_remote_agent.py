@@ -5,7 +5,8 @@ tests and the benchmark: the remote end of ``[[a2a.remote]]``.
 
 Skills: ``shout`` (the message's text, upper-cased, as a text artifact, with one ``working``
 status message on the way), ``add`` (a data part ``{"a": x, "b": y}`` answered with the data part
-``{"sum": x + y}``) and ``fail`` (the task ends failed). With TOKEN, every request but the card
+``{"sum": x + y}``), ``fail`` (the task ends failed), ``slow`` (works until its task is
+cancelled) and ``ask`` (the task asks for input). With TOKEN, every request but the card
 needs ``Authorization: Bearer TOKEN``. Prints ``ready`` once it listens; runs until killed.
 """
 
@@ -48,6 +49,10 @@ class Remote(AgentExecutor):
             (data,) = get_data_parts(context.message.parts)
             await updater.add_artifact([new_data_part({"sum": data["a"] + data["b"]})])
             await updater.complete()
+        elif skill == "slow":
+            await asyncio.Event().wait()  # until cancelled (the handler's cancel_task)
+        elif skill == "ask":
+            await updater.requires_input(updater.new_agent_message([new_text_part("which one?")]))
         else:
             await updater.failed(updater.new_agent_message([new_text_part(f"no such skill: {skill}")]))
 
@@ -72,6 +77,8 @@ def app(port: int, token: str | None) -> Starlette:
             AgentSkill(id="shout", name="shout", description="Upper-cases text.", tags=["text"]),
             AgentSkill(id="add", name="add", description="Adds a and b.", tags=["math"]),
             AgentSkill(id="fail", name="fail", description="Always fails.", tags=["test"]),
+            AgentSkill(id="slow", name="slow", description="Works until cancelled.", tags=["test"]),
+            AgentSkill(id="ask", name="ask", description="Asks for input.", tags=["test"]),
         ],
     )
     handler = DefaultRequestHandler(Remote(), InMemoryTaskStore(), card)

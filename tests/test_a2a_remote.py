@@ -15,14 +15,17 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import pytest
+from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+from a2a.types import ListTasksRequest, TaskState
 
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.config import A2aConfig, A2aRemote, AuthConfig, FlockConfig, McpConfig, NatsConfig, RuntimeConfig
-from flockrt.errors import CircuitOpen, NoCapableAgent, RemoteAgentUnreachable, WorkFailed
+from flockrt.errors import CircuitOpen, NoCapableAgent, RemoteAgentUnreachable, WorkFailed, WorkTimeout
 from flockrt.runtime import Flock
 from tests.conftest import wait_for
 from tests.mcp_support import client, structured
@@ -135,7 +138,7 @@ async def test_a_remote_agents_skills_are_requested_over_mcp_and_over_nats(nats_
         (info,) = await flock.wait_for_agents(1, capability="shout", timeout=10)
         assert info.id == AGENT
         assert info.name == "remote-shouter"  # the card's name
-        assert set(info.capabilities) == {"shout", "add", "fail"}
+        assert set(info.capabilities) == {"shout", "add", "fail", "slow", "ask"}
         assert await flock.request_capability("shout", {"text": "in process"}) == "IN PROCESS"
 
         assert flock.gateway_url is not None
@@ -212,3 +215,55 @@ async def test_the_token_is_sent_and_a_breaker_guards_a_remote_whose_requests_fa
             assert isinstance(fast.value.__cause__, CircuitOpen)
             assert f"circuit breaker for remote A2A agent {AGENT} is open" in str(fast.value)
             assert status(flock) == "online"  # its card can be read: it stays, behind the breaker
+
+
+@contextlib.asynccontextmanager
+async def remote_tasks(remote: RemoteProcess) -> AsyncIterator[Callable[[str, int], Awaitable[None]]]:
+    """``until(state, count)``: wait until ``count`` of the remote's tasks are in ``state``
+    (``"canceled"``, ``"working"``...), as its own A2A ``ListTasks`` gives them; fail after 10 s."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        card = await A2ACardResolver(http, remote.url).get_agent_card()
+        a2a = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
+
+        async def until(state: str, count: int) -> None:
+            deadline = time.monotonic() + 10
+            while True:
+                listed = await a2a.list_tasks(ListTasksRequest())
+                states = [TaskState.Name(task.status.state) for task in listed.tasks]
+                if states.count("TASK_STATE_" + state.upper()) == count:
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not {count} {state} tasks at the remote within 10 s: {states}")
+
+        yield until
+
+
+async def test_a_request_given_up_or_left_asking_for_input_is_cancelled_at_the_remote() -> None:
+    async with remote_agent() as remote, Flock(flock_config(remote)) as flock, remote_tasks(remote) as until:
+        await flock.wait_for_agents(1, capability="slow", timeout=10)
+        assert flock.a2a is not None
+        link = flock.a2a.remotes.links[AGENT]
+
+        # The requester's deadline passes while the remote works: the remote's task is cancelled.
+        with pytest.raises(WorkTimeout):
+            await flock.request_capability("slow", {"text": "forever"}, timeout=0.5)
+        await until("canceled", 1)
+
+        # A requester cancelled from outside: the same.
+        request = asyncio.create_task(flock.request_capability("slow", {"text": "again"}, timeout=30))
+        await until("working", 1)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await until("canceled", 2)
+
+        # A task that asks for input fails the request and is not left open at the remote.
+        with pytest.raises(WorkFailed, match="its task ended input_required: which one"):
+            await flock.request_capability("ask", {"text": "?"}, timeout=10)
+        await until("canceled", 3)
+        assert (link.cancels_sent, link.cancels_failed) == (3, 0)
+
+        # A task that ended by itself is not cancelled.
+        assert await flock.request_capability("shout", {"text": "done"}) == "DONE"
+        await until("completed", 1)
+        assert (link.cancels_sent, link.cancels_failed) == (3, 0)

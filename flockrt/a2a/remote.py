@@ -18,6 +18,11 @@ their text) or the message the remote answered with. A task the remote ends ``fa
 request cannot give any). Progress (the remote's ``working`` status messages, when it
 streams) reaches the requester as progress reports.
 
+A request given up before the remote's task ended (its requester cancelled it, its deadline or
+the remote's ``timeout`` passed, the proxy stopped), and a task left asking for input, are
+cancelled at the remote (A2A ``CancelTask``), in the background: the giving up waits for
+nothing. A cancel that fails is logged and counted in :attr:`RemoteLink.cancels_failed`.
+
 A :class:`~flockrt.breaker.CircuitBreaker` guards each remote: requests that cannot get
 through (refused, reset, timed out, an HTTP error) raise
 :class:`~flockrt.errors.RemoteAgentUnreachable` and count; three in a row open it, and then
@@ -40,7 +45,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from a2a.client import A2ACardResolver, A2AClientError, AgentCardResolutionError, ClientConfig, ClientFactory
-from a2a.types import AgentCard, Message, Role, SendMessageRequest, Task, TaskState
+from a2a.types import AgentCard, CancelTaskRequest, Message, Role, SendMessageRequest, Task, TaskState
 from google.protobuf.json_format import MessageToDict
 
 from flockrt.a2a.card import SCHEMAS_EXTENSION
@@ -69,6 +74,9 @@ _SKILL = re.compile(r"^[A-Za-z0-9_\-:]{1,128}$")
 _DONE = {TaskState.TASK_STATE_COMPLETED}
 _FAILED = {TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_REJECTED, TaskState.TASK_STATE_CANCELED}
 _STUCK = {TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED}
+_ENDED = _DONE | _FAILED
+CANCEL_TIMEOUT = 5.0
+"""Seconds a cancel of a remote's task may take (at most the remote's ``timeout``)."""
 
 
 def remote_id(remote: A2aRemote) -> str:
@@ -152,6 +160,11 @@ class RemoteLink:
         self._proxy: ActorRef[Any] | None = None
         self._skills: tuple[str, ...] | None = None
         self._wake = asyncio.Event()
+        self._cancels = TaskOwner(f"remote A2A agent {self.agent_id}", log)
+        self.cancels_sent = 0
+        """Tasks of the remote's cancelled because their request was given up (see the module)."""
+        self.cancels_failed = 0
+        """Of those, the cancels that failed (logged)."""
         self.offline_reason: str | None = "not read yet"
         """Why the proxy is offline (None: it is online)."""
 
@@ -222,8 +235,11 @@ class RemoteLink:
                 await DynamicSupervisor.terminate_child(self._supervisor, proxy)
 
     async def close(self) -> None:
-        """Stop the proxy and close the HTTP client."""
+        """Stop the proxy, give the cancels of its given-up tasks up to their time, close the
+        HTTP client."""
         await self._stop_proxy()
+        late = await self._cancels.wait(min(self.remote.timeout, CANCEL_TIMEOUT))
+        await self._cancels.cancel(late)
         await self._http.aclose()
 
     # ------------------------------------------------------------------ requests
@@ -275,26 +291,36 @@ class RemoteLink:
 
     async def _exchange(self, client: Any, message: Message, progress: ProgressCallback | None) -> Any:
         task: Task | None = None
+        remote_task = ""  # its id, once the remote said
         artifacts: list[Any] = []
         state = TaskState.TASK_STATE_UNSPECIFIED
         status_text = ""
         steps = 0
-        async for event in client.send_message(SendMessageRequest(message=message)):
-            kind = event.WhichOneof("payload")
-            if kind == "message":
-                return result_of(event.message.parts)
-            if kind == "task":
-                task = event.task
-                state = task.status.state
-                status_text = _text(task.status.message)
-            elif kind == "status_update":
-                state = event.status_update.status.state
-                status_text = _text(event.status_update.status.message)
-                if state == TaskState.TASK_STATE_WORKING and status_text and progress is not None:
-                    steps += 1
-                    progress(steps, None, status_text)
-            elif kind == "artifact_update":
-                artifacts.append(event.artifact_update.artifact)
+        try:
+            async for event in client.send_message(SendMessageRequest(message=message)):
+                kind = event.WhichOneof("payload")
+                if kind == "message":
+                    return result_of(event.message.parts)
+                if kind == "task":
+                    task = event.task
+                    remote_task = task.id
+                    state = task.status.state
+                    status_text = _text(task.status.message)
+                elif kind == "status_update":
+                    remote_task = remote_task or event.status_update.task_id
+                    state = event.status_update.status.state
+                    status_text = _text(event.status_update.status.message)
+                    if state == TaskState.TASK_STATE_WORKING and status_text and progress is not None:
+                        steps += 1
+                        progress(steps, None, status_text)
+                elif kind == "artifact_update":
+                    artifacts.append(event.artifact_update.artifact)
+        except asyncio.CancelledError:  # given up: the remote's task must not run on for nobody
+            if remote_task and state not in _ENDED:
+                self._cancel_later(client, remote_task, "its request was given up")
+            raise
+        if remote_task and state in _STUCK:
+            self._cancel_later(client, remote_task, "it asked for input no flock request can give")
         if state in _DONE:
             return artifacts_result(artifacts or (list(task.artifacts) if task is not None else []))
         what = TaskState.Name(state).removeprefix("TASK_STATE_").lower()
@@ -303,6 +329,27 @@ class RemoteLink:
                 self.agent_id, f"its task ended {what}" + (f": {status_text}" if status_text else "")
             )
         raise OutsideAgentFailed(self.agent_id, f"its answer ended with the task {what}, not completed")
+
+    def _cancel_later(self, client: Any, remote_task: str, why: str) -> None:
+        self.cancels_sent += 1
+        self._cancels.spawn(self._cancel(client, remote_task, why), name=f"cancel {remote_task}")
+
+    async def _cancel(self, client: Any, remote_task: str, why: str) -> None:
+        """Cancel the remote's task ``remote_task`` (best effort: a failure is logged and counted)."""
+        try:
+            async with asyncio.timeout(min(self.remote.timeout, CANCEL_TIMEOUT)):
+                await client.cancel_task(CancelTaskRequest(id=remote_task))
+        except (A2AClientError, httpx.HTTPError, TimeoutError, OSError) as exc:
+            self.cancels_failed += 1
+            log.warning(
+                "remote A2A agent %s: its task %s (%s) could not be cancelled: %s",
+                self.agent_id,
+                remote_task,
+                why,
+                str(exc) or type(exc).__name__,
+            )
+            return
+        log.info("remote A2A agent %s: its task %s cancelled: %s", self.agent_id, remote_task, why)
 
 
 def _text(message: Message) -> str:
