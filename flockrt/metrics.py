@@ -18,6 +18,13 @@ How the parts report:
 
   ``method`` is the JSON-RPC method (``tools/call``...; unknown ones count as ``other``);
   ``outcome`` is one of :data:`MCP_OUTCOMES`.
+- **The A2A server and remotes** (``flockrt/a2a/``) call::
+
+      observe_a2a_request(method, outcome, seconds)   # once per JSON-RPC request to the server
+      observe_a2a_remote(remote, outcome)             # once per request to a [[a2a.remote]]
+      observe_a2a_remote_cancel(remote, outcome)      # once per cancel sent to a remote
+
+  ``remote`` is the proxy agent's id (one per configured remote: a bounded set).
 - **The Claude agent** (``flockrt/agents/claude.py``) keeps plain counters in ``flockrt.agents.claude.USAGE``,
   read here at scrape time (``flockrt_claude_*``): nothing to call.
 
@@ -68,10 +75,16 @@ __all__ = [
     "MCP_CONNECTIONS",
     "MCP_METHODS",
     "MCP_OUTCOMES",
+    "A2A_METHODS",
+    "A2A_OUTCOMES",
+    "A2A_REMOTE_OUTCOMES",
     "REGISTRY",
     "Instrumentation",
     "exposition",
     "instrument",
+    "observe_a2a_remote",
+    "observe_a2a_remote_cancel",
+    "observe_a2a_request",
     "observe_mcp_request",
 ]
 
@@ -171,6 +184,89 @@ def observe_mcp_request(method: str, outcome: str, seconds: float) -> None:
         )
     children[0].inc()
     children[1].observe(seconds)
+
+
+# ---------------------------------------------------------------------- A2A
+
+A2A_METHODS = frozenset(
+    {
+        "SendMessage",
+        "SendStreamingMessage",
+        "GetTask",
+        "ListTasks",
+        "CancelTask",
+        "SubscribeToTask",
+        "CreateTaskPushNotificationConfig",
+        "GetTaskPushNotificationConfig",
+        "ListTaskPushNotificationConfigs",
+        "DeleteTaskPushNotificationConfig",
+        "GetExtendedAgentCard",
+    }
+)
+"""A2A 1.0 JSON-RPC methods counted by name; any other counts as ``other``."""
+
+A2A_OUTCOMES = frozenset({"ok", "error", "unauthorized", "rate_limited", "invalid"})
+"""``ok``; ``error`` (a JSON-RPC error from the flock or the SDK: an unknown task, say);
+``unauthorized`` (HTTP 401 or 403); ``rate_limited`` (429); ``invalid`` (a malformed request,
+an unknown method, a missing version header, a body over the limit). Others count as error."""
+
+A2A_REMOTE_OUTCOMES = frozenset({"ok", "failed", "unreachable", "timeout", "circuit_open", "cancelled"})
+"""Of a request to a remote A2A agent: ``ok``; ``failed`` (its task ended failed, rejected,
+canceled or asking for input); ``unreachable``; ``timeout`` (the remote's ``timeout``);
+``circuit_open`` (refused at once by its breaker); ``cancelled`` (given up by its requester)."""
+
+_A2A_REQUESTS = Counter(
+    "flockrt_a2a_requests",
+    "A2A requests handled by the flock's A2A server, by JSON-RPC method and outcome.",
+    ["method", "outcome"],
+    registry=REGISTRY,
+)
+_A2A_SECONDS = Histogram(
+    "flockrt_a2a_request_duration_seconds",
+    "Seconds from an A2A request's arrival to the end of its response (a stream's end), by method.",
+    ["method"],
+    buckets=MCP_BUCKETS,
+    registry=REGISTRY,
+)
+_A2A_REMOTE_REQUESTS = Counter(
+    "flockrt_a2a_remote_requests",
+    "Requests sent to remote A2A agents ([[a2a.remote]]), by remote and outcome.",
+    ["remote", "outcome"],
+    registry=REGISTRY,
+)
+_A2A_REMOTE_CANCELS = Counter(
+    "flockrt_a2a_remote_cancels",
+    "Cancels sent to remote A2A agents for tasks whose request was given up, by remote and outcome.",
+    ["remote", "outcome"],
+    registry=REGISTRY,
+)
+
+
+def observe_a2a_request(method: str, outcome: str, seconds: float) -> None:
+    """Count one request to the A2A server and its duration.
+
+    Args:
+        method: The JSON-RPC method; one not in :data:`A2A_METHODS` counts as ``other``.
+        outcome: One of :data:`A2A_OUTCOMES`; anything else counts as ``error``.
+        seconds: From arrival to the end of the response.
+    """
+    if method not in A2A_METHODS:
+        method = "other"
+    if outcome not in A2A_OUTCOMES:
+        outcome = "error"
+    _A2A_REQUESTS.labels(method, outcome).inc()
+    _A2A_SECONDS.labels(method).observe(seconds)
+
+
+def observe_a2a_remote(remote: str, outcome: str) -> None:
+    """Count one request to the remote A2A agent ``remote`` (its proxy's id), by one of
+    :data:`A2A_REMOTE_OUTCOMES` (anything else counts as ``failed``)."""
+    _A2A_REMOTE_REQUESTS.labels(remote, outcome if outcome in A2A_REMOTE_OUTCOMES else "failed").inc()
+
+
+def observe_a2a_remote_cancel(remote: str, ok: bool) -> None:
+    """Count one cancel sent to the remote A2A agent ``remote``, done (``ok``) or failed."""
+    _A2A_REMOTE_CANCELS.labels(remote, "ok" if ok else "failed").inc()
 
 
 # ---------------------------------------------------------------------- Claude agent

@@ -23,6 +23,7 @@ import pytest
 from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types import ListTasksRequest, TaskState
 
+from flockrt import metrics
 from flockrt.bus.embedded import EmbeddedNats
 from flockrt.config import A2aConfig, A2aRemote, AuthConfig, FlockConfig, McpConfig, NatsConfig, RuntimeConfig
 from flockrt.errors import CircuitOpen, NoCapableAgent, RemoteAgentUnreachable, WorkFailed, WorkTimeout
@@ -238,7 +239,17 @@ async def remote_tasks(remote: RemoteProcess) -> AsyncIterator[Callable[[str, in
         yield until
 
 
+def counted(series: str, outcome: str) -> float:
+    """``flockrt_a2a_remote_<series>_total{remote=AGENT, outcome}`` now (the process's registry)."""
+    sample = metrics.REGISTRY.get_sample_value(
+        f"flockrt_a2a_remote_{series}_total", {"remote": AGENT, "outcome": outcome}
+    )
+    return sample or 0.0
+
+
 async def test_a_request_given_up_or_left_asking_for_input_is_cancelled_at_the_remote() -> None:
+    outcomes = [("requests", "cancelled"), ("requests", "failed"), ("requests", "ok"), ("cancels", "ok")]
+    before = {case: counted(*case) for case in outcomes}
     async with remote_agent() as remote, Flock(flock_config(remote)) as flock, remote_tasks(remote) as until:
         await flock.wait_for_agents(1, capability="slow", timeout=10)
         assert flock.a2a is not None
@@ -267,3 +278,10 @@ async def test_a_request_given_up_or_left_asking_for_input_is_cancelled_at_the_r
         assert await flock.request_capability("shout", {"text": "done"}) == "DONE"
         await until("completed", 1)
         assert (link.cancels_sent, link.cancels_failed) == (3, 0)
+    counts = {case: counted(*case) - before[case] for case in outcomes}
+    assert counts == {
+        ("requests", "cancelled"): 2,
+        ("requests", "failed"): 1,
+        ("requests", "ok"): 1,
+        ("cancels", "ok"): 3,
+    }

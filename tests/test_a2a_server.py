@@ -36,6 +36,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 import flockrt
+from flockrt import metrics
 from flockrt.a2a.card import SCHEMAS_EXTENSION
 from flockrt.config import A2aConfig, AuthConfig, FlockConfig, McpConfig, RuntimeConfig
 from flockrt.runtime import Flock
@@ -413,3 +414,44 @@ async def test_the_rate_limit_and_the_in_flight_limit_are_the_gateways() -> None
         assert second.status.state == TaskState.TASK_STATE_REJECTED
         assert "too many tasks in flight" in second.status.message.parts[0].text
         await client.cancel_task(CancelTaskRequest(id=first[0].task.id))
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def counted(method: str, outcome: str) -> float:
+    """``flockrt_a2a_requests_total{method, outcome}`` now (the registry is the process's)."""
+    sample = metrics.REGISTRY.get_sample_value(
+        "flockrt_a2a_requests_total", {"method": method, "outcome": outcome}
+    )
+    return sample or 0.0
+
+
+async def test_requests_are_counted_by_method_and_outcome() -> None:
+    cases = [
+        ("SendMessage", "ok"),
+        ("SendStreamingMessage", "ok"),
+        ("GetTask", "error"),
+        ("SendMessage", "invalid"),
+        ("other", "invalid"),
+        ("other", "unauthorized"),
+        ("other", "rate_limited"),
+    ]
+    before = {case: counted(*case) for case in cases}
+    auth = AuthConfig(tokens=["sesame"])
+    async with a2a_flock(auth=auth, rate_limit=0.001, rate_burst=5) as (_flock, base):
+        token = {"Authorization": "Bearer sesame"}
+        ok = await rpc(base, send_body("text-analysis", [{"text": "x"}]), headers=token)
+        assert ok.json()["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+        async with sdk_client(base, token="sesame", streaming=True) as client:
+            streamed = await ask(client, "text-analysis", text="a b")
+            assert streamed[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+        missing = {"jsonrpc": "2.0", "id": 3, "method": "GetTask", "params": {"id": "no-such"}}
+        assert (await rpc(base, missing, headers=token)).json()["error"]["code"] == -32001
+        unknown = await rpc(base, send_body("nope", [{"text": "x"}]), headers=token)
+        assert unknown.json()["error"]["code"] == -32602
+        assert (await rpc(base, b"{not json", headers=token)).json()["error"]["code"] == -32700
+        assert (await rpc(base, send_body("text-analysis", [{"text": "x"}]))).status_code == 401
+        assert (await rpc(base, b"{}", headers=token)).status_code == 429  # 6th of a burst of 5
+        assert metrics.exposition()[0].count(b"flockrt_a2a_request_duration_seconds_count") >= 3
+    assert {case: counted(*case) - before[case] for case in cases} == dict.fromkeys(cases, 1.0)

@@ -48,6 +48,7 @@ from a2a.client import A2ACardResolver, A2AClientError, AgentCardResolutionError
 from a2a.types import AgentCard, CancelTaskRequest, Message, Role, SendMessageRequest, Task, TaskState
 from google.protobuf.json_format import MessageToDict
 
+from flockrt import metrics
 from flockrt.a2a.card import SCHEMAS_EXTENSION
 from flockrt.a2a.mapping import SKILL_KEY, artifacts_result, metadata_of, parts_of, result_of, whole
 from flockrt.actors.ref import ActorRef
@@ -57,7 +58,7 @@ from flockrt.agents.agent import Agent
 from flockrt.agents.work import ProgressCallback
 from flockrt.breaker import CircuitBreaker
 from flockrt.config import A2aConfig, A2aRemote
-from flockrt.errors import OutsideAgentFailed, RemoteAgentUnreachable
+from flockrt.errors import CircuitOpen, OutsideAgentFailed, RemoteAgentUnreachable
 from flockrt.supervisor.spec import ChildSpec
 from flockrt.supervisor.supervisor import DynamicSupervisor
 from flockrt.wire.schema import CapabilitySchema
@@ -245,7 +246,8 @@ class RemoteLink:
     # ------------------------------------------------------------------ requests
 
     async def ask(self, skill: str, parameters: Any, progress: ProgressCallback | None) -> Any:
-        """Send ``parameters`` to the remote's ``skill`` and return its answer.
+        """Send ``parameters`` to the remote's ``skill`` and return its answer (counted in
+        ``flockrt_a2a_remote_requests_total`` by outcome).
 
         Raises:
             CircuitOpen: the breaker is open (the last requests could not get through).
@@ -253,6 +255,24 @@ class RemoteLink:
             OutsideAgentFailed: the remote ended the task failed, rejected or canceled, or
                 asked for input.
         """
+        outcome = "failed"
+        try:
+            result = await self._ask(skill, parameters, progress)
+            outcome = "ok"
+            return result
+        except CircuitOpen:
+            outcome = "circuit_open"
+            raise
+        except RemoteAgentUnreachable as exc:
+            outcome = "timeout" if isinstance(exc.__context__, TimeoutError) else "unreachable"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            metrics.observe_a2a_remote(self.agent_id, outcome)
+
+    async def _ask(self, skill: str, parameters: Any, progress: ProgressCallback | None) -> Any:
         trial = self.breaker.check()
         client = self._client
         if client is None:
@@ -348,7 +368,9 @@ class RemoteLink:
                 why,
                 str(exc) or type(exc).__name__,
             )
+            metrics.observe_a2a_remote_cancel(self.agent_id, ok=False)
             return
+        metrics.observe_a2a_remote_cancel(self.agent_id, ok=True)
         log.info("remote A2A agent %s: its task %s cancelled: %s", self.agent_id, remote_task, why)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -57,6 +58,7 @@ from aiohttp import web
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message as Proto
 
+from flockrt import metrics
 from flockrt.a2a.card import CARD_PATH, RPC_PATH, CardBuilder
 from flockrt.a2a.executor import OWNER, ROUTE, FlockExecutor
 from flockrt.a2a.mapping import route_of
@@ -87,6 +89,21 @@ _METHODS: dict[str, type[Proto]] = {
 }
 """The A2A 1.0 JSON-RPC methods and the request each carries."""
 _STREAMING = frozenset({"SendStreamingMessage", "SubscribeToTask"})
+
+
+_INVALID = (InvalidParamsError, VersionNotSupportedError)
+"""The SDK's errors counted as an ``invalid`` request (the rest as ``error``)."""
+
+
+class _Seen:
+    """What a request turned out to be, for ``flockrt_a2a_requests_total``: its method (once
+    parsed) and its outcome (``error`` until it is known to be something else)."""
+
+    __slots__ = ("method", "outcome")
+
+    def __init__(self) -> None:
+        self.method = "other"
+        self.outcome = "error"
 
 
 class _Client(User):
@@ -168,13 +185,22 @@ class A2AServer:
         # The work a request starts (the SDK runs it in a copy of this context) and its logs
         # carry one correlation id, the caller's if it sent one; aiohttp serves a keep-alive
         # connection's requests in one task: set, then reset.
-        with correlation(request.headers.get(CORRELATION_HEADER)):
-            return await self._handle_rpc(request)
+        started = time.perf_counter()
+        seen = _Seen()
+        try:
+            with correlation(request.headers.get(CORRELATION_HEADER)):
+                return await self._handle_rpc(request, seen)
+        except web.HTTPException as refused:  # admission (401, 403) or a body too large (413)
+            seen.outcome = "unauthorized" if refused.status in (401, 403) else "invalid"
+            raise
+        finally:
+            metrics.observe_a2a_request(seen.method, seen.outcome, time.perf_counter() - started)
 
-    async def _handle_rpc(self, request: web.Request) -> web.StreamResponse:
+    async def _handle_rpc(self, request: web.Request, seen: _Seen) -> web.StreamResponse:
         principal = admit(self.gateway, request)
         owner = principal_of(self.gateway, request)
         if not self._bucket(owner).take():
+            seen.outcome = "rate_limited"
             error = JSONRPCError(code=RATE_LIMITED, message="rate limit exceeded; slow down")
             return _json(build_error_response(None, error), status=429, headers={"Retry-After": "1"})
         limit = self.gateway.config.max_message_bytes
@@ -184,6 +210,7 @@ class A2AServer:
         request_id: str | int | None = None
         try:
             method, request_id, params = self._parse(body)
+            seen.method = method
             context = ServerCallContext(
                 state={
                     "headers": dict(request.headers),
@@ -203,15 +230,18 @@ class A2AServer:
                     default_task_type=self.config.default_task_type,
                 )
             if method in _STREAMING:
-                return await self._stream(request, method, request_id, params, context)
+                return await self._stream(request, method, request_id, params, context, seen)
             result = await self._call(method, params, context)
         except _Refusal as refusal:
+            seen.outcome = "invalid"
             return _json(build_error_response(request_id, refusal.error))
         except A2AError as exc:
+            seen.outcome = "invalid" if isinstance(exc, _INVALID) else "error"
             return _json(build_error_response(request_id, exc))
         except Exception as exc:  # isolation boundary: a bug answers one request, not the server
             log.exception("A2A request %s failed", request_id)
             return _json(build_error_response(request_id, RpcInternalError(message=f"internal error: {exc}")))
+        seen.outcome = "ok"
         return _json({"jsonrpc": "2.0", "id": request_id, "result": result})
 
     def _parse(self, body: bytes) -> tuple[str, str | int | None, Proto]:
@@ -291,6 +321,7 @@ class A2AServer:
         request_id: str | int | None,
         params: Any,
         context: ServerCallContext,
+        seen: _Seen,
     ) -> web.StreamResponse:
         """Answer with SSE: one JSON-RPC response per event. Errors found before the first
         event (an unknown task, say) are a plain JSON-RPC error instead."""
@@ -312,6 +343,7 @@ class A2AServer:
                     await stream.write(_event(request_id, first))
                     async for event in events:
                         await stream.write(_event(request_id, event))
+                seen.outcome = "ok"
             except A2AError as exc:
                 await stream.write(_sse(build_error_response(request_id, exc), error=True))
             except ConnectionResetError:
