@@ -6,6 +6,11 @@ quotes "with the collector off".
 - ``submit``: CPU per task of 10,000 ``submit(wait=True)`` at once in one process (each
   awaiting a 50 ms model call, as ``benchmarks.agents`` row 1), beside the same coroutines
   under bare ``asyncio.gather``, with the collector on and off (least of the rounds).
+- ``floor``: the same 10,000 through the least a submit with flockrt's documented guarantees
+  can be (``benchmarks/_floor.py``: its own context per handler, a correlation id per task,
+  a TaskMessage and a TaskResult; no agent choice, hooks or counts): its rate against bare
+  asyncio beside flockrt's (as ``benchmarks.agents`` measures it: the best round), with the
+  collector on and off, and the objects the collector tracks per task in flight.
 - ``ask``: 100 concurrent askers of one actor (kernel row 3L, ``def receive``) with the default
   ask timeout and with ``timeout=None``, against the deque + call_soon limit, with the
   collector on and off (best of the rounds): what an ask's deadline costs, and how much of
@@ -24,7 +29,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from benchmarks import _agents, _limit
+from benchmarks import _agents, _floor, _limit
 from benchmarks._flockrt import ECHOES
 from flockrt.actors.system import ActorSystem
 
@@ -73,6 +78,11 @@ def _best(on: bool, rounds: int, runs: dict[str, Callable[[], float]], pick: Any
     return {label: pick(figures) for label, figures in results.items()}
 
 
+def _rate(run: Callable[[int, bool], Coroutine[Any, Any, dict[str, Any]]]) -> float:
+    outcome = asyncio.run(run(TASKS, False))
+    return float(TASKS / outcome["wall"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
@@ -81,6 +91,20 @@ def main() -> None:
         "flockrt": lambda: _cpu_per_task(_agents.local_submit),
         "bare": lambda: _cpu_per_task(_agents.bare_asyncio),
     }
+    rates: dict[str, Callable[[], float]] = {
+        "flockrt": lambda: _rate(_agents.local_submit),
+        "floor": lambda: _rate(_floor.floor_submit),
+        "bare": lambda: _rate(_agents.bare_asyncio),
+    }
+    tracked = {
+        implementation: asyncio.run(_floor.tracked_per_task(TASKS, implementation))
+        for implementation in ("bare", "floor", "flockrt")
+    }
+    print(
+        "objects the collector tracks per submit in flight (gc.get_objects() at the peak, "
+        f"{TASKS:,} at once): bare {tracked['bare']:.1f}, floor {tracked['floor']:.1f}, "
+        f"flockrt {tracked['flockrt']:.1f}"
+    )
     asks: dict[str, Callable[[], float]] = {
         "limit": lambda: asyncio.run(_limit.concurrent_ask_rate(ASKERS, PER_ASKER, "sync")),
         "default": lambda: asyncio.run(_askers("default")),
@@ -92,6 +116,11 @@ def main() -> None:
         print(
             f"submit, {label}: {cpu['flockrt']:.1f} us of CPU per task against bare asyncio's "
             f"{cpu['bare']:.1f} ({cpu['flockrt'] / cpu['bare']:.2f}x; set-up included)"
+        )
+        best = _best(on, rounds, rates, max)
+        print(
+            f"submit rate, {label}: flockrt {best['flockrt'] / best['bare']:.2f}x bare asyncio, "
+            f"the floor {best['floor'] / best['bare']:.2f}x ({best['bare'] / 1000:.1f}k tasks/s bare)"
         )
         rate = _best(on, rounds, asks, max)
         print(

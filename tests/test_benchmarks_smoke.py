@@ -90,5 +90,10 @@ def test_collector_comparison_runs() -> None:
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.returncode == 0, result.stderr
-    for line in ("submit, collector on ", "submit, collector off", "100 askers, collector off"):
+    for line in (
+        "objects the collector tracks per submit in flight",
+        "submit, collector on ",
+        "submit rate, collector off: flockrt",
+        "100 askers, collector off",
+    ):
         assert line in result.stdout
