@@ -256,8 +256,10 @@ async def test_a_request_given_up_or_left_asking_for_input_is_cancelled_at_the_r
         link = flock.a2a.remotes.links[AGENT]
 
         # The requester's deadline passes while the remote works: the remote's task is cancelled.
+        request = asyncio.create_task(flock.request_capability("slow", {"text": "forever"}, timeout=2))
+        await until("working", 1)
         with pytest.raises(WorkTimeout):
-            await flock.request_capability("slow", {"text": "forever"}, timeout=0.5)
+            await request
         await until("canceled", 1)
 
         # A requester cancelled from outside: the same.

@@ -338,6 +338,12 @@ class RemoteLink:
         except asyncio.CancelledError:  # given up: the remote's task must not run on for nobody
             if remote_task and state not in _ENDED:
                 self._cancel_later(client, remote_task, "its request was given up")
+            elif not remote_task:
+                log.info(
+                    "remote A2A agent %s: a request given up before the remote named its task "
+                    "(nothing to cancel there)",
+                    self.agent_id,
+                )
             raise
         if remote_task and state in _STUCK:
             self._cancel_later(client, remote_task, "it asked for input no flock request can give")
