@@ -14,6 +14,7 @@ is up and its server answers pings), else 503 with the reason in the body
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -110,6 +111,32 @@ def build_app(
     return app
 
 
+_ACCEPT_TURNS = 3
+"""Loop turns from asyncio's accept of a connection to its protocol's connection_made."""
+
+
+def _stop_accepting(runner: web.AppRunner) -> bool:
+    """Stop accepting connections on ``runner``'s listening sockets, without closing them yet.
+
+    On asyncio's selector loop (CPython 3.11), a connection accepted in the loop turn before
+    the listener closes is handed over a turn later, and that hand-over then fails (the
+    server's ``_attach`` asserts it still listens): the accepted socket is leaked, its client
+    left hanging on a connection nobody serves, until its own timeout. So a stop first stops
+    accepting (``remove_reader``), lets the accepted connections land, and only then closes:
+    those are closed as connections, and what came later is refused by the kernel. False
+    (nothing done) on other loops, or if aiohttp no longer exposes its sites' servers.
+    """
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        return False
+    stopped = False
+    for site in runner.sites:
+        server = getattr(site, "_server", None)  # (aiohttp's BaseSite keeps its asyncio Server there)
+        for sock in getattr(server, "sockets", None) or ():
+            stopped = loop.remove_reader(sock.fileno()) or stopped
+    return stopped
+
+
 class WebServer:
     """Serves an app on host:port (port 0 picks a free one) until :meth:`stop`.
 
@@ -158,5 +185,9 @@ class WebServer:
     async def stop(self) -> None:
         """Stop listening and close open connections. Idempotent."""
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        if runner is None:
+            return
+        if _stop_accepting(runner):
+            for _ in range(_ACCEPT_TURNS):  # the connections accepted so far land in aiohttp
+                await asyncio.sleep(0)
+        await runner.cleanup()

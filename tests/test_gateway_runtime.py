@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import aiohttp
 import pytest
@@ -152,6 +153,32 @@ async def test_a_port_in_use_is_a_clear_error() -> None:
         with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{first.web.port}"):
             async with Flock(gateway_flock_config(port=first.web.port)):
                 pass
+
+
+async def test_a_client_that_connects_as_the_listener_stops_is_closed_not_left_hanging() -> None:
+    # On asyncio's selector loop a connection accepted in the turn before the listener closes
+    # used to be leaked: its client waited on a socket nobody served (and the socket's
+    # ResourceWarning failed whatever test collected it). Each client below connects, the loop
+    # runs 0 to 5 turns (the accept lands in one of them), and the listener stops.
+    from aiohttp import web
+
+    from flockrt.web import WebServer
+
+    loop = asyncio.get_running_loop()
+    for turns in range(6):
+        server = WebServer(web.Application(), "127.0.0.1", 0)
+        await server.start()
+        assert server.port is not None
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.setblocking(False)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await server.stop()
+            try:
+                ended = await asyncio.wait_for(loop.sock_recv(client, 16), 5)
+            except ConnectionResetError:  # refused before it was accepted
+                ended = b""
+            assert ended == b"", f"after {turns} turns the client got {ended!r}"
 
 
 class Gate(flockrt.Agent):
