@@ -40,7 +40,10 @@ class FastPath:
 
     work_stats: WorkStats | None
     tasks_finished: dict[str, int]
+    sink: Callable[[TaskResult, str | None], None] | None
+    _result_listeners: list[Callable[[TaskResult], None]]
     _task_skills: dict[str, Skill]
+    _members: dict[str, Member]
     _heap_changes: int
 
     if TYPE_CHECKING:
@@ -120,16 +123,33 @@ class FastPath:
         that work dispatched meanwhile, by the handler itself, goes to other agents or waits,
         even when the agent has more slots). :meth:`run_now` then hands the outcome over and
         calls :meth:`pump_skills_of`: work queued meanwhile goes out once the agent is free again.
+
+        The choice's usual case is taken here, without :meth:`free_member`'s frame: no member
+        waits to be pushed (``Skill.lowered``) and the top entry of the free heap is current
+        (its member's version and running count, see ``Skill.free``), so it is that member's
+        key, and the member has a free slot (an entry is only ever made for a member with
+        one). Whether the agent runs, its ``run_now`` says (``ActorContext.runs``: not
+        stopping, not restarting): one check where free_member's ``ActorRef.is_alive`` would
+        be a second. So a member that has begun stopping but not yet left (its cell closed)
+        makes the work take the usual path once, whose free_member drops its entry: the work
+        goes to the agent that free_member chose before, by the usual path.
         """
         if skill.pumping or skill.waiting or not skill.inline:
             return None
-        member = self.free_member(skill)
+        heap = skill.free
+        if heap and not skill.lowered:
+            entry = heap[0]
+            member = self._members.get(entry[1])
+            if member is None or member.version != entry[2] or member.running != entry[3]:
+                member = self.free_member(skill)  # (it drops or updates the entry)
+        else:
+            member = self.free_member(skill)
         if member is None:
             return None
         card = member.card
         if card.run_now is None or card.id not in skill.inline:  # (its card's inline ones)
             return None
-        heap = skill.free
+        heap = skill.free  # (free_member may have rebuilt it)
         entry = heap[0]  # the member's current entry (see free_member)
         changes = self._heap_changes
         member.version = 0  # its free entries are stale while it runs (it may be at capacity)
@@ -190,7 +210,14 @@ class FastPath:
         stats = self.work_stats
         if stats is not None:
             stats.record("task", skill.name, result.status, seconds)
-        self.report(result, True, correlation)
+        sink = self.sink
+        if sink is not None and not self._result_listeners:  # (report's usual case, inlined)
+            try:
+                sink(result, correlation)
+            except Exception:  # (as report does)
+                log.exception("task result of %s not published", result.task_id)
+        else:
+            self.report(result, True, correlation)
         for other in member.skills:  # (Dispatcher.pump_skills_of, inlined)
             if other.waiting:
                 self.pump(other)
