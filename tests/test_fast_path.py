@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flockrt import ActorSystem
+from flockrt import ActorSystem, ChildSpec, Supervisor
 from flockrt.agents.agent import Agent, handles_task
 from flockrt.flock.local import LocalFlock
 from flockrt.wire.schema import DirectMessage, TaskMessage, TaskResult
@@ -30,6 +30,8 @@ class Busy(Agent):
         return self.agent_id
 
     async def on_message(self, message: DirectMessage) -> Any:
+        if message.message == "crash":
+            raise RuntimeError("crash requested")
         self.in_message = True
         await self.gate.wait()
         return None
@@ -103,3 +105,19 @@ async def test_the_fast_path_takes_the_fair_choice_as_free_member_would(flock: L
     assert run(9) == "b"
     dispatcher.work_done("a")  # the slot given back
     assert [run(i) for i in range(10, 13)] == ["c", "a", "b"]  # handed a 4, b 4, c 3; then ties
+
+
+async def test_a_restarted_agent_runs_its_fast_path_tasks_with_its_own_handlers(flock: LocalFlock) -> None:
+    # The handlers that never wait are bound as an agent joins its flock: a restart (a new
+    # instance) joins again, and its tasks run on the new instance.
+    gate = asyncio.Event()
+    spec = ChildSpec(id="busy", factory=Busy, args=("busy-1", gate))
+    await flock.system.spawn(Supervisor, [spec], name="agents")
+    dispatcher = flock.dispatcher
+    before = dispatcher.run_task_now(flock.new_task("quick", task_id="t-0"), "t-0")
+    assert before is not None and before.status == "ok"
+    card = dispatcher.member("busy-1")
+    await flock.send_message("busy-1", "crash")
+    await wait_for(lambda: dispatcher.member("busy-1") not in (None, card))  # the new instance's
+    after = dispatcher.run_task_now(flock.new_task("quick", task_id="t-1"), "t-1")
+    assert after is not None and (after.status, after.result) == ("ok", "busy-1")

@@ -87,6 +87,8 @@ class WorkRunner:
     _handoff: Work | None
     _inline_context: contextvars.Context
     _stepping: int
+    _inline_tasks: dict[str, Callable[[Any], Coroutine[Any, Any, Any]]]
+    """The handlers of its task types that never wait, bound (:meth:`_bind_inline_tasks`)."""
     _driver: Generator[Any, Any, None] | None = None
     """Runs the handlers that never wait on the fast path (see :func:`_drive`); made at first use."""
 
@@ -120,6 +122,16 @@ class WorkRunner:
             self._start_work(work)
         return True
 
+    def _bind_inline_tasks(self) -> None:
+        """Bind the handlers of its task types that never wait, for :meth:`_run_now`: once,
+        as it joins its flock (a handler replaced on the instance before then is the one that
+        runs), not with a ``getattr`` per task."""
+        self._inline_tasks = {
+            task_type: getattr(self, method_name)
+            for task_type, method_name in self._flockrt_task_types.items()
+            if method_name in self._flockrt_inline
+        }
+
     def _run_now(
         self, kind: str, key: str, payload: Any, correlation: str | None
     ) -> tuple[Any, WorkFailed | None] | None:
@@ -143,7 +155,7 @@ class WorkRunner:
         self.tasks_processed += 1
         try:
             if kind == "task":
-                handler: Coroutine[Any, Any, Any] = getattr(self, self._flockrt_task_types[key])(payload)
+                handler: Coroutine[Any, Any, Any] = self._inline_tasks[key](payload)
             else:
                 handler = self._handler(kind, self._flockrt_capabilities[key], payload)
             if self._stepping:  # within one of its own handlers: a copy of that context
