@@ -137,20 +137,21 @@ class FastPath:
         if skill.pumping or skill.waiting or not skill.inline:
             return None
         heap = skill.free
+        member = None
         if heap and not skill.lowered:
             entry = heap[0]
             member = self._members.get(entry[1])
-            if member is None or member.version != entry[2] or member.running != entry[3]:
-                member = self.free_member(skill)  # (it drops or updates the entry)
-        else:
-            member = self.free_member(skill)
+            if member is not None and (member.version != entry[2] or member.running != entry[3]):
+                member = None
         if member is None:
-            return None
+            member = self.free_member(skill)  # (it drops or updates the top entry)
+            if member is None:
+                return None
+            heap = skill.free  # (it may have rebuilt it)
+            entry = heap[0]  # the member's current entry (see free_member)
         card = member.card
         if card.run_now is None or card.id not in skill.inline:  # (its card's inline ones)
             return None
-        heap = skill.free  # (free_member may have rebuilt it)
-        entry = heap[0]  # the member's current entry (see free_member)
         changes = self._heap_changes
         member.version = 0  # its free entries are stale while it runs (it may be at capacity)
         member.running += 1
