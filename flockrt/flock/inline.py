@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import time
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from flockrt.errors import WorkFailed
@@ -70,12 +70,12 @@ class FastPath:
         seconds)``, then hand out what was queued meanwhile. True once done; False, having done
         nothing, when the work must take the usual path. A ``deliver`` that raises is logged
         and costs nobody else anything."""
-        started = time.monotonic()
+        started = monotonic()
         ran = self._run_inline_now(skill, payload, correlation)
         if ran is None:
             return False
         member, value, error = ran
-        seconds = time.monotonic() - started
+        seconds = monotonic() - started
         stats = self.work_stats
         if stats is not None:
             stats.record(skill.kind, skill.name, "ok" if error is None else "error", seconds)
@@ -194,13 +194,13 @@ class FastPath:
         skill = self._task_skills.get(task.type)
         if skill is None:
             return None
-        started = time.monotonic()
+        started = monotonic()
         ran = self._run_inline_now(skill, task, correlation)
         if ran is None:
             return None
         member, value, error = ran
         card = member.card
-        seconds = time.monotonic() - started
+        seconds = monotonic() - started
         if error is None:  # (task_result, inlined for the usual outcome)
             self.tasks_finished["ok"] += 1
             result = TaskResult(
