@@ -123,6 +123,7 @@ class Agent(Actor[Any], WorkRunner):
         self._inline_context = contextvars.Context()
         self._inline_context.run(current_agent.set, self.agent_id)
         self._stepping = 0
+        self._inline_tasks = {}  # (bound as it joins its flock: see _bind_inline_tasks)
 
     # ------------------------------------------------------------------ identity
 
@@ -298,6 +299,7 @@ class Agent(Actor[Any], WorkRunner):
         if flock is None:
             log.debug("agent %s runs without a flock (no Membership registered)", self.agent_id)
             return
+        self._bind_inline_tasks()
         self._source = flock.agent_started(self.card())
         self.context.send_periodic(flock.heartbeat_interval, _BEAT, initial_delay=0)
 

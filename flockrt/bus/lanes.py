@@ -343,7 +343,17 @@ class CoreLane:
                 return
         self.stats.taken += 1
         if self.running < self.capacity and not self.held and not self._stopping:
-            self._start(task, message)
+            # (_start, inlined: a frame less for every task that starts at once)
+            self.running += 1
+            headers = message.headers
+            correlation = (headers.get(CORRELATION_HEADER) if headers else None) or task.id
+            result = self.dispatcher.run_task_now(task, correlation)
+            if result is None:
+                self._dispatch(task, message, correlation)
+                return
+            self._finished()
+            if message.reply:
+                self.outlet.answer_task(message.reply, result, headers)
             return
         message = _as_message(message)
         handoff = self.handoff
@@ -403,20 +413,26 @@ class CoreLane:
             self.outlet.publish_nowait(message.reply, result, dict(message.headers), unsendable_result)
 
     def _start(self, task: TaskMessage, message: Message | Msg) -> None:
+        """Start a task now: it counts as running until its result is in (``on_message`` has
+        these lines inlined for a task that starts as it arrives)."""
         self.running += 1
         headers = message.headers
         # The correlation id goes with the work (to its handler and logs) as an argument:
         # setting the context variable here would cost a set and a reset per task.
         correlation = (headers.get(CORRELATION_HEADER) if headers else None) or task.id
-        dispatcher = self.dispatcher
         # The dispatcher's fast path first (a free agent whose handler never waits): the
         # result comes back here, and this is its ``then``.
-        result = dispatcher.run_task_now(task, correlation)
-        if result is not None:
-            self._finished()
-            if message.reply:
-                self.outlet.answer_task(message.reply, result, headers)
+        result = self.dispatcher.run_task_now(task, correlation)
+        if result is None:
+            self._dispatch(task, message, correlation)
             return
+        self._finished()
+        if message.reply:
+            self.outlet.answer_task(message.reply, result, headers)
+
+    def _dispatch(self, task: TaskMessage, message: Message | Msg, correlation: str) -> None:
+        """A started task that the dispatcher's fast path did not run: its usual path."""
+        headers = message.headers
         reply = message.reply
         then: Callable[[TaskResult], None] = self._done  # (no closure per task without a reply)
         if reply:
@@ -425,6 +441,7 @@ class CoreLane:
                 self._finished()
                 self.outlet.answer_task(reply, result, headers)
 
+        dispatcher = self.dispatcher
         try:  # the usual path (dispatch_task's, after its fast path)
             dispatcher.dispatch(dispatcher.task_run(task, then, None, correlation, None))
         except NoCapableAgent as exc:  # our last agent for this type left a moment ago

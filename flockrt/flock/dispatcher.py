@@ -4,11 +4,11 @@ Work (capability requests and tasks) waits in one priority queue per skill and i
 least-loaded local agent that has a free slot (``max_concurrent_tasks``), so higher-priority
 work waiting in this process runs first and no agent is given more than it can run.
 
-There is ONE fast path, for tasks and capability requests alike (:meth:`Dispatcher.run_now`):
-when nothing of a skill waits and the best free agent's handler never waits, the agent runs the
-work then and there, with no :class:`~flockrt.agents.work.Work`, no handover and no Task.
-A task from NATS takes it with its caller taking the TaskResult, with no delivery callback
-(:meth:`run_task_now`, :mod:`flockrt.flock.inline`).
+There is ONE fast path, for tasks and capability requests alike (:meth:`Dispatcher.run_now`,
+in :mod:`flockrt.flock.inline`): when nothing of a skill waits and the best free agent's handler
+never waits, the agent runs the work then and there, with no :class:`~flockrt.agents.work.Work`,
+no handover and no Task. A task from NATS takes it with its caller taking the TaskResult, with
+no delivery callback (:meth:`run_task_now`).
 
 Both flocks have a dispatcher (composition): :class:`~flockrt.flock.local.LocalFlock` in one
 process, and :class:`~flockrt.bus.flock.NatsFlock`, which feeds it the tasks and capability
@@ -36,8 +36,8 @@ from flockrt.agents.work import CapabilityCall, ProgressCallback, TaskBatch, Tas
 from flockrt.errors import MailboxFull, NoCapableAgent, WorkFailed, WorkTimeout
 from flockrt.flock import batches, requests, waiting
 from flockrt.flock.batches import PRIORITIES
-from flockrt.flock.inline import TaskFastPath
-from flockrt.flock.skills import HANDED_ONE, Member, Skill, push_lowered
+from flockrt.flock.inline import Deliver, FastPath
+from flockrt.flock.skills import Member, Skill, push_lowered
 from flockrt.flock.stats import WorkStats
 from flockrt.wire.schema import CapabilityResponse, TaskMessage, TaskResult
 
@@ -50,16 +50,12 @@ ResultSink = Callable[[TaskResult, "str | None"], None]
 correlation)``, the correlation id being that of the task's own work. Over NATS it publishes on
 ``task.result``; in one process there is none."""
 
-Deliver = Callable[[Any, str, Any, "WorkFailed | None", float], None]
-"""How the fast path hands over an outcome: ``deliver(origin, agent_id, value, error, seconds)``,
-``origin`` being what the caller passed to :meth:`Dispatcher.run_now` (no closure per piece)."""
-
 CapabilityFallback = Callable[..., Awaitable[CapabilityResponse]]
 """Where a capability request goes that no local agent offers (over NATS: another process);
 called like :meth:`Dispatcher.request_capability_response`."""
 
 
-class Dispatcher(TaskFastPath):
+class Dispatcher(FastPath):
     """The skills of one process's agents, who of them is free, and the work waiting for them.
 
     It is the agents' :class:`~flockrt.agents.ports.WorkSource`: a flock calls :meth:`join`
@@ -363,116 +359,11 @@ class Dispatcher(TaskFastPath):
         """
         batches.dispatch_tasks(self, tasks, then, publish=publish)
 
-    # ------------------------------------------------------------------ the fast path
-
-    def run_now(
-        self, skill: Skill, payload: Any, correlation: str | None, deliver: Deliver, origin: Any
-    ) -> bool:
-        """THE fast path, for tasks (``payload``: the TaskMessage) and capability requests (their
-        parameters) alike: when nothing of ``skill`` waits and the best free agent's handler
-        never waits, run the work here and now (see :meth:`_run_inline_now`), count and time it
-        in ``work_stats``, hand the outcome to ``deliver(origin, agent_id, value, error,
-        seconds)``, then hand out what was queued meanwhile. True once done; False, having done
-        nothing, when the work must take the usual path. A ``deliver`` that raises is logged
-        and costs nobody else anything."""
-        started = time.monotonic()
-        ran = self._run_inline_now(skill, payload, correlation)
-        if ran is None:
-            return False
-        member, value, error = ran
-        seconds = time.monotonic() - started
-        stats = self.work_stats
-        if stats is not None:
-            stats.record(skill.kind, skill.name, "ok" if error is None else "error", seconds)
-        try:
-            deliver(origin, member.card.id, value, error, seconds)
-        except Exception:  # as Work.finish does with a failing hook
-            log.exception("%s %s: the delivery of its outcome failed", skill.kind, skill.name)
-        self.pump_skills_of(member)
-        return True
+    # ------------------------------------------------------------------ skills
 
     def skill(self, kind: Literal["capability", "task"], name: str) -> Skill | None:
         """The skill ``kind``/``name`` if a local agent ever offered it (for :meth:`run_now`)."""
         return self._task_skills.get(name) if kind == "task" else self._skills.get((kind, name))
-
-    def _deliver_task(
-        self,
-        origin: tuple[
-            TaskMessage, Callable[[TaskResult], None] | None, str, asyncio.Future[TaskResult] | None
-        ],
-        agent_id: str,
-        value: Any,
-        error: WorkFailed | None,
-        seconds: float,
-    ) -> None:
-        """A task ran on the fast path: its TaskResult to the sink and the listeners, then to
-        its ``then`` and its ``waiter``."""
-        task, then, correlation, waiter = origin
-        result = self.task_result(task, agent_id, seconds, value, error)
-        self.report(result, True, correlation)
-        if then is not None:
-            try:
-                then(result)
-            except Exception:  # as Work.finish does with a failing hook
-                log.exception("task %s: the hook on its result failed", task.id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(result)
-
-    def _run_inline_now(
-        self, skill: Skill, payload: Any, correlation: str | None
-    ) -> tuple[Member, Any, WorkFailed | None] | None:
-        """When nothing of ``skill`` waits and the best free agent's handler for it never
-        waits, that agent runs the work (a TaskMessage, or a capability request's parameters)
-        here and now (``Agent._run_now``), with no :class:`Work`, no handover and no second
-        look at the free heaps: the agent, and the handler's value or failure. None, having
-        done nothing, when the work must take the usual path.
-
-        The rules of the usual path hold: the agent is the fair choice (:meth:`free_member`);
-        it is busy while the handler runs (a slot taken, and all its free entries stale, so
-        that work dispatched meanwhile, by the handler itself, goes to other agents or waits,
-        even when the agent has more slots). :meth:`run_now` then hands the outcome over and
-        calls :meth:`pump_skills_of`: work queued meanwhile goes out once the agent is free again.
-        """
-        if skill.pumping or skill.waiting or not skill.inline:
-            return None
-        member = self.free_member(skill)
-        if member is None:
-            return None
-        card = member.card
-        if card.run_now is None or card.id not in skill.inline:  # (its card's inline ones)
-            return None
-        heap = skill.free
-        entry = heap[0]  # the member's current entry (see free_member)
-        changes = self._heap_changes
-        member.version = 0  # its free entries are stale while it runs (it may be at capacity)
-        member.running += 1
-        skill.pumping = True
-        ran = None
-        try:
-            ran = card.run_now(skill.kind, skill.name, payload, correlation)
-        finally:  # (even for a BaseException: the agent must not drop out of the free heaps)
-            skill.pumping = False
-            member.running -= 1
-            if ran is not None:
-                member.handed[skill] = member.handed.get(skill, 0) + 1
-            if self._heap_changes == changes:
-                # No free heap changed while it ran, so its entries are all still in place,
-                # and only its key in this skill's heap moves (one more handed): one sift, no
-                # stale entries left behind. Its load is what it was.
-                member.version = entry[2]
-                if ran is not None:
-                    heapq.heapreplace(heap, (entry[0] + HANDED_ONE, entry[1], entry[2], entry[3]))
-            else:  # work was dispatched while it ran (its handler did that): a full re-offer
-                self.offer(member)
-        if ran is None:  # it cannot take work right now (restarting, say): the usual path
-            return None
-        return member, ran[0], ran[1]
-
-    def pump_skills_of(self, member: Member) -> None:
-        """Hand out work queued for ``member``'s skills while it ran inline work."""
-        for skill in member.skills:
-            if skill.waiting:
-                self.pump(skill)
 
     # ------------------------------------------------------------------ dispatching
 
