@@ -250,3 +250,32 @@ async def test_a_stuck_actor_does_not_keep_the_sweeps_going(system: ActorSystem)
     gate.set()
     assert await ask == "waits"
     await wait_for(lambda: slot_of(system, future) is None)  # it left its slot when answered
+
+
+async def test_a_handler_raising_a_base_exception_keeps_the_count_exact(system: ActorSystem) -> None:
+    """The loop's exception handler gets it (the actor is wedged, as before); the messages its
+    turn took are counted all the same, so the sweeps never misplace the asks still queued."""
+
+    class Odd(BaseException):
+        pass
+
+    class Raises(Actor[Any]):
+        def receive(self, message: Any) -> Any:
+            if message == "odd":
+                raise Odd
+            return message
+
+    ref = await system.spawn(Raises)
+    cell: ActorContext[Any] = ref._cell
+    loop = asyncio.get_running_loop()
+    counted: list[int | None] = []
+    loop.set_exception_handler(lambda _, context: counted.append(cell._taken))
+    try:
+        system._ask_deadlines.watch(cell)
+        for message in ("a", "b", "odd", "never"):
+            ref.tell(message)
+        await wait_for(lambda: bool(counted))
+    finally:
+        loop.set_exception_handler(None)
+    assert counted == [3]  # a, b and the odd one; "never" is still queued
+    cell._scheduled = False  # (unwedge it, so that the system can stop)

@@ -78,6 +78,10 @@ def turn(cell: ActorContext[Any]) -> None:
         cell._scheduled = False
         cell._on_failure(exc, envelope)
         return
+    except BaseException:  # (KeyboardInterrupt and the like go to the loop) keep the count exact
+        if cell._taken is not None:
+            cell._taken += throughput - budget
+        raise
     system._processed += throughput - budget
     if cell._taken is not None:  # its asks' deadlines are watched (AskDeadlines.watch)
         cell._taken += throughput - budget
