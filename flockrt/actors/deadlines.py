@@ -29,12 +29,13 @@ no list of the asks, only two counts per *watched* actor: how many messages its 
 sweep came. The messages still queued that the last sweep saw are the ones that waited a sweep
 or more: the asks among them go into the slot of their deadline, timed from that sweep, exactly
 as :attr:`AskDeadlines.entered`'s do at their second sweep; the rest waits for the next sweep.
-So the same bounds hold (never early, at most about 2 ms late), the ask's only cost is a look at
-``_taken``, and an answered ask is garbage at once instead of at the next sweep. A watched actor
-whose mailbox is empty at a sweep, or holds nothing the sweeps have not dealt with, is no longer
-watched (its next ask watches it again; a stuck actor does not keep the sweeps going); one that
-begins to run an ``async def receive`` (its drain Task can wait with an ask taken out of the
-mailbox) hands its queued asks over to the lists (:meth:`AskDeadlines.unwatch`).
+So the same bounds hold (never early, at most about 2 ms late), the ask's cost is a look at
+``_is_async`` and ``_taken``, and an answered ask is garbage at once instead of at the next
+sweep. A watched actor whose mailbox is empty at a sweep, or holds nothing the sweeps have not
+dealt with, is no longer watched (its next ask watches it again; a stuck actor does not keep
+the sweeps going); one that begins to run an ``async def receive`` (its drain Task can wait with
+an ask taken out of the mailbox) hands its queued asks over to the lists
+(:meth:`AskDeadlines.unwatch`).
 """
 
 from __future__ import annotations
