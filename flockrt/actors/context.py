@@ -93,6 +93,7 @@ class ActorContext(Generic[M]):
         "_stop_task",
         "_sysq",
         "_system",
+        "_taken",
         "_task",
         "_timers",
         "_uid",
@@ -119,6 +120,7 @@ class ActorContext(Generic[M]):
     _actor: Actor[M] | None
     _mailbox: deque[Any] | None
     _sysq: deque[_ChildFailed | _ChildExited] | None
+    _taken: int | None  # messages taken from the mailbox while AskDeadlines watches it, or None
     _children: dict[ActorContext[Any], None] | None
     _watchers: set[ActorContext[Any]] | None
     _watching: set[ActorContext[Any]] | None
@@ -156,6 +158,7 @@ class ActorContext(Generic[M]):
         self._is_async = False
         self._mailbox = None
         self._sysq = None
+        self._taken = None
         self._scheduled = False
         self._state = STARTING
         self._running = False

@@ -20,6 +20,22 @@ never early and at most about 2 ms late: up to :data:`SWEEP` from the ask to the
 and up to 1 ms from the slot's rounding, more only when the loop itself is late (a callback that
 blocks it delays every timer). What its settler removes itself (:meth:`~AskDeadlines.hold`,
 :meth:`~AskDeadlines.add`) enters its slot at once, from its own clock read: at most 1 ms late.
+
+An ask to an actor with a plain ``def receive`` is not even appended (:meth:`AskDeadlines.watch`):
+such an actor answers an ask in the same turn that takes it from the mailbox, so an unanswered
+ask of its is always in its mailbox, and the mailbox is first in, first out. The sweep then needs
+no list of the asks, only two counts per *watched* actor: how many messages its turns took
+(``ActorContext._taken``, added once per turn) and how many its mailbox had held when the last
+sweep came. The messages still queued that the last sweep saw are the ones that waited a sweep
+or more: the asks among them go into the slot of their deadline, timed from that sweep, exactly
+as :attr:`AskDeadlines.entered`'s do at their second sweep; the rest waits for the next sweep.
+So the same bounds hold (never early, at most about 2 ms late), the ask's cost is a look at
+``_is_async`` and ``_taken``, and an answered ask is garbage at once instead of at the next
+sweep. A watched actor whose mailbox is empty at a sweep, or holds nothing the sweeps have not
+dealt with, is no longer watched (its next ask watches it again; a stuck actor does not keep
+the sweeps going); one that begins to run an ``async def receive`` (its drain Task can wait with
+an ask taken out of the mailbox) hands its queued asks over to the lists
+(:meth:`AskDeadlines.unwatch`).
 """
 
 from __future__ import annotations
@@ -29,11 +45,14 @@ import heapq
 import math
 import time
 from collections.abc import Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol
 
+from flockrt.actors.messages import ASK
 from flockrt.errors import AskTimeout
 
 if TYPE_CHECKING:
+    from flockrt.actors.context import ActorContext
     from flockrt.actors.ref import ActorRef
 
 __all__ = ["SWEEP", "AskDeadlines", "Expiring", "Slot"]
@@ -83,6 +102,7 @@ class AskDeadlines:
 
     __slots__ = (
         "_armed",
+        "_cells",
         "_error",
         "_keys",
         "_loop",
@@ -114,6 +134,10 @@ class AskDeadlines:
         self._waiting: list[tuple[Any, ...]] = []  # unanswered at the last sweep...
         self._waiting_since = 0.0  # ...which came at this time
         self._sweep_armed = False
+        # The watched actors: [taken + queued when it was first watched or at the sweep before
+        # the last (what lies below was put into slots or was never watched), taken + queued at
+        # the last sweep]; counted in messages taken from its mailbox since it was watched.
+        self._cells: dict[ActorContext[Any], list[int]] = {}
 
     def enter(self, envelope: tuple[Any, ...]) -> None:
         """Give an actor's ask its deadline: ``envelope`` is ``(ASK, message, future, ref,
@@ -125,6 +149,36 @@ class AskDeadlines:
         if not entered:
             self.sweep_later()
         entered.append(envelope)
+
+    def watch(self, cell: ActorContext[Any]) -> None:
+        """Give the asks to ``cell`` (an actor with a plain ``def receive``, whose next ask is
+        about to be appended to its mailbox) their deadlines from the sweeps' look at its
+        mailbox, until a sweep finds the mailbox empty; see the module's docstring.
+        ``ActorRef.ask`` calls this when ``cell._taken`` is None, and the mailbox's turns add
+        what they take to ``cell._taken`` while it is not."""
+        q = cell._mailbox
+        queued = len(q) if q is not None else 0  # queued before the watch: not this one's
+        cell._taken = 0
+        self._cells[cell] = [queued, queued]
+        if not self._sweep_armed:
+            self.sweep_later()
+
+    def unwatch(self, cell: ActorContext[Any]) -> None:
+        """``cell`` begins to run an ``async def receive``: the asks in its mailbox get their
+        deadlines from the lists from now on, with the same bounds (those the last sweep saw
+        are timed from it, the others from the next sweep)."""
+        taken, cell._taken = cell._taken, None
+        marks = self._cells.pop(cell, None)
+        q = cell._mailbox
+        if marks is None or taken is None or not q:
+            return
+        seen = marks[1] - taken  # the queued messages the last sweep saw
+        start = max(marks[0] - taken, 0)  # before it: put into slots already
+        for index, envelope in enumerate(islice(q, start, None), start):
+            if type(envelope) is tuple and envelope and envelope[0] is ASK and envelope[4] is not None:
+                (self._waiting if index < seen else self.entered).append(envelope)
+        if self._waiting or self.entered:
+            self.sweep_later()
 
     def sweep_later(self) -> None:
         """Arm the sweep, :data:`SWEEP` seconds from now, unless it is armed."""
@@ -164,12 +218,57 @@ class AskDeadlines:
                 if not envelope[2].done():
                     waiting.append(envelope)
             entered.clear()
+            if self._cells:
+                self._sweep_cells(since)
         finally:
             self._waiting_since = now
-            if waiting or self.entered:  # (nothing entered meanwhile: an error stopped the loop)
+            if waiting or self.entered or self._cells:  # (else: an error stopped the loop)
                 self._loop.call_later(SWEEP, self._sweep)
             else:
                 self._sweep_armed = False
+
+    def _sweep_cells(self, since: float) -> None:
+        """The watched actors' part of a sweep: the queued asks the last sweep (at ``since``)
+        saw go into the slot of their deadline, timed from it."""
+        cells = self._cells
+        for cell in list(cells):
+            q, taken = cell._mailbox, cell._taken
+            if not q or taken is None:  # nothing queued: no unanswered ask
+                del cells[cell]
+                cell._taken = None
+                continue
+            marks = cells[cell]
+            start, seen = max(marks[0], taken), marks[1]
+            if start < seen:
+                for envelope in islice(q, start - taken, seen - taken):
+                    if (
+                        type(envelope) is tuple
+                        and envelope
+                        and envelope[0] is ASK
+                        and envelope[4] is not None
+                        and not envelope[2].done()
+                    ):
+                        self._slot(envelope, since)
+            marks[0] = max(seen, taken)
+            marks[1] = taken + len(q)
+            if marks[0] >= marks[1]:  # nothing came since the last sweep: all queued are slotted
+                del cells[cell]
+                cell._taken = None
+
+    def _slot(self, envelope: tuple[Any, ...], since: float) -> None:
+        """An ask unanswered since the sweep at ``since`` (or longer) waits in the slot of its
+        deadline, counted from that sweep, and leaves it when done."""
+        future = envelope[2]
+        timeout = envelope[4]
+        deadline = (since + timeout) * 1000.0
+        if deadline == _NEVER:  # an infinite timeout: it waits as without one
+            return
+        key = math.ceil(deadline)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._open(key)
+        slot[future] = (envelope[3], timeout)
+        future.add_done_callback(slot)
 
     def add(self, future: asyncio.Future[Any], ref: ActorRef[Any] | Any, timeout: float) -> int:
         """Fail ``future`` (with AskTimeout, or the ``error`` given) after ``timeout`` s unless

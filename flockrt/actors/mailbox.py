@@ -73,10 +73,18 @@ def turn(cell: ActorContext[Any]) -> None:
                 receive(envelope)
     except (Exception, asyncio.CancelledError) as exc:
         system._processed += throughput - budget
+        if cell._taken is not None:
+            cell._taken += throughput - budget
         cell._scheduled = False
         cell._on_failure(exc, envelope)
         return
+    except BaseException:  # (KeyboardInterrupt and the like go to the loop) keep the count exact
+        if cell._taken is not None:
+            cell._taken += throughput - budget
+        raise
     system._processed += throughput - budget
+    if cell._taken is not None:  # its asks' deadlines are watched (AskDeadlines.watch)
+        cell._taken += throughput - budget
     if cell._room_waiters:
         cell._wake_senders()
     if cell._sysq or (cell._running and not (cell._closed and not q)):
@@ -97,6 +105,8 @@ async def drain(cell: ActorContext[Any]) -> None:
     envelope: Any = None
     processed = 0  # messages handled in the turns before this one
     system = cell._system
+    if cell._taken is not None:  # asked before it started: the lists time its asks from now
+        system._ask_deadlines.unwatch(cell)
     throughput = budget = system._throughput
     try:
         while True:

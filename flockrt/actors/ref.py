@@ -118,13 +118,19 @@ class ActorRef(Generic[M]):
         future: asyncio.Future[Any] = system._loop.create_future()
         envelope = (ASK, message, future, self, timeout)
         if timeout is not None:
-            if not timeout >= 0:  # negative or NaN
+            # (0.0, not 0: a float against a float is the interpreter's fast comparison)
+            if not timeout >= 0.0:  # negative or NaN
                 raise ValueError(f"ask timeout must be >= 0 seconds or None, got {timeout!r}")
-            # AskDeadlines.enter, inlined: nobody has to take the ask out again.
-            entered = system._asks_entered
-            if not entered:
-                system._ask_deadlines.sweep_later()
-            entered.append(envelope)
+            if cell._is_async:
+                # AskDeadlines.enter, inlined: nobody has to take the ask out again.
+                entered = system._asks_entered
+                if not entered:
+                    system._ask_deadlines.sweep_later()
+                entered.append(envelope)
+            elif cell._taken is None:  # (an int: its mailbox is watched already)
+                # A `def receive` answers an ask in the turn that takes it: the sweeps find
+                # its unanswered asks in its mailbox.
+                system._ask_deadlines.watch(cell)
         latency = system.ask_latency
         if latency is not None:
             # Metrics on: time one ask in ask_sampling; timing them all (two clock reads and a
@@ -154,6 +160,9 @@ class ActorRef(Generic[M]):
         ask's deadline), enqueue, wait for the answer."""
         cell = self._cell
         future: asyncio.Future[Any] = envelope[2]
+        if envelope[4] is not None and not cell._is_async:
+            # Not in the mailbox while it waits for room: its deadline runs from the lists.
+            cell._system._ask_deadlines.enter(envelope)
         try:
             while True:
                 q = cell._mailbox
