@@ -53,7 +53,7 @@ async def test_the_shipped_flock_serves_mcp_and_metrics(tmp_path: Path) -> None:
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/plain")
             body = await response.text()
-        series = set(re.findall(r"^(flockrt_[a-z_]+)", body, re.M))
+        series = set(re.findall(r"^(flockrt_[a-z0-9_]+)", body, re.M))
         assert len(series) >= 10, series
         assert any(name.startswith("flockrt_mcp_") for name in series), series
 

@@ -663,11 +663,11 @@ def test_grafana_dashboard_uses_only_series_that_exist() -> None:
     assert len(exprs) >= 10
     known = known_series()
     for expr in exprs:
-        used = set(re.findall(r"\b(flockrt_[a-z_]+|process_[a-z_]+)\b", expr))
+        used = set(re.findall(r"\b(flockrt_[a-z0-9_]+|process_[a-z_]+)\b", expr))
         assert used, expr
         assert used <= known, f"{expr}: unknown {sorted(used - known)}"
     # Every family flockrt reports is on the dashboard.
-    on_dashboard = {base(name) for expr in exprs for name in re.findall(r"\bflockrt_[a-z_]+\b", expr)}
+    on_dashboard = {base(name) for expr in exprs for name in re.findall(r"\bflockrt_[a-z0-9_]+\b", expr)}
     families = {base(name) for name in known if name.startswith("flockrt_")}
     assert families - on_dashboard <= {"flockrt_build"}, sorted(families - on_dashboard)
 
@@ -695,6 +695,9 @@ def known_series() -> set[str]:
                 await flock.submit("general", "x", wait=True)
                 await flock.request_capability("echo", "x")
                 metrics.observe_mcp_request("ping", "ok", 0.001)
+                metrics.observe_a2a_request("GetTask", "ok", 0.001)
+                metrics.observe_a2a_remote("dashboard-remote", "ok")
+                metrics.observe_a2a_remote_cancel("dashboard-remote", ok=True)
                 import flockrt.agents.claude  # noqa: F401 - its counters are reported once it is loaded
 
                 return {name for name, _ in scrape()}

@@ -40,7 +40,7 @@ def rule_expressions() -> list[str]:
 
 def series_in(expr: str) -> set[str]:
     without_strings = re.sub(r'"[^"]*"', "", expr)
-    return set(re.findall(r"\b(flockrt_[a-z_]+|process_[a-z_]+|up)\b", without_strings))
+    return set(re.findall(r"\b(flockrt_[a-z0-9_]+|process_[a-z_]+|up)\b", without_strings))
 
 
 def test_the_rules_cover_what_the_issue_asks_for() -> None:
