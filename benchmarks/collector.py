@@ -10,7 +10,8 @@ quotes "with the collector off".
   can be (``benchmarks/_floor.py``: its own context per handler, a correlation id per task,
   a TaskMessage and a TaskResult; no agent choice, hooks or counts): its rate against bare
   asyncio beside flockrt's (as ``benchmarks.agents`` measures it: the best round), with the
-  collector on and off, and the objects the collector tracks per task in flight.
+  collector on and off, the objects the collector tracks per task in flight, and the
+  collections of one run of each.
 - ``ask``: 100 concurrent askers of one actor (kernel row 3L, ``def receive``) with the default
   ask timeout and with ``timeout=None``, against the deque + call_soon limit, with the
   collector on and off (best of the rounds): what an ask's deadline costs, and how much of
@@ -104,6 +105,18 @@ def main() -> None:
         "objects the collector tracks per submit in flight (gc.get_objects() at the peak, "
         f"{TASKS:,} at once): bare {tracked['bare']:.1f}, floor {tracked['floor']:.1f}, "
         f"flockrt {tracked['flockrt']:.1f}"
+    )
+    collections = {
+        label: "/".join(str(n) for n in asyncio.run(run(TASKS, False))["gc"])
+        for label, run in (
+            ("bare", _agents.bare_asyncio),
+            ("floor", _floor.floor_submit),
+            ("flockrt", _agents.local_submit),
+        )
+    }
+    print(
+        "collections of generations 0/1/2 in one run, collector on: "
+        + ", ".join(f"{label} {counts}" for label, counts in collections.items())
     )
     asks: dict[str, Callable[[], float]] = {
         "limit": lambda: asyncio.run(_limit.concurrent_ask_rate(ASKERS, PER_ASKER, "sync")),

@@ -92,6 +92,7 @@ def test_collector_comparison_runs() -> None:
     assert result.returncode == 0, result.stderr
     for line in (
         "objects the collector tracks per submit in flight",
+        "collections of generations 0/1/2 in one run, collector on: bare ",
         "submit, collector on ",
         "submit rate, collector off: flockrt",
         "100 askers, collector off",
