@@ -264,6 +264,7 @@ class RemoteLink:
             outcome = "circuit_open"
             raise
         except RemoteAgentUnreachable as exc:
+            # (_ask raises it `from None` out of the TimeoutError of the remote's timeout: its context)
             outcome = "timeout" if isinstance(exc.__context__, TimeoutError) else "unreachable"
             raise
         except asyncio.CancelledError:
